@@ -1,0 +1,1 @@
+"""The contrastive embedding service: REST embeddings, zero-shot classification, search."""

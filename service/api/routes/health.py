@@ -1,0 +1,36 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from service.api.deps import State
+from service.responses import FastJSON
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> FastJSON:
+    return FastJSON({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: 503 until the model is loaded and warmed")
+async def readyz(state: State) -> FastJSON:
+    if state.ready:
+        assert state.encoder is not None
+        return FastJSON({"status": "ready", "model": state.encoder.model_id})
+    if state.draining:
+        status, reason = "draining", "shutting down"
+    elif state.load_error:
+        status, reason = "failed", state.load_error
+    else:
+        status, reason = "loading", "the model is loading"
+    return FastJSON({"status": status, "reason": reason}, status_code=503)
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(state: State) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,80 @@
+"""The `contrastive` command: serve, bench (training subcommands arrive with training).
+
+This module is the distribution's entry point; it dispatches to the service and, lazily,
+to the training package's own CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from service.settings import Settings
+
+
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; unset flags leave the env/default value alone."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_ = field.description or ""
+        if name == "api_keys":
+            p.add_argument("--api-key", dest=name, action="append", help="repeatable; " + help_)
+            continue
+        ann = field.annotation
+        typ: Any = int if ann is int else float if ann is float else str
+        p.add_argument(flag, dest=name, type=typ, default=None, help=f"{help_} [{field.default}]")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {
+        k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None
+    }
+    return Settings(**overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="contrastive", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the REST service")
+    _add_settings_flags(serve)
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="what", required=True)
+    from service.bench import add_arguments
+
+    add_arguments(bench_sub.add_parser("serve", help="HTTP vs in-process throughput"))
+    return parser
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from training.models import UnknownModelError, check_reference
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    # Fail fast on a reference that names nothing; the load itself runs after start-up,
+    # with /readyz answering 503 until the model is warm.
+    try:
+        check_reference(settings.model, settings.device)
+    except (UnknownModelError, ValueError) as e:
+        print(f"contrastive serve: {e}", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(settings_from_args(args))
+    if args.command == "bench":
+        from service.bench import run
+
+        return run(args)
+    return 2

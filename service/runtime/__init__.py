@@ -1,0 +1,1 @@
+"""What runs the model for the API: image decoding, the batcher, zero-shot classifiers."""

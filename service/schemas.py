@@ -1,0 +1,101 @@
+"""Request and response models of the REST API (they also make the OpenAPI docs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="optional; must name the loaded model if given")
+
+
+class EmbedTextRequest(_Request):
+    texts: list[str] = Field(..., description="texts to embed; longer than the context: truncated")
+
+
+class EmbedImageRequest(_Request):
+    images: list[str] = Field(
+        ..., description="base64 image files (or data: URLs); never http URLs"
+    )
+
+
+class ClassifyRequest(_Request):
+    images: list[str] = Field(..., description="base64 image files (or data: URLs)")
+    labels: list[str] = Field(..., description="class names, e.g. ['cat', 'dog']")
+    templates: list[str] | None = Field(
+        None, description="prompt templates with '{}' for the label; default: the model's set"
+    )
+    top_k: int | None = Field(None, ge=1, description="keep only the k best labels per image")
+
+
+class EmbeddingResponse(BaseModel):
+    model: str
+    dim: int
+    embeddings: list[list[float]] = Field(..., description="[n, dim], L2-normalised")
+
+
+class LabelScore(BaseModel):
+    label: str
+    probability: float = Field(..., description="softmax over logit_scale * cosine")
+    score: float = Field(..., description="cosine similarity of image and label embedding")
+
+
+class ImageResult(BaseModel):
+    index: int
+    ranking: list[LabelScore]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    templates: list[str]
+    results: list[ImageResult]
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """OpenAI's /v1/embeddings request (text only)."""
+
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "contrastive"
+    reference: str = Field(..., description="the --model reference it was loaded from")
+    dim: int
+    capabilities: list[str]
+    logit_scale: float
+    context_length: int | None
+    default_templates: list[str]
+    preprocessing: dict[str, object]
+    device: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,50 @@
+"""Service settings: environment (CONTRASTIVE_*) first, then CLI flags override."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Env: CONTRASTIVE_<NAME>; CLI: --<name-with-dashes>."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTRASTIVE_", extra="ignore")
+
+    model: str = Field("builtin", description="builtin, open_clip:ARCH, or an export directory")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag or local file")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys; when set, Bearer auth is required"
+    )
+    # batching
+    max_batch_size: int = Field(64, ge=1, description="most items the model sees at once")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill up")
+    max_queue: int = Field(2048, ge=1, description="items waiting before 503 + Retry-After")
+    # limits on one request
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="larger images get 413")
+    max_images: int = Field(64, ge=1, description="images in one request")
+    max_texts: int = Field(2048, ge=1, description="texts in one request")
+    max_text_chars: int = Field(100_000, ge=1, description="characters in one text")
+    max_labels: int = Field(1000, ge=1, description="labels in one classify request")
+    max_templates: int = Field(100, ge=1, description="templates in one classify request")
+    classifier_cache: int = Field(256, ge=0, description="zero-shot label sets kept in memory")
+    log_level: str = Field("info", description="uvicorn log level")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
