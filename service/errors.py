@@ -73,9 +73,14 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(ApiError(422, "invalid_request", f"{where}: {first['msg']}", errors))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> FastJSON:
+    async def _http(request: Request, exc: StarletteHTTPException) -> FastJSON:
         code = _STATUS_CODES.get(exc.status_code, "http_error")
-        return error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+        message = str(exc.detail)
+        if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+            where = f"{request.method} {request.url.path}"
+            message = f"{message}: {where} (the API is listed at /docs)"
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(ApiError(exc.status_code, code, message, headers=headers))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> FastJSON:

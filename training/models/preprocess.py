@@ -38,7 +38,7 @@ def ensure_rgb(image: Image.Image) -> Image.Image:
         arr = np.asarray(image, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        image = Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
+        image = Image.fromarray(((arr - lo) * scale).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

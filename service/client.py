@@ -1,0 +1,403 @@
+"""Python clients for the service: `ContrastiveClient` (sync) and `AsyncContrastiveClient`.
+
+    with ContrastiveClient("http://127.0.0.1:8000", api_key="...") as client:
+        emb = client.embed_texts(["a cat", "a dog"])      # emb.vectors: float32 [2, dim]
+        best = client.classify(["cat.jpg"], ["cat", "dog"])[0].top.label
+
+Both classes are thin: every request is built and every response parsed by the module-level
+helpers below, so the two behave identically. Any non-2xx answer raises `ServiceError`
+(status, the server's machine-readable code and its message); connection failures and
+timeouts propagate as httpx errors.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+__all__ = [
+    "AsyncContrastiveClient",
+    "Classification",
+    "ContrastiveClient",
+    "Embeddings",
+    "ImageInput",
+    "LabelScore",
+    "ServiceError",
+]
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = 60.0
+
+ImageInput = str | os.PathLike[str] | bytes | Image.Image
+"""An image to send: a file path (read as bytes), encoded file bytes, or a PIL image (sent
+as PNG)."""
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Embeddings:
+    """Embeddings of n inputs, in request order.
+
+    `vectors` is float32 [n, dim], each row L2-normalised (so `a @ b.T` is cosine similarity).
+    """
+
+    model: str
+    dim: int
+    vectors: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One label for one image: `probability` is the softmax over all requested labels of
+    logit_scale * cosine; `score` is the raw cosine similarity in [-1, 1]."""
+
+    label: str
+    probability: float
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The labels for the image at `index` of the request, best first (at most top_k)."""
+
+    index: int
+    ranking: list[LabelScore] = field(default_factory=list)
+
+    @property
+    def top(self) -> LabelScore:
+        """The most probable label."""
+        return self.ranking[0]
+
+
+class ServiceError(Exception):
+    """A non-2xx answer: HTTP `status`, the server's `code` (e.g. "invalid_template"),
+    its human `message`, and any structured `detail` (e.g. validation errors)."""
+
+    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+        super().__init__(status, code, message, detail)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+
+# -- requests (shared by both clients) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Request:
+    """Everything httpx needs for one call; built once, sent by either client."""
+
+    method: str
+    path: str
+    json: Any = None
+    data: dict[str, str] | None = None
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _reject_scalar(items: object, what: str) -> None:
+    """A lone str/bytes/path/image is a sequence only by accident: ask for a list."""
+    if isinstance(items, str | bytes | os.PathLike | Image.Image):
+        raise TypeError(f"{what} must be a sequence (e.g. a list), not a single {type(items)}")
+
+
+def _image_file(image: ImageInput, index: int) -> tuple[str, bytes, str]:
+    """One image -> a multipart file tuple (filename, content, content type)."""
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        return f"image{index}.png", buf.getvalue(), "image/png"
+    if isinstance(image, bytes | bytearray | memoryview):
+        return f"image{index}", bytes(image), "application/octet-stream"
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        return path.name or f"image{index}", path.read_bytes(), "application/octet-stream"
+    raise TypeError(f"images[{index}]: expected a path, bytes or a PIL image, got {type(image)}")
+
+
+def _image_files(images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    _reject_scalar(images, "images")
+    return [("files", _image_file(img, i)) for i, img in enumerate(images)]
+
+
+def _embed_texts_request(texts: Sequence[str]) -> _Request:
+    _reject_scalar(texts, "texts")
+    return _Request("POST", "/v1/embed/text", json={"texts": list(texts)})
+
+
+def _embed_images_request(images: Sequence[ImageInput]) -> _Request:
+    files = _image_files(images)
+    if not files:  # httpx sends no body for zero files; JSON lets the server say "empty".
+        return _Request("POST", "/v1/embed/image", json={"images": []})
+    return _Request("POST", "/v1/embed/image", files=files)
+
+
+def _classify_request(
+    images: Sequence[ImageInput],
+    labels: Sequence[str],
+    templates: Sequence[str] | None,
+    top_k: int | None,
+) -> _Request:
+    _reject_scalar(labels, "labels")
+    if templates is not None:
+        _reject_scalar(templates, "templates")
+    files = _image_files(images)
+    if not files:  # as in _embed_images_request: let the server report the empty input
+        body: dict[str, Any] = {"images": [], "labels": list(labels)}
+        if templates is not None:
+            body["templates"] = list(templates)
+        if top_k is not None:
+            body["top_k"] = top_k
+        return _Request("POST", "/v1/classify", json=body)
+    # List fields travel as one JSON-array string each (see service.api.payload.list_field).
+    data = {"labels": json.dumps(list(labels))}
+    if templates is not None:
+        data["templates"] = json.dumps(list(templates))
+    if top_k is not None:
+        data["top_k"] = str(top_k)
+    return _Request("POST", "/v1/classify", data=data, files=files)
+
+
+_MODELS = _Request("GET", "/v1/models")
+_READY = _Request("GET", "/readyz")
+
+
+# -- responses (shared by both clients) ---------------------------------------------------
+
+
+def _error(response: httpx.Response) -> ServiceError:
+    """A non-2xx response -> ServiceError, from {"error": {...}} or else the raw text."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("code"), str):
+        message = err.get("message")
+        return ServiceError(
+            response.status_code,
+            err["code"],
+            message if isinstance(message, str) else str(message),
+            err.get("detail"),
+        )
+    text = response.text.strip() or response.reason_phrase
+    return ServiceError(response.status_code, "http_error", text, body)
+
+
+def _checked(response: httpx.Response) -> Any:
+    """The decoded JSON body of a 2xx response; raises ServiceError otherwise."""
+    if not response.is_success:
+        raise _error(response)
+    return response.json()
+
+
+def _parse_embeddings(body: Any) -> Embeddings:
+    """{"model", "dim", "embeddings": [n][dim]} -> Embeddings with float32 [n, dim]."""
+    dim = int(body["dim"])
+    vectors = np.asarray(body["embeddings"], dtype=np.float32).reshape(-1, dim)
+    return Embeddings(model=str(body["model"]), dim=dim, vectors=vectors)
+
+
+def _parse_classify(body: Any) -> list[Classification]:
+    """{"results": [{"index", "ranking": [{"label", "probability", "score"}]}]} -> list."""
+    return [
+        Classification(
+            index=int(r["index"]),
+            ranking=[
+                LabelScore(str(s["label"]), float(s["probability"]), float(s["score"]))
+                for s in r["ranking"]
+            ],
+        )
+        for r in body["results"]
+    ]
+
+
+def _parse_models(body: Any) -> list[dict[str, Any]]:
+    """{"object": "list", "data": [model card, ...]} -> the model cards."""
+    return list(body["data"])
+
+
+# -- clients ------------------------------------------------------------------------------
+
+
+class ContrastiveClient:
+    """Blocking client over httpx.Client.
+
+    Pass `http` to reuse an existing client (e.g. FastAPI's TestClient, an httpx.Client
+    subclass); its base URL, timeout and transport are then used as they are, and `close()`
+    leaves it open. Otherwise one is created from `base_url`, `timeout` (seconds) and
+    `transport`, and closed by `close()` / leaving the `with` block.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._owns_http = http is None
+        self._http = (
+            http
+            if http is not None
+            else httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        )
+        self._headers = _auth_headers(api_key)
+
+    def _send(self, req: _Request) -> httpx.Response:
+        return self._http.request(
+            req.method,
+            req.path,
+            json=req.json,
+            data=req.data,
+            files=req.files,
+            headers=self._headers,
+        )
+
+    def embed_texts(self, texts: Sequence[str]) -> Embeddings:
+        """n texts -> Embeddings with vectors float32 [n, dim]."""
+        return _parse_embeddings(_checked(self._send(_embed_texts_request(texts))))
+
+    def embed_images(self, images: Sequence[ImageInput]) -> Embeddings:
+        """n images (paths, encoded bytes or PIL images) -> Embeddings, vectors [n, dim]."""
+        return _parse_embeddings(_checked(self._send(_embed_images_request(images))))
+
+    def classify(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[str],
+        templates: Sequence[str] | None = None,
+        top_k: int | None = None,
+    ) -> list[Classification]:
+        """n images x L labels -> n Classifications, each ranking min(top_k, L) labels best
+        first. `templates` hold "{}" where the label goes; None: the model's default set."""
+        req = _classify_request(images, labels, templates, top_k)
+        return _parse_classify(_checked(self._send(req)))
+
+    def models(self) -> list[dict[str, Any]]:
+        """The loaded model's cards (id, dim, capabilities, logit_scale, ...)."""
+        return _parse_models(_checked(self._send(_MODELS)))
+
+    def ready(self) -> bool:
+        """True when the model is loaded and the server answers requests (GET /readyz 200)."""
+        return self._send(_READY).status_code == 200
+
+    def close(self) -> None:
+        """Close the underlying httpx.Client, unless it was passed in as `http`."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncContrastiveClient:
+    """Asyncio client over httpx.AsyncClient; the same methods as ContrastiveClient, as
+    coroutines. `http` reuses an existing httpx.AsyncClient (left open by `aclose()`).
+
+    Image paths are read synchronously when a request is built (local files, small).
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._owns_http = http is None
+        self._http = (
+            http
+            if http is not None
+            else httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+        )
+        self._headers = _auth_headers(api_key)
+
+    async def _send(self, req: _Request) -> httpx.Response:
+        return await self._http.request(
+            req.method,
+            req.path,
+            json=req.json,
+            data=req.data,
+            files=req.files,
+            headers=self._headers,
+        )
+
+    async def embed_texts(self, texts: Sequence[str]) -> Embeddings:
+        """n texts -> Embeddings with vectors float32 [n, dim]."""
+        return _parse_embeddings(_checked(await self._send(_embed_texts_request(texts))))
+
+    async def embed_images(self, images: Sequence[ImageInput]) -> Embeddings:
+        """n images (paths, encoded bytes or PIL images) -> Embeddings, vectors [n, dim]."""
+        return _parse_embeddings(_checked(await self._send(_embed_images_request(images))))
+
+    async def classify(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[str],
+        templates: Sequence[str] | None = None,
+        top_k: int | None = None,
+    ) -> list[Classification]:
+        """n images x L labels -> n Classifications, each ranking min(top_k, L) labels best
+        first. `templates` hold "{}" where the label goes; None: the model's default set."""
+        req = _classify_request(images, labels, templates, top_k)
+        return _parse_classify(_checked(await self._send(req)))
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The loaded model's cards (id, dim, capabilities, logit_scale, ...)."""
+        return _parse_models(_checked(await self._send(_MODELS)))
+
+    async def ready(self) -> bool:
+        """True when the model is loaded and the server answers requests (GET /readyz 200)."""
+        return (await self._send(_READY)).status_code == 200
+
+    async def aclose(self) -> None:
+        """Close the underlying httpx.AsyncClient, unless it was passed in as `http`."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

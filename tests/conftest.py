@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import skimage.data
+import torch
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.helpers import FakeEncoder, image_bytes, wait_ready
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cat_jpeg() -> bytes:
+    return image_bytes(skimage.data.chelsea(), "JPEG", quality=92)
+
+
+@pytest.fixture(scope="session")
+def coffee_jpeg() -> bytes:
+    return image_bytes(skimage.data.coffee(), "JPEG", quality=92)
+
+
+@pytest.fixture(scope="session")
+def builtin_client() -> Iterator[TestClient]:
+    """The real built-in model behind the real app (loaded once per test session)."""
+    app = create_app(Settings(model="builtin", device="cpu"))
+    with TestClient(app) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture
+def fake_app_factory() -> Iterator[object]:
+    """make(settings=None, encoder=None) -> a started TestClient over a FakeEncoder."""
+    clients: list[TestClient] = []
+
+    def make(settings: Settings | None = None, encoder: FakeEncoder | None = None) -> TestClient:
+        app = create_app(settings or Settings(), encoder=encoder or FakeEncoder())
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def tmp_export(tmp_path: Path) -> Path:
+    return tmp_path / "export"

@@ -1,0 +1,108 @@
+"""Shared test material: a tiny deterministic encoder, tiny exports, image bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import timm
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from training.export import ExportMeta, write_export
+from training.models.base import Encoder, EncoderInfo, Preprocess
+
+TINY_CLIP_CFG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+class FakeEncoder(Encoder):
+    """8-d, deterministic: images by mean colour, texts by a hash of their content."""
+
+    def __init__(self, capabilities: frozenset[str] = frozenset({"image", "text"})) -> None:
+        self.device = torch.device("cpu")
+        self.calls: list[int] = []  # batch sizes seen, for batching tests
+        self.info = EncoderInfo(
+            model_id="fake:test",
+            embed_dim=8,
+            capabilities=capabilities,
+            logit_scale=10.0,
+            preprocess=Preprocess(size=16),
+            context_length=32,
+            default_templates=("a photo of a {}.",),
+        )
+        gen = torch.Generator().manual_seed(0)
+        self.proj = torch.randn(3, 8, generator=gen)
+
+    def _image_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(pixels))
+        return pixels.mean(dim=(2, 3)) @ self.proj + 1e-3
+
+    def _text_forward(self, texts: list[str]) -> torch.Tensor:
+        self.calls.append(len(texts))
+        rows = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
+            rows.append(torch.randn(8, generator=torch.Generator().manual_seed(seed)))
+        return torch.stack(rows)
+
+
+def image_bytes(image: Image.Image | np.ndarray, fmt: str = "PNG", **save: Any) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+
+
+def tiny_clip(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return open_clip.CLIP(**TINY_CLIP_CFG).eval()
+
+
+def write_tiny_clip_export(out: Path, model: torch.nn.Module | None = None) -> Path:
+    model = model or tiny_clip()
+    meta = ExportMeta(
+        family="open_clip",
+        architecture={"name": "tiny-clip", "model_cfg": TINY_CLIP_CFG},
+        preprocess=Preprocess(size=32).to_dict(),
+        embed_dim=TINY_CLIP_CFG["embed_dim"],
+        capabilities=["image", "text"],
+        logit_scale=float(model.logit_scale.exp()),
+        tokenizer={"kind": "open_clip", "context_length": 16},
+        method="clip",
+    )
+    return write_export(out, model.state_dict(), meta)
+
+
+def write_tiny_timm_export(out: Path) -> Path:
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    dim = int(model.num_features)
+    meta = ExportMeta(
+        family="timm",
+        architecture={"name": "test_resnet", "kwargs": {}},
+        preprocess=Preprocess(size=32, mean=(0.5,) * 3, std=(0.5,) * 3).to_dict(),
+        embed_dim=dim,
+        capabilities=["image"],
+        method="simclr",
+    )
+    return write_export(out, model.state_dict(), meta)
