@@ -1,4 +1,11 @@
-def add_arguments(p):
+"""placeholder"""
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     pass
-def run(args):
+
+
+def run(args: argparse.Namespace) -> int:
     return 0

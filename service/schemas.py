@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -92,7 +92,7 @@ class ModelCard(BaseModel):
     logit_scale: float
     context_length: int | None
     default_templates: list[str]
-    preprocessing: dict[str, object]
+    preprocessing: dict[str, Any]
     device: str
 
 

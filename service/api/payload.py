@@ -70,6 +70,11 @@ def images_from_json(images: list[str]) -> list[bytes]:
     return [decode_base64_image(v, i) for i, v in enumerate(images)]
 
 
+def first_value(fields: dict[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    return values[0] if values else None
+
+
 def list_field(fields: dict[str, list[str]], name: str) -> list[str] | None:
     """A multipart list: repeated fields (labels=cat&labels=dog), or one JSON array string."""
     values = fields.get(name)

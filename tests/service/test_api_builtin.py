@@ -49,7 +49,10 @@ def test_classify_json_with_templates_and_top_k(
 def test_text_nearer_cat_than_coffee(
     builtin_client: TestClient, cat_jpeg: bytes, coffee_jpeg: bytes
 ) -> None:
-    files = [("files", ("cat.jpg", cat_jpeg, "image/jpeg")), ("files", ("c.jpg", coffee_jpeg, "image/jpeg"))]
+    files = [
+        ("files", ("cat.jpg", cat_jpeg, "image/jpeg")),
+        ("files", ("c.jpg", coffee_jpeg, "image/jpeg")),
+    ]
     images = np.array(builtin_client.post("/v1/embed/image", files=files).json()["embeddings"])
     r = builtin_client.post("/v1/embed/text", json={"texts": ["a photo of a cat"]})
     text = np.array(r.json()["embeddings"][0])
@@ -97,7 +100,9 @@ def test_models_health_ready_metrics(builtin_client: TestClient) -> None:
     assert builtin_client.get("/healthz").json() == {"status": "ok"}
     assert builtin_client.get("/readyz").json()["status"] == "ready"
     metrics = builtin_client.get("/metrics").text
-    assert 'contrastive_requests_total{method="POST",route="/v1/embed/text",status="200"}' in metrics
+    assert (
+        'contrastive_requests_total{method="POST",route="/v1/embed/text",status="200"}' in metrics
+    )
     assert "contrastive_batch_size_bucket" in metrics
     assert 'contrastive_queue_depth{modality="image"}' in metrics
 

@@ -58,7 +58,11 @@ def _gif() -> bytes:
 
 
 def _files(*blobs: bytes) -> dict[str, Any]:
-    return {"files": [("files", (f"{i}.bin", b, "application/octet-stream")) for i, b in enumerate(blobs)]}
+    return {
+        "files": [
+            ("files", (f"{i}.bin", b, "application/octet-stream")) for i, b in enumerate(blobs)
+        ]
+    }
 
 
 def _b64(b: bytes) -> str:
@@ -76,7 +80,13 @@ CASES: list[tuple[str, str, Callable[[], dict[str, Any]], int, str | None]] = [
     ("not-an-image", IMG, lambda: _files(b"hello, I am text"), 422, "image_decode_failed"),
     ("empty-file", IMG, lambda: _files(b""), 422, "image_decode_failed"),
     ("truncated-jpeg", IMG, lambda: _files(JPEG[: len(JPEG) // 2]), 422, "image_decode_failed"),
-    ("decompression-bomb", IMG, lambda: _files(_png_claiming(60000, 60000)), 413, "image_too_large"),
+    (
+        "decompression-bomb",
+        IMG,
+        lambda: _files(_png_claiming(60000, 60000)),
+        413,
+        "image_too_large",
+    ),
     ("one-pixel", IMG, lambda: _files(image_bytes(Image.new("RGB", (1, 1), "red"))), 200, None),
     ("wide-strip", IMG, lambda: _files(image_bytes(Image.new("RGB", (20000, 1)))), 200, None),
     ("tall-strip", IMG, lambda: _files(image_bytes(Image.new("L", (1, 20000)))), 200, None),
@@ -86,54 +96,153 @@ CASES: list[tuple[str, str, Callable[[], dict[str, Any]], int, str | None]] = [
     ("rgba", IMG, lambda: _files(_alpha("RGBA")()), 200, None),
     ("la", IMG, lambda: _files(_alpha("LA")()), 200, None),
     ("animated-gif", IMG, lambda: _files(_gif()), 200, None),
-    ("url-not-image", IMG, lambda: {"json": {"images": ["https://example.com/cat.jpg"]}}, 422,
-     "url_not_supported"),
+    (
+        "url-not-image",
+        IMG,
+        lambda: {"json": {"images": ["https://example.com/cat.jpg"]}},
+        422,
+        "url_not_supported",
+    ),
     ("bad-base64", IMG, lambda: {"json": {"images": ["not base64!!"]}}, 422, "invalid_base64"),
     ("no-images-json", IMG, lambda: {"json": {"images": []}}, 422, "empty_input"),
     ("no-images-multipart", IMG, lambda: {"files": {"x": (None, "y")}}, 422, "empty_input"),
-    ("too-many-images", IMG, lambda: {"json": {"images": [_b64(JPEG)] * 65}}, 422, "too_many_items"),
-    ("image-wrong-content-type", IMG, lambda: {"content": b"abc", "headers": {"content-type": "text/plain"}},
-     415, "unsupported_media_type"),
+    (
+        "too-many-images",
+        IMG,
+        lambda: {"json": {"images": [_b64(JPEG)] * 65}},
+        422,
+        "too_many_items",
+    ),
+    (
+        "image-wrong-content-type",
+        IMG,
+        lambda: {"content": b"abc", "headers": {"content-type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
     ("empty-text-list", TXT, lambda: {"json": {"texts": []}}, 422, "empty_input"),
     ("empty-string", TXT, lambda: {"json": {"texts": [""]}}, 422, "empty_text"),
     ("blank-string", TXT, lambda: {"json": {"texts": ["   "]}}, 422, "empty_text"),
     ("long-text-truncated", TXT, lambda: {"json": {"texts": ["word " * 20000]}}, 200, None),
     ("ten-thousand-texts", TXT, lambda: {"json": {"texts": ["x"] * 10000}}, 422, "too_many_items"),
     ("nul-character", TXT, lambda: {"json": {"texts": ["a\x00b"]}}, 422, "invalid_text"),
-    ("lone-surrogate", TXT, lambda: {"content": b'{"texts": ["a\\ud800b"]}',
-                                     "headers": {"content-type": "application/json"}}, 422, "invalid_text"),
+    (
+        "lone-surrogate",
+        TXT,
+        lambda: {
+            "content": b'{"texts": ["a\\ud800b"]}',
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+        "invalid_text",
+    ),
     ("texts-not-a-list", TXT, lambda: {"json": {"texts": "hello"}}, 422, "invalid_request"),
     ("missing-field", TXT, lambda: {"json": {"text": ["hello"]}}, 422, "invalid_request"),
-    ("invalid-json", TXT, lambda: {"content": b"{not json", "headers": {"content-type": "application/json"}},
-     422, "invalid_request"),
-    ("text-wrong-content-type", TXT, lambda: {"data": {"texts": "hi"}}, 415, "unsupported_media_type"),
-    ("unknown-model", TXT, lambda: {"json": {"texts": ["hi"], "model": "gpt-9"}}, 404, "model_not_found"),
-    ("openai-unknown-model", OAI, lambda: {"json": {"model": "text-embedding-3-small", "input": "hi"}}, 404,
-     "model_not_found"),
-    ("openai-token-ids", OAI, lambda: {"json": {"model": "builtin", "input": [[1, 2, 3]]}}, 422,
-     "invalid_request"),
-    ("openai-empty-string", OAI, lambda: {"json": {"model": "builtin", "input": ""}}, 422, "empty_text"),
-    ("openai-wrong-dimensions", OAI, lambda: {"json": {"model": "builtin", "input": "a", "dimensions": 7}},
-     422, "unsupported_dimensions"),
-    ("too-many-labels", CLS, lambda: {"json": {"images": [_b64(JPEG)], "labels": [f"l{i}" for i in range(1001)]}},
-     422, "too_many_labels"),
-    ("too-many-templates", CLS, lambda: {"json": {"images": [_b64(JPEG)], "labels": ["cat"],
-                                                  "templates": ["{} x"] * 101}}, 422, "too_many_templates"),
-    ("template-without-braces", CLS, lambda: {"json": {"images": [_b64(JPEG)], "labels": ["cat"],
-                                                       "templates": ["a photo"]}}, 422, "invalid_template"),
-    ("no-labels", CLS, lambda: {"json": {"images": [_b64(JPEG)], "labels": []}}, 422, "empty_input"),
-    ("duplicate-labels", CLS, lambda: {"json": {"images": [_b64(JPEG)], "labels": ["cat", "cat"]}}, 422,
-     "duplicate_labels"),
+    (
+        "invalid-json",
+        TXT,
+        lambda: {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "text-wrong-content-type",
+        TXT,
+        lambda: {"data": {"texts": "hi"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "unknown-model",
+        TXT,
+        lambda: {"json": {"texts": ["hi"], "model": "gpt-9"}},
+        404,
+        "model_not_found",
+    ),
+    (
+        "openai-unknown-model",
+        OAI,
+        lambda: {"json": {"model": "text-embedding-3-small", "input": "hi"}},
+        404,
+        "model_not_found",
+    ),
+    (
+        "openai-token-ids",
+        OAI,
+        lambda: {"json": {"model": "builtin", "input": [[1, 2, 3]]}},
+        422,
+        "invalid_request",
+    ),
+    (
+        "openai-empty-string",
+        OAI,
+        lambda: {"json": {"model": "builtin", "input": ""}},
+        422,
+        "empty_text",
+    ),
+    (
+        "openai-wrong-dimensions",
+        OAI,
+        lambda: {"json": {"model": "builtin", "input": "a", "dimensions": 7}},
+        422,
+        "unsupported_dimensions",
+    ),
+    (
+        "too-many-labels",
+        CLS,
+        lambda: {"json": {"images": [_b64(JPEG)], "labels": [f"l{i}" for i in range(1001)]}},
+        422,
+        "too_many_labels",
+    ),
+    (
+        "too-many-templates",
+        CLS,
+        lambda: {"json": {"images": [_b64(JPEG)], "labels": ["cat"], "templates": ["{} x"] * 101}},
+        422,
+        "too_many_templates",
+    ),
+    (
+        "template-without-braces",
+        CLS,
+        lambda: {"json": {"images": [_b64(JPEG)], "labels": ["cat"], "templates": ["a photo"]}},
+        422,
+        "invalid_template",
+    ),
+    (
+        "no-labels",
+        CLS,
+        lambda: {"json": {"images": [_b64(JPEG)], "labels": []}},
+        422,
+        "empty_input",
+    ),
+    (
+        "duplicate-labels",
+        CLS,
+        lambda: {"json": {"images": [_b64(JPEG)], "labels": ["cat", "cat"]}},
+        422,
+        "duplicate_labels",
+    ),
     ("classify-no-images", CLS, lambda: {"files": {"labels": (None, "cat")}}, 422, "empty_input"),
-    ("classify-bad-top-k", CLS, lambda: {"json": {"images": [_b64(JPEG)], "labels": ["a"], "top_k": 0}}, 422,
-     "invalid_request"),
+    (
+        "classify-bad-top-k",
+        CLS,
+        lambda: {"json": {"images": [_b64(JPEG)], "labels": ["a"], "top_k": 0}},
+        422,
+        "invalid_request",
+    ),
     ("unknown-route", "/v1/nothing", lambda: {"json": {}}, 404, "not_found"),
 ]
 
 
-@pytest.mark.parametrize(("path", "kwargs", "status", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_bad_input(
-    builtin_client: TestClient, path: str, kwargs: Callable[[], dict[str, Any]], status: int, code: str | None
+    builtin_client: TestClient,
+    path: str,
+    kwargs: Callable[[], dict[str, Any]],
+    status: int,
+    code: str | None,
 ) -> None:
     r = builtin_client.post(path, **kwargs())
     assert r.status_code == status, r.text
@@ -170,9 +279,9 @@ def test_exif_rotated_photo_is_turned_upright(builtin_client: TestClient) -> Non
 def test_animated_gif_uses_first_frame(builtin_client: TestClient) -> None:
     gif = np.array(builtin_client.post(IMG, **_files(_gif())).json()["embeddings"][0])
     red = np.array(
-        builtin_client.post(IMG, **_files(image_bytes(Image.new("RGB", (40, 30), (255, 0, 0))))).json()[
-            "embeddings"
-        ][0]
+        builtin_client.post(
+            IMG, **_files(image_bytes(Image.new("RGB", (40, 30), (255, 0, 0))))
+        ).json()["embeddings"][0]
     )
     np.testing.assert_allclose(gif, red, atol=1e-5)
 

@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -301,7 +300,8 @@ def test_async_embed_texts_and_classify(encoder: FakeEncoder) -> None:
 
     emb, default, top1 = asyncio.run(main())
     assert emb.vectors.shape == (2, 8) and emb.vectors.dtype == np.float32
-    np.testing.assert_allclose(emb.vectors, encoder.encode_texts(["a cat", "a dog"]), atol=1e-6)
+    expected_texts = encoder.encode_texts(["a cat", "a dog"]).numpy()
+    np.testing.assert_allclose(emb.vectors, expected_texts, atol=1e-6)
     assert [r.index for r in default] == [0, 1]
     assert default[0].ranking == default[1].ranking  # PIL image and its PNG bytes
     probs = [s.probability for s in default[0].ranking]

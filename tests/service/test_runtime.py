@@ -46,9 +46,16 @@ def test_streamed_body_refused_before_it_is_read() -> None:
         sent.append(message)
 
     scope = {
-        "type": "http", "method": "POST", "path": "/v1/embed/text", "query_string": b"",
-        "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
-        "scheme": "http", "server": ("test", 80), "root_path": "", "app": app,
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/embed/text",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("test", 80),
+        "root_path": "",
+        "app": app,
     }
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
@@ -61,13 +68,19 @@ def test_image_only_model_names_missing_capability(fake_app_factory: Factory) ->
     for path, kwargs in [
         ("/v1/embed/text", {"json": {"texts": ["hi"]}}),
         ("/v1/embeddings", {"json": {"model": "fake:test", "input": "hi"}}),
-        ("/v1/classify", {"files": [("files", ("a.png", png, "image/png"))], "data": {"labels": ["a"]}}),
+        (
+            "/v1/classify",
+            {"files": [("files", ("a.png", png, "image/png"))], "data": {"labels": ["a"]}},
+        ),
     ]:
         r = client.post(path, **kwargs)
         assert r.status_code == 400, (path, r.text)
         err = r.json()["error"]
         assert err["code"] == "missing_capability" and "'text'" in err["message"]
-    assert client.post("/v1/embed/image", files=[("files", ("a.png", png, "image/png"))]).status_code == 200
+    assert (
+        client.post("/v1/embed/image", files=[("files", ("a.png", png, "image/png"))]).status_code
+        == 200
+    )
 
 
 def test_api_keys(fake_app_factory: Factory) -> None:
@@ -143,7 +156,9 @@ def test_concurrent_requests_are_batched_and_routed(fake_app_factory: Factory) -
     enc.calls.clear()
     texts = [f"text number {i}" for i in range(24)]
     with ThreadPoolExecutor(24) as pool:
-        replies = list(pool.map(lambda t: client.post("/v1/embed/text", json={"texts": [t]}), texts))
+        replies = list(
+            pool.map(lambda t: client.post("/v1/embed/text", json={"texts": [t]}), texts)
+        )
     expected = FakeEncoder().encode_texts(texts).numpy()
     got = np.array([r.json()["embeddings"][0] for r in replies])
     np.testing.assert_allclose(got, expected, atol=1e-6)  # each caller got its own row
@@ -156,7 +171,9 @@ def test_full_queue_answers_503_with_retry_after(fake_app_factory: Factory) -> N
     client = fake_app_factory(Settings(max_batch_size=2, max_queue=4, max_wait_ms=0), encoder=enc)
     gate = enc.gate = threading.Event()  # armed after warm-up
     with ThreadPoolExecutor(8) as pool:
-        busy = [pool.submit(client.post, "/v1/embed/text", json={"texts": ["a", "b"]}) for _ in range(2)]
+        busy = [
+            pool.submit(client.post, "/v1/embed/text", json={"texts": ["a", "b"]}) for _ in range(2)
+        ]
         time.sleep(0.3)  # the queue now holds 4 items and the model is stuck on the first 2
         r = client.post("/v1/embed/text", json={"texts": ["c"]})
         gate.set()

@@ -23,7 +23,7 @@ class OpenCLIPEncoder(Encoder):
         self.device = device
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
-        visual = model.visual  # type: ignore[union-attr]
+        visual: Any = model.visual
         size = visual.image_size
         size = size[0] if isinstance(size, tuple | list) else size
         mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
@@ -32,9 +32,7 @@ class OpenCLIPEncoder(Encoder):
             logit_scale = float(model.logit_scale.exp().clamp(max=100.0))  # type: ignore[union-attr,operator]
         self.info = EncoderInfo(
             model_id=model_id,
-            embed_dim=int(model.text_projection.shape[-1])
-            if _has_tensor(model, "text_projection")
-            else _probe_dim(model, int(size), device),
+            embed_dim=_probe_dim(self.model, int(size), device),
             capabilities=frozenset({IMAGE, TEXT}),
             logit_scale=logit_scale,
             preprocess=Preprocess(size=int(size), mean=tuple(mean), std=tuple(std)),  # type: ignore[arg-type]
@@ -48,10 +46,6 @@ class OpenCLIPEncoder(Encoder):
     def _text_forward(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)  # truncates to the context length
         return self.model.encode_text(tokens)  # type: ignore[operator,no-any-return]
-
-
-def _has_tensor(model: torch.nn.Module, name: str) -> bool:
-    return isinstance(getattr(model, name, None), torch.Tensor)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from service.api.deps import State
 from service.api.payload import (
+    first_value,
     images_from_json,
     is_multipart,
     list_field,
@@ -27,14 +28,14 @@ router = APIRouter(prefix="/v1", tags=["classify"])
 async def _read(request: Request, state: State) -> tuple[ClassifyRequest, list[bytes]]:
     if is_multipart(request):
         blobs, fields = await read_form(request, state.settings)
-        top_k = (fields.get("top_k") or [None])[0]
+        top_k = first_value(fields, "top_k")
         try:
             body = ClassifyRequest(
                 images=[],
                 labels=list_field(fields, "labels") or [],
                 templates=list_field(fields, "templates"),
                 top_k=int(top_k) if top_k else None,
-                model=(fields.get("model") or [None])[0],
+                model=first_value(fields, "model"),
             )
         except ValueError as e:
             raise ApiError(422, "invalid_request", f"invalid form field: {e}") from e

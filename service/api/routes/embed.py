@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from service.api.deps import State
 from service.api.payload import (
+    first_value,
     images_from_json,
     is_multipart,
     multipart_or_json_body,
@@ -48,7 +49,7 @@ async def embed_image(request: Request, state: State) -> FastJSON:
     model = None
     if is_multipart(request):
         blobs, fields = await read_form(request, state.settings)
-        model = (fields.get("model") or [None])[0]
+        model = first_value(fields, "model")
     else:
         require_json(request)
         body = await parse_json(request, EmbedImageRequest)

@@ -1,0 +1,53 @@
+"""The `contrastive` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from service.cli import build_parser, main, settings_from_args
+
+
+def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTRASTIVE_PORT", "9000")
+    monkeypatch.setenv("CONTRASTIVE_MAX_WAIT_MS", "3.5")
+    args = build_parser().parse_args(
+        ["serve", "--model", "open_clip:ViT-B-32", "--max-batch-size", "8", "--api-key", "k"]
+    )
+    s = settings_from_args(args)
+    assert s.model == "open_clip:ViT-B-32" and s.max_batch_size == 8 and s.api_keys == ["k"]
+    assert s.port == 9000 and s.max_wait_ms == 3.5
+    assert s.host == "127.0.0.1"
+
+
+def test_unknown_model_fails_fast(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_cuda_without_cuda_fails_fast(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    assert main(["serve", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_python_dash_m_service_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    for flag in (
+        "--model",
+        "--pretrained",
+        "--device",
+        "--host",
+        "--port",
+        "--api-key",
+        "--max-batch-size",
+    ):
+        assert flag in out.stdout
