@@ -1,11 +1,269 @@
-"""placeholder"""
+"""`contrastive bench serve`: the service's HTTP throughput against the model's own.
+
+In one run on one machine:
+1. in-process: the encoder alone, batched, on ready inputs (preprocessed image tensors,
+   raw strings) -> items/s, and its time for a single item;
+2. HTTP: a server process on loopback, single-image (multipart JPEG) and single-text
+   requests at each concurrency -> requests/s, p50 and p99 latency;
+3. the ratios HTTP / in-process, and p50 at concurrency 1 minus the single-item time.
+"""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.loadgen import LoadResult, build_request, run_load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("--model", default="builtin", help="model reference [builtin]")
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated [1,8,32]")
+    p.add_argument("--seconds", type=float, default=5.0, help="load time per level [5]")
+    p.add_argument("--batch", type=int, default=64, help="batch size, in-process and server [64]")
+    p.add_argument("--modalities", default="image,text", help="[image,text]")
+    p.add_argument("--out", default="bench-results", help="folder for the JSON result")
+
+
+def _photo_jpeg() -> bytes:
+    """A real photo as a camera would send it (scikit-image's cat, 451x300 JPEG)."""
+    from PIL import Image
+
+    try:
+        import skimage.data
+
+        img = Image.fromarray(skimage.data.chelsea())
+    except ImportError:  # scikit-image is a dev extra; fall back to a synthetic gradient
+        img = Image.linear_gradient("L").resize((451, 300)).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+TEXT = "a photo of a cat sitting on a wooden table"
+
+
+def _median_time(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def in_process(encoder: Any, modality: str, batch: int, jpeg: bytes) -> dict[str, float]:
+    """-> {"items_per_s": batched throughput, "single_ms": one item's model time}."""
+    from PIL import Image
+
+    if modality == "image":
+        x = encoder.preprocess_image(Image.open(io.BytesIO(jpeg)))
+        many, one = x.expand(batch, *x.shape).contiguous(), x[None]
+        run_many = lambda: encoder.encode_image_tensors(many)  # noqa: E731
+        run_one = lambda: encoder.encode_image_tensors(one)  # noqa: E731
+    else:
+        texts = [f"{TEXT} {i}" for i in range(batch)]
+        run_many = lambda: encoder.encode_texts(texts)  # noqa: E731
+        run_one = lambda: encoder.encode_texts([TEXT])  # noqa: E731
+    for _ in range(3):
+        run_many()
+        run_one()
+    t_many = _median_time(run_many, 7)
+    t_one = _median_time(run_one, 21)
+    return {"items_per_s": batch / t_many, "single_ms": 1000 * t_one}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(args.batch),
+        "--log-level",
+        "warning",
+    ]
+    if args.pretrained:
+        cmd += ["--pretrained", args.pretrained]
+    proc = subprocess.Popen(cmd, env={**os.environ, "CONTRASTIVE_API_KEYS": ""})
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready in 300 s")
+
+
+def _requests(port: int, jpeg: bytes) -> dict[str, bytes]:
+    boundary = "benchboundary7MA4YWxkTrZu0gW"
+    multipart = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="cat.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + jpeg
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    text_body = json.dumps({"texts": [TEXT]}).encode()
+    host = "127.0.0.1"
+    return {
+        "image": build_request(
+            host,
+            port,
+            "/v1/embed/image",
+            multipart,
+            f"multipart/form-data; boundary={boundary}",
+            None,
+        ),
+        "text": build_request(host, port, "/v1/embed/text", text_body, "application/json", None),
+    }
+
+
+def _row(modality: str, res: LoadResult, ref: dict[str, float]) -> dict[str, Any]:
+    return {
+        "modality": modality,
+        "concurrency": res.concurrency,
+        "requests_per_s": res.rps,
+        "p50_ms": 1000 * res.percentile(50),
+        "p99_ms": 1000 * res.percentile(99),
+        "errors": res.errors,
+        "in_process_items_per_s": ref["items_per_s"],
+        "ratio_http_to_in_process": res.rps / ref["items_per_s"],
+        "p50_minus_model_single_ms": 1000 * res.percentile(50) - ref["single_ms"],
+    }
+
+
+def _environment(device: str) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    name = (
+        torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+    )
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": device,
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "git_commit": commit,
+        "python": platform.python_version(),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.models import load_encoder
+
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    jpeg = _photo_jpeg()
+    print(f"loading {args.model} in-process ...", flush=True)
+    encoder = load_encoder(args.model, args.pretrained, args.device)
+    modalities = [m for m in modalities if m in encoder.capabilities]
+    refs = {m: in_process(encoder, m, args.batch, jpeg) for m in modalities}
+    env = _environment(str(encoder.device))
+    del encoder  # the server process loads its own
+    port = _free_port()
+    print("starting the server ...", flush=True)
+    server = _start_server(args, port)
+    rows = []
+    try:
+        reqs = _requests(port, jpeg)
+        for m in modalities:
+            for c in levels:
+                res = asyncio.run(run_load("127.0.0.1", port, reqs[m], c, args.seconds))
+                rows.append(_row(m, res, refs[m]))
+                _print_row(rows[-1])
+    finally:
+        server.terminate()
+        server.wait(30)
+    result = {
+        "benchmark": "serve",
+        "model": args.model,
+        "batch": args.batch,
+        **env,
+        "in_process": refs,
+        "http": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"serve-{env['date'][:19].replace(':', '')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    _print_summary(refs, rows)
+    print(f"wrote {path}")
     return 0
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    print(
+        f"  {r['modality']:5} c={r['concurrency']:<3} {r['requests_per_s']:8.1f} req/s  "
+        f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+        f"ratio {r['ratio_http_to_in_process']:.2f}  errors {r['errors'] or 0}",
+        flush=True,
+    )
+
+
+def _print_summary(refs: dict[str, dict[str, float]], rows: list[dict[str, Any]]) -> None:
+    print()
+    print(
+        "| modality | concurrency | HTTP req/s | p50 ms | p99 ms | in-process items/s | HTTP / in-process |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['modality']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['in_process_items_per_s']:.1f} | {r['ratio_http_to_in_process']:.2f} |"
+        )
+    for m, ref in refs.items():
+        c1 = [r for r in rows if r["modality"] == m and r["concurrency"] == 1]
+        extra = (
+            f"; HTTP p50 at c=1 is {c1[0]['p50_minus_model_single_ms']:+.2f} ms above it"
+            if c1
+            else ""
+        )
+        print(f"{m}: model time for one item {ref['single_ms']:.2f} ms{extra}")

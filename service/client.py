@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import httpx
 import numpy as np
@@ -28,9 +28,11 @@ from PIL import Image
 
 __all__ = [
     "AsyncContrastiveClient",
+    "AsyncHttpClient",
     "Classification",
     "ContrastiveClient",
     "Embeddings",
+    "HttpClient",
     "ImageInput",
     "LabelScore",
     "ServiceError",
@@ -42,6 +44,59 @@ DEFAULT_TIMEOUT = 60.0
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
 """An image to send: a file path (read as bytes), encoded file bytes, or a PIL image (sent
 as PNG)."""
+
+
+# -- what `http=` accepts -----------------------------------------------------------------
+# Structural, so that httpx.Client and clients of compatible libraries both fit: starlette's
+# TestClient subclasses httpx2.Client when httpx2 is installed, which is no httpx.Client.
+
+_Files = list[tuple[str, tuple[str, bytes, str]]]
+
+
+class _Response(Protocol):
+    """The part of httpx.Response the clients read."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def is_success(self) -> bool: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def reason_phrase(self) -> str: ...
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+class HttpClient(Protocol):
+    """A blocking HTTP client like httpx.Client (or FastAPI's TestClient)."""
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = ...,
+        data: dict[str, str] | None = ...,
+        files: _Files | None = ...,
+        headers: dict[str, str] | None = ...,
+    ) -> _Response: ...
+    def close(self) -> None: ...
+
+
+class AsyncHttpClient(Protocol):
+    """An asyncio HTTP client like httpx.AsyncClient."""
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = ...,
+        data: dict[str, str] | None = ...,
+        files: _Files | None = ...,
+        headers: dict[str, str] | None = ...,
+    ) -> _Response: ...
+    async def aclose(self) -> None: ...
 
 
 # -- results ------------------------------------------------------------------------------
@@ -111,7 +166,7 @@ class _Request:
     path: str
     json: Any = None
     data: dict[str, str] | None = None
-    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    files: _Files | None = None
 
 
 def _auth_headers(api_key: str | None) -> dict[str, str]:
@@ -138,7 +193,7 @@ def _image_file(image: ImageInput, index: int) -> tuple[str, bytes, str]:
     raise TypeError(f"images[{index}]: expected a path, bytes or a PIL image, got {type(image)}")
 
 
-def _image_files(images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
+def _image_files(images: Sequence[ImageInput]) -> _Files:
     _reject_scalar(images, "images")
     return [("files", _image_file(img, i)) for i, img in enumerate(images)]
 
@@ -188,7 +243,7 @@ _READY = _Request("GET", "/readyz")
 # -- responses (shared by both clients) ---------------------------------------------------
 
 
-def _error(response: httpx.Response) -> ServiceError:
+def _error(response: _Response) -> ServiceError:
     """A non-2xx response -> ServiceError, from {"error": {...}} or else the raw text."""
     try:
         body: Any = response.json()
@@ -207,7 +262,7 @@ def _error(response: httpx.Response) -> ServiceError:
     return ServiceError(response.status_code, "http_error", text, body)
 
 
-def _checked(response: httpx.Response) -> Any:
+def _checked(response: _Response) -> Any:
     """The decoded JSON body of a 2xx response; raises ServiceError otherwise."""
     if not response.is_success:
         raise _error(response)
@@ -246,10 +301,11 @@ def _parse_models(body: Any) -> list[dict[str, Any]]:
 class ContrastiveClient:
     """Blocking client over httpx.Client.
 
-    Pass `http` to reuse an existing client (e.g. FastAPI's TestClient, an httpx.Client
-    subclass); its base URL, timeout and transport are then used as they are, and `close()`
-    leaves it open. Otherwise one is created from `base_url`, `timeout` (seconds) and
-    `transport`, and closed by `close()` / leaving the `with` block.
+    Pass `http` to reuse an existing client (an httpx.Client, FastAPI's TestClient, or
+    anything with the same `request`/`close`, see HttpClient); its base URL, timeout and
+    transport are then used as they are, and `close()` leaves it open. Otherwise one is
+    created from `base_url`, `timeout` (seconds) and `transport`, and closed by `close()` /
+    leaving the `with` block.
     """
 
     def __init__(
@@ -259,17 +315,17 @@ class ContrastiveClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         *,
-        http: httpx.Client | None = None,
+        http: HttpClient | None = None,
     ) -> None:
         self._owns_http = http is None
-        self._http = (
+        self._http: HttpClient = (
             http
             if http is not None
             else httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
         )
         self._headers = _auth_headers(api_key)
 
-    def _send(self, req: _Request) -> httpx.Response:
+    def _send(self, req: _Request) -> _Response:
         return self._http.request(
             req.method,
             req.path,
@@ -326,7 +382,8 @@ class ContrastiveClient:
 
 class AsyncContrastiveClient:
     """Asyncio client over httpx.AsyncClient; the same methods as ContrastiveClient, as
-    coroutines. `http` reuses an existing httpx.AsyncClient (left open by `aclose()`).
+    coroutines. `http` reuses an existing httpx.AsyncClient or the like (see
+    AsyncHttpClient), which `aclose()` leaves open.
 
     Image paths are read synchronously when a request is built (local files, small).
     """
@@ -338,17 +395,17 @@ class AsyncContrastiveClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
-        http: httpx.AsyncClient | None = None,
+        http: AsyncHttpClient | None = None,
     ) -> None:
         self._owns_http = http is None
-        self._http = (
+        self._http: AsyncHttpClient = (
             http
             if http is not None
             else httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
         )
         self._headers = _auth_headers(api_key)
 
-    async def _send(self, req: _Request) -> httpx.Response:
+    async def _send(self, req: _Request) -> _Response:
         return await self._http.request(
             req.method,
             req.path,

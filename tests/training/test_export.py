@@ -14,6 +14,7 @@ from PIL import Image
 from tests.helpers import tiny_clip, write_tiny_clip_export, write_tiny_timm_export
 from training.export import ExportError, read_export
 from training.models import load_encoder
+from training.models.preprocess import to_tensor
 
 
 def test_round_trip_open_clip(tmp_export: Path) -> None:
@@ -27,7 +28,7 @@ def test_round_trip_open_clip(tmp_export: Path) -> None:
     enc = load_encoder(str(tmp_export), device="cpu")
     image = Image.new("RGB", (40, 32), (10, 200, 30))
     with torch.no_grad():
-        x = enc.preprocess_image(image)[None]
+        x = to_tensor(image, enc.info.preprocess)[None]
         want_img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
         want_txt = model.encode_text(enc.tokenizer(["a red square"]), normalize=True)  # type: ignore[attr-defined]
     torch.testing.assert_close(enc.encode_images([image]), want_img, atol=1e-6, rtol=0)

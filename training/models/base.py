@@ -81,6 +81,8 @@ class Encoder(ABC):
 
     info: EncoderInfo
     device: torch.device
+    image_chunk_cpu: int = 16
+    image_chunk_gpu: int = 512
 
     # -- properties of the contract -------------------------------------------------
     @property
@@ -101,15 +103,28 @@ class Encoder(ABC):
 
     # -- images ---------------------------------------------------------------------
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
-        """PIL image (any mode) -> float32 tensor [3, S, S] normalised for the model."""
-        return pp.to_tensor(image, self.info.preprocess)
+        """PIL image (any mode) -> uint8 [3, S, S], resized and cropped for the model.
+
+        CPU only and thread-safe; normalisation happens in `encode_image_tensors`.
+        """
+        return pp.to_pixels(image, self.info.preprocess)
 
     def encode_image_tensors(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[n, 3, S, S] preprocessed pixels -> [n, d] L2-normalised float32 CPU embeddings."""
+        """uint8 [n, 3, S, S] from `preprocess_image` -> [n, d] unit float32 CPU embeddings.
+
+        Runs in chunks of `image_chunk` images: on a CPU, depthwise-conv networks get
+        slower per image past a few images a batch (activations leave the cache).
+        """
         self.require(IMAGE)
+        outs = []
         with torch.inference_mode(), self._autocast():
-            out = self._image_forward(pixels.to(self.device, non_blocking=True))
-        return _normalise(out)
+            for chunk in pixels.split(self._image_chunk()):
+                x = pp.normalize(chunk.to(self.device, non_blocking=True), self.info.preprocess)
+                outs.append(self._image_forward(x))
+        return _normalise(torch.cat(outs))
+
+    def _image_chunk(self) -> int:
+        return self.image_chunk_gpu if self.device.type == "cuda" else self.image_chunk_cpu
 
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """list of PIL images -> [n, d] embeddings."""

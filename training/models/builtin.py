@@ -72,6 +72,8 @@ def class_texts(template: str = CLASS_TEMPLATE) -> list[list[str]]:
 class BuiltinEncoder(Encoder):
     """ConSE over EfficientNet-Lite0 (image) and all-MiniLM-L6-v2 (text); 384-d."""
 
+    image_chunk_cpu = 4  # measured best on a 2-core CPU (docs/benchmarks.md)
+
     def __init__(self, device: torch.device, top_t: int = TOP_T) -> None:
         self.device = device
         self.top_t = top_t

@@ -62,8 +62,13 @@ def clamp_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Im
     return image
 
 
-def to_tensor(image: Image.Image, cfg: Preprocess) -> torch.Tensor:
-    """PIL image -> float32 [3, size, size], resized, centre-cropped and normalised."""
+def to_pixels(image: Image.Image, cfg: Preprocess) -> torch.Tensor:
+    """PIL image -> uint8 [3, size, size], resized and centre-cropped, not yet normalised.
+
+    No torch arithmetic happens here: this runs in decode threads, and torch ops there
+    would start OpenMP teams that spin against the model thread's. Normalisation runs
+    batched, on the model's device (`normalize`).
+    """
     image = clamp_aspect(ensure_rgb(image))
     interp = InterpolationMode(cfg.interpolation)
     if cfg.resize_mode == "squash":
@@ -71,5 +76,16 @@ def to_tensor(image: Image.Image, cfg: Preprocess) -> torch.Tensor:
     else:
         image = TF.resize(image, cfg.size, interpolation=interp)
         image = TF.center_crop(image, [cfg.size, cfg.size])
-    x = TF.pil_to_tensor(image).float().div_(255.0)
-    return TF.normalize(x, list(cfg.mean), list(cfg.std))
+    return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+
+
+def normalize(pixels: torch.Tensor, cfg: Preprocess) -> torch.Tensor:
+    """uint8 [n, 3, S, S] (any device) -> float32 [n, 3, S, S], (x / 255 - mean) / std."""
+    mean = torch.tensor(cfg.mean, device=pixels.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(cfg.std, device=pixels.device).view(1, 3, 1, 1) * 255.0
+    return (pixels.float() - mean) / std
+
+
+def to_tensor(image: Image.Image, cfg: Preprocess) -> torch.Tensor:
+    """PIL image -> float32 [3, size, size], normalised (the two steps above, for one image)."""
+    return normalize(to_pixels(image, cfg)[None], cfg)[0]
