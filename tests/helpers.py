@@ -86,7 +86,7 @@ def write_tiny_clip_export(out: Path, model: torch.nn.Module | None = None) -> P
         preprocess=Preprocess(size=32).to_dict(),
         embed_dim=TINY_CLIP_CFG["embed_dim"],
         capabilities=["image", "text"],
-        logit_scale=float(model.logit_scale.exp()),
+        logit_scale=float(model.logit_scale.detach().exp()),
         tokenizer={"kind": "open_clip", "context_length": 16},
         method="clip",
     )

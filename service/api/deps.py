@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from service.state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.service  # type: ignore[no-any-return]
 
 

@@ -20,8 +20,13 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+async def require_json_dep(request: Request) -> None:
+    """Dependency (async: a sync one would cost a thread hop per request)."""
+    require_json(request)
+
+
 def require_json(request: Request) -> None:
-    """Dependency: 415 unless the body is declared JSON."""
+    """415 unless the body is declared JSON."""
     mt = media_type(request)
     if mt != "application/json" and not mt.endswith("+json"):
         raise ApiError(

@@ -13,6 +13,7 @@ from service.api.payload import (
     parse_json,
     read_form,
     require_json,
+    require_json_dep,
 )
 from service.api.validate import check_image_count, check_texts
 from service.responses import FastJSON
@@ -29,7 +30,7 @@ def _reply(model_id: str, emb: object, dim: int) -> FastJSON:
 @router.post(
     "/text",
     response_model=EmbeddingResponse,
-    dependencies=[Depends(require_json)],
+    dependencies=[Depends(require_json_dep)],
     summary="Embed texts",
 )
 async def embed_text(body: EmbedTextRequest, state: State) -> FastJSON:

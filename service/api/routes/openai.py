@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from service.api.deps import State
-from service.api.payload import require_json
+from service.api.payload import require_json_dep
 from service.api.validate import check_texts
 from service.errors import ApiError
 from service.responses import FastJSON
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 @router.post(
     "/embeddings",
     response_model=OpenAIEmbeddingResponse,
-    dependencies=[Depends(require_json)],
+    dependencies=[Depends(require_json_dep)],
     summary="OpenAI-compatible embeddings (text)",
 )
 async def embeddings(body: OpenAIEmbeddingRequest, state: State) -> FastJSON:
