@@ -140,6 +140,14 @@ class ServiceState:
 async def _submit(batcher: Batcher, items: list) -> torch.Tensor:  # type: ignore[type-arg]
     try:
         return await batcher.submit(items)
+    except torch.OutOfMemoryError as e:
+        # The batch, not the request, was too big for the device right now: retryable.
+        raise ApiError(
+            503,
+            "out_of_memory",
+            "the device ran out of memory; retry, or send fewer items",
+            headers={"Retry-After": "1"},
+        ) from e
     except QueueFullError as e:
         raise ApiError(
             503,

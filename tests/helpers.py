@@ -28,7 +28,11 @@ TINY_CLIP_CFG: dict[str, Any] = {
 class FakeEncoder(Encoder):
     """8-d, deterministic: images by mean colour, texts by a hash of their content."""
 
-    def __init__(self, capabilities: frozenset[str] = frozenset({"image", "text"})) -> None:
+    def __init__(
+        self,
+        capabilities: frozenset[str] = frozenset({"image", "text"}),
+        default_templates: tuple[str, ...] = ("a photo of a {}.",),
+    ) -> None:
         self.device = torch.device("cpu")
         self.calls: list[int] = []  # batch sizes seen, for batching tests
         self.info = EncoderInfo(
@@ -38,7 +42,7 @@ class FakeEncoder(Encoder):
             logit_scale=10.0,
             preprocess=Preprocess(size=16),
             context_length=32,
-            default_templates=("a photo of a {}.",),
+            default_templates=default_templates,
         )
         gen = torch.Generator().manual_seed(0)
         self.proj = torch.randn(3, 8, generator=gen)

@@ -8,8 +8,6 @@ client through httpx.ASGITransport, with the app's lifespan run on the test's ow
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,36 +29,15 @@ from service.client import (
     ServiceError,
 )
 from service.settings import Settings
-from training.models.base import Encoder, EncoderInfo, Preprocess
+from tests.helpers import FakeEncoder as _Fake
+from tests.helpers import image_bytes, wait_ready
 
 LABELS = ["cat", "dog", "car", "tree"]
 TEMPLATES = ("a photo of a {}.", "a drawing of a {}.")
 
 
-class FakeEncoder(Encoder):
-    """8-d and deterministic: images by mean colour through a fixed map, texts by hash."""
-
-    def __init__(self) -> None:
-        self.device = torch.device("cpu")
-        self.info = EncoderInfo(
-            model_id="fake:test",
-            embed_dim=8,
-            capabilities=frozenset({"image", "text"}),
-            logit_scale=10.0,
-            preprocess=Preprocess(size=16),
-            default_templates=TEMPLATES,
-        )
-        self.proj = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
-
-    def _image_forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.mean(dim=(2, 3)) @ self.proj  # [n, 3, 16, 16] -> [n, 3] -> [n, 8]
-
-    def _text_forward(self, texts: list[str]) -> torch.Tensor:
-        rows = []
-        for t in texts:
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-            rows.append(torch.randn(8, generator=torch.Generator().manual_seed(seed)))
-        return torch.stack(rows)
+def FakeEncoder() -> _Fake:  # noqa: N802 - reads as the class it builds
+    return _Fake(default_templates=TEMPLATES)
 
 
 def _image(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> Image.Image:
@@ -71,23 +48,8 @@ def _image(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> Im
     return Image.fromarray(arr)
 
 
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _wait_ready(client: TestClient, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get("/readyz").status_code == 200:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
-
-
 def _expected_probabilities(
-    enc: FakeEncoder, image: Image.Image, labels: list[str], templates: tuple[str, ...]
+    enc: _Fake, image: Image.Image, labels: list[str], templates: tuple[str, ...]
 ) -> np.ndarray:
     """What /v1/classify should answer, computed directly: [L] softmax probabilities."""
     img = enc.encode_images([image])[0]
@@ -98,14 +60,14 @@ def _expected_probabilities(
 
 
 @pytest.fixture
-def encoder() -> FakeEncoder:
+def encoder() -> _Fake:
     return FakeEncoder()
 
 
 @pytest.fixture
-def server(encoder: FakeEncoder) -> Iterator[TestClient]:
+def server(encoder: _Fake) -> Iterator[TestClient]:
     with TestClient(create_app(Settings(), encoder=encoder)) as tc:
-        _wait_ready(tc)
+        wait_ready(tc)
         yield tc
 
 
@@ -126,7 +88,7 @@ def test_ready_and_models(client: ContrastiveClient) -> None:
     assert card["capabilities"] == ["image", "text"]
 
 
-def test_embed_texts_matches_encoder(client: ContrastiveClient, encoder: FakeEncoder) -> None:
+def test_embed_texts_matches_encoder(client: ContrastiveClient, encoder: _Fake) -> None:
     texts = ["a cat", "a dog", "a cat"]
     emb = client.embed_texts(texts)
     assert isinstance(emb, Embeddings)
@@ -139,14 +101,14 @@ def test_embed_texts_matches_encoder(client: ContrastiveClient, encoder: FakeEnc
 
 
 def test_embed_images_path_bytes_and_pil_agree(
-    client: ContrastiveClient, encoder: FakeEncoder, tmp_path: Path
+    client: ContrastiveClient, encoder: _Fake, tmp_path: Path
 ) -> None:
     image = _image((200, 60, 20))
     path = tmp_path / "orange.png"
-    path.write_bytes(_png(image))
+    path.write_bytes(image_bytes(image))
     other = _image((20, 60, 200))
 
-    emb = client.embed_images([path, str(path), _png(image), image, other])
+    emb = client.embed_images([path, str(path), image_bytes(image), image, other])
     assert emb.vectors.shape == (5, 8)
     assert emb.vectors.dtype == np.float32
     for row in emb.vectors[1:4]:
@@ -158,7 +120,7 @@ def test_embed_images_path_bytes_and_pil_agree(
     np.testing.assert_allclose(client.embed_images([image]).vectors[0], expected[0], atol=1e-5)
 
 
-def test_classify_rankings(client: ContrastiveClient, encoder: FakeEncoder) -> None:
+def test_classify_rankings(client: ContrastiveClient, encoder: _Fake) -> None:
     images = [_image((200, 60, 20)), _image((20, 60, 200))]
     results = client.classify(images, LABELS)  # default templates of the model
     assert [r.index for r in results] == [0, 1]
@@ -176,7 +138,7 @@ def test_classify_rankings(client: ContrastiveClient, encoder: FakeEncoder) -> N
         np.testing.assert_allclose([got[lab] for lab in LABELS], expected, atol=1e-5)
 
 
-def test_classify_templates_and_top_k(client: ContrastiveClient, encoder: FakeEncoder) -> None:
+def test_classify_templates_and_top_k(client: ContrastiveClient, encoder: _Fake) -> None:
     image = _image((90, 200, 40))
     full = client.classify([image], LABELS, templates=["{}"])[0]
     expected = _expected_probabilities(encoder, image, LABELS, ("{}",))
@@ -212,7 +174,7 @@ def test_empty_inputs_raise_service_error(client: ContrastiveClient) -> None:
 
 def test_undecodable_image_carries_server_message(client: ContrastiveClient) -> None:
     with pytest.raises(ServiceError) as info:
-        client.embed_images([_png(_image((1, 2, 3))), b"not an image"])
+        client.embed_images([image_bytes(_image((1, 2, 3))), b"not an image"])
     assert info.value.code == "image_decode_failed"
     assert "image 1" in info.value.message
 
@@ -221,13 +183,13 @@ def test_scalar_instead_of_list_is_rejected(client: ContrastiveClient) -> None:
     with pytest.raises(TypeError, match="sequence"):
         client.embed_texts("a cat")
     with pytest.raises(TypeError, match="sequence"):
-        client.embed_images(_png(_image((1, 2, 3))))  # type: ignore[arg-type]
+        client.embed_images(image_bytes(_image((1, 2, 3))))  # type: ignore[arg-type]
 
 
 def test_api_key() -> None:
     app = create_app(Settings(api_keys=["k1"]), encoder=FakeEncoder())
     with TestClient(app) as tc:
-        _wait_ready(tc)
+        wait_ready(tc)
         anonymous = ContrastiveClient(http=tc)
         assert anonymous.ready() is True  # the health probes stay open
         with pytest.raises(ServiceError) as info:
@@ -281,7 +243,7 @@ async def _async_ready(client: AsyncContrastiveClient, timeout: float = 30.0) ->
         await asyncio.sleep(0.02)
 
 
-def test_async_embed_texts_and_classify(encoder: FakeEncoder) -> None:
+def test_async_embed_texts_and_classify(encoder: _Fake) -> None:
     app = create_app(Settings(), encoder=encoder)
     image = _image((200, 60, 20))
 
@@ -292,7 +254,7 @@ def test_async_embed_texts_and_classify(encoder: FakeEncoder) -> None:
                 await _async_ready(client)
                 emb, default, top1 = await asyncio.gather(
                     client.embed_texts(["a cat", "a dog"]),
-                    client.classify([image, _png(image)], LABELS),
+                    client.classify([image, image_bytes(image)], LABELS),
                     client.classify([image], LABELS, templates=["{}"], top_k=1),
                 )
                 assert not http.is_closed  # a passed-in client is left open

@@ -76,12 +76,18 @@ class BuiltinEncoder(Encoder):
 
     image_chunk_cpu = 4  # measured best on a 2-core CPU (docs/benchmarks.md)
 
-    def __init__(self, device: torch.device, top_t: int = TOP_T) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        top_t: int = TOP_T,
+        class_template: str = CLASS_TEMPLATE,
+        centre: bool = True,
+    ) -> None:
         self.device = device
         self.top_t = top_t
         self.vision = load_efficientnet_lite0().to(device)
         self.text = MiniLM().to(device).eval()
-        self.class_emb, self.centre = self._class_embeddings()
+        self.set_class_template(class_template, centre)
         self.info = EncoderInfo(
             model_id="builtin:conse-effnetlite0-minilm6-v1",
             embed_dim=MiniLM.dim,
@@ -92,10 +98,15 @@ class BuiltinEncoder(Encoder):
             default_templates=DEFAULT_TEMPLATES,
         )
 
+    def set_class_template(self, template: str, centre: bool = True) -> None:
+        """(Re)build the class embeddings; `centre=False` turns centring off (for tuning)."""
+        self.class_emb, mean = self._class_embeddings(template)
+        self.centre = mean if centre else torch.zeros_like(mean)
+
     @torch.inference_mode()
-    def _class_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _class_embeddings(self, template: str) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ([1000, 384] unit class embeddings, [384] their mean)."""
-        groups = class_texts()
+        groups = class_texts(template)
         flat = [t for g in groups for t in g]
         emb = torch.cat([self.text(flat[i : i + 256]) for i in range(0, len(flat), 256)])
         emb = torch.nn.functional.normalize(emb.float(), dim=-1)
