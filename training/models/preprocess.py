@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # to a 224-pixel short side first would allocate gigabytes.
 MAX_ASPECT = 2.0
 
+_ORIENTATION = 0x0112  # the EXIF tag
 _HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
@@ -31,7 +32,8 @@ def ensure_rgb(image: Image.Image) -> Image.Image:
     EXIF orientation is applied; alpha is composited on white (what a viewer shows);
     16-bit and float greyscale are rescaled by their range rather than clipped at 255.
     """
-    image = ImageOps.exif_transpose(image) or image
+    if image.getexif().get(_ORIENTATION, 1) != 1:  # copy only when it must turn
+        image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
     if image.mode in _HIGH_BIT_MODES:
