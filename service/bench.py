@@ -186,6 +186,16 @@ def _row(modality: str, res: LoadResult, ref: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def _environment(device: str) -> dict[str, Any]:
     try:
         commit = subprocess.run(
@@ -193,9 +203,7 @@ def _environment(device: str) -> dict[str, Any]:
         ).stdout.strip()
     except OSError:
         commit = ""
-    name = (
-        torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
-    )
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": device,
