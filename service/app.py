@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await asyncio.get_running_loop().run_in_executor(state.index_pool, state.open_store)
         loading = asyncio.create_task(state.load(encoder))
         try:
             yield

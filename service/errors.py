@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.index.types import CollectionError
 from service.responses import FastJSON
 
 log = logging.getLogger("contrastive.service")
@@ -64,6 +65,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> FastJSON:
         return error_response(exc)
+
+    @app.exception_handler(CollectionError)
+    async def _collection_error(_: Request, exc: CollectionError) -> FastJSON:
+        return error_response(ApiError(exc.status, exc.code, exc.message))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> FastJSON:

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     max_templates: int = Field(100, ge=1, description="templates in one classify request")
     classifier_cache: int = Field(256, ge=0, description="zero-shot label sets kept in memory")
     log_level: str = Field("info", description="uvicorn log level")
+    # collections (similarity search)
+    collections_dir: str = Field("collections", description="where collections are stored")
+    snapshot_every: int = Field(20_000, ge=1, description="log records between snapshots")
+    max_items: int = Field(1024, ge=1, description="items in one add request")
+    max_k: int = Field(1000, ge=1, description="largest k in a search")
+    max_queries: int = Field(256, ge=1, description="queries in one search request")
 
     @field_validator("api_keys", mode="before")
     @classmethod

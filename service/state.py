@@ -12,11 +12,14 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
 
 from service.errors import ApiError
+from service.index.store import CollectionStore
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher, QueueFullError
 from service.runtime.images import decode_image
@@ -25,6 +28,7 @@ from service.settings import Settings
 from training.models import IMAGE, TEXT, Encoder, load_encoder
 
 log = logging.getLogger("contrastive.service")
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +50,22 @@ class ServiceState:
             max(2, os.cpu_count() or 2), thread_name_prefix="decode"
         )
     )
+
+    store: CollectionStore | None = None
+    # Index writes block on fsync: they get threads of their own, off the event loop.
+    index_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="index")
+    )
+
+    def open_store(self) -> None:
+        """Open (and recover) every collection; runs once at start-up, in a thread."""
+        self.store = CollectionStore(
+            Path(self.settings.collections_dir), self.settings.snapshot_every
+        )
+
+    async def run_index(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call in the index pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.index_pool, fn, *args)
 
     @property
     def ready(self) -> bool:
@@ -90,6 +110,9 @@ class ServiceState:
         for b in (self.image_batcher, self.text_batcher):
             if b:
                 await b.stop()
+        if self.store is not None:
+            self.store.close()
+        self.index_pool.shutdown(wait=True)
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 

@@ -24,6 +24,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _collections_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every app a test builds keeps its collections in that test's temp folder."""
+    monkeypatch.setenv("CONTRASTIVE_COLLECTIONS_DIR", str(tmp_path / "collections"))
+
+
 @pytest.fixture(scope="session")
 def cat_jpeg() -> bytes:
     return image_bytes(skimage.data.chelsea(), "JPEG", quality=92)
@@ -35,9 +41,10 @@ def coffee_jpeg() -> bytes:
 
 
 @pytest.fixture(scope="session")
-def builtin_client() -> Iterator[TestClient]:
+def builtin_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """The real built-in model behind the real app (loaded once per test session)."""
-    app = create_app(Settings(model="builtin", device="cpu"))
+    folder = tmp_path_factory.mktemp("builtin-collections")
+    app = create_app(Settings(model="builtin", device="cpu", collections_dir=str(folder)))
     with TestClient(app) as client:
         wait_ready(client)
         yield client

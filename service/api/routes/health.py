@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
@@ -19,9 +21,13 @@ async def healthz() -> FastJSON:
 
 @router.get("/readyz", summary="Readiness: 503 until the model is loaded and warmed")
 async def readyz(state: State) -> FastJSON:
+    problems = state.store.problems if state.store is not None else {}
     if state.ready:
         assert state.encoder is not None
-        return FastJSON({"status": "ready", "model": state.encoder.model_id})
+        body: dict[str, Any] = {"status": "ready", "model": state.encoder.model_id}
+        if problems:  # the service runs; these collections are refused until repaired
+            body["collections_refused"] = problems
+        return FastJSON(body)
     if state.draining:
         status, reason = "draining", "shutting down"
     elif state.load_error:

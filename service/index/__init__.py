@@ -1,0 +1,1 @@
+"""Persistent, crash-safe vector collections: FAISS for search, our own log for durability."""

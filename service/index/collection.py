@@ -1,0 +1,342 @@
+"""One collection: string ids, unit vectors, JSON metadata; durable and searchable.
+
+State lives in memory (dicts by id) and on disk as the latest snapshot plus the log of
+changes since it. Every change is appended to the log and fsynced before it is applied
+or acknowledged. Files in the collection's folder:
+
+    collection.json        name, model_id, dim, index spec, created_at
+    snapshot.bin           state up to log sequence S (checksummed, atomic)
+    snapshot.prev.bin      the snapshot before it, kept for recovery
+    log.prev.wal           records between the two snapshots
+    log.wal                records after S
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.index.faiss_index import VectorIndex
+from service.index.fsutil import atomic_write, fsync_dir, storage_error
+from service.index.snapshot import CorruptSnapshotError, Snapshot, read_snapshot, write_snapshot
+from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
+from service.index.wal import DELETE, UPSERT, Record, WriteAheadLog
+
+log = logging.getLogger("contrastive.index")
+META, SNAP, PREV_SNAP, LOG, PREV_LOG = (
+    "collection.json",
+    "snapshot.bin",
+    "snapshot.prev.bin",
+    "log.wal",
+    "log.prev.wal",
+)
+EXACT_FILTER_LIMIT = 50_000  # filtered searches over fewer candidates are exact (numpy)
+
+
+class Collection:
+    """Thread-safe; every method may block on disk I/O, so call it off the event loop."""
+
+    def __init__(self, folder: Path, snapshot_every: int = 20_000) -> None:
+        self.folder = folder
+        meta = json.loads((folder / META).read_text())
+        self.name: str = meta["name"]
+        self.model_id: str = meta["model_id"]
+        self.dim: int = int(meta["dim"])
+        self.spec = IndexSpec.from_dict(meta["index"])
+        self.created_at: str = meta["created_at"]
+        self.snapshot_every = snapshot_every
+        self.status = "ok"
+        self._lock = threading.RLock()
+        self._vec: dict[str, np.ndarray] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+        self._label: dict[str, int] = {}
+        self._id_of: dict[int, str] = {}
+        self._next_label = 0
+        self._seq = 0
+        self._recover()
+        self._index = self._build_index()
+
+    # -- creation and recovery -----------------------------------------------------
+    @staticmethod
+    def create(folder: Path, name: str, model_id: str, dim: int, spec: IndexSpec) -> None:
+        folder.mkdir(parents=True)
+        meta = {
+            "format_version": 1,
+            "name": name,
+            "model_id": model_id,
+            "dim": dim,
+            "index": spec.to_dict(),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        atomic_write(folder / META, json.dumps(meta, indent=2).encode())
+
+    def _recover(self) -> None:
+        """Latest valid snapshot + the log(s) after it; refuse when that cannot be done.
+
+        If snapshot.bin is missing (a crash mid-snapshot) or corrupt, the previous snapshot
+        and both logs rebuild the state, provided the records run on without a gap."""
+        snap_path, prev_path = self.folder / SNAP, self.folder / PREV_SNAP
+        logs = [self.folder / LOG]
+        try:
+            if snap_path.exists():
+                self._load_snapshot(read_snapshot(snap_path, self.dim))
+            elif prev_path.exists():
+                raise CorruptSnapshotError(f"{SNAP} is missing beside {PREV_SNAP}")
+        except CorruptSnapshotError as e:
+            log.error("collection %s: %s; rebuilding from the log", self.name, e)
+            self._reset()
+            if prev_path.exists():
+                try:
+                    self._load_snapshot(read_snapshot(prev_path, self.dim))
+                except CorruptSnapshotError as e2:
+                    raise self._refuse(f"{e}; and the previous snapshot: {e2}") from e2
+            logs = [self.folder / PREV_LOG, self.folder / LOG]
+            self.status = "rebuilt_from_log"
+        self._replay(logs)
+        if self.status == "rebuilt_from_log":
+            self._check_contiguous()
+            self._rotate()  # the recovered state becomes the new, valid snapshot
+            self._log_records = 0
+        self._wal = WriteAheadLog(self.folder / LOG, self.dim)
+        self._wal.records = self._log_records
+
+    def _replay(self, logs: list[Path]) -> None:
+        self._log_records = 0
+        self._first_seq: int | None = None
+        for path in logs:
+            if not path.exists():
+                continue
+            wal = WriteAheadLog(path, self.dim)
+            for rec in wal.replay():
+                if rec.seq <= self._seq:
+                    continue  # already in the snapshot (a crash between snapshot and log cut)
+                if self._first_seq is None:
+                    self._first_seq = rec.seq
+                self._apply_state(rec)
+                self._seq = rec.seq
+                self._log_records += 1
+            if wal.torn_bytes:
+                log.warning(
+                    "collection %s: cut a torn %d-byte tail off %s",
+                    self.name,
+                    wal.torn_bytes,
+                    path.name,
+                )
+            wal.close()
+
+    def _check_contiguous(self) -> None:
+        if self._first_seq is not None and self._first_seq != self._snap_seq + 1:
+            raise self._refuse(
+                f"the snapshot is corrupt and the log starts at record {self._first_seq}, "
+                f"after record {self._snap_seq}: the records between are lost"
+            )
+
+    def _refuse(self, why: str) -> CollectionError:
+        self.status = "refused"
+        return CollectionError(
+            503, "collection_corrupt", f"collection {self.name!r} refused: {why}"
+        )
+
+    def _reset(self) -> None:
+        self._vec.clear()
+        self._meta.clear()
+        self._label.clear()
+        self._id_of.clear()
+        self._seq = self._snap_seq = 0
+
+    def _load_snapshot(self, snap: Snapshot) -> None:
+        self._reset()
+        for i, (id_, meta) in enumerate(zip(snap.ids, snap.metadata, strict=True)):
+            self._put(id_, snap.vectors[i], meta)
+        self._seq = self._snap_seq = snap.seq
+
+    # -- state changes ---------------------------------------------------------------
+    def _put(self, id_: str, vec: np.ndarray, meta: dict[str, Any]) -> tuple[int | None, int]:
+        old = self._label.get(id_)
+        if old is not None:
+            del self._id_of[old]
+        label = self._next_label
+        self._next_label += 1
+        self._vec[id_], self._meta[id_], self._label[id_], self._id_of[label] = (
+            vec,
+            meta,
+            label,
+            id_,
+        )
+        return old, label
+
+    def _drop(self, id_: str) -> int | None:
+        label = self._label.pop(id_, None)
+        if label is not None:
+            del self._id_of[label], self._vec[id_], self._meta[id_]
+        return label
+
+    def _apply_state(self, rec: Record) -> tuple[list[int], list[int]]:
+        """Apply to the dicts -> (labels to remove from the index, labels added)."""
+        removed, added = [], []
+        if rec.op == UPSERT:
+            assert rec.vectors is not None
+            for i, id_ in enumerate(rec.ids):
+                old, new = self._put(id_, rec.vectors[i], rec.metadata[i])
+                if old is not None:
+                    removed.append(old)
+                added.append(new)
+        else:
+            removed = [lb for lb in (self._drop(i) for i in rec.ids) if lb is not None]
+        return removed, added
+
+    def _write(
+        self, op: int, ids: list[str], meta: list[dict[str, Any]], vecs: np.ndarray | None
+    ) -> None:
+        with self._lock:
+            if self.status == "refused":
+                raise CollectionError(
+                    503, "collection_corrupt", f"collection {self.name!r} is refused"
+                )
+            rec = Record(op, self._seq + 1, ids, meta, vecs)
+            self._wal.append(rec)  # durable before anything changes
+            self._seq = rec.seq
+            removed, added = self._apply_state(rec)
+            self._index.remove(np.asarray(removed, np.int64))
+            if added:
+                self._index.add(
+                    np.asarray(added, np.int64),
+                    np.stack([self._vec[self._id_of[a]] for a in added]),
+                )
+            if self._index.needs_rebuild(len(self._vec)):
+                self._index = self._build_index()
+            if self._wal.records >= self.snapshot_every:
+                try:
+                    self.snapshot()
+                except CollectionError as e:  # the write above is durable: still a success
+                    log.error("collection %s: snapshot failed (%s); will retry", self.name, e)
+
+    def upsert(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> int:
+        """Add or replace; `vectors` float32 [n, dim], unit norm. Durable on return.
+
+        Within one call a repeated id keeps its last occurrence."""
+        last = {id_: i for i, id_ in enumerate(ids)}
+        keep = sorted(last.values())
+        self._write(
+            UPSERT,
+            [ids[i] for i in keep],
+            [metadata[i] for i in keep],
+            np.ascontiguousarray(vectors[keep], np.float32),
+        )
+        return len(keep)
+
+    def delete(self, ids: list[str]) -> int:
+        """Remove ids (unknown ones are ignored) -> how many were present. Durable on return."""
+        with self._lock:
+            present = [i for i in dict.fromkeys(ids) if i in self._label]
+            if present:
+                self._write(DELETE, present, [], None)
+            return len(present)
+
+    # -- snapshots ---------------------------------------------------------------------
+    def snapshot(self) -> None:
+        """Write the state durably, then rotate the log (the old one is kept one round)."""
+        with self._lock:
+            self._wal.close()
+            try:
+                self._rotate()
+            finally:
+                self._wal = WriteAheadLog(self.folder / LOG, self.dim)
+
+    def _rotate(self) -> None:
+        """snapshot.bin -> prev; new snapshot.bin (fsynced); log.wal -> log.prev.wal.
+
+        The log is cut only after the new snapshot is durable; a crash at any point
+        leaves files that `_recover` reads back to the same state."""
+        ids = list(self._vec)
+        vecs = np.stack([self._vec[i] for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
+        snap_path, log_path = self.folder / SNAP, self.folder / LOG
+        try:
+            if snap_path.exists():
+                os.replace(snap_path, self.folder / PREV_SNAP)
+            write_snapshot(snap_path, Snapshot(self._seq, ids, [self._meta[i] for i in ids], vecs))
+            if log_path.exists():
+                os.replace(log_path, self.folder / PREV_LOG)
+            fsync_dir(self.folder)
+        except OSError as e:
+            raise storage_error(e) from e
+        self._snap_seq = self._seq
+
+    # -- reads ---------------------------------------------------------------------------
+    def _build_index(self) -> VectorIndex:
+        labels = np.fromiter((self._label[i] for i in self._vec), np.int64, len(self._vec))
+        vecs = (
+            np.stack(list(self._vec.values())) if self._vec else np.zeros((0, self.dim), np.float32)
+        )
+        return VectorIndex.build(self.dim, self.spec, labels, vecs)
+
+    def get(self, id_: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+        with self._lock:
+            if id_ not in self._vec:
+                return None
+            return self._vec[id_].copy(), dict(self._meta[id_])
+
+    def search(
+        self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """queries float32 [q, dim] -> for each, up to k hits, best first."""
+        with self._lock:
+            if not self._vec:
+                return [[] for _ in range(len(queries))]
+            if where:
+                return self._filtered(queries, k, where)
+            scores, labels = self._index.search(np.ascontiguousarray(queries, np.float32), k)
+            return [self._hits(s, lb) for s, lb in zip(scores, labels, strict=True)]
+
+    def _filtered(self, queries: np.ndarray, k: int, where: dict[str, Any]) -> list[list[Hit]]:
+        ids = [i for i, m in self._meta.items() if all(m.get(f) == v for f, v in where.items())]
+        if not ids:
+            return [[] for _ in range(len(queries))]
+        if len(ids) <= EXACT_FILTER_LIMIT:  # exact, and never starved by a graph index
+            mat = np.stack([self._vec[i] for i in ids])
+            sims = queries @ mat.T
+            top = np.argsort(-sims, axis=1)[:, :k]
+            return [
+                [Hit(ids[j], float(sims[q, j]), dict(self._meta[ids[j]])) for j in row]
+                for q, row in enumerate(top)
+            ]
+        allowed = np.fromiter((self._label[i] for i in ids), np.int64, len(ids))
+        scores, labels = self._index.search(np.ascontiguousarray(queries, np.float32), k, allowed)
+        return [self._hits(s, lb) for s, lb in zip(scores, labels, strict=True)]
+
+    def _hits(self, scores: np.ndarray, labels: np.ndarray) -> list[Hit]:
+        out = []
+        for s, lb in zip(scores, labels, strict=True):
+            id_ = self._id_of.get(int(lb))
+            if lb >= 0 and id_ is not None:
+                out.append(Hit(id_, float(s), dict(self._meta[id_])))
+        return out
+
+    @property
+    def count(self) -> int:
+        return len(self._vec)
+
+    def info(self) -> CollectionInfo:
+        with self._lock:
+            return CollectionInfo(
+                self.name,
+                self.model_id,
+                self.dim,
+                len(self._vec),
+                self.spec,
+                self._index.kind,
+                self.created_at,
+                self.status,
+                self._wal.records,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._wal.close()

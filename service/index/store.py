@@ -1,0 +1,95 @@
+"""All collections under one folder: create, open (recovering each), list, delete."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+from service.index.collection import META, Collection
+from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name
+
+log = logging.getLogger("contrastive.index")
+
+
+class CollectionStore:
+    """Collections in `root/<name>/`. A collection that cannot be recovered is kept out of
+    service and listed in `problems` (the service's /readyz reports them)."""
+
+    def __init__(self, root: Path, snapshot_every: int = 20_000) -> None:
+        self.root = root
+        self.snapshot_every = snapshot_every
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._open: dict[str, Collection] = {}
+        self.problems: dict[str, str] = {}
+        for folder in sorted(p for p in root.iterdir() if (p / META).is_file()):
+            self._load(folder)
+
+    def _load(self, folder: Path) -> None:
+        try:
+            col = Collection(folder, self.snapshot_every)
+        except CollectionError as e:
+            self.problems[folder.name] = e.message
+            log.error("%s", e.message)
+            return
+        except Exception as e:  # an unreadable folder must not take the others down
+            self.problems[folder.name] = f"{type(e).__name__}: {e}"
+            log.exception("collection %s could not be opened", folder.name)
+            return
+        self._open[col.name] = col
+        if col.status != "ok":
+            log.warning("collection %s: %s", col.name, col.status)
+
+    def create(
+        self, name: str, model_id: str, dim: int, spec: IndexSpec | None = None
+    ) -> CollectionInfo:
+        check_name(name)
+        if dim < 1:
+            raise CollectionError(422, "invalid_dimension", "dim must be positive")
+        with self._lock:
+            if name in self._open or name in self.problems or (self.root / name).exists():
+                raise CollectionError(
+                    409, "collection_exists", f"collection {name!r} already exists"
+                )
+            Collection.create(self.root / name, name, model_id, dim, spec or IndexSpec())
+            col = Collection(self.root / name, self.snapshot_every)
+            self._open[name] = col
+            return col.info()
+
+    def get(self, name: str) -> Collection:
+        check_name(name)
+        col = self._open.get(name)
+        if col is None:
+            if name in self.problems:
+                raise CollectionError(503, "collection_corrupt", self.problems[name])
+            raise CollectionError(404, "collection_not_found", f"no collection named {name!r}")
+        return col
+
+    def list(self) -> list[CollectionInfo]:
+        return [c.info() for c in sorted(self._open.values(), key=lambda c: c.name)]
+
+    def delete(self, name: str) -> None:
+        check_name(name)
+        with self._lock:
+            col = self._open.pop(name, None)
+            if col is None and name not in self.problems:
+                raise CollectionError(404, "collection_not_found", f"no collection named {name!r}")
+            self.problems.pop(name, None)
+            if col is not None:
+                col.close()
+            # rename first: after a crash the collection is gone, never half-deleted
+            trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+            (self.root / name).rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def snapshot_all(self) -> None:
+        for col in list(self._open.values()):
+            col.snapshot()
+
+    def close(self) -> None:
+        for col in self._open.values():
+            col.close()
+        self._open.clear()

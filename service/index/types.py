@@ -1,0 +1,84 @@
+"""Value types and errors of the collection store (no FAISS, no I/O here)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_ID_CHARS = 256
+
+
+class CollectionError(Exception):
+    """A store error with an HTTP status and a stable code (the API maps it as is)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def check_name(name: str) -> str:
+    """Collection names become folder names: letters, digits, '_', '.', '-'; no '..'."""
+    if not NAME_RE.match(name) or ".." in name:
+        raise CollectionError(
+            422,
+            "invalid_name",
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+@dataclass
+class IndexSpec:
+    """Which FAISS index a collection uses, and its parameters.
+
+    kind "auto": exact (flat) search until `auto_threshold` vectors, then HNSW.
+    IVF: `nlist` lists (default: ~4*sqrt(n) when trained), `nprobe` searched.
+    HNSW: `m` links per node, `ef_construction`, `ef_search`.
+    """
+
+    kind: IndexKind = "auto"
+    auto_threshold: int = 50_000
+    nlist: int | None = None
+    nprobe: int = 32
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IndexSpec:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float  # inner product of unit vectors = cosine similarity
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CollectionInfo:
+    name: str
+    model_id: str
+    dim: int
+    count: int
+    index: IndexSpec
+    active_index: str  # "flat", "ivf" or "hnsw": what serves searches now
+    created_at: str
+    status: str = "ok"  # "ok", or how it was recovered, e.g. "rebuilt_from_log"
+    log_records: int = 0  # records in the log since the last snapshot
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["index"] = self.index.to_dict()
+        return d
