@@ -25,7 +25,7 @@ from service.runtime.batcher import Batcher, QueueFullError
 from service.runtime.images import decode_image
 from service.runtime.zeroshot import ClassifierCache
 from service.settings import Settings
-from training.models import IMAGE, TEXT, Encoder, load_encoder
+from training.models import IMAGE, TEXT, Encoder, load_encoder, resolve_device
 
 log = logging.getLogger("contrastive.service")
 T = TypeVar("T")
@@ -59,8 +59,9 @@ class ServiceState:
 
     def open_store(self) -> None:
         """Open (and recover) every collection; runs once at start-up, in a thread."""
+        device = str(resolve_device(self.settings.device))
         self.store = CollectionStore(
-            Path(self.settings.collections_dir), self.settings.snapshot_every
+            Path(self.settings.collections_dir), self.settings.snapshot_every, device
         )
 
     async def run_index(self, fn: Callable[..., T], *args: Any) -> T:

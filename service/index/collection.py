@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from service.index.faiss_index import VectorIndex
+from service.index.faiss_index import VectorIndex, choose_kind, faiss_gpus
 from service.index.fsutil import atomic_write, fsync_dir, storage_error
 from service.index.snapshot import CorruptSnapshotError, Snapshot, read_snapshot, write_snapshot
+from service.index.torch_flat import TorchFlatIndex
 from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
 from service.index.wal import DELETE, UPSERT, Record, WriteAheadLog
 
@@ -43,8 +45,11 @@ EXACT_FILTER_LIMIT = 50_000  # filtered searches over fewer candidates are exact
 class Collection:
     """Thread-safe; every method may block on disk I/O, so call it off the event loop."""
 
-    def __init__(self, folder: Path, snapshot_every: int = 20_000) -> None:
+    def __init__(
+        self, folder: Path, snapshot_every: int = 20_000, device: str | None = None
+    ) -> None:
         self.folder = folder
+        self.device = device  # "cuda...": exact search on the GPU (see _build_index)
         meta = json.loads((folder / META).read_text())
         self.name: str = meta["name"]
         self.model_id: str = meta["model_id"]
@@ -87,8 +92,10 @@ class Collection:
         try:
             if snap_path.exists():
                 self._load_snapshot(read_snapshot(snap_path, self.dim))
-            elif prev_path.exists():
-                raise CorruptSnapshotError(f"{SNAP} is missing beside {PREV_SNAP}")
+            elif prev_path.exists() or (self.folder / PREV_LOG).exists():
+                # log.prev.wal exists only once a snapshot was written: without it,
+                # log.wal alone would silently serve the records after the lost snapshot
+                raise CorruptSnapshotError(f"{SNAP} is missing beside {PREV_SNAP}/{PREV_LOG}")
         except CorruptSnapshotError as e:
             log.error("collection %s: %s; rebuilding from the log", self.name, e)
             self._reset()
@@ -270,11 +277,21 @@ class Collection:
         self._snap_seq = self._seq
 
     # -- reads ---------------------------------------------------------------------------
-    def _build_index(self) -> VectorIndex:
+    def _build_index(self) -> VectorIndex | TorchFlatIndex:
         labels = np.fromiter((self._label[i] for i in self._vec), np.int64, len(self._vec))
         vecs = (
             np.stack(list(self._vec.values())) if self._vec else np.zeros((0, self.dim), np.float32)
         )
+        if (
+            self.device
+            and self.device.startswith("cuda")
+            and choose_kind(self.spec, len(labels)) == "flat"
+        ):
+            if faiss_gpus() == 0:  # faiss-gpu absent (the usual case): exact search in torch
+                return TorchFlatIndex.build(
+                    self.dim, self.spec, labels, vecs, torch.device(self.device)
+                )
+            return VectorIndex.build(self.dim, self.spec, labels, vecs, gpu=True)
         return VectorIndex.build(self.dim, self.spec, labels, vecs)
 
     def get(self, id_: str) -> tuple[np.ndarray, dict[str, Any]] | None:

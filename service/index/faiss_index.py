@@ -19,6 +19,11 @@ from service.index.types import IndexSpec
 MIN_TRAIN_PER_LIST = 39  # FAISS warns below 39 training points per IVF list
 
 
+def faiss_gpus() -> int:
+    """GPUs FAISS can use: 0 with faiss-cpu."""
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
 def choose_kind(spec: IndexSpec, count: int) -> str:
     """What to build for `count` vectors: IVF/HNSW only once there are enough to pay off."""
     if spec.kind == "flat":
@@ -44,15 +49,19 @@ class VectorIndex:
 
     @classmethod
     def build(
-        cls, dim: int, spec: IndexSpec, labels: np.ndarray, vectors: np.ndarray
+        cls, dim: int, spec: IndexSpec, labels: np.ndarray, vectors: np.ndarray, gpu: bool = False
     ) -> VectorIndex:
-        """labels int64 [n], vectors float32 [n, dim] -> a filled index of the right kind."""
+        """labels int64 [n], vectors float32 [n, dim] -> a filled index of the right kind.
+
+        gpu: put a flat index on every GPU (needs faiss-gpu)."""
         vi = cls.__new__(cls)
         vi.dim, vi.spec, vi.tombstones = dim, spec, set()
         vi.kind = choose_kind(spec, len(labels))
         base = vi._make_base(len(labels))
         if vi.kind == "ivf":
             base.train(vectors)
+        if gpu and vi.kind == "flat":
+            base = faiss.index_cpu_to_all_gpus(base)
         vi.index = vi._wrap(base)
         if len(labels):
             vi.index.add_with_ids(vectors, labels)

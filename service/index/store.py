@@ -18,8 +18,9 @@ class CollectionStore:
     """Collections in `root/<name>/`. A collection that cannot be recovered is kept out of
     service and listed in `problems` (the service's /readyz reports them)."""
 
-    def __init__(self, root: Path, snapshot_every: int = 20_000) -> None:
+    def __init__(self, root: Path, snapshot_every: int = 20_000, device: str | None = None) -> None:
         self.root = root
+        self.device = device
         self.snapshot_every = snapshot_every
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -30,7 +31,7 @@ class CollectionStore:
 
     def _load(self, folder: Path) -> None:
         try:
-            col = Collection(folder, self.snapshot_every)
+            col = Collection(folder, self.snapshot_every, self.device)
         except CollectionError as e:
             self.problems[folder.name] = e.message
             log.error("%s", e.message)
@@ -55,7 +56,7 @@ class CollectionStore:
                     409, "collection_exists", f"collection {name!r} already exists"
                 )
             Collection.create(self.root / name, name, model_id, dim, spec or IndexSpec())
-            col = Collection(self.root / name, self.snapshot_every)
+            col = Collection(self.root / name, self.snapshot_every, self.device)
             self._open[name] = col
             return col.info()
 

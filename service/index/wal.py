@@ -64,6 +64,11 @@ class WriteAheadLog:
     def append(self, record: Record) -> None:
         """Durable on return; on failure the file is cut back to its previous length."""
         data = record.encode()
+        if self._file.closed:  # a rollback could not reopen it
+            try:
+                self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
+            except OSError as e:
+                raise storage_error(e) from e
         start = self._file.tell()
         try:
             self._file.write(data)
@@ -75,7 +80,15 @@ class WriteAheadLog:
         self.records += 1
 
     def _rollback(self, size: int) -> None:
+        # A failed write/flush leaves the record in the buffered writer, which a later
+        # flush would write ahead of the next record (same seq: replay would keep the
+        # failed one and skip the acknowledged one). Drop that writer, reopen the file.
         try:
+            self._file.close()
+        except OSError:
+            pass  # its flush failed again; the file is closed all the same
+        try:
+            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
             self._file.truncate(size)
             self._file.seek(size)
             os.fsync(self._file.fileno())
@@ -90,7 +103,9 @@ class WriteAheadLog:
         while good + _REC.size <= len(data):
             length, crc = _REC.unpack_from(data, good)
             payload = data[good + _REC.size : good + _REC.size + length]
-            if length > MAX_RECORD or len(payload) < length or zlib.crc32(payload) != crc:
+            # length < header: e.g. a zero-filled tail after a crash (crc32(b"") == 0)
+            bad_length = length < _PAY.size or length > MAX_RECORD
+            if bad_length or len(payload) < length or zlib.crc32(payload) != crc:
                 break
             yield Record.decode(payload, self.dim)
             good += _REC.size + length
