@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from service.api.routes import classify, embed, health, models, openai
+from service.api.routes import classify, collections, embed, health, models, openai
 from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
@@ -44,7 +44,14 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     )
     app.state.service = state
     install_handlers(app)
-    for router in (health.router, models.router, embed.router, classify.router, openai.router):
+    for router in (
+        health.router,
+        models.router,
+        embed.router,
+        classify.router,
+        openai.router,
+        collections.router,
+    ):
         app.include_router(router)
     # Outermost first: metrics see every response, auth runs before any body is read.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

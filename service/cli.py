@@ -42,9 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(serve)
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="what", required=True)
-    from service.bench import add_arguments
+    from service import bench as bench_serve
+    from service import bench_search
 
-    add_arguments(bench_sub.add_parser("serve", help="HTTP vs in-process throughput"))
+    bench_serve.add_arguments(bench_sub.add_parser("serve", help="HTTP vs in-process throughput"))
+    bench_search.add_arguments(
+        bench_sub.add_parser("search", help="search: raw FAISS vs our store vs HTTP; recall")
+    )
+    from service import index_cli
+
+    index = sub.add_parser("index", help="add folders of images to a collection; search it")
+    index_cli.add_arguments(index.add_subparsers(dest="index_command", required=True))
     return parser
 
 
@@ -74,7 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(settings_from_args(args))
     if args.command == "bench":
-        from service.bench import run
+        from service import bench, bench_search
 
-        return run(args)
+        return bench_search.run(args) if args.what == "search" else bench.run(args)
+    if args.command == "index":
+        from service import index_cli
+
+        return index_cli.run(args)
     return 2

@@ -3,6 +3,9 @@
     with ContrastiveClient("http://127.0.0.1:8000", api_key="...") as client:
         emb = client.embed_texts(["a cat", "a dog"])      # emb.vectors: float32 [2, dim]
         best = client.classify(["cat.jpg"], ["cat", "dog"])[0].top.label
+        client.create_collection("photos")
+        client.add("photos", ["cat"], images=["cat.jpg"], metadata=[{"kind": "pet"}])
+        hits = client.search("photos", text="a cat", k=5)  # [SearchHit(id, score, metadata)]
 
 Both classes are thin: every request is built and every response parsed by the module-level
 helpers below, so the two behave identically. Any non-2xx answer raises `ServiceError`
@@ -12,14 +15,16 @@ timeouts propagate as httpx errors.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -30,11 +35,14 @@ __all__ = [
     "AsyncContrastiveClient",
     "AsyncHttpClient",
     "Classification",
+    "CollectionInfo",
     "ContrastiveClient",
     "Embeddings",
     "HttpClient",
     "ImageInput",
+    "Item",
     "LabelScore",
+    "SearchHit",
     "ServiceError",
 ]
 
@@ -44,6 +52,9 @@ DEFAULT_TIMEOUT = 60.0
 ImageInput = str | os.PathLike[str] | bytes | Image.Image
 """An image to send: a file path (read as bytes), encoded file bytes, or a PIL image (sent
 as PNG)."""
+
+VectorInput = Sequence[float] | npt.NDArray[Any]
+"""One raw vector: a sequence of floats or a 1-d array (the server L2-normalises it)."""
 
 
 # -- what `http=` accepts -----------------------------------------------------------------
@@ -138,6 +149,43 @@ class Classification:
     def top(self) -> LabelScore:
         """The most probable label."""
         return self.ranking[0]
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection as the server describes it (see service.index.types.CollectionInfo).
+
+    `index` is the index spec ({"kind": "auto"|"flat"|"ivf"|"hnsw", ...}); `active_index`
+    is what serves searches now; `status` is "ok" or how the collection was recovered.
+    """
+
+    name: str
+    model_id: str
+    dim: int
+    count: int
+    index: dict[str, Any]
+    active_index: str
+    created_at: str
+    status: str = "ok"
+    log_records: int = 0
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: `score` is the cosine similarity of the query and the item."""
+
+    id: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Item:
+    """One stored item; `vector` (float32 [dim], unit norm) only when asked for."""
+
+    id: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    vector: npt.NDArray[np.float32] | None = None
 
 
 class ServiceError(Exception):
@@ -240,6 +288,143 @@ _MODELS = _Request("GET", "/v1/models")
 _READY = _Request("GET", "/readyz")
 
 
+# -- collections: requests -----------------------------------------------------------------
+
+_COLLECTIONS = "/v1/collections"
+_LIST_COLLECTIONS = _Request("GET", _COLLECTIONS)
+_QUERY_KINDS = ("text", "image", "vector", "id")
+
+
+def _collection_path(name: str, *rest: str) -> str:
+    """/v1/collections/<name>/<rest...>; every segment percent-encoded whole, "/" included
+    (item ids are often file paths)."""
+    return "/".join([_COLLECTIONS, *(quote(part, safe="") for part in (name, *rest))])
+
+
+def _image_base64(image: ImageInput, index: int) -> str:
+    return base64.b64encode(_image_file(image, index)[1]).decode("ascii")
+
+
+def _vector_list(vector: VectorInput, what: str) -> list[float]:
+    arr = np.asarray(vector, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{what}: expected one vector (1-d), got shape {arr.shape}")
+    return [float(x) for x in arr]
+
+
+def _create_collection_request(
+    name: str,
+    index: str | Mapping[str, Any] | None,
+    model_id: str | None,
+    dim: int | None,
+) -> _Request:
+    body: dict[str, Any] = {"name": name}
+    if index is not None:  # "hnsw" is short for {"kind": "hnsw"}
+        body["index"] = {"kind": index} if isinstance(index, str) else dict(index)
+    if model_id is not None:
+        body["model_id"] = model_id
+    if dim is not None:
+        body["dim"] = dim
+    return _Request("POST", _COLLECTIONS, json=body)
+
+
+def _add_request(
+    collection: str,
+    ids: Sequence[str],
+    texts: Sequence[str] | None,
+    images: Sequence[ImageInput] | None,
+    vectors: Sequence[VectorInput] | npt.NDArray[Any] | None,
+    metadata: Sequence[Mapping[str, Any]] | None,
+) -> _Request:
+    given = [
+        (k, v)
+        for k, v in (("text", texts), ("image", images), ("vector", vectors))
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise ValueError("add: give exactly one of texts, images or vectors")
+    kind, values = given[0]
+    _reject_scalar(ids, "ids")
+    _reject_scalar(values, f"{kind}s")
+    if kind == "image":
+        payload: list[Any] = [_image_base64(img, i) for i, img in enumerate(values)]
+    elif kind == "vector":
+        payload = [_vector_list(v, f"vectors[{i}]") for i, v in enumerate(values)]
+    else:
+        payload = list(values)
+    if len(payload) != len(ids):
+        raise ValueError(f"add: {len(ids)} ids but {len(payload)} {kind}s")
+    if metadata is not None and len(metadata) != len(ids):
+        raise ValueError(f"add: {len(ids)} ids but {len(metadata)} metadata objects")
+    items: list[dict[str, Any]] = []
+    for i, (id_, value) in enumerate(zip(ids, payload, strict=True)):
+        item: dict[str, Any] = {"id": id_, kind: value}
+        if metadata is not None:
+            item["metadata"] = dict(metadata[i])
+        items.append(item)
+    return _Request("POST", _collection_path(collection, "items"), json={"items": items})
+
+
+def _delete_items_request(collection: str, ids: Sequence[str]) -> _Request:
+    _reject_scalar(ids, "ids")
+    return _Request(
+        "POST", _collection_path(collection, "items", "delete"), json={"ids": list(ids)}
+    )
+
+
+def _get_item_request(collection: str, id_: str, include_vector: bool) -> _Request:
+    query = "?include_vector=true" if include_vector else ""
+    return _Request("GET", _collection_path(collection, "items", id_) + query)
+
+
+def _query(query: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """{"text"|"image"|"vector"|"id": value} -> its JSON form (images base64)."""
+    if not isinstance(query, Mapping):
+        raise TypeError(
+            f"queries[{index}]: expected a dict like {{'text': ...}}, got {type(query)}"
+        )
+    given = [k for k in _QUERY_KINDS if query.get(k) is not None]
+    unknown = set(query) - set(_QUERY_KINDS)
+    if len(given) != 1 or unknown:
+        raise ValueError(f"queries[{index}]: give exactly one of text, image, vector or id")
+    kind = given[0]
+    value = query[kind]
+    if kind == "image":
+        return {"image": _image_base64(value, index)}
+    if kind == "vector":
+        return {"vector": _vector_list(value, f"queries[{index}]")}
+    return {kind: value}
+
+
+def _search_request(
+    collection: str,
+    queries: Sequence[Mapping[str, Any]],
+    k: int,
+    where: Mapping[str, Any] | None,
+) -> _Request:
+    if isinstance(queries, Mapping):
+        raise TypeError("queries must be a list of dicts; for one query use search()")
+    body: dict[str, Any] = {"queries": [_query(q, i) for i, q in enumerate(queries)], "k": k}
+    if where is not None:
+        body["where"] = dict(where)
+    return _Request("POST", _collection_path(collection, "search"), json=body)
+
+
+def _search_one_request(
+    collection: str,
+    text: str | None,
+    image: ImageInput | None,
+    vector: VectorInput | None,
+    id_: str | None,
+    k: int,
+    where: Mapping[str, Any] | None,
+) -> _Request:
+    query = {"text": text, "image": image, "vector": vector, "id": id_}
+    return _search_request(
+        collection, [{q: v for q, v in query.items() if v is not None}], k, where
+    )
+
+
 # -- responses (shared by both clients) ---------------------------------------------------
 
 
@@ -293,6 +478,54 @@ def _parse_classify(body: Any) -> list[Classification]:
 def _parse_models(body: Any) -> list[dict[str, Any]]:
     """{"object": "list", "data": [model card, ...]} -> the model cards."""
     return list(body["data"])
+
+
+def _parse_collection(body: Any) -> CollectionInfo:
+    """CollectionInfo.to_dict() of the server -> CollectionInfo."""
+    return CollectionInfo(
+        name=str(body["name"]),
+        model_id=str(body["model_id"]),
+        dim=int(body["dim"]),
+        count=int(body["count"]),
+        index=dict(body["index"]),
+        active_index=str(body["active_index"]),
+        created_at=str(body["created_at"]),
+        status=str(body.get("status", "ok")),
+        log_records=int(body.get("log_records", 0)),
+    )
+
+
+def _parse_collections(body: Any) -> list[CollectionInfo]:
+    """{"collections": [CollectionInfo...]} -> list."""
+    return [_parse_collection(c) for c in body["collections"]]
+
+
+def _parse_upserted(body: Any) -> int:
+    """{"upserted": n, "count": total} -> n."""
+    return int(body["upserted"])
+
+
+def _parse_deleted(body: Any) -> int:
+    """{"deleted": n_present, "count": total} -> n_present."""
+    return int(body["deleted"])
+
+
+def _parse_item(body: Any) -> Item:
+    """{"id", "metadata", "vector"?} -> Item (vector float32 [dim] or None)."""
+    vector = body.get("vector")
+    return Item(
+        id=str(body["id"]),
+        metadata=dict(body.get("metadata") or {}),
+        vector=None if vector is None else np.asarray(vector, dtype=np.float32),
+    )
+
+
+def _parse_search(body: Any) -> list[list[SearchHit]]:
+    """{"results": [[{"id", "score", "metadata"}...] per query]} -> hits per query."""
+    return [
+        [SearchHit(str(h["id"]), float(h["score"]), dict(h.get("metadata") or {})) for h in hits]
+        for hits in body["results"]
+    ]
 
 
 # -- clients ------------------------------------------------------------------------------
@@ -362,6 +595,85 @@ class ContrastiveClient:
     def ready(self) -> bool:
         """True when the model is loaded and the server answers requests (GET /readyz 200)."""
         return self._send(_READY).status_code == 200
+
+    # -- collections (similarity search) --------------------------------------------------
+
+    def create_collection(
+        self,
+        name: str,
+        index: str | Mapping[str, Any] | None = None,
+        model_id: str | None = None,
+        dim: int | None = None,
+    ) -> CollectionInfo:
+        """Create a collection. `index`: a kind ("auto", "flat", "ivf", "hnsw") or a spec
+        dict ({"kind": "hnsw", "m": 32, ...}); None: the server's default ("auto").
+        model_id/dim default to the loaded model's; give both for raw vectors of another
+        space. ServiceError 409 `collection_exists` if the name is taken."""
+        req = _create_collection_request(name, index, model_id, dim)
+        return _parse_collection(_checked(self._send(req)))
+
+    def list_collections(self) -> list[CollectionInfo]:
+        """Every collection, by name."""
+        return _parse_collections(_checked(self._send(_LIST_COLLECTIONS)))
+
+    def describe_collection(self, name: str) -> CollectionInfo:
+        """One collection; ServiceError 404 `collection_not_found` when there is none."""
+        return _parse_collection(_checked(self._send(_Request("GET", _collection_path(name)))))
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection and everything in it."""
+        _checked(self._send(_Request("DELETE", _collection_path(name))))
+
+    def add(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        texts: Sequence[str] | None = None,
+        images: Sequence[ImageInput] | None = None,
+        vectors: Sequence[VectorInput] | npt.NDArray[Any] | None = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Add or replace items -> how many were upserted (a repeated id counts once: the
+        last wins). Give exactly one of texts, images (paths, bytes or PIL images, sent
+        base64) or vectors ([n, dim]); `metadata` holds one JSON object per id."""
+        req = _add_request(collection, ids, texts, images, vectors, metadata)
+        return _parse_upserted(_checked(self._send(req)))
+
+    def delete_items(self, collection: str, ids: Sequence[str]) -> int:
+        """Remove items -> how many of them were present (unknown ids are ignored)."""
+        return _parse_deleted(_checked(self._send(_delete_items_request(collection, ids))))
+
+    def get_item(self, collection: str, id: str, include_vector: bool = False) -> Item:
+        """One item; ServiceError 404 `item_not_found` when the id is not there."""
+        req = _get_item_request(collection, id, include_vector)
+        return _parse_item(_checked(self._send(req)))
+
+    def search(
+        self,
+        collection: str,
+        text: str | None = None,
+        image: ImageInput | None = None,
+        vector: VectorInput | None = None,
+        id: str | None = None,
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """The k items nearest one query (exactly one of text, image, vector or the id of a
+        stored item), best first; `where` keeps items whose metadata has all its values."""
+        req = _search_one_request(collection, text, image, vector, id, k, where)
+        return _parse_search(_checked(self._send(req)))[0]
+
+    def search_many(
+        self,
+        collection: str,
+        queries: Sequence[Mapping[str, Any]],
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Several queries in one request, each a dict with one of "text", "image",
+        "vector" or "id" -> the hits of each, in order."""
+        req = _search_request(collection, queries, k, where)
+        return _parse_search(_checked(self._send(req)))
 
     def close(self) -> None:
         """Close the underlying httpx.Client, unless it was passed in as `http`."""
@@ -442,6 +754,87 @@ class AsyncContrastiveClient:
     async def ready(self) -> bool:
         """True when the model is loaded and the server answers requests (GET /readyz 200)."""
         return (await self._send(_READY)).status_code == 200
+
+    # -- collections (similarity search) --------------------------------------------------
+
+    async def create_collection(
+        self,
+        name: str,
+        index: str | Mapping[str, Any] | None = None,
+        model_id: str | None = None,
+        dim: int | None = None,
+    ) -> CollectionInfo:
+        """Create a collection. `index`: a kind ("auto", "flat", "ivf", "hnsw") or a spec
+        dict ({"kind": "hnsw", "m": 32, ...}); None: the server's default ("auto").
+        model_id/dim default to the loaded model's; give both for raw vectors of another
+        space. ServiceError 409 `collection_exists` if the name is taken."""
+        req = _create_collection_request(name, index, model_id, dim)
+        return _parse_collection(_checked(await self._send(req)))
+
+    async def list_collections(self) -> list[CollectionInfo]:
+        """Every collection, by name."""
+        return _parse_collections(_checked(await self._send(_LIST_COLLECTIONS)))
+
+    async def describe_collection(self, name: str) -> CollectionInfo:
+        """One collection; ServiceError 404 `collection_not_found` when there is none."""
+        return _parse_collection(
+            _checked(await self._send(_Request("GET", _collection_path(name))))
+        )
+
+    async def delete_collection(self, name: str) -> None:
+        """Delete a collection and everything in it."""
+        _checked(await self._send(_Request("DELETE", _collection_path(name))))
+
+    async def add(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        texts: Sequence[str] | None = None,
+        images: Sequence[ImageInput] | None = None,
+        vectors: Sequence[VectorInput] | npt.NDArray[Any] | None = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Add or replace items -> how many were upserted (a repeated id counts once: the
+        last wins). Give exactly one of texts, images (paths, bytes or PIL images, sent
+        base64) or vectors ([n, dim]); `metadata` holds one JSON object per id."""
+        req = _add_request(collection, ids, texts, images, vectors, metadata)
+        return _parse_upserted(_checked(await self._send(req)))
+
+    async def delete_items(self, collection: str, ids: Sequence[str]) -> int:
+        """Remove items -> how many of them were present (unknown ids are ignored)."""
+        return _parse_deleted(_checked(await self._send(_delete_items_request(collection, ids))))
+
+    async def get_item(self, collection: str, id: str, include_vector: bool = False) -> Item:
+        """One item; ServiceError 404 `item_not_found` when the id is not there."""
+        req = _get_item_request(collection, id, include_vector)
+        return _parse_item(_checked(await self._send(req)))
+
+    async def search(
+        self,
+        collection: str,
+        text: str | None = None,
+        image: ImageInput | None = None,
+        vector: VectorInput | None = None,
+        id: str | None = None,
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """The k items nearest one query (exactly one of text, image, vector or the id of a
+        stored item), best first; `where` keeps items whose metadata has all its values."""
+        req = _search_one_request(collection, text, image, vector, id, k, where)
+        return _parse_search(_checked(await self._send(req)))[0]
+
+    async def search_many(
+        self,
+        collection: str,
+        queries: Sequence[Mapping[str, Any]],
+        k: int = 10,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Several queries in one request, each a dict with one of "text", "image",
+        "vector" or "id" -> the hits of each, in order."""
+        req = _search_request(collection, queries, k, where)
+        return _parse_search(_checked(await self._send(req)))
 
     async def aclose(self) -> None:
         """Close the underlying httpx.AsyncClient, unless it was passed in as `http`."""

@@ -124,11 +124,14 @@ class VectorIndex:
         k = max(1, min(k, max(self.live, 1)))
         if selector is None:
             return self.index.search(queries, k)
-        return self.index.search(queries, k, params=self._params(selector))
+        return self.index.search(queries, k, params=self._params(selector, k))
 
-    def _params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    def _params(self, selector: faiss.IDSelector, k: int = 1) -> faiss.SearchParameters:
         if self.kind == "hnsw":
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=self.spec.ef_search)
+            # Tombstones take places in the candidate list too: without widening it by the
+            # dead share, a search came back with fewer than k of the live vectors.
+            ef = max(self.spec.ef_search, k * int(self.index.ntotal) // max(self.live, 1))
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
         if self.kind == "ivf":
             return faiss.SearchParametersIVF(sel=selector, nprobe=self.spec.nprobe)
         return faiss.SearchParameters(sel=selector)

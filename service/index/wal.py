@@ -9,6 +9,7 @@ fails its length or CRC check and is cut off on open; nothing after it was ackno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -83,10 +84,8 @@ class WriteAheadLog:
         # A failed write/flush leaves the record in the buffered writer, which a later
         # flush would write ahead of the next record (same seq: replay would keep the
         # failed one and skip the acknowledged one). Drop that writer, reopen the file.
-        try:
+        with contextlib.suppress(OSError):  # its flush fails again; it closes all the same
             self._file.close()
-        except OSError:
-            pass  # its flush failed again; the file is closed all the same
         try:
             self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
             self._file.truncate(size)

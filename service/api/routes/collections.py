@@ -1,0 +1,111 @@
+"""/v1/collections: named, durable collections of vectors, and similarity search over them.
+
+Inputs become vectors in service.api.collection_inputs; the store (service.index) blocks on
+fsync, so every call into it runs in the index pool (state.run_index).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from service.api import collection_inputs as inputs
+from service.api.deps import State
+from service.api.payload import require_json_dep
+from service.index.schemas import (
+    CollectionInfoModel,
+    CollectionList,
+    CreateCollectionRequest,
+    DeletedCollection,
+    DeleteItemsRequest,
+    DeleteItemsResponse,
+    ItemOut,
+    SearchResponse,
+    UpsertResponse,
+)
+from service.index.types import CollectionError
+from service.responses import FastJSON
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+JSON_ONLY = [Depends(require_json_dep)]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CollectionInfoModel,
+    dependencies=JSON_ONLY,
+    summary="Create a collection",
+)
+async def create_collection(body: CreateCollectionRequest, state: State) -> FastJSON:
+    model_id, dim = inputs.collection_space(state, body)
+    store = inputs.require_store(state)
+    info = await state.run_index(store.create, body.name, model_id, dim, inputs.index_spec(body))
+    return FastJSON(info.to_dict(), status_code=201)
+
+
+@router.get("", response_model=CollectionList, summary="List the collections")
+async def list_collections(state: State) -> FastJSON:
+    infos = await state.run_index(inputs.require_store(state).list)
+    return FastJSON({"collections": [i.to_dict() for i in infos]})
+
+
+@router.get("/{name}", response_model=CollectionInfoModel, summary="Describe a collection")
+async def describe_collection(name: str, state: State) -> FastJSON:
+    col = await inputs.get_collection(state, name)
+    return FastJSON((await state.run_index(col.info)).to_dict())
+
+
+@router.delete("/{name}", response_model=DeletedCollection, summary="Delete a collection")
+async def delete_collection(name: str, state: State) -> FastJSON:
+    await state.run_index(inputs.require_store(state).delete, name)
+    return FastJSON({"deleted": name})
+
+
+@router.post(
+    "/{name}/items",
+    response_model=UpsertResponse,
+    openapi_extra=inputs.UPSERT_DOC,
+    summary="Add or replace items (texts, images or raw vectors); durable when answered",
+)
+async def upsert_items(name: str, request: Request, state: State) -> FastJSON:
+    col = await inputs.get_collection(state, name)
+    ids, vectors, metadata = await inputs.read_upsert(request, state, col)
+    n = await state.run_index(col.upsert, ids, vectors, metadata)
+    return FastJSON({"upserted": n, "count": col.count})
+
+
+@router.post(
+    "/{name}/items/delete",
+    response_model=DeleteItemsResponse,
+    dependencies=JSON_ONLY,
+    summary="Delete items by id (unknown ids are ignored)",
+)
+async def delete_items(name: str, body: DeleteItemsRequest, state: State) -> FastJSON:
+    col = await inputs.get_collection(state, name)
+    n = await state.run_index(col.delete, inputs.check_delete(body, state.settings))
+    return FastJSON({"deleted": n, "count": col.count})
+
+
+@router.get("/{name}/items/{item_id:path}", response_model=ItemOut, summary="Get one item")
+async def get_item(name: str, item_id: str, state: State, include_vector: bool = False) -> FastJSON:
+    col = await inputs.get_collection(state, name)
+    got = await state.run_index(col.get, item_id)
+    if got is None:
+        raise CollectionError(404, "item_not_found", f"no item {item_id!r} in collection {name!r}")
+    vector, metadata = got
+    body = {"id": item_id, "metadata": metadata}
+    return FastJSON({**body, "vector": vector} if include_vector else body)
+
+
+@router.post(
+    "/{name}/search",
+    response_model=SearchResponse,
+    openapi_extra=inputs.SEARCH_DOC,
+    summary="The k nearest items to each query (text, image, vector or stored id)",
+)
+async def search(name: str, request: Request, state: State) -> FastJSON:
+    col = await inputs.get_collection(state, name)
+    queries, k, where = await inputs.read_search(request, state, col)
+    hits = await state.run_index(col.search, queries, k, where)
+    results = [[{"id": h.id, "score": h.score, "metadata": h.metadata} for h in q] for q in hits]
+    return FastJSON({"results": results})

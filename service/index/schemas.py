@@ -1,0 +1,140 @@
+"""Request and response models of the collections API (/v1/collections; also the OpenAPI docs).
+
+Checks that need the collection or the settings (dimension, finiteness, limits, k) live in
+service.api.collection_inputs, where they get their own error codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
+
+from service.index.types import MAX_ID_CHARS, IndexSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IndexSpecModel(_Strict):
+    """Which index serves searches. "flat": exact; "auto" (default): flat until
+    `auto_threshold` vectors, then HNSW; "ivf": `nlist` lists, `nprobe` searched;
+    "hnsw": `m` links per node, `ef_construction`, `ef_search`."""
+
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    auto_threshold: int = Field(50_000, ge=1)
+    nlist: int | None = Field(None, ge=1, description="default: ~4*sqrt(n) when trained")
+    nprobe: int = Field(32, ge=1)
+    m: int = Field(32, ge=2, le=256)
+    ef_construction: int = Field(80, ge=1)
+    ef_search: int = Field(128, ge=1)
+
+    def to_spec(self) -> IndexSpec:
+        return IndexSpec(**self.model_dump())
+
+
+class CreateCollectionRequest(_Strict):
+    name: str = Field(..., description="1-64 letters, digits, '_', '.', '-'; no '..'")
+    index: IndexSpecModel | None = None
+    model_id: str | None = Field(
+        None, min_length=1, description="default: the loaded model's; give dim with it"
+    )
+    dim: int | None = Field(None, ge=1, description="default: the loaded model's")
+
+
+class CollectionInfoModel(BaseModel):
+    name: str
+    model_id: str
+    dim: int
+    count: int
+    index: IndexSpecModel
+    active_index: str = Field(..., description="flat, ivf or hnsw: what serves searches now")
+    created_at: str
+    status: str = Field("ok", description="ok, or how it was recovered (rebuilt_from_log)")
+    log_records: int = Field(0, description="records in the log since the last snapshot")
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionInfoModel]
+
+
+class DeletedCollection(BaseModel):
+    deleted: str
+
+
+def _exactly_one(model: BaseModel, fields: tuple[str, ...]) -> None:
+    given = [f for f in fields if getattr(model, f) is not None]
+    if len(given) != 1:
+        names = ", ".join(fields[:-1]) + f" or {fields[-1]}"
+        got = ", ".join(given) if given else "none"
+        raise ValueError(f"give exactly one of {names} (got: {got})")
+
+
+class ItemIn(_Strict):
+    id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS, description="1-256 characters")
+    text: str | None = None
+    image: str | None = Field(None, description="a base64 image file (or a data: URL)")
+    vector: list[StrictFloat] | None = Field(
+        None, description="[dim] numbers; normalised on arrival"
+    )
+    metadata: dict[str, Any] | None = Field(None, description="a JSON object; default {}")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ItemIn:
+        _exactly_one(self, ("text", "image", "vector"))
+        return self
+
+
+class UpsertRequest(_Strict):
+    items: list[ItemIn] = Field(..., description="a repeated id keeps its last occurrence")
+
+
+class UpsertResponse(BaseModel):
+    upserted: int = Field(..., description="distinct ids written")
+    count: int = Field(..., description="items in the collection now")
+
+
+class DeleteItemsRequest(_Strict):
+    ids: list[str] = Field(..., description="unknown ids are ignored")
+
+
+class DeleteItemsResponse(BaseModel):
+    deleted: int = Field(..., description="how many of the ids were present")
+    count: int
+
+
+class ItemOut(BaseModel):
+    id: str
+    metadata: dict[str, Any]
+    vector: list[float] | None = Field(None, description="unit norm; with include_vector=true")
+
+
+class Query(_Strict):
+    text: str | None = None
+    image: str | None = Field(None, description="a base64 image file (or a data: URL)")
+    vector: list[StrictFloat] | None = Field(None, description="[dim] numbers")
+    id: str | None = Field(None, description="the id of a stored item: find its neighbours")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Query:
+        _exactly_one(self, ("text", "image", "vector", "id"))
+        return self
+
+
+class SearchRequest(_Strict):
+    queries: list[Query]
+    k: int = Field(10, description="hits per query, 1..max_k")
+    where: dict[str, Any] | None = Field(
+        None, description="equality filter: items whose metadata has all these values"
+    )
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float = Field(..., description="cosine similarity of the query and the item")
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[list[SearchHit]] = Field(..., description="hits per query, best first")

@@ -1,0 +1,424 @@
+"""`contrastive index`: fill a collection from folders of images, and search it by text.
+
+    contrastive index add photos ~/Pictures --model open_clip:ViT-B-32     # in-process
+    contrastive index add photos ~/Pictures --url http://127.0.0.1:8000 --create
+    contrastive index search photos "a red bicycle" -k 5 [--url ...] [--where '{"k": "v"}']
+
+In-process, the encoder is loaded here and the collections folder is opened directly: do
+not point it at a folder that a running server holds open (use --url for that). Over HTTP,
+the server embeds and stores; images travel base64 in batches.
+
+`add` walks each PATH (a folder, recursively, hidden entries skipped; or a single file).
+Item ids are paths relative to the folder given (absolute for single files), so a rerun
+skips what is already stored and resumes an interrupted run. Files that are not images are
+skipped with a warning; each stored item's metadata is {"path": absolute path, "bytes": size}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from service.client import ContrastiveClient
+    from service.index.collection import Collection
+    from service.index.store import CollectionStore
+    from training.models import Encoder
+
+MAX_ID_CHARS = 256  # service.index.types.MAX_ID_CHARS (not imported: keeps the CLI start light)
+REQUEST_BYTES = 8 * 1024 * 1024  # raw image bytes per HTTP request (base64 adds a third)
+_SKIPPABLE = {"image_decode_failed", "image_too_large", "payload_too_large", "invalid_base64"}
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+
+def _connection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        default=None,
+        help="a running server (e.g. http://127.0.0.1:8000); omit: in-process",
+    )
+    p.add_argument("--api-key", default=None, help="Bearer key for --url")
+    p.add_argument("--model", default=None, help="in-process model [CONTRASTIVE_MODEL or builtin]")
+    p.add_argument("--pretrained", default=None, help="in-process open_clip pretrained tag/file")
+    p.add_argument("--device", default=None, help="in-process device [CONTRASTIVE_DEVICE or auto]")
+    p.add_argument(
+        "--collections-dir",
+        default=None,
+        help="in-process collections folder [CONTRASTIVE_COLLECTIONS_DIR or ./collections]",
+    )
+
+
+def add_arguments(subparsers: Any) -> None:
+    """Add `add` and `search` to the subparsers of `contrastive index`."""
+    add = subparsers.add_parser(
+        "add",
+        help="embed images (files or folders, recursive) into a collection; resumable",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add.add_argument("collection")
+    add.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    _connection_flags(add)
+    add.add_argument("--batch", type=int, default=32, help="images per model batch/request [32]")
+    add.add_argument(
+        "--create",
+        action="store_true",
+        help="create the collection if it is missing (in-process it always is)",
+    )
+    search = subparsers.add_parser("search", help="search a collection by text")
+    search.add_argument("collection")
+    search.add_argument("text")
+    search.add_argument("-k", type=int, default=10, help="results [10]")
+    search.add_argument("--where", default=None, help='metadata equality filter, JSON: {"f": v}')
+    _connection_flags(search)
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Files under `root`, sorted, skipping hidden files and folders; links to folders are
+    not followed (no cycles)."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(folder) / name
+
+
+def collect(paths: Sequence[str], warn: Callable[[str], None]) -> list[tuple[str, Path]]:
+    """PATHs -> (id, file): ids relative to a folder PATH, absolute for a file PATH."""
+    out: list[tuple[str, Path]] = []
+    seen: dict[str, Path] = {}
+    for given in paths:
+        root = Path(given)
+        if root.is_dir():
+            found = [(f.relative_to(root).as_posix(), f) for f in _walk(root)]
+        elif root.is_file():
+            found = [(os.path.abspath(root), root)]
+        else:
+            raise FileNotFoundError(f"no such file or folder: {given}")
+        for id_, path in found:
+            if len(id_) > MAX_ID_CHARS:
+                warn(f"skipping {path}: its id is longer than {MAX_ID_CHARS} characters")
+            elif id_ in seen:
+                warn(f"skipping {path}: id {id_!r} is already taken by {seen[id_]}")
+            else:
+                seen[id_] = path
+                out.append((id_, path))
+    return out
+
+
+class NotAnImageError(Exception):
+    pass
+
+
+def read_image(path: Path, max_pixels: int, draft_size: int | None) -> tuple[bytes, Any]:
+    """A file -> (its bytes, the decoded RGB image); NotAnImageError if it is none.
+
+    PIL first identifies the file from its header, so a large file that is no image costs
+    a few KB of reading; an image is read once, then decoded from memory (as the server
+    decodes it, including the pixel limit)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from service.errors import ApiError
+    from service.runtime.images import decode_image
+
+    with open(path, "rb") as f:
+        try:
+            with Image.open(f):
+                pass
+        except UnidentifiedImageError as e:
+            raise NotAnImageError("not an image (no image format recognises it)") from e
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise NotAnImageError(f"not a readable image ({e})") from e
+        except Image.DecompressionBombError as e:
+            raise NotAnImageError(str(e)) from e
+        f.seek(0)
+        data = f.read()
+    try:
+        return data, decode_image(data, max_pixels, draft_size=draft_size)
+    except ApiError as e:
+        reason = e.message.replace("image 0", "it", 1)
+        raise NotAnImageError(f"{reason} ({e.detail})" if e.detail else reason) from e
+
+
+@dataclass
+class _File:
+    id: str
+    path: Path
+    size: int
+    payload: Any  # bytes (HTTP) or the model's input tensor (in-process)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {"path": os.path.abspath(self.path), "bytes": self.size}
+
+
+# -- where the items go ---------------------------------------------------------------------
+
+
+class _Local:
+    """In-process: the encoder and the collection store, here."""
+
+    def __init__(self, args: argparse.Namespace, create: bool) -> None:
+        from service.index.store import CollectionStore
+        from service.index.types import CollectionError
+        from service.settings import Settings
+        from training.models import load_encoder
+
+        settings = Settings()
+        self.max_pixels = settings.max_image_pixels
+        folder = Path(args.collections_dir or settings.collections_dir)
+        if not create and not (folder / args.collection).is_dir():
+            raise CollectionError(
+                404, "collection_not_found", f"no collection named {args.collection!r} in {folder}"
+            )
+        self.store: CollectionStore = CollectionStore(folder, settings.snapshot_every)
+        self.encoder: Encoder = load_encoder(
+            args.model or settings.model,
+            args.pretrained or settings.pretrained,
+            args.device or settings.device,
+        )
+        try:
+            self.col: Collection = self.store.get(args.collection)
+        except CollectionError as e:
+            if e.code != "collection_not_found" or not create:
+                raise
+            self.store.create(args.collection, self.encoder.model_id, self.encoder.embed_dim)
+            self.col = self.store.get(args.collection)
+        if self.col.model_id != self.encoder.model_id:
+            raise CollectionError(
+                409,
+                "model_mismatch",
+                f"collection {self.col.name!r} holds embeddings of {self.col.model_id!r}, "
+                f"but the model loaded is {self.encoder.model_id!r} (pass --model)",
+            )
+
+    def present(self, ids: list[str]) -> set[str]:
+        return {i for i in ids if self.col.get(i) is not None}
+
+    def load(self, path: Path) -> Any:
+        size = self.encoder.info.preprocess.size
+        _, image = read_image(path, self.max_pixels, size)
+        return self.encoder.preprocess_image(image)
+
+    def upsert(self, files: list[_File], warn: Callable[[str], None]) -> int:
+        import torch
+
+        pixels: torch.Tensor = torch.stack([f.payload for f in files])
+        vectors = self.encoder.encode_image_tensors(pixels).numpy()
+        return self.col.upsert([f.id for f in files], vectors, [f.metadata for f in files])
+
+    def search(
+        self, text: str, k: int, where: dict[str, Any] | None
+    ) -> list[tuple[str, float, Any]]:
+        query = self.encoder.encode_texts([text]).numpy()
+        return [(h.id, h.score, h.metadata) for h in self.col.search(query, k, where)[0]]
+
+    @property
+    def count(self) -> int:
+        return self.col.count
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class _Remote:
+    """Over HTTP: a running server embeds and stores."""
+
+    def __init__(self, args: argparse.Namespace, create: bool) -> None:
+        from service.client import ContrastiveClient, ServiceError
+
+        self.name = args.collection
+        self.client: ContrastiveClient = ContrastiveClient(args.url, api_key=args.api_key)
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="index-check")
+        try:
+            self.client.describe_collection(self.name)
+        except ServiceError as e:
+            if e.code != "collection_not_found" or not create:
+                self.close()
+                raise
+            self.client.create_collection(self.name)
+
+    def _has(self, id_: str) -> bool:
+        from service.client import ServiceError
+
+        try:
+            self.client.get_item(self.name, id_)
+        except ServiceError as e:
+            if e.code == "item_not_found":
+                return False
+            raise
+        return True
+
+    def present(self, ids: list[str]) -> set[str]:
+        return {i for i, has in zip(ids, self.pool.map(self._has, ids), strict=True) if has}
+
+    def load(self, path: Path) -> Any:
+        # Decoded here too: a truncated file is skipped rather than failing a whole batch.
+        data, _ = read_image(path, sys.maxsize, 512)
+        return data
+
+    def upsert(self, files: list[_File], warn: Callable[[str], None]) -> int:
+        added, group_bytes = 0, 0
+        group: list[_File] = []
+        for f in files:
+            if group and group_bytes + f.size > REQUEST_BYTES:
+                added += self._send(group, warn)
+                group, group_bytes = [], 0
+            group.append(f)
+            group_bytes += f.size
+        return added + (self._send(group, warn) if group else 0)
+
+    def _send(self, files: list[_File], warn: Callable[[str], None]) -> int:
+        from service.client import ServiceError
+
+        try:
+            return self.client.add(
+                self.name,
+                [f.id for f in files],
+                images=[f.payload for f in files],
+                metadata=[f.metadata for f in files],
+            )
+        except ServiceError as e:
+            if e.code not in _SKIPPABLE:
+                raise
+            if len(files) == 1:
+                warn(f"skipping {files[0].path}: the server refused it ({e})")
+                return 0
+        return sum(self._send([f], warn) for f in files)  # find the one(s) refused
+
+    def search(
+        self, text: str, k: int, where: dict[str, Any] | None
+    ) -> list[tuple[str, float, Any]]:
+        hits = self.client.search(self.name, text=text, k=k, where=where)
+        return [(h.id, h.score, h.metadata) for h in hits]
+
+    @property
+    def count(self) -> int:
+        return self.client.describe_collection(self.name).count
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.client.close()
+
+
+def _open(args: argparse.Namespace, create: bool) -> _Local | _Remote:
+    return _Remote(args, create) if args.url else _Local(args, create)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def _warn(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.batch < 1:
+        raise ValueError("--batch must be at least 1")
+    files = collect(args.paths, _warn)
+    target = _open(args, create=args.create or not args.url)
+    added = present = not_images = 0
+    workers = min(8, os.cpu_count() or 1)
+    try:
+        with (
+            ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool,
+            tqdm(total=len(files), unit="file", desc=args.collection, disable=None) as bar,
+        ):
+            for start in range(0, len(files), args.batch):
+                chunk = files[start : start + args.batch]
+                have = target.present([id_ for id_, _ in chunk])
+                todo = [(id_, path) for id_, path in chunk if id_ not in have]
+                present += len(chunk) - len(todo)
+                batch: list[_File] = []
+                for (id_, path), loaded in zip(
+                    todo, pool.map(lambda item: _try(target.load, item[1]), todo), strict=True
+                ):
+                    if isinstance(loaded, NotAnImageError):
+                        _warn(f"skipping {path}: {loaded}")
+                        not_images += 1
+                    else:
+                        batch.append(_File(id_, path, path.stat().st_size, loaded))
+                if batch:
+                    added += target.upsert(batch, _warn)
+                bar.update(len(chunk))
+        total = target.count
+    finally:
+        target.close()
+    print(
+        f"added {added} items to {args.collection!r} ({present} already present, "
+        f"{not_images} not images); it holds {total} items"
+    )
+    return 0
+
+
+def _try(fn: Callable[[Path], Any], path: Path) -> Any:
+    try:
+        return fn(path)
+    except NotAnImageError as e:
+        return e
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    where = None
+    if args.where is not None:
+        where = json.loads(args.where)
+        if not isinstance(where, dict):
+            raise ValueError('--where must be a JSON object, e.g. {"path": "a.png"}')
+    if args.k < 1:
+        raise ValueError("-k must be at least 1")
+    target = _open(args, create=False)
+    try:
+        hits = target.search(args.text, args.k, where)
+    finally:
+        target.close()
+    print(format_hits(hits))
+    return 0
+
+
+def format_hits(hits: Sequence[tuple[str, float, Any]]) -> str:
+    """A ranked table: rank, score, id, metadata (JSON)."""
+    if not hits:
+        return "no results"
+    width = max(2, *(len(id_) for id_, _, _ in hits))
+    lines = [f"{'rank':>4}  {'score':>7}  {'id':<{width}}  metadata"]
+    for rank, (id_, score, meta) in enumerate(hits, 1):
+        meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True)
+        lines.append(f"{rank:>4}  {score:>7.4f}  {id_:<{width}}  {meta_json}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`contrastive index add|search` -> exit status (1 with a message on stderr on error)."""
+    import httpx
+
+    from service.client import ServiceError
+    from service.index.types import CollectionError
+    from training.models import MissingCapabilityError
+
+    command = {"add": cmd_add, "search": cmd_search}[args.index_command]
+    try:
+        return command(args)
+    except (CollectionError, ServiceError) as e:
+        print(f"contrastive index {args.index_command}: {e}", file=sys.stderr)
+    except (OSError, ValueError, MissingCapabilityError, httpx.HTTPError) as e:
+        # ValueError covers bad JSON, an unknown model and a missing CUDA device
+        print(f"contrastive index {args.index_command}: {e}", file=sys.stderr)
+    return 1
