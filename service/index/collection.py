@@ -109,6 +109,9 @@ class Collection:
         self._replay(logs)
         if self.status == "rebuilt_from_log":
             self._check_contiguous()
+            damaged = self.folder / SNAP
+            if damaged.exists():  # keep it aside, so _rotate does not move it over the good prev
+                os.replace(damaged, self.folder / "snapshot.damaged.bin")
             self._rotate()  # the recovered state becomes the new, valid snapshot
             self._log_records = 0
         self._wal = WriteAheadLog(self.folder / LOG, self.dim)
