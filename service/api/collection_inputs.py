@@ -14,10 +14,10 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import orjson
 from fastapi import Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from service.api.payload import is_multipart, list_field, require_json
+from service.api.payload import is_multipart, list_field, require_json, validate_body
 from service.api.validate import check_text
 from service.errors import ApiError
 from service.index.collection import Collection
@@ -103,13 +103,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
             raw = json.loads(body)
         except (ValueError, RecursionError):
             raise ApiError(422, "invalid_json", f"the body is not valid JSON: {e}") from e
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        detail = [{"loc": list(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in e.errors()]
-        raise ApiError(422, "invalid_request", f"{where}: {first['msg']}", detail) from e
+    return validate_body(model, raw)
 
 
 async def read_form(

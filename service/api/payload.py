@@ -42,6 +42,11 @@ async def parse_json(request: Request, model: type[M]) -> M:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise ApiError(422, "invalid_json", f"the body is not valid JSON: {e}") from e
+    return validate_body(model, raw)
+
+
+def validate_body(model: type[M], raw: Any) -> M:
+    """Parsed JSON -> model, or a 422 naming the first bad field."""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
