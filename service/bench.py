@@ -131,20 +131,25 @@ def _start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes
     if args.pretrained:
         cmd += ["--pretrained", args.pretrained]
     proc = subprocess.Popen(cmd, env={**os.environ, "CONTRASTIVE_API_KEYS": ""})
+    return wait_ready(proc, port, 300)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float) -> subprocess.Popen[bytes]:
+    """Poll /readyz until 200; kill the server and raise if it exits or takes too long."""
     import httpx
 
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not become ready in 300 s")
+    raise RuntimeError(f"server did not become ready in {timeout:.0f} s")
 
 
 def _requests(port: int, jpeg: bytes) -> dict[str, bytes]:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bench import _environment, _free_port
+from service.bench import _environment, _free_port, wait_ready
 from service.index.store import CollectionStore
 from service.index.types import IndexKind, IndexSpec
 from service.loadgen import build_request, run_load
@@ -148,22 +148,7 @@ def _start_server(args: argparse.Namespace, port: int, folder: Path) -> subproce
     cmd = [sys.executable, "-m", "service", "serve", "--model", args.model]
     cmd += ["--device", args.device, "--port", str(port), "--log-level", "warning"]
     env = {**os.environ, "CONTRASTIVE_API_KEYS": "", "CONTRASTIVE_COLLECTIONS_DIR": str(folder)}
-    proc = subprocess.Popen(cmd, env=env)
-    import httpx
-
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-            if ready.status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("server did not become ready in 600 s")
+    return wait_ready(subprocess.Popen(cmd, env=env), port, 600)
 
 
 def _search_request(port: int, queries: np.ndarray, k: int) -> bytes:
