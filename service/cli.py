@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         bench_sub.add_parser("search", help="search: raw FAISS vs our store vs HTTP; recall")
     )
     from service import index_cli
+    from training.cli import add_train_arguments
 
+    add_train_arguments(sub.add_parser("train", help="train SimCLR, MoCo, BYOL, SwAV or CLIP"))
     index = sub.add_parser("index", help="add folders of images to a collection; search it")
     index_cli.add_arguments(index.add_subparsers(dest="index_command", required=True))
     return parser
@@ -85,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from service import bench, bench_search
 
         return bench_search.run(args) if args.what == "search" else bench.run(args)
+    if args.command == "train":
+        from training.cli import train
+
+        return train(args)
     if args.command == "index":
         from service import index_cli
 

@@ -1,0 +1,325 @@
+"""Each loss against a closed form and a loop-by-loop reference written independently."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.losses import byol_loss, clip_loss, info_nce, nt_xent, sinkhorn, swav_loss
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _neg_log_softmax_at(logits: list[float], target: int) -> float:
+    top = max(logits)
+    return -(logits[target] - top - math.log(sum(math.exp(x - top) for x in logits)))
+
+
+# ---------------------------------------------------------------- NT-Xent
+
+
+def _nt_xent_loops(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
+    views = [_unit(v) for v in z1.numpy()] + [_unit(v) for v in z2.numpy()]
+    n = z1.shape[0]
+    total = 0.0
+    for i, anchor in enumerate(views):
+        pos = (i + n) % (2 * n)
+        others = [j for j in range(2 * n) if j != i]
+        logits = [float(anchor @ views[j]) / t for j in others]
+        total += _neg_log_softmax_at(logits, others.index(pos))
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
+def test_nt_xent_orthogonal_closed_form(t: float) -> None:
+    n = 5
+    z = torch.eye(n, 8, dtype=torch.float64) * torch.arange(1, n + 1).unsqueeze(1)  # any norm
+    expected = -math.log(math.exp(1 / t) / (math.exp(1 / t) + (2 * n - 2)))
+    assert nt_xent(z, z.clone(), t).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_nt_xent_identical_inputs_give_log_2n_minus_1() -> None:
+    n = 6
+    z = torch.ones(n, 4, dtype=torch.float64)
+    assert nt_xent(z, z, 0.3).item() == pytest.approx(math.log(2 * n - 1), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nt_xent_matches_loops(seed: int) -> None:
+    z1, z2 = _rand(7, 5, seed=seed), _rand(7, 5, seed=seed + 10)
+    assert nt_xent(z1, z2, 0.2).item() == pytest.approx(_nt_xent_loops(z1, z2, 0.2), rel=1e-10)
+    # normalised inside: scale does not matter
+    assert nt_xent(3 * z1, 0.5 * z2, 0.2).item() == pytest.approx(nt_xent(z1, z2, 0.2).item())
+
+
+def test_nt_xent_single_pair_is_zero() -> None:
+    z = _rand(1, 3)
+    assert nt_xent(z, -z, 0.5).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_nt_xent_gradcheck() -> None:
+    z1 = _rand(3, 4, seed=2).requires_grad_()
+    z2 = _rand(3, 4, seed=3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.3), (z1, z2))
+
+
+# ---------------------------------------------------------------- InfoNCE
+
+
+def test_info_nce_with_queue_matches_loops() -> None:
+    q = F.normalize(_rand(4, 6, seed=1), dim=1)
+    k = F.normalize(_rand(4, 6, seed=2), dim=1)
+    queue = F.normalize(_rand(9, 6, seed=3), dim=1)
+    rows = []
+    for i in range(4):
+        row = [float(q[i] @ k[i])] + [float(q[i] @ queue[j]) for j in range(9)]
+        rows.append([x / 0.2 for x in row])
+    expected = F.cross_entropy(torch.tensor(rows, dtype=torch.float64), torch.zeros(4).long())
+    assert info_nce(q, k, queue, 0.2).item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+def test_info_nce_in_batch_matches_loops() -> None:
+    q, k = _rand(5, 3, seed=4), _rand(5, 3, seed=5)
+    qn, kn = [_unit(v) for v in q.numpy()], [_unit(v) for v in k.numpy()]
+    expected = np.mean(
+        [_neg_log_softmax_at([float(qn[i] @ kn[j]) / 0.1 for j in range(5)], i) for i in range(5)]
+    )
+    assert info_nce(q, k, None, 0.1).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_info_nce_orthogonal_queue_closed_form() -> None:
+    q = torch.eye(3, 8, dtype=torch.float64)
+    queue = torch.eye(8, dtype=torch.float64)[3:]  # 5 negatives orthogonal to every q
+    expected = -math.log(math.exp(1 / 0.2) / (math.exp(1 / 0.2) + 5))
+    assert info_nce(q, q, queue, 0.2).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_info_nce_queue_gets_no_gradient() -> None:
+    q = _rand(2, 3).requires_grad_()
+    queue = F.normalize(_rand(4, 3, seed=1), dim=1).requires_grad_()
+    info_nce(q, _rand(2, 3, seed=2), queue).backward()
+    assert q.grad is not None and queue.grad is None
+
+
+# ---------------------------------------------------------------- BYOL
+
+
+@pytest.mark.parametrize(("z_of_p", "expected"), [(1.0, 0.0), (-2.0, 4.0)])
+def test_byol_identical_and_opposite(z_of_p: float, expected: float) -> None:
+    p = _rand(6, 5)
+    assert byol_loss(p, z_of_p * p).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_byol_orthogonal_is_two_and_no_gradient_into_z() -> None:
+    p = (torch.eye(4, dtype=torch.float64) * 3).requires_grad_()
+    z = torch.eye(4, dtype=torch.float64).roll(1, dims=0).requires_grad_()
+    loss = byol_loss(p, z)
+    assert loss.item() == pytest.approx(2.0, abs=1e-12)
+    loss.backward()
+    assert z.grad is None and p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_byol_matches_loops() -> None:
+    p, z = _rand(5, 4, seed=1), _rand(5, 4, seed=2)
+    expected = np.mean(
+        [2 - 2 * float(_unit(a) @ _unit(b)) for a, b in zip(p.numpy(), z.numpy(), strict=True)]
+    )
+    assert byol_loss(p, z).item() == pytest.approx(expected, rel=1e-12)
+
+
+# ---------------------------------------------------------------- Sinkhorn
+
+
+def _sinkhorn_numpy(scores: np.ndarray, eps: float, iters: int) -> np.ndarray:
+    """SwAV's published single-process algorithm, step by step."""
+    q = np.exp(scores / eps).T  # [K, B]
+    k, b = q.shape
+    q = q / q.sum()
+    for _ in range(iters):
+        q = q / q.sum(axis=1, keepdims=True) / k
+        q = q / q.sum(axis=0, keepdims=True) / b
+    return (q * b).T
+
+
+@pytest.mark.parametrize(("eps", "iters"), [(0.05, 3), (0.1, 1), (0.5, 10)])
+def test_sinkhorn_matches_numpy_reference(eps: float, iters: int) -> None:
+    scores = F.normalize(_rand(12, 7), dim=1)
+    got = sinkhorn(scores, eps, iters)
+    ref = _sinkhorn_numpy(scores.numpy(), eps, iters)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(got.sum(dim=1).numpy(), np.ones(12), rtol=1e-12)
+
+
+def test_sinkhorn_converges_to_equal_partition() -> None:
+    b, k = 32, 8
+    q = sinkhorn(F.normalize(_rand(b, k), dim=1), 0.2, 300)
+    np.testing.assert_allclose(q.sum(dim=1).numpy(), np.ones(b), rtol=1e-12)
+    np.testing.assert_allclose(q.sum(dim=0).numpy(), np.full(k, b / k), rtol=1e-6)
+
+
+def test_sinkhorn_three_iterations_closer_to_uniform_than_softmax() -> None:
+    b, k = 64, 10
+    scores = F.normalize(_rand(b, k, seed=5), dim=1) + torch.linspace(0, 0.5, k)  # skewed
+    soft = torch.softmax(scores / 0.05, dim=1).sum(dim=0)
+    codes = sinkhorn(scores, 0.05, 3).sum(dim=0)
+    assert (codes - b / k).abs().max() < 0.5 * (soft - b / k).abs().max()
+
+
+def test_sinkhorn_no_grad_float32_and_safe_from_overflow() -> None:
+    scores = (4 + torch.rand(16, 5, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    # exp(5 / 0.05) overflows float32: only the max shift keeps this finite
+    q = sinkhorn(scores.bfloat16(), 0.05, 3)
+    assert not q.requires_grad and q.dtype == torch.float32
+    ref = _sinkhorn_numpy(scores.detach().bfloat16().double().numpy(), 0.05, 3)
+    np.testing.assert_allclose(q.numpy(), ref, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- SwAV
+
+
+def _swav_loops(scores: list[torch.Tensor], codes: list[torch.Tensor], t: float) -> float:
+    losses = []
+    for i, code in enumerate(codes):
+        for v, s in enumerate(scores):
+            if v == i:
+                continue
+            per_row = []
+            for b in range(s.shape[0]):
+                logits = [float(x) / t for x in s[b]]
+                per_row.append(
+                    sum(
+                        float(code[b, c]) * _neg_log_softmax_at(logits, c)
+                        for c in range(len(logits))
+                    )
+                )
+            losses.append(sum(per_row) / len(per_row))
+    return sum(losses) / len(losses)
+
+
+def test_swav_matches_loops() -> None:
+    scores = [F.normalize(_rand(6, 4, seed=s), dim=1) for s in range(4)]  # 2 global + 2 small
+    codes = [sinkhorn(s, 0.05, 3) for s in scores[:2]]
+    expected = _swav_loops(scores, codes, 0.1)
+    assert swav_loss(scores, codes, 0.1).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_swav_uniform_scores_give_log_k() -> None:
+    k = 7
+    scores = [torch.zeros(5, k, dtype=torch.float64) for _ in range(3)]
+    codes = [sinkhorn(_rand(5, k, seed=i), 0.05, 3) for i in range(2)]
+    assert swav_loss(scores, codes).item() == pytest.approx(math.log(k), rel=1e-12)
+
+
+def test_swav_codes_get_no_gradient() -> None:
+    scores = [_rand(3, 4, seed=s).requires_grad_() for s in range(2)]
+    codes = [torch.full((3, 4), 0.25, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    swav_loss(scores, codes).backward()
+    assert all(c.grad is None for c in codes) and all(s.grad is not None for s in scores)
+
+
+# ---------------------------------------------------------------- CLIP
+
+
+def _clip_loops(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
+    im, tx = [_unit(v) for v in image.numpy()], [_unit(v) for v in text.numpy()]
+    n = len(im)
+    per_image = [
+        _neg_log_softmax_at([scale * float(im[i] @ tx[j]) for j in range(n)], i) for i in range(n)
+    ]
+    per_text = [
+        _neg_log_softmax_at([scale * float(tx[j] @ im[i]) for i in range(n)], j) for j in range(n)
+    ]
+    return (sum(per_image) / n + sum(per_text) / n) / 2
+
+
+def test_clip_matches_loops() -> None:
+    image, text = _rand(6, 5, seed=1), _rand(6, 5, seed=2)
+    got = clip_loss(image, text, torch.tensor(14.0, dtype=torch.float64))
+    assert got.item() == pytest.approx(_clip_loops(image, text, 14.0), rel=1e-10)
+
+
+def test_clip_aligned_orthonormal_pairs() -> None:
+    n, s = 4, 100.0
+    pairs = torch.eye(n, 6, dtype=torch.float64)
+    got = clip_loss(pairs, 2 * pairs, torch.tensor([s], dtype=torch.float64)).item()
+    assert got == pytest.approx(-math.log(math.exp(s) / (math.exp(s) + n - 1)), rel=1e-9)
+    assert got < 1e-40
+
+
+def test_clip_gradcheck() -> None:
+    image = _rand(3, 4, seed=6).requires_grad_()
+    text = _rand(3, 4, seed=7).requires_grad_()
+    scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(clip_loss, (image, text, scale))
+
+
+# ---------------------------------------------------------------- input checks
+
+
+@pytest.mark.parametrize("t", [0.0, -0.1, math.nan, math.inf])
+def test_bad_temperature_raises(t: float) -> None:
+    z = _rand(2, 3)
+    with pytest.raises(ValueError, match="temperature"):
+        nt_xent(z, z, t)
+    with pytest.raises(ValueError, match="temperature"):
+        info_nce(z, z, None, t)
+    with pytest.raises(ValueError, match="temperature"):
+        swav_loss([z, z], [z], t)
+
+
+def test_bad_sinkhorn_arguments_raise() -> None:
+    with pytest.raises(ValueError, match="epsilon"):
+        sinkhorn(_rand(2, 3), 0.0)
+    with pytest.raises(ValueError, match="iterations"):
+        sinkhorn(_rand(2, 3), 0.05, 0)
+    with pytest.raises(ValueError, match="scores"):
+        sinkhorn(_rand(3), 0.05)
+
+
+def test_shape_mismatches_raise() -> None:
+    a, b = _rand(4, 3), _rand(5, 3)
+    one = torch.tensor(1.0)
+    for call in (
+        lambda: nt_xent(a, b),
+        lambda: info_nce(a, b, None),
+        lambda: info_nce(a, a, _rand(6, 2)),
+        lambda: byol_loss(a, b),
+        lambda: clip_loss(a, b, one),
+        lambda: clip_loss(a, a, torch.ones(2)),
+        lambda: nt_xent(_rand(3), _rand(3)),
+        lambda: nt_xent(_rand(0, 3), _rand(0, 3)),
+        lambda: swav_loss([a, b], [a]),
+        lambda: swav_loss([a], [a]),
+        lambda: swav_loss([a, a], [a, a, a]),
+    ):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_losses_under_bf16_autocast_stay_close_to_float32() -> None:
+    """The engine runs losses under autocast: bf16 matmuls must not break masking or CE."""
+    a, b = _rand(16, 32, seed=1).float(), _rand(16, 32, seed=2).float()
+    queue = F.normalize(_rand(64, 32, seed=3).float(), dim=1)
+    scale = torch.tensor(10.0)
+    calls = {
+        "nt_xent": lambda: nt_xent(a, b, 0.5),
+        "info_nce": lambda: info_nce(a, b, queue, 0.2),
+        "clip": lambda: clip_loss(a, b, scale),
+        "swav": lambda: swav_loss([a[:, :8], b[:, :8]], [sinkhorn(a[:, :8]), sinkhorn(b[:, :8])]),
+    }
+    for name, call in calls.items():
+        exact = call()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = call()
+        assert torch.isfinite(low), name
+        assert low.float().item() == pytest.approx(exact.item(), rel=0.05), name

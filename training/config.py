@@ -1,0 +1,203 @@
+"""The run configuration: one typed dataclass, a YAML file, and `--set key=value` overrides.
+
+Precedence (last wins): dataclass defaults < the method's own defaults < YAML file <
+command-line flags < `--set`. Method hyper-parameters (temperature, queue size, ...)
+live in each method's `Params` dataclass and are set with the same `--set key=value`;
+a key that names neither the run nor the method is an error that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not valid; the message says what to change."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (and is saved in every checkpoint).
+
+    Batch size is per process; the learning rate is `lr * global_batch / 256`
+    (the linear scaling rule), so one `lr` works across GPU counts.
+    """
+
+    method: str = "simclr"
+    data: str = "digits"
+    out: str = "runs/run"
+    epochs: int = 10
+    steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
+    batch_size: int = 256
+    device: str = "auto"
+    seed: int = 0
+    # encoder
+    backbone: str = "resnet18"  # resnet18|resnet50|tiny|timm:NAME|torchvision:NAME|open_clip:ARCH
+    cifar_stem: bool | None = None  # None: on when image_size <= 64
+    image_size: int = 32
+    # optimisation
+    optimizer: str | None = None  # sgd | lars | adamw; None: the method's default
+    lr: float | None = None  # base lr per 256 images; None: the method's default
+    weight_decay: float | None = None  # None: the method's default
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
+    grad_clip: float | None = None
+    # speed
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    workers: int = 4  # decode workers for folder/pairs data
+    sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CUDA only)
+    # bookkeeping
+    log_every: int = 10  # steps between metric lines
+    save_every: int = 1  # epochs between checkpoints (and always at the end)
+    checkpoint_every_steps: int = 0  # also checkpoint every N steps (preemptible machines)
+    knn_every: int = 1  # epochs between online kNN evaluations; 0 disables
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_max_train: int = 60000  # cap on the kNN memory bank (train images)
+    max_nonfinite: int = 10  # consecutive non-finite losses before the run stops
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
+    tensorboard: bool = True
+    progress: bool = True
+    method_params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**d)
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a string from the command line (or a YAML scalar) to the field's type."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | vars(types))  # our own annotations only
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError("; ".join(errors))
+    if origin in (tuple, list):
+        items = json.loads(value) if isinstance(value, str) else value
+        return type(items)(items) if origin is list else tuple(items)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{key}: expected {annotation.__name__}, got {value!r}"
+            ) from None
+    if annotation is typing.Any or annotation is dict or origin is dict:
+        return value
+    raise ConfigError(f"{key}: cannot set a value of type {annotation}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """["a=1", "b=x"] -> {"a": "1", "b": "x"}."""
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {p!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value")
+    return data
+
+
+def build_config(
+    values: dict[str, Any], params_cls: type | None = None
+) -> tuple[TrainConfig, Any]:
+    """Flat {key: value} -> (TrainConfig, method Params instance).
+
+    Keys name a TrainConfig field or a field of the method's `Params` dataclass; a
+    nested `method_params:` mapping (as written into checkpoints) is accepted too.
+    """
+    run_types = _field_types(TrainConfig)
+    param_types = _field_types(params_cls) if params_cls is not None else {}
+    run: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    flat = dict(values)
+    nested = flat.pop("method_params", None) or {}
+    for key, value in [*nested.items(), *flat.items()]:
+        if key in run_types and key not in nested:
+            run[key] = coerce(value, run_types[key], key)
+        elif key in param_types:
+            params[key] = coerce(value, param_types[key], key)
+        else:
+            valid = sorted(set(run_types) - {"method_params"}) + sorted(param_types)
+            raise ConfigError(f"unknown setting {key!r}; valid settings: {', '.join(valid)}")
+    cfg = TrainConfig(**run)
+    method_params = params_cls(**params) if params_cls is not None else None
+    if method_params is not None:
+        cfg.method_params = dataclasses.asdict(method_params)
+    validate(cfg)
+    return cfg, method_params
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject values that would fail later, with a message that says what to change."""
+    if cfg.batch_size < 2:
+        raise ConfigError("batch_size must be at least 2 (contrastive losses need pairs)")
+    if cfg.epochs < 1:
+        raise ConfigError("epochs must be at least 1")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise ConfigError("steps must be at least 1")
+    if cfg.optimizer not in (None, "sgd", "lars", "adamw"):
+        raise ConfigError(f"optimizer must be sgd, lars or adamw, got {cfg.optimizer!r}")
+    if cfg.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, got {cfg.precision!r}")
+    if cfg.image_size < 8:
+        raise ConfigError("image_size must be at least 8")
+    if cfg.lr is not None and cfg.lr <= 0:
+        raise ConfigError("lr must be positive")

@@ -1,0 +1,190 @@
+"""Training data: `--data SPEC` -> TrainData (batches on the device) and kNN arrays.
+
+Specs:
+    digits                   scikit-learn's 8x8 digits (smoke tests); 80/20 train/kNN split
+    fashion-mnist[:DIR]      idx files (default /usr/share/datasets/fashion-mnist)
+    mnist:DIR                idx files
+    folder:DIR               images; one subfolder per class, or unlabelled;
+                             DIR/train + DIR/val (or test) give the kNN bank and queries
+    pairs:FILE               CSV/JSONL of image path + caption (CLIP)
+    torchvision:NAME[:ROOT]  torchvision.datasets.NAME, downloaded into ROOT
+                             (default ~/.cache/contrastive/NAME)
+
+A labelled set without its own test split holds out a fixed 20% as kNN queries and
+trains on the other 80%, so online kNN never scores images the encoder trained on.
+Array sets keep native resolution (the augmenter resizes); file sets decode to the load
+size round(image_size * 8 / 7) for training and centre-crop image_size for kNN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.data.arrays import ArrayData, holdout_split, take
+from training.data.base import Batch, DataError, LabelledArrays, TrainData
+from training.data.files import load_size, read_pairs, scan_folder, split_dirs
+from training.data.idx import (
+    DIGIT_WORDS,
+    FASHION_CLASSES,
+    FASHION_MNIST_DIR,
+    load_digits_arrays,
+    load_idx_split,
+)
+from training.data.loader import FileData, PathSource, decode_all
+
+__all__ = [
+    "Batch",
+    "DataError",
+    "DataSpec",
+    "LabelledArrays",
+    "TrainData",
+    "load_data",
+    "load_knn_data",
+    "parse_spec",
+]
+
+SPEC_FORMS = (
+    "digits",
+    "fashion-mnist[:DIR]",
+    "mnist:DIR",
+    "folder:DIR",
+    "pairs:FILE",
+    "torchvision:NAME[:ROOT]",
+)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed `--data` value. kind: one of digits, fashion-mnist, mnist, folder,
+    pairs, torchvision; path: the folder/file/root; name: the torchvision class."""
+
+    kind: str
+    path: str | None = None
+    name: str | None = None
+
+
+def _unknown(spec: str, why: str) -> DataError:
+    return DataError(f"--data {spec!r}: {why}; the forms are: {', '.join(SPEC_FORMS)}")
+
+
+def parse_spec(spec: str) -> DataSpec:
+    """'kind[:rest]' -> DataSpec; paths keep any further ':'."""
+    kind, _, rest = spec.strip().partition(":")
+    kind = kind.lower()
+    if kind == "digits" and not rest:
+        return DataSpec("digits")
+    if kind == "fashion-mnist":
+        return DataSpec(kind, rest or FASHION_MNIST_DIR)
+    if kind in ("mnist", "folder", "pairs"):
+        if not rest:
+            raise _unknown(spec, f"{kind} needs a path ({kind}:PATH)")
+        return DataSpec(kind, rest)
+    if kind == "torchvision":
+        name, _, root = rest.partition(":")
+        if not name:
+            raise _unknown(spec, "torchvision needs a data set name, e.g. torchvision:CIFAR10")
+        return DataSpec(kind, root or None, name)
+    raise _unknown(spec, "unknown data spec")
+
+
+def _classes_for(kind: str) -> list[str]:
+    return FASHION_CLASSES if kind == "fashion-mnist" else DIGIT_WORDS
+
+
+def _torchvision_root(parsed: DataSpec) -> Path:
+    from training.data.tv import default_root
+
+    assert parsed.name is not None
+    return Path(parsed.path).expanduser() if parsed.path else default_root(parsed.name)
+
+
+def load_data(spec: str, *, image_size: int = 32, seed: int = 0, workers: int = 4) -> TrainData:
+    """The training set named by `spec` (see the module docstring); `seed` sets the order."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "digits":
+        digits = load_digits_arrays()
+        part = take(digits, holdout_split(len(digits.labels))[0])
+        return ArrayData(part.images, part.labels, part.classes, seed)
+    if parsed.kind in ("fashion-mnist", "mnist"):
+        assert parsed.path is not None
+        train = load_idx_split(parsed.path, "train", _classes_for(parsed.kind))
+        return ArrayData(train.images, train.labels, train.classes, seed)
+    if parsed.kind == "folder":
+        assert parsed.path is not None
+        train_dir, val_dir = split_dirs(Path(parsed.path).expanduser())
+        scan = scan_folder(train_dir)
+        paths, labels = scan.paths, scan.labels
+        if labels is not None and val_dir is None:
+            keep = holdout_split(len(paths))[0]
+            paths, labels = [paths[i] for i in keep.tolist()], labels[keep]
+        return FileData(
+            PathSource(paths), size=load_size(image_size), labels=labels,
+            classes=scan.classes, seed=seed, workers=workers,
+        )  # fmt: skip
+    if parsed.kind == "pairs":
+        assert parsed.path is not None
+        paths, captions = read_pairs(Path(parsed.path).expanduser())
+        return FileData(
+            PathSource(paths), size=load_size(image_size), texts=captions,
+            seed=seed, workers=workers,
+        )  # fmt: skip
+    from training.data.tv import load_train
+
+    assert parsed.name is not None
+    return load_train(parsed.name, _torchvision_root(parsed), load_size(image_size), seed, workers)
+
+
+def _folder_knn(
+    folder: Path, image_size: int, workers: int
+) -> tuple[LabelledArrays, LabelledArrays] | None:
+    train_dir, val_dir = split_dirs(folder)
+    bank = scan_folder(train_dir)
+    if bank.labels is None or bank.classes is None:
+        return None
+    if val_dir is None:
+        bank_labels = bank.labels
+        parts = [
+            ([bank.paths[i] for i in ix.tolist()], bank_labels[ix])
+            for ix in holdout_split(len(bank.paths))
+        ]
+    else:
+        queries = scan_folder(val_dir, classes=bank.classes)
+        if queries.labels is None:
+            return None
+        parts = [(bank.paths, bank.labels), (queries.paths, queries.labels)]
+    size = load_size(image_size)
+    decoded = [
+        decode_all(PathSource(paths), labels, bank.classes, size, image_size, workers)
+        for paths, labels in parts
+    ]
+    return decoded[0], decoded[1]
+
+
+def load_knn_data(
+    spec: str, *, image_size: int = 32, workers: int = 4
+) -> tuple[LabelledArrays, LabelledArrays] | None:
+    """(bank, queries) for kNN evaluation, on the CPU; None when the data has no labels."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "digits":
+        digits = load_digits_arrays()
+        train, held = holdout_split(len(digits.labels))
+        return take(digits, train), take(digits, held)
+    if parsed.kind in ("fashion-mnist", "mnist"):
+        assert parsed.path is not None
+        classes = _classes_for(parsed.kind)
+        return (
+            load_idx_split(parsed.path, "train", classes),
+            load_idx_split(parsed.path, "t10k", classes),
+        )
+    if parsed.kind == "folder":
+        assert parsed.path is not None
+        return _folder_knn(Path(parsed.path).expanduser(), image_size, workers)
+    if parsed.kind == "pairs":
+        return None
+    from training.data.tv import load_knn
+
+    assert parsed.name is not None
+    return load_knn(
+        parsed.name, _torchvision_root(parsed), load_size(image_size), image_size, workers
+    )

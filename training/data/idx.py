@@ -1,0 +1,106 @@
+"""Array sources: idx files (MNIST, Fashion-MNIST) and scikit-learn's digits."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.data.base import DataError, LabelledArrays
+
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+# idx type byte -> numpy dtype (the format is big-endian).
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def parse_idx(raw: bytes, name: str = "idx data") -> np.ndarray:
+    """Decode the idx format: 2 zero bytes, a type byte, ndim, ndim big-endian uint32
+    sizes, then the values in C order. Returns an array of that shape."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{name} is not an idx file (bad magic {raw[:4].hex()})")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{name}: header says {shape} ({expected} bytes), file has {len(raw)}")
+    values = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return values.astype(dtype.newbyteorder("="))  # native byte order for torch
+
+
+@functools.lru_cache(maxsize=8)
+def read_idx(path: str) -> np.ndarray:
+    """Read a (possibly gzipped) idx file; cached, since training and kNN both load it."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    return parse_idx(raw, path)
+
+
+def find_idx(folder: Path, prefix: str, kind: str) -> Path:
+    """The file for e.g. ('train', 'images-idx3'): dash or dot spelling, plain or .gz."""
+    stems = [f"{prefix}-{kind}-ubyte", f"{prefix}-{kind.replace('-', '.')}-ubyte"]
+    for stem in stems:
+        for name in (stem, stem + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    raise DataError(
+        f"no {stems[0]}[.gz] in {folder}; an idx folder holds train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte "
+        "(optionally .gz)"
+    )
+
+
+def load_idx_split(folder: str | Path, prefix: str, classes: list[str]) -> LabelledArrays:
+    """One split ('train' or 't10k') of an idx folder -> uint8 [N,1,H,W], int64 [N]."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"idx folder {folder} does not exist")
+    images = read_idx(str(find_idx(folder, prefix, "images-idx3")))
+    labels = read_idx(str(find_idx(folder, prefix, "labels-idx1")))
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{folder}: {prefix} images should be uint8 [N,H,W], got {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise DataError(f"{folder}: {images.shape[0]} {prefix} images but {labels.shape} labels")
+    if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+        raise DataError(f"{folder}: {prefix} labels outside 0..{len(classes) - 1}")
+    return LabelledArrays(
+        torch.from_numpy(images.copy()).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+        list(classes),
+    )
+
+
+def load_digits_arrays() -> LabelledArrays:
+    """scikit-learn's 1,797 8x8 digits: values 0..16 scaled to uint8 0..255, [N,1,8,8]."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise DataError("--data digits needs scikit-learn: pip install scikit-learn") from e
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return LabelledArrays(
+        torch.from_numpy(images).unsqueeze(1),
+        torch.from_numpy(digits.target.astype(np.int64)),
+        list(DIGIT_WORDS),
+    )

@@ -1,0 +1,356 @@
+"""The one training loop for every method.
+
+Reads top to bottom: build (data, backbone, method, DDP, optimiser), then per step
+lr -> views -> loss under autocast -> backward -> finite check -> optimiser step ->
+EMA -> hooks; per epoch kNN and a checkpoint. Methods know nothing of any of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import nn
+
+from training import dist
+from training.augment import Augmenter
+from training.checkpoint import LAST, all_finite, save_checkpoint
+from training.config import TrainConfig
+from training.data import Batch, load_data
+from training.methods import MethodContext, get_method
+from training.metrics import MetricsLogger
+from training.models.backbones import BackboneSpec, build_backbone
+from training.momentum import update_momentum
+from training.online_knn import OnlineKNN
+from training.optim import build_optimizer, param_groups
+from training.progress import Progress
+from training.runstate import capture_rng, restore_rng, seed_all, train_device
+from training.schedule import lr_at, scaled_lr
+
+log = logging.getLogger("contrastive.train")
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite losses or weights too often to continue."""
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run reports; also written to RUN/summary.json."""
+
+    out: str
+    method: str
+    steps: int
+    epochs: float
+    loss: float | None
+    knn_top1: float | None
+    train_seconds: float
+    images_per_second: float
+    stopped: str  # "done" | "signal"
+
+
+class Trainer:
+    """Builds a run from a TrainConfig (+ the method's Params) and runs it.
+
+    `resume` is a checkpoint dict from `load_checkpoint`; the run continues exactly
+    where it stopped (same batches, same random streams).
+    """
+
+    def __init__(self, cfg: TrainConfig, params: Any, resume: dict[str, Any] | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        dist.init_from_env(None if cfg.device == "auto" else cfg.device)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.device = train_device(cfg.device)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_all(cfg.seed)  # identical initial weights on every rank
+        self.data = load_data(
+            cfg.data, image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers
+        )
+        self.steps_per_epoch = self.data.steps_per_epoch(cfg.batch_size, self.world)
+        self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
+        self.global_batch = cfg.batch_size * self.world
+        self.method = self._build_method(params)
+        self.model: nn.Module = self.method
+        if dist.is_dist():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Buffers (MoCo's queue, BN statistics) need no per-step broadcast: queues are
+            # identical on every rank by construction, and SyncBN shares batch statistics.
+            self.model = nn.parallel.DistributedDataParallel(
+                self.method, device_ids=ids, broadcast_buffers=False
+            )
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer, self.peak_lr = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._dtype() is torch.float16)
+        self.augment = Augmenter(self.device, seed=cfg.seed * 7919 + 17 * self.rank + 1)
+        self.metrics = MetricsLogger(self.out, enabled=dist.is_main(), tensorboard=cfg.tensorboard)
+        self.knn = OnlineKNN(cfg, self.augment, self.device)
+        self.step = self.epoch = self.step_in_epoch = self.bad_steps = 0
+        self.train_seconds, self.last_loss = 0.0, math.nan
+        self.last_knn: float | None = None
+        self._stop_signal: int | None = None
+        torch.manual_seed(cfg.seed * 7919 + self.rank)  # the run's own stream, per rank
+        if resume is not None:
+            self._restore(resume)
+
+    # -- construction --------------------------------------------------------------
+    def _build_method(self, params: Any) -> Any:
+        cfg = self.cfg
+        method_cls = get_method(cfg.method)
+        cifar = cfg.cifar_stem if cfg.cifar_stem is not None else cfg.image_size <= 64
+        cifar = cifar and "resnet" in cfg.backbone
+        self.backbone_spec = BackboneSpec(cfg.backbone, cifar)
+        backbone, feat_dim = build_backbone(self.backbone_spec)
+        ctx = MethodContext(
+            device=self.device,
+            image_size=cfg.image_size,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            global_batch=self.global_batch,
+            world_size=self.world,
+            classes=self.data.classes,
+            channels=self.data.channels,
+            has_texts=self.data.has_texts,
+        )
+        method = method_cls(backbone, feat_dim, params, ctx)
+        # SyncBN needs CUDA; MoCo's shuffled BN replaces it by design.
+        sync_bn = cfg.sync_bn and not getattr(params, "shuffle_bn", False)
+        if dist.is_dist() and self.device.type == "cuda" and sync_bn:
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        method = method.to(self.device)
+        if self.device.type == "cuda" and cfg.channels_last:
+            method = method.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        return method
+
+    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, float]:
+        cfg, cls = self.cfg, type(self.method)
+        base_lr = cfg.lr if cfg.lr is not None else cls.default_lr
+        wd = cfg.weight_decay if cfg.weight_decay is not None else cls.default_weight_decay
+        groups = param_groups(self.method, wd, self.method.no_weight_decay())
+        peak = scaled_lr(base_lr, self.global_batch)
+        name = cfg.optimizer or cls.default_optimizer
+        return build_optimizer(name, groups, peak, cfg.momentum), peak
+
+    def _dtype(self) -> torch.dtype:
+        p = self.cfg.precision
+        if p == "auto":
+            return torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[p]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = self._dtype()
+        if dtype is torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- the loop ------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        """Train until `total_steps`; checkpoint each epoch and at the end."""
+        previous = self._install_signal_handlers()
+        try:
+            if dist.is_main():
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "config.json").write_text(_json(self.cfg.to_dict()))
+            while self.step < self.total_steps and self._stop_signal is None:
+                self._run_epoch()
+            stopped = "signal" if self._stop_signal is not None else "done"
+            if stopped == "done":
+                self.last_knn = self.knn.maybe_run(self.method, self._autocast)
+                self._log_knn()
+            self._save()
+            return self._result(stopped)
+        finally:
+            self.metrics.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run_epoch(self) -> None:
+        cfg = self.cfg
+        batches = self.data.batches(
+            self.epoch, cfg.batch_size, self.device, rank=self.rank,
+            world_size=self.world, start_step=self.step_in_epoch,
+        )  # fmt: skip
+        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        bar = Progress(self, f"epoch {self.epoch + 1}/{epochs}")
+        for batch in batches:
+            t0 = time.perf_counter()
+            logs = self._train_step(batch)
+            self.train_seconds += time.perf_counter() - t0
+            self.step += 1
+            self.step_in_epoch += 1
+            bar.update(self.last_loss, logs)
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                self.metrics.log(self.step, "train", bar.window_record())
+            if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                self._save()
+            if self.step >= self.total_steps or self._stop_signal is not None:
+                break
+        bar.close()
+        if self.step_in_epoch >= self.steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            if self.step < self.total_steps:
+                self._end_of_epoch()
+
+    def _end_of_epoch(self) -> None:
+        cfg = self.cfg
+        if cfg.knn_every and self.epoch % cfg.knn_every == 0:
+            self.last_knn = self.knn.maybe_run(self.method, self._autocast)
+            self._log_knn()
+        if self.epoch % cfg.save_every == 0:
+            self._save()
+
+    def _train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One optimiser step; returns the method's logs (a skipped step returns {})."""
+        lr = self._set_lr()
+        views = self.method.make_views(batch, self.augment)
+        if self.device.type == "cuda" and self.cfg.channels_last:
+            views.crops = [c.contiguous(memory_format=torch.channels_last) for c in views.crops]
+        with self._autocast():
+            out = self.forward(views)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        if not self._finite(out.loss):
+            self._skip_step(lr)
+            return {}
+        self.bad_steps = 0
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.grad_clip)
+        self.method.on_before_step(self.step)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        progress = (self.step + 1) / self.total_steps
+        for online, target in self.method.momentum_pairs():
+            update_momentum(online, target, self.method.momentum_at(progress))
+        self.method.on_after_step(self.step)
+        return out.logs
+
+    def _set_lr(self) -> float:
+        warmup = round(self.cfg.warmup_epochs * self.steps_per_epoch)
+        warmup = min(warmup, self.total_steps // 2)
+        lr = lr_at(self.step, self.total_steps, warmup, self.peak_lr, self.cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Is the loss finite on every rank? One host sync per step, the price of never
+        applying a NaN update."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        self.last_loss = float(dist.all_reduce_mean(loss.detach().float()))
+        return float(dist.all_reduce_sum_(bad)) == 0.0
+
+    def _skip_step(self, lr: float) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        log.warning(
+            "step %d: non-finite loss (lr %.3g); step skipped (%d in a row, limit %d)",
+            self.step, lr, self.bad_steps, self.cfg.max_nonfinite,
+        )  # fmt: skip
+        if self.bad_steps >= self.cfg.max_nonfinite:
+            raise NonFiniteError(
+                f"{self.bad_steps} non-finite losses in a row at step {self.step}; stopping. "
+                f"The last good checkpoint is {self.out / LAST}; try a lower lr, "
+                "grad_clip, or precision=fp32."
+            )
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _save(self) -> None:
+        rng = capture_rng(self.augment.state_dict(), self.device)  # every rank takes part
+        if dist.is_main():
+            model_state = self.method.state_dict()
+            if not all_finite(list(model_state.values())):
+                raise NonFiniteError(
+                    f"weights became non-finite by step {self.step}; not overwriting "
+                    f"{self.out / LAST}"
+                )
+            save_checkpoint(self.out / LAST, self._state(model_state, rng))
+        dist.barrier()
+
+    def _state(self, model_state: dict[str, Any], rng: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "method": self.cfg.method,
+            "config": self.cfg.to_dict(),
+            "backbone": dataclasses.asdict(self.backbone_spec) | {"feat_dim": self.method.feat_dim},
+            "model": model_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "train_seconds": self.train_seconds,
+            "world_size": self.world,
+            "rng": rng,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        if state.get("world_size", 1) != self.world:
+            log.warning("resuming a %s-process run on %s processes: batches and random streams "
+                        "differ from an uninterrupted run", state.get("world_size"), self.world)
+        aug = restore_rng(state["rng"], self.device)
+        if aug is not None:
+            self.augment.load_state_dict(aug)
+        self.metrics.truncate_after(self.step)
+        log.info("resumed from step %d (epoch %d)", self.step, self.epoch)
+
+    # -- bookkeeping -----------------------------------------------------------------
+    def _log_knn(self) -> None:
+        if self.last_knn is not None:
+            record = {"knn_top1": self.last_knn, "epoch": self.epoch,
+                      "train_seconds": self.train_seconds}  # fmt: skip
+            self.metrics.log(self.step, "knn", record)
+            log.info("step %d: kNN top-1 %.4f", self.step, self.last_knn)
+
+    def _result(self, stopped: str) -> RunResult:
+        result = RunResult(
+            out=str(self.out),
+            method=self.cfg.method,
+            steps=self.step,
+            epochs=self.step / self.steps_per_epoch,
+            loss=self.last_loss if math.isfinite(self.last_loss) else None,
+            knn_top1=self.last_knn,
+            train_seconds=self.train_seconds,
+            images_per_second=self.step * self.global_batch / max(self.train_seconds, 1e-9),
+            stopped=stopped,
+        )
+        if dist.is_main():
+            (self.out / "summary.json").write_text(_json(dataclasses.asdict(result)))
+        return result
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM finish the current step, save a checkpoint, and return."""
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            log.warning("signal %d: stopping after this step and saving a checkpoint", signum)
+            self._stop_signal = signum
+
+        previous: dict[int, Any] = {}
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, request_stop)
+        return previous
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=str) + "\n"

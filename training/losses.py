@@ -1,0 +1,189 @@
+"""The contrastive losses: pure functions of tensors, distributed-aware through `dist`.
+
+Convention under DDP: each rank scores its LOCAL anchors (rows) against GLOBAL
+candidates gathered with gradients, and averages over its local rows. DDP's gradient
+averaging then reproduces the single-process gradient on the concatenated batch. With
+one process (no process group) every function is the textbook loss.
+
+Inputs are checked: a bad temperature or mismatched shapes raise ValueError instead of
+producing NaNs many steps later. No check reads a tensor's values (that would make the
+GPU wait), except `temperature`/`epsilon`, which are Python floats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from training import dist
+
+
+def _check_positive(value: float, name: str) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _check_matrix(x: Tensor, name: str) -> None:
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty [B, d] matrix, got shape {tuple(x.shape)}")
+
+
+def _check_pair(a: Tensor, b: Tensor, names: str) -> None:
+    first, second = names.split(",")
+    _check_matrix(a, first)
+    _check_matrix(b, second)
+    if a.shape != b.shape:
+        raise ValueError(f"{names} differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+
+
+def _local_labels(batch: int, device: torch.device) -> Tensor:
+    """int64 [B]: where this rank's rows sit among the gathered (global) columns."""
+    return torch.arange(batch, device=device) + dist.rank() * batch
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+    """SimCLR's NT-Xent. z1, z2: [B, d] projections of two views (any norm).
+
+    Each of the 2B local anchors is scored against all 2N = 2B * world candidates (both
+    views, gathered with gradients) except itself; its positive is the other view of the
+    same image. Returns the mean cross-entropy over the local anchors (scalar).
+    """
+    _check_pair(z1, z2, "z1,z2")
+    _check_positive(temperature, "temperature")
+    batch = z1.shape[0]
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    g1, g2 = dist.gather_with_grad(z1), dist.gather_with_grad(z2)
+    n_global = g1.shape[0]
+    anchors = torch.cat([z1, z2])  # [2B, d]
+    candidates = torch.cat([g1, g2])  # [2N, d]: view 1 of every image, then view 2
+    logits = anchors @ candidates.T / temperature  # [2B, 2N]
+    own = _local_labels(batch, z1.device)
+    self_idx = torch.cat([own, own + n_global])  # an anchor's own column
+    pos_idx = torch.cat([own + n_global, own])  # the other view's column
+    rows = torch.arange(2 * batch, device=z1.device)
+    # -inf: exp() gives exactly 0, so the anchor is simply not a candidate.
+    logits = logits.index_put((rows, self_idx), logits.new_tensor(-math.inf))
+    return F.cross_entropy(logits, pos_idx)
+
+
+def info_nce(q: Tensor, k: Tensor, queue: Tensor | None, temperature: float = 0.2) -> Tensor:
+    """MoCo's InfoNCE. q, k: [B, d] queries and keys (normalised here; unit already in MoCo).
+
+    queue: [K, d] unit negatives (a buffer; never receives gradients). Logits per query
+    are [q·k, q·queue_1..K] / T with the positive at index 0. With queue None, the keys of
+    the whole global batch are the candidates (positive: the query's own key); keys are
+    gathered with gradients only when `k` requires them (MoCo's keys do not).
+    Returns the mean cross-entropy over local queries (scalar).
+    """
+    _check_pair(q, k, "q,k")
+    _check_positive(temperature, "temperature")
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    if queue is None:
+        keys = dist.gather_with_grad(k) if k.requires_grad else dist.gather_no_grad(k)
+        logits = q @ keys.T / temperature  # [B, N]
+        return F.cross_entropy(logits, _local_labels(q.shape[0], q.device))
+    if queue.ndim != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(f"queue must be [K, {q.shape[1]}], got shape {tuple(queue.shape)}")
+    pos = (q * k).sum(dim=1, keepdim=True)  # [B, 1]
+    neg = q @ queue.detach().to(q.dtype).T  # [B, K]
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, labels)
+
+
+def byol_loss(p: Tensor, z: Tensor) -> Tensor:
+    """BYOL's regression loss: mean over B of 2 - 2 cos(p, z) (in [0, 4]; scalar).
+
+    p: [B, d] online predictions; z: [B, d] target projections, detached here (the
+    stop-gradient is part of the method, so callers cannot forget it).
+    """
+    _check_pair(p, z, "p,z")
+    cos = (F.normalize(p, dim=1) * F.normalize(z.detach(), dim=1)).sum(dim=1)
+    return (2 - 2 * cos).mean()
+
+
+@torch.no_grad()
+def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+    """SwAV's Sinkhorn-Knopp codes. scores: [B, K] (this rank's rows) -> Q: [B, K], no grad.
+
+    Equal-partition transport over the GLOBAL batch of N = B * world samples: prototype
+    sums are all-reduced, so the result equals the single-process Sinkhorn on the
+    concatenated batch. Rows of Q sum to 1; after enough iterations each prototype's
+    column sums to N / K over the global batch. Runs in float32 at least (bf16/fp16 are
+    upcast; float64 stays float64) and returns that dtype.
+    """
+    _check_matrix(scores, "scores")
+    _check_positive(epsilon, "epsilon")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    work = torch.promote_types(scores.dtype, torch.float32)
+    s = scores.detach().to(work)
+    # A global max makes exp() safe from overflow; a constant factor cancels in the
+    # first normalisation, so the result is the same as without it.
+    top = s.max().reshape(1)
+    if dist.is_dist():
+        torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
+    q = torch.exp((s - top) / epsilon).T  # [K, B]
+    n_protos, n_global = q.shape[0], q.shape[1] * dist.world_size()
+    q /= dist.all_reduce_sum_(q.sum().reshape(1))
+    for _ in range(iterations):
+        q /= dist.all_reduce_sum_(q.sum(dim=1, keepdim=True))  # each prototype: mass 1/K
+        q /= n_protos
+        q /= q.sum(dim=0, keepdim=True)  # each sample: mass 1/N (samples are local)
+        q /= n_global
+    return (q * n_global).T
+
+
+def swav_loss(scores: list[Tensor], codes: list[Tensor], temperature: float = 0.1) -> Tensor:
+    """SwAV's swapped prediction. Scalar.
+
+    scores[v]: [B, K] prototype scores of crop v (global crops first, then small ones);
+    codes[i]: [B, K] Sinkhorn codes of global crop i (targets, detached). For every
+    i and every crop v != i the loss is CE(codes[i], softmax(scores[v] / T)) averaged
+    over B; the result is the mean over all such (i, v) pairs.
+    """
+    _check_positive(temperature, "temperature")
+    if not codes or len(scores) < 2 or len(codes) > len(scores):
+        raise ValueError(
+            f"need >= 1 code set and >= 2 crops with codes <= crops, "
+            f"got {len(codes)} codes and {len(scores)} crops"
+        )
+    for i, t in enumerate([*scores, *codes]):
+        _check_matrix(t, f"scores/codes[{i}]")
+        if t.shape != scores[0].shape:
+            raise ValueError(f"all scores and codes must be {tuple(scores[0].shape)}")
+    # float32 at least: bf16 log-probabilities are too coarse for a cross-entropy target.
+    log_p = [
+        F.log_softmax(s.to(torch.promote_types(s.dtype, torch.float32)) / temperature, dim=1)
+        for s in scores
+    ]
+    terms = [
+        -(code.detach().to(lp.dtype) * lp).sum(dim=1).mean()
+        for i, code in enumerate(codes)
+        for v, lp in enumerate(log_p)
+        if v != i
+    ]
+    return torch.stack(terms).mean()
+
+
+def clip_loss(image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
+    """CLIP's symmetric cross-entropy. image, text: [B, d] (normalised here). Scalar.
+
+    logit_scale: a one-element tensor, the multiplier itself (exp already applied,
+    clamped by the caller). Local images are scored against the global texts and local
+    texts against the global images (both gathered with gradients); the positive of
+    row i is its own pair. Returns (CE_image + CE_text) / 2.
+    """
+    _check_pair(image, text, "image,text")
+    if logit_scale.numel() != 1:
+        raise ValueError(f"logit_scale must hold one value, got shape {tuple(logit_scale.shape)}")
+    image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
+    all_image, all_text = dist.gather_with_grad(image), dist.gather_with_grad(text)
+    scale = logit_scale.reshape(())
+    labels = _local_labels(image.shape[0], image.device)
+    loss_image = F.cross_entropy(scale * image @ all_text.T, labels)  # [B, N] logits
+    loss_text = F.cross_entropy(scale * text @ all_image.T, labels)
+    return (loss_image + loss_text) / 2

@@ -1,0 +1,209 @@
+"""CLIP (Radford et al. 2021): an image tower and a text tower trained so that matching
+image-caption pairs have the highest cosine similarity in the (global) batch.
+
+Image tower: backbone + Linear(feat_dim, embed_dim). Text tower (training.models.text_towers):
+- "minilm" (default): the packaged all-MiniLM-L6-v2, locked (LiT: lock the text side, tune
+  the image side; a pretrained text space makes small image sets useful), or trained with
+  `lock_text=false`;
+- "transformer": open_clip's text transformer, trained from scratch (lock_text is ignored).
+
+Loss: symmetric cross-entropy over image-text logits scaled by a learnable temperature,
+exp(logit_scale) capped at max_logit_scale (100, as CLIP) - in the forward and on the
+parameter after each step. Negatives come from every rank, with gradients (losses.clip_loss).
+
+Captions: the data's own (pairs data), else "<template>.format(class name)" for labelled data,
+with the template chosen by a hash of (dataset index, step): deterministic, so a resumed run
+sees the same captions, and different for the same image in different epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.augment import ViewSpec
+from training.losses import clip_loss
+from training.methods import register
+from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.models.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
+from training.models.text_towers import TextTower, build_text_tower
+
+if TYPE_CHECKING:
+    from training.augment import Augmenter
+    from training.data import Batch
+
+TEMPLATE_SETS = {"default": DEFAULT_TEMPLATES, "single": SINGLE_TEMPLATE}
+
+
+@dataclass
+class CLIPParams:
+    embed_dim: int = 0  # 0: the text tower's width (384 for minilm: LiT without projection)
+    text_tower: str = "minilm"  # minilm | transformer
+    text_width: int = 256  # transformer tower only
+    text_layers: int = 4
+    text_heads: int = 4
+    context_length: int = 32  # transformer tower; minilm keeps its own 256-token limit
+    lock_text: bool = True  # minilm only: frozen text tower (LiT)
+    init_logit_scale: float = 1 / 0.07
+    max_logit_scale: float = 100.0
+    templates: str = "default"  # captions for labelled data: default (7) | single
+    min_crop_scale: float = 0.5  # image view: random resized crop scale (min, 1)
+    head_norm: str = "batch"  # unused: the image projection is linear, as in CLIP
+
+
+def _check(p: CLIPParams) -> None:
+    checks = [
+        (p.embed_dim >= 0, "embed_dim must be >= 0"),
+        (min(p.text_width, p.text_layers, p.text_heads) >= 1, "text tower sizes must be >= 1"),
+        (p.context_length >= 2, "context_length must be >= 2"),
+        (1 <= p.init_logit_scale <= p.max_logit_scale, "need 1 <= init_logit_scale <= max"),
+        (p.templates in TEMPLATE_SETS, f"templates must be one of {sorted(TEMPLATE_SETS)}"),
+        (0 < p.min_crop_scale <= 1, "min_crop_scale must be in (0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"clip: {message}")
+
+
+def clip_view(size: int, min_scale: float = 0.5) -> ViewSpec:
+    """CLIP's image view: a milder random resized crop and a flip, no colour changes
+    (colour is often named in captions; CLIP itself used only a random square crop)."""
+    return ViewSpec(size, scale=(min_scale, 1.0), jitter_p=0.0, gray_p=0.0)
+
+
+def template_index(index: torch.Tensor, step: int, n_templates: int) -> torch.Tensor:
+    """int64 [B] dataset indices -> int64 [B] template choices in [0, n_templates).
+
+    A fixed integer hash of (index, step), computed where `index` lives (no host sync).
+    """
+    h = index.long() * 0x9E3779B1 + (step + 1) * 0x85EBCA6B
+    h = h ^ (h >> 15)
+    return h.remainder(n_templates)
+
+
+@register
+class CLIP(Method):
+    name = "clip"
+    Params = CLIPParams
+    # AdamW as CLIP; 5e-4 per 256 images (CLIP's own 5e-4 was for batch 32k, but with
+    # the linear rule that is far too small for the batches of 256-1024 used here)
+    default_lr = 5e-4
+    default_weight_decay = 0.2  # CLIP / open_clip
+    default_optimizer = "adamw"
+    needs_text = True
+
+    def __init__(
+        self, backbone: nn.Module, feat_dim: int, params: CLIPParams, ctx: MethodContext
+    ) -> None:
+        _check(params)
+        super().__init__(backbone, feat_dim, params, ctx)
+        p = params
+        self.text: TextTower = build_text_tower(
+            p.text_tower,
+            p.embed_dim,
+            lock=p.lock_text,
+            width=p.text_width,
+            layers=p.text_layers,
+            heads=p.text_heads,
+            context_length=p.context_length,
+        )
+        self.embed_dim = self.text.out_dim
+        self.image_proj = nn.Linear(feat_dim, self.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(p.init_logit_scale)))
+        self.templates = TEMPLATE_SETS[p.templates]
+        self.view = clip_view(ctx.image_size, p.min_crop_scale)
+        self.steps_done = 0  # host counter for the caption choice (in get_extra_state)
+        # all (class, template) captions, prepared once on the device: labelled batches
+        # then need no host work at all (row = label * n_templates + template)
+        self._caption_table: dict[str, torch.Tensor] | None = None
+
+    # -- towers (public: evaluation and export use them) -----------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised float images [n, 3, h, w] -> [n, embed_dim] (not normalised)."""
+        out: torch.Tensor = self.image_proj(self.backbone(images))
+        return out
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """n captions -> [n, embed_dim] (not normalised)."""
+        return self.text(self.text.prepare(texts, self.logit_scale.device))  # type: ignore[no-any-return]
+
+    # -- views ---------------------------------------------------------------------------
+    def make_views(self, batch: Batch, augment: Augmenter) -> Views:
+        """One image view [B,3,S,S] + the prepared captions (see TextTower.prepare)."""
+        image = augment(batch.images, self.view)
+        if batch.texts is not None:
+            texts = self.text.prepare(batch.texts, image.device)
+        else:
+            rows = self._caption_rows(batch)
+            table = self._table(image.device)
+            texts = {k: v[rows] for k, v in table.items()}
+        return Views(crops=[image], n_global=1, texts=texts)
+
+    def captions(self, batch: Batch) -> list[str]:
+        """The captions `make_views` uses for a batch (host strings; for logs and tests)."""
+        if batch.texts is not None:
+            return list(batch.texts)
+        rows = self._caption_rows(batch).tolist()
+        return [self._all_captions()[r] for r in rows]
+
+    def _caption_rows(self, batch: Batch) -> torch.Tensor:
+        if batch.labels is None or self.ctx.classes is None:
+            raise ValueError(
+                "clip needs captions: use image-caption pairs (pairs:FILE) or a labelled "
+                "data set, whose class names become captions"
+            )
+        t = template_index(batch.index, self.steps_done, len(self.templates))
+        return batch.labels.long() * len(self.templates) + t
+
+    def _all_captions(self) -> list[str]:
+        """Row label * n_templates + t -> templates[t] with the class name filled in."""
+        assert self.ctx.classes is not None
+        names = [c.replace("_", " ") for c in self.ctx.classes]
+        return [t.format(name) for name in names for t in self.templates]
+
+    def _table(self, device: torch.device) -> dict[str, torch.Tensor]:
+        table = self._caption_table
+        if table is None or next(iter(table.values())).device != device:
+            table = self.text.prepare(self._all_captions(), device)
+            self._caption_table = table
+        return table
+
+    # -- loss ------------------------------------------------------------------------------
+    def scale(self) -> torch.Tensor:
+        """The logit multiplier exp(logit_scale), capped at max_logit_scale (scalar)."""
+        return self.logit_scale.exp().clamp(max=self.params.max_logit_scale)
+
+    def loss(self, views: Views) -> StepOutput:
+        if views.texts is None:
+            raise ValueError("clip: views carry no captions")
+        image = self.encode_image(views.crops[0])
+        text: torch.Tensor = self.text(views.texts)
+        scale = self.scale()
+        loss = clip_loss(image, text, scale)
+        with torch.no_grad():
+            pos = F.cosine_similarity(image.float(), text.float(), dim=1).mean()
+        return StepOutput(loss, {"logit_scale": scale.detach(), "pos_sim": pos})
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_after_step(self, step: int) -> None:
+        """Clamp the parameter too (as open_clip), so it cannot drift far past the cap
+        where its gradient is zero; `step` is the 0-based index of the step just taken."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, math.log(self.params.max_logit_scale))
+        self.steps_done = step + 1
+
+    def no_weight_decay(self) -> set[str]:
+        """The temperature and the text transformer's position embedding (as open_clip)."""
+        names = {"logit_scale"}
+        return names | {n for n, _ in self.named_parameters() if n.endswith("positional_embedding")}
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor([self.steps_done], dtype=torch.int64)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.steps_done = int(state[0])

@@ -1,0 +1,108 @@
+"""Image backbones for training: [B, 3, H, W] normalised floats -> [B, feat_dim] features.
+
+Names (`--set backbone=...`):
+    resnet18, resnet50, timm:NAME    timm models without their classifier
+    torchvision:NAME                 torchvision models, classifier replaced by Identity
+    open_clip:ARCH                   an open_clip vision tower (random init)
+    tiny                             a 3-layer GroupNorm conv net for tests and smoke runs
+
+`cifar_stem` swaps a ResNet's 7x7/2 conv and max-pool for one 3x3/1 conv, the standard
+change for 32x32 inputs (SimCLR appendix B.9): without it a 32x32 image is 1x1 after
+the stem's 16x down-sampling... and kNN accuracy drops by ~10 points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to rebuild a backbone (stored in checkpoints and used by export)."""
+
+    name: str
+    cifar_stem: bool = False
+
+
+class TinyConvNet(nn.Module):
+    """Three conv blocks with GroupNorm: per-sample, so it behaves the same on any batch split."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        w = width
+
+        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                nn.GroupNorm(8, cout),
+                nn.ReLU(inplace=True),
+            ]
+
+        self.body = nn.Sequential(
+            *block(3, w, 1), *block(w, 2 * w, 2), *block(2 * w, 4 * w, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.feat_dim = 4 * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    """BackboneSpec -> (module, feature dimension). ValueError for an unknown name."""
+    name = spec.name
+    if name == "tiny":
+        net = TinyConvNet()
+        return net, net.feat_dim
+    if name.startswith("open_clip:"):
+        import open_clip
+
+        arch = name.split(":", 1)[1]
+        if arch not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip architecture {arch!r}")
+        visual = open_clip.create_model(arch).visual
+        return visual, int(visual.output_dim)
+    if name.startswith("torchvision:"):
+        return _torchvision(name.split(":", 1)[1], spec.cifar_stem)
+    return _timm(name.removeprefix("timm:"), spec.cifar_stem)
+
+
+def _timm(name: str, cifar_stem: bool) -> tuple[nn.Module, int]:
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown backbone {name!r}: not a timm model (see timm.list_models())")
+    net = timm.create_model(name, num_classes=0, pretrained=False)
+    if cifar_stem:
+        _cifar_stem(net)
+    return net, int(net.num_features)  # type: ignore[arg-type]
+
+
+def _torchvision(name: str, cifar_stem: bool) -> tuple[nn.Module, int]:
+    import torchvision
+
+    builders = torchvision.models.list_models(module=torchvision.models)
+    if name not in builders:
+        raise ValueError(f"unknown torchvision model {name!r}")
+    net = torchvision.models.get_model(name, weights=None)
+    head_name = "fc" if hasattr(net, "fc") else "classifier"
+    head = getattr(net, head_name)
+    linear = head if isinstance(head, nn.Linear) else next(
+        m for m in head.modules() if isinstance(m, nn.Linear)
+    )
+    setattr(net, head_name, nn.Identity())
+    if cifar_stem:
+        _cifar_stem(net)
+    return net, int(linear.in_features)
+
+
+def _cifar_stem(net: nn.Module) -> None:
+    """Replace a ResNet's conv1 (7x7, stride 2) + maxpool with a 3x3 stride-1 conv."""
+    conv1 = getattr(net, "conv1", None)
+    if not isinstance(conv1, nn.Conv2d) or not hasattr(net, "maxpool"):
+        raise ValueError("cifar_stem applies to ResNet-style backbones (conv1 + maxpool) only")
+    net.conv1 = nn.Conv2d(3, conv1.out_channels, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
