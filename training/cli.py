@@ -22,8 +22,12 @@ FIXED_ON_RESUME = ("method", "data", "backbone", "image_size", "batch_size", "se
 # Flags mapped onto config keys (default None = "not given").
 FLAGS: dict[str, tuple[str, type, str]] = {
     "--method": ("method", str, "simclr | moco | byol | swav | clip"),
-    "--data": ("data", str, "digits | fashion-mnist[:DIR] | mnist:DIR | folder:DIR | "
-               "pairs:FILE | torchvision:NAME[:ROOT]"),
+    "--data": (
+        "data",
+        str,
+        "digits | fashion-mnist[:DIR] | mnist:DIR | folder:DIR | "
+        "pairs:FILE | torchvision:NAME[:ROOT]",
+    ),
     "--epochs": ("epochs", int, "epochs to train"),
     "--steps": ("steps", int, "stop after this many steps (overrides --epochs)"),
     "--batch-size": ("batch_size", int, "images per process per step"),
@@ -68,12 +72,11 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]:
     if (out / LAST).exists():
         if not args.resume:
             raise ConfigError(
-                f"{out} already holds a run; pass --resume to continue it, or choose "
-                "another --out"
+                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
         checkpoint = load_checkpoint(out / LAST)
         saved = dict(checkpoint["config"])
-        changed = [k for k in FIXED_ON_RESUME if k in given and given[k] != saved.get(k)]
+        changed = [k for k in FIXED_ON_RESUME if k in given and _typed(k, given[k]) != saved.get(k)]
         if changed:
             raise ConfigError(f"--resume cannot change {changed}: they define the run")
         given = {**saved, **given}
@@ -82,6 +85,15 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]:
     method_cls = get_method(str(given.get("method", "simclr")))
     cfg, params = build_config(given, method_cls.Params)
     return cfg, params, checkpoint
+
+
+def _typed(key: str, value: Any) -> Any:
+    """A command-line string as the TrainConfig field's type ("16" -> 16)."""
+    import typing
+
+    from training.config import TrainConfig, coerce
+
+    return coerce(value, typing.get_type_hints(TrainConfig)[key], key)
 
 
 def list_settings(method: str) -> str:

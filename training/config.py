@@ -88,9 +88,9 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
@@ -115,9 +115,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
                 raise ValueError
             return annotation(value)
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"{key}: expected {annotation.__name__}, got {value!r}"
-            ) from None
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
     if annotation is typing.Any or annotation is dict or origin is dict:
         return value
     raise ConfigError(f"{key}: cannot set a value of type {annotation}")
@@ -155,9 +153,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(
-    values: dict[str, Any], params_cls: type | None = None
-) -> tuple[TrainConfig, Any]:
+def build_config(values: dict[str, Any], params_cls: type | None = None) -> tuple[TrainConfig, Any]:
     """Flat {key: value} -> (TrainConfig, method Params instance).
 
     Keys name a TrainConfig field or a field of the method's `Params` dataclass; a

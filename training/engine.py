@@ -304,8 +304,12 @@ class Trainer:
         self.step_in_epoch = int(state["step_in_epoch"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if state.get("world_size", 1) != self.world:
-            log.warning("resuming a %s-process run on %s processes: batches and random streams "
-                        "differ from an uninterrupted run", state.get("world_size"), self.world)
+            log.warning(
+                "resuming a %s-process run on %s processes: batches and random streams "
+                "differ from an uninterrupted run",
+                state.get("world_size"),
+                self.world,
+            )
         aug = restore_rng(state["rng"], self.device)
         if aug is not None:
             self.augment.load_state_dict(aug)

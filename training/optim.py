@@ -79,7 +79,7 @@ class LARS(torch.optim.Optimizer):
 def build_optimizer(
     name: str, groups: list[dict[str, Any]], lr: float, momentum: float
 ) -> torch.optim.Optimizer:
-    """"sgd" | "lars" | "adamw" -> optimiser over `groups` (from `param_groups`)."""
+    """ "sgd" | "lars" | "adamw" -> optimiser over `groups` (from `param_groups`)."""
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "lars":

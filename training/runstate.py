@@ -55,9 +55,7 @@ def capture_rng(augment_state: dict[str, torch.Tensor], device: torch.device) ->
     return out
 
 
-def restore_rng(
-    saved: dict[str, Any], device: torch.device
-) -> dict[str, torch.Tensor] | None:
+def restore_rng(saved: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor] | None:
     """Restore this rank's torch/CUDA streams; returns its augmentation state (or None
     when the checkpoint came from fewer ranks, in which case streams start afresh)."""
     rank = dist.rank()

@@ -90,8 +90,10 @@ def _torchvision(name: str, cifar_stem: bool) -> tuple[nn.Module, int]:
     net = torchvision.models.get_model(name, weights=None)
     head_name = "fc" if hasattr(net, "fc") else "classifier"
     head = getattr(net, head_name)
-    linear = head if isinstance(head, nn.Linear) else next(
-        m for m in head.modules() if isinstance(m, nn.Linear)
+    linear = (
+        head
+        if isinstance(head, nn.Linear)
+        else next(m for m in head.modules() if isinstance(m, nn.Linear))
     )
     setattr(net, head_name, nn.Identity())
     if cifar_stem:
