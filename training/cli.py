@@ -124,16 +124,28 @@ def train(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, CheckpointError, ValueError) as e:
         print(f"contrastive train: {e}", file=sys.stderr)
         return 2
+    from training import dist
+
     try:
         result = trainer.fit()
     except NonFiniteError as e:
         print(f"contrastive train: {e}", file=sys.stderr)
         return 1
+    finally:
+        main_rank = dist.is_main()
+        dist.cleanup()
+    if main_rank:
+        print(summary_line(result))
+    return 130 if result.stopped == "signal" else 0
+
+
+def summary_line(result: Any) -> str:
     knn = f", kNN top-1 {result.knn_top1:.4f}" if result.knn_top1 is not None else ""
     loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
-    print(f"{result.method}: {result.steps} steps, loss {loss}{knn}, "
-          f"{result.images_per_second:.0f} img/s; run folder {result.out}")  # fmt: skip
-    return 130 if result.stopped == "signal" else 0
+    return (
+        f"{result.method}: {result.steps} steps, loss {loss}{knn}, "
+        f"{result.images_per_second:.0f} img/s; run folder {result.out}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,7 +41,8 @@ def _gather_bytes(state: torch.Tensor, device: torch.device) -> list[torch.Tenso
     # NCCL moves CUDA tensors only; gloo takes either.
     comm_device = device if device.type == "cuda" else torch.device("cpu")
     gathered = dist.gather_no_grad(state.to(comm_device).unsqueeze(0))
-    return [g.cpu() for g in gathered.unbind()]
+    # clone: unbind() gives views into one buffer, and set_rng_state needs its own storage
+    return [g.cpu().clone() for g in gathered.unbind()]
 
 
 def capture_rng(augment_state: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def restore_rng(saved: dict[str, Any], device: torch.device) -> dict[str, torch.
     rank = dist.rank()
     if rank >= len(saved.get("torch", [])):
         return None
-    torch.set_rng_state(saved["torch"][rank])
+    torch.set_rng_state(saved["torch"][rank].clone())
     if device.type == "cuda" and "cuda" in saved:
         torch.cuda.set_rng_state(saved["cuda"][rank], device)
     return {k: v[rank] for k, v in saved.get("augment", {}).items()}
