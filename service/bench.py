@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import io
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -191,34 +189,11 @@ def _row(modality: str, res: LoadResult, ref: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def _environment(device: str) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device,
-        "device_name": name,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "git_commit": commit,
-        "python": platform.python_version(),
-    }
+    """The machine and software a figure was measured on (shared with `bench train`)."""
+    from training.benchinfo import environment
+
+    return environment(device)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_search.add_arguments(
         bench_sub.add_parser("search", help="search: raw FAISS vs our store vs HTTP; recall")
     )
+    from training import bench as bench_train
+
+    bench_train.add_arguments(
+        bench_sub.add_parser(
+            "train", help="training: step only vs end to end vs a DataLoader peer; kNN time"
+        )
+    )
     from service import index_cli
     from training.cli import add_train_arguments
 
@@ -86,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from service import bench, bench_search
 
+        if args.what == "train":
+            from training import bench as bench_train
+
+            return bench_train.run(args)
         return bench_search.run(args) if args.what == "search" else bench.run(args)
     if args.command == "train":
         from training.cli import train

@@ -1,5 +1,6 @@
 """The one-way data flow: training never imports service; service imports only
-training.models and training.export (plus its CLI dispatching to training's)."""
+training.models, training.export and the benchmarks' environment record (plus its CLI
+dispatching to training's)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ALLOWED_FROM_SERVICE = ("training.models", "training.export")
+ALLOWED_FROM_SERVICE = ("training.models", "training.export", "training.benchinfo")
 
 
 def _imports(path: Path) -> list[str]:

@@ -13,6 +13,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -26,7 +27,7 @@ from training.augment import Augmenter
 from training.checkpoint import LAST, all_finite, save_checkpoint
 from training.config import TrainConfig
 from training.data import Batch, load_data
-from training.methods import MethodContext, get_method
+from training.methods import MethodContext, Views, get_method
 from training.metrics import MetricsLogger
 from training.models.backbones import BackboneSpec, build_backbone
 from training.momentum import update_momentum
@@ -100,6 +101,8 @@ class Trainer:
         self.train_seconds, self.last_loss = 0.0, math.nan
         self.last_knn: float | None = None
         self._stop_signal: int | None = None
+        # Called after each online kNN evaluation (benchmarks record time-to-accuracy).
+        self.knn_callbacks: list[Callable[[Trainer], None]] = []
         torch.manual_seed(cfg.seed * 7919 + self.rank)  # the run's own stream, per rank
         if resume is not None:
             self._restore(resume)
@@ -211,11 +214,22 @@ class Trainer:
             self._save()
 
     def _train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One optimiser step; returns the method's logs (a skipped step returns {})."""
-        lr = self._set_lr()
+        """One optimiser step on a batch; returns the method's logs ({} when skipped)."""
+        return self.step_on_views(self.make_views(batch))
+
+    def make_views(self, batch: Batch) -> Views:
+        """The method's augmented views of a batch, in the engine's memory format."""
         views = self.method.make_views(batch, self.augment)
         if self.device.type == "cuda" and self.cfg.channels_last:
             views.crops = [c.contiguous(memory_format=torch.channels_last) for c in views.crops]
+        return views
+
+    def step_on_views(self, views: Views) -> dict[str, torch.Tensor]:
+        """lr, autocast forward, backward, finite check, optimiser, EMA, hooks.
+
+        Does not advance `self.step` (the loop does); benchmarks call it on ready views.
+        """
+        lr = self._set_lr()
         with self._autocast():
             out = self.forward(views)
         self.optimizer.zero_grad(set_to_none=True)
@@ -323,6 +337,12 @@ class Trainer:
                       "train_seconds": self.train_seconds}  # fmt: skip
             self.metrics.log(self.step, "knn", record)
             log.info("step %d: kNN top-1 %.4f", self.step, self.last_knn)
+            for callback in self.knn_callbacks:
+                callback(self)
+
+    def request_stop(self, reason: int = 0) -> None:
+        """Finish the step in flight, save a checkpoint and return from `fit` (as SIGTERM)."""
+        self._stop_signal = reason
 
     def _result(self, stopped: str) -> RunResult:
         result = RunResult(

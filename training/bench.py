@@ -1,0 +1,239 @@
+"""`contrastive bench train`: training throughput, each figure beside its reference.
+
+In one run, on one device, with the engine's own step code (Trainer._train_step):
+(a) SimCLR's model step alone, on views made before timing (the ceiling);
+(b) our end-to-end loop: device-resident data + batched augmentation + step; (b)/(a);
+(c) the peer's pipeline: a DataLoader with CPU workers applying torchvision v2 per
+    image, then the same step; (b)/(c);
+(d) the step time of MoCo, BYOL, SwAV and CLIP against SimCLR's;
+(e) optionally, SimCLR with online kNN every epoch: accuracy against train seconds, the
+    time to a target accuracy, and kNN on raw pixels and on the untrained encoder.
+(a)-(d) run in interleaved rounds, so drift of a shared machine hits all figures alike.
+img/s counts images (samples), not views. Step-only figures are B / median step time;
+pipeline figures (b, c) are images / total time over their timed windows, because a
+DataLoader delivers in bursts and a median of its steps would flatter it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.bench_knn import knn_run
+from training.bench_peer import Peer
+from training.bench_pipelines import (
+    BenchSettings,
+    EndToEnd,
+    Pipeline,
+    StepOnly,
+    build_trainer,
+    measure,
+)
+from training.bench_report import comparisons, print_report
+from training.benchinfo import environment, timestamp, write_json
+from training.config import ConfigError
+from training.data import DataError
+from training.data.idx import FASHION_MNIST_DIR
+from training.runstate import train_device
+
+ALL_METHODS = ("moco", "byol", "swav", "clip")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", default=None, help="data spec [fashion-mnist when installed, else digits]"
+    )
+    p.add_argument("--backbone", default=None, help="[resnet18; tiny with --quick]")
+    p.add_argument("--batch-size", type=int, default=None, help="[512 on CUDA, 32 on CPU]")
+    p.add_argument("--image-size", type=int, default=32, help="view side [32]")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
+    p.add_argument("--precision", default="auto", help="auto | bf16 | fp16 | fp32 [auto]")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op CPU threads [torch's default]; 1 avoids the stalls of "
+        "OpenMP teams on a CPU shared with other processes",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(ALL_METHODS),
+        help="methods timed against SimCLR's step [moco,byol,swav,clip]",
+    )
+    p.add_argument(
+        "--clip-text-tower",
+        default="transformer",
+        choices=["transformer", "minilm"],
+        help="CLIP's text tower [transformer: from scratch, needs no weights]",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="the peer DataLoader's workers [usable cores - 1, at most 15]",
+    )
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds [3 CUDA, 4 CPU]")
+    p.add_argument("--warmup", type=int, default=None, help="untimed first steps [10 CUDA, 1 CPU]")
+    p.add_argument(
+        "--iters", type=int, default=None, help="timed step-only steps per round [20 CUDA, 4 CPU]"
+    )
+    p.add_argument(
+        "--e2e-iters",
+        type=int,
+        default=None,
+        help="timed end-to-end steps per round [60 CUDA, 6 CPU]",
+    )
+    p.add_argument(
+        "--knn-epochs",
+        type=int,
+        default=None,
+        help="SimCLR epochs with kNN after each; 0 skips [20 CUDA, 0 CPU]",
+    )
+    p.add_argument("--knn-target", type=float, default=0.847, help="kNN top-1 to reach [0.847]")
+    p.add_argument(
+        "--knn-time-limit",
+        type=float,
+        default=None,
+        help="stop the kNN run at the first epoch end past this many s [none]",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: tiny backbone, digits, batch 16, a few steps (seconds)",
+    )
+    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
+    p.add_argument(
+        "--json", default=None, help="write the JSON here instead of OUT/train-<timestamp>.json"
+    )
+
+
+def _pick(value: Any, cuda: Any, cpu: Any, quick: Any, on_cuda: bool, is_quick: bool) -> Any:
+    if value is not None:
+        return value
+    return quick if is_quick else cuda if on_cuda else cpu
+
+
+def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchSettings:
+    """The run's settings: flags, else defaults for the device (or for --quick)."""
+    gpu, q = device.type == "cuda", bool(args.quick)
+    default_data = "fashion-mnist" if Path(FASHION_MNIST_DIR).is_dir() else "digits"
+    cores = len(os.sched_getaffinity(0))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "simclr"]
+    return BenchSettings(
+        data=_pick(args.data, default_data, default_data, "digits", gpu, q),
+        backbone=_pick(args.backbone, "resnet18", "resnet18", "tiny", gpu, q),
+        batch_size=_pick(args.batch_size, 512, 32, 16, gpu, q),
+        image_size=args.image_size,
+        device=args.device,
+        precision=args.precision,
+        compile=bool(args.compile),
+        clip_text_tower=args.clip_text_tower,
+        workers=_pick(args.workers, min(15, max(1, cores - 1)), max(1, cores - 1), 1, gpu, q),
+        rounds=_pick(args.rounds, 3, 4, 2, gpu, q),
+        warmup=_pick(args.warmup, 10, 1, 1, gpu, q),
+        iters=_pick(args.iters, 20, 4, 2, gpu, q),
+        e2e_iters=_pick(args.e2e_iters, 60, 6, 2, gpu, q),
+        view_pool=4 if gpu else 2,
+        threads=torch.get_num_threads(),
+        methods=methods,
+    )
+
+
+def say(message: str) -> None:
+    print(f"bench train: {message}", file=sys.stderr, flush=True)
+
+
+def _step_only(times: list[float], batch: int) -> dict[str, Any]:
+    med = statistics.median(times)
+    return {
+        "img_per_s": batch / med,
+        "median_step_s": med,
+        "mean_img_per_s": batch * len(times) / sum(times),
+        "timed_steps": len(times),
+    }
+
+
+def _pipeline(times: list[float], batch: int) -> dict[str, Any]:
+    return {
+        "img_per_s": batch * len(times) / sum(times),
+        "seconds": sum(times),
+        "median_step_s": statistics.median(times),
+        "timed_steps": len(times),
+    }
+
+
+def throughput(s: BenchSettings, scratch: Path) -> dict[str, Any]:
+    """(a)-(d): build one trainer per method, then time every pipeline in rounds."""
+    say(f"building trainers: simclr, {', '.join(s.methods)} ({s.backbone}, batch {s.batch_size})")
+    simclr = build_trainer(s, "simclr", scratch / "simclr")
+    pipes: list[Pipeline] = [StepOnly("simclr", simclr, s)]
+    pipes += [StepOnly(m, build_trainer(s, m, scratch / m), s) for m in s.methods]
+    peer = Peer("peer", simclr, s)
+    pipes += [EndToEnd("end_to_end", simclr, s), peer]
+    try:
+        times = measure(pipes, s.rounds, simclr.device, say)
+    finally:
+        peer.close()
+    b = s.batch_size
+    return {
+        "step_only": {"method": "simclr", **_step_only(times["simclr"], b)},
+        "end_to_end": _pipeline(times["end_to_end"], b),
+        "peer": {
+            "workers": s.workers,
+            "transforms": "torchvision.transforms.v2, per image",
+            **_pipeline(times["peer"], b),
+        },
+        "methods": {m: _step_only(times[m], b) for m in ["simclr", *s.methods]},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = train_device(args.device)
+        s = settings_from_args(args, device)
+        knn_epochs = _pick(args.knn_epochs, 20, 0, 0, device.type == "cuda", bool(args.quick))
+        env = environment(device)
+        path = Path(args.json) if args.json else Path(args.out) / f"train-{timestamp(env)}.json"
+        result: dict[str, Any] = {"benchmark": "train", **env, "settings": vars(s).copy()}
+        result["settings"] |= {"knn_epochs": knn_epochs, "quick": bool(args.quick)}
+        write_json(path, result)
+        say(f"{device} ({env['device_name']}), data {s.data}; results -> {path}")
+        scratch = Path(tempfile.mkdtemp(prefix="bench-train-"))
+        try:
+            result |= throughput(s, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        result["comparisons"] = comparisons(result)
+        write_json(path, result)  # the throughput figures survive a kNN run cut short
+        if knn_epochs > 0:
+            result["knn"] = knn_run(s, knn_epochs, args.knn_target, args.knn_time_limit, say)
+            result["comparisons"] = comparisons(result)
+            write_json(path, result)
+    except (ConfigError, DataError, ValueError) as e:
+        print(f"contrastive bench train: {e}", file=sys.stderr)
+        return 2
+    print_report(result)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.bench` (the same as `contrastive bench train`)."""
+    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
