@@ -113,7 +113,7 @@ class Trainer:
         method_cls = get_method(cfg.method)
         cifar = cfg.cifar_stem if cfg.cifar_stem is not None else cfg.image_size <= 64
         cifar = cifar and "resnet" in cfg.backbone
-        self.backbone_spec = BackboneSpec(cfg.backbone, cifar)
+        self.backbone_spec = BackboneSpec(cfg.backbone, cifar, cfg.image_size)
         backbone, feat_dim = build_backbone(self.backbone_spec)
         ctx = MethodContext(
             device=self.device,

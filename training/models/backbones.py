@@ -25,6 +25,7 @@ class BackboneSpec:
 
     name: str
     cifar_stem: bool = False
+    image_size: int | None = None  # open_clip towers are built for this input size
 
 
 class TinyConvNet(nn.Module):
@@ -63,7 +64,8 @@ def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
         arch = name.split(":", 1)[1]
         if arch not in open_clip.list_models():
             raise ValueError(f"unknown open_clip architecture {arch!r}")
-        visual = open_clip.create_model(arch).visual
+        size = spec.image_size
+        visual = open_clip.create_model(arch, force_image_size=size).visual
         return visual, int(visual.output_dim)
     if name.startswith("torchvision:"):
         return _torchvision(name.split(":", 1)[1], spec.cifar_stem)
