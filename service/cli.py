@@ -1,4 +1,4 @@
-"""The `contrastive` command: serve, bench (training subcommands arrive with training).
+"""The `contrastive` command: serve, index, bench, and the training subcommands.
 
 This module is the distribution's entry point; it dispatches to the service and, lazily,
 to the training package's own CLI.
@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     from service import index_cli
-    from training.cli import add_train_arguments
+    from training.cli import add_other_commands, add_train_arguments
 
     add_train_arguments(sub.add_parser("train", help="train SimCLR, MoCo, BYOL, SwAV or CLIP"))
+    add_other_commands(sub)
     index = sub.add_parser("index", help="add folders of images to a collection; search it")
     index_cli.add_arguments(index.add_subparsers(dest="index_command", required=True))
     return parser
@@ -102,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.cli import train
 
         return train(args)
+    from training.cli import run_other_command
+
+    code = run_other_command(args)
+    if code is not None:
+        return code
     if args.command == "index":
         from service import index_cli
 

@@ -152,11 +152,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(sub.add_parser("train", help="train a contrastive model"))
+    add_other_commands(sub)
     return parser
+
+
+# Subcommands besides train: (name, module, help). Each module has add_arguments/run.
+OTHER_COMMANDS = [
+    ("export", "training.export_cli", "write a run's checkpoint as an export directory"),
+]
+
+
+def add_other_commands(sub: Any) -> None:
+    """Register export/eval/demo/plot on a subparsers object (ours or `contrastive`'s)."""
+    import importlib
+
+    for name, module, help_ in OTHER_COMMANDS:
+        importlib.import_module(module).add_arguments(sub.add_parser(name, help=help_))
+
+
+def run_other_command(args: argparse.Namespace) -> int | None:
+    """Run args.command if it is one of OTHER_COMMANDS; None otherwise."""
+    import importlib
+
+    for name, module, _ in OTHER_COMMANDS:
+        if args.command == name:
+            code: int = importlib.import_module(module).run(args)
+            return code
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return train(args)
-    return 2
+    code = run_other_command(args)
+    return 2 if code is None else code

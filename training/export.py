@@ -7,6 +7,8 @@
 Loading never unpickles: weights are read with safetensors only, after their hash has
 been checked, so a tampered or foreign file is refused before any of it is parsed.
 Writing is atomic: the directory is assembled under a temporary name and renamed.
+
+From a training run: `export_checkpoint` (training/trained_export.py has the details).
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+if TYPE_CHECKING:
+    from training.models.base import Encoder
+
 FORMAT_VERSION = 1
 META_FILE = "encoder.json"
 WEIGHTS_FILE = "weights.safetensors"
-FAMILIES = ("open_clip", "timm")
+FAMILIES = ("open_clip", "timm", "trained", "trained_clip")
+TRAINED_FAMILIES = ("trained", "trained_clip")  # our own runs (training/models/trained.py)
 
 
 class ExportError(ValueError):
@@ -38,10 +44,18 @@ class ExportError(ValueError):
 class ExportMeta:
     """The contents of encoder.json.
 
-    family: "open_clip" (architecture = {"model_cfg": open_clip model config}) or
-        "timm" (architecture = {"name": timm model name, "kwargs": {...}}).
+    family: "open_clip" (architecture = {"model_cfg": open_clip model config}),
+        "timm" (architecture = {"name": timm model name, "kwargs": {...}}), or one of
+        our training runs: "trained" (image-only methods: backbone, optionally with the
+        projector) and "trained_clip" (CLIP: image tower + text tower), architecture =
+        {"name", "backbone": BackboneSpec fields, "feat_dim", "head": layer list or None,
+        "text": text tower config (trained_clip)} - see training/models/trained.py.
     preprocess: training.models.base.Preprocess as a dict (size, mean, std, ...).
-    tokenizer: {"kind": "open_clip", "context_length": 77} or None for image-only.
+    tokenizer: {"kind": "open_clip", "context_length": 77}, {"kind": "minilm", ...} (the
+        packaged MiniLM's own tokenizer), or None for image-only.
+    method: the training method (simclr, moco, byol, swav, clip) for our runs.
+    training: run metadata (step, epoch, data, config, checkpoint sha256...).
+    templates: default zero-shot prompt templates (CLIP: those it trained with), or None.
     """
 
     family: str
@@ -53,6 +67,7 @@ class ExportMeta:
     tokenizer: dict[str, Any] | None = None
     method: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    templates: list[str] | None = None
     format_version: int = FORMAT_VERSION
     weights_file: str = WEIGHTS_FILE
     weights_sha256: str = ""
@@ -102,6 +117,11 @@ def write_export(
         meta.weights_sha256 = sha256_file(weights)
         (tmp / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
         _fsync_dir_files(tmp)
+        # mkdtemp makes the folder 0700 and safetensors its file 0600; an export is meant
+        # to be shipped (copied into an image, served by another user), so open them up.
+        tmp.chmod(0o755)
+        for p in tmp.iterdir():
+            p.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -138,6 +158,22 @@ def read_export(path: str | Path) -> tuple[ExportMeta, dict[str, torch.Tensor]]:
         return meta, load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise ExportError(f"{weights} is not a safetensors file: {e}") from e
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, *, projector: bool = False, overwrite: bool = False
+) -> Path:
+    """A training checkpoint (file or run folder) -> export directory; see trained_export."""
+    from training.trained_export import export_checkpoint as export
+
+    return export(checkpoint, out_dir, projector=projector, overwrite=overwrite)
+
+
+def encoder_from_checkpoint(checkpoint: str | Path, device: str | None = None) -> Encoder:
+    """A training checkpoint -> the Encoder its export would give, without writing files."""
+    from training.trained_export import encoder_from_checkpoint as build
+
+    return build(checkpoint, device)
 
 
 def _fsync_dir_files(folder: Path) -> None:

