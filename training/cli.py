@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands besides train: (name, module, help). Each module has add_arguments/run.
 OTHER_COMMANDS = [
     ("export", "training.export_cli", "write a run's checkpoint as an export directory"),
+    ("eval", "training.evaluate.cli", "kNN, linear probe, zero-shot, few-shot of a model"),
 ]
 
 

@@ -1,0 +1,27 @@
+"""Evaluation of frozen encoders: weighted kNN, linear probe, zero-shot, few-shot.
+
+Any Encoder works (the built-in model, open_clip, export directories, training
+checkpoints); images become features through the encoder's own preprocessing
+(`pixels.extract_features`), and every task scores those features. `cli` is
+`contrastive eval`.
+"""
+
+from training.evaluate.logreg import LinearModel, fit_logreg, select_l2
+from training.evaluate.pixels import extract_features, to_model_pixels
+from training.evaluate.tasks import few_shot, knn_task, linear_probe, sample_shots
+from training.evaluate.zeroshot import zero_shot, zero_shot_accuracy, zero_shot_classifier
+
+__all__ = [
+    "LinearModel",
+    "extract_features",
+    "few_shot",
+    "fit_logreg",
+    "knn_task",
+    "linear_probe",
+    "sample_shots",
+    "select_l2",
+    "to_model_pixels",
+    "zero_shot",
+    "zero_shot_accuracy",
+    "zero_shot_classifier",
+]

@@ -1,0 +1,61 @@
+"""`--data SPEC` -> the labelled images evaluation scores: a bank (train) and queries (test).
+
+Every training.data spec with labels works (the bank and queries of kNN evaluation);
+`skimage-photos` adds nine real photos for zero-shot (queries only, no bank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from training.data import DataError, load_knn_data
+from training.evaluate import photos
+from training.evaluate.pixels import Images
+
+
+@dataclass
+class EvalData:
+    """Queries (always) and a bank (None for query-only sets); labels int64 index `classes`.
+
+    Images are uint8 [N, C, H, W] tensors, or lists of PIL images of any sizes.
+    """
+
+    spec: str
+    classes: list[str]
+    queries: Images
+    query_labels: torch.Tensor
+    bank: Images | None = None
+    bank_labels: torch.Tensor | None = None
+
+
+def subset(
+    images: Images, labels: torch.Tensor, limit: int | None, seed: int
+) -> tuple[Images, torch.Tensor]:
+    """A fixed random `limit` of the rows (in their original order), or all of them.
+
+    Random rather than the first rows: a folder's files come sorted by class.
+    """
+    n = len(labels)
+    if limit is None or limit >= n:
+        return images, labels
+    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    if isinstance(images, torch.Tensor):
+        return images[keep], labels[keep]
+    return [images[i] for i in keep.tolist()], labels[keep]
+
+
+def load_eval_data(spec: str, image_size: int, limit: int | None = None, seed: int = 0) -> EvalData:
+    """Load `spec`; folder images are decoded at `image_size` (the model's input side)."""
+    if spec == photos.SPEC:
+        pictures, picture_labels, classes = photos.load_photos()
+        shown, shown_labels = subset(pictures, picture_labels, limit, seed)
+        return EvalData(spec, classes, shown, shown_labels)
+    pair = load_knn_data(spec, image_size=image_size)
+    if pair is None:
+        raise DataError(f"--data {spec!r} has no class labels: evaluation needs labelled images")
+    bank, queries = pair
+    bank_images, bank_labels = subset(bank.images, bank.labels, limit, seed)
+    query_images, query_labels = subset(queries.images, queries.labels, limit, seed + 1)
+    return EvalData(spec, list(bank.classes), query_images, query_labels, bank_images, bank_labels)

@@ -1,0 +1,61 @@
+"""`--model REF` -> Encoder, for every kind of model evaluation accepts.
+
+builtin, open_clip:ARCH, an export directory    training.models.load_encoder
+a training checkpoint file, or a run folder     encoder_from_checkpoint (the export module)
+  (a folder holding last.pt but no encoder.json)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from training.checkpoint import LAST
+from training.models import Encoder, UnknownModelError, load_encoder
+
+CheckpointLoader = Callable[[Path, str | None], Encoder]
+
+# Where the checkpoint -> Encoder function may live; the first module that has it wins.
+_LOADER_MODULES = ("training.export", "training.models.trained", "training.models")
+_LOADER_NAME = "encoder_from_checkpoint"
+
+
+def is_checkpoint_ref(ref: str) -> bool:
+    """A file (last.pt, step-100.pt, ...), or a run folder with last.pt and no export."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return True
+    return path.is_dir() and (path / LAST).is_file() and not (path / "encoder.json").exists()
+
+
+def default_checkpoint_loader() -> CheckpointLoader:
+    """The export module's `encoder_from_checkpoint(path, device)`."""
+    for name in _LOADER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        loader = getattr(module, _LOADER_NAME, None)
+        if loader is not None:
+            return loader  # type: ignore[no-any-return]
+    raise UnknownModelError(
+        "this version cannot evaluate a training checkpoint directly; "
+        "export it first (contrastive export CHECKPOINT DIR) and pass the export directory"
+    )
+
+
+def resolve_model(
+    ref: str,
+    pretrained: str | None = None,
+    device: str | None = None,
+    checkpoint_loader: CheckpointLoader | None = None,
+) -> Encoder:
+    """Model reference -> Encoder on `device` (None/"auto": CUDA when present).
+
+    Raises UnknownModelError for a reference that names nothing loadable.
+    """
+    if is_checkpoint_ref(ref):
+        loader = checkpoint_loader or default_checkpoint_loader()
+        return loader(Path(ref).expanduser(), device)
+    return load_encoder(ref, pretrained=pretrained, device=device)

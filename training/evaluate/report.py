@@ -1,0 +1,61 @@
+"""Results -> a JSON file and a markdown table (written side by side in --out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from training.benchinfo import markdown_table, timestamp, write_json
+
+TEMPLATE_NAMES = {"ensemble": "template ensemble", "single": "single template"}
+
+
+def table_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row per number: [task, setting, top-1]."""
+    rows = []
+    if "knn" in results:
+        r = results["knn"]
+        rows.append(["kNN (weighted)", f"k={r['k']}, τ={r['t']}", f"{r['top1']:.4f}"])
+    if "linear" in results:
+        r = results["linear"]
+        best = r["val_top1"][f"{r['l2']:.3g}"]
+        rows.append(
+            ["linear probe", f"L2 {r['l2']:.3g} (val top-1 {best:.4f})", f"{r['top1']:.4f}"]
+        )
+    for name, r in results.get("zeroshot", {}).items():
+        n = len(r["templates"])
+        what = f"{TEMPLATE_NAMES.get(name, name)} ({n} prompt{'s' if n > 1 else ''})"
+        rows.append(["zero-shot", what, f"{r['top1']:.4f}"])
+    for r in results.get("fewshot", []):
+        seeds = len(r["runs"])
+        rows.append(
+            [
+                "few-shot",
+                f"{r['shots']}-shot, {seeds} seed{'s' if seeds > 1 else ''}",
+                f"{r['mean']:.4f} ± {r['std']:.4f}",
+            ]
+        )
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A heading line naming model, data and sizes, then the table."""
+    head = (
+        f"`{report['model']}` ({report['model_id']}) on `{report['data']}`: "
+        f"{report['n_queries']} test images"
+        + (f", {report['n_bank']} train images" if report.get("n_bank") else "")
+        + f"; {report['device']}, {report['date']}"
+    )
+    return (
+        head + "\n\n" + markdown_table(["task", "setting", "top-1"], table_rows(report["results"]))
+    )
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write eval-<stamp>.json and eval-<stamp>.md into out_dir; returns both paths."""
+    out = Path(out_dir)
+    stem = f"eval-{timestamp(report)}"
+    json_path = write_json(out / f"{stem}.json", report)
+    md_path = out / f"{stem}.md"
+    md_path.write_text(markdown(report) + "\n")
+    return json_path, md_path
