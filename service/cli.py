@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
             "train", help="training: step only vs end to end vs a DataLoader peer; kNN time"
         )
     )
+    from training import bench_onnx
+
+    bench_onnx.add_arguments(
+        bench_sub.add_parser("onnx", help="torch vs onnxruntime on the CPU: latency, parity")
+    )
     from service import index_cli
     from training.cli import add_other_commands, add_train_arguments
 
@@ -79,6 +84,9 @@ def serve(settings: Settings) -> int:
     # with /readyz answering 503 until the model is warm.
     try:
         check_reference(settings.model, settings.device)
+        from training.models.onnx_runtime import choose_runtime
+
+        choose_runtime(settings.model, settings.runtime, settings.device)
     except (UnknownModelError, ValueError) as e:
         print(f"contrastive serve: {e}", file=sys.stderr)
         return 2
@@ -98,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from training import bench as bench_train
 
             return bench_train.run(args)
+        if args.what == "onnx":
+            from training import bench_onnx
+
+            return bench_onnx.run(args)
         return bench_search.run(args) if args.what == "search" else bench.run(args)
     if args.command == "train":
         from training.cli import train

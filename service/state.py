@@ -80,7 +80,7 @@ class ServiceState:
         try:
             if encoder is None:
                 encoder = await loop.run_in_executor(
-                    self.model_pool, load_encoder, s.model, s.pretrained, s.device
+                    self.model_pool, load_encoder, s.model, s.pretrained, s.device, s.runtime
                 )
             await loop.run_in_executor(self.model_pool, _warm_up, encoder)
         except Exception as e:

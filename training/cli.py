@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 OTHER_COMMANDS = [
     ("export", "training.export_cli", "write a run's checkpoint as an export directory"),
     ("eval", "training.evaluate.cli", "kNN, linear probe, zero-shot, few-shot of a model"),
+    ("demo", "training.demo.demo_cli", "train a tiny SimCLR for a minute and draw what it learns"),
+    ("plot", "training.demo.plot_cli", "draw a run's training curves (loss, lr, kNN) as a PNG"),
 ]
 
 

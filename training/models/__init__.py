@@ -3,7 +3,8 @@
 builtin                     EfficientNet-Lite0 + MiniLM joined by ConSE (offline)
 open_clip:ARCH              an open_clip architecture; `pretrained` is a tag, a local
                             file, or None for random weights
-PATH                        an export directory written by training.export
+PATH                        an export directory written by training.export (with
+                            runtime="onnx"/"auto": its ONNX graphs, when it has them)
 """
 
 from __future__ import annotations
@@ -59,8 +60,20 @@ _UNKNOWN = (
 )
 
 
-def load_encoder(ref: str, pretrained: str | None = None, device: str | None = None) -> Encoder:
-    """Model reference -> ready Encoder on `device` (None: CUDA when present, else CPU)."""
+def load_encoder(
+    ref: str, pretrained: str | None = None, device: str | None = None, runtime: str = "torch"
+) -> Encoder:
+    """Model reference -> ready Encoder on `device` (None: CUDA when present, else CPU).
+
+    runtime: "torch"; "onnx" (an export directory's ONNX files with onnxruntime on the
+    CPU); "auto" (onnx where it applies and is the faster one, else torch; see
+    training.models.onnx_runtime.choose_runtime).
+    """
+    if runtime != "torch":
+        from training.models.onnx_runtime import choose_runtime, load_onnx_encoder
+
+        if choose_runtime(ref, runtime, device) == "onnx":
+            return load_onnx_encoder(ref)
     dev = resolve_device(device)
     if ref == "builtin":
         from training.models.builtin import BuiltinEncoder
