@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,11 @@ def write_tiny_timm_export(out: Path) -> Path:
         method="simclr",
     )
     return write_export(out, model.state_dict(), meta)
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for servers and process groups in tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

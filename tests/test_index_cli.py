@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from PIL import Image
 from service.cli import main
 from service.index.store import CollectionStore
 from service.index_cli import read_image
-from tests.helpers import write_tiny_clip_export
+from tests.helpers import free_port, write_tiny_clip_export
 from training.models import load_encoder
 
 QUERY = "a photo of a red square"
@@ -147,17 +146,11 @@ def test_errors_exit_1_with_a_message(
 # -- over HTTP ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_add_and_search_over_http(
     export: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "service", "serve", "--model", str(export), "--device", "cpu"]
     cmd += ["--port", str(port), "--collections-dir", str(tmp_path / "server-cols")]
