@@ -259,11 +259,14 @@ class Trainer:
         return lr
 
     def _finite(self, loss: torch.Tensor) -> bool:
-        """Is the loss finite on every rank? One host sync per step, the price of never
-        applying a NaN update."""
-        bad = (~torch.isfinite(loss.detach())).float()
-        self.last_loss = float(dist.all_reduce_mean(loss.detach().float()))
-        return float(dist.all_reduce_sum_(bad)) == 0.0
+        """Is the loss finite on every rank? One collective and one host sync per step,
+        the price of never applying a NaN update; also records the mean loss."""
+        loss = loss.detach().float()
+        bad = (~torch.isfinite(loss)).float()
+        both = dist.all_reduce_sum_(torch.stack([torch.nan_to_num(loss) * (1 - bad), bad]))
+        total, n_bad = both.tolist()
+        self.last_loss = total / self.world if n_bad == 0 else math.nan
+        return n_bad == 0
 
     def _skip_step(self, lr: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)
