@@ -11,7 +11,12 @@ from fastapi import FastAPI
 from service.api.routes import classify, collections, embed, health, models, openai
 from service.errors import install_handlers
 from service.metrics import Metrics
-from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    DrainMiddleware,
+    MetricsMiddleware,
+)
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 from training.models import Encoder
@@ -56,5 +61,6 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     # Outermost first: metrics see every response, auth runs before any body is read.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(DrainMiddleware, draining=lambda: state.draining)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

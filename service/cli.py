@@ -72,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
+    from service import shutdown
     from service.app import create_app
     from training.models import UnknownModelError, check_reference
 
@@ -90,8 +89,7 @@ def serve(settings: Settings) -> int:
     except (UnknownModelError, ValueError) as e:
         print(f"contrastive serve: {e}", file=sys.stderr)
         return 2
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    shutdown.run(create_app(settings), settings)
     return 0
 
 

@@ -1,9 +1,11 @@
-"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): metrics, API keys, body limit."""
+"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware): metrics, drain, API keys, body
+limit."""
 
 from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +57,28 @@ class MetricsMiddleware:
             method = scope["method"]
             self.metrics.requests.labels(name, method, str(status)).inc()
             self.metrics.latency.labels(name, method).observe(time.perf_counter() - start)
+
+
+class DrainMiddleware:
+    """While the service drains (after SIGTERM), every response says `Connection: close`,
+    so keep-alive clients reconnect, through their load balancer, to another replica."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.draining():
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
 
 
 class ApiKeyMiddleware:

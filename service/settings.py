@@ -43,7 +43,18 @@ class Settings(BaseSettings):
     max_templates: int = Field(100, ge=1, description="templates in one classify request")
     classifier_cache: int = Field(256, ge=0, description="zero-shot label sets kept in memory")
     log_level: str = Field("info", description="uvicorn log level")
+    # shutdown (SIGTERM): /readyz 503 at once, keep serving `drain_seconds` so load
+    # balancers stop sending, stop accepting, wait for in-flight requests, flush, exit 0
+    drain_seconds: float = Field(
+        2.0, ge=0, description="after SIGTERM, keep serving (with /readyz 503) this long"
+    )
+    graceful_timeout: float = Field(
+        30.0, ge=0, description="then wait at most this long for in-flight requests"
+    )
     # collections (similarity search)
+    collections: bool = Field(
+        True, description="serve /v1/collections (false: a stateless replica, embeddings only)"
+    )
     collections_dir: str = Field("collections", description="where collections are stored")
     snapshot_every: int = Field(20_000, ge=1, description="log records between snapshots")
     max_items: int = Field(1024, ge=1, description="items in one add request")

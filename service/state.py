@@ -58,7 +58,10 @@ class ServiceState:
     )
 
     def open_store(self) -> None:
-        """Open (and recover) every collection; runs once at start-up, in a thread."""
+        """Open (and recover) every collection; runs once at start-up, in a thread.
+        A replica with `collections` off opens nothing (its collection routes answer 404)."""
+        if not self.settings.collections:
+            return
         device = str(resolve_device(self.settings.device))
         self.store = CollectionStore(
             Path(self.settings.collections_dir), self.settings.snapshot_every, device
@@ -112,7 +115,9 @@ class ServiceState:
             if b:
                 await b.stop()
         if self.store is not None:
-            self.store.close()
+            # in the index pool: an add still finishing there holds the collection's lock
+            await self.run_index(self.store.close, True)
+            log.info("collections closed and snapshotted")
         self.index_pool.shutdown(wait=True)
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)

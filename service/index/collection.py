@@ -343,6 +343,11 @@ class Collection:
     def count(self) -> int:
         return len(self._vec)
 
+    @property
+    def log_records(self) -> int:
+        """Records in the log since the last snapshot."""
+        return self._wal.records
+
     def info(self) -> CollectionInfo:
         with self._lock:
             return CollectionInfo(

@@ -25,7 +25,11 @@ from service.index.schemas import (
 from service.index.types import CollectionError
 from service.responses import FastJSON
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(
+    prefix="/v1/collections",
+    tags=["collections"],
+    dependencies=[Depends(inputs.require_collections)],
+)
 JSON_ONLY = [Depends(require_json_dep)]
 
 

@@ -1,0 +1,56 @@
+"""A real uvicorn process for the shutdown tests: `contrastive serve`'s server (with its
+signal handling) over a FakeEncoder whose text batches take `--text-delay` seconds, so a
+test can hold requests in flight while it sends a signal.
+
+    python tests/service/slow_server.py --port P --collections-dir DIR [--drain-seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from service import shutdown
+from service.app import create_app
+from service.settings import Settings
+from tests.helpers import FakeEncoder
+
+
+class SlowTextEncoder(FakeEncoder):
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def _text_forward(self, texts: list[str]) -> torch.Tensor:
+        time.sleep(self.delay)
+        return super()._text_forward(texts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--collections-dir", required=True)
+    p.add_argument("--drain-seconds", type=float, default=2.0)
+    p.add_argument("--graceful-timeout", type=float, default=30.0)
+    p.add_argument("--text-delay", type=float, default=0.0)
+    args = p.parse_args()
+    settings = Settings(
+        port=args.port,
+        collections_dir=args.collections_dir,
+        drain_seconds=args.drain_seconds,
+        graceful_timeout=args.graceful_timeout,
+        max_wait_ms=50,  # concurrent requests share one (slow) batch
+    )
+    logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+    shutdown.run(create_app(settings, encoder=SlowTextEncoder(args.text_delay)), settings)
+
+
+if __name__ == "__main__":
+    main()
