@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from service.api.routes import classify, collections, embed, health, models, openai
+from service.api.routes import classify, collections, embed, health, models, openai, web
 from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import (
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         classify.router,
         openai.router,
         collections.router,
+        web.router,
     ):
         app.include_router(router)
     # Outermost first: metrics see every response, auth runs before any body is read.

@@ -14,7 +14,8 @@ from service.errors import error_body
 from service.metrics import Metrics
 from service.responses import FastJSON
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+OPEN_PREFIXES = ("/web/",)  # the web page's assets (the page asks for the key itself)
 
 
 async def _reply(
@@ -82,14 +83,15 @@ class DrainMiddleware:
 
 
 class ApiKeyMiddleware:
-    """When keys are set, every path but the health probes needs `Authorization: Bearer KEY`."""
+    """When keys are set, every path but the health probes and the web page needs
+    `Authorization: Bearer KEY`."""
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self.keys or _is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         if self._authorised(scope):
@@ -158,6 +160,10 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited, send)
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _content_length(scope: Scope) -> int | None:
