@@ -11,7 +11,9 @@ the server embeds and stores; images travel base64 in batches.
 `add` walks each PATH (a folder, recursively, hidden entries skipped; or a single file).
 Item ids are paths relative to the folder given (absolute for single files), so a rerun
 skips what is already stored and resumes an interrupted run. Files that are not images are
-skipped with a warning; each stored item's metadata is {"path": absolute path, "bytes": size}.
+skipped with a warning; each stored item's metadata is {"path": absolute path, "bytes": size},
+plus {"thumbnail": "data:image/jpeg;base64,..."} with --thumbnails, which the web page shows
+in its search results.
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def add_arguments(subparsers: Any) -> None:
     add.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     _connection_flags(add)
     add.add_argument("--batch", type=int, default=32, help="images per model batch/request [32]")
+    add.add_argument(
+        "--thumbnails",
+        type=int,
+        nargs="?",
+        const=128,
+        default=None,
+        metavar="SIZE",
+        help="store a JPEG thumbnail (longest side SIZE px, default 128; a few kB per item) "
+        "in each item's metadata, for the web page's results",
+    )
     add.add_argument(
         "--create",
         action="store_true",
@@ -160,10 +172,14 @@ class _File:
     path: Path
     size: int
     payload: Any  # bytes (HTTP) or the model's input tensor (in-process)
+    thumbnail: str | None = None  # a data: URL (--thumbnails)
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return {"path": os.path.abspath(self.path), "bytes": self.size}
+        meta: dict[str, Any] = {"path": os.path.abspath(self.path), "bytes": self.size}
+        if self.thumbnail is not None:
+            meta["thumbnail"] = self.thumbnail
+        return meta
 
 
 # -- where the items go ---------------------------------------------------------------------
@@ -209,10 +225,11 @@ class _Local:
     def present(self, ids: list[str]) -> set[str]:
         return {i for i in ids if self.col.get(i) is not None}
 
-    def load(self, path: Path) -> Any:
+    def load(self, path: Path) -> tuple[Any, Any]:
+        """-> (the model's input tensor, the decoded image)."""
         size = self.encoder.info.preprocess.size
         _, image = read_image(path, self.max_pixels, size)
-        return self.encoder.preprocess_image(image)
+        return self.encoder.preprocess_image(image), image
 
     def upsert(self, files: list[_File], warn: Callable[[str], None]) -> int:
         import torch
@@ -266,10 +283,10 @@ class _Remote:
     def present(self, ids: list[str]) -> set[str]:
         return {i for i, has in zip(ids, self.pool.map(self._has, ids), strict=True) if has}
 
-    def load(self, path: Path) -> Any:
-        # Decoded here too: a truncated file is skipped rather than failing a whole batch.
-        data, _ = read_image(path, sys.maxsize, 512)
-        return data
+    def load(self, path: Path) -> tuple[Any, Any]:
+        """-> (the file's bytes, the decoded image). Decoded here too: a truncated file is
+        skipped rather than failing a whole batch."""
+        return read_image(path, sys.maxsize, 512)
 
     def upsert(self, files: list[_File], warn: Callable[[str], None]) -> int:
         added, group_bytes = 0, 0
@@ -333,8 +350,21 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise ValueError("--batch must be at least 1")
+    if args.thumbnails is not None and not 16 <= args.thumbnails <= 512:
+        raise ValueError("--thumbnails SIZE must be between 16 and 512 pixels")
     files = collect(args.paths, _warn)
     target = _open(args, create=args.create or not args.url)
+    thumb_size = args.thumbnails
+
+    def load(path: Path) -> tuple[Any, str | None]:
+        """-> (what target.upsert sends, the thumbnail or None); runs in the decode pool."""
+        payload, image = target.load(path)
+        if thumb_size is None:
+            return payload, None
+        from service.runtime.thumbnails import thumbnail_data_url
+
+        return payload, thumbnail_data_url(image, thumb_size)
+
     added = present = not_images = 0
     workers = min(8, os.cpu_count() or 1)
     try:
@@ -349,13 +379,13 @@ def cmd_add(args: argparse.Namespace) -> int:
                 present += len(chunk) - len(todo)
                 batch: list[_File] = []
                 for (id_, path), loaded in zip(
-                    todo, pool.map(lambda item: _try(target.load, item[1]), todo), strict=True
+                    todo, pool.map(lambda item: _try(load, item[1]), todo), strict=True
                 ):
                     if isinstance(loaded, NotAnImageError):
                         _warn(f"skipping {path}: {loaded}")
                         not_images += 1
                     else:
-                        batch.append(_File(id_, path, path.stat().st_size, loaded))
+                        batch.append(_File(id_, path, path.stat().st_size, *loaded))
                 if batch:
                     added += target.upsert(batch, _warn)
                 bar.update(len(chunk))
@@ -394,12 +424,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def format_hits(hits: Sequence[tuple[str, float, Any]]) -> str:
-    """A ranked table: rank, score, id, metadata (JSON)."""
+    """A ranked table: rank, score, id, metadata (JSON; a thumbnail shown by its length)."""
     if not hits:
         return "no results"
     width = max(2, *(len(id_) for id_, _, _ in hits))
     lines = [f"{'rank':>4}  {'score':>7}  {'id':<{width}}  metadata"]
     for rank, (id_, score, meta) in enumerate(hits, 1):
+        if isinstance(meta, dict) and isinstance(meta.get("thumbnail"), str):
+            meta = {**meta, "thumbnail": f"<{len(meta['thumbnail'])} characters>"}
         meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True)
         lines.append(f"{rank:>4}  {score:>7.4f}  {id_:<{width}}  {meta_json}")
     return "\n".join(lines)

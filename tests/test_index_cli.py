@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import subprocess
 import sys
@@ -187,3 +189,36 @@ def test_add_and_search_over_http(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_thumbnails_are_stored_as_small_jpegs_of_each_image(
+    export: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cols = tmp_path / "cols"
+    assert (
+        main(["index", "add", "pics", str(photos), "--thumbnails", "32", *_local(export, cols)])
+        == 0
+    )
+    store = CollectionStore(cols)
+    try:
+        col = store.get("pics")
+        for id_ in IMAGES:
+            got = col.get(id_)
+            assert got is not None
+            url = got[1]["thumbnail"]
+            assert url.startswith("data:image/jpeg;base64,")
+            thumb = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+            assert thumb.format == "JPEG" and thumb.size == (32, 24)  # 48x36 kept in shape
+            source = np.asarray(Image.open(photos / id_).convert("RGB"), np.float32)
+            mean_error = np.abs(np.asarray(thumb, np.float32).mean((0, 1)) - source.mean((0, 1)))
+            assert mean_error.max() < 8, (id_, mean_error)
+    finally:
+        store.close()
+
+    assert main(["index", "search", "pics", QUERY, "-k", "1", *_local(export, cols)]) == 0
+    out = capsys.readouterr().out
+    assert '"thumbnail": "<' in out and "base64" not in out  # the table stays readable
+
+    bad = ["index", "add", "pics", str(photos), "--thumbnails", "4", *_local(export, cols)]
+    assert main(bad) == 1
+    assert "between 16 and 512" in capsys.readouterr().err
