@@ -100,7 +100,8 @@ class Trainer:
         self.step = self.epoch = self.step_in_epoch = self.bad_steps = 0
         self.train_seconds, self.last_loss = 0.0, math.nan
         self.last_knn: float | None = None
-        self._stop_signal: int | None = None
+        self._stop_signal: int | None = None  # set by a signal on this rank
+        self._stop_agreed = False  # some rank has a stop request: every rank stops here
         # Called after each online kNN evaluation (benchmarks record time-to-accuracy).
         self.knn_callbacks: list[Callable[[Trainer], None]] = []
         torch.manual_seed(cfg.seed * 7919 + self.rank)  # the run's own stream, per rank
@@ -165,9 +166,9 @@ class Trainer:
             if dist.is_main():
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "config.json").write_text(_json(self.cfg.to_dict()))
-            while self.step < self.total_steps and self._stop_signal is None:
+            while self.step < self.total_steps and not self._stopping:
                 self._run_epoch()
-            stopped = "signal" if self._stop_signal is not None else "done"
+            stopped = "signal" if self._stopping else "done"
             if stopped == "done":
                 self.last_knn = self.knn.maybe_run(self.method, self._autocast)
                 self._log_knn()
@@ -197,7 +198,7 @@ class Trainer:
                 self.metrics.log(self.step, "train", bar.window_record())
             if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
                 self._save()
-            if self.step >= self.total_steps or self._stop_signal is not None:
+            if self.step >= self.total_steps or self._stopping:
                 break
         bar.close()
         if self.step_in_epoch >= self.steps_per_epoch:
@@ -260,13 +261,23 @@ class Trainer:
 
     def _finite(self, loss: torch.Tensor) -> bool:
         """Is the loss finite on every rank? One collective and one host sync per step,
-        the price of never applying a NaN update; also records the mean loss."""
+        the price of never applying a NaN update; also records the mean loss and whether
+        any rank was asked to stop (a SIGTERM reaches one node's ranks first: they must
+        all stop after the same step, or the others would wait in a collective)."""
         loss = loss.detach().float()
         bad = (~torch.isfinite(loss)).float()
-        both = dist.all_reduce_sum_(torch.stack([torch.nan_to_num(loss) * (1 - bad), bad]))
-        total, n_bad = both.tolist()
+        stop = torch.full_like(loss, float(self._stop_signal is not None))
+        sums = dist.all_reduce_sum_(torch.stack([torch.nan_to_num(loss) * (1 - bad), bad, stop]))
+        total, n_bad, n_stop = sums.tolist()
         self.last_loss = total / self.world if n_bad == 0 else math.nan
+        self._stop_agreed = n_stop > 0
         return n_bad == 0
+
+    @property
+    def _stopping(self) -> bool:
+        """Stop after this step? Alone, on a request; with several ranks, only when the
+        last step's collective said some rank has one (so all stop at the same step)."""
+        return self._stop_signal is not None if self.world == 1 else self._stop_agreed
 
     def _skip_step(self, lr: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 import threading
 import uuid
 from pathlib import Path
+from typing import TextIO
 
 from service.index.collection import META, Collection
 from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name
 
 log = logging.getLogger("contrastive.index")
+
+
+class StoreLockedError(OSError):
+    """Another process has the collections folder open."""
 
 
 class CollectionStore:
@@ -23,6 +29,7 @@ class CollectionStore:
         self.device = device
         self.snapshot_every = snapshot_every
         self.root.mkdir(parents=True, exist_ok=True)
+        self._owner = _lock_folder(root)
         self._lock = threading.Lock()
         self._open: dict[str, Collection] = {}
         self.problems: dict[str, str] = {}
@@ -101,3 +108,20 @@ class CollectionStore:
                     log.exception("collection %s: snapshot at shutdown failed", col.name)
             col.close()
         self._open.clear()
+        self._owner.close()  # releases the folder's lock
+
+
+def _lock_folder(root: Path) -> TextIO:
+    """Hold an exclusive lock on `root/.lock` while the store is open: one process per
+    folder, since a second writer would interleave the logs. The kernel drops the lock
+    when the process dies, kill -9 included, so a crash never leaves the folder locked."""
+    handle = (root / ".lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreLockedError(
+            f"the collections folder {root} is open in another process (a running "
+            "server? talk to it over HTTP instead, e.g. `contrastive index ... --url`)"
+        ) from None
+    return handle

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +123,53 @@ def test_torchrun_trains_checkpoints_and_resumes(tmp_path: Path) -> None:
     for key, value in resumed["model"].items():
         err = float((value.double() - want[key].double()).abs().max()) if value.numel() else 0.0
         assert err <= 1e-6, f"{key}: resumed and uninterrupted runs differ by {err:.3g}"
+
+
+def _rank_of(pid: int) -> int | None:
+    with contextlib.suppress(OSError):
+        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            if item.startswith(b"RANK="):
+                return int(item[5:])
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2 * TIMEOUT_S)
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
+    """A node's SIGTERM reaches its own ranks only (Kubernetes stopping one pod): all ranks
+    must still stop after the same step and save, instead of the others waiting in a
+    collective for a rank that has left."""
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+        "-m", "training", "train", *FIRST, "--steps", "100000", "--device", "cpu",
+        "--out", str(run), "--set", "progress=false", "--set", "knn_every=0",
+        "--set", "log_every=1",
+    ]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (run / "metrics.jsonl").is_file() or len(_train_steps(run)) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "no training steps"
+            time.sleep(0.2)
+        ranks = {_rank_of(pid): pid for pid in _children(proc.pid)}
+        os.kill(ranks[1], signal.SIGTERM)  # rank 1 only: rank 0 hears nothing
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except (subprocess.TimeoutExpired, AssertionError, KeyError):
+        pytest.fail("torchrun did not stop cleanly:\n" + _stop(proc)[-3000:])
+    # every rank stopped as a signalled run does (exit 130), none crashed; rank 0, which
+    # got no signal, stopped on the agreement and finished (its summary line) before
+    # torchrun, seeing rank 1 exit, sent it anything
+    codes = {int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", output)}
+    assert codes == {130}, output[-3000:]
+    finished = output.index(f"simclr: {_checkpoint(run)['step']} steps")
+    assert output.count("stopping after this step") >= 1
+    assert output.find("closing signal SIGTERM", 0, finished) == -1, output[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "signal"
+    saved = _checkpoint(run)
+    assert saved["step"] == summary["steps"] == _train_steps(run)[-1]
+    assert saved["step"] < 100000
