@@ -1,0 +1,655 @@
+"""The deployment files agree with the code.
+
+Dockerfile, deploy/compose.yaml, deploy/prometheus and deploy/k8s are parsed (no container
+engine or cluster needed) and checked against what they name in the project: settings,
+the port, the routes that probes and scrapers call, the command lines (parsed by the real
+parsers), and the references between Kubernetes objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from starlette.routing import Match
+
+from service.app import create_app
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+TRAIN = K8S / "train"
+KUSTOMIZATIONS = (K8S, TRAIN)
+PREFIX = "CONTRASTIVE_"
+SETTING_ENV_NAMES = {PREFIX + name.upper() for name in Settings.model_fields}
+SUBSTITUTION = re.compile(r"\$\((\w+)\)")  # Kubernetes' $(VAR) in command/args
+
+
+# -- reading the files ---------------------------------------------------------------------
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+@cache
+def load(path: Path) -> tuple[Any, ...]:
+    return tuple(d for d in yaml.safe_load_all(path.read_text()) if d is not None)
+
+
+def resources(folder: Path) -> list[Path]:
+    (kustomization,) = load(folder / "kustomization.yaml")
+    return [folder / r for r in kustomization["resources"]]
+
+
+def objects(folder: Path) -> list[dict[str, Any]]:
+    return [doc for path in resources(folder) for doc in load(path)]
+
+
+def named(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
+
+
+def workloads(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Deployments and Jobs by name."""
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] in ("Deployment", "Job")}
+
+
+def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
+    template: dict[str, Any] = workload["spec"]["template"]
+    return template
+
+
+def all_workloads() -> dict[str, dict[str, Any]]:
+    return {name: w for folder in KUSTOMIZATIONS for name, w in workloads(objects(folder)).items()}
+
+
+def secret_value(objs: list[dict[str, Any]], name: str, key: str) -> str:
+    secret = named(objs, "Secret")[name]
+    if key in secret.get("stringData", {}):
+        return str(secret["stringData"][key])
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def container_env(objs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The container's env as the process sees it (secret references resolved)."""
+    env = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif "secretKeyRef" in var.get("valueFrom", {}):
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = secret_value(objs, ref["name"], ref["key"])
+    return env
+
+
+def service_containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(deployment name, container) for every container of the service's Deployments."""
+    for name, dep in named(objects(K8S), "Deployment").items():
+        for container in pod_template(dep)["spec"]["containers"]:
+            yield name, container
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A probe's or Service's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    return int(number)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and selector.items() <= labels.items()
+
+
+def selected(selector: dict[str, str], works: dict[str, Any]) -> list[dict[str, Any]]:
+    """The workloads whose pods carry every label of `selector`."""
+    return [w for w in works.values() if selects(selector, pod_template(w)["metadata"]["labels"])]
+
+
+@cache
+def dockerfile() -> tuple[tuple[str, str], ...]:
+    """(INSTRUCTION, arguments) per logical line: comments dropped, continuations joined."""
+    lines, current = [], ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        if raw.lstrip().startswith("#"):
+            continue
+        if raw.endswith("\\"):
+            current += raw[:-1]
+            continue
+        current += raw
+        if current.strip():
+            word, _, rest = current.strip().partition(" ")
+            lines.append((word.upper(), rest.strip()))
+        current = ""
+    return tuple(lines)
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    out: list[list[tuple[str, str]]] = []
+    for word, rest in dockerfile():
+        if word == "FROM":
+            out.append([])
+        if out:
+            out[-1].append((word, rest))
+    return out
+
+
+def final_stage(word: str) -> list[str]:
+    return [rest for w, rest in stages()[-1] if w == word]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env = {}
+    for rest in final_stage("ENV"):
+        for token in shlex.split(rest):
+            key, _, value = token.partition("=")
+            env[key] = value
+    return env
+
+
+def compose() -> dict[str, Any]:
+    (doc,) = load(DEPLOY / "compose.yaml")
+    return dict(doc)
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR}, with VAR unset."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+def compose_env() -> dict[str, str]:
+    env = compose()["services"]["contrastive"]["environment"]
+    return {k: interpolate(str(v)) for k, v in env.items()}
+
+
+def prometheus_job() -> dict[str, Any]:
+    (config,) = load(DEPLOY / "prometheus" / "prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "contrastive"]
+    return dict(job)
+
+
+def settings_from(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
+    """Settings as the service builds them from this environment (and nothing else)."""
+    for name in list(os.environ):
+        if name.startswith(PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def serves_get(app: Any, path: str) -> bool:
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
+    return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
+
+
+def duration_seconds(text: str) -> float:
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def the_job() -> tuple[dict[str, Any], dict[str, Any]]:
+    (job,) = named(objects(TRAIN), "Job").values()
+    (container,) = pod_template(job)["spec"]["containers"]
+    return job, container
+
+
+def expand(args: list[str], value: str = "1") -> list[str]:
+    """Replace $(VAR) by `value`, as the kubelet would with the variable's value."""
+    return [SUBSTITUTION.sub(value, a) for a in args]
+
+
+# -- the checks ----------------------------------------------------------------------------
+
+
+def test_every_yaml_file_parses_and_every_manifest_is_in_its_kustomization() -> None:
+    files = yaml_files()
+    assert DEPLOY / "compose.yaml" in files
+    assert all(load(p) for p in files), "a YAML file under deploy/ holds no document"
+    for folder in KUSTOMIZATIONS:
+        listed = set(resources(folder))
+        here = {p for p in folder.glob("*.y*ml") if p.name != "kustomization.yaml"}
+        assert listed == here, f"{folder}: kustomization resources vs files"
+        for obj in objects(folder):
+            assert obj["apiVersion"] and obj["kind"] and obj["metadata"]["name"]
+    # the training Job is not applied with the service, nor the service with the Job
+    assert not {p.parent for p in resources(K8S)} & {TRAIN}
+    assert {o["kind"] for o in objects(TRAIN)} == {"Job", "Service", "PersistentVolumeClaim"}
+
+
+def test_every_contrastive_env_name_is_a_setting_and_every_value_parses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image = {k: v for k, v in dockerfile_env().items() if k.startswith(PREFIX)}
+    sources = {"Dockerfile": image, "compose": {**image, **compose_env()}}
+    for name, container in service_containers():
+        sources[f"k8s {name}"] = {**image, **container_env(objects(K8S), container)}
+    _, trainer = the_job()
+    sources["k8s train"] = {**image, **container_env(objects(TRAIN), trainer)}
+
+    used = {n for env in sources.values() for n in env if n.startswith(PREFIX)}
+    assert used - SETTING_ENV_NAMES == set(), "not a field of service.settings.Settings"
+    # Kubernetes env values must be strings ("8000", not 8000)
+    for _, container in service_containers():
+        assert all(isinstance(v.get("value", ""), str) for v in container["env"])
+    for label, env in sources.items():
+        settings = settings_from(monkeypatch, env)  # raises on a value that does not parse
+        assert settings.host == "0.0.0.0", label
+        assert settings.port == 8000, label
+    # the image's defaults are what the volume expects
+    assert settings_from(monkeypatch, image).collections_dir == "/data/collections"
+    # an empty CONTRASTIVE_API_KEYS (compose without keys) means no keys, not one empty key
+    assert settings_from(monkeypatch, sources["compose"]).api_keys == []
+    for name, _ in service_containers():
+        assert settings_from(monkeypatch, sources[f"k8s {name}"]).api_keys != [], name
+
+
+def test_ports_agree_with_contrastive_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = settings_from(monkeypatch, dockerfile_env()).port
+    assert final_stage("EXPOSE") == [str(port)]
+    assert compose_env()["CONTRASTIVE_PORT"] == str(port)
+    published = [str(p).rsplit(":", 1)[-1] for p in compose()["services"]["contrastive"]["ports"]]
+    assert published == [str(port)]
+    assert prometheus_job()["static_configs"][0]["targets"] == [f"contrastive:{port}"]
+
+    objs = objects(K8S)
+    for name, container in service_containers():
+        env_port = int(container_env(objs, container).get("CONTRASTIVE_PORT", port))
+        assert env_port == port, name
+        assert container_port(container, "http") == port, name
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container_port(container, container[probe]["httpGet"]["port"]) == port
+        annotations = pod_template(named(objs, "Deployment")[name])["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(port), name
+
+    deployments = named(objs, "Deployment")
+    services = named(objs, "Service")
+    for svc_name, svc in services.items():
+        (svc_port,) = svc["spec"]["ports"]
+        pods = selected(svc["spec"]["selector"], deployments)
+        assert len(pods) == 1, f"Service {svc_name} selects {len(pods)} Deployments"
+        (container,) = pod_template(pods[0])["spec"]["containers"]
+        assert container_port(container, svc_port["targetPort"]) == port, svc_name
+    for rule in named(objs, "Ingress")["contrastive"]["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            port_names = {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
+            assert backend["port"]["name"] in port_names
+
+
+def test_probes_healthcheck_and_scrape_paths_are_routes_of_the_app() -> None:
+    app = create_app(Settings(collections=False))  # the model loads only in the lifespan
+    paths = {}
+    for name, container in service_containers():
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz", name
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            paths[f"{name} {probe}"] = container[probe]["httpGet"]["path"]
+        dep = named(objects(K8S), "Deployment")[name]
+        paths[f"{name} annotation"] = pod_template(dep)["metadata"]["annotations"][
+            "prometheus.io/path"
+        ]
+
+    (healthcheck,) = final_stage("HEALTHCHECK")
+    argv = json.loads(healthcheck.split(" CMD ", 1)[1])
+    assert argv[:2] == ["python", "-c"]
+    compile(argv[2], "HEALTHCHECK", "exec")  # valid Python
+    (url_path,) = re.findall(r"'(/\w+)'", argv[2])
+    assert url_path == "/healthz"
+    paths["HEALTHCHECK"] = url_path
+    paths["prometheus metrics_path"] = prometheus_job()["metrics_path"]
+    assert paths["prometheus metrics_path"] == "/metrics"
+
+    not_routes = {k: p for k, p in paths.items() if not serves_get(app, p)}
+    assert not_routes == {}
+    assert not serves_get(app, "/no-such-path")  # the matcher can say no
+
+
+def test_service_command_lines_parse_with_the_contrastive_cli() -> None:
+    from service.cli import build_parser, settings_from_args
+
+    parser = build_parser()
+    (entrypoint,) = final_stage("ENTRYPOINT")
+    (cmd,) = final_stage("CMD")
+    assert json.loads(entrypoint) == ["tini", "--", "contrastive"]  # tini: PID 1, forwards signals
+    assert pyproject()["project"]["scripts"]["contrastive"] == "service.cli:main"
+    assert parser.parse_args(json.loads(cmd)).command == "serve"
+
+    service = compose()["services"]["contrastive"]
+    compose_args = service.get("command", json.loads(cmd))
+    assert "entrypoint" not in service
+    assert parser.parse_args(compose_args).command == "serve"
+
+    for name, container in service_containers():
+        assert "command" not in container, f"{name}: keep the image's ENTRYPOINT"
+        args = parser.parse_args(container["args"])
+        assert args.command == "serve", name
+        settings_from_args(args)
+
+
+def test_training_job_command_line_parses_with_torchrun_and_the_training_cli(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from torch.distributed.run import get_args_parser
+
+    from service.cli import build_parser as contrastive_parser
+    from training.cli import build_parser as training_parser
+    from training.cli import resolve
+
+    job, container = the_job()
+    spec = job["spec"]
+    pod = pod_template(job)["spec"]
+    declared = {v["name"] for v in container.get("env", [])}
+    substituted = {m for a in container["args"] for m in SUBSTITUTION.findall(a)}
+    assert substituted <= declared, "a $(VAR) in args that the container does not define"
+    assert all(isinstance(a, str) for a in container["args"])
+
+    assert container["command"] == ["torchrun"]
+    run = get_args_parser().parse_args(expand(container["args"]))
+    assert run.module and run.training_script == "training"
+    # one pod per node, rank = completion index, rendezvous at pod 0's DNS name
+    assert spec["completionMode"] == "Indexed"
+    assert int(run.nnodes) == spec["completions"] == spec["parallelism"]
+    assert container["args"][container["args"].index("--node_rank") + 1] == (
+        "$(JOB_COMPLETION_INDEX)"
+    )
+    assert run.rdzv_backend == "static"
+    headless = named(objects(TRAIN), "Service")[pod["subdomain"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert selects(headless["spec"]["selector"], pod_template(job)["metadata"]["labels"])
+    assert run.master_addr == f"{job['metadata']['name']}-0.{pod['subdomain']}"
+    (rendezvous,) = headless["spec"]["ports"]
+    assert run.master_port == rendezvous["port"]
+    assert container_port(container, rendezvous["targetPort"]) == run.master_port
+    assert int(run.nproc_per_node) == int(container["resources"]["limits"]["nvidia.com/gpu"])
+
+    train_argv = run.training_script_args
+    args = training_parser().parse_args(train_argv)
+    assert args.command == "train"
+    assert contrastive_parser().parse_args(train_argv).command == "train"
+    assert args.resume, "--resume: a restarted pod must continue the run"
+    # the first start: --resume on a run folder without a checkpoint starts afresh
+    args.out = str(tmp_path / "fresh-run")
+    cfg, _, checkpoint = resolve(args)  # every setting given is a known, valid one
+    assert checkpoint is None
+    assert "starting afresh" in caplog.text
+
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    out = training_parser().parse_args(train_argv).out
+    runs = [m for path, m in mounts.items() if Path(path) in Path(out).parents]
+    assert len(runs) == 1 and not runs[0].get("readOnly"), "--out must be on a mounted volume"
+    claim = volumes[runs[0]["name"]]["persistentVolumeClaim"]["claimName"]
+    pvc = named(objects(TRAIN), "PersistentVolumeClaim")[claim]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "every node reads last.pt"
+    data_dir = cfg.data.split(":", 1)[1]
+    assert any(Path(path) in Path(data_dir).parents for path in mounts), "--data not mounted"
+    shm = volumes[mounts["/dev/shm"]["name"]]["emptyDir"]
+    assert shm["medium"] == "Memory"
+
+
+def test_kubernetes_references_resolve() -> None:
+    for folder in KUSTOMIZATIONS:
+        objs = objects(folder)
+        claims = named(objs, "PersistentVolumeClaim")
+        secrets = named(objs, "Secret")
+        for name, work in workloads(objs).items():
+            template = pod_template(work)
+            pod = template["spec"]
+            if work["kind"] == "Deployment":
+                assert selected(work["spec"]["selector"]["matchLabels"], {name: work}), name
+            # a Service named contrastive* would inject CONTRASTIVE_PORT=tcp://... otherwise
+            assert pod["enableServiceLinks"] is False, name
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            for volume in volumes.values():
+                if "persistentVolumeClaim" in volume:
+                    assert volume["persistentVolumeClaim"]["claimName"] in claims, name
+            for container in pod["containers"]:
+                for mount in container.get("volumeMounts", []):
+                    assert mount["name"] in volumes, f"{name}: mount {mount['name']}"
+                for var in container.get("env", []):
+                    ref = var.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        assert ref["name"] in secrets, f"{name}: {var['name']}"
+                        secret = secrets[ref["name"]]
+                        keys = {*secret.get("stringData", {}), *secret.get("data", {})}
+                        assert ref["key"] in keys, f"{name}: {var['name']}"
+
+    objs = objects(K8S)
+    deployments = named(objs, "Deployment")
+    hpas = named(objs, "HorizontalPodAutoscaler")
+    for hpa in hpas.values():
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment" and target["name"] in deployments
+        dep = deployments[target["name"]]
+        assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu"
+        for container in pod_template(dep)["spec"]["containers"]:
+            assert container["resources"]["requests"]["cpu"], "utilization needs a request"
+    for pdb in named(objs, "PodDisruptionBudget").values():
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        (matched,) = selected(selector, deployments)
+        targets = {h["spec"]["scaleTargetRef"]["name"]: h for h in hpas.values()}
+        hpa = targets.get(matched["metadata"]["name"])
+        replicas = hpa["spec"]["minReplicas"] if hpa else matched["spec"].get("replicas", 1)
+        assert replicas > 1, "a budget on a single pod would block every node drain"
+    for ingress in named(objs, "Ingress").values():
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["name"] in named(objs, "Service")
+
+
+def test_shutdown_fits_in_the_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = dockerfile_env()
+    objs = objects(K8S)
+    for name, dep in named(objs, "Deployment").items():
+        (container,) = pod_template(dep)["spec"]["containers"]
+        s = settings_from(monkeypatch, {**image, **container_env(objs, container)})
+        grace = pod_template(dep)["spec"]["terminationGracePeriodSeconds"]
+        assert grace > s.drain_seconds + s.graceful_timeout + 10, name
+        # a load balancer that checks /readyz notices the drain within one probe period
+        probe = container["readinessProbe"]
+        assert s.drain_seconds >= probe["periodSeconds"], name
+    s = settings_from(monkeypatch, {**image, **compose_env()})
+    grace = duration_seconds(compose()["services"]["contrastive"]["stop_grace_period"])
+    assert grace > s.drain_seconds + s.graceful_timeout + 10
+    assert final_stage("STOPSIGNAL") == ["SIGTERM"]
+
+
+def test_pods_run_as_the_images_non_root_user() -> None:
+    (user,) = final_stage("USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0, "USER must be a numeric non-root uid"
+    for name, work in all_workloads().items():
+        pod = pod_template(work)["spec"]
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True, name
+        assert context["runAsUser"] == int(uid), name
+        assert context["runAsGroup"] == int(gid or uid), name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            if security.get("readOnlyRootFilesystem"):
+                mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+                assert "emptyDir" in volumes[mounts["/tmp"]], f"{name}: writable /tmp"
+                assert dict((v["name"], v.get("value")) for v in container["env"])["HOME"] == (
+                    "/tmp"
+                ), f"{name}: HOME on the writable /tmp"
+
+
+def test_ingress_sends_collections_to_the_single_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    objs = objects(K8S)
+    image = dockerfile_env()
+    deployments = named(objs, "Deployment")
+    services = named(objs, "Service")
+    (ingress,) = named(objs, "Ingress").values()
+    routed = {}
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            assert path["pathType"] == "Prefix"
+            svc = services[path["backend"]["service"]["name"]]
+            (dep,) = selected(svc["spec"]["selector"], deployments)
+            (container,) = pod_template(dep)["spec"]["containers"]
+            s = settings_from(monkeypatch, {**image, **container_env(objs, container)})
+            routed[path["path"]] = (dep, s)
+    assert {p: s.collections for p, (_, s) in routed.items()} == {
+        "/v1/collections": True,
+        "/": False,
+    }
+
+    # every collections route is under the prefix, and nothing else is
+    app = create_app(Settings(collections=False))
+    api_paths = list(app.openapi()["paths"])
+    under = [p for p in api_paths if p == "/v1/collections" or p.startswith("/v1/collections/")]
+    assert len(under) >= 5
+    assert [p for p in api_paths if p.startswith("/v1/collections") and p not in under] == []
+
+    writer, settings = routed["/v1/collections"]
+    assert writer["spec"]["replicas"] == 1
+    assert writer["spec"]["strategy"]["type"] == "Recreate"
+    pod = pod_template(writer)["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    store = Path(settings.collections_dir)
+    (store_mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) in store.parents]
+    claim = volumes[store_mount["name"]]["persistentVolumeClaim"]["claimName"]
+    pvc = named(objs, "PersistentVolumeClaim")[claim]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+    readers, _ = routed["/"]
+    assert not any("persistentVolumeClaim" in v for v in pod_template(readers)["spec"]["volumes"])
+    (hpa,) = named(objs, "HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"]["name"] == readers["metadata"]["name"]
+
+
+def test_dockerfile_stages_install_and_variants() -> None:
+    assert len(stages()) >= 2
+    assert [rest.split()[-1] for w, rest in dockerfile() if w == "FROM"] == ["build", "runtime"]
+    assert "COPY --from=build /opt/venv /opt/venv" in [f"{w} {r}" for w, r in stages()[-1]]
+    project = pyproject()["project"]
+    labels = " ".join(final_stage("LABEL"))
+    assert f'org.opencontainers.image.version="{project["version"]}"' in labels
+
+    # The README's install command, and the image's: run the build stage's RUN lines in sh
+    # with pip and python replaced by echo, for each variant.
+    readme = (ROOT / "README.md").read_text()
+    first_bash = re.search(r"```bash\n(.*?)```", readme, re.S)
+    assert first_bash is not None
+    readme_install = shlex.split(first_bash.group(1).split("&&")[0])
+    assert readme_install == ["pip", "install", "-e", "."]
+
+    build_runs = [re.sub(r"^(--\S+\s+)*", "", rest) for w, rest in stages()[0] if w == "RUN"]
+    stub = 'pip() { echo "pip $*"; }; python() { :; }; '
+    pip_calls = {}
+    for variant in ("cpu", "cuda"):
+        calls = []
+        for run in build_runs:
+            script = f"{stub}VARIANT={variant}; EXTRAS=; {run}"
+            done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+            calls += done.stdout.splitlines()
+        pip_calls[variant] = calls
+    requirements = {r.split(">=")[0]: r for r in project["dependencies"]}
+    torch_specs = f"{requirements['torch']} {requirements['torchvision']}"
+    assert pip_calls["cpu"] == [
+        f"pip install --index-url https://download.pytorch.org/whl/cpu {torch_specs}",
+        "pip install .",  # = the README's `pip install -e .`, not editable
+    ]
+    assert pip_calls["cuda"] == [f"pip install {torch_specs}", "pip install .[gpu]"]
+    assert "gpu" in project["optional-dependencies"]
+    # ... and the sources it installs are copied in, and not excluded by .dockerignore
+    copied = {p for w, rest in stages()[0] if w == "COPY" for p in rest.split()[:-1]}
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert {"pyproject.toml", "README.md", "service", "training"} <= copied <= allowed
+
+    checks = [rest for w, rest in stages()[0] if w == "RUN" and "load_encoder" in rest]
+    assert len(checks) == 1 and checks[0].startswith("--network=none")
+    assert "HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1" in checks[0]
+    assert "load_encoder('builtin', None, 'cpu')" in checks[0]
+    assert dockerfile_env()["HF_HUB_OFFLINE"] == "1"
+    assert final_stage("VOLUME") == ["/data"]
+
+
+def test_the_images_non_editable_install_carries_every_data_file() -> None:
+    # The image runs `pip install .`, not `-e .`: a file the code reads beside its modules
+    # reaches the image only as package data.
+    package_data = pyproject()["tool"]["setuptools"]["package-data"]
+    missing = []
+    for package in ("service", "training"):
+        for path in sorted((ROOT / package).rglob("*")):
+            if not path.is_file() or path.suffix in (".py", ".pyc", ".pyo"):
+                continue
+            name = path.relative_to(ROOT / package).as_posix()
+            if not any(fnmatch.fnmatch(name, g) for g in package_data.get(package, [])):
+                missing.append(f"{package}/{name}")
+    assert missing == [], "add them to [tool.setuptools.package-data] in pyproject.toml"
+
+
+def test_compose_files_exist_and_compose_accepts_them() -> None:
+    service = compose()["services"]["contrastive"]
+    build = service["build"]
+    assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == ROOT / "Dockerfile"
+    assert build["args"]["VARIANT"] == "${VARIANT:-cpu}"
+    volumes = compose()["volumes"]
+    for svc in compose()["services"].values():
+        for mount in svc.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).is_file(), source
+            else:
+                assert source in volumes, source
+    assert [m.split(":")[1] for m in service["volumes"]] == ["/data"]
+
+    docker = shutil.which("docker")
+    found = docker and subprocess.run([docker, "compose", "version"], capture_output=True)
+    if not found or found.returncode != 0:
+        pytest.skip("docker compose is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX) and k != "VARIANT"}
+    command = [docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "config", "--format", "json"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    resolved = json.loads(done.stdout)["services"]["contrastive"]
+    assert resolved["build"]["args"]["VARIANT"] == "cpu"
+    assert {k: str(v or "") for k, v in resolved["environment"].items()} == compose_env()
+
+
+@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_kustomize_builds_what_the_files_say(folder: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    command = [kubectl, "kustomize", str(folder)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    built = [d for d in yaml.safe_load_all(done.stdout) if d is not None]
+
+    def key(o: dict[str, Any]) -> tuple[str, str]:
+        return o["kind"], o["metadata"]["name"]
+
+    assert sorted(built, key=key) == sorted(objects(folder), key=key)
