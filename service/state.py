@@ -117,7 +117,7 @@ class ServiceState:
         if self.store is not None:
             # in the index pool: an add still finishing there holds the collection's lock
             await self.run_index(self.store.close, True)
-            log.info("collections closed and snapshotted")
+            log.info("collections closed (a snapshot written where a log held records)")
         self.index_pool.shutdown(wait=True)
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)

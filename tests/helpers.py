@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import socket
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import open_clip
 import timm
@@ -119,3 +122,22 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def wait_server_ready(
+    url: str, proc: subprocess.Popen, output: Callable[[], str], timeout: float = 300
+) -> dict[str, Any]:
+    """Poll a server process's /readyz until 200 -> its body; fails the test with the
+    process's output when it exits or times out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited {proc.returncode}:\n{output()}"
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=5)
+            if r.status_code == 200:
+                body: dict[str, Any] = r.json()
+                return body
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the server never became ready:\n{output()}")

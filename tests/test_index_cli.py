@@ -7,10 +7,8 @@ import io
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,7 +16,7 @@ from PIL import Image
 from service.cli import main
 from service.index.store import CollectionStore
 from service.index_cli import read_image
-from tests.helpers import free_port, write_tiny_clip_export
+from tests.helpers import free_port, wait_server_ready, write_tiny_clip_export
 from training.models import load_encoder
 
 QUERY = "a photo of a red square"
@@ -158,16 +156,7 @@ def test_add_and_search_over_http(
     cmd += ["--port", str(port), "--collections-dir", str(tmp_path / "server-cols")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
+        wait_server_ready(url, proc, lambda: proc.stderr.read().decode() if proc.stderr else "")
 
         add = ["index", "add", "pics", str(photos), "--url", url, "--batch", "3"]
         assert main(add) == 1  # no such collection, and no --create

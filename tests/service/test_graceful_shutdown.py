@@ -20,7 +20,7 @@ import torch
 
 from service.index.store import CollectionStore
 from service.settings import Settings
-from tests.helpers import FakeEncoder, free_port
+from tests.helpers import FakeEncoder, free_port, wait_server_ready
 
 SCRIPT = Path(__file__).with_name("slow_server.py")
 
@@ -38,17 +38,8 @@ class Server:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if self.http.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("server never ready:\n" + self.log.read_text())
+    def wait_ready(self) -> None:
+        wait_server_ready(self.url, self.proc, self.log.read_text)
 
     def stop(self) -> None:
         self.http.close()

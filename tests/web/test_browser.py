@@ -13,17 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import skimage.data
 
-from tests.helpers import free_port, image_bytes
+from tests.helpers import free_port, image_bytes, wait_server_ready
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="the browser tests need the playwright package"
@@ -61,20 +59,9 @@ class Server:
                 cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
             )
 
-    def wait_ready(self, timeout: float = 300) -> None:
-        """Polls /readyz (open without a key) until ready; notes the loaded model's id."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                r = httpx.get(f"{self.url}/readyz", timeout=5)
-                if r.status_code == 200:
-                    self.model_id = str(r.json()["model"])
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("the server never became ready:\n" + self.log.read_text())
+    def wait_ready(self) -> None:
+        """Waits for /readyz (open without a key); notes the loaded model's id."""
+        self.model_id = str(wait_server_ready(self.url, self.proc, self.log.read_text)["model"])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
