@@ -49,11 +49,18 @@ COPY training ./training
 
 # The README's install (`pip install -e .`), not editable: the runtime stage gets the
 # installed package, not this source tree. Extras: `gpu` for VARIANT=cuda, then EXTRAS.
+# faiss-cpu (a dependency) and faiss-gpu (the extra) both install the `faiss` module;
+# for cuda, faiss-cpu goes and faiss-gpu is installed again, so its files are the ones left.
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eu; \
     extras="$EXTRAS"; \
     if [ "$VARIANT" = cuda ]; then extras="gpu${extras:+,$extras}"; fi; \
     pip install ".${extras:+[$extras]}"; \
+    if [ "$VARIANT" = cuda ]; then \
+      pip uninstall -y faiss-cpu; \
+      pip install --force-reinstall --no-deps "faiss-gpu>=1.7"; \
+      python -c "import faiss; assert hasattr(faiss, 'StandardGpuResources'), 'faiss is not the GPU build'"; \
+    fi; \
     python -c "import sys, torch; sys.exit(0 if (torch.version.cuda is None) == ('$VARIANT' == 'cpu') else 'torch ' + torch.__version__ + ' is not the $VARIANT build: a dependency replaced it')"
 
 # The built-in model must load with no network at all: no network for this step, and

@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         embed.router,
         classify.router,
         openai.router,
-        collections.router,
+        collections.router if settings.collections else collections.disabled_router,
         web.router,
     ):
         app.include_router(router)

@@ -75,13 +75,15 @@ def add_arguments(subparsers: Any) -> None:
     add.add_argument("--batch", type=int, default=32, help="images per model batch/request [32]")
     add.add_argument(
         "--thumbnails",
+        action="store_true",
+        help="store a JPEG thumbnail (a few kB) in each item's metadata, for the web page",
+    )
+    add.add_argument(
+        "--thumbnail-size",
         type=int,
-        nargs="?",
-        const=128,
-        default=None,
-        metavar="SIZE",
-        help="store a JPEG thumbnail (longest side SIZE px, default 128; a few kB per item) "
-        "in each item's metadata, for the web page's results",
+        default=128,
+        metavar="PX",
+        help="longest side of the thumbnails [128]",
     )
     add.add_argument(
         "--create",
@@ -196,6 +198,7 @@ class _Local:
 
         settings = Settings()
         self.max_pixels = settings.max_image_pixels
+        self.thumbnail_size = args.thumbnail_size if getattr(args, "thumbnails", False) else 0
         folder = Path(args.collections_dir or settings.collections_dir)
         if not create and not (folder / args.collection).is_dir():
             raise CollectionError(
@@ -226,8 +229,9 @@ class _Local:
         return {i for i in ids if self.col.get(i) is not None}
 
     def load(self, path: Path) -> tuple[Any, Any]:
-        """-> (the model's input tensor, the decoded image)."""
-        size = self.encoder.info.preprocess.size
+        """-> (the model's input tensor, the decoded image: large enough for the model and
+        for a thumbnail)."""
+        size = max(self.encoder.info.preprocess.size, self.thumbnail_size)
         _, image = read_image(path, self.max_pixels, size)
         return self.encoder.preprocess_image(image), image
 
@@ -350,11 +354,11 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise ValueError("--batch must be at least 1")
-    if args.thumbnails is not None and not 16 <= args.thumbnails <= 512:
-        raise ValueError("--thumbnails SIZE must be between 16 and 512 pixels")
+    if not 16 <= args.thumbnail_size <= 512:
+        raise ValueError("--thumbnail-size must be between 16 and 512 pixels")
     files = collect(args.paths, _warn)
     target = _open(args, create=args.create or not args.url)
-    thumb_size = args.thumbnails
+    thumb_size = args.thumbnail_size if args.thumbnails else None
 
     def load(path: Path) -> tuple[Any, str | None]:
         """-> (what target.upsert sends, the thumbnail or None); runs in the decode pool."""

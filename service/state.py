@@ -114,13 +114,17 @@ class ServiceState:
         for b in (self.image_batcher, self.text_batcher):
             if b:
                 await b.stop()
-        if self.store is not None:
-            # in the index pool: an add still finishing there holds the collection's lock
-            await self.run_index(self.store.close, True)
-            log.info("collections closed (a snapshot written where a log held records)")
-        self.index_pool.shutdown(wait=True)
+        # off the event loop: first every index call still running ends (one cancelled by
+        # the graceful timeout may still be writing), then the store closes, alone
+        await asyncio.get_running_loop().run_in_executor(None, self._close_store)
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _close_store(self) -> None:
+        self.index_pool.shutdown(wait=True)
+        if self.store is not None:
+            self.store.close(snapshot=True)
+            log.info("collections closed (a snapshot written where a log held records)")
 
     # -- used by the routes -----------------------------------------------------------
     def require_encoder(self, model: str | None = None, capability: str | None = None) -> Encoder:

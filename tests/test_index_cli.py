@@ -184,10 +184,8 @@ def test_thumbnails_are_stored_as_small_jpegs_of_each_image(
     export: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cols = tmp_path / "cols"
-    assert (
-        main(["index", "add", "pics", str(photos), "--thumbnails", "32", *_local(export, cols)])
-        == 0
-    )
+    add = ["index", "add", "--thumbnails", "--thumbnail-size", "32", "pics", str(photos)]
+    assert main([*add, *_local(export, cols)]) == 0
     store = CollectionStore(cols)
     try:
         col = store.get("pics")
@@ -208,6 +206,6 @@ def test_thumbnails_are_stored_as_small_jpegs_of_each_image(
     out = capsys.readouterr().out
     assert '"thumbnail": "<' in out and "base64" not in out  # the table stays readable
 
-    bad = ["index", "add", "pics", str(photos), "--thumbnails", "4", *_local(export, cols)]
-    assert main(bad) == 1
+    bad = ["index", "add", "pics", str(photos), "--thumbnails", "--thumbnail-size", "4"]
+    assert main([*bad, *_local(export, cols)]) == 1
     assert "between 16 and 512" in capsys.readouterr().err

@@ -48,18 +48,6 @@ def _bad(code: str, message: str) -> ApiError:
 
 
 # -- the store and the collection ------------------------------------------------------------
-def require_collections(request: Request) -> None:
-    """Router dependency: a replica with `collections` off refuses every collection call
-    before anything else is checked."""
-    if not request.app.state.service.settings.collections:
-        raise ApiError(
-            404,
-            "collections_disabled",
-            "this replica serves no collections (setting collections=false); send "
-            "/v1/collections requests to the replica that owns them",
-        )
-
-
 def require_store(state: ServiceState) -> CollectionStore:
     if state.store is None:
         raise ApiError(503, "store_unavailable", "the collection store is not open")

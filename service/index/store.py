@@ -100,14 +100,16 @@ class CollectionStore:
     def close(self, snapshot: bool = False) -> None:
         """Close every collection; with `snapshot`, first write a snapshot of each whose log
         holds records (a shutdown: the next start then replays nothing)."""
-        for col in self._open.values():
+        with self._lock:  # no create or delete runs meanwhile
+            cols = list(self._open.values())
+            self._open.clear()
+        for col in cols:
             if snapshot and col.log_records:
                 try:
                     col.snapshot()
                 except Exception:  # the fsynced log still holds every write
                     log.exception("collection %s: snapshot at shutdown failed", col.name)
             col.close()
-        self._open.clear()
         self._owner.close()  # releases the folder's lock
 
 

@@ -56,8 +56,32 @@ def resources(folder: Path) -> list[Path]:
     return [folder / r for r in kustomization["resources"]]
 
 
+def env_file(path: Path) -> Path:
+    """A secretGenerator's env file, or its committed example where it is absent."""
+    return path if path.exists() else path.with_name(path.name + ".example")
+
+
+def generated_secrets(folder: Path) -> list[dict[str, Any]]:
+    """The Secrets that the kustomization's secretGenerator makes from its env files."""
+    (kustomization,) = load(folder / "kustomization.yaml")
+    secrets = []
+    for gen in kustomization.get("secretGenerator", []):
+        data: dict[str, str] = {}
+        for name in gen.get("envs", []):
+            for line in env_file(folder / name).read_text().splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    key, _, value = line.partition("=")
+                    data[key.strip()] = base64.b64encode(value.encode()).decode()
+        labels = gen.get("options", {}).get("labels")
+        metadata = {"name": gen["name"], **({"labels": labels} if labels else {})}
+        secrets.append({"apiVersion": "v1", "kind": "Secret", "metadata": metadata,
+                        "type": "Opaque", "data": data})  # fmt: skip
+    return secrets
+
+
 def objects(folder: Path) -> list[dict[str, Any]]:
-    return [doc for path in resources(folder) for doc in load(path)]
+    files = [doc for path in resources(folder) for doc in load(path)]
+    return files + generated_secrets(folder)
 
 
 def named(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -366,8 +390,10 @@ def test_training_job_command_line_parses_with_torchrun_and_the_training_cli(
     assert substituted <= declared, "a $(VAR) in args that the container does not define"
     assert all(isinstance(a, str) for a in container["args"])
 
-    assert container["command"] == ["torchrun"]
+    assert container["command"] == ["tini", "--", "torchrun"]  # tini: PID 1, reaps workers
     run = get_args_parser().parse_args(expand(container["args"]))
+    # torchrun's wait for its workers after SIGTERM ends within the pod's grace period
+    assert 30 <= int(run.shutdown_timeout) < pod["terminationGracePeriodSeconds"]
     assert run.module and run.training_script == "training"
     # one pod per node, rank = completion index, rendezvous at pod 0's DNS name
     assert spec["completionMode"] == "Indexed"
@@ -523,8 +549,8 @@ def test_ingress_sends_collections_to_the_single_writer(monkeypatch: pytest.Monk
         "/": False,
     }
 
-    # every collections route is under the prefix, and nothing else is
-    app = create_app(Settings(collections=False))
+    # every collections route (of the writer's app) is under the prefix, and nothing else is
+    app = create_app(Settings(collections=True))  # the store opens only in the lifespan
     api_paths = list(app.openapi()["paths"])
     under = [p for p in api_paths if p == "/v1/collections" or p.startswith("/v1/collections/")]
     assert len(under) >= 5
@@ -580,8 +606,14 @@ def test_dockerfile_stages_install_and_variants() -> None:
         f"pip install --index-url https://download.pytorch.org/whl/cpu {torch_specs}",
         "pip install .",  # = the README's `pip install -e .`, not editable
     ]
-    assert pip_calls["cuda"] == [f"pip install {torch_specs}", "pip install .[gpu]"]
-    assert "gpu" in project["optional-dependencies"]
+    gpu_faiss = project["optional-dependencies"]["gpu"]
+    assert pip_calls["cuda"] == [
+        f"pip install {torch_specs}",
+        "pip install .[gpu]",
+        # faiss-cpu and faiss-gpu share the `faiss` module: the GPU build must be the one left
+        "pip uninstall -y faiss-cpu",
+        f"pip install --force-reinstall --no-deps {gpu_faiss[0]}",
+    ]
     # ... and the sources it installs are copied in, and not excluded by .dockerignore
     copied = {p for w, rest in stages()[0] if w == "COPY" for p in rest.split()[:-1]}
     ignore = (ROOT / ".dockerignore").read_text().split()
@@ -640,11 +672,18 @@ def test_compose_files_exist_and_compose_accepts_them() -> None:
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_kustomize_builds_what_the_files_say(folder: Path) -> None:
+def test_kustomize_builds_what_the_files_say(folder: Path, tmp_path: Path) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    command = [kubectl, "kustomize", str(folder)]
+    # a copy, with the committed examples standing in for git-ignored env files
+    work = tmp_path / folder.name
+    shutil.copytree(folder, work)
+    for example in work.glob("*.env.example"):
+        real = example.with_name(example.name.removesuffix(".example"))
+        if not real.exists():
+            shutil.copy(example, real)
+    command = [kubectl, "kustomize", str(work)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     built = [d for d in yaml.safe_load_all(done.stdout) if d is not None]

@@ -418,4 +418,4 @@ def test_invalid_names_are_422(tmp_path: Path, name: str) -> None:
             call()
         assert (e.value.status, e.value.code) == (422, "invalid_name")
     assert not (tmp_path / "x").exists()
-    assert list((tmp_path / "store").iterdir()) == []
+    assert [p.name for p in (tmp_path / "store").iterdir()] == [".lock"]  # nothing else

@@ -176,6 +176,14 @@ def test_a_replica_without_collections_refuses_them_and_opens_no_folder(
         r = client.request(method, path, json=body)
         assert r.status_code == 404, (path, r.text)
         assert r.json()["error"]["code"] == "collections_disabled"
+    # refused before the body is read: a malformed one gets the same answer
+    broken = client.post(
+        "/v1/collections", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert broken.status_code == 404 and broken.json()["error"]["code"] == "collections_disabled"
+    assert not any(
+        p.startswith("/v1/collections") for p in client.get("/openapi.json").json()["paths"]
+    )
     assert client.post("/v1/embed/text", json={"texts": ["still embeds"]}).status_code == 200
     assert not folder.exists()
 

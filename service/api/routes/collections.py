@@ -6,11 +6,14 @@ fsync, so every call into it runs in the index pool (state.run_index).
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from fastapi import APIRouter, Depends, Request
 
 from service.api import collection_inputs as inputs
 from service.api.deps import State
 from service.api.payload import require_json_dep
+from service.errors import ApiError
 from service.index.schemas import (
     CollectionInfoModel,
     CollectionList,
@@ -25,11 +28,10 @@ from service.index.schemas import (
 from service.index.types import CollectionError
 from service.responses import FastJSON
 
-router = APIRouter(
-    prefix="/v1/collections",
-    tags=["collections"],
-    dependencies=[Depends(inputs.require_collections)],
-)
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+# What a replica with `collections` off mounts instead: every collection call, whatever its
+# body, is refused before anything is read.
+disabled_router = APIRouter(include_in_schema=False)
 JSON_ONLY = [Depends(require_json_dep)]
 
 
@@ -113,3 +115,17 @@ async def search(name: str, request: Request, state: State) -> FastJSON:
     hits = await state.run_index(col.search, queries, k, where)
     results = [[{"id": h.id, "score": h.score, "metadata": h.metadata} for h in q] for q in hits]
     return FastJSON({"results": results})
+
+
+@disabled_router.api_route(
+    "/v1/collections{rest:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    response_model=None,
+)
+async def collections_disabled(rest: str) -> NoReturn:
+    raise ApiError(
+        404,
+        "collections_disabled",
+        "this replica serves no collections (setting collections=false); send "
+        "/v1/collections requests to the replica that owns them",
+    )
