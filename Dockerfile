@@ -68,7 +68,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # From /, so that Python imports the installed package, not the sources in /src.
 RUN --network=none \
     cd / && HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-    python -c "from training.models import load_encoder; load_encoder('builtin', None, 'cpu')"
+    python -c "from training.encoders import load_encoder; load_encoder('builtin', None, 'cpu')"
 
 # ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

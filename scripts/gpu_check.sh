@@ -82,7 +82,7 @@ main() {
     preflight || { echo "== preflight failed: nothing run"; return 3; }
     # `contrastive bench train` once service/cli.py wires it; the module's own entry otherwise
     local train=(python3 -m service bench train)
-    "${train[@]}" --help >/dev/null 2>&1 || train=(python3 -m training.bench)
+    "${train[@]}" --help >/dev/null 2>&1 || train=(python3 -m training.bench.train)
 
     run train 240 "${train[@]}" --device cuda --data fashion-mnist:.data/fashion-mnist \
         --knn-epochs "$KNN_EPOCHS" --knn-time-limit "$KNN_LIMIT" --json "$OUT/train.json"

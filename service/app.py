@@ -19,7 +19,7 @@ from service.middleware import (
 )
 from service.settings import Settings, get_settings
 from service.state import ServiceState
-from training.models import Encoder
+from training.encoders import Encoder
 
 
 def create_app(settings: Settings | None = None, encoder: Encoder | None = None) -> FastAPI:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from service.client import ContrastiveClient
     from service.index.collection import Collection
     from service.index.store import CollectionStore
-    from training.models import Encoder
+    from training.encoders import Encoder
 
 MAX_ID_CHARS = 256  # service.index.types.MAX_ID_CHARS (not imported: keeps the CLI start light)
 REQUEST_BYTES = 8 * 1024 * 1024  # raw image bytes per HTTP request (base64 adds a third)
@@ -61,8 +61,9 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_arguments(subparsers: Any) -> None:
-    """Add `add` and `search` to the subparsers of `contrastive index`."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `add` and `search` to `contrastive index`."""
+    subparsers = parser.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
     add = subparsers.add_parser(
         "add",
         help="embed images (files or folders, recursive) into a collection; resumable",
@@ -194,7 +195,7 @@ class _Local:
         from service.index.store import CollectionStore
         from service.index.types import CollectionError
         from service.settings import Settings
-        from training.models import load_encoder
+        from training.encoders import load_encoder
 
         settings = Settings()
         self.max_pixels = settings.max_image_pixels
@@ -447,7 +448,7 @@ def run(args: argparse.Namespace) -> int:
 
     from service.client import ServiceError
     from service.index.types import CollectionError
-    from training.models import MissingCapabilityError
+    from training.encoders import MissingCapabilityError
 
     command = {"add": cmd_add, "search": cmd_search}[args.index_command]
     try:

@@ -25,7 +25,7 @@ from service.runtime.batcher import Batcher, QueueFullError
 from service.runtime.images import decode_image
 from service.runtime.zeroshot import ClassifierCache
 from service.settings import Settings
-from training.models import IMAGE, TEXT, Encoder, load_encoder, resolve_device
+from training.encoders import IMAGE, TEXT, Encoder, load_encoder, resolve_device
 
 log = logging.getLogger("contrastive.service")
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from service.cli import main
 from service.index.store import CollectionStore
 from service.index_cli import read_image
 from tests.helpers import free_port, wait_server_ready, write_tiny_clip_export
-from training.models import load_encoder
+from training.encoders import load_encoder
 
 QUERY = "a photo of a red square"
 IMAGES = {  # id -> colour; ids are paths relative to the folder

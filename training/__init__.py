@@ -1,4 +1,5 @@
 """Contrastive training: methods, data, engine, evaluation and export.
 
-Only `training.models` and `training.export` are imported by the service.
+The service imports only `training.encoders`, the model library (see README:
+"Architecture").
 """

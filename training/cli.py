@@ -1,192 +1,115 @@
-"""`contrastive train` (also `python -m training train`).
+"""The command table behind `contrastive` and `python -m training`.
 
-Settings come from, last wins: defaults < `--config FILE.yaml` < flags < `--set k=v`.
-With `--resume`, the run folder's checkpoint supplies the settings and flags may only
-change how long and how it runs (epochs, steps, device, logging), not what it trains.
+Each command is a row: its name, its one-line help, and the module that implements it
+(`add_arguments(parser)` and `run(args) -> int`), or a nested table (`bench serve|...`).
+Only the command being run is imported: `contrastive --help` lists the table without
+importing torch, and `contrastive serve --help` imports only the serve module.
+This module imports nothing heavy so the service's CLI can build on it.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from training.checkpoint import LAST, CheckpointError, load_checkpoint
-from training.config import ConfigError, build_config, load_yaml, parse_overrides
 
-# What a resumed run may not change: it would no longer be the same run.
-FIXED_ON_RESUME = ("method", "data", "backbone", "image_size", "batch_size", "seed", "cifar_stem")
-# Flags mapped onto config keys (default None = "not given").
-FLAGS: dict[str, tuple[str, type, str]] = {
-    "--method": ("method", str, "simclr | moco | byol | swav | clip"),
-    "--data": (
-        "data",
-        str,
-        "digits | fashion-mnist[:DIR] | mnist:DIR | folder:DIR | "
-        "pairs:FILE | torchvision:NAME[:ROOT]",
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: `module` implements it, or `table` holds its own subcommands."""
+
+    help: str
+    module: str | None = None
+    table: Mapping[str, Command] = field(default_factory=dict)
+
+
+# `python -m training ...` and the training half of `contrastive ...`.
+TRAINING_COMMANDS: dict[str, Command] = {
+    "train": Command("train SimCLR, MoCo, BYOL, SwAV or CLIP", "training.train_cli"),
+    "export": Command("write a run's checkpoint as an export directory", "training.export.cli"),
+    "eval": Command("kNN, linear probe, zero-shot, few-shot of a model", "training.evaluate.cli"),
+    "demo": Command(
+        "train a tiny SimCLR for a minute and draw what it learns", "training.demo.demo_cli"
     ),
-    "--epochs": ("epochs", int, "epochs to train"),
-    "--steps": ("steps", int, "stop after this many steps (overrides --epochs)"),
-    "--batch-size": ("batch_size", int, "images per process per step"),
-    "--out": ("out", str, "run folder: checkpoints, metrics.jsonl, tensorboard/"),
-    "--device": ("device", str, "auto | cpu | cuda | cuda:N"),
-    "--backbone": ("backbone", str, "resnet18 | resnet50 | tiny | timm:NAME | torchvision:NAME"),
-    "--lr": ("lr", float, "base learning rate per 256 images"),
-    "--seed": ("seed", int, "random seed"),
+    "plot": Command(
+        "draw a run's training curves (loss, lr, kNN) as a PNG", "training.demo.plot_cli"
+    ),
 }
 
-
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    for flag, (_, typ, help_) in FLAGS.items():
-        p.add_argument(flag, type=typ, default=None, help=help_)
-    p.add_argument("--config", type=Path, help="YAML file of settings (key: value)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting, e.g. --set temperature=0.2 (repeatable)")  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--list-settings", action="store_true", help="print every setting and exit")
+ALL = "*"  # build_parser(chosen=ALL): every command's flags (for tests and tools)
 
 
-def requested_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings this command line gives explicitly (YAML, flags, --set)."""
-    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    for _, (key, _, _) in FLAGS.items():
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    if args.compile:
-        values["compile"] = True
-    values.update(parse_overrides(args.overrides))
-    return values
-
-
-def resolve(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]:
-    """Command line (+ checkpoint when resuming) -> (TrainConfig, Params, checkpoint)."""
-    from training.methods import get_method
-
-    given = requested_values(args)
-    out = Path(str(given.get("out", "runs/run")))
-    checkpoint = None
-    if (out / LAST).exists():
-        if not args.resume:
-            raise ConfigError(
-                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
-            )
-        checkpoint = load_checkpoint(out / LAST)
-        saved = dict(checkpoint["config"])
-        changed = [k for k in FIXED_ON_RESUME if k in given and _typed(k, given[k]) != saved.get(k)]
-        if changed:
-            raise ConfigError(f"--resume cannot change {changed}: they define the run")
-        given = {**saved, **given}
-    elif args.resume:
-        logging.getLogger("contrastive.train").warning("no checkpoint in %s: starting afresh", out)
-    method_cls = get_method(str(given.get("method", "simclr")))
-    cfg, params = build_config(given, method_cls.Params)
-    return cfg, params, checkpoint
-
-
-def _typed(key: str, value: Any) -> Any:
-    """A command-line string as the TrainConfig field's type ("16" -> 16)."""
-    import typing
-
-    from training.config import TrainConfig, coerce
-
-    return coerce(value, typing.get_type_hints(TrainConfig)[key], key)
-
-
-def list_settings(method: str) -> str:
-    import dataclasses
-
-    from training.config import TrainConfig
-    from training.methods import get_method
-
-    lines = ["run settings:"]
-    lines += [f"  {f.name} = {f.default!r}" for f in dataclasses.fields(TrainConfig)
-              if f.name != "method_params"]  # fmt: skip
-    lines.append(f"{method} settings:")
-    lines += [f"  {f.name} = {f.default!r}" for f in dataclasses.fields(get_method(method).Params)]
-    return "\n".join(lines)
-
-
-def train(args: argparse.Namespace) -> int:
-    from training.data import DataError
-    from training.engine import NonFiniteError, Trainer
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.list_settings:
-            print(list_settings(args.method or "simclr"))
-            return 0
-        cfg, params, checkpoint = resolve(args)
-        trainer = Trainer(cfg, params, resume=checkpoint)
-    except (ConfigError, DataError, CheckpointError, ValueError) as e:
-        print(f"contrastive train: {e}", file=sys.stderr)
-        return 2
-    from training import dist
-
-    try:
-        result = trainer.fit()
-    except NonFiniteError as e:
-        print(f"contrastive train: {e}", file=sys.stderr)
-        return 1
-    finally:
-        main_rank = dist.is_main()
-        dist.cleanup()
-    if main_rank:
-        print(summary_line(result))
-    return 130 if result.stopped == "signal" else 0
-
-
-def summary_line(result: Any) -> str:
-    knn = f", kNN top-1 {result.knn_top1:.4f}" if result.knn_top1 is not None else ""
-    loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
-    return (
-        f"{result.method}: {result.steps} steps, loss {loss}{knn}, "
-        f"{result.images_per_second:.0f} img/s; run folder {result.out}"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_arguments(sub.add_parser("train", help="train a contrastive model"))
-    add_other_commands(sub)
-    return parser
-
-
-# Subcommands besides train: (name, module, help). Each module has add_arguments/run.
-OTHER_COMMANDS = [
-    ("export", "training.export_cli", "write a run's checkpoint as an export directory"),
-    ("eval", "training.evaluate.cli", "kNN, linear probe, zero-shot, few-shot of a model"),
-    ("demo", "training.demo.demo_cli", "train a tiny SimCLR for a minute and draw what it learns"),
-    ("plot", "training.demo.plot_cli", "draw a run's training curves (loss, lr, kNN) as a PNG"),
-]
-
-
-def add_other_commands(sub: Any) -> None:
-    """Register export/eval/demo/plot on a subparsers object (ours or `contrastive`'s)."""
-    import importlib
-
-    for name, module, help_ in OTHER_COMMANDS:
-        importlib.import_module(module).add_arguments(sub.add_parser(name, help=help_))
-
-
-def run_other_command(args: argparse.Namespace) -> int | None:
-    """Run args.command if it is one of OTHER_COMMANDS; None otherwise."""
-    import importlib
-
-    for name, module, _ in OTHER_COMMANDS:
-        if args.command == name:
-            code: int = importlib.import_module(module).run(args)
-            return code
+def _chosen(argv: Sequence[str], table: Mapping[str, Command]) -> str | None:
+    """The first token of argv that names a command of `table` (None: no such token)."""
+    for token in argv:
+        if token in table:
+            return token
+        if not token.startswith("-"):
+            return None  # an unknown command: argparse reports it
     return None
 
 
+def add_table(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    table: Mapping[str, Command],
+    argv: Sequence[str] | None,
+    dest: str,
+) -> None:
+    """Register `table` on `sub`; only the command argv chooses (every one if argv is None)
+    gets its flags, so only that command's module is imported."""
+    chosen = None if argv is None else _chosen(argv, table)
+    for name, command in table.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        if argv is not None and name != chosen:
+            continue
+        rest = None if argv is None else list(argv)[list(argv).index(name) + 1 :]
+        if command.table:
+            nested = p.add_subparsers(dest=f"{dest}_{name}", required=True, metavar="COMMAND")
+            add_table(nested, command.table, rest, f"{dest}_{name}")
+        else:
+            importlib.import_module(str(command.module)).add_arguments(p)
+
+
+def build_parser(
+    prog: str,
+    description: str,
+    table: Mapping[str, Command],
+    argv: Sequence[str] | None = None,
+) -> argparse.ArgumentParser:
+    """The parser for `table`; with argv given, only its chosen command is filled in."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_table(sub, table, argv, "command")
+    return parser
+
+
+def run_parsed(
+    args: argparse.Namespace, table: Mapping[str, Command], dest: str = "command"
+) -> int:
+    """Run the command `args` names (walking nested tables) and return its exit status."""
+    command = table[getattr(args, dest)]
+    if command.table:
+        return run_parsed(args, command.table, f"{dest}_{getattr(args, dest)}")
+    code: int = importlib.import_module(str(command.module)).run(args)
+    return code
+
+
+def dispatch(
+    prog: str, description: str, table: Mapping[str, Command], argv: Sequence[str] | None
+) -> int:
+    """Parse argv (sys.argv[1:] when None) against `table` and run the chosen command."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog, description, table, tokens).parse_args(tokens)
+    return run_parsed(args, table)
+
+
+def build_training_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """`python -m training`'s parser (every command's flags when argv is None)."""
+    return build_parser("python -m training", "Contrastive training.", TRAINING_COMMANDS, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return train(args)
-    code = run_other_command(args)
-    return 2 if code is None else code
+    """`python -m training COMMAND ...`: the training commands without the service."""
+    return dispatch("python -m training", "Contrastive training.", TRAINING_COMMANDS, argv)

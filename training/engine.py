@@ -27,9 +27,9 @@ from training.augment import Augmenter
 from training.checkpoint import LAST, all_finite, save_checkpoint
 from training.config import TrainConfig
 from training.data import Batch, load_data
+from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.methods import MethodContext, Views, get_method
 from training.metrics import MetricsLogger
-from training.models.backbones import BackboneSpec, build_backbone
 from training.momentum import update_momentum
 from training.online_knn import OnlineKNN
 from training.optim import build_optimizer, param_groups

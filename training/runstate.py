@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from training import dist
-from training.models.base import resolve_device
+from training.encoders.base import resolve_device
 
 
 def train_device(name: str) -> torch.device:

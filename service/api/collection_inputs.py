@@ -34,7 +34,7 @@ from service.index.types import MAX_ID_CHARS, CollectionError, IndexSpec, check_
 from service.runtime.images import decode_base64_image
 from service.settings import Settings
 from service.state import ServiceState
-from training.models import IMAGE, TEXT
+from training.encoders import IMAGE, TEXT
 
 M = TypeVar("M", bound=BaseModel)
 Kind = Literal["text", "image", "vector", "id"]

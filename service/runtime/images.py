@@ -15,7 +15,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from service.errors import ApiError
-from training.models.preprocess import ensure_rgb
+from training.encoders.preprocess import ensure_rgb
 
 # We enforce our own pixel limit (settings.max_image_pixels) before decoding; PIL's
 # global one would raise at an unrelated size.

@@ -352,7 +352,8 @@ def test_probes_healthcheck_and_scrape_paths_are_routes_of_the_app() -> None:
 
 
 def test_service_command_lines_parse_with_the_contrastive_cli() -> None:
-    from service.cli import build_parser, settings_from_args
+    from service.cli import build_parser
+    from service.serve_cli import settings_from_args
 
     parser = build_parser()
     (entrypoint,) = final_stage("ENTRYPOINT")
@@ -379,8 +380,8 @@ def test_training_job_command_line_parses_with_torchrun_and_the_training_cli(
     from torch.distributed.run import get_args_parser
 
     from service.cli import build_parser as contrastive_parser
-    from training.cli import build_parser as training_parser
-    from training.cli import resolve
+    from training.cli import build_training_parser as training_parser
+    from training.train_cli import resolve
 
     job, container = the_job()
     spec = job["spec"]

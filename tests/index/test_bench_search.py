@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service import bench_search
+from service.bench import search as bench_search
 
 
 @pytest.mark.slow

@@ -88,7 +88,7 @@ class Embedder:
         if path is not None and path.is_file():
             return np.load(path)
         if self._encoder is None:
-            from training.models import load_encoder
+            from training.encoders import load_encoder
 
             self._encoder = load_encoder("builtin", device="cpu")
             assert self._encoder.model_id == MODEL_ID

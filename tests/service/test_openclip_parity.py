@@ -58,7 +58,7 @@ def test_classify_matches_open_clip(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_open_clip_reference_with_random_weights() -> None:
-    from training.models import load_encoder
+    from training.encoders import load_encoder
 
     enc = load_encoder("open_clip:RN50", pretrained=None, device="cpu")
     assert enc.model_id == "open_clip:RN50:random-seed0" and enc.embed_dim == 1024

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from training import bench
-from training.bench_knn import time_to_target
-from training.bench_pipelines import BenchSettings, build_trainer, step_on_views
-from training.bench_report import comparisons
+from training.bench import train as bench
+from training.bench.knn import time_to_target
+from training.bench.pipelines import BenchSettings, build_trainer, step_on_views
+from training.bench.report import comparisons
 from training.data import load_knn_data
 
 
@@ -182,7 +182,7 @@ def test_peer_views_are_normalised_rgb_of_the_image() -> None:
     off), so every output pixel is exactly (v/255 - mean) / std of its channel: the
     image was widened to RGB, scaled and normalised as our own views are."""
     from training.augment import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
-    from training.bench_peer import PeerDataset, peer_transform
+    from training.bench.peer import PeerDataset, peer_transform
 
     spec = ViewSpec(16, jitter=(0.0, 0.0, 0.0, 0.0))
     images = torch.full((2, 1, 28, 28), 128, dtype=torch.uint8)

@@ -29,9 +29,9 @@ from torch import nn
 
 from tests.helpers import free_port
 from training import dist
+from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.methods import Method, MethodContext, Views, get_method
 from training.methods.clip import CLIP
-from training.models.backbones import BackboneSpec, build_backbone
 from training.momentum import update_momentum
 from training.optim import build_optimizer, param_groups
 

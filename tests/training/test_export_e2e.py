@@ -23,18 +23,18 @@ from PIL import Image
 from service.app import create_app
 from service.settings import Settings
 from tests.helpers import image_bytes, wait_ready
-from training import export_cli
 from training.augment import IMAGENET_MEAN, IMAGENET_STD
 from training.checkpoint import LAST, load_checkpoint
 from training.cli import main as train_main
 from training.config import build_config
 from training.data import load_knn_data
-from training.export import ExportError, read_meta
+from training.encoders import load_encoder
+from training.encoders.base import Preprocess
+from training.encoders.exported.format import ExportError, read_meta
+from training.encoders.preprocess import to_tensor
+from training.export import cli as export_cli
+from training.export.checkpoint import encoder_from_checkpoint
 from training.methods import get_method
-from training.models import load_encoder
-from training.models.base import Preprocess
-from training.models.preprocess import to_tensor
-from training.trained_export import encoder_from_checkpoint
 
 ATOL = 1e-5
 # name -> (method, --set overrides): small heads; CLIP with both text towers.
@@ -316,7 +316,7 @@ def test_onnx_flag_writes_graphs_next_to_the_export(
     train_once: Callable[[str], Trained], tmp_path: Path
 ) -> None:
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("training.onnx_export")
+    pytest.importorskip("training.export.onnx")
     out = tmp_path / "out"
     assert _export(train_once("simclr").run, out, "--onnx") == 0
     assert (out / "image.onnx").is_file() and read_meta(out).family == "trained"

@@ -17,11 +17,11 @@ from torch import nn
 
 from training.augment import Augmenter
 from training.data import Batch
+from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.methods import Method, MethodContext, Views, get_method
 from training.methods.byol import BYOL
 from training.methods.moco import MoCo, queue_length
 from training.methods.simclr import SimCLR
-from training.models.backbones import BackboneSpec, build_backbone
 from training.momentum import update_momentum
 
 B, SIZE, DIM = 16, 16, 32

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 
 from training.augment import Augmenter
 from training.data import Batch
+from training.encoders.nets.backbones import BackboneSpec, build_backbone
+from training.encoders.nets.minilm import MiniLM
+from training.encoders.nets.text_towers import MiniLMTower
+from training.encoders.templates import DEFAULT_TEMPLATES
 from training.methods.base import MethodContext, Views
 from training.methods.clip import CLIP, CLIPParams
 from training.methods.swav import SwAV, SwAVParams
-from training.models.backbones import BackboneSpec, build_backbone
-from training.models.minilm import MiniLM
-from training.models.templates import DEFAULT_TEMPLATES
-from training.models.text_towers import MiniLMTower
 
 CLASSES = ["cat", "dog", "golden_retriever", "truck"]
 B, SIZE = 8, 16

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from training.data.base import DataError
-from training.models.preprocess import clamp_aspect, ensure_rgb
+from training.encoders.preprocess import clamp_aspect, ensure_rgb
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from training.augment import Augmenter
 from training.config import TrainConfig, build_config
+from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.knn import embed
 from training.methods import MethodContext, get_method
-from training.models.backbones import BackboneSpec, build_backbone
 from training.runstate import seed_all
 
 

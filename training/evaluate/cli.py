@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
+from training.encoders import TEXT, Encoder
 from training.evaluate.data import EvalData, load_eval_data
 from training.evaluate.models import CheckpointLoader, resolve_model
 from training.evaluate.pixels import extract_features
 from training.evaluate.report import markdown, write_report
 from training.evaluate.tasks import FEWSHOT_L2, few_shot, knn_task, linear_probe
 from training.evaluate.zeroshot import TEMPLATE_CHOICES, zero_shot
-from training.models import TEXT, Encoder
 
 TASKS = ("knn", "linear", "zeroshot", "fewshot")
 BANK_TASKS = ("knn", "linear", "fewshot")  # those that learn from the train images
@@ -128,8 +128,8 @@ def evaluate(
     args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = None
 ) -> dict[str, Any]:
     """Run the command line's tasks; returns the report (what the JSON file holds)."""
-    from training.benchinfo import environment
     from training.data import parse_spec
+    from training.encoders.environment import environment
     from training.evaluate import photos
 
     requested = parse_tasks(args.task)
@@ -203,8 +203,8 @@ def run(args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = N
     """The `contrastive eval` command: 0 on success, 2 for a bad command line or input."""
     from training.checkpoint import CheckpointError
     from training.data import DataError
-    from training.export import ExportError
-    from training.models import MissingCapabilityError, UnknownModelError
+    from training.encoders import MissingCapabilityError, UnknownModelError
+    from training.encoders.exported.format import ExportError
 
     try:
         report = evaluate(args, checkpoint_loader)

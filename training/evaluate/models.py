@@ -1,6 +1,6 @@
 """`--model REF` -> Encoder, for every kind of model evaluation accepts.
 
-builtin, open_clip:ARCH, an export directory    training.models.load_encoder
+builtin, open_clip:ARCH, an export directory    training.encoders.load_encoder
 a training checkpoint file, or a run folder     encoder_from_checkpoint (the export module)
   (a folder holding last.pt but no encoder.json)
 """
@@ -12,12 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from training.checkpoint import LAST
-from training.models import Encoder, UnknownModelError, load_encoder
+from training.encoders import Encoder, UnknownModelError, load_encoder
 
 CheckpointLoader = Callable[[Path, str | None], Encoder]
 
 # Where the checkpoint -> Encoder function may live; the first module that has it wins.
-_LOADER_MODULES = ("training.export", "training.models.trained", "training.models")
+_LOADER_MODULES = (
+    "training.encoders.exported.format",
+    "training.encoders.exported.trained",
+    "training.encoders",
+)
 _LOADER_NAME = "encoder_from_checkpoint"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.benchinfo import markdown_table, timestamp, write_json
+from training.encoders.environment import markdown_table, timestamp, write_json
 
 TEMPLATE_NAMES = {"ensemble": "template ensemble", "single": "single template"}
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from training.models import TEXT, Encoder
-from training.models.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
+from training.encoders import TEXT, Encoder
+from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "ensemble": DEFAULT_TEMPLATES,

@@ -1,7 +1,7 @@
 """CLIP (Radford et al. 2021): an image tower and a text tower trained so that matching
 image-caption pairs have the highest cosine similarity in the (global) batch.
 
-Image tower: backbone + Linear(feat_dim, embed_dim). Text tower (training.models.text_towers):
+Image tower: backbone + Linear(feat_dim, embed_dim). Text tower (encoders/nets/text_towers.py):
 - "minilm" (default): the packaged all-MiniLM-L6-v2, locked (LiT: lock the text side, tune
   the image side; a pretrained text space makes small image sets useful), or trained with
   `lock_text=false`;
@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.augment import ViewSpec
+from training.encoders.nets.text_towers import TextTower, build_text_tower
+from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
 from training.losses import clip_loss
 from training.methods import register
 from training.methods.base import Method, MethodContext, StepOutput, Views
-from training.models.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
-from training.models.text_towers import TextTower, build_text_tower
 
 if TYPE_CHECKING:
     from training.augment import Augmenter

@@ -20,7 +20,7 @@ from service.errors import ApiError
 from service.responses import FastJSON
 from service.runtime.zeroshot import probabilities
 from service.schemas import ClassifyRequest, ClassifyResponse
-from training.models import IMAGE, TEXT
+from training.encoders import IMAGE, TEXT
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 

@@ -18,7 +18,7 @@ from service.api.payload import (
 from service.api.validate import check_image_count, check_texts
 from service.responses import FastJSON
 from service.schemas import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
-from training.models import IMAGE, TEXT
+from training.encoders import IMAGE, TEXT
 
 router = APIRouter(prefix="/v1/embed", tags=["embeddings"])
 

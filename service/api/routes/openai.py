@@ -13,7 +13,7 @@ from service.api.validate import check_texts
 from service.errors import ApiError
 from service.responses import FastJSON
 from service.schemas import OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
-from training.models import TEXT
+from training.encoders import TEXT
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

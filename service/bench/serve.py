@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from service.loadgen import LoadResult, build_request, run_load
+from service.bench.loadgen import LoadResult, build_request, run_load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -191,13 +191,13 @@ def _row(modality: str, res: LoadResult, ref: dict[str, Any]) -> dict[str, Any]:
 
 def _environment(device: str) -> dict[str, Any]:
     """The machine and software a figure was measured on (shared with `bench train`)."""
-    from training.benchinfo import environment
+    from training.encoders.environment import environment
 
     return environment(device)
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.models import load_encoder
+    from training.encoders import load_encoder
 
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from training.bench_pipelines import BenchSettings, build_trainer
+from training.bench.pipelines import BenchSettings, build_trainer
 from training.data import load_knn_data
 from training.engine import Trainer
 from training.knn import knn_accuracy

@@ -3,7 +3,7 @@
 builtin                     EfficientNet-Lite0 + MiniLM joined by ConSE (offline)
 open_clip:ARCH              an open_clip architecture; `pretrained` is a tag, a local
                             file, or None for random weights
-PATH                        an export directory written by training.export (with
+PATH                        an export directory written by training.encoders.exported.format (with
                             runtime="onnx"/"auto": its ONNX graphs, when it has them)
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.models.base import (
+from training.encoders.base import (
     IMAGE,
     TEXT,
     Encoder,
@@ -19,7 +19,7 @@ from training.models.base import (
     MissingCapabilityError,
     Preprocess,
 )
-from training.models.base import resolve_device as resolve_device
+from training.encoders.base import resolve_device as resolve_device
 
 __all__ = [
     "IMAGE",
@@ -67,27 +67,27 @@ def load_encoder(
 
     runtime: "torch"; "onnx" (an export directory's ONNX files with onnxruntime on the
     CPU); "auto" (onnx where it applies and is the faster one, else torch; see
-    training.models.onnx_runtime.choose_runtime).
+    training.encoders.exported.onnx_runtime.choose_runtime).
     """
     if runtime != "torch":
-        from training.models.onnx_runtime import choose_runtime, load_onnx_encoder
+        from training.encoders.exported.onnx_runtime import choose_runtime, load_onnx_encoder
 
         if choose_runtime(ref, runtime, device) == "onnx":
             return load_onnx_encoder(ref)
     dev = resolve_device(device)
     if ref == "builtin":
-        from training.models.builtin import BuiltinEncoder
+        from training.encoders.builtin import BuiltinEncoder
 
         return BuiltinEncoder(dev)
     if ref.startswith("open_clip:"):
-        from training.models.openclip import from_name
+        from training.encoders.openclip import from_name
 
         try:
             return from_name(ref.split(":", 1)[1], pretrained, dev)
         except ValueError as e:
             raise UnknownModelError(str(e)) from e
     if Path(ref).is_dir():
-        from training.models.exported import load_export
+        from training.encoders.exported.load import load_export
 
         return load_export(ref, dev)
     raise UnknownModelError(_UNKNOWN.format(ref=ref))

@@ -1,6 +1,6 @@
 """An export directory's ONNX graphs run with onnxruntime on the CPU, behind the Encoder API.
 
-`training.onnx_export.export_onnx` adds to an export directory:
+`training.export.onnx.export_onnx` adds to an export directory:
 
     image.onnx   float32 pixel_values [N, 3, S, S] (normalised as `Preprocess` says)
                  -> float32 image_embeds [N, d], L2-normalised
@@ -12,7 +12,7 @@
 Decoding, resizing, pixel normalisation and tokenising stay in Python, shared with the
 torch encoders (one implementation, no second copy of mean/std to drift); the graphs
 hold only the networks. A graph is hashed before onnxruntime parses it, from the very
-bytes it then parses, so a changed file is refused, as `training.export` does for weights.
+bytes it then parses, so a changed file is refused, as `exported.format` does for weights.
 
 onnxruntime is an optional dependency (`pip install 'contrastive[onnx]'`): nothing here
 imports it until a graph is opened.
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.export import ExportError, read_meta
-from training.models.base import TEXT, Encoder, EncoderInfo, Preprocess, resolve_device
+from training.encoders.base import TEXT, Encoder, EncoderInfo, Preprocess, resolve_device
+from training.encoders.exported.format import ExportError, read_meta
 
 MANIFEST_FILE = "onnx.json"
 MANIFEST_VERSION = 1
@@ -112,7 +112,7 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not path.is_file():
         raise ExportError(
             f"{folder} has no ONNX files ({MANIFEST_FILE} not found): add them with "
-            f"`contrastive export ... --onnx` (training.onnx_export.export_onnx), "
+            f"`contrastive export ... --onnx` (training.export.onnx.export_onnx), "
             "or serve with runtime=torch"
         )
     try:
@@ -216,7 +216,7 @@ def make_tokenizer(spec: dict[str, Any]) -> Tokenize:
     if kind == "minilm":
         from transformers import AutoTokenizer
 
-        from training.models.minilm import MAX_TOKENS, package_path
+        from training.encoders.nets.minilm import MAX_TOKENS, package_path
 
         hf = AutoTokenizer.from_pretrained(str(package_path()), local_files_only=True)
         limit = int(spec.get("max_length", MAX_TOKENS))

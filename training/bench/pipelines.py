@@ -4,7 +4,7 @@ Three ways to feed the engine's one optimiser step (Trainer._train_step):
 
 - StepOnly: views made once, before timing, and cycled: the model step alone (figure a/d);
 - EndToEnd: our loop: batches indexed on the device + batched augmentation + step (b);
-- Peer (training.bench_peer): a DataLoader with CPU workers and per-image torchvision
+- Peer (training.bench.peer): a DataLoader with CPU workers and per-image torchvision
   transforms, then the same step (c).
 
 `measure` runs them in interleaved rounds (a window of each in turn), so a machine whose

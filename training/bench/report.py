@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from training.benchinfo import markdown_table
+from training.encoders.environment import markdown_table
 
 # name -> (relation, bound) for the targets PERFORMANCE.md sets (on a GPU)
 TARGETS = {

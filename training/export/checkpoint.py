@@ -24,12 +24,18 @@ import torch.nn.functional as F
 
 from training.augment import IMAGENET_MEAN, IMAGENET_STD
 from training.checkpoint import LAST, CheckpointError, load_checkpoint
-from training.export import META_FILE, ExportError, ExportMeta, sha256_file, write_export
+from training.encoders.base import Encoder, Preprocess, resolve_device
+from training.encoders.exported.format import (
+    META_FILE,
+    ExportError,
+    ExportMeta,
+    sha256_file,
+    write_export,
+)
+from training.encoders.exported.trained import describe_head, load_trained, packaged_minilm_sha256
+from training.encoders.nets.backbones import BackboneSpec, build_backbone
+from training.encoders.nets.text_towers import MiniLMTower, TransformerTower
 from training.methods.base import Method, MethodContext
-from training.models.backbones import BackboneSpec, build_backbone
-from training.models.base import Encoder, Preprocess, resolve_device
-from training.models.text_towers import MiniLMTower, TransformerTower
-from training.models.trained import describe_head, load_trained, packaged_minilm_sha256
 
 PARITY_ATOL = 1e-5  # max |difference| of unit embeddings between checkpoint and export
 _PROBE_TEXTS = ["a photo of a cat.", "zero", "an origami three."]
@@ -173,8 +179,8 @@ def _is_packaged(tower: MiniLMTower) -> bool:
     """True when the checkpoint's MiniLM weights are exactly the installed package's."""
     from safetensors.torch import load_file
 
-    from training.models.minilm import package_path
-    from training.models.trained import PACKAGE_WEIGHTS
+    from training.encoders.exported.trained import PACKAGE_WEIGHTS
+    from training.encoders.nets.minilm import package_path
 
     packaged = load_file(Path(package_path()) / PACKAGE_WEIGHTS)
     ours = tower.minilm.model.state_dict()

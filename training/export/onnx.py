@@ -2,18 +2,18 @@
 
     export_onnx(export_dir) -> [image.onnx, (text.onnx,) onnx.json]
 
-The torch encoder (training.models.load_encoder) is traced with the torch.export-based
+The torch encoder (training.encoders.load_encoder) is traced with the torch.export-based
 exporter, batch (and MiniLM's token) dimension dynamic. Each graph ends in the L2
 normalisation, so its output is the embedding the service returns, usable as it is by
 anyone who loads the file. Pixel normalisation and tokenising stay outside the graph:
-they are shared Python code (training.models.preprocess, the tokenizers), so torch and
+they are shared Python code (training.encoders.preprocess, the tokenizers), so torch and
 onnxruntime are fed identical inputs and one implementation serves both.
 
 Parity: the graphs are opened with onnxruntime exactly as the service would open them,
 and the embeddings of random and real inputs (two photos that ship with scikit-learn,
 captions, an empty and an over-long text) must equal the torch encoder's within 1e-4
 (max abs difference, fp32); otherwise OnnxParityError and no file is kept. The files and
-their sha256 go into onnx.json (training.models.onnx_runtime.Manifest), next to encoder.json.
+their sha256 go into onnx.json (encoders.exported.onnx_runtime.Manifest), beside encoder.json.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ from pathlib import Path
 
 import torch
 
-from training.export import read_meta, sha256_file
-from training.models import IMAGE, TEXT, Encoder, load_encoder
-from training.models.onnx_runtime import (
+from training.encoders import IMAGE, TEXT, Encoder, load_encoder
+from training.encoders.exported.format import read_meta, sha256_file
+from training.encoders.exported.onnx_runtime import (
     MANIFEST_FILE,
     Graph,
     Manifest,
     info_to_dict,
     open_graphs,
 )
-from training.onnx_graphs import TextSource, image_module, text_module, text_source
+from training.export.graphs import TextSource, image_module, text_module, text_source
 
 PARITY_ATOL = 1e-4
 CAPTIONS = [

@@ -5,7 +5,7 @@ In one run on one machine, over the same N vectors and the same queries:
 2. in-process: our Collection (kind flat: ids, metadata, locking, hits as objects);
 3. HTTP: `python -m service serve` on loopback over the same collection, pre-built here
    and closed before the server opens it; POST /v1/collections/NAME/search with raw
-   vectors through service.loadgen's client (one connection, requests back to back);
+   vectors through service.bench.loadgen's client (one connection, requests back to back);
 4. the ratios in-process / raw and HTTP / raw at each batch size;
 5. recall@k and queries/s of IVF and HNSW collections at their default parameters, against
    exact search (IVF as trained while the vectors arrived, and again after a reopen, when
@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from service.bench import _environment, _free_port, wait_ready
+from service.bench.loadgen import build_request, run_load
+from service.bench.serve import _environment, _free_port, wait_ready
 from service.index.store import CollectionStore
 from service.index.types import IndexKind, IndexSpec
-from service.loadgen import build_request, run_load
 
 NAME = "bench"
 BATCHES = (1, 256)
@@ -184,7 +184,7 @@ def http_queries_per_s(
 
 # -- the run ------------------------------------------------------------------------------
 def _resolve(args: argparse.Namespace) -> tuple[str, int, int]:
-    from training.models.base import resolve_device
+    from training.encoders.base import resolve_device
 
     device = str(resolve_device(args.device))
     gpu = device.startswith("cuda")

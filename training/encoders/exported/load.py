@@ -1,4 +1,4 @@
-"""Encoders rebuilt from an export directory (training.export)."""
+"""Encoders rebuilt from an export directory (training.encoders.exported.format)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import open_clip
 import timm
 import torch
 
-from training.export import TRAINED_FAMILIES, ExportError, ExportMeta, read_export
-from training.models.base import IMAGE, Encoder, EncoderInfo, Preprocess
-from training.models.openclip import OpenCLIPEncoder, build_model
-from training.models.templates import DEFAULT_TEMPLATES
+from training.encoders.base import IMAGE, Encoder, EncoderInfo, Preprocess
+from training.encoders.exported.format import TRAINED_FAMILIES, ExportError, ExportMeta, read_export
+from training.encoders.openclip import OpenCLIPEncoder, build_model
+from training.encoders.templates import DEFAULT_TEMPLATES
 
 
 class TimmEncoder(Encoder):
@@ -40,7 +40,7 @@ def load_export(path: str | Path, device: torch.device) -> Encoder:
     meta, state = read_export(path)
     model_id = f"export:{meta.family}:{_arch_name(meta)}:{meta.weights_sha256[:12]}"
     if meta.family in TRAINED_FAMILIES:
-        from training.models.trained import load_trained
+        from training.encoders.exported.trained import load_trained
 
         return load_trained(meta, state, model_id, device)
     if meta.family == "timm":

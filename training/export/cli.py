@@ -10,7 +10,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-ONNX_MODULE = "training.onnx_export"
+ONNX_MODULE = "training.export.onnx"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,11 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """-> 0 on success, 2 for a bad checkpoint / OUT_DIR / option, 1 if ONNX export fails."""
     from training.checkpoint import CheckpointError
-    from training.export import ExportError, read_meta
-    from training.trained_export import export_checkpoint
+    from training.encoders.exported.format import ExportError, read_meta
+    from training.export.checkpoint import export_checkpoint
 
     if args.onnx and importlib.util.find_spec(ONNX_MODULE) is None:
-        return _fail("--onnx needs training/onnx_export.py, which this installation lacks")
+        return _fail("--onnx needs training/export/onnx.py, which this installation lacks")
     try:
         out = export_checkpoint(
             args.checkpoint, args.out_dir, projector=args.projector, overwrite=args.force
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _onnx(out: Path) -> int:
-    from training.onnx_export import export_onnx  # type: ignore[import-not-found,unused-ignore]
+    from training.export.onnx import export_onnx  # type: ignore[import-not-found,unused-ignore]
 
     try:
         result = export_onnx(out)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 # Where `git` is asked for the commit: the checkout this module lives in.
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]
 # A copy of the tree without .git (a lent GPU machine) can pass the commit in instead.
 COMMIT_ENV = "CONTRASTIVE_GIT_COMMIT"
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 
 if TYPE_CHECKING:
-    from training.models.base import Preprocess
+    from training.encoders.base import Preprocess
 
 # An image longer than this aspect ratio is centre-cropped to it before resizing: the
 # final centre crop would discard those pixels anyway, and resizing a 1 x 100000 strip

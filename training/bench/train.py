@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from training.bench_knn import knn_run
-from training.bench_peer import Peer
-from training.bench_pipelines import (
+from training.bench.knn import knn_run
+from training.bench.peer import Peer
+from training.bench.pipelines import (
     BenchSettings,
     EndToEnd,
     Pipeline,
@@ -37,11 +37,11 @@ from training.bench_pipelines import (
     build_trainer,
     measure,
 )
-from training.bench_report import comparisons, print_report
-from training.benchinfo import environment, timestamp, write_json
+from training.bench.report import comparisons, print_report
 from training.config import ConfigError
 from training.data import DataError
 from training.data.idx import FASHION_MNIST_DIR
+from training.encoders.environment import environment, timestamp, write_json
 from training.runstate import train_device
 
 ALL_METHODS = ("moco", "byol", "swav", "clip")
@@ -229,8 +229,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.bench` (the same as `contrastive bench train`)."""
-    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__)
+    """`python -m training.bench.train` (the same as `contrastive bench train`)."""
+    parser = argparse.ArgumentParser(prog="python -m training.bench.train", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from training.augment import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, simclr_view
-from training.bench_pipelines import BenchSettings, step_on_views
+from training.bench.pipelines import BenchSettings, step_on_views
 from training.data import DataError
 from training.engine import Trainer
 from training.methods.base import Views

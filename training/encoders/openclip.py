@@ -9,9 +9,9 @@ import open_clip
 import torch
 from safetensors.torch import load_file
 
-from training.export import sha256_file
-from training.models.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
-from training.models.templates import DEFAULT_TEMPLATES
+from training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
+from training.encoders.exported.format import sha256_file
+from training.encoders.templates import DEFAULT_TEMPLATES
 
 
 class OpenCLIPEncoder(Encoder):

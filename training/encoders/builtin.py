@@ -18,9 +18,9 @@ import timm
 import torch
 from timm.data import ImageNetInfo
 
-from training.models.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
-from training.models.minilm import MiniLM
-from training.models.templates import DEFAULT_TEMPLATES
+from training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
+from training.encoders.nets.minilm import MiniLM
+from training.encoders.templates import DEFAULT_TEMPLATES
 
 ARCH = "tf_efficientnet_lite0"
 # The package's input convention is (x - 127) / 128 on 0..255 pixels.

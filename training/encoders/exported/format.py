@@ -8,7 +8,7 @@ Loading never unpickles: weights are read with safetensors only, after their has
 been checked, so a tampered or foreign file is refused before any of it is parsed.
 Writing is atomic: the directory is assembled under a temporary name and renamed.
 
-From a training run: `export_checkpoint` (training/trained_export.py has the details).
+From a training run: `training.export.checkpoint.export_checkpoint` writes one.
 """
 
 from __future__ import annotations
@@ -20,20 +20,17 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-if TYPE_CHECKING:
-    from training.models.base import Encoder
-
 FORMAT_VERSION = 1
 META_FILE = "encoder.json"
 WEIGHTS_FILE = "weights.safetensors"
 FAMILIES = ("open_clip", "timm", "trained", "trained_clip")
-TRAINED_FAMILIES = ("trained", "trained_clip")  # our own runs (training/models/trained.py)
+TRAINED_FAMILIES = ("trained", "trained_clip")  # our own runs (exported/trained.py)
 
 
 class ExportError(ValueError):
@@ -49,8 +46,8 @@ class ExportMeta:
         our training runs: "trained" (image-only methods: backbone, optionally with the
         projector) and "trained_clip" (CLIP: image tower + text tower), architecture =
         {"name", "backbone": BackboneSpec fields, "feat_dim", "head": layer list or None,
-        "text": text tower config (trained_clip)} - see training/models/trained.py.
-    preprocess: training.models.base.Preprocess as a dict (size, mean, std, ...).
+        "text": text tower config (trained_clip)} - see training/encoders/exported/trained.py.
+    preprocess: training.encoders.base.Preprocess as a dict (size, mean, std, ...).
     tokenizer: {"kind": "open_clip", "context_length": 77}, {"kind": "minilm", ...} (the
         packaged MiniLM's own tokenizer), or None for image-only.
     method: the training method (simclr, moco, byol, swav, clip) for our runs.
@@ -158,22 +155,6 @@ def read_export(path: str | Path) -> tuple[ExportMeta, dict[str, torch.Tensor]]:
         return meta, load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise ExportError(f"{weights} is not a safetensors file: {e}") from e
-
-
-def export_checkpoint(
-    checkpoint: str | Path, out_dir: str | Path, *, projector: bool = False, overwrite: bool = False
-) -> Path:
-    """A training checkpoint (file or run folder) -> export directory; see trained_export."""
-    from training.trained_export import export_checkpoint as export
-
-    return export(checkpoint, out_dir, projector=projector, overwrite=overwrite)
-
-
-def encoder_from_checkpoint(checkpoint: str | Path, device: str | None = None) -> Encoder:
-    """A training checkpoint -> the Encoder its export would give, without writing files."""
-    from training.trained_export import encoder_from_checkpoint as build
-
-    return build(checkpoint, device)
 
 
 def _fsync_dir_files(folder: Path) -> None:

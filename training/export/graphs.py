@@ -1,4 +1,4 @@
-"""The traceable forward of an Encoder's towers: what training.onnx_export hands the exporter.
+"""The traceable forward of an Encoder's towers: what training.export.onnx hands the exporter.
 
 Image: `Encoder._image_forward` itself, whatever the family, followed by the L2
 normalisation that `Encoder.encode_image_tensors` applies; so the graph is, by
@@ -8,7 +8,7 @@ Text: `_text_forward` takes strings, which no graph can, so the tensor part is f
 family and split from its tokenizer (`TextSource`):
   - an encoder with an `onnx_text_source()` method (the hook for a new family) -> its answer;
   - an open_clip model with open_clip's BPE tokenizer -> `model.encode_text(input_ids)`;
-  - an encoder holding one training text tower (training.models.text_towers):
+  - an encoder holding one training text tower (training.encoders.nets.text_towers):
     TransformerTower -> its forward on input_ids; MiniLMTower -> its forward on
     input_ids + attention_mask (the tokens path, also for a locked tower: locked only
     means cached, the function is the same).
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models.base import Encoder
-from training.models.minilm import MAX_TOKENS
+from training.encoders.base import Encoder
+from training.encoders.nets.minilm import MAX_TOKENS
 
 TensorFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
@@ -38,12 +38,12 @@ class TextSource:
     tokens = `tokenize(texts)` (as torch tensors)."""
 
     forward: TensorFn  # {input name: int64 [n, T]} -> float [n, d], not normalised
-    spec: dict[str, Any]  # tokenizer record for onnx.json (training.models.onnx_runtime)
+    spec: dict[str, Any]  # tokenizer record for onnx.json (training.encoders.exported.onnx_runtime)
     inputs: list[str]  # graph input names, in order
     modules: list[nn.Module]  # where the parameters live
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        from training.models.onnx_runtime import make_tokenizer
+        from training.encoders.exported.onnx_runtime import make_tokenizer
 
         return make_tokenizer(self.spec)(texts)
 
@@ -104,7 +104,7 @@ def text_source(encoder: Encoder) -> tuple[TextSource | None, str]:
 
 
 def _tower_source(encoder: Encoder) -> tuple[TextSource | None, str]:
-    from training.models.text_towers import MiniLMTower, TextTower, TransformerTower
+    from training.encoders.nets.text_towers import MiniLMTower, TextTower, TransformerTower
 
     towers = {
         id(m): m for part in modules_of(encoder) for m in part.modules() if isinstance(m, TextTower)

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from training.models.minilm import MiniLM
+from training.encoders.nets.minilm import MiniLM
 
 CACHE_ROWS = 65536  # cached caption embeddings (384 floats each: ~100 MB at most)
 _EMBED_CHUNK = 256  # captions per frozen MiniLM call when filling the cache

@@ -29,10 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.benchinfo import environment, markdown_table, timestamp, write_json
-from training.models import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess, load_encoder
-from training.models.onnx_runtime import has_onnx, load_onnx_encoder, open_graphs, read_manifest
-from training.onnx_export import export_graphs
+from training.encoders import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess, load_encoder
+from training.encoders.environment import environment, markdown_table, timestamp, write_json
+from training.encoders.exported.onnx_runtime import (
+    has_onnx,
+    load_onnx_encoder,
+    open_graphs,
+    read_manifest,
+)
+from training.export.onnx import export_graphs
 
 PRESETS = ("resnet18-cifar", "vit-b-32", "minilm")
 NOUNS = ["dog", "cat", "red car", "bowl of soup", "mountain lake at dawn", "tabby kitten"]
@@ -62,18 +67,18 @@ class TowersEncoder(Encoder):
 
 def preset(name: str) -> tuple[Encoder, tuple[str, ...]]:
     """Preset name -> (torch encoder on the CPU, modalities to time)."""
-    from training.models.backbones import BackboneSpec, build_backbone
+    from training.encoders.nets.backbones import BackboneSpec, build_backbone
 
     torch.manual_seed(0)
     if name == "resnet18-cifar":
         net, dim = build_backbone(BackboneSpec("resnet18", cifar_stem=True))
         return TowersEncoder(net, 32, None, dim), (IMAGE,)
     if name == "vit-b-32":
-        from training.models.openclip import from_name
+        from training.encoders.openclip import from_name
 
         return from_name("ViT-B-32", None, torch.device("cpu")), (IMAGE, TEXT)
     if name == "minilm":
-        from training.models.text_towers import MiniLMTower
+        from training.encoders.nets.text_towers import MiniLMTower
 
         net, _ = build_backbone(BackboneSpec("tiny"))
         # unlocked: no caption cache, so torch runs MiniLM on every call, as onnx does

@@ -1,0 +1,54 @@
+"""`contrastive serve`: one flag per Settings field, then the service under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from service.settings import Settings
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; unset flags leave the env/default value alone."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_ = field.description or ""
+        if name == "api_keys":
+            p.add_argument("--api-key", dest=name, action="append", help="repeatable; " + help_)
+            continue
+        ann = field.annotation
+        typ: Any = int if ann is int else float if ann is float else str
+        p.add_argument(flag, dest=name, type=typ, default=None, help=f"{help_} [{field.default}]")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The flags given on the command line over the environment and the defaults."""
+    overrides = {
+        k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None
+    }
+    return Settings(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the model reference, then serve until a signal: 0, or 2 for a bad reference."""
+    settings = settings_from_args(args)
+    from service import shutdown
+    from service.app import create_app
+    from training.encoders import UnknownModelError, check_reference
+    from training.encoders.exported.onnx_runtime import choose_runtime
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    # Fail fast on a reference that names nothing; the load itself runs after start-up,
+    # with /readyz answering 503 until the model is warm.
+    try:
+        check_reference(settings.model, settings.device)
+        choose_runtime(settings.model, settings.runtime, settings.device)
+    except (UnknownModelError, ValueError) as e:
+        print(f"contrastive serve: {e}", file=sys.stderr)
+        return 2
+    shutdown.run(create_app(settings), settings)
+    return 0
