@@ -147,8 +147,7 @@ def read_image(path: Path, max_pixels: int, draft_size: int | None) -> tuple[byt
     decodes it, including the pixel limit)."""
     from PIL import Image, UnidentifiedImageError
 
-    from service.errors import ApiError
-    from service.runtime.images import decode_image
+    from service.runtime.images import ImageError, decode_image
 
     with open(path, "rb") as f:
         try:
@@ -163,10 +162,9 @@ def read_image(path: Path, max_pixels: int, draft_size: int | None) -> tuple[byt
         f.seek(0)
         data = f.read()
     try:
-        return data, decode_image(data, max_pixels, draft_size=draft_size)
-    except ApiError as e:
-        reason = e.message.replace("image 0", "it", 1)
-        raise NotAnImageError(f"{reason} ({e.detail})" if e.detail else reason) from e
+        return data, decode_image(data, max_pixels, draft_size=draft_size, name="it")
+    except ImageError as e:  # "it is empty", "it has no pixels", ...: used as it is
+        raise NotAnImageError(f"{e.message} ({e.detail})" if e.detail else e.message) from e
 
 
 @dataclass
@@ -203,7 +201,7 @@ class _Local:
         folder = Path(args.collections_dir or settings.collections_dir)
         if not create and not (folder / args.collection).is_dir():
             raise CollectionError(
-                404, "collection_not_found", f"no collection named {args.collection!r} in {folder}"
+                "collection_not_found", f"no collection named {args.collection!r} in {folder}"
             )
         self.store: CollectionStore = CollectionStore(folder, settings.snapshot_every)
         self.encoder: Encoder = load_encoder(
@@ -220,7 +218,6 @@ class _Local:
             self.col = self.store.get(args.collection)
         if self.col.model_id != self.encoder.model_id:
             raise CollectionError(
-                409,
                 "model_mismatch",
                 f"collection {self.col.name!r} holds embeddings of {self.col.model_id!r}, "
                 f"but the model loaded is {self.encoder.model_id!r} (pass --model)",

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from service.domain_errors import ErrorCode
+from service.errors import error_response
 from service.metrics import Metrics
-from service.responses import FastJSON
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 OPEN_PREFIXES = ("/web/",)  # the web page's assets (the page asks for the key itself)
@@ -22,12 +22,12 @@ async def _reply(
     scope: Scope,
     receive: Receive,
     send: Send,
-    status: int,
-    code: str,
+    code: ErrorCode,
     msg: str,
     headers: dict[str, str] | None = None,
 ) -> None:
-    await FastJSON(error_body(code, msg), status_code=status, headers=headers)(scope, receive, send)
+    """Answer with the error shape before the app runs (its status: service.errors)."""
+    await error_response(code, msg, headers=headers)(scope, receive, send)
 
 
 class MetricsMiddleware:
@@ -101,7 +101,6 @@ class ApiKeyMiddleware:
             scope,
             receive,
             send,
-            401,
             "unauthorized",
             "missing or wrong API key: send 'Authorization: Bearer <key>'",
             {"WWW-Authenticate": "Bearer"},
@@ -142,7 +141,6 @@ class BodyLimitMiddleware:
                 scope,
                 receive,
                 send,
-                413,
                 "payload_too_large",
                 f"request body is {declared} bytes; the limit is {self.limit}",
                 {"Connection": "close"},

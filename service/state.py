@@ -1,4 +1,5 @@
-"""Everything the running service holds: settings, the encoder, batchers, thread pools.
+"""Everything the running service holds: settings, the encoder and its embedders (each
+with a batcher), the collection store, thread pools.
 
 Created in the app's lifespan and kept on `app.state.service`; routes reach it via
 `service.api.deps`.
@@ -18,11 +19,11 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
-from service.errors import ApiError
+from service.domain_errors import ModelError
 from service.index.store import CollectionStore
 from service.metrics import Metrics
-from service.runtime.batcher import Batcher, QueueFullError
-from service.runtime.images import decode_image
+from service.runtime.batcher import Batcher
+from service.runtime.embedding import ImageEmbedder, TextEmbedder
 from service.runtime.zeroshot import ClassifierCache
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT, Encoder, load_encoder, resolve_device
@@ -38,8 +39,9 @@ class ServiceState:
     encoder: Encoder | None = None
     load_error: str | None = None
     draining: bool = False
-    image_batcher: Batcher[torch.Tensor] | None = None
-    text_batcher: Batcher[str] | None = None
+    # set with `encoder`, once it is warm (routes reach them through service.api.deps)
+    images: ImageEmbedder | None = None
+    texts: TextEmbedder | None = None
     classifiers: ClassifierCache | None = None
     # One model thread: torch parallelises inside an op; two would only fight over cores.
     model_pool: ThreadPoolExecutor = field(
@@ -90,9 +92,11 @@ class ServiceState:
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("model %r failed to load: %s", s.model, self.load_error)
             return
-        self.image_batcher = self._batcher(_stacked(encoder), IMAGE)
-        self.text_batcher = self._batcher(encoder.encode_texts, TEXT)
-        self.classifiers = ClassifierCache(self.embed_texts, s.classifier_cache)
+        self.images = ImageEmbedder(
+            encoder, self._batcher(_stacked(encoder), IMAGE), self.decode_pool, s.max_image_pixels
+        )
+        self.texts = TextEmbedder(self._batcher(encoder.encode_texts, TEXT))
+        self.classifiers = ClassifierCache(self.texts, s.classifier_cache)
         self.encoder = encoder
         log.info("model ready: %s (%d-d, %s)", encoder.model_id, encoder.embed_dim, encoder.device)
 
@@ -111,9 +115,9 @@ class ServiceState:
         return b
 
     async def close(self) -> None:
-        for b in (self.image_batcher, self.text_batcher):
-            if b:
-                await b.stop()
+        for embedder in (self.images, self.texts):
+            if embedder:
+                await embedder.batcher.stop()
         # off the event loop: first every index call still running ends (one cancelled by
         # the graceful timeout may still be writing), then the store closes, alone
         await asyncio.get_running_loop().run_in_executor(None, self._close_store)
@@ -126,68 +130,13 @@ class ServiceState:
             self.store.close(snapshot=True)
             log.info("collections closed (a snapshot written where a log held records)")
 
-    # -- used by the routes -----------------------------------------------------------
-    def require_encoder(self, model: str | None = None, capability: str | None = None) -> Encoder:
-        enc = self.encoder
-        if enc is None:
+    # -- used by the routes (through service.api.deps) -----------------------------
+    def require_encoder(self) -> Encoder:
+        """The loaded encoder, or ModelError `model_not_ready` (retry in a few seconds)."""
+        if self.encoder is None:
             msg = "the model is still loading" if self.load_error is None else self.load_error
-            raise ApiError(503, "model_not_ready", msg, headers={"Retry-After": "5"})
-        if model is not None and model not in (enc.model_id, self.settings.model):
-            raise ApiError(
-                404,
-                "model_not_found",
-                f"model {model!r} is not loaded here; this server serves {enc.model_id!r} "
-                "(omit 'model' or see GET /v1/models)",
-            )
-        if capability is not None and capability not in enc.capabilities:
-            raise ApiError(
-                400,
-                "missing_capability",
-                f"model {enc.model_id!r} has no {capability!r} capability "
-                f"(it has: {', '.join(sorted(enc.capabilities))})",
-            )
-        return enc
-
-    async def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        assert self.text_batcher is not None
-        return await _submit(self.text_batcher, texts)
-
-    async def embed_image_bytes(self, blobs: list[bytes]) -> torch.Tensor:
-        """Decode + preprocess in the decode pool (in parallel), then batch on the model."""
-        enc = self.require_encoder(capability=IMAGE)
-        loop = asyncio.get_running_loop()
-        prep = [
-            loop.run_in_executor(self.decode_pool, self._prepare, enc, blob, i)
-            for i, blob in enumerate(blobs)
-        ]
-        tensors = await asyncio.gather(*prep)
-        assert self.image_batcher is not None
-        return await _submit(self.image_batcher, tensors)
-
-    def _prepare(self, enc: Encoder, blob: bytes, index: int) -> torch.Tensor:
-        size = enc.info.preprocess.size
-        image = decode_image(blob, self.settings.max_image_pixels, draft_size=size, index=index)
-        return enc.preprocess_image(image)
-
-
-async def _submit(batcher: Batcher, items: list) -> torch.Tensor:  # type: ignore[type-arg]
-    try:
-        return await batcher.submit(items)
-    except torch.OutOfMemoryError as e:
-        # The batch, not the request, was too big for the device right now: retryable.
-        raise ApiError(
-            503,
-            "out_of_memory",
-            "the device ran out of memory; retry, or send fewer items",
-            headers={"Retry-After": "1"},
-        ) from e
-    except QueueFullError as e:
-        raise ApiError(
-            503,
-            "overloaded",
-            f"the server is at capacity ({e}); retry shortly",
-            headers={"Retry-After": "1"},
-        ) from e
+            raise ModelError("model_not_ready", msg, retry_after=5)
+        return self.encoder
 
 
 def _stacked(encoder: Encoder) -> Callable[[list[torch.Tensor]], torch.Tensor]:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from service.cli import main
 from service.index.store import CollectionStore
-from service.index_cli import read_image
+from service.index_cli import NotAnImageError, read_image
 from tests.helpers import free_port, wait_server_ready, write_tiny_clip_export
 from training.encoders import load_encoder
 
@@ -53,6 +53,21 @@ def _expected_ranking(export: Path, photos: Path) -> list[str]:
     images = [read_image(photos / id_, 10**9, size)[1] for id_ in IMAGES]
     sims = enc.encode_images(images).numpy() @ enc.encode_texts([QUERY]).numpy()[0]
     return [list(IMAGES)[i] for i in np.argsort(-sims)]
+
+
+def test_an_unusable_image_is_refused_in_the_decoders_words(tmp_path: Path) -> None:
+    """The CLI prints the decoder's own message: it names the file "it", not "image 0"."""
+    big, truncated = tmp_path / "big.png", tmp_path / "truncated.jpg"
+    Image.new("RGB", (8, 8)).save(big)
+    jpeg = io.BytesIO()
+    Image.effect_noise((256, 256), 64).convert("RGB").save(jpeg, "JPEG")
+    truncated.write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    with pytest.raises(NotAnImageError) as e:
+        read_image(big, 10, None)
+    assert str(e.value) == "it is 8x8 = 64 pixels; the limit is 10"
+    with pytest.raises(NotAnImageError) as e:
+        read_image(truncated, 10**6, None)
+    assert str(e.value).startswith("it could not be decoded (truncated or corrupt?) (")
 
 
 def _local(export: Path, cols: Path) -> list[str]:

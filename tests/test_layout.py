@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,3 +66,42 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from training.engine import Trainer\n    import service.app\n")
     assert _imports(f) == ["training.engine", "service.app"]
+
+
+def _readme_tree() -> list[str]:
+    """The paths the README's Architecture tree names: ["service/", "service/app.py", ...]."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Architecture", 1)[1].split("```", 2)[1]
+    paths: list[str] = []
+    parents: list[str] = []  # the folder at each indentation level
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        names = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+        if not names or indent > 8:  # a description's continuation line
+            continue
+        level = indent // 2
+        del parents[level:]
+        for name in re.split(r"[\s,]+", names):
+            if name in ("", "..."):
+                continue
+            path = "".join(parents) + name
+            paths.append(path)
+        if names.endswith("/"):
+            parents.append(names)
+    return paths
+
+
+def _packages() -> set[str]:
+    """Every package folder of both halves, as "service/api/", "training/encoders/nets/"."""
+    found = set()
+    for top in ("service", "training"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            found.add(str(init.parent.relative_to(ROOT)) + "/")
+    return found
+
+
+def test_the_readme_tree_is_true() -> None:
+    named = _readme_tree()
+    assert "training/encoders/exported/" in named and "service/api/routes/" in named
+    assert [p for p in named if not (ROOT / p).exists()] == []
+    assert _packages() - set(named) == set(), "a package the README's tree does not show"

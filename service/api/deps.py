@@ -1,16 +1,172 @@
-"""Dependencies shared by the routers."""
+"""What a route needs, resolved per request: each alias below names one thing a route
+uses, and the checks that thing implies (the model is loaded, it can embed images or
+texts, the store is open, the collection exists) run here, before the route's body.
+
+FastAPI resolves each dependency once per request, so a route needing both encoders checks
+readiness once. The checks raise domain errors; service.errors answers them.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Request
 
+from service.domain_errors import ModelError
+from service.index.collection import Collection
+from service.index.store import CollectionStore
+from service.index.types import CollectionError
+from service.metrics import Metrics
+from service.runtime.embedding import ImageEmbedder, TextEmbedder
+from service.runtime.zeroshot import ClassifierCache
+from service.settings import Settings
 from service.state import ServiceState
+from training.encoders import IMAGE, TEXT, Encoder
+
+T = TypeVar("T")
 
 
 async def get_state(request: Request) -> ServiceState:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
+# The whole state: only for the health routes, which report on all of it.
 State = Annotated[ServiceState, Depends(get_state)]
+
+
+async def get_settings(state: State) -> Settings:
+    return state.settings
+
+
+async def get_metrics(state: State) -> Metrics:
+    return state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+# -- the model ------------------------------------------------------------------------------
+def require_capability(enc: Encoder, capability: str) -> Encoder:
+    """`enc`, or ModelError `missing_capability` naming what it has instead."""
+    if capability not in enc.capabilities:
+        raise ModelError(
+            "missing_capability",
+            f"model {enc.model_id!r} has no {capability!r} capability "
+            f"(it has: {', '.join(sorted(enc.capabilities))})",
+        )
+    return enc
+
+
+def require_model(enc: Encoder, settings: Settings, requested: str | None) -> None:
+    """A request may name the model (`"model"` in the body): it must be the loaded one,
+    by its id or by the reference it was loaded from."""
+    if requested is not None and requested not in (enc.model_id, settings.model):
+        raise ModelError(
+            "model_not_found",
+            f"model {requested!r} is not loaded here; this server serves {enc.model_id!r} "
+            "(omit 'model' or see GET /v1/models)",
+        )
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """The model, checked when it is used: for routes that need it for some inputs only
+    (a collection of raw vectors needs no model; texts and images do)."""
+
+    state: ServiceState
+
+    @property
+    def current(self) -> Encoder | None:
+        """The encoder if it is loaded, else None (no error)."""
+        return self.state.encoder
+
+    def require(self, capability: str | None = None) -> Encoder:
+        """The loaded encoder (`model_not_ready` if none), with `capability` if given."""
+        enc = self.state.require_encoder()
+        return enc if capability is None else require_capability(enc, capability)
+
+    def text_embedder(self) -> TextEmbedder:
+        self.require(TEXT)
+        assert self.state.texts is not None  # set together with the encoder
+        return self.state.texts
+
+    def image_embedder(self) -> ImageEmbedder:
+        self.require(IMAGE)
+        assert self.state.images is not None
+        return self.state.images
+
+    def classifiers(self) -> ClassifierCache:
+        self.require(TEXT)  # a classifier is made of embedded texts
+        assert self.state.classifiers is not None
+        return self.state.classifiers
+
+
+async def model_handle(state: State) -> ModelHandle:
+    return ModelHandle(state)
+
+
+ModelHandleDep = Annotated[ModelHandle, Depends(model_handle)]
+
+
+async def loaded_encoder(model: ModelHandleDep) -> Encoder:
+    return model.require()
+
+
+async def image_encoder(model: ModelHandleDep) -> Encoder:
+    return model.require(IMAGE)
+
+
+async def text_encoder(model: ModelHandleDep) -> Encoder:
+    return model.require(TEXT)
+
+
+async def image_embedder(model: ModelHandleDep) -> ImageEmbedder:
+    return model.image_embedder()
+
+
+async def text_embedder(model: ModelHandleDep) -> TextEmbedder:
+    return model.text_embedder()
+
+
+async def classifiers(model: ModelHandleDep) -> ClassifierCache:
+    return model.classifiers()
+
+
+EncoderDep = Annotated[Encoder, Depends(loaded_encoder)]
+ImageEncoderDep = Annotated[Encoder, Depends(image_encoder)]
+TextEncoderDep = Annotated[Encoder, Depends(text_encoder)]
+ImageEmbedderDep = Annotated[ImageEmbedder, Depends(image_embedder)]
+TextEmbedderDep = Annotated[TextEmbedder, Depends(text_embedder)]
+ClassifiersDep = Annotated[ClassifierCache, Depends(classifiers)]
+
+
+# -- the collections -------------------------------------------------------------------------
+class IndexRunner(Protocol):
+    """Runs a blocking store call in the index pool (fsync never blocks the event loop)."""
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
+async def index_runner(state: State) -> IndexRunner:
+    return state.run_index
+
+
+async def collection_store(state: State) -> CollectionStore:
+    if state.store is None:
+        raise CollectionError("store_unavailable", "the collection store is not open")
+    return state.store
+
+
+IndexDep = Annotated[IndexRunner, Depends(index_runner)]
+StoreDep = Annotated[CollectionStore, Depends(collection_store)]
+
+
+async def named_collection(name: str, store: StoreDep, run: IndexDep) -> Collection:
+    """The collection of the path's `{name}` (`collection_not_found`, `invalid_name`)."""
+    return await run(store.get, name)
+
+
+CollectionDep = Annotated[Collection, Depends(named_collection)]

@@ -1,7 +1,11 @@
-"""Request bodies that may come as JSON or as multipart uploads."""
+"""Request bodies that may come as JSON or as multipart uploads: one reader of each, shared
+by the embedding, classification and collection routes."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -9,9 +13,9 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from service.errors import ApiError
+from service.api.validate import bad
+from service.domain_errors import RequestError
 from service.runtime.images import decode_base64_image
-from service.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -20,64 +24,106 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def is_multipart(request: Request) -> bool:
+    return media_type(request) == "multipart/form-data"
+
+
 async def require_json_dep(request: Request) -> None:
     """Dependency (async: a sync one would cost a thread hop per request)."""
     require_json(request)
 
 
 def require_json(request: Request) -> None:
-    """415 unless the body is declared JSON."""
+    """`unsupported_media_type` unless the body is declared JSON."""
     mt = media_type(request)
     if mt != "application/json" and not mt.endswith("+json"):
-        raise ApiError(
-            415,
+        raise bad(
             "unsupported_media_type",
             f"expected Content-Type application/json, got {mt or 'none'!r}",
         )
 
 
-async def parse_json(request: Request, model: type[M]) -> M:
+# -- JSON -----------------------------------------------------------------------------------
+async def read_json(request: Request, model: type[M], non_finite: bool = False) -> M:
+    """A JSON body -> `model`: `unsupported_media_type` unless declared JSON,
+    `invalid_json` if it does not parse, `invalid_request` naming the first bad field.
+
+    `non_finite`: also read NaN, Infinity and 1e999, which orjson refuses, with the
+    standard library, so that a later check can name the bad number (a non-finite vector)
+    rather than call the whole body invalid JSON.
+    """
+    require_json(request)
     body = await request.body()
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise ApiError(422, "invalid_json", f"the body is not valid JSON: {e}") from e
+        invalid = bad("invalid_json", f"the body is not valid JSON: {e}")
+        if not non_finite:
+            raise invalid from e
+        try:
+            raw = json.loads(body)
+        except (ValueError, RecursionError):
+            raise invalid from e
     return validate_body(model, raw)
 
 
 def validate_body(model: type[M], raw: Any) -> M:
-    """Parsed JSON -> model, or a 422 naming the first bad field."""
+    """Parsed JSON -> model, or `invalid_request` naming the first bad field."""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         detail = [{"loc": list(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in e.errors()]
-        raise ApiError(422, "invalid_request", f"{where}: {first['msg']}", detail) from e
+        raise RequestError("invalid_request", f"{where}: {first['msg']}", detail) from e
 
 
-async def read_form(request: Request, s: Settings) -> tuple[list[bytes], dict[str, list[str]]]:
-    """multipart/form-data -> (file contents in order, other fields by name)."""
-    form = await request.form(
-        max_files=s.max_images + 1, max_fields=s.max_labels + s.max_templates + 16
-    )
-    blobs: list[bytes] = []
+# -- multipart ------------------------------------------------------------------------------
+@dataclass
+class Form:
+    """A multipart body: its files as (filename, content) in order, other fields by name."""
+
+    files: list[tuple[str, bytes]]
+    fields: dict[str, list[str]]
+
+    @property
+    def blobs(self) -> list[bytes]:
+        return [content for _, content in self.files]
+
+
+async def read_form(
+    request: Request,
+    max_files: int,
+    max_fields: int,
+    allowed: Collection[str] | None = None,
+) -> Form:
+    """multipart/form-data -> Form. `allowed`: the only field names accepted besides files
+    (`invalid_request` for others, and for a 'files' part that is not a file); None
+    accepts any.
+
+    One file more than `max_files` is let through, so that the caller's count check
+    answers `too_many_items` rather than Starlette a bare 400.
+    """
+    form = await request.form(max_files=max_files + 1, max_fields=max_fields)
+    files: list[tuple[str, bytes]] = []
     fields: dict[str, list[str]] = {}
-    for name, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            blobs.append(await value.read())
-        else:
-            fields.setdefault(name, []).append(value)
-    await form.close()
-    return blobs, fields
-
-
-def is_multipart(request: Request) -> bool:
-    return media_type(request) == "multipart/form-data"
-
-
-def images_from_json(images: list[str]) -> list[bytes]:
-    return [decode_base64_image(v, i) for i, v in enumerate(images)]
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files.append((value.filename or "", await value.read()))
+            elif allowed is None or name in allowed:
+                fields.setdefault(name, []).append(value)
+            elif name == "files":
+                raise bad("invalid_request", "each 'files' part must be a file with a filename")
+            else:
+                raise bad(
+                    "invalid_request",
+                    f"unknown form field {name!r}; expected files and "
+                    + ", ".join(repr(f) for f in allowed),
+                )
+    finally:
+        await form.close()
+    return Form(files, fields)
 
 
 def first_value(fields: dict[str, list[str]], name: str) -> str | None:
@@ -94,33 +140,25 @@ def list_field(fields: dict[str, list[str]], name: str) -> list[str] | None:
         try:
             parsed: Any = orjson.loads(values[0])
         except orjson.JSONDecodeError as e:
-            raise ApiError(422, "invalid_request", f"'{name}' is not a valid JSON array") from e
+            raise bad("invalid_request", f"'{name}' is not a valid JSON array") from e
         if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
-            raise ApiError(422, "invalid_request", f"'{name}' must be an array of strings")
+            raise bad("invalid_request", f"'{name}' must be an array of strings")
         return parsed
     return values
 
 
-def multipart_or_json_body(json_schema: str) -> dict[str, Any]:
-    """openapi_extra documenting both accepted bodies of an image endpoint."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{json_schema}"}},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "files": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                            },
-                            "labels": {"type": "array", "items": {"type": "string"}},
-                            "templates": {"type": "array", "items": {"type": "string"}},
-                        },
-                    }
-                },
-            },
-        }
-    }
+def json_field(fields: dict[str, list[str]], name: str) -> Any:
+    """A multipart field holding one JSON value (None when absent)."""
+    values = fields.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise bad("invalid_request", f"form field {name!r} is given {len(values)} times")
+    try:
+        return orjson.loads(values[0])
+    except orjson.JSONDecodeError as e:
+        raise bad("invalid_request", f"form field {name!r} is not valid JSON: {e}") from e
+
+
+def images_from_json(images: list[str]) -> list[bytes]:
+    return [decode_base64_image(v, i) for i, v in enumerate(images)]

@@ -1,25 +1,40 @@
-"""Checks on request contents that pydantic cannot express; each failure is a clear 422."""
+"""Checks on request contents that pydantic cannot express; each failure is a RequestError
+(a 422, service.errors says)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.errors import ApiError
+from service.domain_errors import ErrorCode, RequestError
 from service.settings import Settings
 
 
-def _bad(code: str, message: str) -> ApiError:
-    return ApiError(422, code, message)
+def bad(code: ErrorCode, message: str) -> RequestError:
+    return RequestError(code, message)
+
+
+def check_count(n: int, limit: int, what: str, empty: str | None = None) -> None:
+    """1 <= n <= limit, else `empty_input` (message `empty`, or one naming `what`) or
+    `too_many_items`. Every list a request sends is counted here."""
+    if n == 0:
+        raise bad("empty_input", empty or f"'{what}' is empty: send at least one")
+    if n > limit:
+        raise bad("too_many_items", f"{n} {what} in one request; the limit is {limit}")
+
+
+def unencodable_at(s: str) -> int | None:
+    """Where `s` stops being encodable as UTF-8 (a lone surrogate, which JSON's \\ud800
+    escapes let in), or None when all of it is valid Unicode."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
 
 
 def check_texts(texts: Sequence[str], s: Settings, what: str = "texts") -> list[str]:
     """Non-empty list, within the count limit; each text non-empty, valid Unicode, no NUL."""
-    if not texts:
-        raise _bad("empty_input", f"'{what}' is empty: send at least one text")
-    if len(texts) > s.max_texts:
-        raise _bad(
-            "too_many_items", f"{len(texts)} {what} in one request; the limit is {s.max_texts}"
-        )
+    check_count(len(texts), s.max_texts, what, f"'{what}' is empty: send at least one text")
     for i, t in enumerate(texts):
         check_text(t, s, f"{what}[{i}]")
     return list(texts)
@@ -27,51 +42,47 @@ def check_texts(texts: Sequence[str], s: Settings, what: str = "texts") -> list[
 
 def check_text(t: str, s: Settings, where: str) -> None:
     if not t.strip():
-        raise _bad("empty_text", f"{where} is empty or blank")
+        raise bad("empty_text", f"{where} is empty or blank")
     if len(t) > s.max_text_chars:
-        raise _bad(
+        raise bad(
             "text_too_long", f"{where} has {len(t)} characters; the limit is {s.max_text_chars}"
         )
     if "\x00" in t:
-        raise _bad("invalid_text", f"{where} contains a NUL character (U+0000); remove it")
-    try:
-        t.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise _bad(
-            "invalid_text", f"{where} is not valid Unicode (a lone surrogate at position {e.start})"
-        ) from e
+        raise bad("invalid_text", f"{where} contains a NUL character (U+0000); remove it")
+    at = unencodable_at(t)
+    if at is not None:
+        raise bad(
+            "invalid_text", f"{where} is not valid Unicode (a lone surrogate at position {at})"
+        )
 
 
 def check_image_count(n: int, s: Settings) -> None:
-    if n == 0:
-        raise _bad("empty_input", "no images: send at least one")
-    if n > s.max_images:
-        raise _bad("too_many_items", f"{n} images in one request; the limit is {s.max_images}")
+    check_count(n, s.max_images, "images", "no images: send at least one")
 
 
 def check_labels(labels: Sequence[str], s: Settings) -> list[str]:
     if not labels:
-        raise _bad("empty_input", "'labels' is empty: send at least one label")
+        raise bad("empty_input", "'labels' is empty: send at least one label")
     if len(labels) > s.max_labels:
-        raise _bad("too_many_labels", f"{len(labels)} labels; the limit is {s.max_labels}")
+        raise bad("too_many_labels", f"{len(labels)} labels; the limit is {s.max_labels}")
     for i, label in enumerate(labels):
         check_text(label, s, f"labels[{i}]")
     if len(set(labels)) != len(labels):
-        raise _bad("duplicate_labels", "'labels' holds duplicates; each label once")
+        raise bad("duplicate_labels", "'labels' holds duplicates; each label once")
     return list(labels)
 
 
 def check_templates(templates: Sequence[str], s: Settings) -> list[str]:
     if not templates:
-        raise _bad("empty_input", "'templates' is empty: omit it for the default set")
+        raise bad("empty_input", "'templates' is empty: omit it for the default set")
     if len(templates) > s.max_templates:
-        raise _bad(
+        raise bad(
             "too_many_templates", f"{len(templates)} templates; the limit is {s.max_templates}"
         )
     for i, t in enumerate(templates):
         check_text(t, s, f"templates[{i}]")
         if "{}" not in t:
-            raise _bad(
+            raise bad(
                 "invalid_template",
                 f"templates[{i}] {t!r} has no '{{}}' where the label goes, "
                 "e.g. 'a photo of a {}.'",

@@ -150,9 +150,7 @@ class Collection:
 
     def _refuse(self, why: str) -> CollectionError:
         self.status = "refused"
-        return CollectionError(
-            503, "collection_corrupt", f"collection {self.name!r} refused: {why}"
-        )
+        return CollectionError("collection_corrupt", f"collection {self.name!r} refused: {why}")
 
     def _reset(self) -> None:
         self._vec.clear()
@@ -207,9 +205,7 @@ class Collection:
     ) -> None:
         with self._lock:
             if self.status == "refused":
-                raise CollectionError(
-                    503, "collection_corrupt", f"collection {self.name!r} is refused"
-                )
+                raise CollectionError("collection_corrupt", f"collection {self.name!r} is refused")
             rec = Record(op, self._seq + 1, ids, meta, vecs)
             self._wal.append(rec)  # durable before anything changes
             self._seq = rec.seq

@@ -37,5 +37,5 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def storage_error(e: OSError) -> CollectionError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return CollectionError(507, "insufficient_storage", "the disk is full; nothing was written")
-    return CollectionError(503, "storage_error", f"could not write to disk: {e.strerror or e}")
+        return CollectionError("insufficient_storage", "the disk is full; nothing was written")
+    return CollectionError("storage_error", f"could not write to disk: {e.strerror or e}")

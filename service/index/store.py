@@ -56,12 +56,10 @@ class CollectionStore:
     ) -> CollectionInfo:
         check_name(name)
         if dim < 1:
-            raise CollectionError(422, "invalid_dimension", "dim must be positive")
+            raise CollectionError("invalid_dimension", "dim must be positive")
         with self._lock:
             if name in self._open or name in self.problems or (self.root / name).exists():
-                raise CollectionError(
-                    409, "collection_exists", f"collection {name!r} already exists"
-                )
+                raise CollectionError("collection_exists", f"collection {name!r} already exists")
             Collection.create(self.root / name, name, model_id, dim, spec or IndexSpec())
             col = Collection(self.root / name, self.snapshot_every, self.device)
             self._open[name] = col
@@ -72,8 +70,8 @@ class CollectionStore:
         col = self._open.get(name)
         if col is None:
             if name in self.problems:
-                raise CollectionError(503, "collection_corrupt", self.problems[name])
-            raise CollectionError(404, "collection_not_found", f"no collection named {name!r}")
+                raise CollectionError("collection_corrupt", self.problems[name])
+            raise CollectionError("collection_not_found", f"no collection named {name!r}")
         return col
 
     def list(self) -> list[CollectionInfo]:
@@ -84,7 +82,7 @@ class CollectionStore:
         with self._lock:
             col = self._open.pop(name, None)
             if col is None and name not in self.problems:
-                raise CollectionError(404, "collection_not_found", f"no collection named {name!r}")
+                raise CollectionError("collection_not_found", f"no collection named {name!r}")
             self.problems.pop(name, None)
             if col is not None:
                 col.close()

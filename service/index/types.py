@@ -6,26 +6,21 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from service.domain_errors import DomainError
+
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_ID_CHARS = 256
 
 
-class CollectionError(Exception):
-    """A store error with an HTTP status and a stable code (the API maps it as is)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class CollectionError(DomainError):
+    """A store error: a stable code and a message (service.errors gives it a status)."""
 
 
 def check_name(name: str) -> str:
     """Collection names become folder names: letters, digits, '_', '.', '-'; no '..'."""
     if not NAME_RE.match(name) or ".." in name:
         raise CollectionError(
-            422,
             "invalid_name",
             f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit",

@@ -26,6 +26,7 @@ import pytest
 
 import service.index.fsutil as fsutil
 import service.index.wal as walmod
+from service.errors import http_status
 from service.index.collection import LOG, PREV_SNAP, SNAP, Collection
 from service.index.store import CollectionStore
 from service.index.types import CollectionError, IndexSpec
@@ -245,12 +246,12 @@ def test_corrupt_snapshot_and_corrupt_previous_snapshot_is_refused(tmp_path: Pat
     assert "previous snapshot" in store.problems[NAME]
     with pytest.raises(CollectionError) as e:
         store.get(NAME)
-    assert e.value.status == 503
+    assert http_status(e.value.code) == 503
     assert e.value.code == "collection_corrupt"
     assert [c.name for c in store.list()] == []
     with pytest.raises(CollectionError) as e:
         store.create(NAME, "test:model", 8)
-    assert e.value.status == 409
+    assert http_status(e.value.code) == 409
     # refused means untouched: an operator can still try to recover the files
     assert {p.name: p.read_bytes() for p in w.folder.iterdir()} == before
 
@@ -268,7 +269,7 @@ def test_corrupt_snapshot_with_a_gap_in_the_logs_is_refused(tmp_path: Path) -> N
     assert "records between are lost" in store.problems[NAME]
     with pytest.raises(CollectionError) as e:
         store.get(NAME)
-    assert e.value.status == 503
+    assert http_status(e.value.code) == 503
 
 
 # -- the log -------------------------------------------------------------------------
@@ -351,10 +352,10 @@ def test_disk_full_on_the_log_is_507_and_loses_nothing(
     disk.full = True
     with pytest.raises(CollectionError) as e:
         w.col.upsert(["failed"], _unit(1, 1234), [{"x": 1}])
-    assert (e.value.status, e.value.code) == (507, "insufficient_storage")
+    assert (http_status(e.value.code), e.value.code) == (507, "insufficient_storage")
     with pytest.raises(CollectionError) as e:
         w.col.delete(["a-0"])
-    assert e.value.status == 507
+    assert http_status(e.value.code) == 507
     w.check(absent=("failed",))  # a failed write changed nothing in memory
     disk.full = False  # space is freed: writing goes on
     w.batch("c-")
@@ -386,7 +387,7 @@ def test_disk_full_on_a_snapshot_is_507_and_loses_nothing(
     monkeypatch.setattr(fsutil, "open", full_open, raising=False)
     with pytest.raises(CollectionError) as e:
         w.col.snapshot()
-    assert e.value.status == 507
+    assert http_status(e.value.code) == 507
     # snapshot.bin was moved aside before the new one failed: it is missing now
     assert not (w.folder / SNAP).exists()
     assert not list(w.folder.glob(".*.tmp"))
@@ -416,6 +417,6 @@ def test_invalid_names_are_422(tmp_path: Path, name: str) -> None:
     ):
         with pytest.raises(CollectionError) as e:
             call()
-        assert (e.value.status, e.value.code) == (422, "invalid_name")
+        assert (http_status(e.value.code), e.value.code) == (422, "invalid_name")
     assert not (tmp_path / "x").exists()
     assert [p.name for p in (tmp_path / "store").iterdir()] == [".lock"]  # nothing else

@@ -1,134 +1,105 @@
 """Recall of the approximate indexes at their default parameters, on real embeddings.
 
-Images go through the real built-in model: scikit-learn's 1,797 handwritten digits, and,
-because IVF only switches on from ~24,300 vectors at its defaults, a second set of ~27,000
-made of the same digits under random rotations, shifts, scales, blur and colours. Each
-collection (kind "ivf" or "hnsw", IndexSpec defaults) answers held-out queries; recall@10
-is measured against exact search (flat) over the same vectors. `pytest -s` prints it.
-
-Embedding ~27,000 images takes ~4 minutes on 2 CPU cores; the embeddings are cached in
-.pytest_cache, so later runs take seconds.
+The vectors are the built-in model's embeddings of scikit-learn's 1,797 handwritten
+digits, and, because IVF only switches on from ~24,300 vectors at its defaults, of ~25,000
+copies of them under random rotations, shifts, scales, blur and colours. Embedding those
+takes minutes on 2 CPU cores, so `scripts/make_recall_embeddings.py` made them once and
+they ship as int8 codes in tests/index/data/recall-digits.npz; the test checks a sample
+against the live model, so the file cannot silently drift from the model or the recipe.
+Each collection (kind "ivf" or "hnsw", IndexSpec defaults) answers held-out queries;
+recall@10 is measured against exact search over the same vectors. `pytest -s` prints it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
+import importlib.util
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter, ImageOps
 
 from service.index.store import CollectionStore
 from service.index.types import IndexKind, IndexSpec
 
-pytestmark = pytest.mark.slow
-
 K = 10
 MIN_RECALL = 0.95
-VARIANTS = 15  # per digit in the large set: the original and 14 augmented copies
-CHUNK = 256  # images per encode_images call
 TIE = 1e-6  # a hit scoring within this of the exact k-th score counts as a true neighbour
+SAMPLE = 48  # images re-embedded live to check the shipped file
+# int8 rounding moves a unit vector by at most sqrt(d) * 0.5 / 127 ~ 0.08; in practice
+# the cosine to the live embedding stays above 0.999
+MIN_COSINE = 0.998
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_recall_embeddings.py"
 
 
-def _digit(pixels: np.ndarray) -> Image.Image:
-    """An 8x8 digit (values 0-16) -> a 32x32 RGB image, white on black."""
-    img = Image.fromarray((pixels * (255 / 16)).astype(np.uint8), "L")
-    return img.resize((32, 32), Image.Resampling.BICUBIC).convert("RGB")
-
-
-def _augment(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """The digit under a random affine map, blur, stroke and background colour."""
-    img = Image.fromarray((pixels * (255 / 16)).astype(np.uint8), "L")
-    size = int(rng.integers(24, 48))
-    img = img.resize((size, size), Image.Resampling.BICUBIC)
-    img = img.rotate(
-        float(rng.uniform(-25, 25)),
-        resample=Image.Resampling.BILINEAR,
-        translate=(round(rng.uniform(-3, 3)), round(rng.uniform(-3, 3))),
-    )
-    img = img.resize((32, 32), Image.Resampling.BILINEAR)
-    if rng.random() < 0.5:
-        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2))))
-    ink, paper = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    if rng.random() < 0.5:  # dark ink on light paper, or the other way round
-        ink, paper = paper // 3, 170 + paper // 3
-    return ImageOps.colorize(img, black=tuple(map(int, paper)), white=tuple(map(int, ink)))
-
-
-def _embed(encoder: Any, images: list[Image.Image]) -> np.ndarray:
-    out = [
-        encoder.encode_images(images[i : i + CHUNK]).numpy() for i in range(0, len(images), CHUNK)
-    ]
-    return np.ascontiguousarray(np.concatenate(out), np.float32)
-
-
-MODEL_ID = "builtin:conse-effnetlite0-minilm6-v1"
-
-
-class Embedder:
-    """Embeds through the built-in model, loaded on first use; results are cached in
-    pytest's cache folder (.pytest_cache; `pytest --cache-clear` drops them), keyed by the
-    model id, the image recipe's source code and the set's name."""
-
-    def __init__(self, cache: Path | None) -> None:
-        self.cache = cache
-        self._encoder: Any = None
-        recipe = inspect.getsource(_digit) + inspect.getsource(_augment) + str(VARIANTS)
-        self.key = hashlib.sha256(f"{MODEL_ID}\n{recipe}".encode()).hexdigest()[:16]
-
-    def __call__(self, name: str, images: Callable[[], list[Image.Image]]) -> np.ndarray:
-        path = self.cache / f"{name}-{self.key}.npy" if self.cache else None
-        if path is not None and path.is_file():
-            return np.load(path)
-        if self._encoder is None:
-            from training.encoders import load_encoder
-
-            self._encoder = load_encoder("builtin", device="cpu")
-            assert self._encoder.model_id == MODEL_ID
-        t0 = time.perf_counter()
-        imgs = images()
-        vecs = _embed(self._encoder, imgs)
-        print(f"\nembedded {len(imgs)} images ({name}) in {time.perf_counter() - t0:.0f} s")
-        if path is not None:
-            np.save(path, vecs)
-        return vecs
+def _recipe() -> ModuleType:
+    """scripts/make_recall_embeddings.py as a module (it is not part of the package)."""
+    spec = importlib.util.spec_from_file_location("make_recall_embeddings", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # inspect.getsource needs it registered
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
-def embed(request: pytest.FixtureRequest) -> Embedder:
-    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
-    return Embedder(cache.mkdir("contrastive-recall") if cache is not None else None)
+def recipe() -> ModuleType:
+    return _recipe()
 
 
 @pytest.fixture(scope="module")
-def digits() -> np.ndarray:
-    from sklearn.datasets import load_digits
-
-    return np.asarray(load_digits().images)
+def shipped(recipe: ModuleType) -> np.ndarray:
+    """All shipped vectors, dequantised: [1797 * VARIANTS, 384] float32, unit norm."""
+    with np.load(recipe.OUT) as f:
+        assert str(f["model_id"]) == recipe.MODEL_ID
+        assert str(f["recipe"]) == recipe.recipe_hash(), (
+            "the image recipe changed: run python scripts/make_recall_embeddings.py"
+        )
+        codes = f["codes"]
+    assert codes.shape == (1797 * recipe.VARIANTS, 384)
+    return recipe.dequantise(codes)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
-def small_set(embed: Embedder, digits: np.ndarray) -> np.ndarray:
+def small_set(shipped: np.ndarray) -> np.ndarray:
     """The 1,797 digits as they are: [1797, 384]."""
-    return embed("digits", lambda: [_digit(d) for d in digits])
+    return shipped[:1797]
 
 
 @pytest.fixture(scope="module")
-def large_set(embed: Embedder, digits: np.ndarray, small_set: np.ndarray) -> np.ndarray:
+def large_set(shipped: np.ndarray) -> np.ndarray:
     """Each digit and VARIANTS - 1 random variants of it: [1797 * VARIANTS, 384]."""
+    return shipped
 
-    def images() -> list[Image.Image]:
-        rng = np.random.default_rng(0)
-        return [_augment(d, rng) for _ in range(VARIANTS - 1) for d in digits]
 
-    return np.concatenate([small_set, embed("augmented", images)])
+@pytest.mark.slow
+def test_shipped_embeddings_are_the_live_models(recipe: ModuleType, shipped: np.ndarray) -> None:
+    """A sample of originals and variants, embedded now, matches the file."""
+    from training.encoders import load_encoder
+
+    encoder = load_encoder("builtin", device="cpu")
+    assert encoder.model_id == recipe.MODEL_ID
+    # originals and the first round of variants: making all 27,000 images takes a while
+    images = recipe.images(2 * 1797)
+    rows = np.random.default_rng(3).choice(len(images), SAMPLE, replace=False)
+    live = recipe.embed(encoder, [images[i] for i in rows])
+    cosines = np.sum(live * shipped[rows], axis=1)
+    assert cosines.min() >= MIN_COSINE, cosines.min()
+    # and the check can fail: another row's vector is far from these
+    assert np.sum(live * shipped[np.roll(rows, 1)], axis=1).min() < MIN_COSINE
+
+
+def test_quantisation_round_trip(recipe: ModuleType) -> None:
+    v = np.random.default_rng(0).standard_normal((64, 384)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    back = recipe.dequantise(recipe.quantise(v))
+    assert np.allclose(np.linalg.norm(back, axis=1), 1.0, atol=1e-5)
+    assert np.sum(v * back, axis=1).min() > MIN_COSINE
 
 
 @pytest.fixture
@@ -150,7 +121,7 @@ def recall_at_k(
 ) -> tuple[float, str, float]:
     """-> (recall@K of a `kind` collection at default parameters, its active index, q/s)."""
     name = f"{kind}-{len(base)}"
-    store.create(name, MODEL_ID, base.shape[1], IndexSpec(kind=kind))
+    store.create(name, "builtin:conse-effnetlite0-minilm6-v1", base.shape[1], IndexSpec(kind=kind))
     col = store.get(name)
     ids = [str(i) for i in range(len(base))]
     for i in range(0, len(base), 1000):
@@ -185,6 +156,7 @@ def test_recall_on_digits(store: CollectionStore, small_set: np.ndarray, kind: I
     assert recall >= MIN_RECALL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_recall_on_augmented_digits(
     store: CollectionStore, large_set: np.ndarray, kind: IndexKind

@@ -25,7 +25,7 @@ from service.client import (
     Classification,
     ContrastiveClient,
     Embeddings,
-    LabelScore,
+    RankedLabel,
     ServiceError,
 )
 from service.settings import Settings
@@ -126,7 +126,7 @@ def test_classify_rankings(client: ContrastiveClient, encoder: _Fake) -> None:
     assert [r.index for r in results] == [0, 1]
     for r, image in zip(results, images, strict=True):
         assert isinstance(r, Classification)
-        assert all(isinstance(s, LabelScore) for s in r.ranking)
+        assert all(isinstance(s, RankedLabel) for s in r.ranking)
         assert sorted(s.label for s in r.ranking) == sorted(LABELS)
         probs = [s.probability for s in r.ranking]
         assert probs == sorted(probs, reverse=True)

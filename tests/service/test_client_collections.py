@@ -21,10 +21,10 @@ from PIL import Image
 from service.app import create_app
 from service.client import (
     AsyncContrastiveClient,
-    CollectionInfo,
+    CollectionSummary,
     ContrastiveClient,
     Item,
-    SearchHit,
+    SearchMatch,
     ServiceError,
 )
 from service.settings import Settings
@@ -55,7 +55,7 @@ def client(encoder: FakeEncoder) -> Iterator[ContrastiveClient]:
 
 def test_round_trip(client: ContrastiveClient, encoder: FakeEncoder, tmp_path: Path) -> None:
     info = client.create_collection("things", index="flat")
-    assert isinstance(info, CollectionInfo)
+    assert isinstance(info, CollectionSummary)
     assert (info.name, info.model_id, info.dim, info.count) == ("things", "fake:test", 8, 0)
     assert info.index["kind"] == "flat" and info.active_index == "flat"
     assert info.status == "ok" and info.created_at
@@ -73,8 +73,8 @@ def test_round_trip(client: ContrastiveClient, encoder: FakeEncoder, tmp_path: P
     assert client.describe_collection("things").count == 5
 
     hits = client.search("things", text="a cat", k=3)
-    assert len(hits) == 3 and all(isinstance(h, SearchHit) for h in hits)
-    assert hits[0] == SearchHit("cat", pytest.approx(1.0, abs=1e-5), animal)  # type: ignore[arg-type]
+    assert len(hits) == 3 and all(isinstance(h, SearchMatch) for h in hits)
+    assert hits[0] == SearchMatch("cat", pytest.approx(1.0, abs=1e-5), animal)  # type: ignore[arg-type]
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert client.search("things", image=RED, k=1)[0].id == "red"
     assert client.search("things", image=image_bytes(BLUE), k=1)[0].id == "pics/blue.png"

@@ -1,28 +1,19 @@
 """`--model REF` -> Encoder, for every kind of model evaluation accepts.
 
 builtin, open_clip:ARCH, an export directory    training.encoders.load_encoder
-a training checkpoint file, or a run folder     encoder_from_checkpoint (the export module)
+a training checkpoint file, or a run folder     training.export.checkpoint.encoder_from_checkpoint
   (a folder holding last.pt but no encoder.json)
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 
 from training.checkpoint import LAST
-from training.encoders import Encoder, UnknownModelError, load_encoder
+from training.encoders import Encoder, load_encoder
 
 CheckpointLoader = Callable[[Path, str | None], Encoder]
-
-# Where the checkpoint -> Encoder function may live; the first module that has it wins.
-_LOADER_MODULES = (
-    "training.encoders.exported.format",
-    "training.encoders.exported.trained",
-    "training.encoders",
-)
-_LOADER_NAME = "encoder_from_checkpoint"
 
 
 def is_checkpoint_ref(ref: str) -> bool:
@@ -34,19 +25,10 @@ def is_checkpoint_ref(ref: str) -> bool:
 
 
 def default_checkpoint_loader() -> CheckpointLoader:
-    """The export module's `encoder_from_checkpoint(path, device)`."""
-    for name in _LOADER_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        loader = getattr(module, _LOADER_NAME, None)
-        if loader is not None:
-            return loader  # type: ignore[no-any-return]
-    raise UnknownModelError(
-        "this version cannot evaluate a training checkpoint directly; "
-        "export it first (contrastive export CHECKPOINT DIR) and pass the export directory"
-    )
+    """training.export.checkpoint's `encoder_from_checkpoint(path, device)`."""
+    from training.export.checkpoint import encoder_from_checkpoint
+
+    return encoder_from_checkpoint
 
 
 def resolve_model(

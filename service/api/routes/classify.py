@@ -4,68 +4,74 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import State
+from service.api.deps import (
+    ClassifiersDep,
+    ImageEmbedderDep,
+    ImageEncoderDep,
+    SettingsDep,
+    require_model,
+)
+from service.api.openapi_docs import IMAGE_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
     images_from_json,
     is_multipart,
     list_field,
-    multipart_or_json_body,
-    parse_json,
     read_form,
-    require_json,
+    read_json,
 )
-from service.api.validate import check_image_count, check_labels, check_templates
-from service.errors import ApiError
+from service.api.validate import bad, check_image_count, check_labels, check_templates
 from service.responses import FastJSON
 from service.runtime.zeroshot import probabilities
 from service.schemas import ClassifyRequest, ClassifyResponse
-from training.encoders import IMAGE, TEXT
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 
 
-async def _read(request: Request, state: State) -> tuple[ClassifyRequest, list[bytes]]:
+async def _read(request: Request, s: Settings) -> tuple[ClassifyRequest, list[bytes]]:
     if is_multipart(request):
-        blobs, fields = await read_form(request, state.settings)
-        top_k = first_value(fields, "top_k")
+        form = await read_form(request, s.max_images, s.max_labels + s.max_templates + 16)
+        top_k = first_value(form.fields, "top_k")
         try:
             body = ClassifyRequest(
                 images=[],
-                labels=list_field(fields, "labels") or [],
-                templates=list_field(fields, "templates"),
+                labels=list_field(form.fields, "labels") or [],
+                templates=list_field(form.fields, "templates"),
                 top_k=int(top_k) if top_k else None,
-                model=first_value(fields, "model"),
+                model=first_value(form.fields, "model"),
             )
         except ValueError as e:
-            raise ApiError(422, "invalid_request", f"invalid form field: {e}") from e
-        return body, blobs
-    require_json(request)
-    body = await parse_json(request, ClassifyRequest)
-    check_image_count(len(body.images), state.settings)
+            raise bad("invalid_request", f"invalid form field: {e}") from e
+        return body, form.blobs
+    body = await read_json(request, ClassifyRequest)
+    check_image_count(len(body.images), s)
     return body, images_from_json(body.images)
 
 
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
-    openapi_extra=multipart_or_json_body("ClassifyRequest"),
+    openapi_extra=json_or_multipart(ClassifyRequest, IMAGE_FORM),
     summary="Rank labels for each image (zero-shot, template ensemble)",
 )
-async def classify(request: Request, state: State) -> FastJSON:
-    body, blobs = await _read(request, state)
-    enc = state.require_encoder(body.model, IMAGE)
-    state.require_encoder(capability=TEXT)
-    s = state.settings
-    labels = check_labels(body.labels, s)
+async def classify(
+    request: Request,
+    enc: ImageEncoderDep,
+    embed_images: ImageEmbedderDep,
+    classifiers: ClassifiersDep,  # needs the text capability: labels are embedded as texts
+    settings: SettingsDep,
+) -> FastJSON:
+    body, blobs = await _read(request, settings)
+    require_model(enc, settings, body.model)
+    labels = check_labels(body.labels, settings)
     templates = check_templates(
-        body.templates if body.templates is not None else list(enc.info.default_templates), s
+        body.templates if body.templates is not None else list(enc.info.default_templates),
+        settings,
     )
-    check_image_count(len(blobs), s)
-    assert state.classifiers is not None
-    weights = await state.classifiers.get(enc.model_id, labels, templates)
-    images = await state.embed_image_bytes(blobs)
-    probs, scores = probabilities(images, weights, enc.logit_scale)
+    check_image_count(len(blobs), settings)
+    weights = await classifiers.get(enc.model_id, labels, templates)
+    probs, scores = probabilities(await embed_images(blobs), weights, enc.logit_scale)
     k = min(body.top_k or len(labels), len(labels))
     results = []
     for i in range(len(blobs)):

@@ -1,19 +1,26 @@
 """/v1/collections: named, durable collections of vectors, and similarity search over them.
 
 Inputs become vectors in service.api.collection_inputs; the store (service.index) blocks on
-fsync, so every call into it runs in the index pool (state.run_index).
+fsync, so every call into it runs in the index pool (IndexDep). Each route's signature
+says what it uses: the collection of the path, the store, the model only when asked.
 """
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 from fastapi import APIRouter, Depends, Request
 
 from service.api import collection_inputs as inputs
-from service.api.deps import State
+from service.api.deps import (
+    CollectionDep,
+    IndexDep,
+    ModelHandleDep,
+    SettingsDep,
+    StoreDep,
+)
 from service.api.payload import require_json_dep
-from service.errors import ApiError
+from service.domain_errors import RequestError
 from service.index.schemas import (
     CollectionInfoModel,
     CollectionList,
@@ -35,6 +42,16 @@ disabled_router = APIRouter(include_in_schema=False)
 JSON_ONLY = [Depends(require_json_dep)]
 
 
+async def _inputs(
+    model: ModelHandleDep, settings: SettingsDep, run: IndexDep
+) -> inputs.CollectionInputs:
+    return inputs.CollectionInputs(model, settings, run)
+
+
+# Reads upsert and search bodies into vectors (the model is checked only if they need it).
+InputsDep = Annotated[inputs.CollectionInputs, Depends(_inputs)]
+
+
 @router.post(
     "",
     status_code=201,
@@ -42,28 +59,28 @@ JSON_ONLY = [Depends(require_json_dep)]
     dependencies=JSON_ONLY,
     summary="Create a collection",
 )
-async def create_collection(body: CreateCollectionRequest, state: State) -> FastJSON:
-    model_id, dim = inputs.collection_space(state, body)
-    store = inputs.require_store(state)
-    info = await state.run_index(store.create, body.name, model_id, dim, inputs.index_spec(body))
+async def create_collection(
+    body: CreateCollectionRequest, model: ModelHandleDep, store: StoreDep, run: IndexDep
+) -> FastJSON:
+    model_id, dim = inputs.collection_space(model, body)
+    info = await run(store.create, body.name, model_id, dim, inputs.index_spec(body))
     return FastJSON(info.to_dict(), status_code=201)
 
 
 @router.get("", response_model=CollectionList, summary="List the collections")
-async def list_collections(state: State) -> FastJSON:
-    infos = await state.run_index(inputs.require_store(state).list)
+async def list_collections(store: StoreDep, run: IndexDep) -> FastJSON:
+    infos = await run(store.list)
     return FastJSON({"collections": [i.to_dict() for i in infos]})
 
 
 @router.get("/{name}", response_model=CollectionInfoModel, summary="Describe a collection")
-async def describe_collection(name: str, state: State) -> FastJSON:
-    col = await inputs.get_collection(state, name)
-    return FastJSON((await state.run_index(col.info)).to_dict())
+async def describe_collection(col: CollectionDep, run: IndexDep) -> FastJSON:
+    return FastJSON((await run(col.info)).to_dict())
 
 
 @router.delete("/{name}", response_model=DeletedCollection, summary="Delete a collection")
-async def delete_collection(name: str, state: State) -> FastJSON:
-    await state.run_index(inputs.require_store(state).delete, name)
+async def delete_collection(name: str, store: StoreDep, run: IndexDep) -> FastJSON:
+    await run(store.delete, name)
     return FastJSON({"deleted": name})
 
 
@@ -73,10 +90,11 @@ async def delete_collection(name: str, state: State) -> FastJSON:
     openapi_extra=inputs.UPSERT_DOC,
     summary="Add or replace items (texts, images or raw vectors); durable when answered",
 )
-async def upsert_items(name: str, request: Request, state: State) -> FastJSON:
-    col = await inputs.get_collection(state, name)
-    ids, vectors, metadata = await inputs.read_upsert(request, state, col)
-    n = await state.run_index(col.upsert, ids, vectors, metadata)
+async def upsert_items(
+    request: Request, col: CollectionDep, read: InputsDep, run: IndexDep
+) -> FastJSON:
+    ids, vectors, metadata = await read.read_upsert(request, col)
+    n = await run(col.upsert, ids, vectors, metadata)
     return FastJSON({"upserted": n, "count": col.count})
 
 
@@ -86,18 +104,23 @@ async def upsert_items(name: str, request: Request, state: State) -> FastJSON:
     dependencies=JSON_ONLY,
     summary="Delete items by id (unknown ids are ignored)",
 )
-async def delete_items(name: str, body: DeleteItemsRequest, state: State) -> FastJSON:
-    col = await inputs.get_collection(state, name)
-    n = await state.run_index(col.delete, inputs.check_delete(body, state.settings))
+async def delete_items(
+    body: DeleteItemsRequest,
+    col: CollectionDep,
+    settings: SettingsDep,
+    run: IndexDep,
+) -> FastJSON:
+    n = await run(col.delete, inputs.check_delete(body, settings))
     return FastJSON({"deleted": n, "count": col.count})
 
 
 @router.get("/{name}/items/{item_id:path}", response_model=ItemOut, summary="Get one item")
-async def get_item(name: str, item_id: str, state: State, include_vector: bool = False) -> FastJSON:
-    col = await inputs.get_collection(state, name)
-    got = await state.run_index(col.get, item_id)
+async def get_item(
+    name: str, item_id: str, col: CollectionDep, run: IndexDep, include_vector: bool = False
+) -> FastJSON:
+    got = await run(col.get, item_id)
     if got is None:
-        raise CollectionError(404, "item_not_found", f"no item {item_id!r} in collection {name!r}")
+        raise CollectionError("item_not_found", f"no item {item_id!r} in collection {name!r}")
     vector, metadata = got
     body = {"id": item_id, "metadata": metadata}
     return FastJSON({**body, "vector": vector} if include_vector else body)
@@ -109,10 +132,9 @@ async def get_item(name: str, item_id: str, state: State, include_vector: bool =
     openapi_extra=inputs.SEARCH_DOC,
     summary="The k nearest items to each query (text, image, vector or stored id)",
 )
-async def search(name: str, request: Request, state: State) -> FastJSON:
-    col = await inputs.get_collection(state, name)
-    queries, k, where = await inputs.read_search(request, state, col)
-    hits = await state.run_index(col.search, queries, k, where)
+async def search(request: Request, col: CollectionDep, read: InputsDep, run: IndexDep) -> FastJSON:
+    queries, k, where = await read.read_search(request, col)
+    hits = await run(col.search, queries, k, where)
     results = [[{"id": h.id, "score": h.score, "metadata": h.metadata} for h in q] for q in hits]
     return FastJSON({"results": results})
 
@@ -123,8 +145,7 @@ async def search(name: str, request: Request, state: State) -> FastJSON:
     response_model=None,
 )
 async def collections_disabled(rest: str) -> NoReturn:
-    raise ApiError(
-        404,
+    raise RequestError(
         "collections_disabled",
         "this replica serves no collections (setting collections=false); send "
         "/v1/collections requests to the replica that owns them",

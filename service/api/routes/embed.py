@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from service.api.deps import State
+from service.api.deps import (
+    ImageEmbedderDep,
+    ImageEncoderDep,
+    SettingsDep,
+    TextEmbedderDep,
+    TextEncoderDep,
+    require_model,
+)
+from service.api.openapi_docs import IMAGE_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
     images_from_json,
     is_multipart,
-    multipart_or_json_body,
-    parse_json,
     read_form,
-    require_json,
+    read_json,
     require_json_dep,
 )
 from service.api.validate import check_image_count, check_texts
 from service.responses import FastJSON
 from service.schemas import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
-from training.encoders import IMAGE, TEXT
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1/embed", tags=["embeddings"])
 
@@ -33,31 +39,36 @@ def _reply(model_id: str, emb: object, dim: int) -> FastJSON:
     dependencies=[Depends(require_json_dep)],
     summary="Embed texts",
 )
-async def embed_text(body: EmbedTextRequest, state: State) -> FastJSON:
-    enc = state.require_encoder(body.model, TEXT)
-    texts = check_texts(body.texts, state.settings)
-    emb = await state.embed_texts(texts)
+async def embed_text(
+    body: EmbedTextRequest, enc: TextEncoderDep, embed: TextEmbedderDep, settings: SettingsDep
+) -> FastJSON:
+    require_model(enc, settings, body.model)
+    texts = check_texts(body.texts, settings)
+    emb = await embed(texts)
     return _reply(enc.model_id, emb.numpy(), enc.embed_dim)
+
+
+async def _read_images(request: Request, s: Settings) -> tuple[list[bytes], str | None]:
+    """-> (image file bytes, the model named, if any), from multipart or JSON."""
+    if is_multipart(request):
+        form = await read_form(request, s.max_images, s.max_labels + s.max_templates + 16)
+        return form.blobs, first_value(form.fields, "model")
+    body = await read_json(request, EmbedImageRequest)
+    check_image_count(len(body.images), s)  # before decoding any of them
+    return images_from_json(body.images), body.model
 
 
 @router.post(
     "/image",
     response_model=EmbeddingResponse,
-    openapi_extra=multipart_or_json_body("EmbedImageRequest"),
+    openapi_extra=json_or_multipart(EmbedImageRequest, IMAGE_FORM),
     summary="Embed images (multipart files, or JSON with base64 images)",
 )
-async def embed_image(request: Request, state: State) -> FastJSON:
-    model = None
-    if is_multipart(request):
-        blobs, fields = await read_form(request, state.settings)
-        model = first_value(fields, "model")
-    else:
-        require_json(request)
-        body = await parse_json(request, EmbedImageRequest)
-        model = body.model
-        check_image_count(len(body.images), state.settings)
-        blobs = images_from_json(body.images)
-    enc = state.require_encoder(model, IMAGE)
-    check_image_count(len(blobs), state.settings)
-    emb = await state.embed_image_bytes(blobs)
+async def embed_image(
+    request: Request, enc: ImageEncoderDep, embed: ImageEmbedderDep, settings: SettingsDep
+) -> FastJSON:
+    blobs, model = await _read_images(request, settings)
+    require_model(enc, settings, model)
+    check_image_count(len(blobs), settings)
+    emb = await embed(blobs)
     return _reply(enc.model_id, emb.numpy(), enc.embed_dim)

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.api.deps import State
+from service.api.deps import MetricsDep, State
 from service.responses import FastJSON
 
 router = APIRouter(tags=["health"])
@@ -38,5 +38,5 @@ async def readyz(state: State) -> FastJSON:
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-async def metrics(state: State) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

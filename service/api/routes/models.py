@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import State
+from service.api.deps import EncoderDep, SettingsDep
 from service.schemas import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.get("/models", response_model=ModelList, summary="The loaded model and its properties")
-async def list_models(state: State) -> ModelList:
-    enc = state.require_encoder()
+async def list_models(enc: EncoderDep, settings: SettingsDep) -> ModelList:
     info = enc.info
     card = ModelCard(
         id=info.model_id,
-        reference=state.settings.model,
+        reference=settings.model,
         dim=info.embed_dim,
         capabilities=sorted(info.capabilities),
         logit_scale=info.logit_scale,

@@ -7,13 +7,11 @@ import base64
 import numpy as np
 from fastapi import APIRouter, Depends
 
-from service.api.deps import State
+from service.api.deps import SettingsDep, TextEmbedderDep, TextEncoderDep, require_model
 from service.api.payload import require_json_dep
-from service.api.validate import check_texts
-from service.errors import ApiError
+from service.api.validate import bad, check_texts
 from service.responses import FastJSON
 from service.schemas import OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
-from training.encoders import TEXT
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -24,19 +22,20 @@ router = APIRouter(prefix="/v1", tags=["openai"])
     dependencies=[Depends(require_json_dep)],
     summary="OpenAI-compatible embeddings (text)",
 )
-async def embeddings(body: OpenAIEmbeddingRequest, state: State) -> FastJSON:
-    enc = state.require_encoder(body.model, TEXT)
+async def embeddings(
+    body: OpenAIEmbeddingRequest, enc: TextEncoderDep, embed: TextEmbedderDep, settings: SettingsDep
+) -> FastJSON:
+    require_model(enc, settings, body.model)
     texts = check_texts(
-        [body.input] if isinstance(body.input, str) else body.input, state.settings, "input"
+        [body.input] if isinstance(body.input, str) else body.input, settings, "input"
     )
     if body.dimensions is not None and body.dimensions != enc.embed_dim:
-        raise ApiError(
-            422,
+        raise bad(
             "unsupported_dimensions",
             f"this model embeds into {enc.embed_dim} dimensions; "
             f"omit 'dimensions' or send {enc.embed_dim}",
         )
-    emb = (await state.embed_texts(texts)).numpy().astype(np.float32, copy=False)
+    emb = (await embed(texts)).numpy().astype(np.float32, copy=False)
     if body.encoding_format == "base64":
         # OpenAI's base64 form: the little-endian float32 bytes of each vector.
         data = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in emb]

@@ -14,7 +14,7 @@ from importlib import resources
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.errors import ApiError
+from service.domain_errors import RequestError
 
 router = APIRouter(include_in_schema=False)
 
@@ -62,8 +62,8 @@ ASSETS = _load()
 def _serve(request: Request, name: str) -> Response:
     asset = ASSETS.get(name)
     if asset is None:
-        raise ApiError(
-            404, "not_found", f"no file {name!r} in the web page's assets (the page is at /)"
+        raise RequestError(
+            "not_found", f"no file {name!r} in the web page's assets (the page is at /)"
         )
     headers = {
         "Cache-Control": "no-cache",

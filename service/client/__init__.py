@@ -1,0 +1,53 @@
+"""Python clients for the service: `ContrastiveClient` (sync) and `AsyncContrastiveClient`.
+
+    with ContrastiveClient("http://127.0.0.1:8000", api_key="...") as client:
+        emb = client.embed_texts(["a cat", "a dog"])      # emb.vectors: float32 [2, dim]
+        best = client.classify(["cat.jpg"], ["cat", "dog"])[0].top.label
+        client.create_collection("photos")
+        client.add("photos", ["cat"], images=["cat.jpg"], metadata=[{"kind": "pet"}])
+        matches = client.search("photos", text="a cat", k=5)  # [SearchMatch(id, score, ...)]
+
+Both classes are thin: every request is built and every response parsed by the one shared
+layer (`_requests`, whose functions give each method its signature and docstring), so the
+two behave identically. Any non-2xx answer raises `ServiceError` (status, the server's
+machine-readable code and its message); connection failures and timeouts propagate as
+httpx errors.
+"""
+
+from service.client._transport import (
+    DEFAULT_BASE_URL,
+    DEFAULT_TIMEOUT,
+    AsyncHttpClient,
+    HttpClient,
+)
+from service.client.aio import AsyncContrastiveClient
+from service.client.sync import ContrastiveClient
+from service.client.types import (
+    Classification,
+    CollectionSummary,
+    Embeddings,
+    ImageInput,
+    Item,
+    RankedLabel,
+    SearchMatch,
+    ServiceError,
+    VectorInput,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEOUT",
+    "AsyncContrastiveClient",
+    "AsyncHttpClient",
+    "Classification",
+    "CollectionSummary",
+    "ContrastiveClient",
+    "Embeddings",
+    "HttpClient",
+    "ImageInput",
+    "Item",
+    "RankedLabel",
+    "SearchMatch",
+    "ServiceError",
+    "VectorInput",
+]
