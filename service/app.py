@@ -6,16 +6,21 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 
+from service.api import openapi_docs
+from service.api.openapi_docs import error_responses
 from service.api.routes import classify, collections, embed, health, models, openai, web
 from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import (
+    AllowMiddleware,
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     DrainMiddleware,
     MetricsMiddleware,
+    is_open,
 )
 from service.settings import Settings, get_settings
 from service.state import ServiceState
@@ -41,27 +46,43 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
                 await loading
             await state.close()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc from the fastapi-offline package (served
+    # under /static-offline-docs), not from a CDN: the docs work offline.
+    app = FastAPIOffline(
         title="contrastive",
         version="0.1.0",
         summary="Image and text embeddings and zero-shot classification",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},  # never ask validator.swagger.io
     )
     app.state.service = state
     install_handlers(app)
-    for router in (
-        health.router,
-        models.router,
-        embed.router,
-        classify.router,
-        openai.router,
-        collections.router if settings.collections else collections.disabled_router,
-        web.router,
-    ):
-        app.include_router(router)
-    # Outermost first: metrics see every response, auth runs before any body is read.
+    for router, errors in _routers(settings):
+        app.include_router(router, responses=error_responses(*errors, 500))
+    openapi_docs.install(app, settings, is_open)
+    # Innermost first: metrics see every response, auth runs before any body is read.
+    app.add_middleware(AllowMiddleware, routes=app.router.routes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.add_middleware(DrainMiddleware, draining=lambda: state.draining)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
+
+
+# The error statuses each router's operations may answer (500, a bug, goes to all of them;
+# 401 to the protected ones when API keys are set, service.api.openapi_docs).
+MODEL_ERRORS = (400, 404, 413, 415, 422, 502, 503)
+COLLECTION_ERRORS = (400, 404, 409, 413, 415, 422, 502, 503, 507)
+
+
+def _routers(settings: Settings) -> list[tuple[APIRouter, tuple[int, ...]]]:
+    collection_router = collections.router if settings.collections else collections.disabled_router
+    return [
+        (health.router, ()),
+        (models.router, (503,)),
+        (embed.router, MODEL_ERRORS),
+        (classify.router, MODEL_ERRORS),
+        (openai.router, MODEL_ERRORS),
+        (collection_router, COLLECTION_ERRORS),
+        (web.router, ()),
+    ]

@@ -25,9 +25,11 @@ ErrorCode = Literal[
     "missing_capability",
     "model_mismatch",
     "unsupported_dimensions",
+    "model_output_invalid",
     # capacity: retry later
     "overloaded",
     "out_of_memory",
+    "client_closed_request",
     # collections (service.index)
     "invalid_name",
     "invalid_dimension",
@@ -38,6 +40,7 @@ ErrorCode = Literal[
     "insufficient_storage",
     "storage_error",
     "store_unavailable",
+    "backend_unavailable",
     "collections_disabled",
     # request contents
     "unsupported_media_type",
@@ -57,6 +60,7 @@ ErrorCode = Literal[
     "invalid_id",
     "invalid_metadata",
     "invalid_vector",
+    "invalid_filter",
     # the edge itself (middleware, unknown paths, bugs)
     "unauthorized",
     "payload_too_large",

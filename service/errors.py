@@ -32,8 +32,13 @@ STATUS: dict[ErrorCode, int] = {
     "missing_capability": 400,
     "model_mismatch": 409,
     "unsupported_dimensions": 422,
+    # the model answered NaN or infinity: an invalid answer from the component behind the
+    # API (502), not the client's fault (4xx) and not a bug of ours (500)
+    "model_output_invalid": 502,
     "overloaded": 503,
     "out_of_memory": 503,
+    # the client left before its answer (nginx's 499): seen in metrics only, never read
+    "client_closed_request": 499,
     "invalid_name": 422,
     "invalid_dimension": 422,
     "collection_exists": 409,
@@ -43,6 +48,7 @@ STATUS: dict[ErrorCode, int] = {
     "insufficient_storage": 507,
     "storage_error": 503,
     "store_unavailable": 503,
+    "backend_unavailable": 503,
     "collections_disabled": 404,
     "unsupported_media_type": 415,
     "invalid_json": 422,
@@ -61,6 +67,7 @@ STATUS: dict[ErrorCode, int] = {
     "invalid_id": 422,
     "invalid_metadata": 422,
     "invalid_vector": 422,
+    "invalid_filter": 422,
     "unauthorized": 401,
     "payload_too_large": 413,
     "not_found": 404,

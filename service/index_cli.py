@@ -3,6 +3,7 @@
     contrastive index add photos ~/Pictures --model open_clip:ViT-B-32     # in-process
     contrastive index add photos ~/Pictures --url http://127.0.0.1:8000 --create
     contrastive index search photos "a red bicycle" -k 5 [--url ...] [--where '{"k": "v"}']
+    contrastive index repair photos [--dir DIR]     # salvage a collection refused as corrupt
 
 In-process, the encoder is loaded here and the collections folder is opened directly: do
 not point it at a folder that a running server holds open (use --url for that). Over HTTP,
@@ -62,7 +63,7 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `add` and `search` to `contrastive index`."""
+    """Add `add`, `search` and `repair` to `contrastive index`."""
     subparsers = parser.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
     add = subparsers.add_parser(
         "add",
@@ -97,6 +98,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument("-k", type=int, default=10, help="results [10]")
     search.add_argument("--where", default=None, help='metadata equality filter, JSON: {"f": v}')
     _connection_flags(search)
+    repair = subparsers.add_parser(
+        "repair",
+        help="salvage every readable record of a damaged collection; report what was lost",
+        description="Salvage a collection refused as corrupt: every readable record of its "
+        "snapshots and logs becomes a fresh snapshot; the lost records are listed and the old "
+        "files moved to damaged-<utc>/ in its folder. Stop the server first (exit 2 while a "
+        "process holds the folder).",
+    )
+    repair.add_argument("collection")
+    repair.add_argument(
+        "--dir",
+        "--collections-dir",
+        dest="collections_dir",
+        default=None,
+        metavar="DIR",
+        help="the collections folder [CONTRASTIVE_COLLECTIONS_DIR or ./collections]",
+    )
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -439,15 +457,22 @@ def format_hits(hits: Sequence[tuple[str, float, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from service.index.repair import run_repair
+
+    return run_repair(args.collection, args.collections_dir)
+
+
 def run(args: argparse.Namespace) -> int:
-    """`contrastive index add|search` -> exit status (1 with a message on stderr on error)."""
+    """`contrastive index add|search|repair` -> exit status (1 with a message on stderr on
+    error; repair: 2 while a server holds the folder)."""
     import httpx
 
     from service.client import ServiceError
     from service.index.types import CollectionError
     from training.encoders import MissingCapabilityError
 
-    command = {"add": cmd_add, "search": cmd_search}[args.index_command]
+    command = {"add": cmd_add, "search": cmd_search, "repair": cmd_repair}[args.index_command]
     try:
         return command(args)
     except (CollectionError, ServiceError) as e:

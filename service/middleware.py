@@ -1,13 +1,14 @@
 """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): metrics, drain, API keys, body
-limit."""
+limit, and the `Allow` header of 405 answers."""
 
 from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.domain_errors import ErrorCode
@@ -16,6 +17,8 @@ from service.metrics import Metrics
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 OPEN_PREFIXES = ("/web/",)  # the web page's assets (the page asks for the key itself)
+# The methods `Allow` may list, in its order (RFC 9110 sets none; this one reads well).
+METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 async def _reply(
@@ -91,7 +94,7 @@ class ApiKeyMiddleware:
         self.keys = [k.encode() for k in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or _is_open(scope["path"]):
+        if scope["type"] != "http" or not self.keys or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         if self._authorised(scope):
@@ -160,7 +163,58 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
-def _is_open(path: str) -> bool:
+class AllowMiddleware:
+    """A 405 answer's `Allow` lists every method its path supports. Starlette lists those
+    of the first route whose path matched, but one path may be served by several routes
+    (GET and POST /v1/collections), and RFC 9110 wants them all."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes  # the app's own list: routes added later are seen too
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                message = _with_allow(message, allowed_methods(self.routes, scope))
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def _with_allow(start: Message, methods: list[str]) -> Message:
+    """The response start `start` with `Allow: methods` (as it was, if there are none)."""
+    if not methods:
+        return start
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"allow"]
+    return {**start, "headers": [*headers, (b"allow", ", ".join(methods).encode())]}
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
+    """The methods some route fully matches the request's path with, in METHOD_ORDER.
+
+    Each method is tried through the routes' own `matches`, so that included routers (which
+    FastAPI resolves lazily) answer for their routes. Mounts are left out: they match any
+    method, and their apps answer 405s themselves. The answer is what the server does: an
+    item named "delete" is read by GET /v1/collections/{name}/items/delete, so that path
+    allows GET as well as the POST of the delete operation.
+    """
+    found = []
+    for method in METHOD_ORDER:
+        probe = {**scope, "method": method}
+        if any(
+            not isinstance(route, Mount) and route.matches(probe)[0] is Match.FULL
+            for route in routes
+        ):
+            found.append(method)
+    return found
+
+
+def is_open(path: str) -> bool:
+    """Whether `path` is served without an API key (the probes and the web page)."""
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 

@@ -99,3 +99,30 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(..., description="stable, machine-readable, e.g. 'image_decode_failed'")
+    message: str = Field(..., description="for people: what went wrong and what to change")
+    detail: Any = Field(None, description="optional context, e.g. the fields that failed")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    error: ErrorInfo
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """200 when ready (status "ready"); 503 while loading, failed or draining."""
+
+    status: Literal["ready", "loading", "failed", "draining"]
+    model: str | None = Field(None, description="the loaded model's id, when ready")
+    reason: str | None = Field(None, description="why not ready")
+    collections_refused: dict[str, str] | None = Field(
+        None, description="collections that failed to open, and why (the others serve)"
+    )

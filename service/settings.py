@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, description="most items the model sees at once")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill up")
     max_queue: int = Field(2048, ge=1, description="items waiting before 503 + Retry-After")
+    max_queue_wait_ms: float = Field(
+        3000.0,
+        gt=0,
+        description="a request is refused (503 + Retry-After) when the work queued before "
+        "it would take longer than this at the measured service rate",
+    )
     # limits on one request
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="larger images get 413")
@@ -41,6 +47,10 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(100_000, ge=1, description="characters in one text")
     max_labels: int = Field(1000, ge=1, description="labels in one classify request")
     max_templates: int = Field(100, ge=1, description="templates in one classify request")
+    # half of max_queue by default: other clients' texts still fit beside the largest one
+    max_classify_texts: int = Field(
+        1024, ge=1, description="labels x templates (texts to embed) in one classify request"
+    )
     classifier_cache: int = Field(256, ge=0, description="zero-shot label sets kept in memory")
     log_level: str = Field("info", description="uvicorn log level")
     # shutdown (SIGTERM): /readyz 503 at once, keep serving `drain_seconds` so load

@@ -47,17 +47,23 @@ class ServiceState:
     model_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model")
     )
-    decode_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(
-            max(2, os.cpu_count() or 2), thread_name_prefix="decode"
-        )
-    )
+    decode_threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    decode_pool: ThreadPoolExecutor = field(init=False)
 
     store: CollectionStore | None = None
     # Index writes block on fsync: they get threads of their own, off the event loop.
     index_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="index")
     )
+
+    def __post_init__(self) -> None:
+        self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+
+    @property
+    def max_decoding(self) -> int:
+        """Images handed to the decode pool at most (more get 503 at once): two per thread
+        keep every thread busy; at least one full request, so that one always fits."""
+        return max(2 * self.decode_threads, self.settings.max_images)
 
     def open_store(self) -> None:
         """Open (and recover) every collection; runs once at start-up, in a thread.
@@ -93,7 +99,11 @@ class ServiceState:
             log.error("model %r failed to load: %s", s.model, self.load_error)
             return
         self.images = ImageEmbedder(
-            encoder, self._batcher(_stacked(encoder), IMAGE), self.decode_pool, s.max_image_pixels
+            encoder,
+            self._batcher(_stacked(encoder), IMAGE),
+            self.decode_pool,
+            s.max_image_pixels,
+            self.max_decoding,
         )
         self.texts = TextEmbedder(self._batcher(encoder.encode_texts, TEXT))
         self.classifiers = ClassifierCache(self.texts, s.classifier_cache)
@@ -108,6 +118,7 @@ class ServiceState:
             s.max_batch_size,
             s.max_wait_ms,
             s.max_queue,
+            s.max_queue_wait_ms,
             on_batch=self.metrics.batch_size.labels(modality).observe,
         )
         self.metrics.queue_depth.labels(modality).set_function(lambda: b.pending)

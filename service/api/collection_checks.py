@@ -16,6 +16,8 @@ from service.settings import Settings
 from training.encoders import Encoder
 
 MAX_METADATA_DEPTH = 32
+MAX_DIM = 65_536  # the largest collection dimension (real embedding models: 32 to 4096)
+MAX_INDEX_PARAM = 2**31 - 1  # FAISS takes its index parameters as C ints
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson writes back
 
 
@@ -35,35 +37,40 @@ def check_id(id_: Any, where: str) -> str:
 
 def check_metadata(value: Any, where: str) -> dict[str, Any]:
     """A JSON object (None -> {}) that reads back as written: finite numbers, 64-bit
-    integers, valid Unicode, nested at most MAX_METADATA_DEPTH deep."""
+    integers, valid Unicode, nested at most MAX_METADATA_DEPTH deep. A refusal names the
+    value's place, e.g. `items[0].metadata.size[2]`."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise bad("invalid_metadata", f"{where} must be a JSON object, got {type(value).__name__}")
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[Any, int, str]] = [(value, 1, where)]
     while stack:
-        v, depth = stack.pop()
+        v, depth, at = stack.pop()
         if depth > MAX_METADATA_DEPTH:
             raise bad("invalid_metadata", f"{where} is nested deeper than {MAX_METADATA_DEPTH}")
         if isinstance(v, dict):
             for key, child in v.items():
                 if unencodable_at(key) is not None:
-                    raise bad("invalid_metadata", f"{where} has a key that is not valid Unicode")
-                stack.append((child, depth + 1))
+                    raise bad("invalid_metadata", f"{at} has a key that is not valid Unicode")
+                stack.append((child, depth + 1, f"{at}.{key}"))
         elif isinstance(v, list):
-            stack.extend((child, depth + 1) for child in v)
+            stack.extend((child, depth + 1, f"{at}[{i}]") for i, child in enumerate(v))
         else:
-            _check_scalar(v, where)
+            _check_scalar(v, at)
     return value
 
 
 def _check_scalar(v: Any, where: str) -> None:
     if isinstance(v, float) and not math.isfinite(v):
-        raise bad("invalid_metadata", f"{where} holds {v}: JSON numbers must be finite")
+        raise bad("invalid_metadata", f"{where} is {v}: JSON numbers must be finite")
     if isinstance(v, int) and not isinstance(v, bool) and not _INT_RANGE[0] <= v <= _INT_RANGE[1]:
-        raise bad("invalid_metadata", f"{where} holds an integer beyond 64 bits")
+        raise bad(
+            "invalid_metadata",
+            f"{where} is an integer beyond 64 bits (from {_INT_RANGE[0]} to {_INT_RANGE[1]}): "
+            "send it as a string",
+        )
     if isinstance(v, str) and unencodable_at(v) is not None:
-        raise bad("invalid_metadata", f"{where} holds a string that is not valid Unicode")
+        raise bad("invalid_metadata", f"{where} is a string that is not valid Unicode")
 
 
 def check_vector(values: Sequence[float], col: Collection, where: str) -> np.ndarray:

@@ -13,6 +13,8 @@ import numpy as np
 from fastapi import Request
 
 from service.api.collection_checks import (
+    MAX_DIM,
+    MAX_INDEX_PARAM,
     check_id,
     check_k,
     check_metadata,
@@ -21,8 +23,15 @@ from service.api.collection_checks import (
     unit_rows,
 )
 from service.api.deps import IndexRunner, ModelHandle
-from service.api.openapi_docs import STRINGS, json_or_multipart
-from service.api.payload import is_multipart, json_field, list_field, read_form, read_json
+from service.api.openapi_docs import STRINGS, Form, json_or_multipart
+from service.api.payload import (
+    holds_rounded_ints,
+    is_multipart,
+    json_field,
+    list_field,
+    read_form,
+    read_json,
+)
 from service.api.validate import bad, check_count, check_text
 from service.index.collection import Collection
 from service.index.schemas import (
@@ -34,6 +43,7 @@ from service.index.schemas import (
     UpsertRequest,
 )
 from service.index.types import CollectionError, IndexSpec, check_name
+from service.responses import finite_output
 from service.runtime.images import decode_base64_image
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
@@ -46,6 +56,8 @@ Upsert = tuple[list[str], np.ndarray, list[dict[str, Any]]]  # ids, unit vectors
 def collection_space(model: ModelHandle, body: CreateCollectionRequest) -> tuple[str, int]:
     """(model_id, dim) of a new collection: the loaded model's unless both are given."""
     check_name(body.name)
+    if body.dim is not None and body.dim > MAX_DIM:
+        raise bad("invalid_dimension", f"dim {body.dim} is too large: at most {MAX_DIM}")
     if body.model_id is not None and body.dim is not None:
         enc = model.current
         if enc is not None and body.model_id == enc.model_id and body.dim != enc.embed_dim:
@@ -71,7 +83,13 @@ def collection_space(model: ModelHandle, body: CreateCollectionRequest) -> tuple
 
 
 def index_spec(body: CreateCollectionRequest) -> IndexSpec:
-    return body.index.to_spec() if body.index is not None else IndexSpec()
+    """The index of a new collection; its integer parameters must fit FAISS's C ints."""
+    if body.index is None:
+        return IndexSpec()
+    for name, value in body.index.model_dump().items():
+        if isinstance(value, int) and value > MAX_INDEX_PARAM:
+            raise bad("invalid_request", f"index.{name} is {value}; at most {MAX_INDEX_PARAM}")
+    return body.index.to_spec()
 
 
 def check_delete(body: DeleteItemsRequest, s: Settings) -> list[str]:
@@ -94,6 +112,10 @@ class CollectionInputs:
             return await self._upsert_form(request, col)
         s = self.settings
         body = await read_json(request, UpsertRequest, non_finite=True)
+        if any(holds_rounded_ints(it.metadata) for it in body.items):
+            # orjson reads an integer beyond 64 bits as a float: read the body exactly,
+            # so that check_metadata refuses it by name rather than store it rounded.
+            body = await read_json(request, UpsertRequest, exact=True)
         check_count(len(body.items), s.max_items, "items")
         ids = [check_id(it.id, f"items[{i}].id") for i, it in enumerate(body.items)]
         metadata = [
@@ -173,10 +195,11 @@ class CollectionInputs:
         if ids:
             out[ids] = await self.run_index(_stored, col, [sources[i][1] for i in ids])
         if texts:
-            embed_texts = self.model.text_embedder()
-            out[texts] = unit_rows(await embed_texts([sources[i][1] for i in texts]), col)
+            embedded = await self.model.text_embedder()([sources[i][1] for i in texts])
+            out[texts] = unit_rows(finite_output(embedded, col.model_id), col)
         if images:
-            out[images] = unit_rows(await self.model.image_embedder()(blobs), col)
+            embedded = await self.model.image_embedder()(blobs)
+            out[images] = unit_rows(finite_output(embedded, col.model_id), col)
         return out
 
 
@@ -222,13 +245,24 @@ def _query_source(q: Query) -> Source:
 
 UPSERT_DOC = json_or_multipart(
     UpsertRequest,
-    {"ids": STRINGS, "metadata": {"type": "string", "description": "JSON array of objects"}},
+    Form(
+        "UpsertForm",
+        {
+            "ids": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            "metadata": {"type": "string", "description": "JSON array of objects"},
+        },
+        closed=True,
+    ),
 )
 SEARCH_DOC = json_or_multipart(
     SearchRequest,
-    {
-        "k": {"type": "integer"},
-        "where": {"type": "string", "description": "JSON object"},
-        "texts": STRINGS,
-    },
+    Form(
+        "SearchForm",
+        {
+            "k": {"type": "integer"},
+            "where": {"type": "string", "description": "JSON object"},
+            "texts": STRINGS,
+        },
+        closed=True,
+    ),
 )

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Request
 
+from service.api.client_gone import watch_request
 from service.domain_errors import ModelError
 from service.index.collection import Collection
 from service.index.store import CollectionStore
@@ -29,6 +30,7 @@ T = TypeVar("T")
 
 
 async def get_state(request: Request) -> ServiceState:
+    watch_request(request)  # embeddings for a client that leaves are cancelled
     return request.app.state.service  # type: ignore[no-any-return]
 
 

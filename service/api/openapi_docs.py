@@ -1,46 +1,260 @@
-"""OpenAPI for routes that read their own body (JSON or multipart): FastAPI cannot infer
-it from the signature, so `json_or_multipart` writes the requestBody out."""
+"""The OpenAPI document: what FastAPI infers, completed where it cannot.
+
+- Routes that read their own body (JSON or multipart) document it with
+  `json_or_multipart`; the models and forms it names are added as components.
+- Limits that come from the settings (items per request, characters per text, k) are
+  written into the schemas, so the document says what the running server accepts.
+- Every error answer has the one error body (`error_responses`); with API keys set, the
+  protected operations declare bearer auth and their 401.
+
+A fuzzer (tests/service/test_schemathesis.py) holds the document to the server's answers.
+"""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import FastAPI
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
+from service.api.collection_checks import MAX_DIM, MAX_INDEX_PARAM
+from service.schemas import ErrorResponse
+from service.settings import Settings
+
+REF = "#/components/schemas/{model}"
 FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
 STRINGS = {"type": "array", "items": {"type": "string"}}
-# The multipart fields documented for /v1/embed/image and /v1/classify (besides files).
-IMAGE_FORM = {"labels": STRINGS, "templates": STRINGS}
+# A text the checks accept (service.api.validate.check_text): not blank, no NUL.
+TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+TEMPLATE_PATTERN = r"^[^\x00]*\{\}[^\x00]*$"
+# Collection names (service.index.types.check_name): a letter or digit, then letters,
+# digits, '_', '.', '-', never two dots in a row; written without look-arounds.
+NAME_PATTERN = r"^[A-Za-z0-9](\.?[A-Za-z0-9_-])*\.?$"
+MAX_NAME_CHARS = 64
+
+ERRORS: dict[int, str] = {
+    400: "The loaded model lacks a capability the request needs (`missing_capability`)",
+    401: "No API key, or a wrong one (`unauthorized`)",
+    404: "No such model, collection or item",
+    409: "The collection exists already, or holds vectors of another model",
+    413: "The body or an image is too large",
+    415: "The body's Content-Type is not one this operation reads",
+    422: "The request is refused: the message says what to change",
+    500: "A bug: see the server log",
+    502: "The model's output was not finite (`model_output_invalid`)",
+    503: "The model is loading, the server is full, or storage failed: retry later",
+    507: "The disk is full (`insufficient_storage`)",
+}
 
 
-def json_or_multipart(model: type[BaseModel], form: dict[str, Any]) -> dict[str, Any]:
-    """openapi_extra documenting both accepted bodies: `model` as JSON, and multipart with
-    `files` plus the `form` fields (name -> JSON schema).
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for routes answering these error statuses, each with the error body."""
+    return {s: {"model": ErrorResponse, "description": ERRORS[s]} for s in statuses}
 
-    The model's schema is written out in place: openapi_extra cannot register components,
-    so a "#/components/schemas/..." reference would point at nothing.
-    """
-    schema = model.model_json_schema()
+
+@dataclass(frozen=True)
+class Form:
+    """A multipart body: `files` plus these fields (name -> JSON schema). `closed`: the
+    route refuses other fields."""
+
+    name: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+    required: tuple[str, ...] = ()
+
+    def schema(self) -> dict[str, Any]:
+        # A copy: the limits are written into it in place (_apply_limits).
+        properties = copy.deepcopy({"files": FILES, **self.fields})
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": properties,
+            "title": self.name,
+        }
+        if self.closed:
+            schema["additionalProperties"] = False
+        if self.required:
+            schema["required"] = list(self.required)
+        return schema
+
+
+MODEL_FIELD = {"type": "string", "description": "optional; must name the loaded model"}
+IMAGE_FORM = Form("EmbedImageForm", {"model": MODEL_FIELD}, required=("files",))
+CLASSIFY_FORM = Form(
+    "ClassifyForm",
+    {
+        "labels": STRINGS,
+        "templates": STRINGS,
+        "top_k": {"type": "integer", "minimum": 1},
+        "model": MODEL_FIELD,
+    },
+    required=("files", "labels"),
+)
+
+# What json_or_multipart documented: added to the components when the document is built.
+_BODIES: dict[str, type[BaseModel]] = {}
+_FORMS: dict[str, Form] = {}
+
+
+def json_or_multipart(model: type[BaseModel], form: Form) -> dict[str, Any]:
+    """openapi_extra documenting both accepted bodies: `model` as JSON, and `form` as
+    multipart. Both are components (`install` adds them: openapi_extra cannot)."""
+    _BODIES[model.__name__] = model
+    _FORMS[form.name] = form
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": _inline(schema, schema.get("$defs", {}))},
-                "multipart/form-data": {
-                    "schema": {"type": "object", "properties": {"files": FILES, **form}}
-                },
+                "application/json": {"schema": {"$ref": REF.format(model=model.__name__)}},
+                "multipart/form-data": {"schema": {"$ref": REF.format(model=form.name)}},
             },
         }
     }
 
 
-def _inline(node: Any, defs: dict[str, Any]) -> Any:
-    """A pydantic JSON schema with its "#/$defs/..." references written out in place."""
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/"):
-            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
-        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
-    if isinstance(node, list):
-        return [_inline(v, defs) for v in node]
-    return node
+def install(app: FastAPI, settings: Settings, is_open: Callable[[str], bool]) -> None:
+    """Make `app.openapi()` return the completed document (built once, then cached).
+    `is_open(path)`: the paths that need no API key."""
+    infer = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = infer()  # FastAPI caches it in app.openapi_schema; completed in place
+            _add_components(doc)
+            _apply_limits(doc, settings)
+            if settings.api_keys:
+                _add_security(doc, is_open)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_components(doc: dict[str, Any]) -> None:
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    _, top = models_json_schema([(m, "validation") for m in _BODIES.values()], ref_template=REF)
+    for name, schema in top.get("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    for form in _FORMS.values():
+        schemas[form.name] = form.schema()
+
+
+# -- limits from the settings ------------------------------------------------------------
+def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
+    """component -> property -> JSON Schema keywords that the server enforces."""
+    text = {"minLength": 1, "maxLength": s.max_text_chars, "pattern": TEXT_PATTERN}
+    template = {"minLength": 2, "maxLength": s.max_text_chars, "pattern": TEMPLATE_PATTERN}
+    index_param = {"maximum": MAX_INDEX_PARAM}
+
+    def some(limit: int, item: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
+        return {"minItems": 1, "maxItems": limit, **({"items": item} if item else {}), **more}
+
+    images = {"images": some(s.max_images), "files": some(s.max_images)}
+    labels = some(s.max_labels, text, uniqueItems=True)
+    return {
+        "EmbedTextRequest": {"texts": some(s.max_texts, text)},
+        "EmbedImageRequest": {"images": images["images"]},
+        "EmbedImageForm": {"files": images["files"]},
+        "ClassifyRequest": {
+            "images": images["images"],
+            "labels": labels,
+            "templates": some(s.max_templates, template),
+        },
+        "ClassifyForm": {
+            "files": images["files"],
+            "labels": labels,
+            "templates": some(s.max_templates, template),
+        },
+        "OpenAIEmbeddingRequest": {"input": {**some(s.max_texts, text), **text}},
+        "CreateCollectionRequest": {
+            "name": {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_CHARS},
+            "dim": {"maximum": MAX_DIM},
+        },
+        "IndexSpecModel": {
+            name: index_param
+            for name in ("auto_threshold", "nlist", "nprobe", "ef_construction", "ef_search")
+        },
+        "UpsertRequest": {"items": some(s.max_items)},
+        "UpsertForm": {"files": some(s.max_items), "ids": {"maxItems": s.max_items}},
+        "ItemIn": {"text": text},
+        "DeleteItemsRequest": {"ids": some(s.max_items)},
+        "SearchRequest": {"queries": some(s.max_queries), "k": {"minimum": 1, "maximum": s.max_k}},
+        "SearchForm": {
+            "k": {"minimum": 1, "maximum": s.max_k},
+            "texts": {"maxItems": s.max_queries, "items": text},
+            "files": {"maxItems": s.max_queries},
+        },
+        "Query": {"text": text},
+    }
+
+
+# Which keywords apply to which JSON type (a limit on `str | list[str]` splits in two).
+_KEYWORDS = {
+    "array": {"minItems", "maxItems", "uniqueItems", "items"},
+    "string": {"minLength", "maxLength", "pattern"},
+    "integer": {"minimum", "maximum"},
+}
+
+
+def _apply_limits(doc: dict[str, Any], s: Settings) -> None:
+    schemas = doc["components"]["schemas"]
+    for component, properties in _limits(s).items():
+        if component not in schemas:  # e.g. the collections, when they are off
+            continue
+        for name, limits in properties.items():
+            _constrain(schemas[component]["properties"][name], limits)
+    _space_both_or_neither(schemas)
+    name_param = {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_CHARS}
+    for op in _operations(doc):
+        for param in op.get("parameters", []):
+            if param["in"] == "path" and param["name"] == "name":
+                _constrain(param["schema"], name_param)
+
+
+def _space_both_or_neither(schemas: dict[str, Any]) -> None:
+    """A collection is in the loaded model's space (neither model_id nor dim) or in a named
+    one (both). The server also accepts either alone when it equals the loaded model's; the
+    document asks for the simpler rule, which is always accepted."""
+    create = schemas.get("CreateCollectionRequest")
+    if create is None:
+        return
+    given = {"model_id": {"type": "string"}, "dim": {"type": "integer"}}
+    create["allOf"] = [
+        {
+            "if": {"required": [a], "properties": {a: given[a]}},
+            "then": {"required": [b], "properties": {b: given[b]}},
+        }
+        for a, b in (("model_id", "dim"), ("dim", "model_id"))
+    ]
+
+
+def _constrain(schema: dict[str, Any], limits: dict[str, Any]) -> None:
+    """Add `limits` to `schema`, or to each branch of its anyOf, keyword by JSON type."""
+    for branch in schema.get("anyOf", [schema]):
+        allowed = _KEYWORDS.get(branch.get("type", ""), set())
+        for key, value in limits.items():
+            if key not in allowed:
+                continue
+            if key == "items":
+                _constrain(branch["items"], value)
+            else:
+                branch[key] = value
+
+
+# -- API keys -----------------------------------------------------------------------------
+def _add_security(doc: dict[str, Any], is_open: Callable[[str], bool]) -> None:
+    doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    unauthorized = error_responses(401)[401]
+    body = {"application/json": {"schema": {"$ref": REF.format(model=ErrorResponse.__name__)}}}
+    for path, ops in doc["paths"].items():
+        if is_open(path):
+            continue
+        for op in ops.values():
+            op["security"] = [{"bearer": []}]
+            op["responses"]["401"] = {"description": unauthorized["description"], "content": body}
+
+
+def _operations(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [op for ops in doc["paths"].values() for op in ops.values()]

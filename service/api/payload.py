@@ -12,6 +12,7 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from service.api.validate import bad
 from service.domain_errors import RequestError
@@ -44,27 +45,58 @@ def require_json(request: Request) -> None:
 
 
 # -- JSON -----------------------------------------------------------------------------------
-async def read_json(request: Request, model: type[M], non_finite: bool = False) -> M:
+# orjson reads an integer beyond 64 bits as the nearest float, which is integral and at least
+# 2**63 in magnitude; a float like that in a body may be such an integer.
+_ROUNDED_INT_FLOOR = 2.0**63
+
+
+async def read_json(
+    request: Request, model: type[M], non_finite: bool = False, exact: bool = False
+) -> M:
     """A JSON body -> `model`: `unsupported_media_type` unless declared JSON,
     `invalid_json` if it does not parse, `invalid_request` naming the first bad field.
 
     `non_finite`: also read NaN, Infinity and 1e999, which orjson refuses, with the
     standard library, so that a later check can name the bad number (a non-finite vector)
-    rather than call the whole body invalid JSON.
+    rather than call the whole body invalid JSON. `exact`: read it with the standard
+    library only, which keeps integers beyond 64 bits exact (see holds_rounded_ints).
     """
     require_json(request)
     body = await request.body()
+    if exact:
+        return validate_body(model, _stdlib_loads(body, None))
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        invalid = bad("invalid_json", f"the body is not valid JSON: {e}")
         if not non_finite:
-            raise invalid from e
-        try:
-            raw = json.loads(body)
-        except (ValueError, RecursionError):
-            raise invalid from e
+            raise bad("invalid_json", f"the body is not valid JSON: {e}") from e
+        raw = _stdlib_loads(body, e)
     return validate_body(model, raw)
+
+
+def _stdlib_loads(body: bytes | str, orjson_error: Exception | None) -> Any:
+    """The standard library's reading of `body` (NaN and big integers as they are), or
+    `invalid_json` with orjson's message when there is one (it says where)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:
+        cause = orjson_error or e
+        raise bad("invalid_json", f"the body is not valid JSON: {cause}") from cause
+
+
+def holds_rounded_ints(value: Any) -> bool:
+    """Whether parsed JSON holds a float that orjson may have made of an integer beyond
+    64 bits (an integral float of magnitude >= 2**63): read such a body again, exactly."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, float) and abs(v) >= _ROUNDED_INT_FLOOR and v.is_integer():
+            return True
+    return False
 
 
 def validate_body(model: type[M], raw: Any) -> M:
@@ -104,7 +136,13 @@ async def read_form(
     One file more than `max_files` is let through, so that the caller's count check
     answers `too_many_items` rather than Starlette a bare 400.
     """
-    form = await request.form(max_files=max_files + 1, max_fields=max_fields)
+    try:
+        form = await request.form(max_files=max_files + 1, max_fields=max_fields)
+    except HTTPException as e:
+        # Starlette stops at its limits with a bare 400; past them is too many items.
+        if str(e.detail).startswith("Too many"):
+            raise bad("too_many_items", f"{e.detail} (at most {max_files} files)") from e
+        raise
     files: list[tuple[str, bytes]] = []
     fields: dict[str, list[str]] = {}
     try:
@@ -148,15 +186,17 @@ def list_field(fields: dict[str, list[str]], name: str) -> list[str] | None:
 
 
 def json_field(fields: dict[str, list[str]], name: str) -> Any:
-    """A multipart field holding one JSON value (None when absent)."""
+    """A multipart field holding one JSON value (None when absent). Read by the standard
+    library: fields are small, and it keeps big integers and NaN as they are, for the
+    checks to refuse by name (orjson would round the one and refuse the whole field)."""
     values = fields.get(name)
     if not values:
         return None
     if len(values) > 1:
         raise bad("invalid_request", f"form field {name!r} is given {len(values)} times")
     try:
-        return orjson.loads(values[0])
-    except orjson.JSONDecodeError as e:
+        return json.loads(values[0])
+    except (ValueError, RecursionError) as e:
         raise bad("invalid_request", f"form field {name!r} is not valid JSON: {e}") from e
 
 

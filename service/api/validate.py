@@ -88,3 +88,22 @@ def check_templates(templates: Sequence[str], s: Settings) -> list[str]:
                 "e.g. 'a photo of a {}.'",
             )
     return list(templates)
+
+
+def check_classify_size(n_labels: int, n_templates: int, s: Settings) -> None:
+    """labels x templates (the texts a classifier is made of) <= `max_classify_texts`, else
+    `too_many_items` with the numbers: one request must not occupy the text model for
+    minutes."""
+    texts = n_labels * n_templates
+    if texts > s.max_classify_texts:
+        raise RequestError(
+            "too_many_items",
+            f"{n_labels} labels x {n_templates} templates = {texts} texts to embed; the limit "
+            f"is {s.max_classify_texts}: send fewer labels or templates",
+            {
+                "labels": n_labels,
+                "templates": n_templates,
+                "texts": texts,
+                "limit": s.max_classify_texts,
+            },
+        )

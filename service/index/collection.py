@@ -2,17 +2,18 @@
 
 State lives in memory (dicts by id) and on disk as the latest snapshot plus the log of
 changes since it. Every change is appended to the log and fsynced before it is applied
-or acknowledged. Files in the collection's folder:
+or acknowledged. The files, and how they are read back, are described in
+service.index.recovery; a collection whose files hold no complete state is refused
+(CollectionError "collection_corrupt"), never served short.
 
-    collection.json        name, model_id, dim, index spec, created_at
-    snapshot.bin           state up to log sequence S (checksummed, atomic)
-    snapshot.prev.bin      the snapshot before it, kept for recovery
-    log.prev.wal           records between the two snapshots
-    log.wal                records after S
+If the disk is full while recovery writes what it owes (cutting a torn log tail, writing
+a rebuilt snapshot), the collection opens read-only with status "disk_full": reads are
+served, writes answer "insufficient_storage" (507) until a write finds space again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,20 +26,33 @@ import numpy as np
 import torch
 
 from service.index.faiss_index import VectorIndex, choose_kind, faiss_gpus
-from service.index.fsutil import atomic_write, fsync_dir, storage_error
-from service.index.snapshot import CorruptSnapshotError, Snapshot, read_snapshot, write_snapshot
+from service.index.fsutil import (
+    atomic_write,
+    fsync_dir,
+    is_disk_full,
+    storage_error,
+    unused_path,
+    write_file,
+)
+from service.index.recovery import (
+    LOG,
+    META,
+    PREV_LOG,
+    PREV_SNAP,
+    SNAP,
+    SNAP_TMP,
+    Plan,
+    RecoveryRefusedError,
+    plan,
+)
+from service.index.snapshot import Snapshot, encode_snapshot
 from service.index.torch_flat import TorchFlatIndex
 from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
-from service.index.wal import DELETE, UPSERT, Record, WriteAheadLog
+from service.index.wal import DELETE, UPSERT, Record, WriteAheadLog, cut_torn_tail
+
+__all__ = ["LOG", "META", "PREV_LOG", "PREV_SNAP", "SNAP", "Collection"]
 
 log = logging.getLogger("contrastive.index")
-META, SNAP, PREV_SNAP, LOG, PREV_LOG = (
-    "collection.json",
-    "snapshot.bin",
-    "snapshot.prev.bin",
-    "log.wal",
-    "log.prev.wal",
-)
 EXACT_FILTER_LIMIT = 50_000  # filtered searches over fewer candidates are exact (numpy)
 
 
@@ -64,7 +78,7 @@ class Collection:
         self._label: dict[str, int] = {}
         self._id_of: dict[int, str] = {}
         self._next_label = 0
-        self._seq = 0
+        self._seq = self._snap_seq = 0
         self._recover()
         self._index = self._build_index()
 
@@ -83,70 +97,76 @@ class Collection:
         atomic_write(folder / META, json.dumps(meta, indent=2).encode())
 
     def _recover(self) -> None:
-        """Latest valid snapshot + the log(s) after it; refuse when that cannot be done.
-
-        If snapshot.bin is missing (a crash mid-snapshot) or corrupt, the previous snapshot
-        and both logs rebuild the state, provided the records run on without a gap."""
-        snap_path, prev_path = self.folder / SNAP, self.folder / PREV_SNAP
-        logs = [self.folder / LOG]
+        """Load the complete state the files hold (recovery.plan), then do the writes that
+        recovery owes the disk; refuse (collection_corrupt) when there is no such state."""
         try:
-            if snap_path.exists():
-                self._load_snapshot(read_snapshot(snap_path, self.dim))
-            elif prev_path.exists() or (self.folder / PREV_LOG).exists():
-                # log.prev.wal exists only once a snapshot was written: without it,
-                # log.wal alone would silently serve the records after the lost snapshot
-                raise CorruptSnapshotError(f"{SNAP} is missing beside {PREV_SNAP}/{PREV_LOG}")
-        except CorruptSnapshotError as e:
-            log.error("collection %s: %s; rebuilding from the log", self.name, e)
-            self._reset()
-            if prev_path.exists():
-                try:
-                    self._load_snapshot(read_snapshot(prev_path, self.dim))
-                except CorruptSnapshotError as e2:
-                    raise self._refuse(f"{e}; and the previous snapshot: {e2}") from e2
-            logs = [self.folder / PREV_LOG, self.folder / LOG]
-            self.status = "rebuilt_from_log"
-        self._replay(logs)
-        if self.status == "rebuilt_from_log":
-            self._check_contiguous()
-            damaged = self.folder / SNAP
-            if damaged.exists():  # keep it aside, so _rotate does not move it over the good prev
-                os.replace(damaged, self.folder / "snapshot.damaged.bin")
-            self._rotate()  # the recovered state becomes the new, valid snapshot
-            self._log_records = 0
-        self._wal = WriteAheadLog(self.folder / LOG, self.dim)
-        self._wal.records = self._log_records
-
-    def _replay(self, logs: list[Path]) -> None:
-        self._log_records = 0
-        self._first_seq: int | None = None
-        for path in logs:
-            if not path.exists():
-                continue
-            wal = WriteAheadLog(path, self.dim)
-            for rec in wal.replay():
-                if rec.seq <= self._seq:
-                    continue  # already in the snapshot (a crash between snapshot and log cut)
-                if self._first_seq is None:
-                    self._first_seq = rec.seq
-                self._apply_state(rec)
-                self._seq = rec.seq
-                self._log_records += 1
-            if wal.torn_bytes:
-                log.warning(
-                    "collection %s: cut a torn %d-byte tail off %s",
-                    self.name,
-                    wal.torn_bytes,
-                    path.name,
-                )
-            wal.close()
-
-    def _check_contiguous(self) -> None:
-        if self._first_seq is not None and self._first_seq != self._snap_seq + 1:
+            found = plan(self.folder, self.dim)
+        except RecoveryRefusedError as e:
             raise self._refuse(
-                f"the snapshot is corrupt and the log starts at record {self._first_seq}, "
-                f"after record {self._snap_seq}: the records between are lost"
+                f"{e}; the files are kept as they are: `contrastive index repair {self.name}` "
+                "salvages what is readable"
+            ) from None
+        for note in found.notes:
+            log.warning("collection %s: %s", self.name, note)
+        if found.rebuilt:
+            log.error(
+                "collection %s: %s is missing, corrupt or stale; rebuilding from the log "
+                "(from %s, record %d)",
+                self.name,
+                SNAP,
+                found.base.name,
+                found.base.seq,
             )
+        self._load(found)
+        self._recovered = "rebuilt_from_log" if found.rebuilt else "ok"
+        self._torn_at, self._rebuild = found.torn_at, found.rebuilt
+        self._wal = WriteAheadLog(self.folder / LOG, self.dim, found.live.valid_end)
+        self._wal.records = found.live_records
+        try:
+            self._finish_recovery()
+        except CollectionError as e:
+            if not is_disk_full(e):
+                raise
+            self.status = "disk_full"
+            log.error(
+                "collection %s: the disk is full; serving read-only until a write finds space",
+                self.name,
+            )
+
+    def _load(self, found: Plan) -> None:
+        """The plan's snapshot, then its log records, into memory (no index yet)."""
+        if found.base.snapshot is not None:
+            self._load_snapshot(found.base.snapshot)
+        for scan, entry in found.chain:
+            self._apply_state(scan.record(entry, self.dim))
+            self._seq = entry.seq
+
+    def _finish_recovery(self) -> None:
+        """The writes recovery owes the disk: cut log.wal's torn tail (its bytes copied
+        aside first), set a bad snapshot.bin aside and write the rebuilt state as a new
+        snapshot. Idempotent; raises insufficient_storage while the disk is full."""
+        with contextlib.suppress(OSError):  # an unfinished snapshot: removing it frees space
+            (self.folder / SNAP_TMP).unlink(missing_ok=True)
+        if self._torn_at is not None:
+            aside = cut_torn_tail(self.folder / LOG, self._torn_at)
+            log.warning(
+                "collection %s: cut a torn %d-byte tail off %s (kept in %s)",
+                self.name,
+                aside.stat().st_size,
+                LOG,
+                aside.name,
+            )
+            self._torn_at = None
+        if self._rebuild:
+            bad = self.folder / SNAP
+            if bad.exists():  # set aside, so _rotate does not move it over the good prev
+                try:
+                    os.replace(bad, unused_path(self.folder, "snapshot.damaged", ".bin"))
+                except OSError as e:
+                    raise storage_error(e) from e
+            self._rotate()  # the recovered state becomes the new, valid snapshot
+            self._rebuild = False
+        self.status = self._recovered
 
     def _refuse(self, why: str) -> CollectionError:
         self.status = "refused"
@@ -206,6 +226,8 @@ class Collection:
         with self._lock:
             if self.status == "refused":
                 raise CollectionError("collection_corrupt", f"collection {self.name!r} is refused")
+            if self.status == "disk_full":  # read-only: first the writes recovery owes
+                self._finish_recovery()
             rec = Record(op, self._seq + 1, ids, meta, vecs)
             self._wal.append(rec)  # durable before anything changes
             self._seq = rec.seq
@@ -250,26 +272,32 @@ class Collection:
     def snapshot(self) -> None:
         """Write the state durably, then rotate the log (the old one is kept one round)."""
         with self._lock:
-            self._wal.close()
-            try:
-                self._rotate()
-            finally:
-                self._wal = WriteAheadLog(self.folder / LOG, self.dim)
+            if self.status == "disk_full":
+                self._finish_recovery()
+            self._wal.settle()  # no bytes of a failed append may move into log.prev.wal
+            self._rotate()
 
     def _rotate(self) -> None:
-        """snapshot.bin -> prev; new snapshot.bin (fsynced); log.wal -> log.prev.wal.
+        """New snapshot.bin; the old one -> snapshot.prev.bin; log.wal -> log.prev.wal.
 
-        The log is cut only after the new snapshot is durable; a crash at any point
-        leaves files that `_recover` reads back to the same state."""
+        Crash-safe order: the new snapshot is complete and fsynced in a temp file before
+        anything is renamed, and the log moves only after the new snapshot is in place.
+        After a crash at any point the files read back to this state (recovery.plan: at
+        worst from the previous snapshot and both logs)."""
         ids = list(self._vec)
         vecs = np.stack([self._vec[i] for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
-        snap_path, log_path = self.folder / SNAP, self.folder / LOG
+        snap = Snapshot(self._seq, ids, [self._meta[i] for i in ids], vecs)
+        snap_path, log_path, tmp = self.folder / SNAP, self.folder / LOG, self.folder / SNAP_TMP
+        write_file(tmp, encode_snapshot(snap))  # a full disk fails here, before any rename
+        self._wal.close()
         try:
             if snap_path.exists():
                 os.replace(snap_path, self.folder / PREV_SNAP)
-            write_snapshot(snap_path, Snapshot(self._seq, ids, [self._meta[i] for i in ids], vecs))
+            os.replace(tmp, snap_path)
+            fsync_dir(self.folder)
             if log_path.exists():
                 os.replace(log_path, self.folder / PREV_LOG)
+            self._wal = WriteAheadLog(log_path, self.dim, 0)  # a fresh log from here on
             fsync_dir(self.folder)
         except OSError as e:
             raise storage_error(e) from e

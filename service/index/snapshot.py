@@ -33,7 +33,8 @@ class Snapshot:
     vectors: np.ndarray  # float32 [n, dim]
 
 
-def write_snapshot(path: Path, snap: Snapshot) -> None:
+def encode_snapshot(snap: Snapshot) -> bytes:
+    """The snapshot file's bytes (layout above)."""
     header = json.dumps(
         {
             "seq": snap.seq,
@@ -48,10 +49,16 @@ def write_snapshot(path: Path, snap: Snapshot) -> None:
         + header
         + np.ascontiguousarray(snap.vectors, "<f4").tobytes()
     )
-    atomic_write(path, body + hashlib.sha256(body).digest())
+    return body + hashlib.sha256(body).digest()
+
+
+def write_snapshot(path: Path, snap: Snapshot) -> None:
+    """Write `snap` to `path` atomically (temp file, fsync, rename, fsync the folder)."""
+    atomic_write(path, encode_snapshot(snap))
 
 
 def read_snapshot(path: Path, dim: int) -> Snapshot:
+    """Read and check a snapshot file; CorruptSnapshotError if it must not be served."""
     data = path.read_bytes()
     body, digest = data[:-32], data[-32:]
     if len(data) < len(MAGIC) + _LEN.size + 32 or hashlib.sha256(body).digest() != digest:
@@ -60,12 +67,19 @@ def read_snapshot(path: Path, dim: int) -> Snapshot:
         raise CorruptSnapshotError(f"{path.name}: not a snapshot file")
     (hlen,) = _LEN.unpack_from(body, len(MAGIC))
     start = len(MAGIC) + _LEN.size
-    header = json.loads(body[start : start + hlen])
-    if header["dim"] != dim:
-        raise CorruptSnapshotError(f"{path.name}: dimension {header['dim']} != {dim}")
-    vectors = np.frombuffer(body[start + hlen :], "<f4").reshape(-1, dim).copy()
-    if len(vectors) != len(header["ids"]):
+    try:  # the checksum matched, so this is a file we wrote; checked all the same
+        header = json.loads(body[start : start + hlen])
+        seq, ids, metadata = int(header["seq"]), list(header["ids"]), list(header["metadata"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptSnapshotError(f"{path.name}: unreadable header ({e})") from e
+    if header.get("dim") != dim:
+        raise CorruptSnapshotError(f"{path.name}: dimension {header.get('dim')} != {dim}")
+    raw = body[start + hlen :]
+    if len(raw) % (4 * dim):
+        raise CorruptSnapshotError(f"{path.name}: {len(raw)} bytes of vectors is not [n, {dim}]")
+    vectors = np.frombuffer(raw, "<f4").reshape(-1, dim).copy()
+    if not len(vectors) == len(ids) == len(metadata):
         raise CorruptSnapshotError(
-            f"{path.name}: {len(vectors)} vectors for {len(header['ids'])} ids"
+            f"{path.name}: {len(vectors)} vectors for {len(ids)} ids, {len(metadata)} metadata"
         )
-    return Snapshot(header["seq"], header["ids"], header["metadata"], vectors)
+    return Snapshot(seq, ids, metadata, vectors)

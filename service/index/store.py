@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import TextIO
 
+from service.domain_errors import ErrorCode
 from service.index.collection import META, Collection
 from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name
 
@@ -29,10 +30,11 @@ class CollectionStore:
         self.device = device
         self.snapshot_every = snapshot_every
         self.root.mkdir(parents=True, exist_ok=True)
-        self._owner = _lock_folder(root)
+        self._owner = lock_folder(root)
         self._lock = threading.Lock()
         self._open: dict[str, Collection] = {}
-        self.problems: dict[str, str] = {}
+        self.problems: dict[str, str] = {}  # name -> why it is refused (for /readyz)
+        self._problem_codes: dict[str, ErrorCode] = {}  # name -> the error code get() answers
         for folder in sorted(p for p in root.iterdir() if (p / META).is_file()):
             self._load(folder)
 
@@ -41,6 +43,9 @@ class CollectionStore:
             col = Collection(folder, self.snapshot_every, self.device)
         except CollectionError as e:
             self.problems[folder.name] = e.message
+            # a disk error is no corruption: said as it is (503 storage_error)
+            corrupt = e.code == "collection_corrupt"
+            self._problem_codes[folder.name] = "collection_corrupt" if corrupt else "storage_error"
             log.error("%s", e.message)
             return
         except Exception as e:  # an unreadable folder must not take the others down
@@ -48,7 +53,7 @@ class CollectionStore:
             log.exception("collection %s could not be opened", folder.name)
             return
         self._open[col.name] = col
-        if col.status != "ok":
+        if col.status != "ok":  # "rebuilt_from_log", or "disk_full" (read-only)
             log.warning("collection %s: %s", col.name, col.status)
 
     def create(
@@ -70,7 +75,8 @@ class CollectionStore:
         col = self._open.get(name)
         if col is None:
             if name in self.problems:
-                raise CollectionError("collection_corrupt", self.problems[name])
+                code = self._problem_codes.get(name, "collection_corrupt")
+                raise CollectionError(code, self.problems[name])
             raise CollectionError("collection_not_found", f"no collection named {name!r}")
         return col
 
@@ -84,6 +90,7 @@ class CollectionStore:
             if col is None and name not in self.problems:
                 raise CollectionError("collection_not_found", f"no collection named {name!r}")
             self.problems.pop(name, None)
+            self._problem_codes.pop(name, None)
             if col is not None:
                 col.close()
             # rename first: after a crash the collection is gone, never half-deleted
@@ -111,7 +118,7 @@ class CollectionStore:
         self._owner.close()  # releases the folder's lock
 
 
-def _lock_folder(root: Path) -> TextIO:
+def lock_folder(root: Path) -> TextIO:
     """Hold an exclusive lock on `root/.lock` while the store is open: one process per
     folder, since a second writer would interleave the logs. The kernel drops the lock
     when the process dies, kill -9 included, so a crash never leaves the folder locked."""

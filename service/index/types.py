@@ -70,7 +70,9 @@ class CollectionInfo:
     index: IndexSpec
     active_index: str  # "flat", "ivf" or "hnsw": what serves searches now
     created_at: str
-    status: str = "ok"  # "ok", or how it was recovered, e.g. "rebuilt_from_log"
+    # "ok"; "rebuilt_from_log" (recovered from the previous snapshot and the logs); or
+    # "disk_full": opened read-only, writes answer 507 until the disk has space again
+    status: str = "ok"
     log_records: int = 0  # records in the log since the last snapshot
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,19 +1,31 @@
-"""Dynamic batching: concurrent requests share one forward pass.
+"""Dynamic batching: concurrent requests share one forward pass, and overload is refused
+at once instead of queued.
 
-Requests put jobs (lists of ready inputs) on a bounded queue; one loop per modality
-gathers jobs until `max_batch` items or `max_wait_ms`, runs the model in a dedicated
-thread (so the event loop never blocks), and hands each job its rows of the result.
-While the model runs, the next batch fills up, so under load batches are full and no
-time is spent waiting.
+Admission. A job is admitted (`reserve`) before any work is done on its items, so a
+refusal costs microseconds: it is refused with QueueFullError when it would wait longer
+than `max_queue_wait_ms` (its items, and what the jobs admitted before it get served
+meanwhile, at the measured service rate), or when the admitted items would exceed
+`max_queue`. The rate is a decayed average over recent batches (`ServiceRate`); until
+the first batch is measured only the item limit applies. A job is never refused by an
+empty batcher (it could never succeed otherwise).
+
+Batching. One loop per modality gathers items until `max_batch` or `max_wait_ms`, runs
+the model in a dedicated thread (so the event loop never blocks), and hands each job its
+rows. Jobs are served round-robin in chunks of at most `max_batch` items: a job of 2,000
+texts takes one batch, then every other waiting job gets its turn, then its next chunk.
+A job whose caller went away (its awaiting coroutine was cancelled) leaves the queue at
+once, so no batch is run for a client that left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import torch
@@ -22,20 +34,82 @@ T = TypeVar("T")
 
 
 class QueueFullError(RuntimeError):
-    """The batcher already holds `max_queue` items; the caller should retry later."""
+    """The batcher is full (by items or by estimated wait); retry in `retry_after` s."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
-@dataclass
+def _retry_after(excess: float | None) -> int:
+    """The Retry-After of a refusal: whole seconds (1 to 60) until the job would fit, from
+    how far past the limit it is (seconds of work at the measured rate; None: unknown)."""
+    return 1 if excess is None else min(60, max(1, math.ceil(excess)))
+
+
+class ServiceRate:
+    """Items per second the model gets through: decayed sums of items and seconds over
+    recent batches, so one batch of 64 weighs 64 times one batch of 1 and the estimate
+    follows a change of load within a few batches."""
+
+    def __init__(self, decay: float = 0.8) -> None:
+        self.decay = decay
+        self._items = 0.0
+        self._seconds = 0.0
+
+    def add(self, items: int, seconds: float) -> None:
+        self._items = self._items * self.decay + items
+        self._seconds = self._seconds * self.decay + max(seconds, 1e-6)
+
+    @property
+    def per_second(self) -> float | None:
+        """The estimate, or None before the first batch."""
+        return self._items / self._seconds if self._seconds > 0 else None
+
+
+class Reservation:
+    """Room for `size` items in a batcher, taken at admission and given back as the
+    items are embedded (`consume`) or all at once when the job ends (`release`)."""
+
+    def __init__(self, size: int, give_back: Callable[[int, bool], None]) -> None:
+        self.size = size
+        self.left = size
+        self._give_back = give_back
+
+    def consume(self, n: int) -> None:
+        n = min(n, self.left)  # a released reservation has nothing left to give back
+        self.left -= n
+        self._give_back(n, n > 0 and self.left == 0)
+
+    def release(self) -> None:
+        """Give back what is left; idempotent."""
+        self.consume(self.left)
+
+
+@dataclass(eq=False)  # identity: the queue removes a job by `is`
 class _Job(Generic[T]):
     items: Sequence[T]
     future: asyncio.Future[torch.Tensor]
+    reservation: Reservation
+    sent: int = 0  # items already handed to a batch
+    outs: list[torch.Tensor] = field(default_factory=list)  # their rows, in order
+
+
+@dataclass
+class _Segment(Generic[T]):
+    """Items [start, stop) of one job, in one batch."""
+
+    job: _Job[T]
+    start: int
+    stop: int
 
 
 class Batcher(Generic[T]):
     """Gathers items from concurrent `submit` calls into batches for `fn`.
 
     fn: list of n items -> [n, d] tensor; called in `executor`, at most `max_batch`
-    items at a time.
+    items at a time. `pending`: items admitted and not yet embedded; `jobs`: jobs
+    admitted and not yet ended.
     """
 
     def __init__(
@@ -45,6 +119,7 @@ class Batcher(Generic[T]):
         max_batch: int,
         max_wait_ms: float,
         max_queue: int,
+        max_queue_wait_ms: float = 3000.0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.fn = fn
@@ -52,9 +127,13 @@ class Batcher(Generic[T]):
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.max_queue_wait = max_queue_wait_ms / 1000.0
         self.on_batch = on_batch
-        self.pending = 0  # items queued or running
-        self._queue: asyncio.Queue[_Job[T]] = asyncio.Queue()
+        self.pending = 0
+        self.jobs = 0
+        self.rate = ServiceRate()
+        self._jobs: deque[_Job[T]] = deque()  # jobs with items not yet sent, in turn order
+        self._wake = asyncio.Event()  # set when a job joins the queue
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -66,67 +145,141 @@ class Batcher(Generic[T]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, items: Sequence[T]) -> torch.Tensor:
-        """n items -> [n, d]; raises QueueFullError at once when the queue is full."""
+    # -- admission ----------------------------------------------------------------------
+    def estimated_wait(self, n: int) -> float | None:
+        """Seconds until a new job of n items would be embedded at the measured rate (None
+        before the first batch is measured): its own items, and what is served before its
+        last chunk. Jobs take turns, so for each of its turns every admitted job gets one
+        chunk of `max_batch` at most: a job behind a big one waits for a chunk of it, not
+        for all of it. Bounded by every admitted item."""
+        rate = self.rate.per_second
+        if rate is None:
+            return None
+        turns = math.ceil(n / self.max_batch)
+        ahead = min(self.pending, self.jobs * turns * self.max_batch)
+        return (ahead + n) / rate
+
+    def reserve(self, n: int) -> Reservation:
+        """Admit a job of n items, or raise QueueFullError at once. Call it before doing
+        any work on the items (decoding), and pass the reservation to `submit`."""
+        if n < 1:
+            raise ValueError("nothing to submit")
+        if self.pending > 0:
+            if self.pending + n > self.max_queue:
+                rate = self.rate.per_second
+                excess = (self.pending + n - self.max_queue) / rate if rate else None
+                raise QueueFullError(
+                    f"{self.pending} items queued, the limit is {self.max_queue}",
+                    _retry_after(excess),
+                )
+            wait = self.estimated_wait(n)
+            if wait is not None and wait > self.max_queue_wait:
+                raise QueueFullError(
+                    f"it would wait about {wait:.1f} s, the limit is {self.max_queue_wait:g} s",
+                    _retry_after(wait - self.max_queue_wait),
+                )
+        self.pending += n
+        self.jobs += 1
+        return Reservation(n, self._give_back)
+
+    def _give_back(self, n: int, ended: bool) -> None:
+        self.pending -= n
+        if ended:
+            self.jobs -= 1
+
+    # -- jobs ---------------------------------------------------------------------------
+    async def submit(
+        self, items: Sequence[T], reservation: Reservation | None = None
+    ) -> torch.Tensor:
+        """n items -> [n, d]. Without a reservation, admits the job first (QueueFullError
+        at once when full). Cancelling the caller drops the job's unsent chunks."""
         if not items:
             raise ValueError("nothing to submit")
-        if self.pending + len(items) > self.max_queue and self.pending > 0:
-            raise QueueFullError(f"{self.pending} items queued")
-        future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
-        self.pending += len(items)
-        self._queue.put_nowait(_Job(items, future))
+        res = reservation if reservation is not None else self.reserve(len(items))
+        if res.left != len(items):
+            raise ValueError(f"a reservation for {res.left} items, {len(items)} submitted")
+        job: _Job[T] = _Job(items, asyncio.get_running_loop().create_future(), res)
+        self._jobs.append(job)
+        self._wake.set()
         try:
-            return await future
+            return await job.future
         finally:
-            self.pending -= len(items)
+            res.release()
+            with contextlib.suppress(ValueError):  # not queued any more: all of it was sent
+                self._jobs.remove(job)
 
+    # -- the loop -----------------------------------------------------------------------
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = await self._gather(loop)
-            live = [j for j in jobs if not j.future.done()]  # drop requests whose client left
-            if not live:
+            batch = await self._gather(loop)
+            if not batch:
                 continue
-            items = [x for j in live for x in j.items]
-            try:
-                out = await loop.run_in_executor(self.executor, self._run, items)
-            except Exception as e:
-                for j in live:
-                    if not j.future.done():
-                        j.future.set_exception(e)
-                continue
-            start = 0
-            for j in live:
-                n = len(j.items)
-                if not j.future.done():
-                    j.future.set_result(out[start : start + n])
-                start += n
-
-    async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[_Job[T]]:
-        jobs = [await self._queue.get()]
-        count = len(jobs[0].items)
-        deadline = loop.time() + self.max_wait
-        while count < self.max_batch:
-            try:
-                job = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            jobs.append(job)
-            count += len(job.items)
-        return jobs
-
-    def _run(self, items: list[T]) -> torch.Tensor:
-        """Runs in the model thread; splits oversize requests into max_batch chunks."""
-        outs = []
-        for i in range(0, len(items), self.max_batch):
-            chunk = items[i : i + self.max_batch]
+            items = [x for s in batch for x in s.job.items[s.start : s.stop]]
             if self.on_batch:
-                self.on_batch(len(chunk))
-            outs.append(self.fn(chunk))
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+                self.on_batch(len(items))
+            started = loop.time()
+            try:
+                # the time includes waiting for the model thread, which other modalities
+                # share: what is measured is the rate this batcher actually gets
+                out = await loop.run_in_executor(self.executor, self.fn, items)
+                if len(out) != len(items):
+                    raise RuntimeError(f"the model returned {len(out)} rows for {len(items)}")
+            except Exception as e:
+                for s in batch:
+                    s.job.reservation.consume(s.stop - s.start)
+                    if not s.job.future.done():
+                        s.job.future.set_exception(e)
+                continue
+            self.rate.add(len(items), loop.time() - started)
+            self._deliver(batch, out)
+
+    def _deliver(self, batch: list[_Segment[T]], out: torch.Tensor) -> None:
+        """Hand each segment its rows of `out` [items in batch, d]; a job whose last
+        segment this was gets its result."""
+        row = 0
+        for s in batch:
+            n = s.stop - s.start
+            s.job.reservation.consume(n)
+            if not s.job.future.done():  # its client may have left meanwhile
+                s.job.outs.append(out[row : row + n])
+                if s.stop == len(s.job.items):
+                    outs = s.job.outs
+                    s.job.future.set_result(torch.cat(outs) if len(outs) > 1 else outs[0])
+            row += n
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[_Segment[T]]:
+        """Wait for work, then take items until `max_batch` or `max_wait` has passed."""
+        while not self._jobs:
+            self._wake.clear()
+            await self._wake.wait()
+        deadline = loop.time() + self.max_wait
+        batch: list[_Segment[T]] = []
+        count = 0
+        while True:
+            count += self._take(batch, self.max_batch - count)
+            remaining = deadline - loop.time()
+            if count >= self.max_batch or remaining <= 0:
+                return batch
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return batch
+
+    def _take(self, batch: list[_Segment[T]], room: int) -> int:
+        """Append up to `room` items to `batch`, one job's turn at a time; a job with
+        items left goes to the back of the queue. -> how many were taken."""
+        taken = 0
+        while room > 0 and self._jobs:
+            job = self._jobs.popleft()
+            if job.future.done():  # its client left, or an earlier chunk failed
+                continue
+            n = min(room, len(job.items) - job.sent)
+            batch.append(_Segment(job, job.sent, job.sent + n))
+            job.sent += n
+            room -= n
+            taken += n
+            if job.sent < len(job.items):
+                self._jobs.append(job)
+        return taken

@@ -1,24 +1,24 @@
 """Texts and image bytes -> embeddings, through the batchers: what the routes embed with.
 
-A full queue or a device out of memory becomes a CapacityError (retryable, with a
-retry-after); the HTTP edge picks its status.
+A full batcher, a full decode queue or a device out of memory becomes a CapacityError
+(retryable, with a retry-after); the HTTP edge picks its status. Work whose client has
+gone is cancelled (service.runtime.client).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator
 from concurrent.futures import Executor
-from typing import TypeVar
 
 import torch
 
 from service.domain_errors import CapacityError
-from service.runtime.batcher import Batcher, QueueFullError
+from service.runtime.batcher import Batcher, QueueFullError, Reservation
+from service.runtime.client import while_client_waits
 from service.runtime.images import decode_image
 from training.encoders import Encoder
-
-T = TypeVar("T")
 
 
 class TextEmbedder:
@@ -28,12 +28,38 @@ class TextEmbedder:
         self.batcher = batcher
 
     async def __call__(self, texts: list[str]) -> torch.Tensor:
-        return await submit(self.batcher, texts)
+        with capacity_errors():
+            return await while_client_waits(self.batcher.submit(texts))
+
+
+class DecodeGate:
+    """Bounds the images handed to the decode pool and not yet decoded: past `limit`, a
+    request is refused at once instead of waiting in the pool's unbounded queue. An empty
+    gate takes any request, so one request larger than `limit` is not refused forever.
+
+    Used from the event loop only: a plain counter needs no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+
+    @contextlib.contextmanager
+    def enter(self, n: int) -> Iterator[None]:
+        """Hold n places while the body runs; QueueFullError when they are not free."""
+        if self.in_use > 0 and self.in_use + n > self.limit:
+            raise QueueFullError(f"{self.in_use} images being decoded, the limit is {self.limit}")
+        self.in_use += n
+        try:
+            yield
+        finally:
+            self.in_use -= n
 
 
 class ImageEmbedder:
-    """Image file bytes -> [n, d] embeddings: decoded and preprocessed in the decode pool
-    (in parallel, off the event loop), then batched on the model."""
+    """Image file bytes -> [n, d] embeddings: admitted by the batcher first (a refusal
+    costs no decoding), decoded and preprocessed in the decode pool (in parallel, off the
+    event loop, at most `max_decoding` images at a time), then batched on the model."""
 
     def __init__(
         self,
@@ -41,19 +67,43 @@ class ImageEmbedder:
         batcher: Batcher[torch.Tensor],
         decode_pool: Executor,
         max_pixels: int,
+        max_decoding: int = 64,
     ) -> None:
         self.encoder = encoder
         self.batcher = batcher
         self.decode_pool = decode_pool
         self.max_pixels = max_pixels
+        self.gate = DecodeGate(max_decoding)
 
     async def __call__(self, blobs: list[bytes]) -> torch.Tensor:
+        with capacity_errors():
+            reservation = self.batcher.reserve(len(blobs))
+            try:
+                return await while_client_waits(self._embed(blobs, reservation))
+            finally:
+                reservation.release()  # at once when decoding failed or the client left
+
+    async def _embed(self, blobs: list[bytes], reservation: Reservation) -> torch.Tensor:
+        return await self.batcher.submit(await self._decode(blobs), reservation)
+
+    async def _decode(self, blobs: list[bytes]) -> list[torch.Tensor]:
+        """n image files -> n preprocessed [3, s, s] tensors; the first bad image (in
+        request order) raises its ImageError once every decode has ended."""
         loop = asyncio.get_running_loop()
-        prep = [
-            loop.run_in_executor(self.decode_pool, self._prepare, blob, i)
-            for i, blob in enumerate(blobs)
-        ]
-        return await submit(self.batcher, await asyncio.gather(*prep))
+        with self.gate.enter(len(blobs)):
+            done = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self.decode_pool, self._prepare, blob, i)
+                    for i, blob in enumerate(blobs)
+                ),
+                return_exceptions=True,  # keep the places held until every decode ended
+            )
+        pixels: list[torch.Tensor] = []
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+            pixels.append(result)
+        return pixels
 
     def _prepare(self, blob: bytes, index: int) -> torch.Tensor:
         size = self.encoder.info.preprocess.size
@@ -61,10 +111,11 @@ class ImageEmbedder:
         return self.encoder.preprocess_image(image)
 
 
-async def submit(batcher: Batcher[T], items: Sequence[T]) -> torch.Tensor:
-    """`batcher.submit`, with its two transient failures as CapacityError."""
+@contextlib.contextmanager
+def capacity_errors() -> Iterator[None]:
+    """The two transient failures of embedding as CapacityError."""
     try:
-        return await batcher.submit(items)
+        yield
     except torch.OutOfMemoryError as e:
         # The batch, not the request, was too big for the device right now: retryable.
         raise CapacityError(
@@ -74,5 +125,7 @@ async def submit(batcher: Batcher[T], items: Sequence[T]) -> torch.Tensor:
         ) from e
     except QueueFullError as e:
         raise CapacityError(
-            "overloaded", f"the server is at capacity ({e}); retry shortly", retry_after=1
+            "overloaded",
+            f"the server is at capacity ({e}); retry shortly",
+            retry_after=e.retry_after,
         ) from e

@@ -487,7 +487,14 @@ def test_openapi_documents_both_bodies(client: TestClient) -> None:
     spec = _ok(client.get("/openapi.json"))
     body = spec["paths"][f"{C}/{{name}}/items"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
-    assert "items" in body["application/json"]["schema"]["properties"]
+    schemas = spec["components"]["schemas"]
+    for media, name in (
+        ("application/json", "UpsertRequest"),
+        ("multipart/form-data", "UpsertForm"),
+    ):
+        assert body[media]["schema"] == {"$ref": f"#/components/schemas/{name}"}
+    assert "items" in schemas["UpsertRequest"]["properties"]
+    assert {"files", "ids", "metadata"} <= set(schemas["UpsertForm"]["properties"])
     assert "$defs" not in json.dumps(spec)
 
 

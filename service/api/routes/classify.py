@@ -11,7 +11,7 @@ from service.api.deps import (
     SettingsDep,
     require_model,
 )
-from service.api.openapi_docs import IMAGE_FORM, json_or_multipart
+from service.api.openapi_docs import CLASSIFY_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
     images_from_json,
@@ -20,8 +20,14 @@ from service.api.payload import (
     read_form,
     read_json,
 )
-from service.api.validate import bad, check_image_count, check_labels, check_templates
-from service.responses import FastJSON
+from service.api.validate import (
+    bad,
+    check_classify_size,
+    check_image_count,
+    check_labels,
+    check_templates,
+)
+from service.responses import FastJSON, finite_output
 from service.runtime.zeroshot import probabilities
 from service.schemas import ClassifyRequest, ClassifyResponse
 from service.settings import Settings
@@ -52,7 +58,7 @@ async def _read(request: Request, s: Settings) -> tuple[ClassifyRequest, list[by
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
-    openapi_extra=json_or_multipart(ClassifyRequest, IMAGE_FORM),
+    openapi_extra=json_or_multipart(ClassifyRequest, CLASSIFY_FORM),
     summary="Rank labels for each image (zero-shot, template ensemble)",
 )
 async def classify(
@@ -69,9 +75,12 @@ async def classify(
         body.templates if body.templates is not None else list(enc.info.default_templates),
         settings,
     )
+    check_classify_size(len(labels), len(templates), settings)
     check_image_count(len(blobs), settings)
     weights = await classifiers.get(enc.model_id, labels, templates)
     probs, scores = probabilities(await embed_images(blobs), weights, enc.logit_scale)
+    finite_output(scores, enc.model_id)  # NaN in an image or label embedding: no ranking
+    finite_output(probs, enc.model_id)
     k = min(body.top_k or len(labels), len(labels))
     results = []
     for i in range(len(blobs)):

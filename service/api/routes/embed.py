@@ -22,7 +22,7 @@ from service.api.payload import (
     require_json_dep,
 )
 from service.api.validate import check_image_count, check_texts
-from service.responses import FastJSON
+from service.responses import FastJSON, finite_output
 from service.schemas import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
 from service.settings import Settings
 
@@ -30,7 +30,7 @@ router = APIRouter(prefix="/v1/embed", tags=["embeddings"])
 
 
 def _reply(model_id: str, emb: object, dim: int) -> FastJSON:
-    return FastJSON({"model": model_id, "dim": dim, "embeddings": emb})
+    return FastJSON({"model": model_id, "dim": dim, "embeddings": finite_output(emb, model_id)})
 
 
 @router.post(

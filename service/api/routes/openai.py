@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from service.api.deps import SettingsDep, TextEmbedderDep, TextEncoderDep, require_model
 from service.api.payload import require_json_dep
 from service.api.validate import bad, check_texts
-from service.responses import FastJSON
+from service.responses import FastJSON, finite_output
 from service.schemas import OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -35,7 +35,7 @@ async def embeddings(
             f"this model embeds into {enc.embed_dim} dimensions; "
             f"omit 'dimensions' or send {enc.embed_dim}",
         )
-    emb = (await embed(texts)).numpy().astype(np.float32, copy=False)
+    emb = finite_output(await embed(texts), enc.model_id).astype(np.float32, copy=False)
     if body.encoding_format == "base64":
         # OpenAI's base64 form: the little-endian float32 bytes of each vector.
         data = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in emb]

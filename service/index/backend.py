@@ -1,0 +1,278 @@
+"""The collection backend interface: the same operations for every engine behind collections.
+
+Two backends implement it: `service.index.faiss_backend.FaissBackend` (the embedded store in
+a folder, the default) and `service.index.qdrant_backend.QdrantBackend` (a Qdrant server, or
+qdrant-client's embedded local mode for tests). Both are checked by one contract suite,
+tests/index/test_backend_contract.py.
+
+What a backend promises:
+
+- vectors are float32 rows of unit norm; a search score is their inner product (the cosine
+  similarity), the same number on every backend for the same data;
+- ids are strings (1-256 characters) and metadata a JSON object, stored as given: any key,
+  "_id" and "meta" included, comes back unchanged;
+- `where` is a `service.index.filters.Filter` (or the JSON object it is parsed from), with
+  exactly the semantics of `Filter.matches`; a filtered search returns `k` hits whenever at
+  least `k` items match (exactly on the embedded store; Qdrant's HNSW can miss a few);
+- every write is durable when the call returns;
+- errors are `CollectionError`s with a stable code (service.errors maps it to a status),
+  never an engine's own exception: an unreachable server is "backend_unavailable" (503),
+  naming where it was looked for.
+
+What a backend does NOT do: the model-space guard. A collection records the model id and
+dimension it was created for (`handle.model_id`, `handle.dim`), and the API layer checks
+that a request's vectors come from that model before it calls `upsert` or `search`
+("model_mismatch", "wrong_dimension"). Keeping that check above the backends keeps it in
+one place, identical for all of them; a backend only refuses vectors whose shape cannot be
+stored (`check_batch`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from service.index.filters import Filter, parse_filter
+from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
+
+if TYPE_CHECKING:
+    from service.index.qdrant_backend import QdrantConfig
+
+BackendKind = Literal["faiss", "qdrant"]
+BACKEND_ENV = "CONTRASTIVE_COLLECTIONS_BACKEND"
+MAX_PAGE = 10_000  # items per scroll page
+Where = Filter | Mapping[str, Any] | None
+
+
+@dataclass
+class Item:
+    """One stored item; `vector` float32 [dim] when asked for, else None."""
+
+    id: str
+    metadata: dict[str, Any]
+    vector: np.ndarray | None = None
+
+
+@dataclass
+class Page:
+    """A page of a scroll; pass `next_cursor` back for the next one (None: no more)."""
+
+    items: list[Item]
+    next_cursor: str | None
+
+
+@runtime_checkable
+class CollectionHandle(Protocol):
+    """One collection. Methods may block on I/O: call them off the event loop."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model_id(self) -> str:
+        """The embedding space it was created for (the API's guard reads it)."""
+        ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def upsert(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> int:
+        """Add or replace; `vectors` float32 [n, dim], unit rows -> distinct ids written.
+
+        A repeated id keeps its last occurrence. Durable on return."""
+        ...
+
+    def delete(self, ids: list[str]) -> int:
+        """Remove these ids (unknown ones are ignored) -> how many were present."""
+        ...
+
+    def delete_where(self, where: Where) -> int:
+        """Remove every item the filter matches -> how many. An empty filter is refused
+        ("invalid_filter"): dropping the collection is how to remove everything."""
+        ...
+
+    def get(self, id_: str) -> Item | None:
+        """The item with its vector (float32 [dim]), or None."""
+        ...
+
+    def scroll(self, cursor: str | None = None, limit: int = 100, vectors: bool = False) -> Page:
+        """Up to `limit` items from `cursor` (None: the start), in a fixed order of the
+        backend's choosing. Scrolling to the end sees every item present throughout exactly
+        once; items written meanwhile may or may not appear. Cursors are opaque strings."""
+        ...
+
+    def search(self, queries: np.ndarray, k: int, where: Where = None) -> list[list[Hit]]:
+        """queries float32 [q, dim], unit rows -> for each, up to k hits, best first."""
+        ...
+
+    def count(self) -> int: ...
+
+    def info(self) -> CollectionInfo: ...
+
+
+@runtime_checkable
+class CollectionBackend(Protocol):
+    """All collections of one engine: create, drop, list, open."""
+
+    def create(
+        self, name: str, model_id: str, dim: int, spec: IndexSpec | None = None
+    ) -> CollectionInfo:
+        """A new, empty collection ("collection_exists" if the name is taken)."""
+        ...
+
+    def drop(self, name: str) -> None:
+        """Delete a collection and its items ("collection_not_found" if there is none)."""
+        ...
+
+    def list(self) -> list[CollectionInfo]:
+        """The collections that serve, by name."""
+        ...
+
+    def get(self, name: str) -> CollectionHandle:
+        """A handle on one collection: "collection_not_found", or "collection_corrupt"
+        with the reason when it is listed in `problems`."""
+        ...
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """Collections kept out of service: name -> why (the service's /readyz shows them)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise "backend_unavailable" when the engine cannot be reached (for /readyz)."""
+        ...
+
+    def close(self) -> None:
+        """Release files, locks and connections; the stored data stays."""
+        ...
+
+
+# -- checks every backend shares ---------------------------------------------------------------
+def as_filter(where: Where) -> Filter:
+    """A parsed Filter, or the JSON object of one ("invalid_filter" naming what is wrong)."""
+    return where if isinstance(where, Filter) else parse_filter(where)
+
+
+def require_conditions(where: Filter) -> Filter:
+    if not where:
+        raise CollectionError(
+            "invalid_filter",
+            "delete by filter needs at least one condition (to remove everything, drop the "
+            "collection)",
+        )
+    return where
+
+
+def check_batch(
+    ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]], dim: int
+) -> np.ndarray:
+    """The shape of an upsert -> vectors as contiguous float32 [n, dim]."""
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise CollectionError(
+            "wrong_dimension", f"vectors must be [n, {dim}], not {list(vectors.shape)}"
+        )
+    if not len(ids) == len(vectors) == len(metadata):
+        raise CollectionError(
+            "invalid_request",
+            f"{len(ids)} ids, {len(vectors)} vectors and {len(metadata)} metadata: give one each",
+        )
+    return np.ascontiguousarray(vectors, np.float32)
+
+
+def check_queries(queries: np.ndarray, k: int, dim: int) -> np.ndarray:
+    """queries [q, dim] and k >= 1 -> contiguous float32 queries."""
+    if k < 1:
+        raise CollectionError("invalid_k", f"k must be at least 1, not {k}")
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise CollectionError(
+            "wrong_dimension", f"queries must be [q, {dim}], not {list(queries.shape)}"
+        )
+    return np.ascontiguousarray(queries, np.float32)
+
+
+def check_page_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise CollectionError("invalid_request", f"a page holds 1 to {MAX_PAGE} items, not {limit}")
+    return limit
+
+
+def last_occurrences(ids: list[str]) -> list[int]:
+    """Positions that survive an upsert: the last occurrence of each id, in order."""
+    return sorted({id_: i for i, id_ in enumerate(ids)}.values())
+
+
+# -- operations written once, on the interface --------------------------------------------------
+def iter_items(handle: CollectionHandle, page: int = 1000, vectors: bool = True) -> Iterator[Item]:
+    """Every item of a collection, scrolled `page` at a time."""
+    cursor: str | None = None
+    while True:
+        got = handle.scroll(cursor, page, vectors=vectors)
+        yield from got.items
+        if got.next_cursor is None:
+            return
+        cursor = got.next_cursor
+
+
+def copy_collection(
+    src: CollectionBackend, dst: CollectionBackend, name: str, batch: int = 1000
+) -> int:
+    """Copy collection `name` (model id, dim, index spec, items) from one backend to another
+    -> items copied. The destination must not have it yet; the source is left as it is."""
+    source = src.get(name)
+    info = source.info()
+    dst.create(name, info.model_id, info.dim, info.index)
+    target = dst.get(name)
+    copied = 0
+    for chunk in _chunks(iter_items(source, batch), batch):
+        vecs = np.stack([_vector(it) for it in chunk])
+        copied += target.upsert([it.id for it in chunk], vecs, [it.metadata for it in chunk])
+    return copied
+
+
+def _vector(item: Item) -> np.ndarray:
+    if item.vector is None:  # iter_items(vectors=True) always fills it
+        raise ValueError(f"item {item.id!r} came without its vector")
+    return item.vector
+
+
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# -- choosing a backend from the environment ---------------------------------------------------
+def backend_kind(env: Mapping[str, str] = os.environ) -> BackendKind:
+    """CONTRASTIVE_COLLECTIONS_BACKEND: "faiss" (default) or "qdrant"."""
+    kind = env.get(BACKEND_ENV, "faiss").strip().lower() or "faiss"
+    if kind not in ("faiss", "qdrant"):
+        raise ValueError(f'{BACKEND_ENV} must be "faiss" or "qdrant", not {kind!r}')
+    return kind  # type: ignore[return-value]
+
+
+def open_backend(
+    kind: BackendKind,
+    root: Path,
+    qdrant: QdrantConfig | None = None,
+    snapshot_every: int = 20_000,
+    device: str | None = None,
+) -> CollectionBackend:
+    """The backend of `kind`: FAISS collections under `root`, or Qdrant per `qdrant`
+    (default: QdrantConfig.from_env()). qdrant-client is imported only when asked for."""
+    if kind == "qdrant":
+        from service.index.qdrant_backend import QdrantBackend, QdrantConfig
+
+        return QdrantBackend(qdrant or QdrantConfig.from_env())
+    from service.index.faiss_backend import FaissBackend
+
+    return FaissBackend.open(root, snapshot_every, device)

@@ -1,0 +1,363 @@
+"""The batcher's admission (by estimated wait and by items), its round-robin chunks, the
+dropping of jobs whose client left, and the image embedder's admission before decoding
+and its bounded decode queue."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from service.domain_errors import CapacityError
+from service.runtime import client
+from service.runtime.batcher import Batcher, QueueFullError, ServiceRate
+from service.runtime.client import ClientGoneError, while_client_waits
+from service.runtime.embedding import ImageEmbedder
+from service.runtime.images import ImageError
+from tests.helpers import FakeEncoder, image_bytes
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    executor = ThreadPoolExecutor(1)
+    yield executor
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def rows(items: list[int]) -> torch.Tensor:
+    """n ints -> [n, 1]: each row says which item it came from."""
+    return torch.tensor(items, dtype=torch.float32)[:, None]
+
+
+class Model:
+    """fn for a Batcher: records every batch, sleeps `per_item` s per item, and can be
+    held at its next call until `release()` (for tests that act while it runs)."""
+
+    def __init__(self, per_item: float = 0.0) -> None:
+        self.per_item = per_item
+        self.batches: list[list[int]] = []
+        self.started = threading.Event()
+        self._go = threading.Event()
+        self._go.set()
+
+    def hold(self) -> None:
+        self._go.clear()
+        self.started.clear()
+
+    def release(self) -> None:
+        self._go.set()
+
+    def __call__(self, items: list[int]) -> torch.Tensor:
+        self.batches.append(list(items))
+        self.started.set()
+        self._go.wait(10)
+        time.sleep(self.per_item * len(items))
+        return rows(items)
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition never met"
+        await asyncio.sleep(0.005)
+
+
+def test_service_rate_weights_batches_by_their_size() -> None:
+    rate = ServiceRate(decay=0.5)
+    assert rate.per_second is None
+    rate.add(64, 1.0)
+    assert rate.per_second == pytest.approx(64.0)
+    rate.add(1, 1.0)  # a lone small batch moves the estimate, but only part of the way
+    assert rate.per_second == pytest.approx((32 + 1) / (0.5 + 1.0))
+
+
+def test_admission_by_estimated_wait_and_by_items(pool: ThreadPoolExecutor) -> None:
+    async def main() -> None:
+        b: Batcher[int] = Batcher(Model(), pool, 64, 0, max_queue=100, max_queue_wait_ms=500)
+        # before any batch is measured, only the item limit applies
+        assert b.estimated_wait(1) is None
+        first = b.reserve(90)
+        with pytest.raises(QueueFullError, match="90 items queued, the limit is 100"):
+            b.reserve(11)
+        first.release()
+        assert b.pending == 0
+
+        b.rate.add(100, 1.0)  # as if measured: 100 items/s
+        held = b.reserve(30)
+        b.reserve(20)  # 50 items: 0.5 s, just at the limit
+        with pytest.raises(QueueFullError, match=r"wait about 0\.5 s, the limit is 0\.5 s") as e:
+            b.reserve(1)
+        assert e.value.retry_after == 1
+        assert (b.pending, b.jobs) == (50, 2)  # a refusal takes nothing
+        held.release()
+        assert (b.pending, b.jobs) == (20, 1)
+        b.reserve(1).release()  # room again
+        # an empty batcher takes any job, even one longer than the limit alone
+        b.pending = b.jobs = 0
+        b.reserve(99).release()
+        assert (b.pending, b.jobs) == (0, 0)
+
+    asyncio.run(main())
+
+
+def test_retry_after_says_when_the_job_would_fit(pool: ThreadPoolExecutor) -> None:
+    async def main() -> None:
+        b: Batcher[int] = Batcher(Model(), pool, 64, 0, max_queue=40, max_queue_wait_ms=500)
+        b.rate.add(10, 1.0)  # 10 items/s
+        b.reserve(5)
+        with pytest.raises(QueueFullError) as e:
+            b.reserve(30)  # (5 + 30) / 10 = 3.5 s: 3 s past the limit
+        assert e.value.retry_after == 3
+        b.rate.add(10_000, 1.0)  # now fast: the item limit refuses, 5 items over it
+        with pytest.raises(QueueFullError, match="5 items queued, the limit is 40") as e:
+            b.reserve(40)
+        assert e.value.retry_after == 1
+
+    asyncio.run(main())
+
+
+def test_a_small_job_is_admitted_beside_a_big_one(pool: ThreadPoolExecutor) -> None:
+    """Jobs take turns: a small job waits for one chunk of a big job, not all of it."""
+
+    async def main() -> None:
+        b: Batcher[int] = Batcher(Model(), pool, 4, 0, max_queue=1000, max_queue_wait_ms=500)
+        b.rate.add(100, 1.0)  # 100 items/s: the big job alone is 2 s of work
+        big = b.reserve(200)
+        assert b.estimated_wait(1) == pytest.approx((4 + 1) / 100)
+        b.reserve(1)
+        with pytest.raises(QueueFullError):  # 40 items: 10 turns, 4 items of each job a turn
+            b.reserve(40)
+        assert b.estimated_wait(40) == pytest.approx((min(201, 2 * 40) + 40) / 100)
+        big.release()
+        b.reserve(40)
+
+    asyncio.run(main())
+
+
+def test_a_slow_model_is_refused_by_time_long_before_the_item_limit(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """10 ms per item: 100 items/s at most. With a 100 ms limit, a batch of 8 items in the
+    queue leaves no room for 3 more, though the item limit (1000) is far away."""
+    model = Model(per_item=0.01)
+
+    async def main() -> None:
+        b: Batcher[int] = Batcher(model, pool, 8, 0, max_queue=1000, max_queue_wait_ms=100)
+        b.start()
+        await b.submit([0, 1, 2, 3])  # measures the rate
+        rate = b.rate.per_second
+        assert rate is not None and 10 < rate <= 100
+        busy = asyncio.create_task(b.submit(list(range(8))))
+        await until(lambda: b.pending == 8)
+        t0 = time.perf_counter()
+        with pytest.raises(QueueFullError, match="it would wait about"):
+            await b.submit([8, 9, 10])
+        assert time.perf_counter() - t0 < 0.05  # refused at once, not after waiting
+        assert (await busy)[:, 0].tolist() == list(range(8))
+        assert b.pending == 0
+        await b.stop()
+
+    asyncio.run(main())
+
+
+def test_two_jobs_take_turns_in_chunks_of_max_batch(pool: ThreadPoolExecutor) -> None:
+    model = Model()
+
+    async def main() -> None:
+        b: Batcher[int] = Batcher(model, pool, 4, 0, max_queue=100)
+        b.start()
+        big = asyncio.create_task(b.submit(list(range(12))))
+        other = asyncio.create_task(b.submit(list(range(100, 108))))
+        out_big, out_other = await asyncio.gather(big, other)
+        assert out_big[:, 0].tolist() == list(range(12))
+        assert out_other[:, 0].tolist() == list(range(100, 108))
+        await b.stop()
+
+    asyncio.run(main())
+    assert model.batches == [
+        [0, 1, 2, 3],
+        [100, 101, 102, 103],
+        [4, 5, 6, 7],
+        [104, 105, 106, 107],
+        [8, 9, 10, 11],
+    ]
+
+
+def test_a_small_job_is_not_stuck_behind_a_big_one(pool: ThreadPoolExecutor) -> None:
+    model = Model()
+
+    async def main() -> None:
+        b: Batcher[int] = Batcher(model, pool, 4, 0, max_queue=100)
+        b.start()
+        model.hold()
+        big = asyncio.create_task(b.submit(list(range(40))))
+        await until(model.started.is_set)  # the big job's first chunk is running
+        small = asyncio.create_task(b.submit([1000]))
+        await asyncio.sleep(0.01)
+        model.release()
+        assert (await small)[:, 0].tolist() == [1000]
+        assert not big.done()  # 10 chunks; the small job waited for 2 of them
+        await big
+        await b.stop()
+
+    asyncio.run(main())
+    # it shares the third batch; all 41 items ran in full batches but the last
+    assert any(1000 in batch for batch in model.batches[:3])
+    assert [len(batch) for batch in model.batches] == [4] * 10 + [1]
+
+
+def test_a_cancelled_job_runs_no_further_chunks(pool: ThreadPoolExecutor) -> None:
+    model = Model()
+
+    async def main() -> None:
+        b: Batcher[int] = Batcher(model, pool, 4, 0, max_queue=100)
+        b.start()
+        model.hold()
+        job = asyncio.create_task(b.submit(list(range(40))))
+        await until(model.started.is_set)
+        job.cancel()  # the client left while its first chunk runs
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        assert b.pending == 0  # its room is given back at once
+        model.release()
+        out = await b.submit([7, 8])
+        assert out[:, 0].tolist() == [7, 8]
+        await b.stop()
+
+    asyncio.run(main())
+    assert model.batches == [[0, 1, 2, 3], [7, 8]]  # 9 chunks of the cancelled job dropped
+
+
+def test_work_stops_when_its_client_leaves(pool: ThreadPoolExecutor) -> None:
+    model = Model()
+
+    async def request(b: Batcher[int], items: list[int], left: asyncio.Event) -> torch.Tensor:
+        client.watch(left.wait)  # what service.api.client_gone does for a request
+        return await while_client_waits(b.submit(items))
+
+    async def main() -> None:
+        b: Batcher[int] = Batcher(model, pool, 4, 0, max_queue=100)
+        b.start()
+        stays = asyncio.Event()
+        assert (await request(b, [1, 2], stays))[:, 0].tolist() == [1, 2]
+        model.hold()
+        leaves = asyncio.Event()
+        task = asyncio.create_task(request(b, list(range(40)), leaves))
+        await until(model.started.is_set)
+        leaves.set()
+        with pytest.raises(ClientGoneError) as e:
+            await task
+        assert e.value.code == "client_closed_request"
+        assert b.pending == 0
+        model.release()
+        assert (await b.submit([5]))[:, 0].tolist() == [5]
+        await b.stop()
+
+    asyncio.run(main())
+    assert model.batches == [[1, 2], [0, 1, 2, 3], [5]]
+
+
+def test_a_failed_batch_fails_its_jobs_and_frees_their_room(pool: ThreadPoolExecutor) -> None:
+    def broken(items: list[int]) -> torch.Tensor:
+        raise RuntimeError("device lost")
+
+    async def main() -> None:
+        b: Batcher[int] = Batcher(broken, pool, 4, 0, max_queue=100)
+        b.start()
+        with pytest.raises(RuntimeError, match="device lost"):
+            await b.submit(list(range(10)))
+        assert b.pending == 0
+        await b.stop()
+
+    asyncio.run(main())
+
+
+# -- the image embedder: admission before decoding, bounded decode queue -------------------
+class CountingEmbedder(ImageEmbedder):
+    """Counts decodes; `hold`, when set, holds every decode until it is opened."""
+
+    def __init__(self, batcher: Batcher[torch.Tensor], decode_pool: ThreadPoolExecutor, **kw: int):
+        super().__init__(FakeEncoder(), batcher, decode_pool, 10_000, **kw)
+        self.decodes = 0
+        self.hold: threading.Event | None = None
+
+    def _prepare(self, blob: bytes, index: int) -> torch.Tensor:
+        self.decodes += 1
+        if self.hold is not None:
+            self.hold.wait(10)
+        return super()._prepare(blob, index)
+
+
+def _image_batcher(pool: ThreadPoolExecutor, max_queue: int) -> Batcher[torch.Tensor]:
+    enc = FakeEncoder()
+
+    def embed(pixels: list[torch.Tensor]) -> torch.Tensor:
+        return enc.encode_image_tensors(torch.stack(pixels))
+
+    return Batcher(embed, pool, 8, 0, max_queue=max_queue)
+
+
+PNG = image_bytes(np.full((8, 8, 3), 200, np.uint8))
+
+
+def test_images_are_refused_before_any_is_decoded(pool: ThreadPoolExecutor) -> None:
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as decode_pool:
+            batcher = _image_batcher(pool, max_queue=4)
+            batcher.start()
+            embed = CountingEmbedder(batcher, decode_pool)
+            held = batcher.reserve(4)  # the queue is full
+            with pytest.raises(CapacityError) as e:
+                await embed([PNG, PNG])
+            assert e.value.code == "overloaded" and e.value.retry_after == 1
+            assert embed.decodes == 0 and batcher.pending == 4
+            held.release()
+            assert (await embed([PNG, PNG])).shape == (2, 8)
+            await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_bad_image_gives_back_the_reservation(pool: ThreadPoolExecutor) -> None:
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as decode_pool:
+            batcher = _image_batcher(pool, max_queue=4)
+            batcher.start()
+            embed = CountingEmbedder(batcher, decode_pool)
+            with pytest.raises(ImageError, match="image 1 is not a readable image"):
+                await embed([PNG, b"not an image", PNG, PNG])
+            assert embed.decodes == 4  # every decode ended before the room was freed
+            assert batcher.pending == 0 and embed.gate.in_use == 0
+            assert (await embed([PNG] * 4)).shape == (4, 8)  # the whole queue is free
+            await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_the_decode_queue_is_bounded(pool: ThreadPoolExecutor) -> None:
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as decode_pool:
+            batcher = _image_batcher(pool, max_queue=100)
+            batcher.start()
+            embed = CountingEmbedder(batcher, decode_pool, max_decoding=3)
+            embed.hold = threading.Event()  # decodes hang until opened
+            first = asyncio.create_task(embed([PNG, PNG, PNG]))
+            await until(lambda: embed.decodes == 2)  # 2 decode threads busy, 1 queued
+            t0 = time.perf_counter()
+            with pytest.raises(CapacityError, match="3 images being decoded, the limit is 3"):
+                await embed([PNG])
+            assert time.perf_counter() - t0 < 0.05
+            assert batcher.pending == 3  # the refused request took no room in the batcher
+            embed.hold.set()
+            assert (await first).shape == (3, 8)
+            assert (await embed([PNG])).shape == (1, 8)
+            assert embed.gate.in_use == 0
+            await batcher.stop()
+
+    asyncio.run(main())

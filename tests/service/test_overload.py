@@ -1,0 +1,212 @@
+"""Overload is shed in milliseconds and every job is bounded.
+
+In process: a classify request may ask for at most `max_classify_texts` texts (labels x
+templates), JSON or multipart. Against a real uvicorn process (tests/service/
+overload_server.py, whose model costs a fixed time per image, so its capacity is known):
+at 4x capacity only 200 and 503 come back, the 503s within milliseconds, the 200s within
+`max_queue_wait_ms` plus one batch, memory stays flat, and the server recovers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.settings import Settings
+from tests.helpers import free_port, image_bytes, wait_server_ready
+
+Factory = Callable[..., TestClient]
+Response = Any  # TestClient's response (its httpx may be another build than ours)
+PNG = image_bytes(np.full((16, 16, 3), 90, np.uint8))
+
+
+# -- labels x templates ----------------------------------------------------------------------
+def _classify_refusal(r: Response, labels: int, templates: int, limit: int) -> None:
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "too_many_items"
+    texts = labels * templates
+    assert f"{labels} labels x {templates} templates = {texts} texts" in err["message"]
+    assert f"the limit is {limit}" in err["message"]
+    assert err["detail"] == {
+        "labels": labels,
+        "templates": templates,
+        "texts": texts,
+        "limit": limit,
+    }
+
+
+def test_classify_refuses_more_texts_than_the_limit_json(fake_app_factory: Factory) -> None:
+    client = fake_app_factory(Settings(max_classify_texts=6))
+    image = base64.b64encode(PNG).decode()
+    body = {"images": [image], "labels": ["a", "b", "c"], "templates": ["{}", "x {}", "y {}"]}
+    _classify_refusal(client.post("/v1/classify", json=body), 3, 3, 6)
+    body["templates"] = ["{}", "x {}"]  # 6: at the limit
+    assert client.post("/v1/classify", json=body).status_code == 200
+    # the model's default templates count too (the fake model has one)
+    many = {"images": [image], "labels": [f"label {i}" for i in range(7)]}
+    _classify_refusal(client.post("/v1/classify", json=many), 7, 1, 6)
+
+
+def test_classify_refuses_more_texts_than_the_limit_multipart(fake_app_factory: Factory) -> None:
+    client = fake_app_factory(Settings(max_classify_texts=6))
+    files = [("files", ("a.png", PNG, "image/png"))]
+    data = {"labels": ["a", "b", "c", "d"], "templates": ["{}", "x {}"]}
+    _classify_refusal(client.post("/v1/classify", files=files, data=data), 4, 2, 6)
+    data["labels"] = ["a", "b", "c"]
+    assert client.post("/v1/classify", files=files, data=data).status_code == 200
+
+
+# -- 4x capacity against a real server ---------------------------------------------------------
+SCRIPT = Path(__file__).with_name("overload_server.py")
+PER_ITEM = 0.025  # seconds of model time per image: capacity 40 images/s
+CAPACITY = 1 / PER_ITEM
+MAX_BATCH = 8
+BATCH_S = PER_ITEM * MAX_BATCH  # one full batch: 0.2 s
+MAX_QUEUE_WAIT_MS = 1000.0
+OFFERED = 4 * CAPACITY  # requests/s, one image each
+DURATION = 4.0  # seconds of load
+BODY = {"images": [base64.b64encode(PNG).decode()]}
+
+
+@dataclass
+class Answer:
+    status: int
+    seconds: float
+    code: str | None
+    retry_after: str | None
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc; psutil is not a dependency)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc status")
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    tmp_path = tmp_path_factory.mktemp("overload")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, str(SCRIPT), f"--port={port}"]
+    cmd += [f"--collections-dir={tmp_path / 'collections'}", f"--per-item={PER_ITEM}"]
+    cmd += [f"--max-queue-wait-ms={MAX_QUEUE_WAIT_MS}", f"--max-batch-size={MAX_BATCH}"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_server_ready(url, proc, log.read_text, timeout=60)
+        yield url, proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def _post(http: httpx.AsyncClient) -> Answer:
+    t0 = time.perf_counter()
+    r = await http.post("/v1/embed/image", json=BODY)
+    seconds = time.perf_counter() - t0
+    code = r.json()["error"]["code"] if r.status_code != 200 else None
+    return Answer(r.status_code, seconds, code, r.headers.get("retry-after"))
+
+
+async def _offer(http: httpx.AsyncClient, rate: float, duration: float) -> list[Answer]:
+    """Open loop: one request every 1/rate s for `duration` s, whatever the answers
+    (clients that wait for answers would slow down with the server and hide overload)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    for i in range(int(rate * duration)):
+        await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+        tasks.append(asyncio.create_task(_post(http)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def _drive(url: str, pid: int) -> tuple[list[Answer], float, int, int, Answer]:
+    """-> (answers under load, load seconds, RSS before and after, one answer after)."""
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        # a server that has been up: the rate is measured, connections and buffers exist
+        await _offer(http, CAPACITY / 2, 1.0)
+        rss_before = rss_bytes(pid)
+        t0 = time.perf_counter()
+        answers = await _offer(http, OFFERED, DURATION)
+        seconds = time.perf_counter() - t0
+        rss_after = rss_bytes(pid)
+        await asyncio.sleep(BATCH_S)
+        after = await _post(http)
+    return answers, seconds, rss_before, rss_after, after
+
+
+@pytest.mark.slow
+def test_four_times_capacity_is_shed_in_milliseconds(
+    server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, proc = server
+    answers, seconds, rss_before, rss_after, after = asyncio.run(_drive(url, proc.pid))
+
+    ok = [a.seconds for a in answers if a.status == 200]
+    shed = [a for a in answers if a.status == 503]
+    figures = (
+        f"capacity {CAPACITY:.0f}/s, offered {len(answers) / DURATION:.0f}/s for {DURATION} s: "
+        f"{len(ok)} x 200 ({len(ok) / seconds:.1f}/s, p99 {p99(ok) * 1000:.0f} ms), "
+        f"{len(shed)} x 503 (p99 {p99([a.seconds for a in shed]) * 1000:.1f} ms), "
+        f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB, "
+        f"after: {after.status} in {after.seconds * 1000:.0f} ms"
+    )
+    print(figures)
+    assert {a.status for a in answers} <= {200, 503}, figures
+    assert all(a.code == "overloaded" and a.retry_after for a in shed), figures
+    assert len(shed) > len(answers) / 2, figures  # most of 4x capacity is refused ...
+    assert len(ok) > 0.6 * CAPACITY * DURATION, figures  # ... while the model stays busy
+    assert p99([a.seconds for a in shed]) < 0.1, figures
+    assert p99(ok) < MAX_QUEUE_WAIT_MS / 1000 + BATCH_S + 0.3, figures  # 0.3 s: HTTP, 2 cores
+    assert rss_after < 1.1 * rss_before, figures
+    assert after.status == 200 and after.seconds < 2 * BATCH_S, figures
+
+
+def _image_items_run(url: str) -> float:
+    """Images the server's model has embedded so far (from /metrics)."""
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith('contrastive_batch_size_sum{modality="image"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no image batch metric")
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_gets_no_more_work_done(
+    server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """64 images are 8 batches, 1.6 s of model time; the client gives up after 0.3 s."""
+    url, _ = server
+    before = _image_items_run(url)
+    body = {"images": BODY["images"] * 64}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v1/embed/image", json=body, timeout=0.3)
+    time.sleep(64 * PER_ITEM + 0.5)  # long enough for all of it, had it gone on
+    ran = _image_items_run(url) - before
+    assert ran <= 3 * MAX_BATCH, f"{ran:.0f} of 64 images embedded for a client that left"
+    r = httpx.post(f"{url}/v1/embed/image", json=BODY, timeout=5)
+    assert r.status_code == 200
