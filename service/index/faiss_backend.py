@@ -70,20 +70,10 @@ class FaissCollection:
 
     def __init__(self, col: Collection) -> None:
         self.col = col
+        # a collection's space never changes, so plain attributes serve the protocol
+        self.name, self.model_id, self.dim = col.name, col.model_id, col.dim
         self._state = _State(col)
         self._sorted: tuple[int, list[str]] = (-1, [])  # (version, ids sorted) for scroll
-
-    @property
-    def name(self) -> str:
-        return self.col.name
-
-    @property
-    def model_id(self) -> str:
-        return self.col.model_id
-
-    @property
-    def dim(self) -> int:
-        return self.col.dim
 
     # -- writes ---------------------------------------------------------------------------
     def upsert(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> int:

@@ -61,7 +61,14 @@ from service.index.backend import (
     require_conditions,
 )
 from service.index.filters import Condition, Filter, is_number
-from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec, check_name
+from service.index.types import (
+    CollectionError,
+    CollectionInfo,
+    Hit,
+    IndexSpec,
+    check_name,
+    check_new,
+)
 
 log = logging.getLogger("contrastive.index")
 T = TypeVar("T")
@@ -262,6 +269,31 @@ def _item(payload: dict[str, Any] | None, vector: Any = None) -> Item:
     return Item(str(p.get(ID_KEY, "")), dict(p.get(META_KEY) or {}), vec)
 
 
+def scroll_all(
+    run: Callable[[Callable[[QdrantClient], Any]], Any],
+    qname: str,
+    qfilter: models.Filter | None = None,
+) -> Iterator[models.Record]:
+    """Every point of Qdrant collection `qname` matching `qfilter`, a page per request.
+
+    run: how one client call is made (the backend's `run`, which maps its errors)."""
+    offset: models.ExtendedPointId | None = None
+    while True:
+        records, offset = run(
+            partial(
+                QdrantClient.scroll,
+                collection_name=qname,
+                scroll_filter=qfilter,
+                limit=PAGE,
+                offset=offset,
+                with_payload=True,
+            )
+        )
+        yield from records
+        if offset is None:
+            return
+
+
 # -- the collection -----------------------------------------------------------------------------
 class QdrantCollection:
     """One collection in Qdrant behind the CollectionHandle interface."""
@@ -269,19 +301,8 @@ class QdrantCollection:
     def __init__(self, backend: QdrantBackend, config: _Config) -> None:
         self._b = backend
         self._cfg = config
+        self.name, self.model_id, self.dim = config.name, config.model_id, config.dim
         self.qname = backend.qname(config.name)
-
-    @property
-    def name(self) -> str:
-        return self._cfg.name
-
-    @property
-    def model_id(self) -> str:
-        return self._cfg.model_id
-
-    @property
-    def dim(self) -> int:
-        return self._cfg.dim
 
     def _run(self, op: Callable[[QdrantClient], T]) -> T:
         return self._b.run(op, self.name)
@@ -343,21 +364,7 @@ class QdrantCollection:
             )
 
     def _scan(self, qfilter: models.Filter) -> Iterator[models.Record]:
-        offset: models.ExtendedPointId | None = None
-        while True:
-            records, offset = self._run(
-                partial(
-                    QdrantClient.scroll,
-                    collection_name=self.qname,
-                    scroll_filter=qfilter,
-                    limit=PAGE,
-                    offset=offset,
-                    with_payload=True,
-                )
-            )
-            yield from records
-            if offset is None:
-                return
+        return scroll_all(partial(self._b.run, name=self.name), self.qname, qfilter)
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, id_: str) -> Item | None:
@@ -568,26 +575,14 @@ class QdrantBackend:
     def _stored_configs(self) -> tuple[dict[str, _Config], dict[str, str]]:
         configs: dict[str, _Config] = {}
         problems: dict[str, str] = {}
-        offset: models.ExtendedPointId | None = None
-        while True:
-            records, offset = self.run(
-                partial(
-                    QdrantClient.scroll,
-                    collection_name=self.configs,
-                    limit=PAGE,
-                    offset=offset,
-                    with_payload=True,
-                )
-            )
-            for r in records:
-                payload = r.payload or {}
-                name = str(payload.get("name", r.id))
-                try:
-                    configs[name] = _Config.parse(payload)
-                except ValueError as e:
-                    problems[name] = f"collection {name!r}: {e}"
-            if offset is None:
-                return configs, problems
+        for r in scroll_all(self.run, self.configs):
+            payload = r.payload or {}
+            name = str(payload.get("name", r.id))
+            try:
+                configs[name] = _Config.parse(payload)
+            except ValueError as e:
+                problems[name] = f"collection {name!r}: {e}"
+        return configs, problems
 
     def info_of(self, cfg: _Config) -> CollectionInfo:
         qname = self.qname(cfg.name)
@@ -639,10 +634,7 @@ class QdrantBackend:
     def create(
         self, name: str, model_id: str, dim: int, spec: IndexSpec | None = None
     ) -> CollectionInfo:
-        check_name(name)
-        if dim < 1:
-            raise CollectionError("invalid_dimension", "dim must be positive")
-        spec = spec or IndexSpec()
+        spec = check_new(name, dim, spec)
         if self._config(name) is not None or self._exists(name):
             raise CollectionError("collection_exists", f"collection {name!r} already exists")
         flat = spec.kind == "flat"

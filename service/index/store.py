@@ -12,7 +12,7 @@ from typing import TextIO
 
 from service.domain_errors import ErrorCode
 from service.index.collection import META, Collection
-from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name
+from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name, check_new
 
 log = logging.getLogger("contrastive.index")
 
@@ -59,13 +59,11 @@ class CollectionStore:
     def create(
         self, name: str, model_id: str, dim: int, spec: IndexSpec | None = None
     ) -> CollectionInfo:
-        check_name(name)
-        if dim < 1:
-            raise CollectionError("invalid_dimension", "dim must be positive")
+        spec = check_new(name, dim, spec)
         with self._lock:
             if name in self._open or name in self.problems or (self.root / name).exists():
                 raise CollectionError("collection_exists", f"collection {name!r} already exists")
-            Collection.create(self.root / name, name, model_id, dim, spec or IndexSpec())
+            Collection.create(self.root / name, name, model_id, dim, spec)
             col = Collection(self.root / name, self.snapshot_every, self.device)
             self._open[name] = col
             return col.info()

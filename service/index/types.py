@@ -28,6 +28,14 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_new(name: str, dim: int, spec: IndexSpec | None) -> IndexSpec:
+    """Validate a collection to be created; its index spec (the default when None)."""
+    check_name(name)
+    if dim < 1:
+        raise CollectionError("invalid_dimension", "dim must be positive")
+    return spec or IndexSpec()
+
+
 @dataclass
 class IndexSpec:
     """Which FAISS index a collection uses, and its parameters.
