@@ -25,8 +25,9 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Everything that defines a training run (and is saved in every checkpoint).
 
-    Batch size is per process; the learning rate is `lr * global_batch / 256`
-    (the linear scaling rule), so one `lr` works across GPU counts.
+    Batch size is per process; the learning rate is `lr * global_batch / 256` (the
+    linear scaling rule; `lr_scaling=sqrt`: `lr * sqrt(global_batch / 256)`), so one `lr`
+    works across GPU counts.
     """
 
     method: str = "simclr"
@@ -46,6 +47,9 @@ class TrainConfig:
     lr: float | None = None  # base lr per 256 images; None: the method's default
     weight_decay: float | None = None  # None: the method's default
     momentum: float = 0.9
+    lr_scaling: str = "linear"  # linear | sqrt: how the peak lr follows the global batch
+    lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017)
+    lars_clip: bool = True  # LARC clipping: a layer's rate is min(eta*|w|/|g|, lr)
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
     grad_clip: float | None = None
@@ -195,5 +199,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, got {cfg.precision!r}")
     if cfg.image_size < 8:
         raise ConfigError("image_size must be at least 8")
+    if cfg.lr_scaling not in ("linear", "sqrt"):
+        raise ConfigError(f"lr_scaling must be linear or sqrt, got {cfg.lr_scaling!r}")
+    if cfg.lars_eta <= 0:
+        raise ConfigError("lars_eta must be positive (the paper's value is 0.001)")
     if cfg.lr is not None and cfg.lr <= 0:
         raise ConfigError("lr must be positive")

@@ -142,9 +142,10 @@ class Trainer:
         base_lr = cfg.lr if cfg.lr is not None else cls.default_lr
         wd = cfg.weight_decay if cfg.weight_decay is not None else cls.default_weight_decay
         groups = param_groups(self.method, wd, self.method.no_weight_decay())
-        peak = scaled_lr(base_lr, self.global_batch)
+        peak = scaled_lr(base_lr, self.global_batch, cfg.lr_scaling)
         name = cfg.optimizer or cls.default_optimizer
-        return build_optimizer(name, groups, peak, cfg.momentum), peak
+        opt = build_optimizer(name, groups, peak, cfg.momentum, cfg.lars_eta, cfg.lars_clip)
+        return opt, peak
 
     def _dtype(self) -> torch.dtype:
         p = self.cfg.precision
@@ -289,8 +290,7 @@ class Trainer:
         if self.bad_steps >= self.cfg.max_nonfinite:
             raise NonFiniteError(
                 f"{self.bad_steps} non-finite losses in a row at step {self.step}; stopping. "
-                f"The last good checkpoint is {self.out / LAST}; try a lower lr, "
-                "grad_clip, or precision=fp32."
+                f"{self._last_good()}; try a lower lr, grad_clip, or precision=fp32."
             )
 
     # -- checkpoints -----------------------------------------------------------------
@@ -300,11 +300,18 @@ class Trainer:
             model_state = self.method.state_dict()
             if not all_finite(list(model_state.values())):
                 raise NonFiniteError(
-                    f"weights became non-finite by step {self.step}; not overwriting "
-                    f"{self.out / LAST}"
+                    f"weights became non-finite by step {self.step}; nothing saved. "
+                    f"{self._last_good()}."
                 )
             save_checkpoint(self.out / LAST, self._state(model_state, rng))
         dist.barrier()
+
+    def _last_good(self) -> str:
+        """Where the last finite weights are, naming only a file that exists."""
+        path = self.out / LAST
+        if path.is_file():
+            return f"The last good checkpoint is {path}"
+        return f"No checkpoint was written yet (none in {self.out})"
 
     def _state(self, model_state: dict[str, Any], rng: dict[str, Any]) -> dict[str, Any]:
         return {

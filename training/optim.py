@@ -28,11 +28,18 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str]) -> l
 
 
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum and a layer-wise trust ratio (You et al. 2017).
+    """SGD with momentum and a layer-wise trust ratio (You et al. 2017), LARC-clipped.
 
-    Per tensor: g <- g + wd * w; g <- g * eta * ||w|| / ||g|| (groups with lars=True, when
-    both norms are positive); buf <- momentum * buf + g; w <- w - lr * buf. The norms are
-    computed with fused `_foreach` kernels, one launch for all tensors of a group.
+    Per tensor of a group with lars=True (when both norms are positive):
+        g <- g + wd * w;  local_lr = eta * ||w|| / ||g||
+        clip=False (LARS):  g <- g * local_lr            (every step moves lr * eta * ||w||)
+        clip=True  (LARC):  g <- g * min(local_lr / lr, 1)
+    then buf <- momentum * buf + g; w <- w - lr * buf. With clipping a layer's own rate is
+    min(local_lr, lr): one step (before momentum) moves it by at most eta * ||w||, whatever
+    lr the batch size scaled to, and never faster than plain SGD would. Without it, lr 4.8
+    (0.3 per 256 at batch 4096) and eta 0.02 move every layer by 9.6% of its norm per step.
+    The defaults, eta 0.001 with clipping, are LARS's paper value and the LARC variant that
+    solo-learn and NVIDIA apex use. Norms come from fused `_foreach` kernels.
     """
 
     def __init__(
@@ -41,10 +48,13 @@ class LARS(torch.optim.Optimizer):
         lr: float,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        eta: float = 0.02,
+        eta: float = 0.001,
+        clip: bool = True,
     ) -> None:
+        if eta <= 0:
+            raise ValueError(f"LARS eta must be positive, got {eta}")
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta}
-        defaults["lars"] = True
+        defaults |= {"lars": True, "clip": clip}
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -59,14 +69,19 @@ class LARS(torch.optim.Optimizer):
             if group["lars"]:
                 w_norm = torch.stack(torch._foreach_norm(params))
                 g_norm = torch.stack(torch._foreach_norm(grads))
-                trust = torch.where(
-                    (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0
-                )
-                grads = list(torch._foreach_mul(grads, list(trust.unbind())))
+                grads = list(torch._foreach_mul(grads, list(self._trust(group, w_norm, g_norm))))
             bufs = [self._buffer(p) for p in params]
             torch._foreach_mul_(bufs, group["momentum"])
             torch._foreach_add_(bufs, grads)
             torch._foreach_add_(params, bufs, alpha=-group["lr"])
+
+    @staticmethod
+    def _trust(group: dict[str, Any], w_norm: torch.Tensor, g_norm: torch.Tensor) -> Any:
+        """The factor on each tensor's gradient; w_norm, g_norm: (n_tensors,)."""
+        local = group["eta"] * w_norm / g_norm
+        if group["clip"] and group["lr"] > 0:  # lr is 0 only at a schedule's very end
+            local = torch.clamp(local / group["lr"], max=1.0)
+        return torch.where((w_norm > 0) & (g_norm > 0), local, 1.0).unbind()
 
     def _buffer(self, p: torch.Tensor) -> torch.Tensor:
         state = self.state[p]
@@ -77,13 +92,18 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    name: str, groups: list[dict[str, Any]], lr: float, momentum: float
+    name: str,
+    groups: list[dict[str, Any]],
+    lr: float,
+    momentum: float,
+    lars_eta: float = 0.001,
+    lars_clip: bool = True,
 ) -> torch.optim.Optimizer:
     """ "sgd" | "lars" | "adamw" -> optimiser over `groups` (from `param_groups`)."""
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum)
+        return LARS(groups, lr=lr, momentum=momentum, eta=lars_eta, clip=lars_clip)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
     raise ValueError(f"optimizer must be sgd, lars or adamw, got {name!r}")

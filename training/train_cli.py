@@ -2,7 +2,10 @@
 
 Settings come from, last wins: defaults < `--config FILE.yaml` < flags < `--set k=v`.
 With `--resume`, the run folder's checkpoint supplies the settings and flags may only
-change how long and how it runs (epochs, steps, device, logging), not what it trains.
+change how long and how it runs (CHANGEABLE: epochs, steps, device, logging),
+not what it trains. `--resume` on a folder without a checkpoint is an error (a typo in
+--out must not start a fresh run); `--resume auto` starts the run then (for schedulers
+that use one command for the first start and every restart).
 """
 
 from __future__ import annotations
@@ -16,8 +19,16 @@ from typing import Any
 from training.checkpoint import LAST, CheckpointError, load_checkpoint
 from training.config import ConfigError, build_config, load_yaml, parse_overrides
 
-# What a resumed run may not change: it would no longer be the same run.
-FIXED_ON_RESUME = ("method", "data", "backbone", "image_size", "batch_size", "seed", "cifar_stem")
+# What a resumed run may change: how long, where and how fast it runs, and what it logs.
+# Everything else (method settings, lr, temperature, data, ...) defines the run.
+CHANGEABLE = frozenset({
+    "out", "epochs", "steps", "device", "workers", "progress", "tensorboard", "compile",
+    "channels_last", "deterministic", "log_every", "save_every", "checkpoint_every_steps",
+    "knn_every", "knn_k", "knn_t", "knn_max_train", "max_nonfinite",
+})  # fmt: skip
+# Settings added later, with the behaviour that checkpoints written before them trained
+# with: a resumed old run keeps it (LARS was unclipped with eta 0.02 until then).
+BEFORE_SETTINGS_EXISTED = {"lars_eta": 0.02, "lars_clip": False, "lr_scaling": "linear"}
 # Flags mapped onto config keys (default None = "not given").
 FLAGS: dict[str, tuple[str, type, str]] = {
     "--method": ("method", str, "simclr | moco | byol | swav | clip"),
@@ -44,7 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML file of settings (key: value)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any setting, e.g. --set temperature=0.2 (repeatable)")  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", nargs="?", const="required", choices=["required", "auto"],
+                   help="continue the run in --out (an error when it holds no checkpoint); "
+                   "`--resume auto`: continue it, or start it when none")  # fmt: skip
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--list-settings", action="store_true", help="print every setting and exit")
 
@@ -74,25 +87,52 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]:
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
         checkpoint = load_checkpoint(out / LAST)
-        saved = dict(checkpoint["config"])
-        changed = [k for k in FIXED_ON_RESUME if k in given and _typed(k, given[k]) != saved.get(k)]
-        if changed:
-            raise ConfigError(f"--resume cannot change {changed}: they define the run")
+        saved = {**BEFORE_SETTINGS_EXISTED, **dict(checkpoint["config"])}
+        refuse_changes(given, saved)
         given = {**saved, **given}
+    elif args.resume == "auto":
+        logging.getLogger("contrastive.train").info("no checkpoint in %s: starting the run", out)
     elif args.resume:
-        logging.getLogger("contrastive.train").warning("no checkpoint in %s: starting afresh", out)
+        raise ConfigError(
+            f"--resume: no checkpoint in {out} ({LAST} is missing); check --out, or pass "
+            "`--resume auto` to start the run there when it has none"
+        )
     method_cls = get_method(str(given.get("method", "simclr")))
     cfg, params = build_config(given, method_cls.Params)
     return cfg, params, checkpoint
 
 
-def _typed(key: str, value: Any) -> Any:
-    """A command-line string as the TrainConfig field's type ("16" -> 16)."""
+def refuse_changes(given: dict[str, Any], saved: dict[str, Any]) -> None:
+    """Raise ConfigError listing every setting in `given` that differs from the checkpoint's
+    `saved` config and may not change on resume (`name: saved -> new`)."""
     import typing
 
     from training.config import TrainConfig, coerce
+    from training.methods import get_method
 
-    return coerce(value, typing.get_type_hints(TrainConfig)[key], key)
+    run_types = typing.get_type_hints(TrainConfig)
+    param_types = typing.get_type_hints(get_method(str(saved["method"])).Params)
+    saved_params = dict(saved.get("method_params") or {})
+    requested = {**dict(given.get("method_params") or {}), **given}
+    requested.pop("method_params", None)
+    changes = []
+    for key, value in requested.items():
+        if key in CHANGEABLE:
+            continue
+        if key in run_types:
+            old, new = saved.get(key), coerce(value, run_types[key], key)
+        elif key in param_types:
+            old, new = saved_params.get(key), coerce(value, param_types[key], key)
+        else:
+            continue  # an unknown key: build_config names it with the valid ones
+        if new != old:
+            changes.append(f"  {key}: {old!r} -> {new!r}")
+    if changes:
+        raise ConfigError(
+            "--resume cannot change what the run trains; these settings differ from the "
+            "checkpoint's:\n" + "\n".join(changes) + "\nDrop them to resume, or start a new "
+            f"run in another --out. A resumed run may change: {', '.join(sorted(CHANGEABLE))}"
+        )
 
 
 def list_settings(method: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+import logging
 import os
 import re
 import shlex
@@ -416,12 +417,13 @@ def test_training_job_command_line_parses_with_torchrun_and_the_training_cli(
     args = training_parser().parse_args(train_argv)
     assert args.command == "train"
     assert contrastive_parser().parse_args(train_argv).command == "train"
-    assert args.resume, "--resume: a restarted pod must continue the run"
-    # the first start: --resume on a run folder without a checkpoint starts afresh
+    assert args.resume == "auto", "--resume auto: a restarted pod must continue the run"
+    # the first start: --resume auto on a run folder without a checkpoint starts the run
     args.out = str(tmp_path / "fresh-run")
-    cfg, _, checkpoint = resolve(args)  # every setting given is a known, valid one
+    with caplog.at_level(logging.INFO, "contrastive.train"):
+        cfg, _, checkpoint = resolve(args)  # every setting given is a known, valid one
     assert checkpoint is None
-    assert "starting afresh" in caplog.text
+    assert "starting the run" in caplog.text
 
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -99,7 +99,7 @@ def test_param_groups_exempt_biases_and_norms() -> None:
 
 def test_lars_matches_a_per_tensor_reference() -> None:
     net, ref = _net(), _net()
-    opt = LARS(param_groups(net, 0.01, set()), lr=0.5, momentum=0.9, eta=0.02)
+    opt = LARS(param_groups(net, 0.01, set()), lr=0.5, momentum=0.9, eta=0.02, clip=False)
     bufs = {n: torch.zeros_like(p) for n, p in ref.named_parameters()}
     x = torch.randn(16, 4)
     for _ in range(3):
@@ -117,6 +117,63 @@ def test_lars_matches_a_per_tensor_reference() -> None:
                 p -= 0.5 * bufs[n]
     for a, b in zip(net.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_larc_clipping_matches_a_per_tensor_reference() -> None:
+    """The clipped form, written out per tensor as apex's LARC / solo-learn compute it."""
+    net, ref = _net(), _net()
+    lr, eta, wd = 2.0, 0.001, 1e-4
+    opt = LARS(param_groups(net, wd, set()), lr=lr, momentum=0.9, eta=eta)
+    bufs = {n: torch.zeros_like(p) for n, p in ref.named_parameters()}
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        for model in (net, ref):
+            model.zero_grad()
+            model(x).pow(2).mean().backward()
+        opt.step()
+        with torch.no_grad():
+            for n, p in ref.named_parameters():
+                g = p.grad.clone()
+                if p.ndim > 1:
+                    g += wd * p
+                    g *= min(eta * p.norm().item() / g.norm().item() / lr, 1.0)
+                bufs[n] = 0.9 * bufs[n] + g
+                p -= lr * bufs[n]
+    for a, b in zip(net.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("lr", [0.05, 4.8, 100.0])
+def test_clipped_trust_ratio_never_exceeds_eta(lr: float) -> None:
+    """One step without momentum moves each adapted layer by <= eta of its norm (and never
+    by more than plain SGD would); unclipped LARS moves it by lr * eta whatever lr is."""
+    eta = 0.001
+    for clip in (True, False):
+        net = _net()
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        net(torch.randn(16, 4)).pow(2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+        LARS(param_groups(net, 0.0, set()), lr=lr, momentum=0.0, eta=eta, clip=clip).step()
+        for n, p in net.named_parameters():
+            if p.ndim <= 1:
+                continue  # biases and norms are not adapted
+            ratio = ((p - before[n]).norm() / before[n].norm()).item()
+            sgd_ratio = (lr * grads[n].norm() / before[n].norm()).item()
+            if clip:
+                assert ratio <= eta * (1 + 1e-5), (n, ratio)
+                assert ratio == pytest.approx(min(eta, sgd_ratio), rel=1e-4)
+            else:
+                assert ratio == pytest.approx(lr * eta, rel=1e-4)
+
+
+def test_lr_scaling_rules() -> None:
+    from training.schedule import scaled_lr
+
+    assert scaled_lr(0.3, 4096) == pytest.approx(4.8)
+    assert scaled_lr(0.3, 4096, "sqrt") == pytest.approx(1.2)
+    assert scaled_lr(0.3, 256, "sqrt") == scaled_lr(0.3, 256) == 0.3
+    with pytest.raises(ValueError, match="lr_scaling"):
+        scaled_lr(0.3, 256, "cubic")
 
 
 def test_build_optimizer_kinds() -> None:

@@ -131,7 +131,9 @@ def test_non_finite_losses_skip_steps_then_stop_without_saving(
     monkeypatch.setattr(SimCLR, "loss", nan_loss)
     code = train_main([*argv("simclr", out, "knn_every=0", "max_nonfinite=3", steps=6), "--resume"])
     assert code == 1
-    assert "3 non-finite losses in a row" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 non-finite losses in a row" in err
+    assert f"The last good checkpoint is {out / 'last.pt'}" in err
     after = load_checkpoint(out)
     assert after["step"] == before["step"] == 2  # nothing non-finite was saved
     for key, value in before["model"].items():
@@ -145,9 +147,57 @@ def test_cli_refuses_to_overwrite_and_to_change_a_resumed_run(
     assert train_main(argv("simclr", out, "knn_every=0", steps=1)) == 0
     assert train_main(argv("simclr", out, "knn_every=0", steps=2)) == 2
     assert "pass --resume" in capsys.readouterr().err
-    changed = [*argv("simclr", out, "knn_every=0", steps=2), "--resume", "--seed", "5"]
+    before = (out / "last.pt").read_bytes()
+    changed = [*argv("simclr", out, "knn_every=0", "temperature=0.2", steps=2),
+               "--resume", "--seed", "5", "--lr", "0.1"]  # fmt: skip
     assert train_main(changed) == 2
-    assert "cannot change ['seed']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume cannot change what the run trains" in err
+    # every difference, as name: saved -> new; the run settings and the method's alike
+    assert "  seed: 0 -> 5\n" in err and "  lr: None -> 0.1\n" in err
+    assert "  temperature: 0.5 -> 0.2\n" in err
+    assert "steps" not in err.split("may change:")[0]  # --steps 2 is allowed to change
+    assert (out / "last.pt").read_bytes() == before
+    # what may change does: a longer run, other logging and kNN settings
+    longer = [*argv("simclr", out, "knn_every=0", "log_every=5", "max_nonfinite=4", steps=2)]
+    assert train_main([*longer, "--resume"]) == 0
+    assert load_checkpoint(out)["step"] == 2
+
+
+def test_resume_needs_a_checkpoint_unless_auto(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "rnu"
+    assert train_main([*argv("simclr", typo, "knn_every=0", steps=1), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"no checkpoint in {typo}" in err and "--resume auto" in err
+    assert not (typo / "last.pt").exists()
+    fresh = tmp_path / "run"
+    assert train_main([*argv("simclr", fresh, "knn_every=0", steps=1), "--resume", "auto"]) == 0
+    assert load_checkpoint(fresh)["step"] == 1
+    assert train_main([*argv("simclr", fresh, "knn_every=0", steps=2), "--resume", "auto"]) == 0
+    assert load_checkpoint(fresh)["step"] == 2  # the second start continued the first
+
+
+def test_non_finite_before_any_checkpoint_names_no_missing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.methods.simclr import SimCLR
+
+    real_loss = SimCLR.loss
+
+    def nan_loss(self: SimCLR, views: Any) -> Any:
+        out = real_loss(self, views)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SimCLR, "loss", nan_loss)
+    out = tmp_path / "run"
+    assert train_main(argv("simclr", out, "knn_every=0", "max_nonfinite=2", steps=4)) == 1
+    err = capsys.readouterr().err
+    assert "2 non-finite losses in a row" in err
+    assert "No checkpoint was written yet" in err and "last good checkpoint" not in err
+    assert not (out / "last.pt").exists()
 
 
 @pytest.mark.parametrize(
@@ -187,3 +237,25 @@ def test_contrastive_entry_point_dispatches_train(tmp_path: Path) -> None:
     out = tmp_path / "r"
     assert contrastive(argv("simclr", out, "knn_every=0", steps=1)) == 0
     assert load_checkpoint(out)["step"] == 1
+
+
+def test_a_checkpoint_from_before_larc_resumes_with_the_lars_it_trained_with(
+    tmp_path: Path,
+) -> None:
+    from training.checkpoint import save_checkpoint
+    from training.cli import build_training_parser
+    from training.train_cli import resolve
+
+    out = tmp_path / "run"
+    assert train_main(argv("simclr", out, "knn_every=0", steps=1)) == 0
+    state = load_checkpoint(out)
+    for key in ("lars_eta", "lars_clip", "lr_scaling"):  # as older versions wrote it
+        del state["config"][key]
+    save_checkpoint(out / "last.pt", state)
+    args = build_training_parser().parse_args(["train", "--out", str(out), "--resume"])
+    cfg, _, checkpoint = resolve(args)
+    assert checkpoint is not None
+    assert (cfg.lars_eta, cfg.lars_clip, cfg.lr_scaling) == (0.02, False, "linear")
+    fresh = build_training_parser().parse_args(["train", "--out", str(tmp_path / "new")])
+    new_cfg, _, _ = resolve(fresh)
+    assert (new_cfg.lars_eta, new_cfg.lars_clip) == (0.001, True)  # the new defaults

@@ -49,11 +49,11 @@ class BYOLParams:
 class BYOL(Method):
     """BYOL with an MLP projector and predictor (Linear, norm, ReLU, Linear each).
 
-    Optimiser defaults: LARS, lr 1.0 per 256 images, weight decay 1e-5: solo-learn's
-    CIFAR settings for the LARS variant training.optim implements (eta 0.02, biases and
-    norms exempt). The paper's lr 0.2 and wd 1.5e-6 assume eta 0.001 and 1000 ImageNet
-    epochs. LARS's per-layer trust ratio is what BYOL was tuned with: without negatives,
-    the loss's gradient is small and uneven across layers.
+    Optimiser defaults: LARS (training.optim: LARC-clipped, eta 0.001, biases and norms
+    exempt), lr 1.0 per 256 images and weight decay 1e-5 (solo-learn's CIFAR values, with
+    eta 0.02 and clipping). The paper's lr 0.2 and wd 1.5e-6 are for 1000 ImageNet epochs.
+    LARS's per-layer trust ratio is what BYOL was tuned with: without negatives, the loss's
+    gradient is small and uneven across layers.
     """
 
     name = "byol"

@@ -80,7 +80,9 @@ def queue_length(requested: int, keys_per_step: int, keys_per_epoch: int) -> int
 class MoCo(Method):
     """MoCo v2: MLP head, temperature 0.2, blur in the views, a queue of negatives.
 
-    Optimiser defaults: LARS, lr 0.4 per 256 images, weight decay 1e-5, as for SimCLR.
+    Optimiser defaults: LARS (LARC-clipped, eta 0.001), lr 0.4 per 256 images, weight
+    decay 1e-5, as for SimCLR (the comparison below was run with the earlier unclipped
+    LARS at eta 0.02).
     MoCo v2 itself used SGD (lr 0.03 per 256), but plain SGD is sensitive to the lr here:
     in 10-epoch runs on `digits` (tiny backbone), SGD at 0.3 collapsed on one seed of two
     (kNN 28% against 66% at random init), while LARS at 0.2, 0.4 and 1.0 all reached
