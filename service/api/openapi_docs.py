@@ -206,11 +206,24 @@ def _apply_limits(doc: dict[str, Any], s: Settings) -> None:
         for name, limits in properties.items():
             _constrain(schemas[component]["properties"][name], limits)
     _space_both_or_neither(schemas)
+    _classify_product(schemas, s.max_classify_texts)
     name_param = {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_CHARS}
     for op in _operations(doc):
         for param in op.get("parameters", []):
             if param["in"] == "path" and param["name"] == "name":
                 _constrain(param["schema"], name_param)
+
+
+def _classify_product(schemas: dict[str, Any], limit: int) -> None:
+    """labels x templates is bounded too; JSON Schema cannot say it, the description does."""
+    rule = (
+        f"len(labels) x len(templates) (the model's default templates when none are given) must "
+        f"not exceed {limit} (`max_classify_texts`), else 422 `too_many_items`."
+    )
+    for component in ("ClassifyRequest", "ClassifyForm"):
+        if component in schemas:
+            before = schemas[component].get("description", "")
+            schemas[component]["description"] = f"{before}\n\n{rule}".strip()
 
 
 def _space_both_or_neither(schemas: dict[str, Any]) -> None:

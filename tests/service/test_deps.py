@@ -124,3 +124,13 @@ def test_the_openapi_references_all_resolve(fake_app_factory: Factory) -> None:
         body = spec["paths"][path]["post"]["requestBody"]["content"]
         ref = body["application/json"]["schema"]["$ref"]
         assert "images" in schemas[ref.removeprefix("#/components/schemas/")]["properties"]
+
+
+def test_the_classify_bodies_state_the_labels_times_templates_limit(
+    fake_app_factory: Factory,
+) -> None:
+    schemas = fake_app_factory().get("/openapi.json").json()["components"]["schemas"]
+    limit = Settings().max_classify_texts
+    for component in ("ClassifyRequest", "ClassifyForm"):
+        text = schemas[component]["description"]
+        assert f"must not exceed {limit}" in text and "too_many_items" in text
