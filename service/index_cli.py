@@ -33,8 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from service.client import ContrastiveClient
-    from service.index.collection import Collection
-    from service.index.store import CollectionStore
+    from service.index.backend import CollectionBackend, CollectionHandle
     from training.encoders import Encoder
 
 MAX_ID_CHARS = 256  # service.index.types.MAX_ID_CHARS (not imported: keeps the CLI start light)
@@ -205,30 +204,33 @@ class _File:
 
 
 class _Local:
-    """In-process: the encoder and the collection store, here."""
+    """In-process: the encoder and the collection backend the settings name, here."""
 
     def __init__(self, args: argparse.Namespace, create: bool) -> None:
-        from service.index.store import CollectionStore
         from service.index.types import CollectionError
         from service.settings import Settings
+        from service.state import open_collections
         from training.encoders import load_encoder
 
         settings = Settings()
+        if args.collections_dir:
+            settings = settings.model_copy(update={"collections_dir": args.collections_dir})
         self.max_pixels = settings.max_image_pixels
         self.thumbnail_size = args.thumbnail_size if getattr(args, "thumbnails", False) else 0
-        folder = Path(args.collections_dir or settings.collections_dir)
-        if not create and not (folder / args.collection).is_dir():
-            raise CollectionError(
+        folder = Path(settings.collections_dir)
+        faiss = settings.collections_backend == "faiss"
+        if faiss and not create and not (folder / args.collection).is_dir():
+            raise CollectionError(  # without opening (and so creating) the folder
                 "collection_not_found", f"no collection named {args.collection!r} in {folder}"
             )
-        self.store: CollectionStore = CollectionStore(folder, settings.snapshot_every)
+        self.store: CollectionBackend = open_collections(settings)
         self.encoder: Encoder = load_encoder(
             args.model or settings.model,
             args.pretrained or settings.pretrained,
             args.device or settings.device,
         )
         try:
-            self.col: Collection = self.store.get(args.collection)
+            self.col: CollectionHandle = self.store.get(args.collection)
         except CollectionError as e:
             if e.code != "collection_not_found" or not create:
                 raise
@@ -266,7 +268,7 @@ class _Local:
 
     @property
     def count(self) -> int:
-        return self.col.count
+        return self.col.count()
 
     def close(self) -> None:
         self.store.close()

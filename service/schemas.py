@@ -118,9 +118,10 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """200 when ready (status "ready"); 503 while loading, failed or draining."""
+    """200 when ready (status "ready"); 503 while loading, failed or draining, or when the
+    collection backend (a Qdrant server) cannot be reached."""
 
-    status: Literal["ready", "loading", "failed", "draining"]
+    status: Literal["ready", "loading", "failed", "draining", "backend_unavailable"]
     model: str | None = Field(None, description="the loaded model's id, when ready")
     reason: str | None = Field(None, description="why not ready")
     collections_refused: dict[str, str] | None = Field(

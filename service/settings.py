@@ -65,7 +65,19 @@ class Settings(BaseSettings):
     collections: bool = Field(
         True, description="serve /v1/collections (false: a stateless replica, embeddings only)"
     )
+    collections_backend: Literal["faiss", "qdrant"] = Field(
+        "faiss",
+        description="faiss: the embedded store in collections_dir (one writer process); "
+        "qdrant: a Qdrant server at qdrant_url (any number of replicas), or without a url "
+        "qdrant-client's local mode in collections_dir/qdrant",
+    )
     collections_dir: str = Field("collections", description="where collections are stored")
+    qdrant_url: str | None = Field(None, description="the Qdrant server (http[s]://host:6333)")
+    qdrant_api_key: str | None = Field(None, repr=False, description="Qdrant's api-key")
+    qdrant_timeout: int = Field(10, ge=1, description="seconds per Qdrant request")
+    qdrant_prefix: str = Field(
+        "contrastive", description="prefix of our collection names in Qdrant (a shared server)"
+    )
     snapshot_every: int = Field(20_000, ge=1, description="log records between snapshots")
     max_items: int = Field(1024, ge=1, description="items in one add request")
     max_k: int = Field(1000, ge=1, description="largest k in a search")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from service.domain_errors import ModelError
-from service.index.store import CollectionStore
+from service.index.backend import CollectionBackend, open_backend
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher
 from service.runtime.embedding import ImageEmbedder, TextEmbedder
@@ -50,7 +50,7 @@ class ServiceState:
     decode_threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     decode_pool: ThreadPoolExecutor = field(init=False)
 
-    store: CollectionStore | None = None
+    store: CollectionBackend | None = None
     # Index writes block on fsync: they get threads of their own, off the event loop.
     index_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="index")
@@ -70,10 +70,7 @@ class ServiceState:
         A replica with `collections` off opens nothing (its collection routes answer 404)."""
         if not self.settings.collections:
             return
-        device = str(resolve_device(self.settings.device))
-        self.store = CollectionStore(
-            Path(self.settings.collections_dir), self.settings.snapshot_every, device
-        )
+        self.store = open_collections(self.settings)
 
     async def run_index(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call in the index pool."""
@@ -138,8 +135,8 @@ class ServiceState:
     def _close_store(self) -> None:
         self.index_pool.shutdown(wait=True)
         if self.store is not None:
-            self.store.close(snapshot=True)
-            log.info("collections closed (a snapshot written where a log held records)")
+            self.store.close()
+            log.info("collections closed")
 
     # -- used by the routes (through service.api.deps) -----------------------------
     def require_encoder(self) -> Encoder:
@@ -148,6 +145,26 @@ class ServiceState:
             msg = "the model is still loading" if self.load_error is None else self.load_error
             raise ModelError("model_not_ready", msg, retry_after=5)
         return self.encoder
+
+
+def open_collections(s: Settings) -> CollectionBackend:
+    """The collection backend the settings name: FAISS in collections_dir, or Qdrant at
+    qdrant_url (without one, qdrant-client's local mode in collections_dir/qdrant)."""
+    root = Path(s.collections_dir)
+    qdrant = None
+    if s.collections_backend == "qdrant":
+        from service.index.qdrant_backend import QdrantConfig
+
+        qdrant = QdrantConfig(
+            url=s.qdrant_url,
+            api_key=s.qdrant_api_key,
+            path=None if s.qdrant_url else root / "qdrant",
+            timeout=s.qdrant_timeout,
+            prefix=s.qdrant_prefix,
+        )
+        log.info("collections: Qdrant, %s", qdrant.where)
+    device = str(resolve_device(s.device))
+    return open_backend(s.collections_backend, root, qdrant, s.snapshot_every, device)
 
 
 def _stacked(encoder: Encoder) -> Callable[[list[torch.Tensor]], torch.Tensor]:

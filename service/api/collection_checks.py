@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from service.api.validate import bad, unencodable_at
-from service.index.collection import Collection
+from service.index.backend import CollectionHandle
 from service.index.types import MAX_ID_CHARS, CollectionError
 from service.settings import Settings
 from training.encoders import Encoder
@@ -73,7 +73,7 @@ def _check_scalar(v: Any, where: str) -> None:
         raise bad("invalid_metadata", f"{where} is a string that is not valid Unicode")
 
 
-def check_vector(values: Sequence[float], col: Collection, where: str) -> np.ndarray:
+def check_vector(values: Sequence[float], col: CollectionHandle, where: str) -> np.ndarray:
     """Raw floats -> unit float32 [dim]: right length, finite, not all zeros."""
     v = np.asarray(values, np.float64)
     if v.shape != (col.dim,):
@@ -90,7 +90,7 @@ def check_vector(values: Sequence[float], col: Collection, where: str) -> np.nda
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-def check_space(enc: Encoder, col: Collection) -> None:
+def check_space(enc: Encoder, col: CollectionHandle) -> None:
     """Texts and images can go only into a collection of the loaded model's space."""
     if col.model_id != enc.model_id or col.dim != enc.embed_dim:
         raise CollectionError(
@@ -101,7 +101,7 @@ def check_space(enc: Encoder, col: Collection) -> None:
         )
 
 
-def unit_rows(emb: Any, col: Collection) -> np.ndarray:
+def unit_rows(emb: Any, col: CollectionHandle) -> np.ndarray:
     """The model's [n, d] output -> unit float32 rows of the collection's dimension."""
     arr = np.asarray(emb.numpy() if hasattr(emb, "numpy") else emb, np.float32)
     if arr.ndim != 2 or arr.shape[1] != col.dim:

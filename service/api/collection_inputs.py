@@ -33,7 +33,8 @@ from service.api.payload import (
     read_json,
 )
 from service.api.validate import bad, check_count, check_text
-from service.index.collection import Collection
+from service.index.backend import CollectionHandle
+from service.index.filters import Filter, parse_filter
 from service.index.schemas import (
     CreateCollectionRequest,
     DeleteItemsRequest,
@@ -106,7 +107,7 @@ class CollectionInputs:
     run_index: IndexRunner
 
     # -- upsert -------------------------------------------------------------------------
-    async def read_upsert(self, request: Request, col: Collection) -> Upsert:
+    async def read_upsert(self, request: Request, col: CollectionHandle) -> Upsert:
         """An upsert request (JSON items, or multipart files) -> (ids, unit vectors, metadata)."""
         if is_multipart(request):
             return await self._upsert_form(request, col)
@@ -124,7 +125,7 @@ class CollectionInputs:
         sources = [_item_source(it) for it in body.items]
         return ids, await self.embed_sources(col, sources, "items"), metadata
 
-    async def _upsert_form(self, request: Request, col: Collection) -> Upsert:
+    async def _upsert_form(self, request: Request, col: CollectionHandle) -> Upsert:
         s = self.settings
         form = await read_form(request, s.max_items, 2 * s.max_items + 16, ("ids", "metadata"))
         check_count(len(form.files), s.max_items, "files")
@@ -142,10 +143,11 @@ class CollectionInputs:
 
     # -- search -------------------------------------------------------------------------
     async def read_search(
-        self, request: Request, col: Collection
-    ) -> tuple[np.ndarray, int, dict[str, Any] | None]:
+        self, request: Request, col: CollectionHandle
+    ) -> tuple[np.ndarray, int, Filter | None]:
         """A search request (JSON queries, or multipart: text fields and image files) ->
-        (unit query vectors [q, dim], k, where). Multipart: the texts' queries come first."""
+        (unit query vectors [q, dim], k, where). Multipart: the texts' queries come first.
+        `where` is parsed before anything is embedded ("invalid_filter" names the fault)."""
         s = self.settings
         if is_multipart(request):
             sources, k, where = await self._search_form(request)
@@ -154,10 +156,9 @@ class CollectionInputs:
             k, where = body.k, body.where
             sources = [_query_source(q) for q in body.queries]
         check_k(k, s)
-        if where is not None and not isinstance(where, dict):
-            raise bad("invalid_request", "'where' must be a JSON object of field: value")
+        f = parse_filter(where) if where is not None else None
         check_count(len(sources), s.max_queries, "queries")
-        return await self.embed_sources(col, sources, "queries"), k, where or None
+        return await self.embed_sources(col, sources, "queries"), k, f
 
     async def _search_form(self, request: Request) -> tuple[list[Source], int, Any]:
         s = self.settings
@@ -173,7 +174,9 @@ class CollectionInputs:
         return sources, k, where
 
     # -- sources -> vectors -------------------------------------------------------------
-    async def embed_sources(self, col: Collection, sources: list[Source], what: str) -> np.ndarray:
+    async def embed_sources(
+        self, col: CollectionHandle, sources: list[Source], what: str
+    ) -> np.ndarray:
         """[(kind, value)] -> unit float32 [n, dim], in order. Everything is checked before
         anything is embedded; ids are looked up in the collection (`item_not_found`)."""
         out = np.empty((len(sources), col.dim), np.float32)
@@ -217,13 +220,13 @@ def _image_bytes(value: str | bytes, index: int) -> bytes:
     return value if isinstance(value, bytes) else decode_base64_image(value, index)
 
 
-def _stored(col: Collection, ids: list[str]) -> np.ndarray:
+def _stored(col: CollectionHandle, ids: list[str]) -> np.ndarray:
     rows = []
     for id_ in ids:
-        got = col.get(id_)
-        if got is None:
+        item = col.get(id_)
+        if item is None or item.vector is None:
             raise CollectionError("item_not_found", f"no item {id_!r} in collection {col.name!r}")
-        rows.append(got[0])
+        rows.append(item.vector)
     return np.stack(rows)
 
 

@@ -16,8 +16,7 @@ from fastapi import Depends, Request
 
 from service.api.client_gone import watch_request
 from service.domain_errors import ModelError
-from service.index.collection import Collection
-from service.index.store import CollectionStore
+from service.index.backend import CollectionBackend, CollectionHandle
 from service.index.types import CollectionError
 from service.metrics import Metrics
 from service.runtime.embedding import ImageEmbedder, TextEmbedder
@@ -156,19 +155,19 @@ async def index_runner(state: State) -> IndexRunner:
     return state.run_index
 
 
-async def collection_store(state: State) -> CollectionStore:
+async def collection_store(state: State) -> CollectionBackend:
     if state.store is None:
         raise CollectionError("store_unavailable", "the collection store is not open")
     return state.store
 
 
 IndexDep = Annotated[IndexRunner, Depends(index_runner)]
-StoreDep = Annotated[CollectionStore, Depends(collection_store)]
+StoreDep = Annotated[CollectionBackend, Depends(collection_store)]
 
 
-async def named_collection(name: str, store: StoreDep, run: IndexDep) -> Collection:
+async def named_collection(name: str, store: StoreDep, run: IndexDep) -> CollectionHandle:
     """The collection of the path's `{name}` (`collection_not_found`, `invalid_name`)."""
     return await run(store.get, name)
 
 
-CollectionDep = Annotated[Collection, Depends(named_collection)]
+CollectionDep = Annotated[CollectionHandle, Depends(named_collection)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,19 @@ def _count(client: TestClient, name: str) -> int:
     return int(_ok(client.get(f"{C}/{name}"))["count"])
 
 
-@pytest.fixture
-def client(fake_app_factory: Make) -> TestClient:
-    return fake_app_factory()
+@pytest.fixture(params=["faiss", "qdrant"])
+def client(request: pytest.FixtureRequest, fake_app_factory: Make) -> TestClient:
+    """The API over each backend: the embedded FAISS store, and Qdrant (qdrant-client's
+    local mode in the test's collections folder): the same requests, the same answers."""
+    if request.param == "qdrant":
+        pytest.importorskip("qdrant_client")
+    c = fake_app_factory(Settings(collections_backend=request.param))
+    c.headers["x-test-backend"] = request.param  # for the few answers that differ by backend
+    return c
+
+
+def _backend(client: TestClient) -> str:
+    return client.headers["x-test-backend"]
 
 
 @pytest.fixture
@@ -90,7 +101,9 @@ def test_create_list_describe_delete(client: TestClient) -> None:
         0,
     )
     assert info["index"]["kind"] == "auto" and info["index"]["auto_threshold"] == 50_000
-    assert info["active_index"] == "flat" and info["status"] == "ok" and info["created_at"]
+    # below auto_threshold FAISS searches exactly; Qdrant reports the HNSW it keeps
+    active = {"faiss": "flat", "qdrant": "hnsw"}[_backend(client)]
+    assert info["active_index"] == active and info["status"] == "ok" and info["created_at"]
 
     spec = {"kind": "hnsw", "m": 16, "ef_search": 64}
     raw = _ok(
@@ -523,3 +536,63 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
         assert results[1][0]["id"] == "red"
         r = c2.get(f"{C}/keep/items/v")
         assert (r.status_code, r.json()["error"]["code"]) == (404, "item_not_found")
+
+
+def test_where_operators(things: TestClient) -> None:
+    """$in, numeric ranges and $exists, on either backend; k hits come back when k match."""
+
+    def ids(where: dict[str, Any], k: int = 10) -> list[str]:
+        return sorted(
+            h["id"] for h in _search(things, "things", [{"vector": VEC}], k=k, where=where)[0]
+        )
+
+    assert ids({"kind": {"$in": ["colour", "plant"]}}) == ["pics/blue.png", "red"]
+    assert ids({"legs": {"$gt": 2}}) == ["cat"]
+    assert ids({"legs": {"$gte": 2, "$lt": 4}}) == ["bird"]
+    assert ids({"legs": {"$exists": True}}) == ["bird", "cat"]
+    assert ids({"legs": {"$exists": False}}) == ["pics/blue.png", "red", "v"]
+    assert ids({"kind": "animal", "legs": {"$lte": 4}}) == ["bird", "cat"]
+    assert len(ids({"kind": "colour"}, k=2)) == 2  # both colours, though 3 items rank higher
+
+
+@pytest.mark.parametrize(
+    ("where", "names"),
+    [
+        ({"legs": {"$near": 3}}, "$near"),
+        ({"$or": [{"a": 1}]}, "$or"),
+        ({"legs": {"$gt": "four"}}, "$gt"),
+        ({"kind": {"$in": "animal"}}, "$in"),
+        ({"legs": {}}, "legs"),
+    ],
+)
+def test_a_bad_filter_is_a_422_naming_the_operator(
+    things: TestClient, where: dict[str, Any], names: str
+) -> None:
+    r = things.post(f"{C}/things/search", json={"queries": [{"vector": VEC}], "where": where})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_filter" and names in err["message"], err
+
+
+def test_an_unreachable_qdrant_is_503_backend_unavailable() -> None:
+    pytest.importorskip("qdrant_client")
+    url = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
+    settings = Settings(collections_backend="qdrant", qdrant_url=url, qdrant_timeout=2)
+    with TestClient(create_app(settings, encoder=FakeEncoder())) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "backend_unavailable" and url in ready.json()["reason"]
+        for method, path, body in [
+            ("GET", C, None),
+            ("POST", C, {"name": "photos"}),
+            ("POST", f"{C}/photos/search", {"queries": [{"vector": VEC}]}),
+        ]:
+            r = client.request(method, path, json=body)
+            assert r.status_code == 503, (path, r.text)
+            err = r.json()["error"]
+            assert err["code"] == "backend_unavailable" and url in err["message"], err
+        # embeddings do not need the backend: the replica still embeds
+        assert client.post("/v1/embed/text", json={"texts": ["a cat"]}).status_code == 200

@@ -80,7 +80,7 @@ async def describe_collection(col: CollectionDep, run: IndexDep) -> FastJSON:
 
 @router.delete("/{name}", response_model=DeletedCollection, summary="Delete a collection")
 async def delete_collection(name: str, store: StoreDep, run: IndexDep) -> FastJSON:
-    await run(store.delete, name)
+    await run(store.drop, name)
     return FastJSON({"deleted": name})
 
 
@@ -95,7 +95,7 @@ async def upsert_items(
 ) -> FastJSON:
     ids, vectors, metadata = await read.read_upsert(request, col)
     n = await run(col.upsert, ids, vectors, metadata)
-    return FastJSON({"upserted": n, "count": col.count})
+    return FastJSON({"upserted": n, "count": await run(col.count)})
 
 
 @router.post(
@@ -111,19 +111,18 @@ async def delete_items(
     run: IndexDep,
 ) -> FastJSON:
     n = await run(col.delete, inputs.check_delete(body, settings))
-    return FastJSON({"deleted": n, "count": col.count})
+    return FastJSON({"deleted": n, "count": await run(col.count)})
 
 
 @router.get("/{name}/items/{item_id:path}", response_model=ItemOut, summary="Get one item")
 async def get_item(
     name: str, item_id: str, col: CollectionDep, run: IndexDep, include_vector: bool = False
 ) -> FastJSON:
-    got = await run(col.get, item_id)
-    if got is None:
+    item = await run(col.get, item_id)
+    if item is None:
         raise CollectionError("item_not_found", f"no item {item_id!r} in collection {name!r}")
-    vector, metadata = got
-    body = {"id": item_id, "metadata": metadata}
-    return FastJSON({**body, "vector": vector} if include_vector else body)
+    body = {"id": item_id, "metadata": item.metadata}
+    return FastJSON({**body, "vector": item.vector} if include_vector else body)
 
 
 @router.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -9,8 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import PlainTextResponse, Response
 
 from service.api.deps import MetricsDep, State
+from service.index.types import CollectionError
 from service.responses import FastJSON
 from service.schemas import Health, Readiness
+from service.state import ServiceState
 
 router = APIRouter(tags=["health"])
 
@@ -27,10 +30,15 @@ async def healthz() -> FastJSON:
     summary="Readiness: 503 until the model is loaded and warmed",
 )
 async def readyz(state: State) -> FastJSON:
-    problems = state.store.problems if state.store is not None else {}
     if state.ready:
         assert state.encoder is not None
+        unreachable = await _unreachable(state)
+        if unreachable is not None:  # a replica that cannot serve collections is not ready
+            return FastJSON(
+                {"status": "backend_unavailable", "reason": unreachable}, status_code=503
+            )
         body: dict[str, Any] = {"status": "ready", "model": state.encoder.model_id}
+        problems = state.store.problems if state.store is not None else {}
         if problems:  # the service runs; these collections are refused until repaired
             body["collections_refused"] = problems
         return FastJSON(body)
@@ -41,6 +49,18 @@ async def readyz(state: State) -> FastJSON:
     else:
         status, reason = "loading", "the model is loading"
     return FastJSON({"status": status, "reason": reason}, status_code=503)
+
+
+async def _unreachable(state: ServiceState) -> str | None:
+    """Why the collection backend cannot be reached (a Qdrant server down), or None."""
+    if state.store is None:
+        return None
+    try:
+        # not in the index pool: a probe must not wait behind writes
+        await asyncio.to_thread(state.store.ping)
+    except CollectionError as e:
+        return e.message
+    return None
 
 
 # Documented as text/plain (Prometheus' text format), not as FastAPI's default JSON.
