@@ -4,6 +4,8 @@
     contrastive index add photos ~/Pictures --url http://127.0.0.1:8000 --create
     contrastive index search photos "a red bicycle" -k 5 [--url ...] [--where '{"k": "v"}']
     contrastive index repair photos [--dir DIR]     # salvage a collection refused as corrupt
+    contrastive index export photos photos.jsonl    # the whole collection to a file
+    contrastive index import photos photos.jsonl [--force]   # and back, on any backend
 
 In-process, the encoder is loaded here and the collections folder is opened directly: do
 not point it at a folder that a running server holds open (use --url for that). Over HTTP,
@@ -114,6 +116,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="the collections folder [CONTRASTIVE_COLLECTIONS_DIR or ./collections]",
     )
+    _transfer_arguments(subparsers)
+
+
+TRANSFER_HELP = """\
+Export writes a collection to a JSON Lines file (a header line with the model id, dim and
+index spec, then one line per item: id, metadata and the vector, base64 float32); import
+creates a collection from one. Both run in-process on the backend the settings select
+(CONTRASTIVE_COLLECTIONS_BACKEND, CONTRASTIVE_QDRANT_URL, ...), which is how a collection
+moves from FAISS to Qdrant:
+
+    CONTRASTIVE_COLLECTIONS_BACKEND=faiss contrastive index export photos p.jsonl
+    CONTRASTIVE_COLLECTIONS_BACKEND=qdrant CONTRASTIVE_QDRANT_URL=http://qdrant:6333 \\
+        contrastive index import photos p.jsonl
+
+With FAISS, stop the server first (the folder is one process's). Exit 0 ok; 2 on a usage
+or data error (a bad file line is named by its number; an import stopped part-way says
+how many items it stored and that the collection is incomplete); 1 when the backend
+cannot be reached.
+"""
+
+
+def _transfer_arguments(subparsers: Any) -> None:
+    """`export` and `import`."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument(
+        "--collections-dir",
+        "--dir",
+        dest="collections_dir",
+        default=None,
+        metavar="DIR",
+        help="FAISS collections folder (Qdrant: local mode in DIR/qdrant when no "
+        "CONTRASTIVE_QDRANT_URL) [CONTRASTIVE_COLLECTIONS_DIR or ./collections]",
+    )
+    for command, help_ in (
+        ("export", "write a collection (items, vectors, model id, index spec) to a file"),
+        ("import", "create a collection from a file written by `export`"),
+    ):
+        p = subparsers.add_parser(
+            command,
+            help=help_,
+            description=TRANSFER_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[flags],
+        )
+        p.add_argument("collection", metavar="NAME")
+        p.add_argument("file", metavar="FILE", help="the JSON Lines file")
+        if command == "import":
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="replace the collection NAME if it exists (it is dropped first)",
+            )
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -465,21 +519,105 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return run_repair(args.collection, args.collections_dir)
 
 
+def _transfer_backend(args: argparse.Namespace, must_exist: bool) -> CollectionBackend:
+    """The backend the settings select, in-process (as `_Local` opens it)."""
+    from service.index.types import CollectionError
+    from service.settings import Settings
+    from service.state import open_collections
+
+    settings = Settings()
+    if args.collections_dir:
+        settings = settings.model_copy(update={"collections_dir": args.collections_dir})
+    folder = Path(settings.collections_dir)
+    if settings.collections_backend == "faiss" and must_exist:
+        if not (folder / args.collection).is_dir():  # without creating the folder
+            raise CollectionError(
+                "collection_not_found", f"no collection named {args.collection!r} in {folder}"
+            )
+    return open_collections(settings)
+
+
+def _progress(verb: str) -> Callable[[int, int], None]:
+    def say(done: int, expected: int) -> None:
+        print(f"contrastive index {verb}: {done}/{expected} items", file=sys.stderr, flush=True)
+
+    return say
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from service.index.transfer import export_collection
+
+    store = _transfer_backend(args, must_exist=True)
+    try:
+        header = export_collection(
+            store, args.collection, Path(args.file), progress=_progress("export")
+        )
+    finally:
+        store.close()
+    print(
+        f"exported {header.count} items of {args.collection!r} ({header.model_id}, "
+        f"dim {header.dim}) to {args.file}"
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from service.index.transfer import import_collection, read_file_header
+
+    header = read_file_header(Path(args.file))  # a bad file is refused before opening
+    store = _transfer_backend(args, must_exist=False)
+    try:
+        count = import_collection(
+            store,
+            args.collection,
+            Path(args.file),
+            force=args.force,
+            progress=_progress("import"),
+        )
+    finally:
+        store.close()
+    print(
+        f"imported {count} items into {args.collection!r} ({header.model_id}, "
+        f"dim {header.dim}) from {args.file}"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """`contrastive index add|search|repair` -> exit status (1 with a message on stderr on
-    error; repair: 2 while a server holds the folder)."""
+    """`contrastive index add|search|repair|export|import` -> exit status: 1 with a message
+    on stderr on error (repair: 2 while a server holds the folder); export and import: 2 on
+    a usage or data error, 1 when the backend cannot be reached."""
     import httpx
 
     from service.client import ServiceError
+    from service.index.transfer import TransferError
     from service.index.types import CollectionError
     from training.encoders import MissingCapabilityError
 
-    command = {"add": cmd_add, "search": cmd_search, "repair": cmd_repair}[args.index_command]
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "add": cmd_add,
+        "search": cmd_search,
+        "repair": cmd_repair,
+        "export": cmd_export,
+        "import": cmd_import,
+    }
+    transfer = args.index_command in ("export", "import")
+    status = 2 if transfer else 1
     try:
-        return command(args)
+        return commands[args.index_command](args)
+    except TransferError as e:
+        message = str(e)
+        if e.imported is not None:
+            message += (
+                f"; {e.imported} items were imported before it: collection "
+                f"{args.collection!r} is incomplete (drop it, or import again with --force)"
+            )
+        print(f"contrastive index {args.index_command}: {message}", file=sys.stderr)
     except (CollectionError, ServiceError) as e:
         print(f"contrastive index {args.index_command}: {e}", file=sys.stderr)
+        if e.code == "backend_unavailable":
+            status = 1
     except (OSError, ValueError, MissingCapabilityError, httpx.HTTPError) as e:
         # ValueError covers bad JSON, an unknown model and a missing CUDA device
         print(f"contrastive index {args.index_command}: {e}", file=sys.stderr)
-    return 1
+    return status

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from service.index.wal import DELETE, UPSERT, Record, WriteAheadLog, cut_torn_ta
 __all__ = ["LOG", "META", "PREV_LOG", "PREV_SNAP", "SNAP", "Collection"]
 
 log = logging.getLogger("contrastive.index")
+Matcher = Callable[[dict[str, Any]], bool]
 EXACT_FILTER_LIMIT = 50_000  # filtered searches over fewer candidates are exact (numpy)
 
 
@@ -328,29 +330,35 @@ class Collection:
             return self._vec[id_].copy(), dict(self._meta[id_])
 
     def search(
-        self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None
+        self, queries: np.ndarray, k: int, where: Matcher | dict[str, Any] | None = None
     ) -> list[list[Hit]]:
-        """queries float32 [q, dim] -> for each, up to k hits, best first."""
+        """queries float32 [q, dim] -> for each, up to k hits, best first.
+
+        where: metadata -> bool (e.g. `Filter.matches`), or a dict of field: value that
+        must all be equal. Filters are applied before the k best are taken: k hits come
+        back whenever k items match."""
         with self._lock:
             if not self._vec:
                 return [[] for _ in range(len(queries))]
             if where:
-                return self._filtered(queries, k, where)
+                return self._filtered(queries, k, _matcher(where))
             scores, labels = self._index.search(np.ascontiguousarray(queries, np.float32), k)
             return [self._hits(s, lb) for s, lb in zip(scores, labels, strict=True)]
 
-    def _filtered(self, queries: np.ndarray, k: int, where: dict[str, Any]) -> list[list[Hit]]:
-        ids = [i for i, m in self._meta.items() if all(m.get(f) == v for f, v in where.items())]
+    def _filtered(self, queries: np.ndarray, k: int, matches: Matcher) -> list[list[Hit]]:
+        ids = [i for i, m in self._meta.items() if matches(m)]
         if not ids:
             return [[] for _ in range(len(queries))]
         if len(ids) <= EXACT_FILTER_LIMIT:  # exact, and never starved by a graph index
-            mat = np.stack([self._vec[i] for i in ids])
-            sims = queries @ mat.T
-            top = np.argsort(-sims, axis=1)[:, :k]
-            return [
-                [Hit(ids[j], float(sims[q, j]), dict(self._meta[ids[j]])) for j in row]
-                for q, row in enumerate(top)
-            ]
+            mat = np.stack([self._vec[i] for i in ids])  # [m, dim]
+            sims = queries @ mat.T  # [q, m]
+            kk = min(k, len(ids))
+            top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            out = []
+            for q, row in enumerate(top):
+                best = row[np.argsort(-sims[q, row], kind="stable")]
+                out.append([Hit(ids[j], float(sims[q, j]), dict(self._meta[ids[j]])) for j in best])
+            return out
         allowed = np.fromiter((self._label[i] for i in ids), np.int64, len(ids))
         scores, labels = self._index.search(np.ascontiguousarray(queries, np.float32), k, allowed)
         return [self._hits(s, lb) for s, lb in zip(scores, labels, strict=True)]
@@ -389,3 +397,11 @@ class Collection:
     def close(self) -> None:
         with self._lock:
             self._wal.close()
+
+
+def _matcher(where: Matcher | dict[str, Any]) -> Matcher:
+    """A predicate on metadata; a dict means every field equals its value."""
+    if callable(where):
+        return where
+    items = list(where.items())
+    return lambda m: all(m.get(f) == v for f, v in items)

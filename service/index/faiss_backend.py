@@ -3,10 +3,9 @@
 An adapter: CollectionStore and Collection are used as they are. What the interface asks
 and a Collection does not offer yet is built here on its state:
 
-- the full filter language: `Filter.matches` over the metadata picks the matching ids, then
-  an exact inner-product search over their vectors (numpy) ranks them, so `k` hits come
-  back whenever `k` match. Above EXACT_FILTER_LIMIT matches the collection's own index is
-  searched with over-fetch (k, 4k, 16k, ... candidates) until k of them match;
+- the full filter language: `Filter.matches` is the collection's predicate; it picks the
+  matching ids before the search (exact up to EXACT_FILTER_LIMIT matches, else the index's
+  id selector), so `k` hits come back whenever `k` match;
 - delete by filter: the matching ids, deleted as one durable write;
 - scrolling: ids in sorted order, a cursor being the next id to return, so a scroll sees
   every id present throughout exactly once whatever is written meanwhile.
@@ -38,9 +37,6 @@ from service.index.collection import Collection
 from service.index.filters import Filter
 from service.index.store import CollectionStore
 from service.index.types import CollectionInfo, Hit, IndexSpec
-
-EXACT_FILTER_LIMIT = 50_000  # up to this many matches, a filtered search is exact (numpy)
-OVERFETCH = 4  # candidates grow by this factor until k of them match
 
 
 class _State:
@@ -117,44 +113,15 @@ class FaissCollection:
         return ids
 
     def search(self, queries: np.ndarray, k: int, where: Where = None) -> list[list[Hit]]:
-        """queries float32 [q, dim] -> for each, up to k hits, best first."""
+        """queries float32 [q, dim] -> for each, up to k hits, best first. A filter is
+        applied inside the search (exactly up to EXACT_FILTER_LIMIT matches, else as the
+        index's id selector), so k hits come back whenever k items match."""
         q = check_queries(queries, k, self.dim)
         f = as_filter(where)
-        if not f:
-            return self.col.search(q, k)
-        with self._state.lock:
-            ids = self._matching(f)
-            if len(ids) <= EXACT_FILTER_LIMIT:
-                return self._exact(q, k, ids)
-            return [self._overfetch(row[None, :], k, f) for row in q]
+        return self.col.search(q, k, f.matches if f else None)
 
     def _matching(self, f: Filter) -> list[str]:
         return [i for i, m in self._state.metadata().items() if f.matches(m)]
-
-    def _exact(self, queries: np.ndarray, k: int, ids: list[str]) -> list[list[Hit]]:
-        """Exact top-k of queries [q, dim] among `ids`, by inner product."""
-        if not ids:
-            return [[] for _ in range(len(queries))]
-        mat = np.stack([self._state.vector(i) for i in ids])  # [m, dim]
-        sims = queries @ mat.T  # [q, m]
-        k = min(k, len(ids))
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        meta = self._state.metadata()
-        out = []
-        for qi, row in enumerate(top):
-            best = row[np.argsort(-sims[qi, row], kind="stable")]
-            out.append([Hit(ids[j], float(sims[qi, j]), dict(meta[ids[j]])) for j in best])
-        return out
-
-    def _overfetch(self, query: np.ndarray, k: int, f: Filter) -> list[Hit]:
-        """query [1, dim]: the index's best k * 4^r candidates until k of them match."""
-        total = self.col.count
-        fetch = k
-        while True:
-            hits = [h for h in self.col.search(query, fetch)[0] if f.matches(h.metadata)]
-            if len(hits) >= k or fetch >= total:
-                return hits[:k]
-            fetch = min(fetch * OVERFETCH, total)
 
     def count(self) -> int:
         return self.col.count

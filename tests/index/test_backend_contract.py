@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.index import faiss_backend
+from service.index import collection
 from service.index.backend import (
     CollectionBackend,
     CollectionHandle,
@@ -477,22 +477,25 @@ def test_copy_collection_between_backends_round_trips(tmp_path: Path) -> None:
     qdrant.close()
 
 
-def test_faiss_overfetch_path_equals_the_exact_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_faiss_selector_path_equals_the_exact_path(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Above EXACT_FILTER_LIMIT matches the adapter searches the index with over-fetch."""
+    """Above EXACT_FILTER_LIMIT matches the filter becomes the index's id selector: the
+    same k hits as the exact path (flat exactly; HNSW and IVF at this size too)."""
     b = FaissBackend.open(tmp_path)
-    b.create("c", "m", DIM, FLAT)
+    b.create("c", "m", DIM, IndexSpec(kind=kind, nlist=4, nprobe=4))  # type: ignore[arg-type]
     h = b.get("c")
     meta = [rich_meta(i) for i in range(300)]
     h.upsert([f"id{i}" for i in range(300)], unit(300), meta)
+    assert h.info().active_index == kind
     queries = unit(3, seed=4)
     where = {"label": "fish", "year": {"$lt": 2020}}
     exact = h.search(queries, 4, where)
-    monkeypatch.setattr(faiss_backend, "EXACT_FILTER_LIMIT", 0)
-    overfetched = h.search(queries, 4, where)
-    assert [ids_scores(r)[0] for r in overfetched] == [ids_scores(r)[0] for r in exact]
-    for a, b_ in zip(overfetched, exact, strict=True):
+    monkeypatch.setattr(collection, "EXACT_FILTER_LIMIT", 0)
+    selected = h.search(queries, 4, where)
+    assert [ids_scores(r)[0] for r in selected] == [ids_scores(r)[0] for r in exact]
+    for a, b_ in zip(selected, exact, strict=True):
         np.testing.assert_allclose(ids_scores(a)[1], ids_scores(b_)[1], atol=1e-5)
     assert all(len(r) == 4 for r in exact)
     b.close()
