@@ -35,6 +35,7 @@ from service.index.fsutil import (
     unused_path,
     write_file,
 )
+from service.index.index_file import INDEX, SavedIndex, load_index, save_index
 from service.index.recovery import (
     LOG,
     META,
@@ -81,8 +82,10 @@ class Collection:
         self._id_of: dict[int, str] = {}
         self._next_label = 0
         self._seq = self._snap_seq = 0
+        self._saved: SavedIndex | None = None  # the index saved with the snapshot, if usable
+        self._changed: tuple[list[int], list[int]] = ([], [])  # log replay: removed, added
         self._recover()
-        self._index = self._build_index()
+        self._index = self._open_index()
 
     # -- creation and recovery -----------------------------------------------------
     @staticmethod
@@ -139,9 +142,44 @@ class Collection:
         """The plan's snapshot, then its log records, into memory (no index yet)."""
         if found.base.snapshot is not None:
             self._load_snapshot(found.base.snapshot)
+            self._adopt_saved_index(found.base.snapshot)
+        removed, added = self._changed
         for scan, entry in found.chain:
-            self._apply_state(scan.record(entry, self.dim))
+            gone, new = self._apply_state(scan.record(entry, self.dim))
+            removed += gone
+            added += new
             self._seq = entry.seq
+
+    def _adopt_saved_index(self, snap: Snapshot) -> None:
+        """Use the index saved with this snapshot: its labels replace the fresh ones."""
+        self._saved = load_index(self.folder, snap.seq, len(snap.ids), self.dim, self.spec)
+        if self._saved is None:
+            return
+        labels = self._saved.labels.tolist()
+        self._label = dict(zip(snap.ids, labels, strict=True))
+        self._id_of = dict(zip(labels, snap.ids, strict=True))
+        self._next_label = self._saved.next_label
+
+    def _open_index(self) -> VectorIndex | TorchFlatIndex:
+        """The saved index brought up to date with the log's changes, else a new build."""
+        saved, self._saved = self._saved, None
+        removed, added = self._changed
+        self._changed = ([], [])
+        if saved is None:
+            return self._build_index()
+        vi = saved.index
+        # a label added by the log and removed later in it was never in the saved index
+        live_added = [lb for lb in dict.fromkeys(added) if lb in self._id_of]
+        vi.remove(np.asarray([lb for lb in removed if lb not in set(added)], np.int64))
+        if live_added:
+            vi.add(
+                np.asarray(live_added, np.int64),
+                np.stack([self._vec[self._id_of[lb]] for lb in live_added]),
+            )
+        if vi.needs_rebuild(len(self._vec)) or vi.live != len(self._vec):
+            return self._build_index()
+        log.info("collection %s: loaded its saved %s index", self.name, vi.kind)
+        return vi
 
     def _finish_recovery(self) -> None:
         """The writes recovery owes the disk: cut log.wal's torn tail (its bytes copied
@@ -304,6 +342,21 @@ class Collection:
         except OSError as e:
             raise storage_error(e) from e
         self._snap_seq = self._seq
+        self._save_index(snap)
+
+    def _save_index(self, snap: Snapshot) -> None:
+        """Save the HNSW/IVF index beside the snapshot just written (derived data: when it
+        cannot be written, the next open rebuilds it, so the write still succeeds)."""
+        index = getattr(self, "_index", None)  # None while recovery rewrites the snapshot
+        if not isinstance(index, VectorIndex) or index.kind == "flat":
+            with contextlib.suppress(OSError):  # a stale one is only skipped: space back
+                (self.folder / INDEX).unlink(missing_ok=True)
+            return
+        labels = np.fromiter((self._label[i] for i in snap.ids), np.int64, len(snap.ids))
+        try:
+            save_index(self.folder, snap.seq, labels, index, self._next_label)
+        except CollectionError as e:
+            log.error("collection %s: index not saved (%s); it is rebuilt on open", self.name, e)
 
     # -- reads ---------------------------------------------------------------------------
     def _build_index(self) -> VectorIndex | TorchFlatIndex:

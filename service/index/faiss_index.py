@@ -67,6 +67,13 @@ class VectorIndex:
             vi.index.add_with_ids(vectors, labels)
         return vi
 
+    @classmethod
+    def wrap(cls, dim: int, spec: IndexSpec, kind: str, index: faiss.Index) -> VectorIndex:
+        """A VectorIndex over an index read back from disk (already wrapped and filled)."""
+        vi = cls.__new__(cls)
+        vi.dim, vi.spec, vi.kind, vi.tombstones, vi.index = dim, spec, kind, set(), index
+        return vi
+
     def _wrap(self, base: faiss.Index) -> faiss.Index:
         # IVF keeps our labels in its inverted lists and removes by them; an ID map over
         # it would go out of step on removal. Flat and HNSW take labels via an ID map.
