@@ -129,8 +129,9 @@ def create_collection(
     model_id: str | None = None,
     dim: int | None = None,
 ) -> Call[CollectionSummary]:
-    """Create a collection. `index`: a kind ("auto", "flat", "ivf", "hnsw") or a spec
-    dict ({"kind": "hnsw", "m": 32, ...}); None: the server's default ("auto").
+    """Create a collection. `index`: a kind ("auto", "flat", "ivf", "hnsw", "ivfpq",
+    "hnsw_sq8") or a spec dict ({"kind": "hnsw", "m": 32, ...}); None: the server's
+    default ("auto").
     model_id/dim default to the loaded model's; give both for raw vectors of another
     space. ServiceError 409 `collection_exists` if the name is taken."""
     body: dict[str, Any] = {"name": name}

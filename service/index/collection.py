@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.index.faiss_index import VectorIndex, choose_kind, faiss_gpus
+from service.index.faiss_index import COMPRESSED, VectorIndex, choose_kind, faiss_gpus
 from service.index.fsutil import (
     atomic_write,
     fsync_dir,
@@ -395,7 +395,7 @@ class Collection:
                 return [[] for _ in range(len(queries))]
             if where:
                 return self._filtered(queries, k, _matcher(where))
-            scores, labels = self._index.search(np.ascontiguousarray(queries, np.float32), k)
+            scores, labels = self._index_search(queries, k)
             return [self._hits(s, lb) for s, lb in zip(scores, labels, strict=True)]
 
     def _filtered(self, queries: np.ndarray, k: int, matches: Matcher) -> list[list[Hit]]:
@@ -413,8 +413,31 @@ class Collection:
                 out.append([Hit(ids[j], float(sims[q, j]), dict(self._meta[ids[j]])) for j in best])
             return out
         allowed = np.fromiter((self._label[i] for i in ids), np.int64, len(ids))
-        scores, labels = self._index.search(np.ascontiguousarray(queries, np.float32), k, allowed)
+        scores, labels = self._index_search(queries, k, allowed)
         return [self._hits(s, lb) for s, lb in zip(scores, labels, strict=True)]
+
+    def _index_search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The index's k best (scores [q, k], labels [q, k], -1: none). A compressed
+        index's scores are approximate: it gives refine * k candidates, ranked here again by
+        the exact inner product with the stored vectors."""
+        q = np.ascontiguousarray(queries, np.float32)
+        refine = self.spec.refine if self._index.kind in COMPRESSED else 0
+        if not refine:
+            return self._index.search(q, k, allowed)
+        _, cand = self._index.search(q, k * refine, allowed)
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        labels = np.full((len(q), k), -1, np.int64)
+        for r, row in enumerate(cand):
+            live = [int(lb) for lb in row if lb >= 0 and int(lb) in self._id_of]
+            if not live:
+                continue
+            exact = np.stack([self._vec[self._id_of[lb]] for lb in live]) @ q[r]
+            best = np.argsort(-exact, kind="stable")[:k]
+            scores[r, : len(best)] = exact[best]
+            labels[r, : len(best)] = np.asarray(live, np.int64)[best]
+        return scores, labels
 
     def _hits(self, scores: np.ndarray, labels: np.ndarray) -> list[Hit]:
         out = []

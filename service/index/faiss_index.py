@@ -1,10 +1,12 @@
 """The FAISS side of a collection: int64 labels -> unit vectors, exact or approximate.
 
 Kinds: "flat" (IndexFlatIP: exact), "ivf" (IndexIVFFlat, trained once on the vectors
-present when it is built), "hnsw" (IndexHNSWFlat). Labels are ours, never positions:
-flat and HNSW sit in an IndexIDMap2, IVF stores the labels in its lists. HNSW cannot
-remove vectors: removed labels become tombstones that searches exclude, and the index is
-rebuilt once they pass a quarter of it.
+present when it is built), "hnsw" (IndexHNSWFlat), and two compressed ones: "ivfpq"
+(IndexIVFPQ: pq_m bytes per vector) and "hnsw_sq8" (IndexHNSWSQ, 8-bit codes). A kind
+that must be trained is built once there are enough vectors to train it (flat before).
+Labels are ours, never positions: flat and the HNSWs sit in an IndexIDMap2, the IVFs
+store the labels in their lists. HNSW cannot remove vectors: removed labels become
+tombstones that searches exclude, and the index is rebuilt once they pass a quarter of it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ import numpy as np
 from service.index.types import IndexSpec
 
 MIN_TRAIN_PER_LIST = 39  # FAISS warns below 39 training points per IVF list
+PQ_MIN_TRAIN = 39 * 256  # the same for the 256 centroids of each PQ sub-quantiser
+SQ_MIN_TRAIN = 1_000  # an 8-bit scalar quantiser's per-dimension range needs a sample
+GRAPHS = ("hnsw", "hnsw_sq8")  # kinds that cannot remove: tombstones
+INVERTED = ("ivf", "ivfpq")  # kinds that keep our labels in their lists
+COMPRESSED = ("ivfpq", "hnsw_sq8")  # approximate scores: re-ranked from the stored vectors
 
 
 def faiss_gpus() -> int:
@@ -32,7 +39,20 @@ def choose_kind(spec: IndexSpec, count: int) -> str:
         return "hnsw"
     if spec.kind == "ivf":
         return "ivf" if count >= MIN_TRAIN_PER_LIST * _nlist(spec, count) else "flat"
+    if spec.kind == "ivfpq":
+        enough = max(MIN_TRAIN_PER_LIST * _nlist(spec, count), PQ_MIN_TRAIN)
+        return "ivfpq" if count >= enough else "flat"
+    if spec.kind == "hnsw_sq8":
+        return "hnsw_sq8" if count >= SQ_MIN_TRAIN else "flat"
     return "hnsw" if count >= spec.auto_threshold else "flat"
+
+
+def pq_bytes(spec: IndexSpec, dim: int) -> int:
+    """Sub-quantisers (bytes per vector) of an ivfpq index: spec.pq_m, or the largest
+    divisor of dim up to dim / 8 (384 -> 48, 512 -> 64, 768 -> 96)."""
+    if spec.pq_m:
+        return spec.pq_m
+    return max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
 
 
 def _nlist(spec: IndexSpec, count: int) -> int:
@@ -58,7 +78,7 @@ class VectorIndex:
         vi.dim, vi.spec, vi.tombstones = dim, spec, set()
         vi.kind = choose_kind(spec, len(labels))
         base = vi._make_base(len(labels))
-        if vi.kind == "ivf":
+        if vi.kind in ("ivf", "ivfpq", "hnsw_sq8"):
             base.train(vectors)
         if gpu and vi.kind == "flat":
             base = faiss.index_cpu_to_all_gpus(base)
@@ -77,20 +97,26 @@ class VectorIndex:
     def _wrap(self, base: faiss.Index) -> faiss.Index:
         # IVF keeps our labels in its inverted lists and removes by them; an ID map over
         # it would go out of step on removal. Flat and HNSW take labels via an ID map.
-        return base if self.kind == "ivf" else faiss.IndexIDMap2(base)
+        return base if self.kind in INVERTED else faiss.IndexIDMap2(base)
 
     def _make_base(self, count: int) -> faiss.Index:
-        if self.kind == "hnsw":
-            base = faiss.IndexHNSWFlat(self.dim, self.spec.m, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efConstruction = self.spec.ef_construction
-            base.hnsw.efSearch = self.spec.ef_search
+        ip, s = faiss.METRIC_INNER_PRODUCT, self.spec
+        if self.kind in GRAPHS:
+            if self.kind == "hnsw":
+                base = faiss.IndexHNSWFlat(self.dim, s.m, ip)
+            else:
+                base = faiss.IndexHNSWSQ(self.dim, faiss.ScalarQuantizer.QT_8bit, s.m, ip)
+            base.hnsw.efConstruction = s.ef_construction
+            base.hnsw.efSearch = s.ef_search
             return base
-        if self.kind == "ivf":
+        if self.kind in INVERTED:
             quantizer = faiss.IndexFlatIP(self.dim)
-            base = faiss.IndexIVFFlat(
-                quantizer, self.dim, _nlist(self.spec, count), faiss.METRIC_INNER_PRODUCT
-            )
-            base.nprobe = self.spec.nprobe
+            nlist = _nlist(s, count)
+            if self.kind == "ivf":
+                base = faiss.IndexIVFFlat(quantizer, self.dim, nlist, ip)
+            else:
+                base = faiss.IndexIVFPQ(quantizer, self.dim, nlist, pq_bytes(s, self.dim), 8, ip)
+            base.nprobe = s.nprobe
             return base
         return faiss.IndexFlatIP(self.dim)
 
@@ -104,7 +130,7 @@ class VectorIndex:
     def remove(self, labels: np.ndarray) -> None:
         if not len(labels):
             return
-        if self.kind == "hnsw":
+        if self.kind in GRAPHS:
             self.tombstones.update(int(x) for x in labels)
         else:
             self.index.remove_ids(faiss.IDSelectorBatch(labels))
@@ -134,11 +160,11 @@ class VectorIndex:
         return self.index.search(queries, k, params=self._params(selector, k))
 
     def _params(self, selector: faiss.IDSelector, k: int = 1) -> faiss.SearchParameters:
-        if self.kind == "hnsw":
+        if self.kind in GRAPHS:
             # Tombstones take places in the candidate list too: without widening it by the
             # dead share, a search came back with fewer than k of the live vectors.
             ef = max(self.spec.ef_search, k * int(self.index.ntotal) // max(self.live, 1))
             return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
-        if self.kind == "ivf":
+        if self.kind in INVERTED:
             return faiss.SearchParametersIVF(sel=selector, nprobe=self.spec.nprobe)
         return faiss.SearchParameters(sel=selector)

@@ -26,6 +26,8 @@ How collections map onto Qdrant (prefix "contrastive" by default):
 
 IndexSpec: "flat" is exact search (no HNSW graph); every other kind is Qdrant's HNSW with
 `m`, `ef_construction` and `ef_search` (IVF has no Qdrant counterpart and maps to HNSW).
+The compressed kinds keep their meaning: "hnsw_sq8" adds Qdrant's int8 scalar
+quantisation, "ivfpq" its product quantisation (x16); Qdrant rescores with the originals.
 """
 
 from __future__ import annotations
@@ -645,6 +647,7 @@ class QdrantBackend:
                 hnsw_config=models.HnswConfigDiff(
                     m=0 if flat else spec.m, ef_construct=spec.ef_construction
                 ),
+                quantization_config=_quantization(spec),
             ),
             name,
         )
@@ -704,6 +707,21 @@ class QdrantBackend:
     def close(self) -> None:
         with self._calls:
             self.client.close()
+
+
+def _quantization(spec: IndexSpec) -> models.QuantizationConfig | None:
+    """Qdrant's counterpart of a compressed kind (None: full vectors only)."""
+    if spec.kind == "hnsw_sq8":
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+        )
+    if spec.kind == "ivfpq":
+        return models.ProductQuantization(
+            product=models.ProductQuantizationConfig(
+                compression=models.CompressionRatio.X16, always_ram=True
+            )
+        )
+    return None
 
 
 def _not_found(name: str) -> CollectionError:

@@ -20,15 +20,21 @@ class _Strict(BaseModel):
 class IndexSpecModel(_Strict):
     """Which index serves searches. "flat": exact; "auto" (default): flat until
     `auto_threshold` vectors, then HNSW; "ivf": `nlist` lists, `nprobe` searched;
-    "hnsw": `m` links per node, `ef_construction`, `ef_search`."""
+    "hnsw": `m` links per node, `ef_construction`, `ef_search`. Compressed (exact until
+    there are enough vectors to train on): "ivfpq", `pq_m` bytes per vector (a divisor
+    of dim); "hnsw_sq8": 8-bit codes; both re-rank `refine` x k candidates exactly."""
 
-    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    kind: Literal["auto", "flat", "ivf", "hnsw", "ivfpq", "hnsw_sq8"] = "auto"
     auto_threshold: int = Field(50_000, ge=1)
     nlist: int | None = Field(None, ge=1, description="default: ~4*sqrt(n) when trained")
     nprobe: int = Field(32, ge=1)
     m: int = Field(32, ge=2, le=256)
     ef_construction: int = Field(80, ge=1)
     ef_search: int = Field(128, ge=1)
+    pq_m: int | None = Field(None, ge=1, description="ivfpq: bytes per vector, divides dim")
+    refine: int = Field(
+        16, ge=0, le=64, description="compressed kinds: exact re-ranking of refine*k"
+    )
 
     def to_spec(self) -> IndexSpec:
         return IndexSpec(**self.model_dump())

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from service.domain_errors import DomainError
 
-IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq", "hnsw_sq8"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_ID_CHARS = 256
 
@@ -33,7 +33,13 @@ def check_new(name: str, dim: int, spec: IndexSpec | None) -> IndexSpec:
     check_name(name)
     if dim < 1:
         raise CollectionError("invalid_dimension", "dim must be positive")
-    return spec or IndexSpec()
+    spec = spec or IndexSpec()
+    if spec.kind == "ivfpq" and spec.pq_m is not None and dim % spec.pq_m:
+        raise CollectionError(
+            "invalid_dimension",
+            f"pq_m {spec.pq_m} must divide the dimension {dim} (each sub-vector is a slice)",
+        )
+    return spec
 
 
 @dataclass
@@ -43,6 +49,11 @@ class IndexSpec:
     kind "auto": exact (flat) search until `auto_threshold` vectors, then HNSW.
     IVF: `nlist` lists (default: ~4*sqrt(n) when trained), `nprobe` searched.
     HNSW: `m` links per node, `ef_construction`, `ef_search`.
+    Compressed, for collections that outgrow memory (exact until enough vectors to train):
+    "ivfpq": IVF over product-quantised codes, `pq_m` bytes per vector (default: dim/8
+    rounded to a divisor of dim; 384-d: 48 bytes instead of 1,536); "hnsw_sq8": HNSW over
+    8-bit scalar codes (4x smaller). Both give `refine` x k candidates, ranked again by the
+    exact inner product with the stored vectors, so scores are exact.
     """
 
     kind: IndexKind = "auto"
@@ -52,6 +63,8 @@ class IndexSpec:
     m: int = 32
     ef_construction: int = 80
     ef_search: int = 128
+    pq_m: int | None = None
+    refine: int = 16  # compressed kinds: exact re-ranking of refine * k candidates (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

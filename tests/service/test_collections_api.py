@@ -596,3 +596,13 @@ def test_an_unreachable_qdrant_is_503_backend_unavailable() -> None:
             assert err["code"] == "backend_unavailable" and url in err["message"], err
         # embeddings do not need the backend: the replica still embeds
         assert client.post("/v1/embed/text", json={"texts": ["a cat"]}).status_code == 200
+
+
+def test_compressed_kinds_over_the_api(client: TestClient) -> None:
+    for kind in ("ivfpq", "hnsw_sq8"):
+        info = _ok(client.post(C, json={"name": kind, "index": {"kind": kind, "pq_m": 4}}), 201)
+        assert info["index"]["kind"] == kind and info["index"]["refine"] == 16
+        _ok(client.post(f"{C}/{kind}/items", json={"items": [{"id": "v", "vector": VEC}]}))
+        assert _search(client, kind, [{"vector": VEC}], k=1)[0][0]["id"] == "v"
+    r = client.post(C, json={"name": "bad", "index": {"kind": "ivfpq", "pq_m": 3}})
+    assert r.status_code == 422 and "must divide the dimension 8" in r.json()["error"]["message"]
