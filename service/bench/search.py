@@ -10,7 +10,10 @@ In one run on one machine, over the same N vectors and the same queries:
 5. recall@k and queries/s of IVF and HNSW collections at their default parameters, against
    exact search (IVF as trained while the vectors arrived, and again after a reopen, when
    it is rebuilt for the final count);
-6. added vectors/s with durability on: upserts of 1,000 vectors, each fsynced.
+6. added vectors/s with durability on: upserts of 1,000 vectors, each fsynced;
+7. scale (service.bench.search_scale): restart with the saved index against a rebuild,
+   the cost of one 1,000-vector upsert at 10k items against N, filtered search against
+   unfiltered, and the Qdrant backend (local mode, or --qdrant-url) against FAISS.
 
 The vectors are synthetic unit vectors. By default they are clustered (a mixture of
 Gaussians around n/100 random centres, as embeddings are: neighbours are meaningful);
@@ -42,7 +45,7 @@ from service.index.types import IndexKind, IndexSpec
 
 NAME = "bench"
 BATCHES = (1, 256)
-APPROX: tuple[IndexKind, ...] = ("ivf", "hnsw")
+APPROX: tuple[IndexKind, ...] = ("ivf", "hnsw", "ivfpq", "hnsw_sq8")
 ADD_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw")
 MODEL_ID = "bench:random"  # vector queries check only the dimension, never the model
 
@@ -59,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="the collections' device [auto]")
     p.add_argument("--no-http", action="store_true", help="skip the server")
     p.add_argument("--no-reopen", action="store_true", help="skip IVF after a reopen")
+    p.add_argument("--no-scale", action="store_true", help="skip restart/upsert/filter rows")
+    p.add_argument("--backend-n", type=int, default=20_000,
+                   help="vectors for Qdrant against FAISS [20000]; 0 skips it")  # fmt: skip
+    p.add_argument("--qdrant-url", default=None, help="a Qdrant server [local mode]")
     p.add_argument("--quick", action="store_true", help="a smoke run: n=20000, 1 s each")
     p.add_argument("--out", default="bench-results", help="folder for the JSON result")
 
@@ -292,6 +299,10 @@ def run(args: argparse.Namespace) -> int:
             adds.append({"kind": kind, "vectors": add_n, "batch": 1000, "vectors_per_s": rate})
             print(f"  add {kind}: {rate:,.0f} vectors/s (batches of 1000, fsynced)", flush=True)
         result["add"] = adds
+
+        # 7. scale
+        if not args.no_scale:
+            result["scale"] = _scale(args, tmp, base, queries, k, seconds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["search"] = rows
@@ -302,6 +313,33 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(result)
     print(f"wrote {path}")
     return 0
+
+
+def _scale(
+    args: argparse.Namespace,
+    tmp: Path,
+    base: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    seconds: float,
+) -> dict[str, Any]:
+    from service.bench import search_scale
+
+    small = min(10_000, len(base))
+    out: dict[str, Any] = {
+        "restart": search_scale.restart_rows(tmp, base),
+        "upsert_cost": search_scale.upsert_cost(tmp, base, small),
+        "filtered": search_scale.filtered_rows(tmp, base, queries, k, seconds),
+    }
+    backend_n = min(args.backend_n, len(base))
+    if backend_n:
+        from service.index.bench_backends import bench_backends
+
+        print(f"Qdrant against FAISS on {backend_n:,} vectors ...", flush=True)
+        out["backends"] = bench_backends(backend_n, base.shape[1], qdrant_url=args.qdrant_url)
+        for key, ratio in out["backends"]["qdrant_over_faiss"].items():
+            print(f"  qdrant / faiss {key}: {ratio:.1f}x", flush=True)
+    return out
 
 
 def _http_rows(

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from service.index.faiss_index import COMPRESSED, VectorIndex, choose_kind, faiss_gpus
+from service.index.filters import Filter
 from service.index.fsutil import (
     atomic_write,
     fsync_dir,
@@ -56,6 +58,9 @@ __all__ = ["LOG", "META", "PREV_LOG", "PREV_SNAP", "SNAP", "Collection"]
 
 log = logging.getLogger("contrastive.index")
 Matcher = Callable[[dict[str, Any]], bool]
+Where = Filter | Matcher | dict[str, Any]
+FILTER_CACHE = 8  # filters whose matching ids (and vectors) are kept until the next write
+FILTER_CACHE_BYTES = 32 << 20  # the vectors of a cached filter are kept up to this size
 EXACT_FILTER_LIMIT = 50_000  # filtered searches over fewer candidates are exact (numpy)
 
 
@@ -82,6 +87,9 @@ class Collection:
         self._id_of: dict[int, str] = {}
         self._next_label = 0
         self._seq = self._snap_seq = 0
+        self._filter_cache: OrderedDict[str, tuple[int, list[str], np.ndarray | None]] = (
+            OrderedDict()
+        )
         self._saved: SavedIndex | None = None  # the index saved with the snapshot, if usable
         self._changed: tuple[list[int], list[int]] = ([], [])  # log replay: removed, added
         self._recover()
@@ -382,28 +390,25 @@ class Collection:
                 return None
             return self._vec[id_].copy(), dict(self._meta[id_])
 
-    def search(
-        self, queries: np.ndarray, k: int, where: Matcher | dict[str, Any] | None = None
-    ) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray, k: int, where: Where | None = None) -> list[list[Hit]]:
         """queries float32 [q, dim] -> for each, up to k hits, best first.
 
-        where: metadata -> bool (e.g. `Filter.matches`), or a dict of field: value that
-        must all be equal. Filters are applied before the k best are taken: k hits come
-        back whenever k items match."""
+        where: a `Filter`, a dict of field: value that must all be equal, or any
+        metadata -> bool (not cached). Filters are applied before the k best are taken:
+        k hits come back whenever k items match."""
         with self._lock:
             if not self._vec:
                 return [[] for _ in range(len(queries))]
             if where:
-                return self._filtered(queries, k, _matcher(where))
+                return self._filtered(queries, k, where)
             scores, labels = self._index_search(queries, k)
             return [self._hits(s, lb) for s, lb in zip(scores, labels, strict=True)]
 
-    def _filtered(self, queries: np.ndarray, k: int, matches: Matcher) -> list[list[Hit]]:
-        ids = [i for i, m in self._meta.items() if matches(m)]
+    def _filtered(self, queries: np.ndarray, k: int, where: Where) -> list[list[Hit]]:
+        ids, mat = self._matching(where)
         if not ids:
             return [[] for _ in range(len(queries))]
-        if len(ids) <= EXACT_FILTER_LIMIT:  # exact, and never starved by a graph index
-            mat = np.stack([self._vec[i] for i in ids])  # [m, dim]
+        if mat is not None:  # exact, and never starved by a graph index
             sims = queries @ mat.T  # [q, m]
             kk = min(k, len(ids))
             top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
@@ -415,6 +420,31 @@ class Collection:
         allowed = np.fromiter((self._label[i] for i in ids), np.int64, len(ids))
         scores, labels = self._index_search(queries, k, allowed)
         return [self._hits(s, lb) for s, lb in zip(scores, labels, strict=True)]
+
+    def _matching(self, where: Where) -> tuple[list[str], np.ndarray | None]:
+        """The ids the filter matches, and their vectors [m, dim] when few enough for an
+        exact search. Cached per filter until the next write: a filter repeated across
+        searches (the usual case) costs its metadata scan once."""
+        key = None if callable(where) and not isinstance(where, Filter) else repr(where)
+        hit = self._filter_cache.get(key) if key is not None else None
+        if key is not None and hit is not None and hit[0] == self._seq:
+            self._filter_cache.move_to_end(key)
+            ids, mat = hit[1], hit[2]
+            if mat is None and len(ids) <= EXACT_FILTER_LIMIT:  # too large to have been kept
+                mat = self._stack(ids)
+            return ids, mat
+        matches = _matcher(where)
+        ids = [i for i, m in self._meta.items() if matches(m)]
+        mat = self._stack(ids) if len(ids) <= EXACT_FILTER_LIMIT else None
+        if key is not None:  # the vectors too, while they are small
+            small = mat is not None and mat.nbytes <= FILTER_CACHE_BYTES
+            self._filter_cache[key] = (self._seq, ids, mat if small else None)
+            while len(self._filter_cache) > FILTER_CACHE:
+                self._filter_cache.popitem(last=False)
+        return ids, mat
+
+    def _stack(self, ids: list[str]) -> np.ndarray:
+        return np.stack([self._vec[i] for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
 
     def _index_search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -475,8 +505,10 @@ class Collection:
             self._wal.close()
 
 
-def _matcher(where: Matcher | dict[str, Any]) -> Matcher:
+def _matcher(where: Where) -> Matcher:
     """A predicate on metadata; a dict means every field equals its value."""
+    if isinstance(where, Filter):
+        return where.matches
     if callable(where):
         return where
     items = list(where.items())

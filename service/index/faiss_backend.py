@@ -118,7 +118,7 @@ class FaissCollection:
         index's id selector), so k hits come back whenever k items match."""
         q = check_queries(queries, k, self.dim)
         f = as_filter(where)
-        return self.col.search(q, k, f.matches if f else None)
+        return self.col.search(q, k, f if f else None)
 
     def _matching(self, f: Filter) -> list[str]:
         return [i for i, m in self._state.metadata().items() if f.matches(m)]

@@ -499,3 +499,25 @@ def test_faiss_selector_path_equals_the_exact_path(
         np.testing.assert_allclose(ids_scores(a)[1], ids_scores(b_)[1], atol=1e-5)
     assert all(len(r) == 4 for r in exact)
     b.close()
+
+
+def test_faiss_filter_cache_follows_every_write(tmp_path: Path) -> None:
+    """A repeated filter is answered from its cached match set until the next write."""
+    b = FaissBackend.open(tmp_path)
+    b.create("c", "m", DIM, FLAT)
+    h = b.get("c")
+    vecs = unit(4)
+    h.upsert(["a", "b", "c", "d"], vecs, [{"t": 1}, {"t": 1}, {"t": 2}, {}])
+    where = {"t": {"$in": [1]}}
+
+    def found() -> list[str]:
+        return sorted(x.id for x in h.search(vecs[:1], 10, where)[0])
+
+    assert found() == ["a", "b"] == found()  # the second from the cache
+    h.upsert(["c"], vecs[2:3], [{"t": 1}])  # now matches
+    assert found() == ["a", "b", "c"]
+    h.delete(["a"])
+    assert found() == ["b", "c"]
+    h.upsert(["b"], vecs[1:2], [{"t": 3}])  # no longer matches
+    assert found() == ["c"]
+    b.close()
