@@ -28,7 +28,10 @@ BENCH = {
 
 COMMANDS: dict[str, table.Command] = {
     "serve": table.Command("start the REST service", "service.serve_cli"),
-    "index": table.Command("add folders of images to a collection; search it", "service.index_cli"),
+    "index": table.Command(
+        "add folders of images to a collection; search, repair, export, import",
+        "service.index_cli",
+    ),
     "bench": table.Command("benchmarks", table=BENCH),
     **table.TRAINING_COMMANDS,
 }

@@ -64,7 +64,7 @@ def _connection_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `add`, `search` and `repair` to `contrastive index`."""
+    """Add `add`, `search`, `repair`, `export` and `import` to `contrastive index`."""
     subparsers = parser.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
     add = subparsers.add_parser(
         "add",
@@ -529,11 +529,11 @@ def _transfer_backend(args: argparse.Namespace, must_exist: bool) -> CollectionB
     if args.collections_dir:
         settings = settings.model_copy(update={"collections_dir": args.collections_dir})
     folder = Path(settings.collections_dir)
-    if settings.collections_backend == "faiss" and must_exist:
-        if not (folder / args.collection).is_dir():  # without creating the folder
-            raise CollectionError(
-                "collection_not_found", f"no collection named {args.collection!r} in {folder}"
-            )
+    faiss = settings.collections_backend == "faiss"
+    if faiss and must_exist and not (folder / args.collection).is_dir():
+        raise CollectionError(  # without opening (and so creating) the folder
+            "collection_not_found", f"no collection named {args.collection!r} in {folder}"
+        )
     return open_collections(settings)
 
 
@@ -613,6 +613,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.collection!r} is incomplete (drop it, or import again with --force)"
             )
         print(f"contrastive index {args.index_command}: {message}", file=sys.stderr)
+        cause = e.__cause__  # an upsert that failed part-way: the backend's error
+        if isinstance(cause, CollectionError) and cause.code == "backend_unavailable":
+            status = 1
     except (CollectionError, ServiceError) as e:
         print(f"contrastive index {args.index_command}: {e}", file=sys.stderr)
         if e.code == "backend_unavailable":

@@ -1,9 +1,10 @@
 """The deployment files agree with the code.
 
-Dockerfile, deploy/compose.yaml, deploy/prometheus and deploy/k8s are parsed (no container
-engine or cluster needed) and checked against what they name in the project: settings,
-the port, the routes that probes and scrapers call, the command lines (parsed by the real
-parsers), and the references between Kubernetes objects.
+Dockerfile, deploy/compose.yaml (and its Qdrant overlay compose.qdrant.yaml),
+deploy/prometheus and deploy/k8s (FAISS mode; Qdrant mode in deploy/k8s/qdrant) are
+parsed (no container engine or cluster needed) and checked against what they name in the
+project: settings, the port, the routes that probes and scrapers call, the command lines
+(parsed by the real parsers), and the references between Kubernetes objects.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 import tomllib
 from collections.abc import Iterator
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -34,10 +38,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 TRAIN = K8S / "train"
-KUSTOMIZATIONS = (K8S, TRAIN)
+QDRANT = K8S / "qdrant"  # the service in Qdrant mode: instead of K8S, not beside it
+KUSTOMIZATIONS = (K8S, TRAIN, QDRANT)
+SERVICE_KUSTOMIZATIONS = (K8S, QDRANT)  # the service's two modes
 PREFIX = "CONTRASTIVE_"
 SETTING_ENV_NAMES = {PREFIX + name.upper() for name in Settings.model_fields}
 SUBSTITUTION = re.compile(r"\$\((\w+)\)")  # Kubernetes' $(VAR) in command/args
+QDRANT_COMPOSE = "compose.qdrant.yaml"
 
 
 # -- reading the files ---------------------------------------------------------------------
@@ -90,7 +97,8 @@ def named(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
 
 
 def workloads(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Deployments and Jobs by name."""
+    """Deployments and Jobs by name (the images of this project; Qdrant's StatefulSet is
+    checked on its own)."""
     return {o["metadata"]["name"]: o for o in objs if o["kind"] in ("Deployment", "Job")}
 
 
@@ -99,8 +107,17 @@ def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
     return template
 
 
+def folder_label(folder: Path) -> str:
+    return str(folder.relative_to(DEPLOY))
+
+
 def all_workloads() -> dict[str, dict[str, Any]]:
-    return {name: w for folder in KUSTOMIZATIONS for name, w in workloads(objects(folder)).items()}
+    """Every folder's workloads, as "k8s/qdrant contrastive" (the modes share names)."""
+    return {
+        f"{folder_label(folder)} {name}": w
+        for folder in KUSTOMIZATIONS
+        for name, w in workloads(objects(folder)).items()
+    }
 
 
 def secret_value(objs: list[dict[str, Any]], name: str, key: str) -> str:
@@ -122,11 +139,15 @@ def container_env(objs: list[dict[str, Any]], container: dict[str, Any]) -> dict
     return env
 
 
-def service_containers() -> Iterator[tuple[str, dict[str, Any]]]:
-    """(deployment name, container) for every container of the service's Deployments."""
-    for name, dep in named(objects(K8S), "Deployment").items():
-        for container in pod_template(dep)["spec"]["containers"]:
-            yield name, container
+def service_containers(
+    folders: tuple[Path, ...] = SERVICE_KUSTOMIZATIONS,
+) -> Iterator[tuple[Path, str, dict[str, Any]]]:
+    """(kustomization, deployment name, container) for every container of the service's
+    Deployments, in both modes."""
+    for folder in folders:
+        for name, dep in named(objects(folder), "Deployment").items():
+            for container in pod_template(dep)["spec"]["containers"]:
+                yield folder, name, container
 
 
 def container_port(container: dict[str, Any], port: int | str) -> int:
@@ -187,19 +208,38 @@ def dockerfile_env() -> dict[str, str]:
     return env
 
 
-def compose() -> dict[str, Any]:
-    (doc,) = load(DEPLOY / "compose.yaml")
+def compose(name: str = "compose.yaml") -> dict[str, Any]:
+    (doc,) = load(DEPLOY / name)
     return dict(doc)
 
 
-def interpolate(value: str) -> str:
-    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR}, with VAR unset."""
-    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+class UnsetVariableError(ValueError):
+    """${VAR:?message} with VAR unset: compose refuses to start."""
 
 
-def compose_env() -> dict[str, str]:
-    env = compose()["services"]["contrastive"]["environment"]
-    return {k: interpolate(str(v)) for k, v in env.items()}
+def interpolate(value: str, shell: dict[str, str] | None = None) -> str:
+    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} / ${VAR:?message}, with only the
+    variables in `shell` set."""
+    shell = shell or {}
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+        if shell.get(name):
+            return shell[name]
+        if "?" in op:
+            raise UnsetVariableError(f"{name}: {arg}")
+        return arg
+
+    return re.sub(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}", one, value)
+
+
+def compose_env(qdrant: bool = False, shell: dict[str, str] | None = None) -> dict[str, str]:
+    """The service's environment in compose.yaml, or with compose.qdrant.yaml layered on
+    (compose merges `environment` maps key by key)."""
+    env = dict(compose()["services"]["contrastive"]["environment"])
+    if qdrant:
+        env.update(compose(QDRANT_COMPOSE)["services"]["contrastive"]["environment"])
+    return {k: interpolate(str(v), shell) for k, v in env.items()}
 
 
 def prometheus_job() -> dict[str, Any]:
@@ -258,9 +298,11 @@ def test_every_yaml_file_parses_and_every_manifest_is_in_its_kustomization() -> 
         assert listed == here, f"{folder}: kustomization resources vs files"
         for obj in objects(folder):
             assert obj["apiVersion"] and obj["kind"] and obj["metadata"]["name"]
-    # the training Job is not applied with the service, nor the service with the Job
-    assert not {p.parent for p in resources(K8S)} & {TRAIN}
+    # the training Job is not applied with the service, nor the service with the Job; the
+    # Qdrant mode is applied instead of the FAISS mode, never with it
+    assert not {p.parent for p in resources(K8S)} & {TRAIN, QDRANT}
     assert {o["kind"] for o in objects(TRAIN)} == {"Job", "Service", "PersistentVolumeClaim"}
+    assert DEPLOY / QDRANT_COMPOSE in files
 
 
 def test_every_contrastive_env_name_is_a_setting_and_every_value_parses(
@@ -268,15 +310,18 @@ def test_every_contrastive_env_name_is_a_setting_and_every_value_parses(
 ) -> None:
     image = {k: v for k, v in dockerfile_env().items() if k.startswith(PREFIX)}
     sources = {"Dockerfile": image, "compose": {**image, **compose_env()}}
-    for name, container in service_containers():
-        sources[f"k8s {name}"] = {**image, **container_env(objects(K8S), container)}
+    shell = {"CONTRASTIVE_QDRANT_API_KEY": "k"}
+    sources["compose qdrant"] = {**image, **compose_env(qdrant=True, shell=shell)}
+    for folder, name, container in service_containers():
+        env = container_env(objects(folder), container)
+        sources[f"{folder_label(folder)} {name}"] = {**image, **env}
     _, trainer = the_job()
     sources["k8s train"] = {**image, **container_env(objects(TRAIN), trainer)}
 
     used = {n for env in sources.values() for n in env if n.startswith(PREFIX)}
     assert used - SETTING_ENV_NAMES == set(), "not a field of service.settings.Settings"
     # Kubernetes env values must be strings ("8000", not 8000)
-    for _, container in service_containers():
+    for _, _, container in service_containers():
         assert all(isinstance(v.get("value", ""), str) for v in container["env"])
     for label, env in sources.items():
         settings = settings_from(monkeypatch, env)  # raises on a value that does not parse
@@ -286,8 +331,9 @@ def test_every_contrastive_env_name_is_a_setting_and_every_value_parses(
     assert settings_from(monkeypatch, image).collections_dir == "/data/collections"
     # an empty CONTRASTIVE_API_KEYS (compose without keys) means no keys, not one empty key
     assert settings_from(monkeypatch, sources["compose"]).api_keys == []
-    for name, _ in service_containers():
-        assert settings_from(monkeypatch, sources[f"k8s {name}"]).api_keys != [], name
+    for folder, name, _ in service_containers():
+        label = f"{folder_label(folder)} {name}"
+        assert settings_from(monkeypatch, sources[label]).api_keys != [], label
 
 
 def test_ports_agree_with_contrastive_port(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,8 +344,8 @@ def test_ports_agree_with_contrastive_port(monkeypatch: pytest.MonkeyPatch) -> N
     assert published == [str(port)]
     assert prometheus_job()["static_configs"][0]["targets"] == [f"contrastive:{port}"]
 
-    objs = objects(K8S)
-    for name, container in service_containers():
+    for folder, name, container in service_containers():
+        objs = objects(folder)
         env_port = int(container_env(objs, container).get("CONTRASTIVE_PORT", port))
         assert env_port == port, name
         assert container_port(container, "http") == port, name
@@ -308,32 +354,38 @@ def test_ports_agree_with_contrastive_port(monkeypatch: pytest.MonkeyPatch) -> N
         annotations = pod_template(named(objs, "Deployment")[name])["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(port), name
 
-    deployments = named(objs, "Deployment")
-    services = named(objs, "Service")
-    for svc_name, svc in services.items():
-        (svc_port,) = svc["spec"]["ports"]
-        pods = selected(svc["spec"]["selector"], deployments)
-        assert len(pods) == 1, f"Service {svc_name} selects {len(pods)} Deployments"
-        (container,) = pod_template(pods[0])["spec"]["containers"]
-        assert container_port(container, svc_port["targetPort"]) == port, svc_name
-    for rule in named(objs, "Ingress")["contrastive"]["spec"]["rules"]:
-        for path in rule["http"]["paths"]:
-            backend = path["backend"]["service"]
-            port_names = {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
-            assert backend["port"]["name"] in port_names
+    for folder in SERVICE_KUSTOMIZATIONS:
+        objs = objects(folder)
+        deployments = named(objs, "Deployment")
+        qdrant_pods = named(objs, "StatefulSet")  # Qdrant's port: test_qdrant_mode_...
+        services = named(objs, "Service")
+        for svc_name, svc in services.items():
+            (svc_port,) = svc["spec"]["ports"]
+            pods = selected(svc["spec"]["selector"], {**deployments, **qdrant_pods})
+            assert len(pods) == 1, f"Service {svc_name} selects {len(pods)} workloads"
+            if pods[0]["kind"] == "Deployment":
+                (container,) = pod_template(pods[0])["spec"]["containers"]
+                assert container_port(container, svc_port["targetPort"]) == port, svc_name
+        for rule in named(objs, "Ingress")["contrastive"]["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                (svc,) = selected(services[backend["name"]]["spec"]["selector"], deployments)
+                port_names = {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
+                assert backend["port"]["name"] in port_names
 
 
 def test_probes_healthcheck_and_scrape_paths_are_routes_of_the_app() -> None:
     app = create_app(Settings(collections=False))  # the model loads only in the lifespan
     paths = {}
-    for name, container in service_containers():
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
-        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
-        assert container["startupProbe"]["httpGet"]["path"] == "/healthz", name
+    for folder, name, container in service_containers():
+        label = f"{folder_label(folder)} {name}"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", label
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", label
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz", label
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            paths[f"{name} {probe}"] = container[probe]["httpGet"]["path"]
-        dep = named(objects(K8S), "Deployment")[name]
-        paths[f"{name} annotation"] = pod_template(dep)["metadata"]["annotations"][
+            paths[f"{label} {probe}"] = container[probe]["httpGet"]["path"]
+        dep = named(objects(folder), "Deployment")[name]
+        paths[f"{label} annotation"] = pod_template(dep)["metadata"]["annotations"][
             "prometheus.io/path"
         ]
 
@@ -368,7 +420,7 @@ def test_service_command_lines_parse_with_the_contrastive_cli() -> None:
     assert "entrypoint" not in service
     assert parser.parse_args(compose_args).command == "serve"
 
-    for name, container in service_containers():
+    for _, name, container in service_containers():
         assert "command" not in container, f"{name}: keep the image's ENTRYPOINT"
         args = parser.parse_args(container["args"])
         assert args.command == "serve", name
@@ -466,39 +518,41 @@ def test_kubernetes_references_resolve() -> None:
                         keys = {*secret.get("stringData", {}), *secret.get("data", {})}
                         assert ref["key"] in keys, f"{name}: {var['name']}"
 
-    objs = objects(K8S)
-    deployments = named(objs, "Deployment")
-    hpas = named(objs, "HorizontalPodAutoscaler")
-    for hpa in hpas.values():
-        assert hpa["apiVersion"] == "autoscaling/v2"
-        target = hpa["spec"]["scaleTargetRef"]
-        assert target["kind"] == "Deployment" and target["name"] in deployments
-        dep = deployments[target["name"]]
-        assert "replicas" not in dep["spec"], "the HPA owns the replica count"
-        (metric,) = hpa["spec"]["metrics"]
-        assert metric["resource"]["name"] == "cpu"
-        for container in pod_template(dep)["spec"]["containers"]:
-            assert container["resources"]["requests"]["cpu"], "utilization needs a request"
-    for pdb in named(objs, "PodDisruptionBudget").values():
-        selector = pdb["spec"]["selector"]["matchLabels"]
-        (matched,) = selected(selector, deployments)
-        targets = {h["spec"]["scaleTargetRef"]["name"]: h for h in hpas.values()}
-        hpa = targets.get(matched["metadata"]["name"])
-        replicas = hpa["spec"]["minReplicas"] if hpa else matched["spec"].get("replicas", 1)
-        assert replicas > 1, "a budget on a single pod would block every node drain"
-    for ingress in named(objs, "Ingress").values():
-        for rule in ingress["spec"]["rules"]:
-            for path in rule["http"]["paths"]:
-                assert path["backend"]["service"]["name"] in named(objs, "Service")
+    for folder in SERVICE_KUSTOMIZATIONS:
+        objs = objects(folder)
+        deployments = named(objs, "Deployment")
+        hpas = named(objs, "HorizontalPodAutoscaler")
+        for hpa in hpas.values():
+            assert hpa["apiVersion"] == "autoscaling/v2"
+            target = hpa["spec"]["scaleTargetRef"]
+            assert target["kind"] == "Deployment" and target["name"] in deployments
+            dep = deployments[target["name"]]
+            assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+            (metric,) = hpa["spec"]["metrics"]
+            assert metric["resource"]["name"] == "cpu"
+            for container in pod_template(dep)["spec"]["containers"]:
+                assert container["resources"]["requests"]["cpu"], "utilization needs a request"
+        for pdb in named(objs, "PodDisruptionBudget").values():
+            selector = pdb["spec"]["selector"]["matchLabels"]
+            (matched,) = selected(selector, deployments)
+            targets = {h["spec"]["scaleTargetRef"]["name"]: h for h in hpas.values()}
+            hpa = targets.get(matched["metadata"]["name"])
+            replicas = hpa["spec"]["minReplicas"] if hpa else matched["spec"].get("replicas", 1)
+            assert replicas > 1, "a budget on a single pod would block every node drain"
+        for ingress in named(objs, "Ingress").values():
+            for rule in ingress["spec"]["rules"]:
+                for path in rule["http"]["paths"]:
+                    assert path["backend"]["service"]["name"] in named(objs, "Service")
 
 
 def test_shutdown_fits_in_the_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
     image = dockerfile_env()
-    objs = objects(K8S)
-    for name, dep in named(objs, "Deployment").items():
-        (container,) = pod_template(dep)["spec"]["containers"]
+    for folder, name, container in service_containers():
+        objs = objects(folder)
         s = settings_from(monkeypatch, {**image, **container_env(objs, container)})
-        grace = pod_template(dep)["spec"]["terminationGracePeriodSeconds"]
+        grace = pod_template(named(objs, "Deployment")[name])["spec"][
+            "terminationGracePeriodSeconds"
+        ]
         assert grace > s.drain_seconds + s.graceful_timeout + 10, name
         # a load balancer that checks /readyz notices the drain within one probe period
         probe = container["readinessProbe"]
@@ -575,6 +629,214 @@ def test_ingress_sends_collections_to_the_single_writer(monkeypatch: pytest.Monk
     assert not any("persistentVolumeClaim" in v for v in pod_template(readers)["spec"]["volumes"])
     (hpa,) = named(objs, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == readers["metadata"]["name"]
+
+
+def min_replicas(objs: list[dict[str, Any]], dep: dict[str, Any]) -> int:
+    """The fewest pods a Deployment runs: its HPA's minReplicas, else spec.replicas."""
+    hpas = named(objs, "HorizontalPodAutoscaler").values()
+    targets = {h["spec"]["scaleTargetRef"]["name"]: h for h in hpas}
+    hpa = targets.get(dep["metadata"]["name"])
+    return int(hpa["spec"]["minReplicas"]) if hpa else int(dep["spec"].get("replicas", 1))
+
+
+def test_replicas_above_one_only_where_collections_live_in_qdrant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """FAISS is one writer process per folder; with Qdrant the pods hold no collections."""
+    image = dockerfile_env()
+    modes = {}
+    for folder, name, container in service_containers():
+        objs = objects(folder)
+        dep = named(objs, "Deployment")[name]
+        s = settings_from(monkeypatch, {**image, **container_env(objs, container)})
+        if not s.collections:
+            continue  # embeddings only: stateless in either mode
+        label = f"{folder_label(folder)} {name}"
+        modes[label] = s.collections_backend
+        pod = pod_template(dep)["spec"]
+        claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        if s.collections_backend == "faiss":
+            assert min_replicas(objs, dep) == 1, label
+            assert dep["spec"]["replicas"] == 1, f"{label}: no HPA may scale the writer"
+            assert dep["spec"]["strategy"]["type"] == "Recreate", label
+            assert claims, f"{label}: the collections need their volume"
+        else:
+            assert min_replicas(objs, dep) > 1, f"{label}: Qdrant mode scales out"
+            assert dep["spec"]["strategy"]["type"] == "RollingUpdate", label
+            assert claims == [], f"{label}: a Qdrant-mode pod keeps no collection state"
+            assert s.qdrant_url and s.qdrant_api_key, label
+    assert modes == {"k8s contrastive-index": "faiss", "k8s/qdrant contrastive": "qdrant"}
+
+    # in Qdrant mode every path, /v1/collections included, reaches such replicas
+    objs = objects(QDRANT)
+    services = named(objs, "Service")
+    (ingress,) = named(objs, "Ingress").values()
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            svc = services[path["backend"]["service"]["name"]]
+            (dep,) = selected(svc["spec"]["selector"], named(objs, "Deployment"))
+            (container,) = pod_template(dep)["spec"]["containers"]
+            s = settings_from(monkeypatch, {**image, **container_env(objs, container)})
+            assert (s.collections, s.collections_backend) == (True, "qdrant"), path["path"]
+    assert [p["path"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]] == ["/"]
+
+
+def test_qdrant_mode_talks_to_the_qdrant_it_deploys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.index.qdrant_backend import QdrantConfig
+
+    objs = objects(QDRANT)
+    (dep,) = named(objs, "Deployment").values()
+    (container,) = pod_template(dep)["spec"]["containers"]
+    s = settings_from(monkeypatch, {**dockerfile_env(), **container_env(objs, container)})
+    assert s.qdrant_url is not None
+    url = urlsplit(s.qdrant_url)
+    assert url.scheme == "http" and url.port is not None
+
+    # the url names the Service in front of the StatefulSet, and that Service's port
+    svc = named(objs, "Service")[url.hostname or ""]
+    (qdrant,) = selected(svc["spec"]["selector"], named(objs, "StatefulSet"))
+    assert selected(svc["spec"]["selector"], named(objs, "Deployment")) == []
+    (svc_port,) = [p for p in svc["spec"]["ports"] if p["port"] == url.port]
+    (qc,) = pod_template(qdrant)["spec"]["containers"]
+    assert container_port(qc, svc_port["targetPort"]) == 6333, "Qdrant's REST port"
+    # nothing from outside reaches Qdrant
+    backends = {
+        path["backend"]["service"]["name"]
+        for ingress in named(objs, "Ingress").values()
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert svc["metadata"]["name"] not in backends and svc["spec"]["type"] == "ClusterIP"
+
+    # one key, from one Secret: what Qdrant requires is what the service sends
+    qenv = container_env(objs, qc)
+    assert qenv["QDRANT__SERVICE__API_KEY"] == s.qdrant_api_key
+    assert s.qdrant_api_key, "an empty key would leave Qdrant open"
+    refs = {
+        var["valueFrom"]["secretKeyRef"]["name"]
+        for c in (container, qc)
+        for var in c["env"]
+        if var["name"] in ("CONTRASTIVE_QDRANT_API_KEY", "QDRANT__SERVICE__API_KEY")
+    }
+    assert len(refs) == 1 and refs <= set(named(objs, "Secret"))
+    # the service builds a valid client config from these settings (as state.py does)
+    QdrantConfig(url=s.qdrant_url, api_key=s.qdrant_api_key, timeout=s.qdrant_timeout,
+                 prefix=s.qdrant_prefix)  # fmt: skip
+
+    # one node, its storage on a claim of its own; every path it writes is a volume
+    spec = qdrant["spec"]
+    assert spec["replicas"] == 1, "a cluster needs Qdrant's cluster config: use its Helm chart"
+    assert spec["serviceName"] == svc["metadata"]["name"]
+    assert selects(spec["selector"]["matchLabels"], pod_template(qdrant)["metadata"]["labels"])
+    pod = pod_template(qdrant)["spec"]
+    templates = {t["metadata"]["name"]: t for t in spec["volumeClaimTemplates"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in qc["volumeMounts"]}
+    assert set(mounts.values()) <= set(volumes) | set(templates)
+    assert mounts["/qdrant/storage"] in templates
+    assert templates[mounts["/qdrant/storage"]]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert str(Path(qenv["QDRANT_INIT_FILE_PATH"]).parent) in mounts
+    assert qc["securityContext"]["readOnlyRootFilesystem"] is True
+    assert qc["securityContext"]["allowPrivilegeEscalation"] is False
+    assert qc["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["enableServiceLinks"] is False
+    # probes: Qdrant's health routes (they need no key), on its REST port
+    assert qc["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert qc[probe]["httpGet"]["path"] in ("/livez", "/readyz", "/healthz"), probe
+        assert container_port(qc, qc[probe]["httpGet"]["port"]) == 6333, probe
+    # a pinned image, the same one the compose overlay runs
+    assert re.fullmatch(r"qdrant/qdrant:v\d+\.\d+\.\d+", qc["image"])
+    assert qc["image"] == compose(QDRANT_COMPOSE)["services"]["qdrant"]["image"]
+
+
+class _Readyz(BaseHTTPRequestHandler):
+    """Answers GET /readyz with the server's `status` (a stand-in for Qdrant's)."""
+
+    def do_GET(self) -> None:
+        status = getattr(self.server, "status", 200) if self.path == "/readyz" else 404
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(b"ready" if status == 200 else b"not ready")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_compose_qdrant_overlay_configures_the_service_for_its_qdrant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    overlay = compose(QDRANT_COMPOSE)
+    shell = {"CONTRASTIVE_QDRANT_API_KEY": "a-key"}
+    image = {k: v for k, v in dockerfile_env().items() if k.startswith(PREFIX)}  # not PATH
+    s = settings_from(monkeypatch, {**image, **compose_env(qdrant=True, shell=shell)})
+    assert (s.collections, s.collections_backend) == (True, "qdrant")
+    assert s.qdrant_url is not None
+    url = urlsplit(s.qdrant_url)
+    assert url.scheme == "http" and url.port == 6333
+    qdrant = overlay["services"][url.hostname or ""]
+    assert "ports" not in qdrant, "Qdrant is reached over the compose network only"
+    assert re.fullmatch(r"qdrant/qdrant:v\d+\.\d+\.\d+", qdrant["image"])
+    q_env = {k: interpolate(str(v), shell) for k, v in qdrant["environment"].items()}
+    assert q_env["QDRANT__SERVICE__API_KEY"] == s.qdrant_api_key == "a-key"
+    with pytest.raises(UnsetVariableError):  # without a key, compose refuses to start
+        compose_env(qdrant=True)
+    with pytest.raises(UnsetVariableError):
+        interpolate(str(qdrant["environment"]["QDRANT__SERVICE__API_KEY"]))
+
+    # the overlay only reconfigures the service, which waits for a healthy Qdrant
+    service = overlay["services"]["contrastive"]
+    assert set(service) == {"environment", "depends_on"}
+    assert service["depends_on"] == {url.hostname: {"condition": "service_healthy"}}
+    (storage,) = qdrant["volumes"]
+    source, target = storage.split(":")[:2]
+    assert target == "/qdrant/storage" and source in overlay["volumes"]
+    assert duration_seconds(qdrant["stop_grace_period"]) >= 10
+
+    # the healthcheck, run by bash against a stand-in for Qdrant's /readyz
+    test = qdrant["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"] and "/dev/tcp/127.0.0.1/6333" in test[3]
+    for key in ("interval", "timeout", "start_period"):
+        duration_seconds(qdrant["healthcheck"][key])
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        script = test[3].replace("127.0.0.1/6333", f"127.0.0.1/{port}")
+
+        def check() -> int:
+            return subprocess.run([bash, "-c", script], capture_output=True, timeout=20).returncode
+
+        assert check() == 0
+        server.status = 503  # type: ignore[attr-defined]
+        assert check() != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert subprocess.run([bash, "-c", script], capture_output=True, timeout=20).returncode != 0
+
+    docker = shutil.which("docker")
+    found = docker and subprocess.run([docker, "compose", "version"], capture_output=True)
+    if not found or found.returncode != 0:
+        pytest.skip("docker compose is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX) and k != "VARIANT"}
+    files = ["-f", str(DEPLOY / "compose.yaml"), "-f", str(DEPLOY / QDRANT_COMPOSE)]
+    command = [docker, "compose", *files, "config", "--format", "json"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**env, **shell}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    resolved = json.loads(done.stdout)["services"]["contrastive"]
+    assert {k: str(v or "") for k, v in resolved["environment"].items()} == compose_env(
+        qdrant=True, shell=shell
+    )
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode != 0 and "CONTRASTIVE_QDRANT_API_KEY" in refused.stderr
 
 
 def test_dockerfile_stages_install_and_variants() -> None:
