@@ -16,6 +16,7 @@ The header holds seq, count, kind, next_label, the payload's sizes and its sha25
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -90,6 +91,8 @@ def load_index(folder: Path, seq: int, count: int, dim: int, spec: IndexSpec) ->
     """The saved index of snapshot `seq` with `count` items, or None (rebuild) when there is
     none, it belongs to another snapshot, or it is damaged (then it is moved aside)."""
     path = folder / INDEX
+    with contextlib.suppress(OSError):  # a save cut short by a crash: never committed
+        (folder / f".{INDEX}.tmp").unlink(missing_ok=True)
     if not path.exists():
         return None
     try:

@@ -107,13 +107,14 @@ def _check_store(root: Path, acked: set[int], sent: set[int]) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])  # hnsw: its index saved with snapshots
 def test_sigkill_at_random_moments_loses_no_acknowledged_write(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rng = random.Random(1234)
     root = tmp_path / "store"
     store = CollectionStore(root, snapshot_every=SNAPSHOT_EVERY)
-    store.create(NAME, "test:model", DIM, IndexSpec(kind="flat"))
+    store.create(NAME, "test:model", DIM, IndexSpec(kind=kind))  # type: ignore[arg-type]
     store.close()
     acked: set[int] = set()
     sent: set[int] = set()
