@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Request(BaseModel):
@@ -54,11 +54,31 @@ class ClassifyResponse(BaseModel):
     results: list[ImageResult]
 
 
+class OpenAIInputItem(BaseModel):
+    """One input as an object: exactly one of a text or an image (a `data:` URL or base64;
+    http URLs are refused, never fetched)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    image: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> OpenAIInputItem:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one of 'text' or 'image'")
+        return self
+
+
 class OpenAIEmbeddingRequest(BaseModel):
-    """OpenAI's /v1/embeddings request (text only)."""
+    """OpenAI's /v1/embeddings request; images too. `input` holds strings, which are texts
+    (or images with `modality: "image"`), or objects {"text": ...} / {"image": ...}."""
 
     model: str
-    input: str | list[str]
+    input: str | list[str | OpenAIInputItem]
+    modality: Literal["text", "image"] = Field(
+        "text", description="what the strings in `input` are (objects say it themselves)"
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None

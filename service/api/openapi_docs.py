@@ -167,7 +167,9 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "labels": labels,
             "templates": some(s.max_templates, template),
         },
-        "OpenAIEmbeddingRequest": {"input": {**some(s.max_texts, text), **text}},
+        # strings or {"text"}/{"image"} objects: the count is limited, each string is a
+        # text or (modality "image") an image, so only the count is stated here
+        "OpenAIEmbeddingRequest": {"input": {"minItems": 1, "maxItems": s.max_texts}},
         "CreateCollectionRequest": {
             "name": {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_CHARS},
             "dim": {"maximum": MAX_DIM},

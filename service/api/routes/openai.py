@@ -1,4 +1,10 @@
-"""POST /v1/embeddings: OpenAI-compatible text embeddings, so OpenAI clients work as is."""
+"""POST /v1/embeddings: OpenAI-compatible embeddings, so OpenAI clients work as is.
+
+Texts as OpenAI sends them; images too, in the shapes other embedding servers accept:
+strings with `"modality": "image"` (each a `data:image/...;base64,...` URL or plain
+base64), or input objects `{"image": ...}` / `{"text": ...}`, mixed in one request. The
+vectors come back in input order; texts and images of one model share its space.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +13,48 @@ import base64
 import numpy as np
 from fastapi import APIRouter, Depends
 
-from service.api.deps import SettingsDep, TextEmbedderDep, TextEncoderDep, require_model
+from service.api.deps import ModelHandle, ModelHandleDep, SettingsDep, require_model
 from service.api.payload import require_json_dep
-from service.api.validate import bad, check_texts
+from service.api.validate import bad, check_count, check_image_count, check_text
 from service.responses import FastJSON, finite_output
-from service.schemas import OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
+from service.runtime.images import decode_base64_image
+from service.schemas import OpenAIEmbeddingRequest, OpenAIEmbeddingResponse, OpenAIInputItem
+from service.settings import Settings
+from training.encoders import IMAGE, TEXT
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+Inputs = list[tuple[str, str]]  # (TEXT or IMAGE, the text or the image's base64)
 
 
 @router.post(
     "/embeddings",
     response_model=OpenAIEmbeddingResponse,
     dependencies=[Depends(require_json_dep)],
-    summary="OpenAI-compatible embeddings (text)",
+    summary="OpenAI-compatible embeddings (texts, and images as data: URLs or base64)",
 )
 async def embeddings(
-    body: OpenAIEmbeddingRequest, enc: TextEncoderDep, embed: TextEmbedderDep, settings: SettingsDep
+    body: OpenAIEmbeddingRequest, model: ModelHandleDep, settings: SettingsDep
 ) -> FastJSON:
+    inputs = _inputs(body, settings)
+    kinds = {kind for kind, _ in inputs}
+    enc = model.require()
+    for kind in kinds:  # each kind of input needs its tower (a mixed request both)
+        model.require(kind)
     require_model(enc, settings, body.model)
-    texts = check_texts(
-        [body.input] if isinstance(body.input, str) else body.input, settings, "input"
-    )
     if body.dimensions is not None and body.dimensions != enc.embed_dim:
         raise bad(
             "unsupported_dimensions",
             f"this model embeds into {enc.embed_dim} dimensions; "
             f"omit 'dimensions' or send {enc.embed_dim}",
         )
-    emb = finite_output(await embed(texts), enc.model_id).astype(np.float32, copy=False)
+    emb = finite_output(await _embed(model, inputs, enc.embed_dim), enc.model_id)
     if body.encoding_format == "base64":
         # OpenAI's base64 form: the little-endian float32 bytes of each vector.
         data = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in emb]
     else:
         data = list(emb)
-    # Approximate token usage by whitespace words: the field is informational here.
-    tokens = sum(len(t.split()) for t in texts)
+    # Approximate token usage by whitespace words of the texts: informational here.
+    tokens = sum(len(v.split()) for kind, v in inputs if kind == TEXT)
     return FastJSON(
         {
             "object": "list",
@@ -53,3 +65,36 @@ async def embeddings(
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
+
+
+def _inputs(body: OpenAIEmbeddingRequest, s: Settings) -> Inputs:
+    """The request's inputs as (kind, value), checked: counts, and each text."""
+    raw = [body.input] if isinstance(body.input, str) else body.input
+    check_count(len(raw), s.max_texts, "input", "'input' is empty: send at least one input")
+    strings = IMAGE if body.modality == "image" else TEXT
+    inputs: Inputs = []
+    for item in raw:
+        if isinstance(item, OpenAIInputItem):
+            inputs.append((TEXT, item.text) if item.text is not None else (IMAGE, item.image or ""))
+        else:
+            inputs.append((strings, item))
+    for i, (kind, value) in enumerate(inputs):
+        if kind == TEXT:
+            check_text(value, s, f"input[{i}]")
+    images = sum(kind == IMAGE for kind, _ in inputs)
+    if images:
+        check_image_count(images, s)
+    return inputs
+
+
+async def _embed(model: ModelHandle, inputs: Inputs, dim: int) -> np.ndarray:
+    """-> float32 [n, dim] in input order: texts in one batch, images in another."""
+    out = np.empty((len(inputs), dim), np.float32)
+    texts = [i for i, (kind, _) in enumerate(inputs) if kind == TEXT]
+    images = [i for i, (kind, _) in enumerate(inputs) if kind == IMAGE]
+    blobs = [decode_base64_image(inputs[i][1], i) for i in images]  # before any embedding
+    if texts:
+        out[texts] = (await model.text_embedder()([inputs[i][1] for i in texts])).numpy()
+    if images:
+        out[images] = (await model.image_embedder()(blobs)).numpy()
+    return out
