@@ -187,3 +187,27 @@ def clip_loss(image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
     loss_image = F.cross_entropy(scale * image @ all_text.T, labels)  # [B, N] logits
     loss_text = F.cross_entropy(scale * text @ all_image.T, labels)
     return (loss_image + loss_text) / 2
+
+
+def siglip_loss(image: Tensor, text: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023). image, text: [B, d] (normalised
+    here); logit_scale (the multiplier t, exp applied) and logit_bias b: one value each.
+
+    Every image-text pair is its own binary problem: logit t * x_i . y_j + b, label +1 for
+    a row's own pair and -1 for every other. Local images are scored against the global
+    texts (gathered with gradients), so each (image, text) pair of the global batch is
+    counted once; the sum over texts is averaged over the local images:
+        -(1/B) sum_i sum_j log sigmoid(z_ij * (t x_i . y_j + b)).
+    Under DDP the ranks' averages then give the single-process loss of the global batch.
+    """
+    _check_pair(image, text, "image,text")
+    for value, name in ((logit_scale, "logit_scale"), (logit_bias, "logit_bias")):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must hold one value, got shape {tuple(value.shape)}")
+    image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
+    all_text = dist.gather_with_grad(text)
+    logits = logit_scale.reshape(()) * image @ all_text.T + logit_bias.reshape(())  # [B, N]
+    signs = -torch.ones_like(logits)
+    rows = torch.arange(image.shape[0], device=image.device)
+    signs[rows, _local_labels(image.shape[0], image.device)] = 1.0
+    return -F.logsigmoid(signs * logits).sum() / image.shape[0]

@@ -51,13 +51,17 @@ PARAMS: dict[str, dict[str, Any]] = {
     "clip": {"embed_dim": 8, "text_tower": "transformer", "text_width": 16,
              "text_layers": 1, "text_heads": 2, "context_length": 8},
 }  # fmt: skip
+# CLIP with SigLIP's sigmoid loss; bias 0, not -10: each negative then weighs log 2, so a
+# rank that saw only its own texts gives a visibly different loss (test_half_batch...)
+PARAMS["siglip"] = PARAMS["clip"] | {"loss": "siglip", "init_logit_bias": 0.0}
+METHOD = {"siglip": "clip"}  # which registered method a case trains
 METHODS = list(PARAMS)
 # SwAV stays float32: its Sinkhorn runs in float32 and cannot mix in a float64 queue.
 DTYPE = {name: torch.float32 if name == "swav" else torch.float64 for name in METHODS}
 # Relative tolerance (of the largest reference value): float64 end to end, or float32 casts.
 # Measured worst cases: simclr 4e-15, clip 4e-11 (AdamW divides tiny gradients by their
 # own size), moco/byol 2e-7 (loss), swav 1.2e-6 (gradients).
-REL = {"simclr": 1e-9, "clip": 1e-8, "moco": 2e-5, "byol": 2e-5, "swav": 5e-5}
+REL = {"simclr": 1e-9, "clip": 1e-8, "siglip": 1e-8, "moco": 2e-5, "byol": 2e-5, "swav": 5e-5}
 # State that the steps must change (else comparing states after the steps proves little).
 MOVED = {
     "simclr": ["backbone.body.0.weight"],
@@ -65,6 +69,7 @@ MOVED = {
     "byol": ["target_projector.0.weight"],
     "swav": ["queue", "prototypes.layer.weight"],
     "clip": ["logit_scale", "text.model.token_embedding.weight"],
+    "siglip": ["logit_scale", "logit_bias", "text.model.token_embedding.weight"],
 }
 TIMEOUT_S = 120
 
@@ -76,16 +81,19 @@ def _build(name: str, world: int) -> Method:
     torch.manual_seed(0)
     backbone, feat_dim = build_backbone(BackboneSpec("tiny"))
     ctx = MethodContext(torch.device("cpu"), SIZE, STEPS, 4, N, world_size=world)
-    cls = get_method(name)
+    cls = get_method(METHOD.get(name, name))
     return cls(backbone, feat_dim, cls.Params(**PARAMS[name]), ctx).to(DTYPE[name])
 
 
 def _views(method: Method, name: str, step: int) -> Views:
     """Step `step`'s views of the whole global batch (DTYPE crops, CLIP token ids)."""
     g = torch.Generator().manual_seed(100 + step)
-    sizes = {"swav": [SIZE, SIZE, SMALL, SMALL], "clip": [SIZE]}.get(name, [SIZE, SIZE])
-    crops = [torch.randn(N, 3, s, s, generator=g, dtype=DTYPE[name]) for s in sizes]
-    if name != "clip":
+    sizes = {"swav": [SIZE, SIZE, SMALL, SMALL], "clip": [SIZE], "siglip": [SIZE]}
+    crops = [
+        torch.randn(N, 3, s, s, generator=g, dtype=DTYPE[name])
+        for s in sizes.get(name, [SIZE, SIZE])
+    ]
+    if METHOD.get(name, name) != "clip":
         return Views(crops=crops)
     captions = [f"a photo of thing {i} in batch {step}" for i in range(N)]
     assert isinstance(method, CLIP)
@@ -223,7 +231,7 @@ def test_state_after_steps_equals_single_process(runs: Any, name: str) -> None:
         assert not torch.equal(first[key], last[key]), key
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco", "swav", "clip"])
+@pytest.mark.parametrize("name", ["simclr", "moco", "swav", "clip", "siglip"])
 def test_half_batch_alone_differs(runs: Any, name: str) -> None:
     """A rank that ignored the other rank's samples would give another loss: the loss
     comparison above can fail. (MoCo's step 0 negatives are the queue; step 1's queue

@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import byol_loss, clip_loss, info_nce, nt_xent, sinkhorn, swav_loss
+from training.losses import (
+    byol_loss,
+    clip_loss,
+    info_nce,
+    nt_xent,
+    siglip_loss,
+    sinkhorn,
+    swav_loss,
+)
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -261,6 +269,46 @@ def test_clip_gradcheck() -> None:
     text = _rand(3, 4, seed=7).requires_grad_()
     scale = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(clip_loss, (image, text, scale))
+
+
+# ---------------------------------------------------------------- SigLIP
+def _siglip_loops(image: torch.Tensor, text: torch.Tensor, t: float, b: float) -> float:
+    """The paper's formula with explicit loops over every (image, text) pair."""
+    im = [_unit(r) for r in image.numpy()]
+    tx = [_unit(r) for r in text.numpy()]
+    n = len(im)
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            z = 1.0 if i == j else -1.0
+            logit = t * float(im[i] @ tx[j]) + b
+            total += math.log1p(math.exp(-z * logit))  # -log sigmoid(z * logit)
+    return total / n
+
+
+def test_siglip_matches_loops() -> None:
+    image, text = _rand(6, 5, seed=11), _rand(6, 5, seed=12)
+    t, b = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-10.0, dtype=torch.float64)
+    got = siglip_loss(image, text, t, b).item()
+    assert got == pytest.approx(_siglip_loops(image, text, 10.0, -10.0), rel=1e-10)
+
+
+def test_siglip_aligned_orthonormal_pairs_closed_form() -> None:
+    """Own pairs at similarity 1, others at 0: -log s(t + b) - (n - 1) log s(-b) per row."""
+    n, t, b = 4, 10.0, -3.0
+    pairs = torch.eye(n, 6, dtype=torch.float64)
+    got = siglip_loss(pairs, 3 * pairs, torch.tensor(t, dtype=torch.float64),
+                      torch.tensor([b], dtype=torch.float64)).item()  # fmt: skip
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert got == pytest.approx(-math.log(sig(t + b)) - (n - 1) * math.log(sig(-b)), rel=1e-12)
+
+
+def test_siglip_gradcheck() -> None:
+    image = _rand(3, 4, seed=13).requires_grad_()
+    text = _rand(3, 4, seed=14).requires_grad_()
+    t = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(siglip_loss, (image, text, t, b))
 
 
 # ---------------------------------------------------------------- input checks

@@ -67,12 +67,16 @@ def test_every_method_trains_and_its_loss_falls(method: str, tmp_path: Path) -> 
     assert state["step"] == 66 and state["method"] == method
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [*((m, ()) for m in METHODS), ("clip", ("loss=siglip",))],
+    ids=[*METHODS, "clip-siglip"],
+)
 def test_resume_after_a_crash_repeats_the_uninterrupted_losses(
-    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    method: str, extra: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    common = ("checkpoint_every_steps=3", "knn_every=0")
+    common = ("checkpoint_every_steps=3", "knn_every=0", *extra)
     assert train_main(argv(method, whole, *common, steps=7)) == 0
 
     real_step = Trainer._train_step
@@ -259,3 +263,12 @@ def test_a_checkpoint_from_before_larc_resumes_with_the_lars_it_trained_with(
     fresh = build_training_parser().parse_args(["train", "--out", str(tmp_path / "new")])
     new_cfg, _, _ = resolve(fresh)
     assert (new_cfg.lars_eta, new_cfg.lars_clip) == (0.001, True)  # the new defaults
+
+
+def test_clip_with_siglip_loss_trains(tmp_path: Path) -> None:
+    """`--set loss=siglip`: the loss falls and the bias learns (resume: the test above)."""
+    out = tmp_path / "run"
+    assert train_main(argv("clip", out, "loss=siglip", "knn_every=0", steps=30)) == 0
+    loss = losses(out)
+    assert statistics.mean(loss[-8:]) < statistics.mean(loss[:8])
+    assert float(load_checkpoint(out)["model"]["logit_bias"]) != -10.0

@@ -10,6 +10,9 @@ Image tower: backbone + Linear(feat_dim, embed_dim). Text tower (encoders/nets/t
 Loss: symmetric cross-entropy over image-text logits scaled by a learnable temperature,
 exp(logit_scale) capped at max_logit_scale (100, as CLIP) - in the forward and on the
 parameter after each step. Negatives come from every rank, with gradients (losses.clip_loss).
+`loss=siglip`: SigLIP's pairwise sigmoid loss instead (losses.siglip_loss), with a learnable
+bias as well (init -10) and the temperature started at 10 (the paper's t' = log 10) unless
+init_logit_scale is set to something else than CLIP's 1/0.07.
 
 Captions: the data's own (pairs data), else "<template>.format(class name)" for labelled data,
 with the template chosen by a hash of (dataset index, step): deterministic, so a resumed run
@@ -29,7 +32,7 @@ from torch import nn
 from training.augment import ViewSpec
 from training.encoders.nets.text_towers import TextTower, build_text_tower
 from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
-from training.losses import clip_loss
+from training.losses import clip_loss, siglip_loss
 from training.methods import register
 from training.methods.base import Method, MethodContext, StepOutput, Views
 
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
     from training.data import Batch
 
 TEMPLATE_SETS = {"default": DEFAULT_TEMPLATES, "single": SINGLE_TEMPLATE}
+LOSSES = ("clip", "siglip")
+CLIP_INIT_SCALE = 1 / 0.07  # CLIP's temperature 0.07
+SIGLIP_INIT_SCALE = 10.0  # SigLIP's t' = log 10
 
 
 @dataclass
@@ -49,8 +55,10 @@ class CLIPParams:
     text_heads: int = 4
     context_length: int = 32  # transformer tower; minilm keeps its own 256-token limit
     lock_text: bool = True  # minilm only: frozen text tower (LiT)
-    init_logit_scale: float = 1 / 0.07
+    loss: str = "clip"  # clip (softmax InfoNCE) | siglip (pairwise sigmoid)
+    init_logit_scale: float = CLIP_INIT_SCALE
     max_logit_scale: float = 100.0
+    init_logit_bias: float = -10.0  # siglip only (the paper's b)
     templates: str = "default"  # captions for labelled data: default (7) | single
     min_crop_scale: float = 0.5  # image view: random resized crop scale (min, 1)
     head_norm: str = "batch"  # unused: the image projection is linear, as in CLIP
@@ -63,6 +71,7 @@ def _check(p: CLIPParams) -> None:
         (p.context_length >= 2, "context_length must be >= 2"),
         (1 <= p.init_logit_scale <= p.max_logit_scale, "need 1 <= init_logit_scale <= max"),
         (p.templates in TEMPLATE_SETS, f"templates must be one of {sorted(TEMPLATE_SETS)}"),
+        (p.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {p.loss!r}"),
         (0 < p.min_crop_scale <= 1, "min_crop_scale must be in (0, 1]"),
     ]
     for ok, message in checks:
@@ -114,7 +123,14 @@ class CLIP(Method):
         )
         self.embed_dim = self.text.out_dim
         self.image_proj = nn.Linear(feat_dim, self.embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(p.init_logit_scale)))
+        init = p.init_logit_scale
+        if p.loss == "siglip" and init == CLIP_INIT_SCALE:  # not set: the paper's start
+            init = SIGLIP_INIT_SCALE
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init)))
+        # SigLIP's bias; absent (None) for the softmax loss, so CLIP checkpoints keep their keys
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(p.init_logit_bias)) if p.loss == "siglip" else None
+        )
         self.templates = TEMPLATE_SETS[p.templates]
         self.view = clip_view(ctx.image_size, p.min_crop_scale)
         self.steps_done = 0  # host counter for the caption choice (in get_extra_state)
@@ -184,7 +200,10 @@ class CLIP(Method):
         image = self.encode_image(views.crops[0])
         text: torch.Tensor = self.text(views.texts)
         scale = self.scale()
-        loss = clip_loss(image, text, scale)
+        if self.logit_bias is not None:
+            loss = siglip_loss(image, text, scale, self.logit_bias)
+        else:
+            loss = clip_loss(image, text, scale)
         with torch.no_grad():
             pos = F.cosine_similarity(image.float(), text.float(), dim=1).mean()
         return StepOutput(loss, {"logit_scale": scale.detach(), "pos_sim": pos})
@@ -198,8 +217,9 @@ class CLIP(Method):
         self.steps_done = step + 1
 
     def no_weight_decay(self) -> set[str]:
-        """The temperature and the text transformer's position embedding (as open_clip)."""
-        names = {"logit_scale"}
+        """The temperature (and SigLIP's bias) and the text transformer's position
+        embedding (as open_clip)."""
+        names = {"logit_scale", "logit_bias"}
         return names | {n for n, _ in self.named_parameters() if n.endswith("positional_embedding")}
 
     def get_extra_state(self) -> torch.Tensor:
