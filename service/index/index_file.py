@@ -125,7 +125,8 @@ def _canonical(fields: dict[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True).encode()
 
 
-def _read(path: Path) -> tuple[dict[str, Any], bytes]:
+def _read(path: Path) -> tuple[dict[str, Any], memoryview]:
+    """(header, payload): the payload a view of the file's bytes, not a copy of them."""
     data = path.read_bytes()
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
         raise ValueError("not an index file")
@@ -134,7 +135,7 @@ def _read(path: Path) -> tuple[dict[str, Any], bytes]:
     header = json.loads(data[start : start + size])
     if not isinstance(header, dict):
         raise ValueError("its header is not an object")
-    return header, data[start + size :]
+    return header, memoryview(data)[start + size :]
 
 
 def _set_aside(path: Path, why: str) -> SavedIndex | None:

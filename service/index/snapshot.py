@@ -60,15 +60,16 @@ def write_snapshot(path: Path, snap: Snapshot) -> None:
 def read_snapshot(path: Path, dim: int) -> Snapshot:
     """Read and check a snapshot file; CorruptSnapshotError if it must not be served."""
     data = path.read_bytes()
-    body, digest = data[:-32], data[-32:]
+    # memoryview slices: a snapshot is large, and each bytes slice would copy it
+    body, digest = memoryview(data)[:-32], data[-32:]
     if len(data) < len(MAGIC) + _LEN.size + 32 or hashlib.sha256(body).digest() != digest:
         raise CorruptSnapshotError(f"{path.name}: checksum mismatch (truncated or corrupt)")
-    if not body.startswith(MAGIC):
+    if not data.startswith(MAGIC):
         raise CorruptSnapshotError(f"{path.name}: not a snapshot file")
     (hlen,) = _LEN.unpack_from(body, len(MAGIC))
     start = len(MAGIC) + _LEN.size
     try:  # the checksum matched, so this is a file we wrote; checked all the same
-        header = json.loads(body[start : start + hlen])
+        header = json.loads(bytes(body[start : start + hlen]))
         seq, ids, metadata = int(header["seq"]), list(header["ids"]), list(header["metadata"])
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptSnapshotError(f"{path.name}: unreadable header ({e})") from e
@@ -77,7 +78,8 @@ def read_snapshot(path: Path, dim: int) -> Snapshot:
     raw = body[start + hlen :]
     if len(raw) % (4 * dim):
         raise CorruptSnapshotError(f"{path.name}: {len(raw)} bytes of vectors is not [n, {dim}]")
-    vectors = np.frombuffer(raw, "<f4").reshape(-1, dim).copy()
+    # read-only rows over the file's bytes (no copy): stored vectors are never written to
+    vectors = np.frombuffer(raw, "<f4").reshape(-1, dim)
     if not len(vectors) == len(ids) == len(metadata):
         raise CorruptSnapshotError(
             f"{path.name}: {len(vectors)} vectors for {len(ids)} ids, {len(metadata)} metadata"
