@@ -117,12 +117,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(
     assert load_checkpoint(out)["step"] == 6
 
 
-def test_non_finite_losses_skip_steps_then_stop_without_saving(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "run"
-    assert train_main(argv("simclr", out, "knn_every=0", steps=2)) == 0
-    before = load_checkpoint(out)
+def make_simclr_losses_nan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on every SimCLR loss is NaN (as a diverged run's)."""
     from training.methods.simclr import SimCLR
 
     real_loss = SimCLR.loss
@@ -133,6 +129,15 @@ def test_non_finite_losses_skip_steps_then_stop_without_saving(
         return out
 
     monkeypatch.setattr(SimCLR, "loss", nan_loss)
+
+
+def test_non_finite_losses_skip_steps_then_stop_without_saving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert train_main(argv("simclr", out, "knn_every=0", steps=2)) == 0
+    before = load_checkpoint(out)
+    make_simclr_losses_nan(monkeypatch)
     code = train_main([*argv("simclr", out, "knn_every=0", "max_nonfinite=3", steps=6), "--resume"])
     assert code == 1
     err = capsys.readouterr().err
@@ -186,16 +191,7 @@ def test_resume_needs_a_checkpoint_unless_auto(
 def test_non_finite_before_any_checkpoint_names_no_missing_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.methods.simclr import SimCLR
-
-    real_loss = SimCLR.loss
-
-    def nan_loss(self: SimCLR, views: Any) -> Any:
-        out = real_loss(self, views)
-        out.loss = out.loss * float("nan")
-        return out
-
-    monkeypatch.setattr(SimCLR, "loss", nan_loss)
+    make_simclr_losses_nan(monkeypatch)
     out = tmp_path / "run"
     assert train_main(argv("simclr", out, "knn_every=0", "max_nonfinite=2", steps=4)) == 1
     err = capsys.readouterr().err
