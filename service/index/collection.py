@@ -91,6 +91,7 @@ class Collection:
             OrderedDict()
         )
         self._saved: SavedIndex | None = None  # the index saved with the snapshot, if usable
+        self._snap_vectors: np.ndarray | None = None  # the opened snapshot's [n, dim] rows
         self._changed: tuple[list[int], list[int]] = ([], [])  # log replay: removed, added
         self._recover()
         self._index = self._open_index()
@@ -171,10 +172,12 @@ class Collection:
     def _open_index(self) -> VectorIndex | TorchFlatIndex:
         """The saved index brought up to date with the log's changes, else a new build."""
         saved, self._saved = self._saved, None
+        whole, self._snap_vectors = self._snap_vectors, None
         removed, added = self._changed
         self._changed = ([], [])
         if saved is None:
-            return self._build_index()
+            untouched = whole is not None and not removed and not added
+            return self._build_index(whole if untouched else None)
         vi = saved.index
         # a label added by the log and removed later in it was never in the saved index
         live_added = [lb for lb in dict.fromkeys(added) if lb in self._id_of]
@@ -232,6 +235,7 @@ class Collection:
         for i, (id_, meta) in enumerate(zip(snap.ids, snap.metadata, strict=True)):
             self._put(id_, snap.vectors[i], meta)
         self._seq = self._snap_seq = snap.seq
+        self._snap_vectors = snap.vectors
 
     # -- state changes ---------------------------------------------------------------
     def _put(self, id_: str, vec: np.ndarray, meta: dict[str, Any]) -> tuple[int | None, int]:
@@ -367,11 +371,14 @@ class Collection:
             log.error("collection %s: index not saved (%s); it is rebuilt on open", self.name, e)
 
     # -- reads ---------------------------------------------------------------------------
-    def _build_index(self) -> VectorIndex | TorchFlatIndex:
-        labels = np.fromiter((self._label[i] for i in self._vec), np.int64, len(self._vec))
-        vecs = (
-            np.stack(list(self._vec.values())) if self._vec else np.zeros((0, self.dim), np.float32)
-        )
+    def _build_index(self, whole: np.ndarray | None = None) -> VectorIndex | TorchFlatIndex:
+        """A new index over every vector. `whole`: the snapshot's own [n, dim] matrix when
+        the state is exactly that snapshot (labels 0..n-1 in its order): no copy of it."""
+        if whole is not None:
+            labels, vecs = np.arange(len(whole), dtype=np.int64), whole
+        else:
+            labels = np.fromiter((self._label[i] for i in self._vec), np.int64, len(self._vec))
+            vecs = self._stack(list(self._vec))
         if (
             self.device
             and self.device.startswith("cuda")
