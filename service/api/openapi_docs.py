@@ -169,7 +169,14 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
         },
         # strings or {"text"}/{"image"} objects: the count is limited, each string is a
         # text or (modality "image") an image, so only the count is stated here
-        "OpenAIEmbeddingRequest": {"input": {"minItems": 1, "maxItems": s.max_texts}},
+        "OpenAIEmbeddingRequest": {
+            "input": {
+                "minItems": 1,
+                "maxItems": s.max_texts,
+                "minLength": 1,
+                "pattern": TEXT_PATTERN,
+            }
+        },
         "CreateCollectionRequest": {
             "name": {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_CHARS},
             "dim": {"maximum": MAX_DIM},
