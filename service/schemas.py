@@ -60,8 +60,8 @@ class OpenAIInputItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = None
-    image: str | None = None
+    text: str | None = Field(None, min_length=1, pattern=r"\S")
+    image: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _one(self) -> OpenAIInputItem:

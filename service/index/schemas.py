@@ -31,9 +31,11 @@ class IndexSpecModel(_Strict):
     m: int = Field(32, ge=2, le=256)
     ef_construction: int = Field(80, ge=1)
     ef_search: int = Field(128, ge=1)
-    pq_m: int | None = Field(None, ge=1, description="ivfpq: bytes per vector, divides dim")
+    pq_m: int | None = Field(
+        None, ge=1, strict=True, description="ivfpq: bytes per vector, divides dim"
+    )
     refine: int = Field(
-        16, ge=0, le=64, description="compressed kinds: exact re-ranking of refine*k"
+        16, ge=0, le=64, strict=True, description="compressed kinds: exact re-ranking of refine*k"
     )
 
     def to_spec(self) -> IndexSpec:

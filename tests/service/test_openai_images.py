@@ -93,7 +93,7 @@ def test_base64_encoding_of_image_vectors(client: TestClient) -> None:
         ({"input": [{"video": "x"}]}, 422, "invalid_request"),
         ({"modality": "audio", "input": ["x"]}, 422, "invalid_request"),
         ({"input": []}, 422, "empty_input"),
-        ({"input": [{"text": "  "}]}, 422, "empty_text"),
+        ({"input": [{"text": "  "}]}, 422, "invalid_request"),
     ],
 )  # fmt: skip
 def test_bad_image_inputs_are_4xx(
