@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Request(BaseModel):
@@ -54,20 +54,21 @@ class ClassifyResponse(BaseModel):
     results: list[ImageResult]
 
 
-class OpenAIInputItem(BaseModel):
-    """One input as an object: exactly one of a text or an image (a `data:` URL or base64;
-    http URLs are refused, never fetched)."""
+class OpenAITextInput(BaseModel):
+    """One input as an object: a text."""
 
     model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=1, pattern=r"\S")
 
-    text: str | None = Field(None, min_length=1, pattern=r"\S")
-    image: str | None = Field(None, min_length=1)
 
-    @model_validator(mode="after")
-    def _one(self) -> OpenAIInputItem:
-        if (self.text is None) == (self.image is None):
-            raise ValueError("give exactly one of 'text' or 'image'")
-        return self
+class OpenAIImageInput(BaseModel):
+    """One input as an object: an image (a `data:` URL or base64; URLs are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(..., min_length=1)
+
+
+OpenAIInputItem = OpenAITextInput | OpenAIImageInput
 
 
 class OpenAIEmbeddingRequest(BaseModel):
@@ -75,7 +76,7 @@ class OpenAIEmbeddingRequest(BaseModel):
     (or images with `modality: "image"`), or objects {"text": ...} / {"image": ...}."""
 
     model: str
-    input: str | list[str | OpenAIInputItem]
+    input: str | list[str | OpenAITextInput | OpenAIImageInput]
     modality: Literal["text", "image"] = Field(
         "text", description="what the strings in `input` are (objects say it themselves)"
     )

@@ -175,6 +175,7 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                 "maxItems": s.max_texts,
                 "minLength": 1,
                 "pattern": TEXT_PATTERN,
+                "items": {"minLength": 1, "pattern": TEXT_PATTERN},
             }
         },
         "CreateCollectionRequest": {

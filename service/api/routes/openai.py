@@ -18,7 +18,12 @@ from service.api.payload import require_json_dep
 from service.api.validate import bad, check_count, check_image_count, check_text
 from service.responses import FastJSON, finite_output
 from service.runtime.images import decode_base64_image
-from service.schemas import OpenAIEmbeddingRequest, OpenAIEmbeddingResponse, OpenAIInputItem
+from service.schemas import (
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
+    OpenAIImageInput,
+    OpenAITextInput,
+)
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 
@@ -74,8 +79,10 @@ def _inputs(body: OpenAIEmbeddingRequest, s: Settings) -> Inputs:
     strings = IMAGE if body.modality == "image" else TEXT
     inputs: Inputs = []
     for item in raw:
-        if isinstance(item, OpenAIInputItem):
-            inputs.append((TEXT, item.text) if item.text is not None else (IMAGE, item.image or ""))
+        if isinstance(item, OpenAITextInput):
+            inputs.append((TEXT, item.text))
+        elif isinstance(item, OpenAIImageInput):
+            inputs.append((IMAGE, item.image))
         else:
             inputs.append((strings, item))
     for i, (kind, value) in enumerate(inputs):
