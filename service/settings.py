@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         "has them (onnxruntime measured 1.2-2.1x faster than torch on 1 CPU thread, "
         "bench onnx), else torch",
     )
+    device_decode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="decode plain JPEG uploads on the model's device in batches "
+        "(torchvision decode_jpeg, nvJPEG on CUDA); auto: on when the model is on CUDA",
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     api_keys: Annotated[list[str], NoDecode] = Field(

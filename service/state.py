@@ -23,6 +23,7 @@ from service.domain_errors import ModelError
 from service.index.backend import CollectionBackend, open_backend
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher
+from service.runtime.device_decode import DevicePixels
 from service.runtime.embedding import ImageEmbedder, TextEmbedder
 from service.runtime.zeroshot import ClassifierCache
 from service.settings import Settings
@@ -95,13 +96,19 @@ class ServiceState:
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("model %r failed to load: %s", s.model, self.load_error)
             return
+        on_device = s.device_decode == "on" or (
+            s.device_decode == "auto" and encoder.device.type == "cuda"
+        )
         self.images = ImageEmbedder(
             encoder,
-            self._batcher(_stacked(encoder), IMAGE),
+            self._batcher(_image_batch(encoder, on_device, s.max_image_pixels), IMAGE),
             self.decode_pool,
             s.max_image_pixels,
             self.max_decoding,
+            device_decode=on_device,
         )
+        if on_device:
+            log.info("JPEG uploads are decoded on %s", encoder.device)
         self.texts = TextEmbedder(self._batcher(encoder.encode_texts, TEXT))
         self.classifiers = ClassifierCache(self.texts, s.classifier_cache)
         self.encoder = encoder
@@ -167,7 +174,14 @@ def open_collections(s: Settings) -> CollectionBackend:
     return open_backend(s.collections_backend, root, qdrant, s.snapshot_every, device)
 
 
-def _stacked(encoder: Encoder) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+def _image_batch(
+    encoder: Encoder, on_device: bool, max_pixels: int
+) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    """The image batcher's function: prepared uint8 [3, S, S] items -> [n, d]; with
+    device decoding, some items are JPEG files that it decodes first (DevicePixels)."""
+    if on_device:
+        return DevicePixels(encoder, max_pixels)
+
     def run(items: list[torch.Tensor]) -> torch.Tensor:
         return encoder.encode_image_tensors(torch.stack(items))
 

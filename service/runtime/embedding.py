@@ -17,7 +17,8 @@ import torch
 from service.domain_errors import CapacityError
 from service.runtime.batcher import Batcher, QueueFullError, Reservation
 from service.runtime.client import while_client_waits
-from service.runtime.images import decode_image
+from service.runtime.device_decode import as_jpeg_item, wants_device
+from service.runtime.images import ImageError, decode_image
 from training.encoders import Encoder
 
 
@@ -68,12 +69,16 @@ class ImageEmbedder:
         decode_pool: Executor,
         max_pixels: int,
         max_decoding: int = 64,
+        device_decode: bool = False,
     ) -> None:
         self.encoder = encoder
         self.batcher = batcher
         self.decode_pool = decode_pool
         self.max_pixels = max_pixels
         self.gate = DecodeGate(max_decoding)
+        # plain JPEGs travel undecoded to the batcher, whose function (a DevicePixels)
+        # decodes them on the model's device: service.runtime.device_decode
+        self.device_decode = device_decode
 
     async def __call__(self, blobs: list[bytes]) -> torch.Tensor:
         with capacity_errors():
@@ -84,7 +89,15 @@ class ImageEmbedder:
                 reservation.release()  # at once when decoding failed or the client left
 
     async def _embed(self, blobs: list[bytes], reservation: Reservation) -> torch.Tensor:
-        return await self.batcher.submit(await self._decode(blobs), reservation)
+        out = await self.batcher.submit(await self._decode(blobs), reservation)
+        if self.device_decode:  # a NaN row: a file neither the device nor PIL could decode
+            bad = torch.isnan(out).any(dim=1).nonzero()
+            if len(bad):
+                raise ImageError(
+                    "image_decode_failed",
+                    f"image {int(bad[0])} could not be decoded (truncated or corrupt?)",
+                )
+        return out
 
     async def _decode(self, blobs: list[bytes]) -> list[torch.Tensor]:
         """n image files -> n preprocessed [3, s, s] tensors; the first bad image (in
@@ -106,6 +119,10 @@ class ImageEmbedder:
         return pixels
 
     def _prepare(self, blob: bytes, index: int) -> torch.Tensor:
+        """One file -> uint8 [3, S, S] prepared here, or uint8 [nbytes] (the file itself)
+        when the device decodes it."""
+        if self.device_decode and wants_device(blob, self.max_pixels, index):
+            return as_jpeg_item(blob)
         size = self.encoder.info.preprocess.size
         image = decode_image(blob, self.max_pixels, draft_size=size, index=index)
         return self.encoder.preprocess_image(image)
