@@ -11,6 +11,12 @@ In-process, the encoder is loaded here and the collections folder is opened dire
 not point it at a folder that a running server holds open (use --url for that). Over HTTP,
 the server embeds and stores; images travel base64 in batches.
 
+Without --url and without in-process flags (--model, --pretrained, --device,
+--collections-dir), `add` and `search` first ask the local server
+(http://CONTRASTIVE_HOST:CONTRASTIVE_PORT, 127.0.0.1:8000 by default) for /readyz, waiting
+at most 0.5 s; when it answers, they use it (saying so on stderr) rather than load the
+model again and open the folder that server holds. --local always runs in-process.
+
 `add` walks each PATH (a folder, recursively, hidden entries skipped; or a single file).
 Item ids are paths relative to the folder given (absolute for single files), so a rerun
 skips what is already stored and resumes an interrupted run. Files that are not images are
@@ -46,11 +52,23 @@ _SKIPPABLE = {"image_decode_failed", "image_too_large", "payload_too_large", "in
 # -- arguments ------------------------------------------------------------------------------
 
 
+# The in-process flags: any of them given says "run here", so no server is looked for.
+LOCAL_FLAGS = ("model", "pretrained", "device", "collections_dir")
+PROBE_TIMEOUT_S = 0.5  # a local server answers /readyz in milliseconds; none: refused at once
+
+
 def _connection_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--url",
         default=None,
-        help="a running server (e.g. http://127.0.0.1:8000); omit: in-process",
+        help="a running server (e.g. http://127.0.0.1:8000); omit: the local server when "
+        "one answers, else in-process",
+    )
+    where.add_argument(
+        "--local",
+        action="store_true",
+        help="in-process even when a local server is running",
     )
     p.add_argument("--api-key", default=None, help="Bearer key for --url")
     p.add_argument("--model", default=None, help="in-process model [CONTRASTIVE_MODEL or builtin]")
@@ -331,11 +349,14 @@ class _Local:
 class _Remote:
     """Over HTTP: a running server embeds and stores."""
 
-    def __init__(self, args: argparse.Namespace, create: bool) -> None:
+    def __init__(self, args: argparse.Namespace, create: bool, url: str) -> None:
         from service.client import ContrastiveClient, ServiceError
+        from service.settings import Settings
 
         self.name = args.collection
-        self.client: ContrastiveClient = ContrastiveClient(args.url, api_key=args.api_key)
+        # the key this machine's server is configured with, when none is given
+        key = args.api_key or next(iter(Settings().api_keys), None)
+        self.client: ContrastiveClient = ContrastiveClient(url, api_key=key)
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="index-check")
         try:
             self.client.describe_collection(self.name)
@@ -409,7 +430,49 @@ class _Remote:
 
 
 def _open(args: argparse.Namespace, create: bool) -> _Local | _Remote:
-    return _Remote(args, create) if args.url else _Local(args, create)
+    url = args.url or _running_server(args)
+    return _Remote(args, create, url) if url else _Local(args, create)
+
+
+def _running_server(args: argparse.Namespace) -> str | None:
+    """The local server's URL when one answers and nothing asks for in-process, else None.
+    Loading the model here takes seconds to a minute, and a FAISS folder is one process's:
+    a server already running is the better place for the work."""
+    if getattr(args, "local", False) or any(getattr(args, f, None) for f in LOCAL_FLAGS):
+        return None
+    url = local_server_url()
+    if not probe_server(url):
+        return None
+    print(
+        f"a server is running at {url}; using it (pass --local to load the model here)",
+        file=sys.stderr,
+    )
+    return url
+
+
+def local_server_url() -> str:
+    """Where `contrastive serve` listens with these settings (env CONTRASTIVE_HOST/PORT)."""
+    from service.settings import Settings
+
+    s = Settings()
+    # a server bound to every address is reached on loopback
+    host = "127.0.0.1" if s.host in ("", "0.0.0.0") else "[::1]" if s.host == "::" else s.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal in a URL
+    return f"http://{host}:{s.port}"
+
+
+def probe_server(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether our server answers GET URL/readyz (ready, or 503 while loading/draining)."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{url}/readyz", timeout=timeout)
+        body = r.json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    # Some other program on the port answers too: only our readiness body counts.
+    return r.status_code in (200, 503) and isinstance(body, dict) and "status" in body
 
 
 # -- commands -------------------------------------------------------------------------------

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -11,6 +19,11 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # The default registry's collectors (memory, CPU, open fds, GC, Python version),
+        # here too: a registry of our own has none unless they are added to it.
+        ProcessCollector(registry=self.registry)  # process_*: Linux only (reads /proc)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.requests = Counter(
             "contrastive_requests",
             "HTTP requests",

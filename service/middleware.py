@@ -15,8 +15,15 @@ from service.domain_errors import ErrorCode
 from service.errors import error_response
 from service.metrics import Metrics
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
-OPEN_PREFIXES = ("/web/",)  # the web page's assets (the page asks for the key itself)
+# The API docs are open too: they show the schema only (no collection, item or model
+# output), and every call made from them still needs the key, sent through the page's
+# Authorize button. FastAPI's default docs URLs (service.app).
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"}) | DOCS_PATHS
+OPEN_PREFIXES = (
+    "/web/",  # the web page's assets (the page asks for the key itself)
+    "/static-offline-docs/",  # Swagger UI and ReDoc's files (fastapi-offline)
+)
 # The methods `Allow` may list, in its order (RFC 9110 sets none; this one reads well).
 METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -86,8 +93,8 @@ class DrainMiddleware:
 
 
 class ApiKeyMiddleware:
-    """When keys are set, every path but the health probes and the web page needs
-    `Authorization: Bearer KEY`."""
+    """When keys are set, every path but the health probes, the web page and the API docs
+    (`is_open`) needs `Authorization: Bearer KEY`."""
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
@@ -214,7 +221,7 @@ def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
 
 
 def is_open(path: str) -> bool:
-    """Whether `path` is served without an API key (the probes and the web page)."""
+    """Whether `path` is served without an API key (the probes, the web page, the docs)."""
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 

@@ -115,6 +115,8 @@ class ModelCard(BaseModel):
     default_templates: list[str]
     preprocessing: dict[str, Any]
     device: str
+    default: bool = Field(..., description="the model a request that names none gets")
+    memory_bytes: int | None = Field(None, description="its parameters and buffers")
 
 
 class ModelList(BaseModel):
@@ -138,6 +140,16 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class ModelReadiness(BaseModel):
+    reference: str = Field(..., description="the --model reference")
+    id: str | None = Field(None, description="its model id, once loaded")
+    status: Literal["ready", "loading", "failed", "waiting"]
+    reason: str | None = Field(None, description="why not ready")
+    device: str | None = None
+    memory_bytes: int | None = Field(None, description="its parameters and buffers")
+    load_seconds: float | None = Field(None, description="how long its load took")
+
+
 class Readiness(BaseModel):
     """200 when ready (status "ready"); 503 while loading, failed or draining, or when the
     collection backend (a Qdrant server) cannot be reached."""
@@ -145,6 +157,12 @@ class Readiness(BaseModel):
     status: Literal["ready", "loading", "failed", "draining", "backend_unavailable"]
     model: str | None = Field(None, description="the loaded model's id, when ready")
     reason: str | None = Field(None, description="why not ready")
+    loading_seconds: float | None = Field(
+        None, description="while loading: how long the model has been loading"
+    )
     collections_refused: dict[str, str] | None = Field(
         None, description="collections that failed to open, and why (the others serve)"
+    )
+    models: list[ModelReadiness] | None = Field(
+        None, description="each model served, the default first"
     )

@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if name == "api_keys":
             p.add_argument("--api-key", dest=name, action="append", help="repeatable; " + help_)
             continue
+        if name == "model":  # repeatable: the first is the default, the others `models`
+            p.add_argument(flag, dest=name, action="append", help=f"repeatable; {help_}")
+            continue
         ann = field.annotation
         typ: Any = int if ann is int else float if ann is float else str
         p.add_argument(flag, dest=name, type=typ, default=None, help=f"{help_} [{field.default}]")
@@ -28,6 +31,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides = {
         k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None
     }
+    refs = overrides.pop("model", None)
+    if isinstance(refs, list) and refs:  # --model A --model B: A is the default
+        overrides["model"] = refs[0]
+        if len(refs) > 1:
+            extra = overrides.get("models") or ""
+            given = [m.strip() for m in extra.split(",") if m.strip()]
+            overrides["models"] = [*refs[1:], *given]
+    elif refs is not None:
+        overrides["model"] = refs
     return Settings(**overrides)
 
 
@@ -45,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     # Fail fast on a reference that names nothing; the load itself runs after start-up,
     # with /readyz answering 503 until the model is warm.
     try:
-        check_reference(settings.model, settings.device)
-        choose_runtime(settings.model, settings.runtime, settings.device)
+        for ref in settings.model_refs:
+            check_reference(ref, settings.device)
+            choose_runtime(ref, settings.runtime, settings.device)
     except (UnknownModelError, ValueError) as e:
         print(f"contrastive serve: {e}", file=sys.stderr)
         return 2

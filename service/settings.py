@@ -14,7 +14,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CONTRASTIVE_", extra="ignore")
 
-    model: str = Field("builtin", description="builtin, open_clip:ARCH, or an export directory")
+    model: str = Field(
+        "builtin",
+        description="builtin, open_clip:ARCH, open_clip:hf-hub:ORG/NAME (downloads from the "
+        "Hugging Face Hub when online), or an export directory",
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="more models served beside `model` (comma-separated; on the CLI, repeat "
+        "--model); a request picks one by its id or reference in `model`",
+    )
     pretrained: str | None = Field(None, description="open_clip pretrained tag or local file")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     runtime: Literal["torch", "onnx", "auto"] = Field(
@@ -88,12 +97,17 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1, description="largest k in a search")
     max_queries: int = Field(256, ge=1, description="queries in one search request")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "models", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
+
+    @property
+    def model_refs(self) -> list[str]:
+        """Every model to serve, the default first (repeats dropped)."""
+        return list(dict.fromkeys([self.model, *self.models]))
 
 
 @lru_cache

@@ -1,5 +1,5 @@
-"""Everything the running service holds: settings, the encoder and its embedders (each
-with a batcher), the collection store, thread pools.
+"""Everything the running service holds: settings, the models (each with its embedders
+and their batchers: service.runtime.served), the collection store, thread pools.
 
 Created in the app's lifespan and kept on `app.state.service`; routes reach it via
 `service.api.deps`.
@@ -16,18 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-from PIL import Image
-
 from service.domain_errors import ModelError
 from service.index.backend import CollectionBackend, open_backend
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher
-from service.runtime.device_decode import DevicePixels
 from service.runtime.embedding import ImageEmbedder, TextEmbedder
+from service.runtime.served import Pools, ServedModel
 from service.runtime.zeroshot import ClassifierCache
 from service.settings import Settings
-from training.encoders import IMAGE, TEXT, Encoder, load_encoder, resolve_device
+from training.encoders import Encoder, resolve_device
 
 log = logging.getLogger("contrastive.service")
 T = TypeVar("T")
@@ -37,19 +34,16 @@ T = TypeVar("T")
 class ServiceState:
     settings: Settings
     metrics: Metrics
-    encoder: Encoder | None = None
-    load_error: str | None = None
     draining: bool = False
-    # set with `encoder`, once it is warm (routes reach them through service.api.deps)
-    images: ImageEmbedder | None = None
-    texts: TextEmbedder | None = None
-    classifiers: ClassifierCache | None = None
+    # every model served, the default first (service.runtime.served); set in __post_init__
+    models: list[ServedModel] = field(init=False)
     # One model thread: torch parallelises inside an op; two would only fight over cores.
     model_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model")
     )
     decode_threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     decode_pool: ThreadPoolExecutor = field(init=False)
+    _batchers: dict[str, list[Batcher[Any]]] = field(default_factory=dict)
 
     store: CollectionBackend | None = None
     # Index writes block on fsync: they get threads of their own, off the event loop.
@@ -59,6 +53,49 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        s = self.settings
+        self.models = [
+            ServedModel(ref, s.pretrained if i == 0 else None) for i, ref in enumerate(s.model_refs)
+        ]
+
+    # -- the default model (the first): what a request that names none gets ----------
+    @property
+    def default(self) -> ServedModel:
+        return self.models[0]
+
+    @property
+    def encoder(self) -> Encoder | None:
+        return self.default.encoder
+
+    @property
+    def images(self) -> ImageEmbedder | None:
+        return self.default.images
+
+    @property
+    def texts(self) -> TextEmbedder | None:
+        return self.default.texts
+
+    @property
+    def classifiers(self) -> ClassifierCache | None:
+        return self.default.classifiers
+
+    @property
+    def load_error(self) -> str | None:
+        """The first model's load failure, else None."""
+        return next((m.load_error for m in self.models if m.load_error), None)
+
+    @load_error.setter
+    def load_error(self, value: str | None) -> None:
+        self.default.load_error = value
+
+    @property
+    def loading_for(self) -> float | None:
+        """Seconds the model now loading has been loading, or None."""
+        return next((m.loading_for for m in self.models if m.loading_since is not None), None)
+
+    def loading_reason(self) -> str | None:
+        """`loading model REF (N s)` while one loads, else None (/readyz's 503 reason)."""
+        return next((m.loading_reason() for m in self.models if m.loading_since is not None), None)
 
     @property
     def max_decoding(self) -> int:
@@ -79,40 +116,20 @@ class ServiceState:
 
     @property
     def ready(self) -> bool:
-        return self.encoder is not None and not self.draining
+        """Every model is loaded and warm, and the server is not shutting down."""
+        return all(m.encoder is not None for m in self.models) and not self.draining
 
     # -- lifecycle ------------------------------------------------------------------
     async def load(self, encoder: Encoder | None = None) -> None:
-        """Load (unless given) and warm the encoder, then start the batchers."""
-        loop = asyncio.get_running_loop()
-        s = self.settings
+        """Load and warm every model in turn, the default first (`encoder`: the default's,
+        built by the caller), each starting its batchers as soon as it is warm."""
+        loader = ThreadPoolExecutor(1, thread_name_prefix="load")
+        pools = Pools(self.model_pool, loader, self.decode_pool, self.max_decoding, self._batcher)
         try:
-            if encoder is None:
-                encoder = await loop.run_in_executor(
-                    self.model_pool, load_encoder, s.model, s.pretrained, s.device, s.runtime
-                )
-            await loop.run_in_executor(self.model_pool, _warm_up, encoder)
-        except Exception as e:
-            self.load_error = f"{type(e).__name__}: {e}"
-            log.error("model %r failed to load: %s", s.model, self.load_error)
-            return
-        on_device = s.device_decode == "on" or (
-            s.device_decode == "auto" and encoder.device.type == "cuda"
-        )
-        self.images = ImageEmbedder(
-            encoder,
-            self._batcher(_image_batch(encoder, on_device, s.max_image_pixels), IMAGE),
-            self.decode_pool,
-            s.max_image_pixels,
-            self.max_decoding,
-            device_decode=on_device,
-        )
-        if on_device:
-            log.info("JPEG uploads are decoded on %s", encoder.device)
-        self.texts = TextEmbedder(self._batcher(encoder.encode_texts, TEXT))
-        self.classifiers = ClassifierCache(self.texts, s.classifier_cache)
-        self.encoder = encoder
-        log.info("model ready: %s (%d-d, %s)", encoder.model_id, encoder.embed_dim, encoder.device)
+            for i, model in enumerate(self.models):
+                await model.load(self.settings, pools, encoder if i == 0 else None)
+        finally:
+            loader.shutdown(wait=False)
 
     def _batcher(self, fn: object, modality: str) -> Batcher:  # type: ignore[type-arg]
         s = self.settings
@@ -125,14 +142,18 @@ class ServiceState:
             s.max_queue_wait_ms,
             on_batch=self.metrics.batch_size.labels(modality).observe,
         )
-        self.metrics.queue_depth.labels(modality).set_function(lambda: b.pending)
+        self._batchers.setdefault(modality, []).append(b)
+        # the gauge sums every model's queue of this modality
+        group = self._batchers[modality]
+        self.metrics.queue_depth.labels(modality).set_function(
+            lambda: sum(x.pending for x in group)
+        )
         b.start()
         return b
 
     async def close(self) -> None:
-        for embedder in (self.images, self.texts):
-            if embedder:
-                await embedder.batcher.stop()
+        for model in self.models:
+            await model.stop()
         # off the event loop: first every index call still running ends (one cancelled by
         # the graceful timeout may still be writing), then the store closes, alone
         await asyncio.get_running_loop().run_in_executor(None, self._close_store)
@@ -146,12 +167,24 @@ class ServiceState:
             log.info("collections closed")
 
     # -- used by the routes (through service.api.deps) -----------------------------
+    def model_for(self, name: str | None) -> ServedModel:
+        """The model a request names (by id or reference; None: the default), or
+        ModelError `model_not_found` listing what is served."""
+        if name is None:
+            return self.default
+        for model in self.models:
+            if model.answers_to(name):
+                return model
+        served = ", ".join(repr(m.encoder.model_id if m.encoder else m.ref) for m in self.models)
+        raise ModelError(
+            "model_not_found",
+            f"model {name!r} is not loaded here; this server serves {served} "
+            "(omit 'model' for the first, or see GET /v1/models)",
+        )
+
     def require_encoder(self) -> Encoder:
-        """The loaded encoder, or ModelError `model_not_ready` (retry in a few seconds)."""
-        if self.encoder is None:
-            msg = "the model is still loading" if self.load_error is None else self.load_error
-            raise ModelError("model_not_ready", msg, retry_after=5)
-        return self.encoder
+        """The default encoder, or ModelError `model_not_ready` (retry in a few seconds)."""
+        return self.default.require_encoder()
 
 
 def open_collections(s: Settings) -> CollectionBackend:
@@ -172,25 +205,3 @@ def open_collections(s: Settings) -> CollectionBackend:
         log.info("collections: Qdrant, %s", qdrant.where)
     device = str(resolve_device(s.device))
     return open_backend(s.collections_backend, root, qdrant, s.snapshot_every, device)
-
-
-def _image_batch(
-    encoder: Encoder, on_device: bool, max_pixels: int
-) -> Callable[[list[torch.Tensor]], torch.Tensor]:
-    """The image batcher's function: prepared uint8 [3, S, S] items -> [n, d]; with
-    device decoding, some items are JPEG files that it decodes first (DevicePixels)."""
-    if on_device:
-        return DevicePixels(encoder, max_pixels)
-
-    def run(items: list[torch.Tensor]) -> torch.Tensor:
-        return encoder.encode_image_tensors(torch.stack(items))
-
-    return run
-
-
-def _warm_up(encoder: Encoder) -> None:
-    """One forward per modality, so the first request pays no lazy initialisation."""
-    size = encoder.info.preprocess.size
-    encoder.encode_images([Image.new("RGB", (size, size), (127, 127, 127))])
-    if TEXT in encoder.capabilities:
-        encoder.encode_texts(["warm up"])

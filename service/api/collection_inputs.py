@@ -33,6 +33,7 @@ from service.api.payload import (
     read_json,
 )
 from service.api.validate import bad, check_count, check_text
+from service.domain_errors import ModelError
 from service.index.backend import CollectionHandle
 from service.index.filters import Filter, parse_filter
 from service.index.schemas import (
@@ -60,20 +61,28 @@ def collection_space(model: ModelHandle, body: CreateCollectionRequest) -> tuple
     if body.dim is not None and body.dim > MAX_DIM:
         raise bad("invalid_dimension", f"dim {body.dim} is too large: at most {MAX_DIM}")
     if body.model_id is not None and body.dim is not None:
-        enc = model.current
-        if enc is not None and body.model_id == enc.model_id and body.dim != enc.embed_dim:
+        same = model.for_space(body.model_id)
+        enc = same.current if same is not None else None
+        if enc is not None and body.dim != enc.embed_dim:
             raise bad(
                 "wrong_dimension",
                 f"model {enc.model_id!r} embeds in {enc.embed_dim} dimensions, not {body.dim}",
             )
         return body.model_id, body.dim
-    enc = model.require()
-    if body.model_id is not None and body.model_id != enc.model_id:
-        raise bad(
-            "invalid_request",
-            f"model_id {body.model_id!r} is not the loaded model ({enc.model_id!r}): "
-            "give 'dim' too to make a collection of raw vectors",
-        )
+    if body.model_id is None:
+        enc = model.require()
+    else:  # a served model, by id or reference (one served model: the loaded one)
+        try:
+            enc = model.select(body.model_id).require()
+        except ModelError as e:
+            if e.code != "model_not_found":
+                raise
+            raise bad(
+                "invalid_request",
+                f"model_id {body.model_id!r} is not a loaded model "
+                f"({', '.join(repr(m) for m in model.served_ids())}): "
+                "give 'dim' too to make a collection of raw vectors",
+            ) from None
     if body.dim is not None and body.dim != enc.embed_dim:
         raise bad(
             "wrong_dimension",
@@ -189,19 +198,21 @@ class CollectionInputs:
                 if kind == "text":
                     check_text(value, self.settings, f"{what}[{i}].text")
         texts, images, ids = by_kind["text"], by_kind["image"], by_kind["id"]
-        # the model is needed only now, and only for what it must embed
+        # the model is needed only now, and only for what it must embed: the one whose
+        # space the collection is in, when several are served
+        model = self.model.for_space(col.model_id) or self.model
         if texts:
-            check_space(self.model.require(TEXT), col)
+            check_space(model.require(TEXT), col)
         if images:
-            check_space(self.model.require(IMAGE), col)
+            check_space(model.require(IMAGE), col)
         blobs = [_image_bytes(sources[i][1], i) for i in images]
         if ids:
             out[ids] = await self.run_index(_stored, col, [sources[i][1] for i in ids])
         if texts:
-            embedded = await self.model.text_embedder()([sources[i][1] for i in texts])
+            embedded = await model.text_embedder()([sources[i][1] for i in texts])
             out[texts] = unit_rows(finite_output(embedded, col.model_id), col)
         if images:
-            embedded = await self.model.image_embedder()(blobs)
+            embedded = await model.image_embedder()(blobs)
             out[images] = unit_rows(finite_output(embedded, col.model_id), col)
         return out
 

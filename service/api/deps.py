@@ -20,6 +20,7 @@ from service.index.backend import CollectionBackend, CollectionHandle
 from service.index.types import CollectionError
 from service.metrics import Metrics
 from service.runtime.embedding import ImageEmbedder, TextEmbedder
+from service.runtime.served import ServedModel
 from service.runtime.zeroshot import ClassifierCache
 from service.settings import Settings
 from service.state import ServiceState
@@ -61,48 +62,65 @@ def require_capability(enc: Encoder, capability: str) -> Encoder:
     return enc
 
 
-def require_model(enc: Encoder, settings: Settings, requested: str | None) -> None:
-    """A request may name the model (`"model"` in the body): it must be the loaded one,
-    by its id or by the reference it was loaded from."""
-    if requested is not None and requested not in (enc.model_id, settings.model):
-        raise ModelError(
-            "model_not_found",
-            f"model {requested!r} is not loaded here; this server serves {enc.model_id!r} "
-            "(omit 'model' or see GET /v1/models)",
-        )
-
-
 @dataclass(frozen=True)
 class ModelHandle:
-    """The model, checked when it is used: for routes that need it for some inputs only
-    (a collection of raw vectors needs no model; texts and images do)."""
+    """A served model, checked when it is used: for routes that need it for some inputs
+    only (a collection of raw vectors needs no model; texts and images do), and for
+    routes whose body names the model (`select`)."""
 
     state: ServiceState
+    served: ServedModel | None = None  # None: the default model
+
+    @property
+    def model(self) -> ServedModel:
+        return self.served if self.served is not None else self.state.default
+
+    def select(self, name: str | None) -> ModelHandle:
+        """The model a request names in `model` (id or reference; None: the default), or
+        ModelError `model_not_found` listing the served ones."""
+        return ModelHandle(self.state, self.state.model_for(name))
+
+    def for_space(self, model_id: str) -> ModelHandle | None:
+        """The loaded model whose id is `model_id` (a collection's space), else None."""
+        for m in self.state.models:
+            if m.encoder is not None and m.encoder.model_id == model_id:
+                return ModelHandle(self.state, m)
+        return None
+
+    def precheck(self, capability: str) -> None:
+        """Before a body is read: with one model served, its readiness and `capability`
+        (a request it cannot serve is refused before its upload is read)."""
+        if len(self.state.models) == 1:
+            self.require(capability)
+
+    def served_ids(self) -> list[str]:
+        """The ids of the loaded models (references of those still loading)."""
+        return [m.encoder.model_id if m.encoder else m.ref for m in self.state.models]
 
     @property
     def current(self) -> Encoder | None:
         """The encoder if it is loaded, else None (no error)."""
-        return self.state.encoder
+        return self.model.encoder
 
     def require(self, capability: str | None = None) -> Encoder:
         """The loaded encoder (`model_not_ready` if none), with `capability` if given."""
-        enc = self.state.require_encoder()
+        enc = self.model.require_encoder()
         return enc if capability is None else require_capability(enc, capability)
 
     def text_embedder(self) -> TextEmbedder:
         self.require(TEXT)
-        assert self.state.texts is not None  # set together with the encoder
-        return self.state.texts
+        assert self.model.texts is not None  # set together with the encoder
+        return self.model.texts
 
     def image_embedder(self) -> ImageEmbedder:
         self.require(IMAGE)
-        assert self.state.images is not None
-        return self.state.images
+        assert self.model.images is not None
+        return self.model.images
 
     def classifiers(self) -> ClassifierCache:
         self.require(TEXT)  # a classifier is made of embedded texts
-        assert self.state.classifiers is not None
-        return self.state.classifiers
+        assert self.model.classifiers is not None
+        return self.model.classifiers
 
 
 async def model_handle(state: State) -> ModelHandle:

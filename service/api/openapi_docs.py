@@ -4,8 +4,10 @@
   `json_or_multipart`; the models and forms it names are added as components.
 - Limits that come from the settings (items per request, characters per text, k) are
   written into the schemas, so the document says what the running server accepts.
-- Every error answer has the one error body (`error_responses`); with API keys set, the
-  protected operations declare bearer auth and their 401.
+- Every error answer has the one error body (`error_responses`). The bearer scheme is
+  always declared, so the docs page's Authorize button works; the protected operations
+  require it (and declare their 401) when API keys are set, and take it as optional
+  when they are not (the server then ignores the header).
 
 A fuzzer (tests/service/test_schemathesis.py) holds the document to the server's answers.
 """
@@ -125,8 +127,7 @@ def install(app: FastAPI, settings: Settings, is_open: Callable[[str], bool]) ->
             doc = infer()  # FastAPI caches it in app.openapi_schema; completed in place
             _add_components(doc)
             _apply_limits(doc, settings)
-            if settings.api_keys:
-                _add_security(doc, is_open)
+            _add_security(doc, is_open, required=bool(settings.api_keys))
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -267,16 +268,33 @@ def _constrain(schema: dict[str, Any], limits: dict[str, Any]) -> None:
 
 
 # -- API keys -----------------------------------------------------------------------------
-def _add_security(doc: dict[str, Any], is_open: Callable[[str], bool]) -> None:
-    doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "`Authorization: Bearer <key>`, one of the server's API keys "
+    "(`CONTRASTIVE_API_KEYS`). Needed only when the server is configured with keys; "
+    "the health probes, the web page and these docs never need it.",
+}
+
+
+def _add_security(doc: dict[str, Any], is_open: Callable[[str], bool], required: bool) -> None:
+    """Declare the bearer scheme on every protected operation: required (and a 401) when
+    keys are set; optional (`{}`, no auth, is an alternative) when not, which is what the
+    server then does, and what the fuzzer holds the document to."""
+    doc["components"]["securitySchemes"] = {"bearer": BEARER}
+    requirement: list[dict[str, list[str]]] = [{"bearer": []}] if required else [{"bearer": []}, {}]
     unauthorized = error_responses(401)[401]
     body = {"application/json": {"schema": {"$ref": REF.format(model=ErrorResponse.__name__)}}}
     for path, ops in doc["paths"].items():
         if is_open(path):
             continue
         for op in ops.values():
-            op["security"] = [{"bearer": []}]
-            op["responses"]["401"] = {"description": unauthorized["description"], "content": body}
+            op["security"] = [dict(r) for r in requirement]  # no shared objects in the doc
+            if required:
+                op["responses"]["401"] = {
+                    "description": unauthorized["description"],
+                    "content": body,
+                }
 
 
 def _operations(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -111,7 +111,7 @@ def _is_ready(response: Response) -> bool:
 
 def ready() -> Call[bool]:
     """True when the model is loaded and the server answers requests (GET /readyz 200)."""
-    return Call(Request("GET", "/readyz"), _is_ready)
+    return Call(Request("GET", "/readyz"), _is_ready, retry=False)
 
 
 # -- collections (similarity search) ------------------------------------------------------

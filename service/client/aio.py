@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
@@ -12,9 +13,13 @@ import httpx
 from service.client import _requests as ops
 from service.client._transport import (
     DEFAULT_BASE_URL,
+    DEFAULT_MAX_WAIT,
+    DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     AsyncHttpClient,
     Call,
+    Response,
+    Retry,
     auth_headers,
 )
 
@@ -37,7 +42,8 @@ def _method(
 class AsyncContrastiveClient:
     """Asyncio client over httpx.AsyncClient; the same methods as ContrastiveClient, as
     coroutines. `http` reuses an existing httpx.AsyncClient or the like (see
-    AsyncHttpClient), which `aclose()` leaves open.
+    AsyncHttpClient), which `aclose()` leaves open. `retries`/`max_wait`: as for
+    ContrastiveClient (503/429 sent again, asleep at most `max_wait` seconds in all).
 
     Image paths are read synchronously when a request is built (local files, small).
     """
@@ -49,6 +55,8 @@ class AsyncContrastiveClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
+        retries: int = DEFAULT_RETRIES,
+        max_wait: float = DEFAULT_MAX_WAIT,
         http: AsyncHttpClient | None = None,
     ) -> None:
         self._owns_http = http is None
@@ -58,10 +66,23 @@ class AsyncContrastiveClient:
             else httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
         )
         self._headers = auth_headers(api_key)
+        self._retry = Retry(retries, max_wait)
 
     async def _run(self, call: Call[T]) -> T:
+        waited = 0.0
+        attempt = 0
+        while True:
+            response = await self._send(call)
+            wait = self._retry.delay(call, response, attempt, waited)
+            if wait is None:
+                return call.parse(response)
+            await asyncio.sleep(wait)
+            waited += wait
+            attempt += 1
+
+    async def _send(self, call: Call[T]) -> Response:
         req = call.request
-        response = await self._http.request(
+        return await self._http.request(
             req.method,
             req.path,
             json=req.json,
@@ -69,7 +90,6 @@ class AsyncContrastiveClient:
             files=req.files,
             headers=self._headers,
         )
-        return call.parse(response)
 
     embed_texts = _method(ops.embed_texts)
     embed_images = _method(ops.embed_images)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Concatenate, ParamSpec, Self, TypeVar
@@ -12,9 +13,13 @@ import httpx
 from service.client import _requests as ops
 from service.client._transport import (
     DEFAULT_BASE_URL,
+    DEFAULT_MAX_WAIT,
+    DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     Call,
     HttpClient,
+    Response,
+    Retry,
     auth_headers,
 )
 
@@ -42,6 +47,11 @@ class ContrastiveClient:
     transport are then used as they are, and `close()` leaves it open. Otherwise one is
     created from `base_url`, `timeout` (seconds) and `transport`, and closed by `close()` /
     leaving the `with` block.
+
+    A 503 or 429 answer (the server shedding load, or its model still loading: the request
+    was not run) is sent again up to `retries` times, after the answer's Retry-After or an
+    exponential backoff with jitter, sleeping at most `max_wait` seconds in all; then its
+    ServiceError is raised. `retries=0` turns this off.
     """
 
     def __init__(
@@ -51,6 +61,8 @@ class ContrastiveClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         *,
+        retries: int = DEFAULT_RETRIES,
+        max_wait: float = DEFAULT_MAX_WAIT,
         http: HttpClient | None = None,
     ) -> None:
         self._owns_http = http is None
@@ -60,10 +72,23 @@ class ContrastiveClient:
             else httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
         )
         self._headers = auth_headers(api_key)
+        self._retry = Retry(retries, max_wait)
 
     def _run(self, call: Call[T]) -> T:
+        waited = 0.0
+        attempt = 0
+        while True:
+            response = self._send(call)
+            wait = self._retry.delay(call, response, attempt, waited)
+            if wait is None:
+                return call.parse(response)
+            time.sleep(wait)
+            waited += wait
+            attempt += 1
+
+    def _send(self, call: Call[T]) -> Response:
         req = call.request
-        response = self._http.request(
+        return self._http.request(
             req.method,
             req.path,
             json=req.json,
@@ -71,7 +96,6 @@ class ContrastiveClient:
             files=req.files,
             headers=self._headers,
         )
-        return call.parse(response)
 
     embed_texts = _method(ops.embed_texts)
     embed_images = _method(ops.embed_images)

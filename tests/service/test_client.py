@@ -295,3 +295,115 @@ def test_async_errors_and_api_key() -> None:
     assert (bad_template.status, bad_template.code) == (422, "invalid_template")
     assert "no slot" in bad_template.message
     assert emb.vectors.shape == (1, 8)
+
+
+# -- retries on 503/429 ---------------------------------------------------------------------
+def _flaky(statuses: list[int], headers: dict[str, str]) -> tuple[httpx.MockTransport, list[int]]:
+    """A transport answering `statuses` in turn (with `headers`), then 200 embeddings."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) <= len(statuses):
+            error = {"error": {"code": "overloaded", "message": "full", "detail": None}}
+            return httpx.Response(statuses[len(calls) - 1], json=error, headers=headers)
+        return httpx.Response(
+            200, json={"model": "fake:test", "dim": 2, "embeddings": [[1.0, 0.0]]}
+        )
+
+    return httpx.MockTransport(handler), calls
+
+
+def test_503_with_retry_after_is_retried_then_succeeds() -> None:
+    transport, calls = _flaky([503], {"Retry-After": "0"})
+    with ContrastiveClient("http://svc", transport=transport) as c:
+        assert c.embed_texts(["x"]).vectors.shape == (1, 2)
+    assert len(calls) == 2
+
+
+def test_retries_exhausted_raise_the_last_answer() -> None:
+    transport, calls = _flaky([503] * 10, {"Retry-After": "0"})
+    with (
+        ContrastiveClient("http://svc", transport=transport, retries=2) as c,
+        pytest.raises(ServiceError) as info,
+    ):
+        c.embed_texts(["x"])
+    assert (info.value.status, info.value.code) == (503, "overloaded")
+    assert len(calls) == 3  # the first try and 2 retries
+
+
+def test_429_is_retried_but_other_errors_and_ready_are_not() -> None:
+    transport, calls = _flaky([429], {"Retry-After": "0"})
+    with ContrastiveClient("http://svc", transport=transport) as c:
+        c.embed_texts(["x"])
+    assert len(calls) == 2
+    for status in (400, 401, 422, 500, 502):
+        transport, calls = _flaky([status], {"Retry-After": "0"})
+        with (
+            ContrastiveClient("http://svc", transport=transport) as c,
+            pytest.raises(ServiceError),
+        ):
+            c.embed_texts(["x"])
+        assert len(calls) == 1, status
+    # a readiness probe's 503 is its answer ("not ready"), not an overload to wait out
+    transport, calls = _flaky([503], {"Retry-After": "0"})
+    with ContrastiveClient("http://svc", transport=transport) as c:
+        assert c.ready() is False
+    assert len(calls) == 1
+
+
+def test_a_retry_after_beyond_max_wait_is_not_slept(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("service.client.sync.time.sleep", slept.append)
+    transport, calls = _flaky([503], {"Retry-After": "30"})
+    with (
+        ContrastiveClient("http://svc", transport=transport, retries=5, max_wait=10) as c,
+        pytest.raises(ServiceError),
+    ):
+        c.embed_texts(["x"])
+    assert len(calls) == 1 and slept == []
+
+
+def test_backoff_without_retry_after_grows_and_stays_within_max_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("service.client.sync.time.sleep", slept.append)
+    transport, calls = _flaky([503] * 20, {})
+    with (
+        ContrastiveClient("http://svc", transport=transport, retries=10, max_wait=2.0) as c,
+        pytest.raises(ServiceError),
+    ):
+        c.embed_texts(["x"])
+    assert 0 < len(slept) < 10 and len(calls) == len(slept) + 1
+    assert sum(slept) <= 2.0
+    for attempt, wait in enumerate(slept):  # 0.25 s x 2**attempt, jittered to [half, all]
+        assert 0.125 * 2**attempt <= wait <= 0.25 * 2**attempt
+    with pytest.raises(ValueError):
+        ContrastiveClient("http://svc", retries=-1)
+
+
+def test_retries_zero_turns_retrying_off() -> None:
+    transport, calls = _flaky([503], {"Retry-After": "0"})
+    with (
+        ContrastiveClient("http://svc", transport=transport, retries=0) as c,
+        pytest.raises(ServiceError),
+    ):
+        c.embed_texts(["x"])
+    assert len(calls) == 1
+
+
+def test_async_client_retries_503_too() -> None:
+    async def run() -> tuple[int, int]:
+        # MockTransport serves both the sync and the async client
+        transport, calls = _flaky([503], {"Retry-After": "0"})
+        async with AsyncContrastiveClient("http://svc", transport=transport) as c:
+            assert (await c.embed_texts(["x"])).vectors.shape == (1, 2)
+        ok_calls = len(calls)
+        transport, calls = _flaky([503] * 10, {"Retry-After": "0"})
+        async with AsyncContrastiveClient("http://svc", transport=transport, retries=1) as c:
+            with pytest.raises(ServiceError):
+                await c.embed_texts(["x"])
+        return ok_calls, len(calls)
+
+    assert asyncio.run(run()) == (2, 2)

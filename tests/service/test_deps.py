@@ -72,7 +72,7 @@ def test_every_model_dependency_waits_for_the_model(
     err = _refusal(dep, bare_state)
     assert (err.code, err.message, err.retry_after) == (
         "model_not_ready",
-        "the model is still loading",
+        "model builtin is still loading",
         5,
     )
     bare_state.load_error = "OSError: no weights"
@@ -89,16 +89,17 @@ def test_model_not_ready_answers_503_with_retry_after(bare_state: ServiceState) 
     assert r.json()["error"]["code"] == "model_not_ready"
 
 
-def test_a_named_model_must_be_the_loaded_one(fake_app_factory: Factory) -> None:
-    client = fake_app_factory()
-    enc = client.app.state.service.encoder  # type: ignore[attr-defined]
-    settings = Settings(model="fake")
-    deps.require_model(enc, settings, None)
-    deps.require_model(enc, settings, enc.model_id)
-    deps.require_model(enc, settings, "fake")  # the reference it was loaded from
+def test_a_named_model_must_be_a_served_one(fake_app_factory: Factory) -> None:
+    client = fake_app_factory(Settings(model="fake"))
+    state: ServiceState = client.app.state.service  # type: ignore[attr-defined]
+    enc = state.encoder
+    assert enc is not None
+    for name in (None, enc.model_id, "fake"):  # none, its id, the reference it came from
+        assert state.model_for(name) is state.default
     with pytest.raises(ModelError) as e:
-        deps.require_model(enc, settings, "gpt-9")
+        state.model_for("gpt-9")
     assert e.value.code == "model_not_found" and "'gpt-9'" in e.value.message
+    assert repr(enc.model_id) in e.value.message  # it lists what is served
 
 
 def test_the_openapi_references_all_resolve(fake_app_factory: Factory) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -99,6 +102,38 @@ def test_api_keys(fake_app_factory: Factory) -> None:
     assert client.get("/v1/models").status_code == 401
 
 
+def test_docs_are_open_with_keys_and_declare_the_bearer_scheme(fake_app_factory: Factory) -> None:
+    client = fake_app_factory(Settings(api_keys=["key-one"]))
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # the page's own assets load without a key too
+    asset = re.search(r'src="(/static-offline-docs/[^"]+)"', docs.text)
+    assert asset is not None and client.get(asset.group(1)).status_code == 200
+    assert client.get("/redoc").status_code == 200
+    assert client.get("/docs/oauth2-redirect").status_code == 200
+    r = client.get("/openapi.json")
+    assert r.status_code == 200
+    spec = r.json()
+    scheme = spec["components"]["securitySchemes"]["bearer"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    embed = spec["paths"]["/v1/embed/text"]["post"]
+    assert embed["security"] == [{"bearer": []}] and "401" in embed["responses"]
+    for probe in ("/healthz", "/readyz"):  # the web page "/" is not in the document
+        assert "security" not in spec["paths"][probe]["get"], probe
+    # the docs show the schema only: the API itself still needs the key
+    assert client.post("/v1/embed/text", json={"texts": ["hi"]}).status_code == 401
+    headers = {"Authorization": "Bearer key-one"}
+    r = client.post("/v1/embed/text", json={"texts": ["hi"]}, headers=headers)
+    assert r.status_code == 200
+
+
+def test_without_keys_the_bearer_scheme_is_declared_optional(fake_app_factory: Factory) -> None:
+    spec = fake_app_factory(Settings()).get("/openapi.json").json()
+    assert "bearer" in spec["components"]["securitySchemes"]
+    embed = spec["paths"]["/v1/embed/text"]["post"]
+    assert embed["security"] == [{"bearer": []}, {}] and "401" not in embed["responses"]
+
+
 def test_api_keys_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONTRASTIVE_API_KEYS", "a, b")
     monkeypatch.setenv("CONTRASTIVE_MAX_BATCH_SIZE", "7")
@@ -113,7 +148,7 @@ def test_readyz_503_until_loaded_then_200(monkeypatch: pytest.MonkeyPatch) -> No
         release.wait(30)
         return FakeEncoder()
 
-    monkeypatch.setattr("service.state.load_encoder", slow_load)
+    monkeypatch.setattr("service.runtime.served.load_encoder", slow_load)
     with TestClient(create_app(Settings(model="anything"))) as client:
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "loading"
@@ -123,6 +158,35 @@ def test_readyz_503_until_loaded_then_200(monkeypatch: pytest.MonkeyPatch) -> No
         release.set()
         wait_ready(client, timeout=10)
         assert client.post("/v1/embed/text", json={"texts": ["hi"]}).status_code == 200
+
+
+def test_model_load_is_logged_and_readyz_says_for_how_long(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+
+    def slow_load(*_: Any) -> FakeEncoder:
+        release.wait(30)
+        return FakeEncoder()
+
+    monkeypatch.setattr("service.runtime.served.load_encoder", slow_load)
+    monkeypatch.setattr("service.runtime.served.PROGRESS_EVERY_S", 0.05)
+    caplog.set_level(logging.INFO, logger="contrastive.service")
+    with TestClient(create_app(Settings(model="anything", device="cpu"))) as client:
+        time.sleep(0.2)  # long enough for a progress line or more
+        body = client.get("/readyz").json()
+        assert body["status"] == "loading"
+        assert re.fullmatch(r"loading model anything \(\d+ s\)", body["reason"]), body
+        assert body["loading_seconds"] >= 0.2
+        r = client.post("/v1/embed/text", json={"texts": ["hi"]})
+        assert r.json()["error"]["message"].startswith("loading model anything (")
+        release.set()
+        wait_ready(client, timeout=10)
+        assert "loading_seconds" not in client.get("/readyz").json()
+    messages = [r.getMessage() for r in caplog.records if r.name == "contrastive.service"]
+    assert messages[0] == "loading model anything on cpu…"
+    assert any(re.fullmatch(r"loading model anything \(\d+ s\)…", m) for m in messages)
+    assert any(re.fullmatch(r"model anything loaded in \d+\.\d s", m) for m in messages)
 
 
 def test_readyz_reports_a_failed_load() -> None:
@@ -205,3 +269,12 @@ def test_batcher_splits_oversize_jobs_and_refuses_when_full() -> None:
         pool.shutdown()
 
     asyncio.run(main())
+
+
+def test_metrics_include_process_gc_and_platform_collectors(fake_app_factory: Factory) -> None:
+    text = fake_app_factory().get("/metrics").text
+    assert "python_gc_objects_collected_total" in text
+    assert "python_info" in text
+    if sys.platform.startswith("linux"):  # ProcessCollector reads /proc
+        assert "process_resident_memory_bytes" in text
+        assert "process_cpu_seconds_total" in text

@@ -3,12 +3,15 @@
 builtin                     EfficientNet-Lite0 + MiniLM joined by ConSE (offline)
 open_clip:ARCH              an open_clip architecture; `pretrained` is a tag, a local
                             file, or None for random weights
+open_clip:hf-hub:ORG/NAME   an open_clip model on the Hugging Face Hub (config and
+                            weights download on first use; `pretrained` must be None)
 PATH                        an export directory written by training.encoders.exported.format (with
                             runtime="onnx"/"auto": its ONNX graphs, when it has them)
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from training.encoders.base import (
@@ -30,6 +33,7 @@ __all__ = [
     "Preprocess",
     "UnknownModelError",
     "check_reference",
+    "hf_hub_repo",
     "load_encoder",
 ]
 
@@ -38,12 +42,38 @@ class UnknownModelError(ValueError):
     """The model reference names nothing this version can load."""
 
 
+HF_HUB = "hf-hub:"
+# A Hub repository id as the Hub accepts it: ORG/NAME, each part letters, digits, '-', '_'
+# and '.', starting and ending with a letter or digit, at most 96 characters in all.
+_HF_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_HF_REPO = re.compile(rf"{_HF_PART}/{_HF_PART}")
+
+
+def hf_hub_repo(name: str) -> str | None:
+    """`hf-hub:ORG/NAME` (what follows `open_clip:`) -> "ORG/NAME"; None for any other
+    name (an architecture). UnknownModelError for a malformed repository id. Checks the
+    shape only: no network, so a typo in an existing-looking id fails at load time."""
+    if not name.startswith(HF_HUB):
+        return None
+    repo = name.removeprefix(HF_HUB)
+    if len(repo) > 96 or not _HF_REPO.fullmatch(repo) or ".." in repo or "--" in repo:
+        raise UnknownModelError(
+            f"bad Hugging Face Hub id {repo!r} in 'open_clip:{name}': use "
+            "open_clip:hf-hub:ORG/NAME (letters, digits, '-', '_', '.'; no spaces), "
+            "e.g. open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+        )
+    return repo
+
+
 def check_reference(ref: str, device: str | None = None) -> None:
-    """Raise UnknownModelError (or ValueError for the device) without loading anything."""
+    """Raise UnknownModelError (or ValueError for the device) without loading anything
+    (and without the network: an hf-hub reference is checked for its shape only)."""
     resolve_device(device)
     if ref == "builtin" or Path(ref).is_dir():
         return
     if ref.startswith("open_clip:"):
+        if hf_hub_repo(ref.split(":", 1)[1]) is not None:
+            return
         import open_clip
 
         if ref.split(":", 1)[1] in open_clip.list_models():
@@ -55,8 +85,8 @@ def check_reference(ref: str, device: str | None = None) -> None:
 
 
 _UNKNOWN = (
-    "unknown model {ref!r}: use 'builtin', 'open_clip:ARCH' (e.g. open_clip:ViT-B-32) "
-    "or the path of an export directory"
+    "unknown model {ref!r}: use 'builtin', 'open_clip:ARCH' (e.g. open_clip:ViT-B-32), "
+    "'open_clip:hf-hub:ORG/NAME' or the path of an export directory"
 )
 
 

@@ -69,7 +69,13 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def from_name(arch: str, pretrained: str | None, device: torch.device) -> OpenCLIPEncoder:
-    """`open_clip:ARCH` with a pretrained tag (downloads), a local file, or random weights."""
+    """`open_clip:ARCH` with a pretrained tag (downloads), a local file, or random weights;
+    or `open_clip:hf-hub:ORG/NAME`, whose config and weights come from the Hub."""
+    from training.encoders import hf_hub_repo
+
+    # UnknownModelError is a ValueError: load_encoder reports it as a bad reference
+    if hf_hub_repo(arch) is not None:
+        return _from_hf_hub(arch, pretrained, device)
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
     tokenizer = open_clip.get_tokenizer(arch)
@@ -85,6 +91,20 @@ def from_name(arch: str, pretrained: str | None, device: torch.device) -> OpenCL
         model = open_clip.create_model(arch, pretrained=pretrained)
         tag = pretrained
     return OpenCLIPEncoder(model, tokenizer, f"open_clip:{arch}:{tag}", device)
+
+
+def _from_hf_hub(name: str, pretrained: str | None, device: torch.device) -> OpenCLIPEncoder:
+    """`hf-hub:ORG/NAME` as open_clip reads it: the repository's open_clip_config.json and
+    weights (downloaded once into the Hugging Face cache; offline, the cache must hold
+    them). The repository names its weights, so there is no pretrained tag to add."""
+    if pretrained not in (None, ""):
+        raise ValueError(
+            f"{name!r} brings its own weights from the Hub: drop pretrained={pretrained!r}"
+        )
+    # pretrained=None: open_clip ignores a tag for hf-hub names; None says so plainly
+    model = open_clip.create_model(name, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(name)
+    return OpenCLIPEncoder(model, tokenizer, f"open_clip:{name}", device)
 
 
 def build_model(model_cfg: dict[str, Any]) -> torch.nn.Module:

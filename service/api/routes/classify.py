@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import (
-    ClassifiersDep,
-    ImageEmbedderDep,
-    ImageEncoderDep,
-    SettingsDep,
-    require_model,
-)
+from service.api.deps import ModelHandleDep, SettingsDep
 from service.api.openapi_docs import CLASSIFY_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
@@ -31,6 +25,7 @@ from service.responses import FastJSON, finite_output
 from service.runtime.zeroshot import probabilities
 from service.schemas import ClassifyRequest, ClassifyResponse
 from service.settings import Settings
+from training.encoders import IMAGE, TEXT
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 
@@ -61,15 +56,13 @@ async def _read(request: Request, s: Settings) -> tuple[ClassifyRequest, list[by
     openapi_extra=json_or_multipart(ClassifyRequest, CLASSIFY_FORM),
     summary="Rank labels for each image (zero-shot, template ensemble)",
 )
-async def classify(
-    request: Request,
-    enc: ImageEncoderDep,
-    embed_images: ImageEmbedderDep,
-    classifiers: ClassifiersDep,  # needs the text capability: labels are embedded as texts
-    settings: SettingsDep,
-) -> FastJSON:
+async def classify(request: Request, model: ModelHandleDep, settings: SettingsDep) -> FastJSON:
+    for capability in (IMAGE, TEXT):  # labels are embedded as texts
+        model.precheck(capability)
     body, blobs = await _read(request, settings)
-    require_model(enc, settings, body.model)
+    chosen = model.select(body.model)
+    enc = chosen.require(IMAGE)
+    classifiers, embed_images = chosen.classifiers(), chosen.image_embedder()
     labels = check_labels(body.labels, settings)
     templates = check_templates(
         body.templates if body.templates is not None else list(enc.info.default_templates),

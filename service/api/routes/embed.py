@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from service.api.deps import (
-    ImageEmbedderDep,
-    ImageEncoderDep,
-    SettingsDep,
-    TextEmbedderDep,
-    TextEncoderDep,
-    require_model,
-)
+from service.api.deps import ModelHandleDep, SettingsDep
 from service.api.openapi_docs import IMAGE_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
@@ -25,6 +18,7 @@ from service.api.validate import check_image_count, check_texts
 from service.responses import FastJSON, finite_output
 from service.schemas import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
 from service.settings import Settings
+from training.encoders import IMAGE, TEXT
 
 router = APIRouter(prefix="/v1/embed", tags=["embeddings"])
 
@@ -40,11 +34,12 @@ def _reply(model_id: str, emb: object, dim: int) -> FastJSON:
     summary="Embed texts",
 )
 async def embed_text(
-    body: EmbedTextRequest, enc: TextEncoderDep, embed: TextEmbedderDep, settings: SettingsDep
+    body: EmbedTextRequest, model: ModelHandleDep, settings: SettingsDep
 ) -> FastJSON:
-    require_model(enc, settings, body.model)
+    chosen = model.select(body.model)
+    enc = chosen.require(TEXT)
     texts = check_texts(body.texts, settings)
-    emb = await embed(texts)
+    emb = await chosen.text_embedder()(texts)
     return _reply(enc.model_id, emb.numpy(), enc.embed_dim)
 
 
@@ -64,11 +59,11 @@ async def _read_images(request: Request, s: Settings) -> tuple[list[bytes], str 
     openapi_extra=json_or_multipart(EmbedImageRequest, IMAGE_FORM),
     summary="Embed images (multipart files, or JSON with base64 images)",
 )
-async def embed_image(
-    request: Request, enc: ImageEncoderDep, embed: ImageEmbedderDep, settings: SettingsDep
-) -> FastJSON:
-    blobs, model = await _read_images(request, settings)
-    require_model(enc, settings, model)
+async def embed_image(request: Request, model: ModelHandleDep, settings: SettingsDep) -> FastJSON:
+    model.precheck(IMAGE)  # before reading the body: a model without images refuses at once
+    blobs, name = await _read_images(request, settings)
+    chosen = model.select(name)
+    enc = chosen.require(IMAGE)
     check_image_count(len(blobs), settings)
-    emb = await embed(blobs)
+    emb = await chosen.image_embedder()(blobs)
     return _reply(enc.model_id, emb.numpy(), enc.embed_dim)

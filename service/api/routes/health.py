@@ -37,7 +37,11 @@ async def readyz(state: State) -> FastJSON:
             return FastJSON(
                 {"status": "backend_unavailable", "reason": unreachable}, status_code=503
             )
-        body: dict[str, Any] = {"status": "ready", "model": state.encoder.model_id}
+        body: dict[str, Any] = {
+            "status": "ready",
+            "model": state.encoder.model_id,
+            "models": _models(state),
+        }
         problems = state.store.problems if state.store is not None else {}
         if problems:  # the service runs; these collections are refused until repaired
             body["collections_refused"] = problems
@@ -47,8 +51,31 @@ async def readyz(state: State) -> FastJSON:
     elif state.load_error:
         status, reason = "failed", state.load_error
     else:
-        status, reason = "loading", "the model is loading"
-    return FastJSON({"status": status, "reason": reason}, status_code=503)
+        status, reason = "loading", state.loading_reason() or "the model is loading"
+    body = {"status": status, "reason": reason, "models": _models(state)}
+    took = state.loading_for
+    if status == "loading" and took is not None:  # a load that seems stuck shows it here
+        body["loading_seconds"] = round(took, 1)
+    return FastJSON(body, status_code=503)
+
+
+def _models(state: ServiceState) -> list[dict[str, Any]]:
+    """Each model's readiness, device and memory (ModelReadiness)."""
+    out = []
+    for m in state.models:
+        enc = m.encoder
+        row: dict[str, Any] = {"reference": m.ref, "id": enc.model_id if enc else None}
+        if enc is not None:
+            row |= {"status": "ready", "device": str(enc.device), "memory_bytes": m.memory_bytes()}
+            row["load_seconds"] = None if m.load_seconds is None else round(m.load_seconds, 1)
+        elif m.load_error:
+            row |= {"status": "failed", "reason": m.load_error}
+        elif m.loading_since is not None:
+            row |= {"status": "loading", "reason": m.loading_reason()}
+        else:
+            row |= {"status": "waiting", "reason": "loads after the models before it"}
+        out.append(row)
+    return out
 
 
 async def _unreachable(state: ServiceState) -> str | None:

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import EncoderDep, SettingsDep
+from service.api.deps import State
+from service.runtime.served import ServedModel
 from service.schemas import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models", response_model=ModelList, summary="The loaded model and its properties")
-async def list_models(enc: EncoderDep, settings: SettingsDep) -> ModelList:
+@router.get("/models", response_model=ModelList, summary="The loaded models and their properties")
+async def list_models(state: State) -> ModelList:
+    state.require_encoder()  # 503 model_not_ready until the default model is warm
+    cards = [_card(m, m is state.default) for m in state.models if m.encoder is not None]
+    return ModelList(data=cards)
+
+
+def _card(model: ServedModel, default: bool) -> ModelCard:
+    enc = model.require_encoder()
     info = enc.info
-    card = ModelCard(
+    return ModelCard(
         id=info.model_id,
-        reference=settings.model,
+        reference=model.ref,
         dim=info.embed_dim,
         capabilities=sorted(info.capabilities),
         logit_scale=info.logit_scale,
@@ -23,5 +31,6 @@ async def list_models(enc: EncoderDep, settings: SettingsDep) -> ModelList:
         default_templates=list(info.default_templates),
         preprocessing=info.preprocess.to_dict(),
         device=str(enc.device),
+        default=default,
+        memory_bytes=model.memory_bytes(),
     )
-    return ModelList(data=[card])

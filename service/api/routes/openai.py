@@ -13,7 +13,7 @@ import base64
 import numpy as np
 from fastapi import APIRouter, Depends
 
-from service.api.deps import ModelHandle, ModelHandleDep, SettingsDep, require_model
+from service.api.deps import ModelHandle, ModelHandleDep, SettingsDep
 from service.api.payload import require_json_dep
 from service.api.validate import bad, check_count, check_image_count, check_text
 from service.responses import FastJSON, finite_output
@@ -42,10 +42,10 @@ async def embeddings(
 ) -> FastJSON:
     inputs = _inputs(body, settings)
     kinds = {kind for kind, _ in inputs}
+    model = model.select(body.model)
     enc = model.require()
     for kind in kinds:  # each kind of input needs its tower (a mixed request both)
         model.require(kind)
-    require_model(enc, settings, body.model)
     if body.dimensions is not None and body.dimensions != enc.embed_dim:
         raise bad(
             "unsupported_dimensions",

@@ -1,0 +1,196 @@
+"""One model the service serves: its reference, its encoder once warm, and its own
+embedders (each with a batcher). A server holds one or more (`--model` repeated); the
+first is the default, and a request picks another by `model` (its id or reference).
+
+All models share the one model thread (service.state): on one device, two threads
+would only fight over it; each model batches its own requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from service.domain_errors import ModelError
+from service.runtime.batcher import Batcher
+from service.runtime.device_decode import DevicePixels
+from service.runtime.embedding import ImageEmbedder, TextEmbedder
+from service.runtime.zeroshot import ClassifierCache
+from service.settings import Settings
+from training.encoders import IMAGE, TEXT, Encoder, load_encoder, resolve_device
+
+log = logging.getLogger("contrastive.service")
+
+# While a model loads, a line this often says it still does: a 40 s load on a small CPU
+# would otherwise look like a hang.
+PROGRESS_EVERY_S = 10.0
+
+MakeBatcher = Callable[[Callable[[list[Any]], torch.Tensor], str], Batcher[Any]]
+
+
+@dataclass(frozen=True)
+class Pools:
+    """What every model shares (service.state owns them)."""
+
+    model: Executor  # the one model thread
+    load: Executor  # loads run here, so the models already loaded keep serving
+    decode: Executor  # the image decode threads
+    max_decoding: int  # images handed to the decode pool at most
+    make_batcher: MakeBatcher  # a started batcher on the model thread, with metrics
+
+
+@dataclass
+class ServedModel:
+    ref: str  # the --model reference: builtin, open_clip:ARCH, an export directory
+    pretrained: str | None = None  # open_clip weights (the first model's --pretrained)
+    encoder: Encoder | None = None  # set once warm, with the three below
+    images: ImageEmbedder | None = None
+    texts: TextEmbedder | None = None
+    classifiers: ClassifierCache | None = None
+    load_error: str | None = None
+    # time.monotonic() when load() began, until it ends (/readyz says how long it has been)
+    loading_since: float | None = None
+    load_seconds: float | None = None
+
+    def answers_to(self, name: str) -> bool:
+        """Whether a request's `model` names this one (its reference or its id)."""
+        return name == self.ref or (self.encoder is not None and name == self.encoder.model_id)
+
+    @property
+    def loading_for(self) -> float | None:
+        """Seconds the model has been loading, or None when it is not loading."""
+        return None if self.loading_since is None else time.monotonic() - self.loading_since
+
+    def loading_reason(self) -> str | None:
+        """`loading model REF (N s)` while loading, else None (/readyz's 503 reason)."""
+        took = self.loading_for
+        return None if took is None else f"loading model {self.ref} ({took:.0f} s)"
+
+    def require_encoder(self) -> Encoder:
+        """The loaded encoder, or ModelError `model_not_ready` (retry in a few seconds)."""
+        if self.encoder is None:
+            msg = self.load_error or self.loading_reason() or f"model {self.ref} is still loading"
+            raise ModelError("model_not_ready", msg, retry_after=5)
+        return self.encoder
+
+    # -- loading --------------------------------------------------------------------
+    async def load(self, s: Settings, pools: Pools, encoder: Encoder | None = None) -> None:
+        """Load (unless given) the encoder in the load thread, warm it on the model thread,
+        then start its batchers.
+        A failure is kept in `load_error` (readiness reports it), never raised."""
+        loop = asyncio.get_running_loop()
+        self.loading_since = time.monotonic()
+        given = encoder is not None  # one built by the caller: no load to report
+        if not given:
+            log.info("loading model %s on %s…", self.ref, _device_name(s.device))
+        progress = asyncio.create_task(self._log_progress())
+        try:
+            if encoder is None:
+                encoder = await loop.run_in_executor(
+                    pools.load, load_encoder, self.ref, self.pretrained, s.device, s.runtime
+                )
+            await loop.run_in_executor(pools.model, _warm_up, encoder)
+        except Exception as e:
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.error("model %r failed to load: %s", self.ref, self.load_error)
+            return
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            self.load_seconds = self.loading_for
+            self.loading_since = None
+        if not given:  # the time includes the warm-up forwards: it is the time to ready
+            log.info("model %s loaded in %.1f s", self.ref, self.load_seconds or 0.0)
+        self._start(encoder, s, pools)
+
+    def _start(self, encoder: Encoder, s: Settings, pools: Pools) -> None:
+        on_device = s.device_decode == "on" or (
+            s.device_decode == "auto" and encoder.device.type == "cuda"
+        )
+        self.images = ImageEmbedder(
+            encoder,
+            pools.make_batcher(_image_batch(encoder, on_device, s.max_image_pixels), IMAGE),
+            pools.decode,
+            s.max_image_pixels,
+            pools.max_decoding,
+            device_decode=on_device,
+        )
+        if on_device:
+            log.info("JPEG uploads to %s are decoded on %s", encoder.model_id, encoder.device)
+        self.texts = TextEmbedder(pools.make_batcher(encoder.encode_texts, TEXT))
+        self.classifiers = ClassifierCache(self.texts, s.classifier_cache)
+        self.encoder = encoder
+        log.info("model ready: %s (%d-d, %s)", encoder.model_id, encoder.embed_dim, encoder.device)
+
+    async def _log_progress(self) -> None:
+        """Every PROGRESS_EVERY_S until cancelled: the model is still loading, for how long."""
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            log.info("%s…", self.loading_reason())
+
+    async def stop(self) -> None:
+        for embedder in (self.images, self.texts):
+            if embedder:
+                await embedder.batcher.stop()
+
+    def memory_bytes(self) -> int | None:
+        """Bytes of the encoder's parameters and buffers (None: not loaded, or not torch)."""
+        if self.encoder is None:
+            return None
+        return module_bytes(self.encoder)
+
+
+def module_bytes(obj: object) -> int | None:
+    """Parameter + buffer bytes of the torch modules an object holds as attributes (each
+    tensor counted once), or None when it holds none (an onnxruntime session)."""
+    seen: set[int] = set()
+    total, found = 0, False
+    for value in getattr(obj, "__dict__", {}).values():
+        if not isinstance(value, torch.nn.Module):
+            continue
+        found = True
+        for t in [*value.parameters(), *value.buffers()]:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total if found else None
+
+
+def _device_name(device: str) -> str:
+    """The device a load on `device` will use, for the log ("auto" resolved)."""
+    try:
+        return str(resolve_device(device))
+    except (ValueError, RuntimeError):  # the load itself reports a bad device
+        return device
+
+
+def _image_batch(
+    encoder: Encoder, on_device: bool, max_pixels: int
+) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    """The image batcher's function: prepared uint8 [3, S, S] items -> [n, d]; with
+    device decoding, some items are JPEG files that it decodes first (DevicePixels)."""
+    if on_device:
+        return DevicePixels(encoder, max_pixels)
+
+    def run(items: list[torch.Tensor]) -> torch.Tensor:
+        return encoder.encode_image_tensors(torch.stack(items))
+
+    return run
+
+
+def _warm_up(encoder: Encoder) -> None:
+    """One forward per modality, so the first request pays no lazy initialisation."""
+    size = encoder.info.preprocess.size
+    encoder.encode_images([Image.new("RGB", (size, size), (127, 127, 127))])
+    if TEXT in encoder.capabilities:
+        encoder.encode_texts(["warm up"])
