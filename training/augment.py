@@ -15,12 +15,18 @@ Hue is shifted through an exact RGB -> HSV -> RGB round trip, as torchvision doe
 rotation, which leaves the gamut and needs clamping). Every step clamps to [0, 1] like
 torchvision's tensor ops. Images chosen not to get a step are passed through ``torch.where``,
 so shapes never depend on the coin flips.
+
+Colour jitter strength by recipe (each the paper's own): SimCLR and SwAV use SimCLR's
+ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with s from the image size (``jitter_strength``: 1.0
+from 96 px, i.e. 0.8/0.8/0.8/0.2 on ImageNet-like inputs; 0.5, i.e. 0.4/0.4/0.4/0.1, on
+32 px CIFAR-like inputs); MoCo v2 uses 0.4/0.4/0.4/0.1 and BYOL 0.4/0.4/0.2/0.1 at every
+size, as their papers do at 224 px.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +38,19 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 LUMA: tuple[float, float, float] = (0.299, 0.587, 0.114)  # ITU-R BT.601
 _TRIES = 10  # candidate boxes per image, as torchvision's RandomResizedCrop
 _BLUR_MIN_SIZE = 64  # SimCLR/BYOL drop the blur on CIFAR-sized images
+# SimCLR's colour strength s is 1.0 on ImageNet (224 px) and 0.5 on CIFAR-10 (32 px);
+# STL-10 (96 px) and larger are photos of ImageNet's kind, so they get the ImageNet value.
+_FULL_JITTER_MIN_SIZE = 96
 
 
 @dataclass(frozen=True)
 class ViewSpec:
     """One view's recipe. Probabilities are per image; jitter = (brightness, contrast,
-    saturation, hue), factors uniform in [max(0, 1 - s), 1 + s], hue shift in [-h, h] turns."""
+    saturation, hue), factors uniform in [max(0, 1 - s), 1 + s], hue shift in [-h, h] turns.
+
+    ``jitter_strength``: set by recipes whose jitter is SimCLR's ``simclr_jitter(s)`` at a
+    strength chosen by image size; an Augmenter given a strength replaces it (the run
+    setting `jitter_strength`). None: the jitter is the recipe's own, never replaced."""
 
     size: int
     scale: tuple[float, float] = (0.08, 1.0)  # crop area fraction
@@ -49,6 +62,7 @@ class ViewSpec:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels of the output view
     solarize_p: float = 0.0
+    jitter_strength: float | None = None
 
     def __post_init__(self) -> None:
         probs = (self.hflip_p, self.jitter_p, self.gray_p, self.blur_p, self.solarize_p)
@@ -70,14 +84,44 @@ def _blur_p(size: int, p: float) -> float:
     return p if size >= _BLUR_MIN_SIZE else 0.0
 
 
+def jitter_strength(size: int) -> float:
+    """SimCLR's colour distortion strength s for images of side ``size`` (px).
+
+    Chen et al. 2020 (SimCLR, appendix A) use s = 1.0 on ImageNet and s = 0.5 on CIFAR-10
+    (B.9); SwAV (Caron et al. 2020) keeps s = 1.0 on ImageNet. Rule: s = 1.0 from 96 px up
+    (STL-10 and ImageNet-like photos), 0.5 below (CIFAR, digits, Tiny-ImageNet's 64 px).
+    """
+    return 1.0 if size >= _FULL_JITTER_MIN_SIZE else 0.5
+
+
+def simclr_jitter(strength: float) -> tuple[float, float, float, float]:
+    """SimCLR's ColorJitter(0.8s, 0.8s, 0.8s, 0.2s): (0.8, 0.8, 0.8, 0.2) at s = 1,
+    (0.4, 0.4, 0.4, 0.1) at s = 0.5."""
+    return (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+
+
 def simclr_view(size: int) -> ViewSpec:
-    """SimCLR's view (Chen et al. 2020); blur p = 0.5 only for images >= 64 px (none on CIFAR)."""
-    return ViewSpec(size, blur_p=_blur_p(size, 0.5))
+    """SimCLR's view (Chen et al. 2020): colour jitter of strength ``jitter_strength(size)``
+    (0.8/0.8/0.8/0.2 from 96 px, 0.4/0.4/0.4/0.1 below), p 0.8; grayscale p 0.2; blur
+    p = 0.5 only for images >= 64 px (none on CIFAR)."""
+    s = jitter_strength(size)
+    return ViewSpec(size, jitter=simclr_jitter(s), jitter_strength=s, blur_p=_blur_p(size, 0.5))
+
+
+def moco_v2_view(size: int, min_scale: float = 0.2) -> ViewSpec:
+    """MoCo v2's view (Chen et al. 2020, "Improved Baselines", the `aug_plus` recipe of
+    facebookresearch/moco): crop scale 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8 at
+    every size (MoCo v2 used 0.4 at 224 px, unlike SimCLR's 0.8), grayscale p 0.2, blur
+    p 0.5 (only for images >= 64 px, as for SimCLR)."""
+    jitter = (0.4, 0.4, 0.4, 0.1)
+    return ViewSpec(size, scale=(min_scale, 1.0), jitter=jitter, blur_p=_blur_p(size, 0.5))
 
 
 def byol_views(size: int) -> tuple[ViewSpec, ViewSpec]:
-    """BYOL's asymmetric pair (Grill et al. 2020, table 6): saturation 0.2; blur 1.0 / 0.1
-    (only for images >= 64 px); solarize 0.0 / 0.2."""
+    """BYOL's asymmetric pair (Grill et al. 2020, table 6): ColorJitter(0.4, 0.4, 0.2, 0.1)
+    p 0.8 at every size (the paper's own values at 224 px, kept rather than SimCLR's
+    size rule; solo-learn's CIFAR recipe keeps them too); blur 1.0 / 0.1 (only for
+    images >= 64 px); solarize 0.0 / 0.2."""
     jitter = (0.4, 0.4, 0.2, 0.1)
     first = ViewSpec(size, jitter=jitter, blur_p=_blur_p(size, 1.0), solarize_p=0.0)
     second = ViewSpec(size, jitter=jitter, blur_p=_blur_p(size, 0.1), solarize_p=0.2)
@@ -86,10 +130,16 @@ def byol_views(size: int) -> tuple[ViewSpec, ViewSpec]:
 
 def multicrop_views(size: int, n_small: int = 4, small_size: int | None = None) -> list[ViewSpec]:
     """SwAV multi-crop: 2 global views (scale 0.14-1) then ``n_small`` small ones (scale
-    0.05-0.14) of side ``small_size`` (default round(size * 96 / 224), at least 8)."""
+    0.05-0.14) of side ``small_size`` (default round(size * 96 / 224), at least 8).
+
+    Colour jitter is SimCLR's at the strength of the *global* size (SwAV's
+    get_color_distortion(s=1.0) on every crop at 224 px; 0.4/0.4/0.4/0.1 on CIFAR): the
+    strength follows the data set's resolution, not the side a crop is resized to."""
     small = small_size if small_size is not None else max(8, round(size * 96 / 224))
-    big = ViewSpec(size, scale=(0.14, 1.0), blur_p=_blur_p(size, 0.5))
-    little = ViewSpec(small, scale=(0.05, 0.14), blur_p=_blur_p(small, 0.5))
+    s = jitter_strength(size)
+    big = ViewSpec(size, scale=(0.14, 1.0), jitter=simclr_jitter(s), jitter_strength=s,
+                   blur_p=_blur_p(size, 0.5))  # fmt: skip
+    little = replace(big, size=small, scale=(0.05, 0.14), blur_p=_blur_p(small, 0.5))
     return [big, big, *([little] * n_small)]
 
 
@@ -211,7 +261,12 @@ def _uniform(u: Tensor, lo: float, hi: float) -> Tensor:
 
 
 class Augmenter:
-    """Makes views of uint8 batches on ``device`` with its own seeded generator."""
+    """Makes views of uint8 batches on ``device`` with its own seeded generator.
+
+    ``jitter_strength``: when set, views whose recipe sized SimCLR's jitter by image size
+    (``ViewSpec.jitter_strength`` set) get ``simclr_jitter(jitter_strength)`` instead; a
+    run's setting, so that a checkpoint from before the size rule keeps its s = 0.5.
+    """
 
     def __init__(
         self,
@@ -219,8 +274,10 @@ class Augmenter:
         seed: int = 0,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        jitter_strength: float | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.jitter_strength = jitter_strength
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -228,6 +285,9 @@ class Augmenter:
 
     def __call__(self, images: Tensor, spec: ViewSpec) -> Tensor:
         """uint8 [B,C,H,W] (C 1 or 3) -> float32 [B,3,size,size], normalised, contiguous."""
+        s = self.jitter_strength
+        if s is not None and spec.jitter_strength is not None and s != spec.jitter_strength:
+            spec = replace(spec, jitter=simclr_jitter(s), jitter_strength=s)
         x = _to_float(images, self.device)
         b, _, height, width = x.shape
         boxes = sample_boxes(b, height, width, spec.scale, spec.ratio, self.generator)

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
@@ -41,7 +41,13 @@ class TrainConfig:
     # encoder
     backbone: str = "resnet18"  # resnet18|resnet50|tiny|timm:NAME|torchvision:NAME|open_clip:ARCH
     cifar_stem: bool | None = None  # None: on when image_size <= 64
+    # backbone weights to start from (training.pretrained): an export directory, a
+    # .safetensors file or a torch checkpoint; None: a fresh initialisation
+    init_from: str | None = None
     image_size: int = 32
+    # SimCLR's colour strength s for the recipes that size it (SimCLR, SwAV, moco-tuned):
+    # jitter 0.8s/0.8s/0.8s/0.2s; None: by image size (1.0 from 96 px, else 0.5)
+    jitter_strength: float | None = None
     # optimisation
     optimizer: str | None = None  # sgd | lars | adamw; None: the method's default
     lr: float | None = None  # base lr per 256 images; None: the method's default
@@ -53,6 +59,13 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
     grad_clip: float | None = None
+    # Gradients of `accumulate` micro-batches of batch_size / accumulate, summed before
+    # one optimiser step: the large batch's gradient exactly for per-sample losses
+    # (BYOL, SimSiam, DINO) but for BatchNorm statistics; for in-batch negatives or
+    # batch statistics (SimCLR, MoCo, SwAV, CLIP, Barlow Twins, VICReg) each micro-batch
+    # is its own batch (README: Large batches on small GPUs).
+    accumulate: int = 1
+    grad_checkpointing: bool = False  # recompute the backbone's activations in backward
     # speed
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     channels_last: bool = True  # CUDA only
@@ -73,6 +86,52 @@ class TrainConfig:
     progress: bool = True
     method_params: dict[str, Any] = field(default_factory=dict)
 
+    # Where each default comes from (`--list-settings` prints it): a paper, a public
+    # recipe, or an engineering choice of this project (and why).
+    SOURCES: ClassVar[dict[str, str]] = {
+        "method": "SimCLR (Chen et al. 2020): the simplest method",
+        "data": "engineering: scikit-learn digits ship offline",
+        "out": "engineering",
+        "epochs": "engineering: short CPU-friendly runs on small data",
+        "steps": "engineering: None = epochs decide",
+        "batch_size": "paper: MoCo v1/v2 and SwAV's small-batch recipe (256)",
+        "device": "engineering: CUDA when present",
+        "seed": "engineering",
+        "backbone": "solo-learn CIFAR recipes (ResNet-18)",
+        "cifar_stem": "SimCLR appendix B.9 (3x3 stem, no max-pool for small images)",
+        "image_size": "CIFAR-size recipes (32 px)",
+        "jitter_strength": "paper: SimCLR (s = 1.0 on ImageNet, 0.5 on CIFAR-10), by size",
+        "optimizer": "the method's default (see below)",
+        "lr": "the method's default (see below)",
+        "weight_decay": "the method's default (see below)",
+        "momentum": "paper: SimCLR/MoCo/SwAV (SGD/LARS momentum 0.9)",
+        "lr_scaling": "paper: Goyal et al. 2017 (linear scaling per 256 images)",
+        "lars_eta": "paper: You et al. 2017 (LARS trust coefficient 0.001)",
+        "lars_clip": "NVIDIA apex LARC clipping, as SwAV's code",
+        "warmup_epochs": "engineering: short runs (SimCLR warms up 10 epochs of 100+)",
+        "min_lr_ratio": "paper: SimCLR/MoCo v2 (cosine decay to 0)",
+        "grad_clip": "engineering: off, as the papers",
+        "init_from": "engineering: none (train from scratch, as the papers)",
+        "accumulate": "engineering: off (1)",
+        "grad_checkpointing": "engineering: off (trades ~30% more compute for memory)",
+        "precision": "engineering: bf16 autocast on CUDA",
+        "channels_last": "engineering: faster convolutions on CUDA",
+        "compile": "engineering: off (compile time dominates short runs)",
+        "workers": "engineering",
+        "sync_bn": "paper: SimCLR/BYOL/SwAV (BN statistics over the global batch)",
+        "log_every": "engineering",
+        "save_every": "engineering",
+        "checkpoint_every_steps": "engineering: off",
+        "knn_every": "engineering",
+        "knn_k": "MoCo's CIFAR demo kNN monitor (k = 200), after Wu et al. 2018",
+        "knn_t": "MoCo's CIFAR demo kNN monitor (t = 0.1)",
+        "knn_max_train": "engineering: bounds the memory bank (MNIST's 60000)",
+        "max_nonfinite": "engineering",
+        "deterministic": "engineering: off (slower kernels)",
+        "tensorboard": "engineering",
+        "progress": "engineering",
+    }
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -83,6 +142,17 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**d)
+
+
+def setting_sources(cls: type) -> dict[str, str]:
+    """{field: where its default comes from} for a settings dataclass: a `SOURCES`
+    class dict, overridden by any field's `metadata={"source": ...}`; fields with
+    neither are absent (`--list-settings` says "source not recorded")."""
+    sources = dict(getattr(cls, "SOURCES", {}))
+    for f in dataclasses.fields(cls):
+        if "source" in f.metadata:
+            sources[f.name] = str(f.metadata["source"])
+    return sources
 
 
 def coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -199,6 +269,14 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, got {cfg.precision!r}")
     if cfg.image_size < 8:
         raise ConfigError("image_size must be at least 8")
+    if cfg.jitter_strength is not None and not 0 <= cfg.jitter_strength <= 2.5:
+        # the hue shift is 0.2 s turns, and a hue shift beyond half a turn is meaningless
+        raise ConfigError("jitter_strength must be in [0, 2.5] (SimCLR: 1.0, CIFAR: 0.5)")
+    if cfg.accumulate < 1 or cfg.batch_size % cfg.accumulate:
+        raise ConfigError(
+            f"accumulate must be >= 1 and divide batch_size ({cfg.batch_size}), "
+            f"got {cfg.accumulate}"
+        )
     if cfg.lr_scaling not in ("linear", "sqrt"):
         raise ConfigError(f"lr_scaling must be linear or sqrt, got {cfg.lr_scaling!r}")
     if cfg.lars_eta <= 0:

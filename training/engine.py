@@ -27,12 +27,18 @@ from training.augment import Augmenter
 from training.checkpoint import LAST, all_finite, save_checkpoint
 from training.config import TrainConfig
 from training.data import Batch, load_data
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
+from training.encoders.nets.backbones import (
+    BackboneSpec,
+    build_backbone,
+    enable_grad_checkpointing,
+)
 from training.methods import MethodContext, Views, get_method
+from training.methods.base import split_views
 from training.metrics import MetricsLogger
 from training.momentum import update_momentum
 from training.online_knn import OnlineKNN
 from training.optim import build_optimizer, param_groups
+from training.pretrained import load_backbone
 from training.progress import Progress
 from training.runstate import capture_rng, restore_rng, seed_all, train_device
 from training.schedule import lr_at, scaled_lr
@@ -76,6 +82,7 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_all(cfg.seed)  # identical initial weights on every rank
+        self._fresh = resume is None
         self.data = load_data(
             cfg.data, image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers
         )
@@ -94,7 +101,11 @@ class Trainer:
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer, self.peak_lr = self._build_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._dtype() is torch.float16)
-        self.augment = Augmenter(self.device, seed=cfg.seed * 7919 + 17 * self.rank + 1)
+        self.augment = Augmenter(
+            self.device,
+            seed=cfg.seed * 7919 + 17 * self.rank + 1,
+            jitter_strength=cfg.jitter_strength,
+        )
         self.metrics = MetricsLogger(self.out, enabled=dist.is_main(), tensorboard=cfg.tensorboard)
         self.knn = OnlineKNN(cfg, self.augment, self.device)
         self.step = self.epoch = self.step_in_epoch = self.bad_steps = 0
@@ -116,6 +127,10 @@ class Trainer:
         cifar = cifar and "resnet" in cfg.backbone
         self.backbone_spec = BackboneSpec(cfg.backbone, cifar, cfg.image_size)
         backbone, feat_dim = build_backbone(self.backbone_spec)
+        if cfg.init_from and self._fresh:  # a resumed run has its own weights
+            load_backbone(backbone, Path(cfg.init_from))
+        if cfg.grad_checkpointing:
+            enable_grad_checkpointing(backbone)
         ctx = MethodContext(
             device=self.device,
             image_size=cfg.image_size,
@@ -232,11 +247,9 @@ class Trainer:
         Does not advance `self.step` (the loop does); benchmarks call it on ready views.
         """
         lr = self._set_lr()
-        with self._autocast():
-            out = self.forward(views)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
-        if not self._finite(out.loss):
+        loss, logs = self._accumulate(views)
+        if not self._finite(loss):
             self._skip_step(lr)
             return {}
         self.bad_steps = 0
@@ -250,7 +263,32 @@ class Trainer:
         for online, target in self.method.momentum_pairs():
             update_momentum(online, target, self.method.momentum_at(progress))
         self.method.on_after_step(self.step)
-        return out.logs
+        return logs
+
+    def _accumulate(self, views: Views) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward + backward over `accumulate` micro-batches of the views, gradients
+        summed (each loss / accumulate) -> (the mean loss, the mean logs). DDP reduces the
+        gradients once, on the last micro-batch (no_sync before it)."""
+        parts = split_views(views, self.cfg.accumulate)
+        losses: list[torch.Tensor] = []
+        logs: dict[str, list[torch.Tensor]] = {}
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            with self._no_sync(unless=last):
+                with self._autocast():
+                    out = self.forward(part)
+                self.scaler.scale(out.loss / len(parts)).backward()
+            losses.append(out.loss.detach())
+            for k, v in out.logs.items():
+                logs.setdefault(k, []).append(v.detach().float())
+        mean = {k: torch.stack(v).mean() for k, v in logs.items()}
+        return torch.stack(losses).float().mean(), mean
+
+    def _no_sync(self, unless: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP's no_sync (gradients kept local) unless `unless`, or when not distributed."""
+        if unless or not isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
 
     def _set_lr(self) -> float:
         warmup = round(self.cfg.warmup_epochs * self.steps_per_epoch)

@@ -9,8 +9,8 @@ from torch import nn
 class ProjectionHead(nn.Sequential):
     """MLP [B, in_dim] -> [B, out_dim]: (Linear, Norm, ReLU) x (layers-1), then Linear.
 
-    norm: "batch" (SimCLR/MoCo v2/BYOL default), "layer" (per-sample; what the
-    distributed equivalence test needs), or "none". `last_norm` adds a BatchNorm
+    norm: "batch" (SimCLR/BYOL/SwAV default), "layer" (per-sample; what the
+    distributed equivalence test needs), or "none" (MoCo v2's head). `last_norm` adds a BatchNorm
     without affine after the last layer (SimCLR v2 / SwAV style), when norm is "batch".
     """
 

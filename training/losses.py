@@ -211,3 +211,188 @@ def siglip_loss(image: Tensor, text: Tensor, logit_scale: Tensor, logit_bias: Te
     rows = torch.arange(image.shape[0], device=image.device)
     signs[rows, _local_labels(image.shape[0], image.device)] = 1.0
     return -F.logsigmoid(signs * logits).sum() / image.shape[0]
+
+
+def dino_loss(
+    student: list[Tensor],
+    teacher: list[Tensor],
+    center: Tensor,
+    teacher_temp: float,
+    student_temp: float = 0.1,
+) -> Tensor:
+    """DINO's self-distillation cross-entropy (Caron et al. 2021). Scalar.
+
+    student[v]: [B, K] student head outputs of crop v (the global crops first, then the
+    local ones); teacher[i]: [B, K] teacher head outputs of global crop i (detached here:
+    the stop-gradient is part of the method); center: [K] (or [1, K]), the running mean
+    of the teacher outputs. Targets are q_i = softmax((teacher[i] - center) / teacher_temp)
+    (centred, then sharpened by a low temperature); predictions are
+    log softmax(student[v] / student_temp). For every i and every crop v != i the term is
+    -sum_k q_i log p_v averaged over B; the result is the mean over all such (i, v) pairs.
+    Every term is per sample, so under DDP each rank's mean over its local rows, averaged
+    by DDP, is the single-process loss of the global batch (the centre is made equal on
+    every rank by the caller).
+    """
+    _check_positive(teacher_temp, "teacher_temp")
+    _check_positive(student_temp, "student_temp")
+    if not teacher or len(student) < 2 or len(teacher) > len(student):
+        raise ValueError(
+            f"need >= 1 teacher view and >= 2 student views with teacher <= student, "
+            f"got {len(teacher)} teacher and {len(student)} student views"
+        )
+    for i, t in enumerate([*student, *teacher]):
+        _check_matrix(t, f"student/teacher[{i}]")
+        if t.shape != student[0].shape:
+            raise ValueError(f"all student and teacher outputs must be {tuple(student[0].shape)}")
+    if center.numel() != student[0].shape[1] or center.ndim > 2:
+        raise ValueError(
+            f"center must be [K] with K = {student[0].shape[1]}, got {tuple(center.shape)}"
+        )
+    # float32 at least: the teacher logits are divided by ~0.04, which would amplify bf16
+    # rounding 25-fold, and bf16 log-probabilities are too coarse for a cross-entropy.
+    work = torch.promote_types(student[0].dtype, torch.float32)
+    c = center.detach().reshape(1, -1).to(work)
+    targets = [F.softmax((t.detach().to(work) - c) / teacher_temp, dim=1) for t in teacher]
+    log_p = [F.log_softmax(s.to(work) / student_temp, dim=1) for s in student]
+    terms = [
+        -(q * lp).sum(dim=1).mean()
+        for i, q in enumerate(targets)
+        for v, lp in enumerate(log_p)
+        if v != i
+    ]
+    return torch.stack(terms).mean()
+
+
+# ---------------------------------------------------------------- redundancy reduction
+# Barlow Twins, VICReg and SimSiam have no negatives. The first two regularise statistics
+# of the whole batch (cross-correlation, variance, covariance), which do not split into
+# per-sample terms: under DDP every rank computes the SAME global-batch loss from
+# statistics summed (or embeddings gathered) across ranks WITH gradients. Each rank's
+# backward then sends every rank d loss / d z_r, the gather/sum backward adds the world
+# copies, and DDP's average over ranks divides them out again: the parameter gradient is
+# exactly the single-process gradient of the loss on the concatenated batch.
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """y = sum over ranks of x, on every rank. Every rank's loss depends on y, so the
+    gradient of x is the sum over ranks of d loss_s / d y: an all_reduce(SUM) again."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        out = x.contiguous().clone()  # all_reduce works in place; x may be needed elsewhere
+        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+        return total
+
+
+def _all_reduce_sum_with_grad(x: Tensor) -> Tensor:
+    """Sum `x` over ranks, differentiably (see `_AllReduceSumWithGrad`); identity alone."""
+    if not dist.is_dist():
+        return x
+    out: Tensor = _AllReduceSumWithGrad.apply(x)
+    return out
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    # Batch statistics of bf16 embeddings lose the small off-diagonal correlations that
+    # these losses push to zero; float64 (the tests) stays float64.
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 0.0051, eps: float = 1e-5) -> Tensor:
+    """Barlow Twins (Zbontar et al. 2021). z1, z2: [B, D] embeddings of two views. Scalar.
+
+    Each embedding dimension is standardised over the GLOBAL batch of N = B * world
+    samples (mean and biased variance, as a BatchNorm without affine does; `eps` is added
+    to the variance), then C = z1_std^T z2_std / N is their [D, D] cross-correlation and
+
+        loss = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2.
+
+    Under DDP the sums behind the means, the variances and C are all-reduced with
+    gradients, so every rank returns the same global-batch loss. Runs in float32 at least.
+    """
+    _check_pair(z1, z2, "z1,z2")
+    _check_positive(lambd, "lambd")
+    _check_positive(eps, "eps")
+    n_global = z1.shape[0] * dist.world_size()
+    if n_global < 2:
+        raise ValueError("Barlow Twins needs a global batch of at least 2 samples")
+    z1, z2 = _at_least_float32(z1), _at_least_float32(z2)
+
+    def standardise(z: Tensor) -> Tensor:
+        mean = _all_reduce_sum_with_grad(z.sum(dim=0)) / n_global  # [D]
+        centred = z - mean
+        var = _all_reduce_sum_with_grad(centred.square().sum(dim=0)) / n_global  # [D]
+        return centred / torch.sqrt(var + eps)
+
+    c = _all_reduce_sum_with_grad(standardise(z1).T @ standardise(z2)) / n_global  # [D, D]
+    diag = torch.diagonal(c)
+    on_diag = (1 - diag).square().sum()
+    off_diag = c.square().sum() - diag.square().sum()
+    return on_diag + lambd * off_diag
+
+
+def vicreg_terms(
+    z1: Tensor, z2: Tensor, gamma: float = 1.0, eps: float = 1e-4
+) -> tuple[Tensor, Tensor, Tensor]:
+    """VICReg's three terms (Bardes et al. 2022). z1, z2: [B, D] embeddings. Scalars:
+
+    invariance: mean squared error between z1 and z2, over this rank's B x D entries;
+    variance: per view, mean over D of relu(gamma - sqrt(Var_N[z_d] + eps)) (unbiased
+        variance over the global batch of N samples), averaged over the two views;
+    covariance: per view, sum_{i != j} Cov_N[z]_ij^2 / D, summed over the two views.
+
+    The variance term averages the views and the covariance term sums them, as the
+    authors' released code does (the weights 25/25/1 were tuned with it). Under DDP the
+    variance and covariance use the embeddings of every rank, gathered with gradients
+    (the same value on every rank); the invariance term is per sample, so its local mean
+    averages over ranks to the global one. Runs in float32 at least.
+    """
+    _check_pair(z1, z2, "z1,z2")
+    _check_positive(gamma, "gamma")
+    _check_positive(eps, "eps")
+    z1, z2 = _at_least_float32(z1), _at_least_float32(z2)
+    if z1.shape[0] * dist.world_size() < 2:
+        raise ValueError("VICReg needs a global batch of at least 2 samples")
+    invariance = F.mse_loss(z1, z2)
+    variance = z1.new_zeros(())
+    covariance = z1.new_zeros(())
+    for z in (dist.gather_with_grad(z1), dist.gather_with_grad(z2)):  # [N, D] each
+        n, d = z.shape
+        centred = z - z.mean(dim=0)
+        std = torch.sqrt(centred.square().sum(dim=0) / (n - 1) + eps)  # [D]
+        variance = variance + F.relu(gamma - std).mean() / 2
+        cov = centred.T @ centred / (n - 1)  # [D, D]
+        covariance = covariance + (cov.square().sum() - torch.diagonal(cov).square().sum()) / d
+    return invariance, variance, covariance
+
+
+def vicreg_loss(
+    z1: Tensor,
+    z2: Tensor,
+    sim_coeff: float = 25.0,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+) -> Tensor:
+    """VICReg: sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+    (the terms of `vicreg_terms`; z1, z2: [B, D]). Scalar; paper weights 25 / 25 / 1."""
+    invariance, variance, covariance = vicreg_terms(z1, z2, gamma, eps)
+    return sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+
+def simsiam_loss(p: Tensor, z: Tensor) -> Tensor:
+    """SimSiam's negative cosine (Chen & He 2021): mean over B of -cos(p, z), in [-1, 1].
+
+    p: [B, d] predictions; z: [B, d] projections of the other view, detached here (the
+    stop-gradient is what keeps SimSiam from collapsing, so callers cannot forget it).
+    Per sample, so under DDP the local mean averages to the global one.
+    """
+    _check_pair(p, z, "p,z")
+    return -(F.normalize(p, dim=1) * F.normalize(z.detach(), dim=1)).sum(dim=1).mean()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,64 @@ from training.config import ConfigError, build_config, load_yaml, parse_override
 CHANGEABLE = frozenset({
     "out", "epochs", "steps", "device", "workers", "progress", "tensorboard", "compile",
     "channels_last", "deterministic", "log_every", "save_every", "checkpoint_every_steps",
-    "knn_every", "knn_k", "knn_t", "knn_max_train", "max_nonfinite",
+    "knn_every", "knn_k", "knn_t", "knn_max_train", "max_nonfinite", "grad_checkpointing",
 })  # fmt: skip
 # Settings added later, with the behaviour that checkpoints written before them trained
-# with: a resumed old run keeps it (LARS was unclipped with eta 0.02 until then).
-BEFORE_SETTINGS_EXISTED = {"lars_eta": 0.02, "lars_clip": False, "lr_scaling": "linear"}
+# with: a resumed old run keeps it (LARS was unclipped with eta 0.02 until then; colour
+# jitter was 0.4/0.4/0.4/0.1, SimCLR's s = 0.5, at every image size).
+BEFORE_SETTINGS_EXISTED = {
+    "lars_eta": 0.02, "lars_clip": False, "lr_scaling": "linear", "jitter_strength": 0.5,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MethodBefore:
+    """What a method's checkpoint trained with before some of its settings existed.
+
+    A checkpoint whose `method_params` lacks any key of `params` predates them: it gets
+    those values, and `run_if_unset` for run settings it left None (None meant "the
+    method's default", and that default has changed since).
+    """
+
+    params: dict[str, Any]
+    run_if_unset: dict[str, Any] = field(default_factory=dict)
+
+
+# Until crop_min_scale existed, `moco` was the tuned variant that `moco-tuned` is now
+# (scale 0.08 and LARS at 0.4 / 1e-5; its momentum and head were saved explicitly).
+# SwAV needs no entry: its old checkpoints hold freeze_prototypes_steps=313 and
+# queue_length=0 explicitly, and explicit values win over the new epoch count and
+# automatic queue.
+METHOD_BEFORE_SETTINGS_EXISTED: dict[str, MethodBefore] = {
+    "moco": MethodBefore(
+        params={"crop_min_scale": 0.08},
+        run_if_unset={"optimizer": "lars", "lr": 0.4, "weight_decay": 1e-5},
+    ),
+}
+
+
+def with_old_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's saved config + the behaviour of settings added after it was written
+    (BEFORE_SETTINGS_EXISTED, METHOD_BEFORE_SETTINGS_EXISTED), so it resumes unchanged."""
+    saved = {**BEFORE_SETTINGS_EXISTED, **config}
+    before = METHOD_BEFORE_SETTINGS_EXISTED.get(str(saved.get("method")))
+    params = dict(saved.get("method_params") or {})
+    if before is None or set(before.params) <= set(params):
+        return saved
+    saved["method_params"] = {**before.params, **params}
+    for key, value in before.run_if_unset.items():
+        if saved.get(key) is None:
+            saved[key] = value
+    return saved
+
+
 # Flags mapped onto config keys (default None = "not given").
 FLAGS: dict[str, tuple[str, type, str]] = {
-    "--method": ("method", str, "simclr | moco | byol | swav | clip"),
+    "--method": (
+        "method",
+        str,
+        "simclr | moco | moco-tuned | byol | swav | clip | barlow | vicreg | simsiam | dino",
+    ),
     "--data": (
         "data",
         str,
@@ -46,6 +97,17 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--backbone": ("backbone", str, "resnet18 | resnet50 | tiny | timm:NAME | torchvision:NAME"),
     "--lr": ("lr", float, "base learning rate per 256 images"),
     "--seed": ("seed", int, "random seed"),
+    "--init-from": (
+        "init_from",
+        str,
+        "start the backbone from these weights: an export directory, .safetensors or "
+        "a torch checkpoint (timm, open_clip)",
+    ),
+    "--accumulate": (
+        "accumulate",
+        int,
+        "micro-batches per step (gradient accumulation; exact for BYOL, SimSiam, DINO)",
+    ),
 }
 
 
@@ -87,7 +149,7 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]:
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
         checkpoint = load_checkpoint(out / LAST)
-        saved = {**BEFORE_SETTINGS_EXISTED, **dict(checkpoint["config"])}
+        saved = with_old_defaults(dict(checkpoint["config"]))
         refuse_changes(given, saved)
         given = {**saved, **given}
     elif args.resume == "auto":
@@ -136,16 +198,36 @@ def refuse_changes(given: dict[str, Any], saved: dict[str, Any]) -> None:
 
 
 def list_settings(method: str) -> str:
+    """Every run setting and `method`'s settings, each with its default and where that
+    default comes from (`name = default  # source`); then the run settings whose None
+    means "the method's default", with the method's value and its source."""
     import dataclasses
 
-    from training.config import TrainConfig
+    from training.config import TrainConfig, setting_sources
     from training.methods import get_method
 
-    lines = ["run settings:"]
-    lines += [f"  {f.name} = {f.default!r}" for f in dataclasses.fields(TrainConfig)
-              if f.name != "method_params"]  # fmt: skip
-    lines.append(f"{method} settings:")
-    lines += [f"  {f.name} = {f.default!r}" for f in dataclasses.fields(get_method(method).Params)]
+    def rows(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        sources = setting_sources(cls)
+        return [(f"{f.name} = {f.default!r}", sources.get(f.name, "source not recorded"))
+                for f in dataclasses.fields(cls) if f.name not in skip]  # fmt: skip
+
+    method_cls = get_method(method)
+    method_sources: dict[str, str] = getattr(method_cls, "DEFAULT_SOURCES", {})
+    unset = [
+        (f"{key} = {getattr(method_cls, 'default_' + key)!r}",
+         method_sources.get(key, "source not recorded"))
+        for key in ("optimizer", "lr", "weight_decay")
+    ]  # fmt: skip
+    sections = [
+        ("run settings:", rows(TrainConfig, skip=("method_params",))),
+        (f"{method} settings:", rows(method_cls.Params)),
+        (f"{method}'s defaults for run settings left None:", unset),
+    ]
+    width = max(len(setting) for _, section in sections for setting, _ in section)
+    lines = []
+    for title, section in sections:
+        lines.append(title)
+        lines += [f"  {setting.ljust(width)}  # {source}" for setting, source in section]
     return "\n".join(lines)
 
 

@@ -26,6 +26,8 @@ from training.augment import (
     byol_views,
     color_jitter,
     gaussian_blur,
+    jitter_strength,
+    moco_v2_view,
     multicrop_views,
     sample_boxes,
     simclr_view,
@@ -268,6 +270,57 @@ def test_presets() -> None:
     assert [v.scale for v in views] == [(0.14, 1.0)] * 2 + [(0.05, 0.14)] * 4
     assert [v.size for v in multicrop_views(32, n_small=2)] == [32, 32, 14, 14]
     assert multicrop_views(8)[-1].size == 8 and multicrop_views(64, small_size=20)[-1].size == 20
+
+
+def test_colour_jitter_follows_the_image_size() -> None:
+    """SimCLR's strength s: 1.0 (0.8/0.8/0.8/0.2) from 96 px, 0.5 (0.4/0.4/0.4/0.1) below;
+    SwAV's crops follow the global size; MoCo v2 and BYOL keep their papers' values."""
+    imagenet, cifar = (0.8, 0.8, 0.8, 0.2), (0.4, 0.4, 0.4, 0.1)
+    assert [jitter_strength(s) for s in (32, 64, 95, 96, 224)] == [0.5, 0.5, 0.5, 1.0, 1.0]
+    assert simclr_view(224).jitter == pytest.approx(imagenet)
+    assert simclr_view(96).jitter == pytest.approx(imagenet)
+    assert simclr_view(32).jitter == pytest.approx(cifar)
+    for size, want in ((224, imagenet), (32, cifar)):
+        views = multicrop_views(size)  # the 96 px small crops of 224 keep the global's s
+        assert all(v.jitter == pytest.approx(want) for v in views)
+        assert all((v.jitter_p, v.gray_p) == (0.8, 0.2) for v in views)
+        assert moco_v2_view(size).jitter == cifar
+        assert [v.jitter for v in byol_views(size)] == [(0.4, 0.4, 0.2, 0.1)] * 2
+    v2 = moco_v2_view(224)
+    assert (v2.scale, v2.blur_p, v2.jitter_p, v2.gray_p) == ((0.2, 1.0), 0.5, 0.8, 0.2)
+    assert moco_v2_view(32).blur_p == 0.0 and moco_v2_view(32, 0.08).scale == (0.08, 1.0)
+
+
+def test_strong_jitter_spreads_colours_more() -> None:
+    """The 224-px recipe's jitter really is stronger: brightness factors span [0.2, 1.8]
+    rather than [0.6, 1.4] on a mid-grey image (only brightness moves a grey image)."""
+    grey = torch.full((4000, 3, 8, 8), 128, dtype=torch.uint8)
+    spreads = []
+    for strength in (0.5, 1.0):
+        jitter = (0.8 * strength, 0.0, 0.0, 0.0)
+        out = raw()(grey, plain(8, jitter=jitter, jitter_p=1.0))
+        factor = out.mean(dim=(1, 2, 3)) / (128 / 255)
+        assert factor.min() >= 1 - 0.8 * strength - 1e-3
+        assert factor.max() <= min(1 + 0.8 * strength, 255 / 128) + 1e-3
+        spreads.append(float(factor.std()))
+    assert spreads[1] > 1.6 * spreads[0]
+
+
+def test_augmenter_jitter_strength_replaces_only_size_ruled_jitter() -> None:
+    """A run's jitter_strength replaces s in SimCLR-rule views (all SwAV crops too) and
+    leaves MoCo v2's and BYOL's own jitter alone; s = 0.5 at 224 px draws exactly the
+    views of a spec written with 0.4/0.4/0.4/0.1 (how checkpoints from before the rule
+    resume unchanged)."""
+    img = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
+    old = replace(simclr_view(224), jitter=(0.4, 0.4, 0.4, 0.1), jitter_strength=None)
+    forced = Augmenter("cpu", seed=3, jitter_strength=0.5)(img, simclr_view(224))
+    assert torch.equal(forced, Augmenter("cpu", seed=3)(img, old))
+    assert not torch.equal(forced, Augmenter("cpu", seed=3)(img, simclr_view(224)))
+    for spec in (moco_v2_view(224), *byol_views(224)):  # the papers' own jitter stays
+        a = Augmenter("cpu", seed=4, jitter_strength=1.0)(img, spec)
+        assert torch.equal(a, Augmenter("cpu", seed=4)(img, spec))
+    assert all(v.jitter_strength == 1.0 for v in multicrop_views(224))
+    assert simclr_view(32).jitter_strength == 0.5 and moco_v2_view(32).jitter_strength is None
 
 
 @pytest.mark.parametrize(

@@ -48,8 +48,16 @@ PARAMS: dict[str, dict[str, Any]] = {
     # prototypes frozen for step 0 only, so both on_before_step branches run
     "swav": HEAD | {"n_prototypes": 6, "n_small_crops": 2, "small_size": SMALL,
                     "queue_length": N, "freeze_prototypes_steps": 1},
+    # centre fed by every rank; last layer frozen for step 0 only, teacher temperature
+    # warming up over both steps
+    "dino": HEAD | {"out_dim": 6, "n_small_crops": 2, "small_size": SMALL,
+                    "base_momentum": 0.9, "final_momentum": 0.99, "freeze_last_layer_epochs": 0.25,
+                    "teacher_temp": 0.07, "warmup_teacher_temp_epochs": 0.5},
     "clip": {"embed_dim": 8, "text_tower": "transformer", "text_width": 16,
              "text_layers": 1, "text_heads": 2, "context_length": 8},
+    "barlow": HEAD | {"lambd": 0.1},
+    "vicreg": HEAD,
+    "simsiam": HEAD | {"pred_hidden": 16},
 }  # fmt: skip
 # CLIP with SigLIP's sigmoid loss; bias 0, not -10: each negative then weighs log 2, so a
 # rank that saw only its own texts gives a visibly different loss (test_half_batch...)
@@ -61,15 +69,20 @@ DTYPE = {name: torch.float32 if name == "swav" else torch.float64 for name in ME
 # Relative tolerance (of the largest reference value): float64 end to end, or float32 casts.
 # Measured worst cases: simclr 4e-15, clip 4e-11 (AdamW divides tiny gradients by their
 # own size), moco/byol 2e-7 (loss), swav 1.2e-6 (gradients).
-REL = {"simclr": 1e-9, "clip": 1e-8, "siglip": 1e-8, "moco": 2e-5, "byol": 2e-5, "swav": 5e-5}
+REL = {"simclr": 1e-9, "clip": 1e-8, "siglip": 1e-8, "moco": 2e-5, "byol": 2e-5, "swav": 5e-5,
+       "dino": 1e-9, "barlow": 1e-8, "vicreg": 1e-8, "simsiam": 1e-8}  # fmt: skip
 # State that the steps must change (else comparing states after the steps proves little).
 MOVED = {
     "simclr": ["backbone.body.0.weight"],
     "moco": ["queue", "key_backbone.body.0.weight"],
     "byol": ["target_projector.0.weight"],
     "swav": ["queue", "prototypes.layer.weight"],
+    "dino": ["center", "head.last.weight", "teacher_head.last.weight"],
     "clip": ["logit_scale", "text.model.token_embedding.weight"],
     "siglip": ["logit_scale", "logit_bias", "text.model.token_embedding.weight"],
+    "barlow": ["backbone.body.0.weight", "projector.0.weight"],
+    "vicreg": ["backbone.body.0.weight", "projector.0.weight"],
+    "simsiam": ["backbone.body.0.weight", "predictor.0.weight"],
 }
 TIMEOUT_S = 120
 
@@ -88,7 +101,8 @@ def _build(name: str, world: int) -> Method:
 def _views(method: Method, name: str, step: int) -> Views:
     """Step `step`'s views of the whole global batch (DTYPE crops, CLIP token ids)."""
     g = torch.Generator().manual_seed(100 + step)
-    sizes = {"swav": [SIZE, SIZE, SMALL, SMALL], "clip": [SIZE], "siglip": [SIZE]}
+    multi = [SIZE, SIZE, SMALL, SMALL]
+    sizes = {"swav": multi, "dino": multi, "clip": [SIZE], "siglip": [SIZE]}
     crops = [
         torch.randn(N, 3, s, s, generator=g, dtype=DTYPE[name])
         for s in sizes.get(name, [SIZE, SIZE])
@@ -231,7 +245,7 @@ def test_state_after_steps_equals_single_process(runs: Any, name: str) -> None:
         assert not torch.equal(first[key], last[key]), key
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco", "swav", "clip", "siglip"])
+@pytest.mark.parametrize("name", ["simclr", "moco", "swav", "clip", "siglip", "barlow", "vicreg"])
 def test_half_batch_alone_differs(runs: Any, name: str) -> None:
     """A rank that ignored the other rank's samples would give another loss: the loss
     comparison above can fail. (MoCo's step 0 negatives are the queue; step 1's queue

@@ -43,6 +43,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "moco": ("moco", ["proj_hidden=32", "proj_dim=16", "queue_size=64"]),
     "byol": ("byol", ["proj_hidden=32", "pred_hidden=32", "proj_dim=16"]),
     "swav": ("swav", ["proj_hidden=32", "proj_dim=16", "n_prototypes=10", "n_small_crops=2"]),
+    "dino": ("dino", ["proj_hidden=32", "proj_dim=16", "out_dim=64", "n_small_crops=2"]),
+    "barlow": ("barlow", ["proj_hidden=32", "proj_dim=16"]),
     "clip-transformer": ("clip", ["text_tower=transformer", "text_width=32", "text_layers=1",
                                   "text_heads=2", "context_length=16"]),
     "clip-minilm": ("clip", ["embed_dim=0"]),  # locked packaged MiniLM, no text projection
@@ -207,7 +209,7 @@ def test_checkpoint_encoder_equals_the_export(trained: Trained, images: list[Ima
     )
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco", "byol", "swav"])
+@pytest.mark.parametrize("name", ["simclr", "moco", "byol", "swav", "barlow"])
 def test_projector_export_gives_projector_outputs(
     name: str, train_once: Callable[[str], Trained], images: list[Image.Image], tmp_path: Path
 ) -> None:

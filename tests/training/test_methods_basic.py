@@ -6,6 +6,7 @@ Each loss is checked against a recomputation written here with loops over sample
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any
@@ -20,7 +21,7 @@ from training.data import Batch
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.methods import Method, MethodContext, Views, get_method
 from training.methods.byol import BYOL
-from training.methods.moco import MoCo, queue_length
+from training.methods.moco import MoCo, MoCoParams, MoCoTuned, MoCoTunedParams, queue_length
 from training.methods.simclr import SimCLR
 from training.momentum import update_momentum
 
@@ -282,8 +283,41 @@ def test_momentum_schedules() -> None:
     for progress, want in [(0.0, 0.996), (0.5, 0.998), (1.0, 1.0)]:
         assert byol.momentum_at(progress) == pytest.approx(want, abs=1e-12)
     moco = build(MoCo, queue_size=B)
-    assert [moco.momentum_at(p) for p in (0.0, 0.5, 1.0)] == pytest.approx([0.99] * 3)
+    assert [moco.momentum_at(p) for p in (0.0, 0.5, 1.0)] == pytest.approx([0.999] * 3)
+    tuned = build(MoCoTuned, queue_size=B)
+    assert [tuned.momentum_at(p) for p in (0.0, 0.5, 1.0)] == pytest.approx([0.99] * 3)
     assert len(byol.momentum_pairs()) == len(moco.momentum_pairs()) == 2
+
+
+def test_moco_defaults_are_moco_v2s() -> None:
+    """`moco` is MoCo v2 as published; `moco-tuned` keeps the small-data variant."""
+    p = MoCoParams()
+    assert (p.base_momentum, p.final_momentum, p.crop_min_scale) == (0.999, 0.999, 0.2)
+    assert (p.temperature, p.queue_size, p.proj_hidden, p.proj_dim) == (0.2, 65536, 2048, 128)
+    assert p.head_norm == "none" and p.shuffle_bn and not p.symmetric
+    assert (MoCo.default_optimizer, MoCo.default_lr, MoCo.default_weight_decay) == (
+        "sgd", 0.03, 1e-4,
+    )  # fmt: skip
+    m = MoCo(*build_backbone(BackboneSpec("tiny")), MoCoParams(proj_hidden=32), context())
+    # no BatchNorm anywhere in MoCo v2's head: Linear-ReLU-Linear
+    skip = (nn.Sequential, nn.Identity)  # "none" puts an Identity where the norm would be
+    assert [type(x) for x in m.projector.modules() if not isinstance(x, skip)] == [
+        nn.Linear, nn.ReLU, nn.Linear,
+    ]  # fmt: skip
+    spec = m.view_spec()
+    assert spec.scale == (0.2, 1.0) and spec.jitter == (0.4, 0.4, 0.4, 0.1)
+    t = MoCoTunedParams()
+    assert (t.base_momentum, t.final_momentum, t.head_norm, t.crop_min_scale) == (
+        0.99, 0.99, "batch", 0.08,
+    )  # fmt: skip
+    assert (MoCoTuned.default_optimizer, MoCoTuned.default_lr) == ("lars", 0.4)
+    assert MoCoTuned.default_weight_decay == 1e-5
+    assert get_method("moco-tuned") is MoCoTuned and MoCoTuned.Params is MoCoTunedParams
+    tuned = build(MoCoTuned, context(image_size=96))
+    assert tuned.view_spec().scale == (0.08, 1.0)
+    assert tuned.view_spec().jitter == pytest.approx((0.8, 0.8, 0.8, 0.2))  # by size
+    for cls in (MoCoParams, MoCoTunedParams):  # every setting says where it is from
+        assert set(cls.SOURCES) == {f.name for f in dataclasses.fields(cls)}
 
 
 # -- learning ------------------------------------------------------------------------------

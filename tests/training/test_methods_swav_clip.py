@@ -143,6 +143,50 @@ def test_swav_prototypes_frozen_then_trained() -> None:
     assert not torch.allclose(method.prototypes.layer.weight, before)
 
 
+def test_swav_prototype_freeze_is_counted_in_epochs() -> None:
+    """One epoch by default (the paper's freeze_prototypes_niters); the ctx's 10 steps per
+    epoch turn 1.5 epochs into 15 steps; an explicit step count wins."""
+    assert SwAVParams().freeze_prototypes_epochs == 1.0
+    assert SwAVParams().freeze_prototypes_steps is None
+    assert swav().freeze_steps == 10
+    assert swav(freeze_prototypes_epochs=1.5).freeze_steps == 15
+    assert swav(freeze_prototypes_epochs=0).freeze_steps == 0
+    assert swav(freeze_prototypes_epochs=3, freeze_prototypes_steps=313).freeze_steps == 313
+    method = swav(freeze_prototypes_epochs=0.2)  # 2 steps
+    views = method.make_views(make_batch(), Augmenter("cpu"))
+    for step in range(3):
+        method.loss(views).loss.backward()
+        method.on_before_step(step)
+        assert (method.prototypes.layer.weight.grad is None) == (step < 2)
+        method.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="freeze_prototypes_epochs"):
+        swav(freeze_prototypes_epochs=-1)
+
+
+def _swav_at(global_batch: int, world: int = 1, steps_per_epoch: int = 100, **p: Any) -> SwAV:
+    ctx = MethodContext(
+        device=torch.device("cpu"), image_size=SIZE, total_steps=100,
+        steps_per_epoch=steps_per_epoch, global_batch=global_batch, world_size=world,
+    )  # fmt: skip
+    backbone, dim = build_backbone(BackboneSpec("tiny"))
+    base: dict[str, Any] = dict(n_prototypes=16, proj_hidden=32, proj_dim=16, n_small_crops=0)
+    return SwAV(backbone, dim, SwAVParams(**(base | p)), ctx)
+
+
+def test_swav_queue_is_on_by_default_at_small_global_batches() -> None:
+    """queue_length=None: the paper's 3840 at global batches <= 256 (capped to one epoch,
+    a multiple of the process count), none above; an explicit value always wins."""
+    assert SwAVParams().queue_length is None
+    assert _swav_at(64).queue.shape == (2, 3840, 16)
+    assert _swav_at(256).queue.shape == (2, 3840, 16)  # SwAV's own batch-256 recipe
+    assert _swav_at(257).queue_length == 0 and _swav_at(4096).queue.shape == (2, 0, 16)
+    assert _swav_at(64, steps_per_epoch=10).queue_length == 640  # one epoch of samples
+    assert _swav_at(70, world=7, steps_per_epoch=10).queue_length == 700
+    assert _swav_at(252, world=9).queue_length == 3840 - 3840 % 9
+    assert _swav_at(64, queue_length=0).queue_length == 0  # explicit off wins
+    assert _swav_at(4096, queue_length=8192).queue_length == 8192  # explicit on wins
+
+
 def test_swav_prototypes_unit_norm_after_step() -> None:
     method = swav()
     w = method.prototypes.layer.weight

@@ -17,7 +17,7 @@ from training.cli import main as train_main
 from training.engine import Trainer
 from training.metrics import read_metrics
 
-METHODS = ["simclr", "moco", "byol", "swav", "clip"]
+METHODS = ["simclr", "moco", "byol", "swav", "clip", "barlow", "vicreg", "simsiam", "dino"]
 # Small and fast: the GroupNorm toy backbone, 16x16 crops, small heads.
 SMALL: dict[str, list[str]] = {
     "simclr": ["proj_hidden=128"],
@@ -28,6 +28,10 @@ SMALL: dict[str, list[str]] = {
              "freeze_prototypes_steps=22", "queue_length=512"],
     "clip": ["text_tower=transformer", "text_width=32", "text_layers=1", "text_heads=2",
              "context_length=16"],
+    "barlow": ["proj_hidden=128", "proj_dim=128"],
+    "vicreg": ["proj_hidden=128", "proj_dim=128"],
+    "simsiam": ["proj_hidden=128", "proj_dim=128", "pred_hidden=32"],
+    "dino": ["proj_hidden=128", "out_dim=256", "n_small_crops=2"],
 }  # fmt: skip
 
 
@@ -259,6 +263,113 @@ def test_a_checkpoint_from_before_larc_resumes_with_the_lars_it_trained_with(
     fresh = build_training_parser().parse_args(["train", "--out", str(tmp_path / "new")])
     new_cfg, _, _ = resolve(fresh)
     assert (new_cfg.lars_eta, new_cfg.lars_clip) == (0.001, True)  # the new defaults
+
+
+def test_a_checkpoint_from_before_the_jitter_size_rule_keeps_its_jitter(
+    tmp_path: Path,
+) -> None:
+    """Before `jitter_strength` existed every size had SimCLR's s = 0.5: such a checkpoint
+    resumes with it (and the Trainer's augmenter applies it); a new run sizes it."""
+    from training.checkpoint import save_checkpoint
+    from training.cli import build_training_parser
+    from training.train_cli import resolve
+
+    out = tmp_path / "run"
+    assert train_main(argv("simclr", out, "knn_every=0", steps=1)) == 0
+    state = load_checkpoint(out)
+    assert state["config"]["jitter_strength"] is None
+    del state["config"]["jitter_strength"]
+    save_checkpoint(out / "last.pt", state)
+    args = build_training_parser().parse_args(["train", "--out", str(out), "--resume",
+                                               "--steps", "2"])  # fmt: skip
+    cfg, params, checkpoint = resolve(args)
+    assert cfg.jitter_strength == 0.5
+    assert Trainer(cfg, params, resume=checkpoint).augment.jitter_strength == 0.5
+    with pytest.raises(ValueError, match="jitter_strength"):
+        resolve(build_training_parser().parse_args(
+            ["train", "--out", str(tmp_path / "bad"), "--set", "jitter_strength=3"]))  # fmt: skip
+
+
+def _as_before(out: Path, drop_params: tuple[str, ...], params: dict[str, Any]) -> None:
+    """Rewrite the run's checkpoint as a version before `drop_params` existed wrote it."""
+    from training.checkpoint import save_checkpoint
+
+    state = load_checkpoint(out)
+    saved = state["config"]["method_params"]
+    for key in drop_params:
+        del saved[key]
+    saved.update(params)
+    save_checkpoint(out / "last.pt", state)
+
+
+def test_a_moco_checkpoint_from_before_v2_defaults_resumes_with_its_tuned_recipe(
+    tmp_path: Path,
+) -> None:
+    """`moco` was the tuned variant (LARS 0.4 / 1e-5, scale 0.08) until crop_min_scale
+    existed: such a checkpoint resumes with it; a new run gets MoCo v2's SGD recipe."""
+    from training.cli import build_training_parser
+    from training.train_cli import resolve
+
+    out = tmp_path / "run"
+    assert train_main(argv("moco", out, "knn_every=0", steps=1)) == 0
+    old = {"base_momentum": 0.99, "final_momentum": 0.99, "head_norm": "batch"}
+    _as_before(out, ("crop_min_scale",), old)
+    args = build_training_parser().parse_args(["train", "--out", str(out), "--resume"])
+    cfg, params, checkpoint = resolve(args)
+    assert checkpoint is not None
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("lars", 0.4, 1e-5)
+    assert (params.crop_min_scale, params.base_momentum, params.head_norm) == (0.08, 0.99, "batch")
+    # the filled-in values are the checkpoint's: restating them is no change
+    same = ["train", "--out", str(out), "--resume", "--set", "optimizer=lars"]
+    assert resolve(build_training_parser().parse_args(same))[0].optimizer == "lars"
+    fresh = build_training_parser().parse_args(["train", "--method", "moco", "--out",
+                                                str(tmp_path / "new")])  # fmt: skip
+    new_cfg, new_params, _ = resolve(fresh)
+    assert (new_cfg.optimizer, new_cfg.lr, new_params.crop_min_scale) == (None, None, 0.2)
+    # a checkpoint that has crop_min_scale keeps its unset optimizer (the v2 default)
+    again = tmp_path / "v2"
+    assert train_main(argv("moco", again, "knn_every=0", steps=1)) == 0
+    args = build_training_parser().parse_args(["train", "--out", str(again), "--resume"])
+    assert resolve(args)[0].optimizer is None
+
+
+def test_a_swav_checkpoint_from_before_epoch_freeze_resumes_unchanged(tmp_path: Path) -> None:
+    """Old SwAV checkpoints saved freeze_prototypes_steps=313 and queue_length=0, and no
+    freeze_prototypes_epochs: the explicit values still win on resume."""
+    from training.cli import build_training_parser
+    from training.train_cli import resolve
+
+    out = tmp_path / "run"
+    assert train_main(argv("swav", out, "knn_every=0", "queue_length=0", steps=1)) == 0
+    _as_before(out, ("freeze_prototypes_epochs",),
+               {"freeze_prototypes_steps": 313, "queue_length": 0})  # fmt: skip
+    args = build_training_parser().parse_args(["train", "--out", str(out), "--resume",
+                                               "--steps", "2"])  # fmt: skip
+    cfg, params, checkpoint = resolve(args)
+    trainer = Trainer(cfg, params, resume=checkpoint)
+    assert trainer.method.freeze_steps == 313 and trainer.method.queue_length == 0
+
+
+@pytest.mark.parametrize("method", ["moco", "moco-tuned", "swav"])
+def test_list_settings_names_a_source_for_every_default(
+    method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from training.config import TrainConfig
+    from training.methods import get_method
+
+    assert train_main(["train", "--method", method, "--list-settings"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fields = [f.name for f in dataclasses.fields(get_method(method).Params)]
+    fields += [f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_params"]
+    for name in fields:
+        line = next(x for x in lines if x.strip().startswith(f"{name} = "))
+        source = line.partition("  # ")[2]
+        assert source.strip() and source != "source not recorded", line
+    if method == "moco":
+        assert any("base_momentum = 0.999" in x and "MoCo v1/v2" in x for x in lines)
+        assert any(x.strip().startswith("lr = 0.03") and "MoCo v2" in x for x in lines)
 
 
 def test_clip_with_siglip_loss_trains(tmp_path: Path) -> None:

@@ -40,6 +40,23 @@ class Views:
     texts: dict[str, torch.Tensor] | None = None
 
 
+def split_views(views: Views, parts: int) -> list[Views]:
+    """Views of B samples -> `parts` Views of B / parts samples each (gradient
+    accumulation's micro-batches), in order; the same object when parts is 1."""
+    if parts == 1:
+        return [views]
+    crops = [c.chunk(parts) for c in views.crops]
+    texts = {k: v.chunk(parts) for k, v in views.texts.items()} if views.texts is not None else None
+    return [
+        Views(
+            crops=[c[i] for c in crops],
+            n_global=views.n_global,
+            texts={k: v[i] for k, v in texts.items()} if texts is not None else None,
+        )
+        for i in range(parts)
+    ]
+
+
 @dataclass
 class StepOutput:
     """loss: scalar tensor to back-propagate (this process's share of the global mean).

@@ -10,22 +10,29 @@ Defaults follow the paper's ImageNet recipe, which public CIFAR-size setups keep
 crops, LARS with weight decay 1e-6. K = 3000 is not tied to the number of classes (the
 paper finds little sensitivity as long as K is well above it); on small data or to save
 memory ~10x the number of classes (e.g. 100-300) also works.
-The prototypes are frozen for the first 313 steps (the paper's first ImageNet epoch,
-about 2-3 epochs of a CIFAR-size set at batch 512), which keeps them from collapsing
-while the embeddings are still random.
+The prototypes are frozen for the first epoch (`freeze_prototypes_epochs`; the paper's
+`freeze_prototypes_niters` is one epoch in both its recipes: 313 steps at batch 4096,
+5005 at batch 256), which keeps them from collapsing while the embeddings are still
+random. Counting in epochs keeps that meaning at any data-set size and batch;
+`freeze_prototypes_steps` still sets an exact step count (and wins when given).
 
-Optional queue (batches of 256 or less): the global crops' embeddings of the last
-`queue_length` samples, scored with the *current* prototypes and stacked above the batch
-for Sinkhorn, so the equipartition is over more samples than one batch; only the batch
-rows' codes are kept. Under DDP each rank holds the same global queue (filled with
-gathered embeddings) and feeds its own slice to Sinkhorn, whose sums are all-reduced:
-the transport is over exactly the rows a single process would use.
+Queue (on by default when the global batch is 256 or less): the global crops' embeddings
+of the last `queue_length` samples, scored with the *current* prototypes and stacked
+above the batch for Sinkhorn, so the equipartition is over more samples than one batch;
+only the batch rows' codes are kept. Without it a small batch has too few samples to
+split evenly over 3000 prototypes and SwAV collapses; the paper's batch-256 recipe uses a
+queue of 3840 (15 batches). The automatic length is 3840, capped to one epoch of samples
+(older embeddings come from a much earlier network, and would hold images twice).
+Under DDP each rank holds the same global queue (filled with gathered embeddings) and
+feeds its own slice to Sinkhorn, whose sums are all-reduced: the transport is over
+exactly the rows a single process would use.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +49,18 @@ if TYPE_CHECKING:
     from training.augment import Augmenter
     from training.data import Batch
 
+log = logging.getLogger(__name__)
+
+# The queue switches itself on at global batches up to this (SwAV's batch-256 recipe
+# uses one; its batch-4096 recipe does not), with the paper's batch-256 length.
+AUTO_QUEUE_MAX_BATCH = 256
+AUTO_QUEUE_LENGTH = 3840
+
 
 @dataclass
 class SwAVParams:
+    """SwAV's hyper-parameters (`--set key=value`); SOURCES says where each default is from."""
+
     n_prototypes: int = 3000
     proj_hidden: int = 2048
     proj_dim: int = 128
@@ -53,10 +69,29 @@ class SwAVParams:
     sinkhorn_iterations: int = 3
     n_small_crops: int = 4  # 0: plain two-crop SwAV
     small_size: int = 0  # side of the small crops; 0: round(image_size * 96 / 224), >= 8
-    freeze_prototypes_steps: int = 313
-    queue_length: int = 0  # 0 disables the queue
+    freeze_prototypes_epochs: float = 1.0  # rounded to whole steps
+    freeze_prototypes_steps: int | None = None  # None: from freeze_prototypes_epochs
+    # None: AUTO_QUEUE_LENGTH (capped to one epoch) when the global batch is
+    # <= AUTO_QUEUE_MAX_BATCH, else no queue; 0 disables the queue
+    queue_length: int | None = None
     queue_start_step: int = 0  # start filling the queue at this step (used once full)
     head_norm: str = "batch"
+
+    SOURCES: ClassVar[dict[str, str]] = {
+        "n_prototypes": "paper: Caron et al. 2020 (SwAV), ImageNet recipe",
+        "proj_hidden": "paper: SwAV (2048-128 MLP)",
+        "proj_dim": "paper: SwAV (2048-128 MLP)",
+        "temperature": "paper: SwAV (T = 0.1)",
+        "epsilon": "paper: SwAV (eps = 0.05)",
+        "sinkhorn_iterations": "paper: SwAV (3 iterations)",
+        "n_small_crops": "paper: SwAV multi-crop (2x224 + 6x96; 4 small crops here for speed)",
+        "small_size": "paper: SwAV (96 px small crops at 224, scaled with image_size)",
+        "freeze_prototypes_epochs": "paper: SwAV repo (freeze_prototypes_niters = 1 epoch)",
+        "freeze_prototypes_steps": "override of freeze_prototypes_epochs (None: unset)",
+        "queue_length": "paper: SwAV batch-256 recipe (queue 3840), on at global batch <= 256",
+        "queue_start_step": "engineering: use the queue as soon as it is full",
+        "head_norm": "paper: SwAV (BatchNorm in the projection MLP)",
+    }
 
 
 def _check(p: SwAVParams) -> None:
@@ -67,12 +102,42 @@ def _check(p: SwAVParams) -> None:
         (p.epsilon > 0, "epsilon must be > 0"),
         (p.sinkhorn_iterations >= 1, "sinkhorn_iterations must be >= 1"),
         (min(p.n_small_crops, p.small_size) >= 0, "n_small_crops and small_size must be >= 0"),
-        (p.freeze_prototypes_steps >= 0, "freeze_prototypes_steps must be >= 0"),
-        (min(p.queue_length, p.queue_start_step) >= 0, "queue settings must be >= 0"),
+        (p.freeze_prototypes_epochs >= 0, "freeze_prototypes_epochs must be >= 0"),
+        ((p.freeze_prototypes_steps or 0) >= 0, "freeze_prototypes_steps must be >= 0"),
+        (min(p.queue_length or 0, p.queue_start_step) >= 0, "queue settings must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(f"swav: {message}")
+
+
+def resolve_queue_length(requested: int | None, ctx: MethodContext) -> int:
+    """The queue length in samples: `requested` when given, else automatic.
+
+    Automatic: AUTO_QUEUE_LENGTH at global batches <= AUTO_QUEUE_MAX_BATCH, capped to
+    one epoch of samples and rounded down to a multiple of the process count; 0 (no
+    queue) at larger batches, which have enough samples for Sinkhorn on their own.
+    """
+    if requested is not None:
+        return requested
+    if ctx.global_batch > AUTO_QUEUE_MAX_BATCH:
+        return 0
+    epoch = max(1, ctx.steps_per_epoch) * ctx.global_batch
+    length = min(AUTO_QUEUE_LENGTH, epoch)
+    length -= length % ctx.world_size
+    log.info(
+        "swav: global batch %d <= %d, so a queue of %d samples (queue_length=0 disables it)",
+        ctx.global_batch, AUTO_QUEUE_MAX_BATCH, length,
+    )  # fmt: skip
+    return length
+
+
+def freeze_steps(p: SwAVParams, steps_per_epoch: int) -> int:
+    """Steps with frozen prototypes: `freeze_prototypes_steps` when given, else
+    `freeze_prototypes_epochs` epochs rounded to whole steps."""
+    if p.freeze_prototypes_steps is not None:
+        return p.freeze_prototypes_steps
+    return round(p.freeze_prototypes_epochs * steps_per_epoch)
 
 
 def same_size_runs(crops: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -96,6 +161,11 @@ class SwAV(Method):
     default_lr = 0.6
     default_weight_decay = 1e-6
     default_optimizer = "lars"
+    DEFAULT_SOURCES: ClassVar[dict[str, str]] = {
+        "lr": "small-batch recipes: SwAV's batch-256 run, solo-learn CIFAR (0.6 per 256)",
+        "weight_decay": "paper: SwAV (1e-6)",
+        "optimizer": "paper: SwAV (LARS)",
+    }
 
     queue: torch.Tensor
 
@@ -103,19 +173,22 @@ class SwAV(Method):
         self, backbone: nn.Module, feat_dim: int, params: SwAVParams, ctx: MethodContext
     ) -> None:
         _check(params)
-        if params.queue_length % ctx.world_size:
+        length = resolve_queue_length(params.queue_length, ctx)
+        if length % ctx.world_size:
             # every rank feeds an equal slice of the queue to Sinkhorn
             raise ValueError(
-                f"swav: queue_length ({params.queue_length}) must be a multiple of the "
+                f"swav: queue_length ({length}) must be a multiple of the "
                 f"number of processes ({ctx.world_size})"
             )
         super().__init__(backbone, feat_dim, params, ctx)
         p = params
+        self.queue_length = length
+        self.freeze_steps = freeze_steps(p, ctx.steps_per_epoch)
         self.projector = ProjectionHead(feat_dim, p.proj_hidden, p.proj_dim, norm=p.head_norm)
         self.prototypes = Prototypes(p.proj_dim, p.n_prototypes)
         self.view_specs = multicrop_views(ctx.image_size, p.n_small_crops, p.small_size or None)
         # [global crop, row, dim]; newest rows first. A buffer: checkpoints hold it.
-        self.register_buffer("queue", torch.zeros(2, p.queue_length, p.proj_dim))
+        self.register_buffer("queue", torch.zeros(2, length, p.proj_dim))
         # host-side counters (saved through get/set_extra_state) so that no step has to
         # read a device tensor to decide whether to use the queue
         self.queue_filled = 0
@@ -141,7 +214,7 @@ class SwAV(Method):
         scores = list(self.prototypes(torch.cat(z)).split(z[0].shape[0]))  # [B, K] per crop
         n_global = views.n_global
         codes = self.codes(z[:n_global])
-        if self.params.queue_length and self.steps_done >= self.params.queue_start_step:
+        if self.queue_length and self.steps_done >= self.params.queue_start_step:
             # queued in on_after_step, i.e. only once the step was taken (a skipped,
             # non-finite step must not poison the queue)
             self._pending = [gather_no_grad(zi.detach().float()) for zi in z[:2]]
@@ -159,7 +232,7 @@ class SwAV(Method):
         The scores are recomputed in float32 outside autocast: Sinkhorn exponentiates
         scores / 0.05, where bf16 rounding would be amplified 20-fold.
         """
-        use_queue = self.params.queue_length > 0 and self.queue_filled >= self.queue.shape[1]
+        use_queue = self.queue_length > 0 and self.queue_filled >= self.queue_length
         weight = self.prototypes.layer.weight.float()
         out = []
         with torch.autocast(z_global[0].device.type, enabled=False):
@@ -181,9 +254,9 @@ class SwAV(Method):
         self.queue_filled = min(length, self.queue_filled + news[0].shape[0])
 
     def on_before_step(self, step: int) -> None:
-        """Freeze the prototypes for the first steps: drop their gradient, so that no
-        optimiser (momentum, weight decay, Adam) moves them."""
-        if step < self.params.freeze_prototypes_steps:
+        """Freeze the prototypes for the first `freeze_steps` steps: drop their gradient,
+        so that no optimiser (momentum, weight decay, Adam) moves them."""
+        if step < self.freeze_steps:
             for p in self.prototypes.parameters():
                 p.grad = None
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,30 @@ class TinyConvNet(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )  # fmt: skip
         self.feat_dim = 4 * w
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's and open_clip's switch, for this net too (tests use it on the CPU)."""
+        self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            # one segment per conv block: only the block inputs are kept for backward
+            return checkpoint_sequential(self.body, 3, x, use_reentrant=False)
         return self.body(x)
+
+
+def enable_grad_checkpointing(net: nn.Module) -> None:
+    """Recompute the backbone's activations during backward instead of keeping them
+    (memory for about a third more compute), through the model's own switch: timm and
+    open_clip models have one, and so does TinyConvNet; ValueError for the others."""
+    switch = getattr(net, "set_grad_checkpointing", None)
+    if not callable(switch):
+        raise ValueError(
+            f"gradient checkpointing is not available for {type(net).__name__} backbones; "
+            "use a timm, open_clip or tiny backbone"
+        )
+    switch(True)
 
 
 def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:

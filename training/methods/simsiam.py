@@ -1,0 +1,104 @@
+"""SimSiam (Chen & He 2021): predict one view's projection from the other's, with a
+stop-gradient and no momentum encoder.
+
+    view -> backbone -> projector -> z -> predictor -> p
+    loss = simsiam_loss(p1, sg(z2)) / 2 + simsiam_loss(p2, sg(z1)) / 2     (in [-1, 1])
+
+BYOL without the EMA target: the paper shows the stop-gradient alone (with the
+predictor) prevents collapse. Per sample, so DDP needs nothing across ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.augment import byol_views
+from training.heads import ProjectionHead
+from training.losses import simsiam_loss
+from training.methods import register
+from training.methods.base import Method, MethodContext, StepOutput, Views
+
+if TYPE_CHECKING:
+    from training.augment import Augmenter
+    from training.data import Batch
+
+
+@dataclass
+class SimSiamParams:
+    """SimSiam's hyper-parameters (`--set key=value`)."""
+
+    # The paper's sizes: a 3-layer 2048-wide projector whose output also has a BatchNorm
+    # (without affine here), and a bottleneck predictor 2048 -> 512 -> 2048 (its ablation:
+    # the bottleneck helps). They are small next to the backbone, so we keep them.
+    proj_hidden: int = 2048
+    proj_dim: int = 2048
+    proj_layers: int = 3
+    pred_hidden: int = 512
+    head_norm: str = "batch"
+
+
+@register
+class SimSiam(Method):
+    """SimSiam with an MLP projector (last layer normalised) and a bottleneck predictor.
+
+    Optimiser defaults: SGD (momentum 0.9), lr 0.05 per 256 images, weight decay 1e-4:
+    the paper's ImageNet values (lr 0.05 x batch / 256, wd 1e-4, batch 512). Its CIFAR
+    recipe is lr 0.03 per 256 with weight decay 5e-4. The paper stresses that SimSiam
+    does not need LARS or large batches; it also keeps the predictor's lr constant,
+    which we do not (one schedule for all parameters).
+    """
+
+    name = "simsiam"
+    Params = SimSiamParams
+    default_lr = 0.05
+    default_weight_decay = 1e-4
+    default_optimizer = "sgd"
+
+    params: SimSiamParams
+
+    def __init__(
+        self, backbone: nn.Module, feat_dim: int, params: SimSiamParams, ctx: MethodContext
+    ) -> None:
+        super().__init__(backbone, feat_dim, params, ctx)
+        norm = params.head_norm
+        dims = (params.proj_hidden, params.proj_dim, params.proj_layers)
+        self.projector = ProjectionHead(feat_dim, *dims, norm, last_norm=True)
+        if norm == "batch":
+            # The output BatchNorm removes any shift, so the last Linear's bias would get a
+            # zero gradient; the paper's code freezes it, we leave it out.
+            last = self.projector[-2]
+            assert isinstance(last, nn.Linear)
+            last.register_parameter("bias", None)
+        self.predictor = ProjectionHead(
+            params.proj_dim, params.pred_hidden, params.proj_dim, 2, norm
+        )
+
+    def make_views(self, batch: Batch, augment: Augmenter) -> Views:
+        """uint8 [B, C, H, W] -> two views. The paper uses BYOL's augmentations (without
+        solarize); we reuse BYOL's asymmetric pair, which only adds solarize on view 2."""
+        spec1, spec2 = byol_views(self.ctx.image_size)
+        return Views(crops=[augment(batch.images, spec1), augment(batch.images, spec2)])
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, h, w] -> projections z [B, proj_dim], with gradient."""
+        out: torch.Tensor = self.projector(self.backbone(x))
+        return out
+
+    def loss(self, views: Views) -> StepOutput:
+        """Symmetric negative cosine, in [-1, 1]; logs z_std, the per-dimension std of the
+        unit projections (about 1/sqrt(proj_dim) when healthy, 0 when collapsed)."""
+        z1, z2 = self.project(views.crops[0]), self.project(views.crops[1])
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        # float32 at least: near convergence the cosines are close to 1, where bf16 keeps
+        # ~3 digits (float64, as in the tests, stays float64).
+        work = torch.promote_types(p1.dtype, torch.float32)
+        p1, p2, z1, z2 = p1.to(work), p2.to(work), z1.to(work), z2.to(work)
+        # simsiam_loss detaches its second argument: the stop-gradient on the targets.
+        loss = 0.5 * (simsiam_loss(p1, z2) + simsiam_loss(p2, z1))
+        z_std = F.normalize(z1.detach(), dim=1).std(dim=0).mean()
+        return StepOutput(loss=loss, logs={"z_std": z_std})

@@ -1,0 +1,106 @@
+"""VICReg (Bardes et al. 2022): variance-invariance-covariance regularisation.
+
+    x -> view 1, view 2 -> backbone -> expander -> z1, z2 -> vicreg_terms(z1, z2)
+    loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+
+Invariance pulls the two views' embeddings together (MSE); the variance hinge keeps each
+dimension's standard deviation above `gamma` (no collapse); the covariance term
+decorrelates the dimensions. No negatives, no momentum encoder, no stop-gradient, no
+normalisation of the embeddings. Variance and covariance span the global batch under DDP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from training.augment import byol_views
+from training.heads import ProjectionHead
+from training.losses import vicreg_terms
+from training.methods import register
+from training.methods.base import Method, MethodContext, StepOutput, Views
+
+if TYPE_CHECKING:
+    from training.augment import Augmenter
+    from training.data import Batch
+
+
+@dataclass
+class VICRegParams:
+    """VICReg's hyper-parameters (`--set key=value`)."""
+
+    # The paper's expander is 3 layers of 8192; 3 x 2048 (solo-learn's CIFAR size) for the
+    # same reason as Barlow Twins: at 8192 the head outweighs a small backbone ten times
+    # over, and the [D, D] covariance costs D^2 per sample.
+    proj_hidden: int = 2048
+    proj_dim: int = 2048
+    proj_layers: int = 3
+    # The paper's weights (lambda, mu, nu) = (25, 25, 1), gamma 1 and eps 1e-4.
+    sim_coeff: float = 25.0
+    std_coeff: float = 25.0
+    cov_coeff: float = 1.0
+    gamma: float = 1.0
+    eps: float = 1e-4
+    head_norm: str = "batch"
+
+
+@register
+class VICReg(Method):
+    """VICReg with a `proj_layers`-layer MLP expander (Linear, norm, ReLU blocks).
+
+    Optimiser defaults: LARS (training.optim: LARC-clipped, eta 0.001, biases and norms
+    exempt), lr 0.3 per 256 images, weight decay 1e-5. The paper uses LARS with a base lr
+    of 0.2 per 256, weight decay 1e-6, batch 2048 and 1000 ImageNet epochs; solo-learn's
+    CIFAR recipe is lr 0.3 with weight decay 1e-4.
+    """
+
+    name = "vicreg"
+    Params = VICRegParams
+    default_lr = 0.3
+    default_weight_decay = 1e-5
+    default_optimizer = "lars"
+
+    params: VICRegParams
+
+    def __init__(
+        self, backbone: nn.Module, feat_dim: int, params: VICRegParams, ctx: MethodContext
+    ) -> None:
+        super().__init__(backbone, feat_dim, params, ctx)
+        for key in ("sim_coeff", "std_coeff", "cov_coeff"):
+            if getattr(params, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(params, key)}")
+        self.projector = ProjectionHead(
+            feat_dim, params.proj_hidden, params.proj_dim, params.proj_layers, params.head_norm
+        )
+        # The loss is invariant to one shift of every embedding (MSE of differences, centred
+        # statistics), so a last-layer bias would get a zero gradient: none, as in the
+        # paper's code.
+        last = self.projector[-1]
+        assert isinstance(last, nn.Linear)
+        last.register_parameter("bias", None)
+
+    def make_views(self, batch: Batch, augment: Augmenter) -> Views:
+        """uint8 [B, C, H, W] -> two asymmetric views (BYOL's recipe, as the paper uses)."""
+        spec1, spec2 = byol_views(self.ctx.image_size)
+        return Views(crops=[augment(batch.images, spec1), augment(batch.images, spec2)])
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, h, w] -> embeddings [B, proj_dim] (not normalised)."""
+        out: torch.Tensor = self.projector(self.backbone(x))
+        return out
+
+    def loss(self, views: Views) -> StepOutput:
+        """The weighted VICReg loss; logs the three unweighted terms.
+
+        Each view is its own forward pass (BatchNorm statistics per view), as in the
+        reference implementation.
+        """
+        p = self.params
+        z1, z2 = self.project(views.crops[0]), self.project(views.crops[1])
+        invariance, variance, covariance = vicreg_terms(z1, z2, p.gamma, p.eps)
+        loss = p.sim_coeff * invariance + p.std_coeff * variance + p.cov_coeff * covariance
+        logs = {"invariance": invariance, "variance": variance, "covariance": covariance}
+        return StepOutput(loss=loss, logs={k: v.detach() for k, v in logs.items()})
