@@ -15,23 +15,48 @@
 #   tests   pytest -m gpu                                              -> gpu-tests.xml
 #   serve   contrastive bench serve, open_clip ViT-B-32 with random weights (nothing to
 #           download; the built-in model's MiniLM weights are too large to carry)
-#                                                                      -> serve-*.json
+#           640x480 JPEG uploads decoded on the GPU (device_decode auto), with the
+#           decode-only row (PIL threads vs nvJPEG)                   -> serve-*.json
+#   serve-cpu-decode  the image rows again at concurrency 32 with PIL decoding
+#                                                                      -> cpu-decode/
 #   search  contrastive bench search on the GPU                        -> search-*.json
 # plus gpu_check.log: everything printed, and each step's exit code and seconds.
 # Expected: about 7-8 minutes (9 at most), plus the machine's start and the transfers.
 #
+# One more step, only when STEPS names it (it cannot fit beside the others):
+#   quality contrastive bench quality: every registered method (ten with moco-tuned and the
+#           new barlow, vicreg, simsiam, dino) trained on Fashion-MNIST, ResNet-18, batch
+#           256, QUALITY_EPOCHS epochs, online kNN per epoch and a final linear probe; then
+#           BYOL and SimCLR at batch 1024 with the old (eta 0.02, unclipped) and the clipped
+#           LARS side by side                                         -> quality.json
+#   The full run (ten methods x 20 epochs + four LARS runs) needs far more than one
+#   15-minute device session: tens of minutes on an H100. quality.json is rewritten after
+#   every method, so a time-boxed run keeps what finished. In one session run a subset:
+#     STEPS=quality BUDGET=540 QUALITY_METHODS=simclr,byol,barlow QUALITY_EPOCHS=10 \
+#       QUALITY_LARS= bash scripts/gpu_check.sh
+#   and the LARS comparison alone: STEPS=quality QUALITY_METHODS=simclr QUALITY_EPOCHS=5 ...
+#
 # Knobs (environment): STEPS (default "train,tests,serve,search"), BUDGET (seconds for the
 # whole script, 540: give the run a 600 s limit), KNN_EPOCHS (20), KNN_LIMIT (wall seconds
-# for the kNN run, 120), SEARCH_N (vectors, 200000), SERVE_SECONDS (per load level, 3).
+# for the kNN run, 120), SEARCH_N (vectors, 200000), SERVE_SECONDS (per load level, 3);
+# for quality: QUALITY_LIMIT (cap on the step's seconds, 3600; BUDGET still bounds it),
+# QUALITY_EPOCHS (20), QUALITY_METHODS (comma list; empty: every registered method),
+# QUALITY_LARS (methods of the LARS comparison, "byol,simclr"; empty skips it) and
+# QUALITY_RUN_LIMIT (wall seconds per method: it stops at the first epoch end past them).
 set -uo pipefail
 
 OUT=${OUT:-$PWD/gpu-check-out}
-STEPS=${STEPS:-train,tests,serve,search}
+STEPS=${STEPS:-train,tests,serve,serve-cpu-decode,search}
 BUDGET=${BUDGET:-540}
 KNN_EPOCHS=${KNN_EPOCHS:-20}
 KNN_LIMIT=${KNN_LIMIT:-120}
 SEARCH_N=${SEARCH_N:-200000}
 SERVE_SECONDS=${SERVE_SECONDS:-3}
+QUALITY_LIMIT=${QUALITY_LIMIT:-3600}
+QUALITY_EPOCHS=${QUALITY_EPOCHS:-20}
+QUALITY_METHODS=${QUALITY_METHODS:-}
+QUALITY_LARS=${QUALITY_LARS-byol,simclr}
+QUALITY_RUN_LIMIT=${QUALITY_RUN_LIMIT:-}
 DEADLINE=$((SECONDS + BUDGET))
 SUMMARY=()
 
@@ -90,8 +115,19 @@ main() {
         --junitxml="$OUT/gpu-tests.xml" tests
     run serve 110 python3 -m service bench serve --model open_clip:ViT-B-32 --device cuda \
         --batch 256 --seconds "$SERVE_SECONDS" --out "$OUT"
+    # the same image load with the JPEGs decoded by PIL on the CPU: the device decoder's
+    # gain, HTTP 640x480 uploads against the raw tower, in one run (target >= 5k img/s)
+    run serve-cpu-decode 60 python3 -m service bench serve --model open_clip:ViT-B-32 \
+        --device cuda --batch 256 --seconds "$SERVE_SECONDS" --modalities image \
+        --concurrency 32 --device-decode off --out "$OUT/cpu-decode"
     run search 110 python3 -m service bench search --device cuda --model open_clip:ViT-B-32 \
         --n "$SEARCH_N" --seconds 2 --add-n 20000 --no-reopen --out "$OUT"
+    local quality=(python3 -m service bench quality --device cuda
+        --data fashion-mnist:.data/fashion-mnist --backbone resnet18
+        --epochs "$QUALITY_EPOCHS" --batch-size 256 --lars-methods "$QUALITY_LARS")
+    [[ -n $QUALITY_METHODS ]] && quality+=(--methods "$QUALITY_METHODS")
+    [[ -n $QUALITY_RUN_LIMIT ]] && quality+=(--time-limit "$QUALITY_RUN_LIMIT")
+    run quality "$QUALITY_LIMIT" "${quality[@]}" --json "$OUT/quality.json"
 
     echo "== summary ($SECONDS s in all)"
     printf '  %s\n' "${SUMMARY[@]}"

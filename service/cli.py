@@ -24,6 +24,9 @@ BENCH = {
     "onnx": table.Command(
         "torch vs onnxruntime on the CPU: latency, parity", "training.bench.onnx"
     ),
+    "quality": table.Command(
+        "every method: kNN per epoch, linear probe, LARS", "training.bench.quality"
+    ),
 }
 
 COMMANDS: dict[str, table.Command] = {

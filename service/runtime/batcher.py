@@ -86,7 +86,9 @@ class Reservation:
         self.consume(self.left)
 
 
-@dataclass(eq=False)  # identity: the queue removes a job by `is`
+# identity: the queue removes a job by `is`; no repr: deque.remove of a job no longer
+# queued builds its ValueError message from repr(job), which would print the tensors
+@dataclass(eq=False, repr=False)
 class _Job(Generic[T]):
     items: Sequence[T]
     future: asyncio.Future[torch.Tensor]

@@ -1,4 +1,5 @@
-"""Time to a kNN accuracy: SimCLR through the real Trainer, with online kNN every epoch.
+"""Time to a kNN accuracy: a method (SimCLR unless told) through the real Trainer, with
+online kNN every epoch.
 
 The figure PERFORMANCE.md compares with the peer (84.7% after 20 epochs in 188 s on
 Fashion-MNIST): weighted kNN (k = 200, t = 0.1) of the backbone's features, bank = the
@@ -98,44 +99,66 @@ def knn_run(
     target: float,
     time_limit: float | None,
     say: Callable[[str], None],
+    method: str = "simclr",
+    *,
+    overrides: dict[str, Any] | None = None,
+    raw_pixels: bool = True,
+    before: Callable[[Trainer], dict[str, Any]] | None = None,
+    after: Callable[[Trainer], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Train SimCLR for `epochs` with kNN after each -> the curve and its references."""
+    """Train `method` for `epochs` with kNN after each -> the curve and its references.
+
+    `overrides`: more run settings for the trainer (e.g. the LARS variant). `raw_pixels`
+    False skips the raw-pixel reference (a caller running many methods measures it once;
+    raw_pixel_top1, bank and queries are then None). `before(trainer)` runs on the untrained
+    model, `after(trainer)` on the trained one before its scratch folder goes (e.g. a linear
+    probe of each); their dicts join the result.
+    """
+    settings: dict[str, Any] = {
+        "epochs": epochs,
+        "steps": None,
+        "knn_every": 1,
+        "knn_k": KNN_K,
+        "knn_t": KNN_T,
+        "knn_max_train": 1 << 31,
+        "save_every": epochs + 1,
+    }
+    settings.update(overrides or {})
     out = Path(tempfile.mkdtemp(prefix="bench-knn-"))
     try:
-        trainer = build_trainer(
-            s,
-            "simclr",
-            out / "run",
-            epochs=epochs,
-            steps=None,
-            knn_every=1,
-            knn_k=KNN_K,
-            knn_t=KNN_T,
-            knn_max_train=1 << 31,
-            save_every=epochs + 1,
-        )
-        say("kNN on raw pixels ...")
-        raw = raw_pixel_knn(s.data, s.image_size, trainer.device)
-        say(f"kNN on raw pixels: {raw['top1']:.4f}")
+        trainer = build_trainer(s, method, out / "run", **settings)
+        raw: dict[str, Any] = {"top1": None, "bank": None, "queries": None}
+        if raw_pixels:
+            say("kNN on raw pixels ...")
+            raw = raw_pixel_knn(s.data, s.image_size, trainer.device)
+            say(f"kNN on raw pixels: {raw['top1']:.4f}")
         t0 = time.perf_counter()
         untrained = _knn_now(trainer)
         eval_seconds = time.perf_counter() - t0
         shown = "n/a" if untrained is None else f"{untrained:.4f}"
         say(f"kNN of the untrained encoder: {shown} ({eval_seconds:.1f} s an evaluation)")
+        extra = before(trainer) if before is not None else {}
         records = _install_recorder(trainer, time_limit, say)
         result = trainer.fit()
+        extra |= after(trainer) if after is not None else {}
     finally:
         shutil.rmtree(out, ignore_errors=True)
     hit = time_to_target(records, target)
+    # The loop reports both its own stop request (the time limit) and SIGINT/SIGTERM as
+    # "signal"; a caller running several methods must tell them apart, to stop on a signal.
+    by_limit = bool(records) and time_limit is not None and records[-1]["wall_seconds"] > time_limit
+    stopped = (
+        result.stopped if result.stopped != "signal" else "time limit" if by_limit else "signal"
+    )
     return {
-        "method": "simclr",
+        "method": method,
         "k": KNN_K,
         "t": KNN_T,
         "bank": raw["bank"],
         "queries": raw["queries"],
         "epochs_requested": epochs,
         "epochs_done": result.epochs,
-        "stopped": "time limit" if result.stopped == "signal" else result.stopped,
+        "stopped": stopped,
         "time_limit_s": time_limit,
         "per_epoch": records,
         "final_top1": records[-1]["top1"] if records else None,
@@ -149,4 +172,5 @@ def knn_run(
         "raw_pixel_top1": raw["top1"],
         "untrained_top1": untrained,
         "loss": result.loss if result.loss is None or math.isfinite(result.loss) else None,
+        **extra,
     }
