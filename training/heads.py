@@ -12,6 +12,8 @@ class ProjectionHead(nn.Sequential):
     norm: "batch" (SimCLR/BYOL/SwAV default), "layer" (per-sample; what the
     distributed equivalence test needs), or "none" (MoCo v2's head). `last_norm` adds a BatchNorm
     without affine after the last layer (SimCLR v2 / SwAV style), when norm is "batch".
+    `last_bias` False: no bias on the last Linear (for losses that ignore a shift of the
+    output, whose gradient for it would be identically zero).
     """
 
     def __init__(
@@ -22,6 +24,7 @@ class ProjectionHead(nn.Sequential):
         layers: int = 2,
         norm: str = "batch",
         last_norm: bool = False,
+        last_bias: bool = True,
     ) -> None:
         blocks: list[nn.Module] = []
         dim = in_dim
@@ -29,7 +32,7 @@ class ProjectionHead(nn.Sequential):
             blocks += [nn.Linear(dim, hidden_dim, bias=norm == "none"), _norm(norm, hidden_dim)]
             blocks.append(nn.ReLU(inplace=True))
             dim = hidden_dim
-        blocks.append(nn.Linear(dim, out_dim))
+        blocks.append(nn.Linear(dim, out_dim, bias=last_bias))
         if last_norm and norm == "batch":
             blocks.append(nn.BatchNorm1d(out_dim, affine=False))
         super().__init__(*blocks)

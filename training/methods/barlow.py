@@ -17,15 +17,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from training.augment import byol_views
 from training.heads import ProjectionHead
 from training.losses import barlow_twins_loss
 from training.methods import register
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import MethodContext, StepOutput, Views
+from training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.data import Batch
+    pass
 
 
 @dataclass
@@ -46,7 +45,7 @@ class BarlowTwinsParams:
 
 
 @register
-class BarlowTwins(Method):
+class BarlowTwins(TwoViewMethod):
     """Barlow Twins with a `proj_layers`-layer MLP projector (Linear, norm, ReLU blocks).
 
     Optimiser defaults: LARS (training.optim: LARC-clipped, eta 0.001, biases and norms
@@ -71,24 +70,10 @@ class BarlowTwins(Method):
         super().__init__(backbone, feat_dim, params, ctx)
         if params.lambd <= 0:
             raise ValueError(f"lambd must be positive, got {params.lambd}")
-        self.projector = ProjectionHead(
-            feat_dim, params.proj_hidden, params.proj_dim, params.proj_layers, params.head_norm
-        )
         # The loss standardises every dimension over the batch, so a bias on the last layer
-        # would get an identically zero gradient: leave it out, as the paper's code does.
-        last = self.projector[-1]
-        assert isinstance(last, nn.Linear)
-        last.register_parameter("bias", None)
-
-    def make_views(self, batch: Batch, augment: Augmenter) -> Views:
-        """uint8 [B, C, H, W] -> two asymmetric views (BYOL's recipe, as the paper uses)."""
-        spec1, spec2 = byol_views(self.ctx.image_size)
-        return Views(crops=[augment(batch.images, spec1), augment(batch.images, spec2)])
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, h, w] -> embeddings [B, proj_dim] (not normalised)."""
-        out: torch.Tensor = self.projector(self.backbone(x))
-        return out
+        # would get an identically zero gradient: none, as in the paper's code.
+        dims = (params.proj_hidden, params.proj_dim, params.proj_layers, params.head_norm)
+        self.projector = ProjectionHead(feat_dim, *dims, last_bias=False)
 
     def loss(self, views: Views) -> StepOutput:
         """Barlow Twins loss over the global batch; logs on_diag_mean, the mean C_ii.

@@ -17,15 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.augment import byol_views
 from training.heads import ProjectionHead
 from training.losses import simsiam_loss
 from training.methods import register
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import MethodContext, StepOutput, Views
+from training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.data import Batch
+    pass
 
 
 @dataclass
@@ -43,7 +42,7 @@ class SimSiamParams:
 
 
 @register
-class SimSiam(Method):
+class SimSiam(TwoViewMethod):
     """SimSiam with an MLP projector (last layer normalised) and a bottleneck predictor.
 
     Optimiser defaults: SGD (momentum 0.9), lr 0.05 per 256 images, weight decay 1e-4:
@@ -67,27 +66,14 @@ class SimSiam(Method):
         super().__init__(backbone, feat_dim, params, ctx)
         norm = params.head_norm
         dims = (params.proj_hidden, params.proj_dim, params.proj_layers)
-        self.projector = ProjectionHead(feat_dim, *dims, norm, last_norm=True)
-        if norm == "batch":
-            # The output BatchNorm removes any shift, so the last Linear's bias would get a
-            # zero gradient; the paper's code freezes it, we leave it out.
-            last = self.projector[-2]
-            assert isinstance(last, nn.Linear)
-            last.register_parameter("bias", None)
+        # The output BatchNorm removes any shift, so the last Linear's bias would get a
+        # zero gradient; the paper's code freezes it, we leave it out.
+        self.projector = ProjectionHead(
+            feat_dim, *dims, norm, last_norm=True, last_bias=norm != "batch"
+        )
         self.predictor = ProjectionHead(
             params.proj_dim, params.pred_hidden, params.proj_dim, 2, norm
         )
-
-    def make_views(self, batch: Batch, augment: Augmenter) -> Views:
-        """uint8 [B, C, H, W] -> two views. The paper uses BYOL's augmentations (without
-        solarize); we reuse BYOL's asymmetric pair, which only adds solarize on view 2."""
-        spec1, spec2 = byol_views(self.ctx.image_size)
-        return Views(crops=[augment(batch.images, spec1), augment(batch.images, spec2)])
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, h, w] -> projections z [B, proj_dim], with gradient."""
-        out: torch.Tensor = self.projector(self.backbone(x))
-        return out
 
     def loss(self, views: Views) -> StepOutput:
         """Symmetric negative cosine, in [-1, 1]; logs z_std, the per-dimension std of the

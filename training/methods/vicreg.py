@@ -14,18 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
-from training.augment import byol_views
 from training.heads import ProjectionHead
 from training.losses import vicreg_terms
 from training.methods import register
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import MethodContext, StepOutput, Views
+from training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.data import Batch
+    pass
 
 
 @dataclass
@@ -48,7 +46,7 @@ class VICRegParams:
 
 
 @register
-class VICReg(Method):
+class VICReg(TwoViewMethod):
     """VICReg with a `proj_layers`-layer MLP expander (Linear, norm, ReLU blocks).
 
     Optimiser defaults: LARS (training.optim: LARC-clipped, eta 0.001, biases and norms
@@ -72,25 +70,11 @@ class VICReg(Method):
         for key in ("sim_coeff", "std_coeff", "cov_coeff"):
             if getattr(params, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(params, key)}")
-        self.projector = ProjectionHead(
-            feat_dim, params.proj_hidden, params.proj_dim, params.proj_layers, params.head_norm
-        )
         # The loss is invariant to one shift of every embedding (MSE of differences, centred
         # statistics), so a last-layer bias would get a zero gradient: none, as in the
         # paper's code.
-        last = self.projector[-1]
-        assert isinstance(last, nn.Linear)
-        last.register_parameter("bias", None)
-
-    def make_views(self, batch: Batch, augment: Augmenter) -> Views:
-        """uint8 [B, C, H, W] -> two asymmetric views (BYOL's recipe, as the paper uses)."""
-        spec1, spec2 = byol_views(self.ctx.image_size)
-        return Views(crops=[augment(batch.images, spec1), augment(batch.images, spec2)])
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, h, w] -> embeddings [B, proj_dim] (not normalised)."""
-        out: torch.Tensor = self.projector(self.backbone(x))
-        return out
+        dims = (params.proj_hidden, params.proj_dim, params.proj_layers, params.head_norm)
+        self.projector = ProjectionHead(feat_dim, *dims, last_bias=False)
 
     def loss(self, views: Views) -> StepOutput:
         """The weighted VICReg loss; logs the three unweighted terms.
