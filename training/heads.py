@@ -29,7 +29,10 @@ class ProjectionHead(nn.Sequential):
         blocks: list[nn.Module] = []
         dim = in_dim
         for _ in range(layers - 1):
-            blocks += [nn.Linear(dim, hidden_dim, bias=norm == "none"), _norm(norm, hidden_dim)]
+            blocks += [
+                nn.Linear(dim, hidden_dim, bias=norm == "none"),
+                norm_layer(norm, hidden_dim),
+            ]
             blocks.append(nn.ReLU(inplace=True))
             dim = hidden_dim
         blocks.append(nn.Linear(dim, out_dim, bias=last_bias))
@@ -38,7 +41,8 @@ class ProjectionHead(nn.Sequential):
         super().__init__(*blocks)
 
 
-def _norm(kind: str, dim: int) -> nn.Module:
+def norm_layer(kind: str, dim: int) -> nn.Module:
+    """ "batch" | "layer" | "none" -> the norm over [B, dim] (ValueError for another)."""
     if kind == "batch":
         return nn.BatchNorm1d(dim)
     if kind == "layer":

@@ -33,6 +33,7 @@ from torch import nn
 
 from training import dist
 from training.augment import multicrop_views
+from training.heads import norm_layer
 from training.losses import dino_loss
 from training.methods import register
 from training.methods.base import Method, MethodContext, StepOutput, Views
@@ -104,20 +105,11 @@ def _check(p: DINOParams) -> None:
          "need 0 <= base_momentum <= final_momentum <= 1"),
         (min(p.n_small_crops, p.small_size) >= 0, "n_small_crops and small_size must be >= 0"),
         (p.freeze_last_layer_epochs >= 0, "freeze_last_layer_epochs must be >= 0"),
+        (p.head_norm in ("batch", "layer", "none"), "head_norm must be batch, layer or none"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:
             raise ValueError(f"dino: {message}")
-
-
-def _norm(kind: str, dim: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm1d(dim)
-    if kind == "layer":
-        return nn.LayerNorm(dim)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"dino: head_norm must be batch, layer or none, got {kind!r}")
 
 
 class DINOHead(nn.Module):
@@ -143,7 +135,10 @@ class DINOHead(nn.Module):
         dim = in_dim
         for _ in range(layers - 1):
             # a bias is redundant in front of a norm with its own shift
-            blocks += [nn.Linear(dim, hidden_dim, bias=norm == "none"), _norm(norm, hidden_dim)]
+            blocks += [
+                nn.Linear(dim, hidden_dim, bias=norm == "none"),
+                norm_layer(norm, hidden_dim),
+            ]
             blocks.append(nn.GELU())
             dim = hidden_dim
         blocks.append(nn.Linear(dim, bottleneck))
