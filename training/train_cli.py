@@ -86,7 +86,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--data": (
         "data",
         str,
-        "digits | fashion-mnist[:DIR] | mnist:DIR | folder:DIR | "
+        "digits | fashion-mnist[:DIR] | mnist:DIR | folder:DIR | shards:DIR | "
         "pairs:FILE | torchvision:NAME[:ROOT]",
     ),
     "--epochs": ("epochs", int, "epochs to train"),

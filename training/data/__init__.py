@@ -7,6 +7,8 @@ Specs:
     folder:DIR               images; one subfolder per class, or unlabelled;
                              DIR/train + DIR/val (or test) give the kNN bank and queries
     pairs:FILE               CSV/JSONL of image path + caption (CLIP)
+    shards:DIR|GLOB          webdataset-style .tar shards (KEY.jpg [+ KEY.txt] [+ KEY.cls]),
+                             read in place (training.data.shards); no kNN split
     torchvision:NAME[:ROOT]  torchvision.datasets.NAME, downloaded into ROOT
                              (default ~/.cache/contrastive/NAME)
 
@@ -50,6 +52,7 @@ SPEC_FORMS = (
     "mnist:DIR",
     "folder:DIR",
     "pairs:FILE",
+    "shards:DIR|GLOB",
     "torchvision:NAME[:ROOT]",
 )
 
@@ -76,7 +79,7 @@ def parse_spec(spec: str) -> DataSpec:
         return DataSpec("digits")
     if kind == "fashion-mnist":
         return DataSpec(kind, rest or FASHION_MNIST_DIR)
-    if kind in ("mnist", "folder", "pairs"):
+    if kind in ("mnist", "folder", "pairs", "shards"):
         if not rest:
             raise _unknown(spec, f"{kind} needs a path ({kind}:PATH)")
         return DataSpec(kind, rest)
@@ -129,10 +132,25 @@ def load_data(spec: str, *, image_size: int = 32, seed: int = 0, workers: int = 
             PathSource(paths), size=load_size(image_size), texts=captions,
             seed=seed, workers=workers,
         )  # fmt: skip
+    if parsed.kind == "shards":
+        assert parsed.path is not None
+        return _shard_data(parsed.path, image_size, seed, workers)
     from training.data.tv import load_train
 
     assert parsed.name is not None
     return load_train(parsed.name, _torchvision_root(parsed), load_size(image_size), seed, workers)
+
+
+def _shard_data(spec: str, image_size: int, seed: int, workers: int) -> TrainData:
+    from training.data.shards import ShardSource, scan_shards, shard_paths
+
+    scan = scan_shards(shard_paths(spec))
+    labels = scan.labels
+    classes = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None else None
+    return FileData(
+        ShardSource(scan), size=load_size(image_size), labels=labels, classes=classes,
+        texts=scan.texts, seed=seed, workers=workers,
+    )  # fmt: skip
 
 
 def _folder_knn(
@@ -180,7 +198,7 @@ def load_knn_data(
     if parsed.kind == "folder":
         assert parsed.path is not None
         return _folder_knn(Path(parsed.path).expanduser(), image_size, workers)
-    if parsed.kind == "pairs":
+    if parsed.kind in ("pairs", "shards"):
         return None
     from training.data.tv import load_knn
 
