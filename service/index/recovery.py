@@ -75,13 +75,28 @@ class Plan:
 
 
 def plan(folder: Path, dim: int) -> Plan:
-    """Read the folder's snapshots and logs -> the Plan to serve; RecoveryRefusedError if none."""
-    prev_log, live = scan_log(folder / PREV_LOG), scan_log(folder / LOG)
+    """Read the folder's snapshots and logs -> the Plan to serve; RecoveryRefusedError if none.
+
+    log.prev.wal is read only when the usual state does not stand alone: snapshot.bin
+    readable and log.wal's first record at most the snapshot's next. Every record of
+    log.prev.wal precedes log.wal's first, so it holds nothing after the snapshot then,
+    and after a bulk load it can be as large as the collection. (An empty log.wal proves
+    nothing: a stale snapshot.bin is caught only by log.prev.wal's records.)"""
+    live = scan_log(folder / LOG)
     why = live.corruption()
     if why is not None:
         raise RecoveryRefusedError(f"{why}; nothing was cut")
     tried: list[str] = []
+    prev: list[LogScan] = []  # log.prev.wal, once scanned
     for base in _bases(folder, dim, tried):
+        continues = bool(live.entries) and live.entries[0].seq <= base.seq + 1
+        if base.primary and base.snapshot is not None and continues:
+            chain, gap = _chain(base, [live])
+            if gap is None:  # the usual open: snapshot.bin, then log.wal from its next record
+                return Plan(base, chain, live, rebuilt=False)
+        if not prev:
+            prev.append(scan_log(folder / PREV_LOG))
+        prev_log = prev[0]
         chain, gap = _chain(base, [prev_log, live])
         if gap is not None:
             tried.append(gap)
