@@ -80,6 +80,32 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return out
 
 
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """y = sum over ranks of x, on every rank. Every rank's loss depends on y, so the
+    gradient of x is the sum over ranks of d loss_s / d y: an all_reduce(SUM) again."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = x.contiguous().clone()  # all_reduce works in place; x may be needed elsewhere
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
+def all_reduce_sum_with_grad(x: Tensor) -> Tensor:
+    """Sum `x` over ranks, differentiably (batch statistics of Barlow Twins); identity
+    on one process."""
+    if not is_dist():
+        return x
+    out: Tensor = _AllReduceSumWithGrad.apply(x)
+    return out
+
+
 @torch.no_grad()
 def gather_no_grad(x: Tensor) -> Tensor:
     """[B, ...] -> [B * world, ...] in rank order, detached (e.g. MoCo keys for the queue)."""

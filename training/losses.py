@@ -273,31 +273,6 @@ def dino_loss(
 # exactly the single-process gradient of the loss on the concatenated batch.
 
 
-class _AllReduceSumWithGrad(torch.autograd.Function):
-    """y = sum over ranks of x, on every rank. Every rank's loss depends on y, so the
-    gradient of x is the sum over ranks of d loss_s / d y: an all_reduce(SUM) again."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
-        out = x.contiguous().clone()  # all_reduce works in place; x may be needed elsewhere
-        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
-        total = grad.contiguous().clone()
-        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
-        return total
-
-
-def _all_reduce_sum_with_grad(x: Tensor) -> Tensor:
-    """Sum `x` over ranks, differentiably (see `_AllReduceSumWithGrad`); identity alone."""
-    if not dist.is_dist():
-        return x
-    out: Tensor = _AllReduceSumWithGrad.apply(x)
-    return out
-
-
 def _at_least_float32(x: Tensor) -> Tensor:
     # Batch statistics of bf16 embeddings lose the small off-diagonal correlations that
     # these losses push to zero; float64 (the tests) stays float64.
@@ -325,12 +300,12 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 0.0051, eps: float 
     z1, z2 = _at_least_float32(z1), _at_least_float32(z2)
 
     def standardise(z: Tensor) -> Tensor:
-        mean = _all_reduce_sum_with_grad(z.sum(dim=0)) / n_global  # [D]
+        mean = dist.all_reduce_sum_with_grad(z.sum(dim=0)) / n_global  # [D]
         centred = z - mean
-        var = _all_reduce_sum_with_grad(centred.square().sum(dim=0)) / n_global  # [D]
+        var = dist.all_reduce_sum_with_grad(centred.square().sum(dim=0)) / n_global  # [D]
         return centred / torch.sqrt(var + eps)
 
-    c = _all_reduce_sum_with_grad(standardise(z1).T @ standardise(z2)) / n_global  # [D, D]
+    c = dist.all_reduce_sum_with_grad(standardise(z1).T @ standardise(z2)) / n_global  # [D, D]
     diag = torch.diagonal(c)
     on_diag = (1 - diag).square().sum()
     off_diag = c.square().sum() - diag.square().sum()

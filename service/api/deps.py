@@ -154,14 +154,6 @@ async def classifiers(model: ModelHandleDep) -> ClassifierCache:
     return model.classifiers()
 
 
-EncoderDep = Annotated[Encoder, Depends(loaded_encoder)]
-ImageEncoderDep = Annotated[Encoder, Depends(image_encoder)]
-TextEncoderDep = Annotated[Encoder, Depends(text_encoder)]
-ImageEmbedderDep = Annotated[ImageEmbedder, Depends(image_embedder)]
-TextEmbedderDep = Annotated[TextEmbedder, Depends(text_embedder)]
-ClassifiersDep = Annotated[ClassifierCache, Depends(classifiers)]
-
-
 # -- the collections -------------------------------------------------------------------------
 class IndexRunner(Protocol):
     """Runs a blocking store call in the index pool (fsync never blocks the event loop)."""
