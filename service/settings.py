@@ -92,7 +92,9 @@ class Settings(BaseSettings):
     qdrant_prefix: str = Field(
         "contrastive", description="prefix of our collection names in Qdrant (a shared server)"
     )
-    snapshot_every: int = Field(20_000, ge=1, description="log records between snapshots")
+    snapshot_every: int = Field(
+        20_000, ge=1, description="log records after which a snapshot falls due (also by bytes)"
+    )
     max_items: int = Field(1024, ge=1, description="items in one add request")
     max_k: int = Field(1000, ge=1, description="largest k in a search")
     max_queries: int = Field(256, ge=1, description="queries in one search request")

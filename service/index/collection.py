@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.index.block_flat import BlockFlatIndex
 from service.index.faiss_index import COMPRESSED, VectorIndex, choose_kind, faiss_gpus
 from service.index.filters import Filter
 from service.index.fsutil import (
@@ -59,9 +60,11 @@ __all__ = ["LOG", "META", "PREV_LOG", "PREV_SNAP", "SNAP", "Collection"]
 log = logging.getLogger("contrastive.index")
 Matcher = Callable[[dict[str, Any]], bool]
 Where = Filter | Matcher | dict[str, Any]
+Index = VectorIndex | TorchFlatIndex | BlockFlatIndex
 FILTER_CACHE = 8  # filters whose matching ids (and vectors) are kept until the next write
 FILTER_CACHE_BYTES = 32 << 20  # the vectors of a cached filter are kept up to this size
 EXACT_FILTER_LIMIT = 50_000  # filtered searches over fewer candidates are exact (numpy)
+SMALL_STATE = 64 << 20  # snapshots of states below this size fall due by records (see below)
 
 
 class Collection:
@@ -87,6 +90,7 @@ class Collection:
         self._id_of: dict[int, str] = {}
         self._next_label = 0
         self._seq = self._snap_seq = 0
+        self._snap_bytes = 0  # the last snapshot's size: what the next one rewrites
         self._filter_cache: OrderedDict[str, tuple[int, list[str], np.ndarray | None]] = (
             OrderedDict()
         )
@@ -169,7 +173,7 @@ class Collection:
         self._id_of = dict(zip(labels, snap.ids, strict=True))
         self._next_label = self._saved.next_label
 
-    def _open_index(self) -> VectorIndex | TorchFlatIndex:
+    def _open_index(self) -> Index:
         """The saved index brought up to date with the log's changes, else a new build."""
         saved, self._saved = self._saved, None
         whole, self._snap_vectors = self._snap_vectors, None
@@ -181,27 +185,28 @@ class Collection:
             return self._build_over(whole, removed, added)
         return self._catch_up(saved.index, removed, added)
 
-    def _build_over(
-        self, whole: np.ndarray, removed: list[int], added: list[int]
-    ) -> VectorIndex | TorchFlatIndex:
-        """One build over the snapshot's [n, dim] rows (labels 0..n-1, taken as they are:
-        no stack of n rows) and the log's additions, then the log's removals. One add:
-        each later add to a large flat index reallocates all of it (~1 s at 1M x 384)."""
+    def _build_over(self, whole: np.ndarray, removed: list[int], added: list[int]) -> Index:
+        """An index over the snapshot's [n, dim] rows (labels 0..n-1, taken as they are:
+        no stack of n rows) and the log's additions, then the log's removals. A flat
+        index keeps the snapshot's rows without a copy and adds the log's after them; a
+        trained kind is built once over all of them."""
         new = set(added)
         live_added = [lb for lb in dict.fromkeys(added) if lb in self._id_of]
         labels, vecs = np.arange(len(whole), dtype=np.int64), whole
-        if live_added:
-            labels = np.concatenate([labels, np.asarray(live_added, np.int64)])
+        later = np.asarray(live_added, np.int64)
+        if len(later) and choose_kind(self.spec, len(whole) + len(later)) != "flat":
+            labels = np.concatenate([labels, later])  # a trained kind: built over all at once
             vecs = np.concatenate([whole, self._stack([self._id_of[lb] for lb in live_added])])
+            later = later[:0]
         vi = self._build(labels, vecs)
+        if len(later):  # a flat index adds without copying what it holds (block_flat)
+            vi.add(later, self._stack([self._id_of[lb] for lb in live_added]))
         vi.remove(np.asarray([lb for lb in removed if lb not in new], np.int64))
         if vi.needs_rebuild(len(self._vec)) or vi.live != len(self._vec):
             return self._build_index()
         return vi
 
-    def _catch_up(
-        self, vi: VectorIndex | TorchFlatIndex, removed: list[int], added: list[int]
-    ) -> VectorIndex | TorchFlatIndex:
+    def _catch_up(self, vi: Index, removed: list[int], added: list[int]) -> Index:
         """A saved index over the snapshot -> over the state: the log's removals and
         additions applied (a full rebuild when too much changed for the index kind)."""
         # a label added by the log and removed later in it was never in the index
@@ -271,6 +276,7 @@ class Collection:
         self._next_label = n
         self._seq = self._snap_seq = snap.seq
         self._snap_vectors = snap.vectors
+        self._snap_bytes = snap.vectors.nbytes
 
     # -- state changes ---------------------------------------------------------------
     def _put(self, id_: str, vec: np.ndarray, meta: dict[str, Any]) -> tuple[int | None, int]:
@@ -327,7 +333,7 @@ class Collection:
                 )
             if self._index.needs_rebuild(len(self._vec)):
                 self._index = self._build_index()
-            if self._wal.records >= self.snapshot_every:
+            if self._snapshot_due():
                 try:
                     self.snapshot()
                 except CollectionError as e:  # the write above is durable: still a success
@@ -356,6 +362,23 @@ class Collection:
             return len(present)
 
     # -- snapshots ---------------------------------------------------------------------
+    def _snapshot_due(self) -> bool:
+        """Whether the log has grown enough to be folded into a new snapshot.
+
+        A snapshot rewrites the whole state (S bytes), so it falls due by what the log
+        (L bytes, R records) holds against S: once L >= max(S, SMALL_STATE), so a write
+        costs at most twice what it changes, amortised, and an open replays at most the
+        state's own size; or once R >= snapshot_every (the per-record cost of a replay),
+        for a state over SMALL_STATE only when L >= S / 8 too, so that a stream of tiny
+        writes into a large collection does not rewrite it every snapshot_every records
+        (at 1M x 384 that was 1.5 GB per 20,000 single-vector upserts: 50x their size)."""
+        size, state = self._wal.size, self._snap_bytes
+        if size >= max(state, SMALL_STATE):
+            return True
+        if self._wal.records < self.snapshot_every:
+            return False
+        return state < SMALL_STATE or size * 8 >= state
+
     def snapshot(self) -> None:
         """Write the state durably, then rotate the log (the old one is kept one round)."""
         with self._lock:
@@ -375,7 +398,10 @@ class Collection:
         vecs = np.stack([self._vec[i] for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
         snap = Snapshot(self._seq, ids, [self._meta[i] for i in ids], vecs)
         snap_path, log_path, tmp = self.folder / SNAP, self.folder / LOG, self.folder / SNAP_TMP
-        write_file(tmp, encode_snapshot(snap))  # a full disk fails here, before any rename
+        data = encode_snapshot(snap)
+        snap_bytes = len(data)
+        write_file(tmp, data)  # a full disk fails here, before any rename
+        del data  # as large as the state: not kept while the files move
         self._wal.close()
         try:
             if snap_path.exists():
@@ -389,6 +415,7 @@ class Collection:
         except OSError as e:
             raise storage_error(e) from e
         self._snap_seq = self._seq
+        self._snap_bytes = snap_bytes
         self._save_index(snap)
 
     def _save_index(self, snap: Snapshot) -> None:
@@ -406,12 +433,12 @@ class Collection:
             log.error("collection %s: index not saved (%s); it is rebuilt on open", self.name, e)
 
     # -- reads ---------------------------------------------------------------------------
-    def _build_index(self) -> VectorIndex | TorchFlatIndex:
+    def _build_index(self) -> Index:
         """A new index over every vector of the state."""
         labels = np.fromiter((self._label[i] for i in self._vec), np.int64, len(self._vec))
         return self._build(labels, self._stack(list(self._vec)))
 
-    def _build(self, labels: np.ndarray, vecs: np.ndarray) -> VectorIndex | TorchFlatIndex:
+    def _build(self, labels: np.ndarray, vecs: np.ndarray) -> Index:
         """A new index of `labels` int64 [n] -> `vecs` float32 [n, dim]."""
         if (
             self.device
@@ -423,6 +450,8 @@ class Collection:
                     self.dim, self.spec, labels, vecs, torch.device(self.device)
                 )
             return VectorIndex.build(self.dim, self.spec, labels, vecs, gpu=True)
+        if choose_kind(self.spec, len(labels)) == "flat":
+            return BlockFlatIndex.build(self.dim, self.spec, labels, vecs)
         return VectorIndex.build(self.dim, self.spec, labels, vecs)
 
     def get(self, id_: str) -> tuple[np.ndarray, dict[str, Any]] | None:

@@ -1,0 +1,79 @@
+"""When a snapshot falls due: by the log's bytes against the state's, then by records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.index import collection as collection_mod
+from service.index.collection import Collection
+from service.index.recovery import PREV_LOG
+from service.index.types import IndexSpec
+
+DIM = 16
+ROW = DIM * 4  # bytes of one vector
+
+
+def _unit(n: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _collection(folder: Path, n: int, snapshot_every: int) -> Collection:
+    """A collection of n items with a snapshot of them, and an empty log."""
+    Collection.create(folder, "c", "m", DIM, IndexSpec(kind="flat"))
+    col = Collection(folder, snapshot_every=10**9)
+    col.upsert([f"s{i}" for i in range(n)], _unit(n, 0), [{} for _ in range(n)])
+    col.snapshot()
+    col.close()
+    return Collection(folder, snapshot_every=snapshot_every)
+
+
+def _snapshots(folder: Path) -> float:
+    """The log.prev.wal's modification time: it changes with every snapshot."""
+    path = folder / PREV_LOG
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def test_tiny_writes_into_a_large_state_wait_for_an_eighth_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collection_mod, "SMALL_STATE", 1000 * ROW // 2)  # 1,000 items: large
+    col = _collection(tmp_path / "c", 1000, snapshot_every=5)
+    state = col._snap_bytes
+    assert state == 1000 * ROW
+    before, one = _snapshots(tmp_path / "c"), _unit(1, 1)
+    sizes = []  # the log's bytes after each write, until the write that snapshots
+    while col.log_records or not sizes:
+        assert len(sizes) < 1000, "no snapshot fell due"
+        col.upsert([f"n{len(sizes)}"], one, [{}])
+        sizes.append(col._wal.size)
+    # 5 records would have been enough before: now the log waited for state / 8 bytes
+    assert len(sizes) > 5 and sizes[-1] == 0 and _snapshots(tmp_path / "c") != before
+    assert sizes[-2] * 8 < state  # the last write before the due one was short of it
+    record = sizes[0]
+    assert (sizes[-2] + record) * 8 >= state  # and the due one passed it
+    col.close()
+
+
+def test_a_log_as_large_as_the_state_is_folded_in_whatever_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collection_mod, "SMALL_STATE", 100 * ROW)
+    col = _collection(tmp_path / "c", 200, snapshot_every=10**9)
+    col.upsert([f"a{i}" for i in range(100)], _unit(100, 2), [{} for _ in range(100)])
+    assert col.log_records == 1  # half the state's bytes: not yet
+    col.upsert([f"b{i}" for i in range(100)], _unit(100, 3), [{} for _ in range(100)])
+    assert col.log_records == 0 and col._snap_bytes > 300 * ROW  # folded in: 400 rows
+    col.close()
+    assert Collection(tmp_path / "c").count == 400
+
+
+def test_small_states_keep_the_record_rule(tmp_path: Path) -> None:
+    col = _collection(tmp_path / "c", 10, snapshot_every=3)
+    for i in range(3):
+        col.upsert([f"n{i}"], _unit(1, 4), [{}])
+    assert col.log_records == 0  # the third record made it due
+    col.close()
