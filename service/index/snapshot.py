@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,14 +69,28 @@ def _loads(raw: bytes) -> Any:
         return json.loads(raw)
 
 
+def _map(path: Path) -> mmap.mmap | bytes:
+    """The file's bytes, mapped read-only rather than read: the vectors are served from
+    the page cache in place (no 1.5 GB copy at 1M x 384, and clean pages the kernel may
+    evict). Safe because a snapshot file is never written after its rename: a new one
+    is a new file, so a mapped one keeps its bytes even once it is renamed or deleted."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mmap, "MADV_SEQUENTIAL"):  # the checksum reads it front to back once
+        data.madvise(mmap.MADV_SEQUENTIAL)
+    return data
+
+
 def read_snapshot(path: Path, dim: int) -> Snapshot:
     """Read and check a snapshot file; CorruptSnapshotError if it must not be served."""
-    data = path.read_bytes()
+    data = _map(path)
     # memoryview slices: a snapshot is large, and each bytes slice would copy it
-    body, digest = memoryview(data)[:-32], data[-32:]
+    body, digest = memoryview(data)[:-32], bytes(data[-32:])
     if len(data) < len(MAGIC) + _LEN.size + 32 or hashlib.sha256(body).digest() != digest:
         raise CorruptSnapshotError(f"{path.name}: checksum mismatch (truncated or corrupt)")
-    if not data.startswith(MAGIC):
+    if bytes(data[: len(MAGIC)]) != MAGIC:
         raise CorruptSnapshotError(f"{path.name}: not a snapshot file")
     (hlen,) = _LEN.unpack_from(body, len(MAGIC))
     start = len(MAGIC) + _LEN.size
@@ -88,7 +104,7 @@ def read_snapshot(path: Path, dim: int) -> Snapshot:
     raw = body[start + hlen :]
     if len(raw) % (4 * dim):
         raise CorruptSnapshotError(f"{path.name}: {len(raw)} bytes of vectors is not [n, {dim}]")
-    # read-only rows over the file's bytes (no copy): stored vectors are never written to
+    # read-only rows over the mapped file (no copy): stored vectors are never written to
     vectors = np.frombuffer(raw, "<f4").reshape(-1, dim)
     if not len(vectors) == len(ids) == len(metadata):
         raise CorruptSnapshotError(

@@ -123,3 +123,24 @@ def test_collection_opens_over_the_snapshot_rows_without_a_copy(tmp_path: Path) 
     hits = col.search(vecs[:1], 2)[0]
     assert {h.id for h in hits} == {"0", "late"}
     col.close()
+
+
+def test_mapped_rows_outlive_their_snapshot_file(tmp_path: Path) -> None:
+    """The opened snapshot's rows are a read-only mapping of snapshot.bin; two more
+    snapshots rename it and then replace it, and the rows (and searches) stay right."""
+    folder = tmp_path / "c"
+    Collection.create(folder, "c", "m", 8, SPEC)
+    col = Collection(folder)
+    vecs = _unit(40, 8, 11)
+    col.upsert([str(i) for i in range(40)], vecs, [{} for _ in range(40)])
+    col.snapshot()
+    col.close()
+    col = Collection(folder)
+    inode = (folder / "snapshot.bin").stat().st_ino
+    for round_ in range(2):
+        col.upsert([f"r{round_}"], vecs[:1], [{}])
+        col.snapshot()
+    assert not any(p.stat().st_ino == inode for p in folder.glob("snapshot*.bin"))
+    np.testing.assert_array_equal(col.get("7")[0], vecs[7])
+    assert col.search(vecs[7:8], 1)[0][0].id == "7"
+    col.close()
