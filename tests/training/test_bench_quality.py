@@ -14,7 +14,9 @@ import torch
 
 from service.cli import build_parser
 from training.bench import quality
+from training.config import build_config
 from training.data import LabelledArrays
+from training.methods import get_method
 from training.train_cli import BEFORE_SETTINGS_EXISTED
 
 METHODS = ("simclr", "moco")  # two of the fastest steps on the CPU
@@ -187,6 +189,45 @@ def test_defaults_for_the_cpu_and_for_quick() -> None:
     assert plan.lars_methods == ["byol", "simclr"] and plan.lars_batch == 256
     assert plan.methods == quality.registered_methods()
     quick = quality.plan_from_args(parser.parse_args(["--quick", "--methods", "moco"]), cpu)
-    assert (quick.epochs, quick.bench.batch_size, quick.lars_methods) == (2, 64, [])
+    assert (quick.epochs, quick.bench.batch_size, quick.lars_methods) == (
+        quality.QUICK_EPOCHS, 64, [],
+    )  # fmt: skip
     assert quick.time_limit == quality.QUICK_TIME_LIMIT and plan.time_limit is None
     assert quick.methods == ["moco"]
+    # the glyph views are the smoke form's, on digits only
+    assert quick.bench.glyph_views and not plan.bench.glyph_views
+    other = quality.plan_from_args(parser.parse_args(["--quick", "--data", "mnist"]), cpu)
+    assert not other.bench.glyph_views
+
+
+def test_quick_settings_are_valid_settings_of_every_method() -> None:
+    """A misspelt key in the smoke recipe would fail only inside a 15-minute run."""
+    for method in quality.registered_methods():
+        settings = quality.quick_settings(method)
+        cfg, params = build_config({"method": method, **settings}, get_method(method).Params)
+        for key, value in settings.items():
+            assert getattr(cfg, key, None) == value or getattr(params, key) == value
+    assert quality.quick_settings("moco")["head_norm"] == "batch"
+    assert quality.quick_settings("swav")["n_small_crops"] == 0
+
+
+def test_quick_runs_get_the_smoke_recipe_and_other_runs_do_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def train_one(plan: quality.Plan, method: str, data: quality.Data, **kw: Any) -> dict[str, Any]:
+        seen[f"{method} {plan.quick}"] = kw.get("overrides")
+        return {"method": method, "above_untrained": True}
+
+    monkeypatch.setattr(quality, "train_one", train_one)
+    arrays = LabelledArrays(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.zeros(1), ["a"])
+    for quick in (True, False):
+        plan = quality.Plan(
+            bench=quality.BenchSettings(data="digits", backbone="tiny", batch_size=8),
+            methods=["moco"], epochs=1, lars_methods=[], lars_batch=8, time_limit=None,
+            quick=quick,
+        )  # fmt: skip
+        result: dict[str, Any] = {"methods": {}, "lars": {}, "notes": [], "below_untrained": []}
+        assert quality.train_all(plan, (arrays, arrays), result, tmp_path / "q.json")
+    assert seen == {"moco True": quality.quick_settings("moco"), "moco False": None}

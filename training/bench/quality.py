@@ -15,6 +15,23 @@ project used before clipping existed (unclipped, eta 0.02: train_cli.BEFORE_SETT
 and the clipped one it uses now (LARC, eta 0.001), so the two optimisers are compared at
 the large batch where their difference shows, in the same run.
 
+--quick, the CPU smoke form (tiny backbone, scikit-learn's 8x8 digits, batch 64), has its
+own recipe, because the methods' photo recipes at 2 epochs left 8 of 10 methods below
+their untrained encoder (kNN 0.37-0.65 against 0.66); measured causes, worst first:
+
+- the views: a random resized crop of 8% of an 8x8 image is a 2x3-pixel stroke, a flip
+  makes another glyph of a 2 or a 5, solarize inverts the strokes, and hue, saturation
+  and grayscale do nothing to grey pixels; pipelines.SmallGlyphAugmenter keeps crops of
+  half the area or more, drops flips and solarize (Barlow Twins 0.37 -> 0.74, SwAV 0.44
+  -> 0.56, DINO 0.51 -> 0.62 at 2 epochs);
+- too few steps: ~22 an epoch, so 2 epochs were 44; QUICK_EPOCHS = 6 (BYOL 0.64 -> 0.69);
+- settings sized for ImageNet-length runs (QUICK_METHOD_SETTINGS says which, and what
+  each changed): EMA momenta averaging over more steps than the run has, 2048-4096-wide
+  heads, MoCo v2's BatchNorm-free head, multi-crop views of 3-4 pixels, SimSiam's lr.
+
+The untrained reference, the kNN and the probe are the same as in a real run; the recipe
+is in each row's "settings". Real runs (no --quick) keep every method's own recipe.
+
     contrastive bench quality --quick                        # CPU smoke: tiny, digits
     contrastive bench quality --device cuda --data fashion-mnist --epochs 20
 """
@@ -59,9 +76,47 @@ LARS_VARIANTS: dict[str, dict[str, Any]] = {
 
 Data = tuple[LabelledArrays, LabelledArrays]
 # --quick's wall seconds per run (its first epoch end past them stops it): what lets every
-# registered method (ten, a few of them with 2048-wide heads that take a shared 2-core VM
-# a minute an epoch) finish inside a 15-minute CPU run; slow methods get fewer epochs.
+# registered method (ten) finish inside a 15-minute CPU run on a shared 2-core VM; slow
+# methods (CLIP's text tower) get fewer epochs.
 QUICK_TIME_LIMIT = 45.0
+# --quick's epochs: ~22 steps an epoch at batch 64 on digits, so 2 epochs were 44 optimiser
+# steps, too few for any method but SimCLR and VICReg to move its encoder past the random
+# one; 6 (~130 steps) fit QUICK_TIME_LIMIT for all but the slowest methods, which the limit
+# stops one or two epochs early.
+QUICK_EPOCHS = 6
+# --quick's per-method settings (the smoke recipe; a real run keeps the methods' own),
+# each measured on digits at 6 epochs (final kNN against the untrained 0.660):
+# - EMA targets (MoCo's key encoder, BYOL's and DINO's teachers) averaging over
+#   1 / (1 - m) steps: 1000 (MoCo's 0.999) and 250 (BYOL/DINO's 0.996) are more steps than
+#   the whole smoke run, so the target stays close to the random network; 0.99 (100 steps);
+# - heads sized for a tiny backbone: hidden widths of 2048-4096 after a backbone of a few
+#   dozen channels dominate the step time; 512 (no method passed or failed by it alone);
+# - MoCo: MoCo v2's head has no BatchNorm, and on the tiny backbone its kNN fell to 0.55
+#   and stayed there at every lr tried (SGD 0.03 and 0.12 per 256, LARS 0.4); with BN in
+#   the head (as moco-tuned) 0.78;
+# - SwAV, DINO: small multi-crop views of an 8x8 glyph are 3-4 pixels across. SwAV with
+#   4 of them: 0.55, with none: 0.69; DINO keeps 2 (0.72) and 256 outputs, not 4096 for
+#   10 classes;
+# - SimSiam: SGD at the paper's 0.05 per 256, i.e. 0.0125 at batch 64, barely moves a
+#   fresh network in ~130 steps (0.60); 0.4 per 256: 0.67 (LARS 0.4-1.0: 0.67 too).
+QUICK_HEAD_WIDTH = 512
+QUICK_MOMENTUM = 0.99
+QUICK_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "moco": {"base_momentum": QUICK_MOMENTUM, "final_momentum": QUICK_MOMENTUM,
+             "head_norm": "batch"},
+    "byol": {"base_momentum": QUICK_MOMENTUM},
+    "dino": {"base_momentum": QUICK_MOMENTUM, "out_dim": 256, "n_small_crops": 2},
+    "swav": {"n_small_crops": 0},
+    "simsiam": {"lr": 0.4},
+}  # fmt: skip
+
+
+def quick_settings(method: str) -> dict[str, Any]:
+    """The smoke recipe's run settings for `method`: QUICK_METHOD_SETTINGS, and every head
+    width the method's Params have (proj_hidden, pred_hidden) at QUICK_HEAD_WIDTH."""
+    fields = {f.name for f in dataclasses.fields(get_method(method).Params)}
+    heads = {k: QUICK_HEAD_WIDTH for k in ("proj_hidden", "pred_hidden") if k in fields}
+    return heads | QUICK_METHOD_SETTINGS.get(method, {})
 
 
 def registered_methods() -> list[str]:
@@ -119,8 +174,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="the CPU smoke form: tiny backbone, digits, 2 epochs, batch 64, one CPU "
-        f"thread, no LARS comparison, runs stopped after {QUICK_TIME_LIMIT:g} s",
+        help=f"the CPU smoke form: tiny backbone, digits, {QUICK_EPOCHS} epochs, batch 64, "
+        "views and settings for 8x8 glyphs and ~130 steps, one CPU thread, no LARS "
+        f"comparison, runs stopped after {QUICK_TIME_LIMIT:g} s",
     )
     p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
     p.add_argument(
@@ -167,8 +223,9 @@ def plan_from_args(args: argparse.Namespace, device: torch.device) -> Plan:
         return smoke if quick else cuda if gpu else cpu
 
     methods = registered_methods() if args.methods is None else _names(args.methods, "--methods")
+    data = pick(args.data, default_data, "digits", "digits")
     bench = BenchSettings(
-        data=pick(args.data, default_data, "digits", "digits"),
+        data=data,
         backbone=pick(args.backbone, "resnet18", "tiny", "tiny"),
         batch_size=pick(args.batch_size, 256, 64, 64),
         image_size=args.image_size,
@@ -177,8 +234,11 @@ def plan_from_args(args: argparse.Namespace, device: torch.device) -> Plan:
         clip_text_tower=args.clip_text_tower,
         threads=torch.get_num_threads(),
         methods=methods,
+        # The smoke form's data are 8x8 glyphs: views made for them (pipelines.py's
+        # SmallGlyphAugmenter says why the photo recipes fail there).
+        glyph_views=quick and data == "digits",
     )
-    epochs = int(pick(args.epochs, 20, 3, 2))
+    epochs = int(pick(args.epochs, 20, 3, QUICK_EPOCHS))
     time_limit = pick(args.time_limit, None, None, QUICK_TIME_LIMIT)
     if epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {epochs}")
@@ -393,7 +453,10 @@ def train_all(plan: Plan, data: Data, result: dict[str, Any], path: Path) -> boo
                 "(the data has no captions of its own)"
             )
         say(f"{method}: {plan.epochs} epochs at batch {s.batch_size} ...")
-        row = train_one(plan, method, data)
+        # The smoke recipe (QUICK_METHOD_SETTINGS); its row's "settings" records it.
+        row = train_one(
+            plan, method, data, overrides=quick_settings(method) if plan.quick else None
+        )
         result["methods"][method] = row
         if row.get("above_untrained") is False:
             result["below_untrained"].append(method)
