@@ -36,7 +36,7 @@ from service.index.fsutil import (
     is_disk_full,
     storage_error,
     unused_path,
-    write_file,
+    write_parts,
 )
 from service.index.index_file import INDEX, SavedIndex, load_index, save_index
 from service.index.recovery import (
@@ -50,7 +50,7 @@ from service.index.recovery import (
     RecoveryRefusedError,
     plan,
 )
-from service.index.snapshot import Snapshot, encode_snapshot
+from service.index.snapshot import Snapshot, snapshot_parts
 from service.index.torch_flat import TorchFlatIndex
 from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
 from service.index.wal import DELETE, UPSERT, Record, WriteAheadLog, cut_torn_tail
@@ -398,10 +398,8 @@ class Collection:
         vecs = np.stack([self._vec[i] for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
         snap = Snapshot(self._seq, ids, [self._meta[i] for i in ids], vecs)
         snap_path, log_path, tmp = self.folder / SNAP, self.folder / LOG, self.folder / SNAP_TMP
-        data = encode_snapshot(snap)
-        snap_bytes = len(data)
-        write_file(tmp, data)  # a full disk fails here, before any rename
-        del data  # as large as the state: not kept while the files move
+        # a full disk fails here, before any rename
+        snap_bytes = write_parts(tmp, snapshot_parts(snap))
         self._wal.close()
         try:
             if snap_path.exists():

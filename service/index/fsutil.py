@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from service.index.types import CollectionError
 
@@ -24,14 +26,23 @@ def write_file(path: Path, data: bytes) -> None:
     """Write `data` to `path` (replacing it) and fsync it; on failure `path` is removed.
 
     Raises CollectionError (storage_error, or insufficient_storage on a full disk)."""
+    write_parts(path, [data])
+
+
+def write_parts(path: Path, parts: Iterable[Any]) -> int:
+    """write_file for content made in parts (each a bytes-like object: bytes, memoryview,
+    a contiguous numpy array), written as they come -> bytes written."""
+    size = 0
     try:
         with open(path, "wb") as f:
-            f.write(data)
+            for part in parts:
+                size += f.write(part)
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
         path.unlink(missing_ok=True)
         raise storage_error(e) from e
+    return size
 
 
 def atomic_write(path: Path, data: bytes) -> None:

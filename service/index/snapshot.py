@@ -11,6 +11,7 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import orjson
 from service.index.fsutil import atomic_write
 
 MAGIC = b"CSNAP1"
+CHUNK = 64 << 20  # bytes of vectors per write call and per hash update
 _LEN = struct.Struct("<I")
 
 
@@ -36,8 +38,10 @@ class Snapshot:
     vectors: np.ndarray  # float32 [n, dim]
 
 
-def encode_snapshot(snap: Snapshot) -> bytes:
-    """The snapshot file's bytes (layout above)."""
+def snapshot_parts(snap: Snapshot) -> Iterator[bytes | memoryview]:
+    """The snapshot file's bytes (layout above) in parts, the checksum last: written one
+    after the other, a snapshot is never joined into one more copy of the state (three
+    copies of 3 GB at 2M x 384 before, and as many page faults)."""
     header = json.dumps(
         {
             "seq": snap.seq,
@@ -46,13 +50,21 @@ def encode_snapshot(snap: Snapshot) -> bytes:
             "metadata": snap.metadata,
         }
     ).encode()
-    body = (
-        MAGIC
-        + _LEN.pack(len(header))
-        + header
-        + np.ascontiguousarray(snap.vectors, "<f4").tobytes()
-    )
-    return body + hashlib.sha256(body).digest()
+    raw = np.ascontiguousarray(snap.vectors, "<f4").reshape(-1).view(np.uint8).data
+    digest = hashlib.sha256()
+    head = MAGIC + _LEN.pack(len(header)) + header
+    digest.update(head)
+    yield head
+    for start in range(0, len(raw), CHUNK):
+        part = raw[start : start + CHUNK]
+        digest.update(part)
+        yield part
+    yield digest.digest()
+
+
+def encode_snapshot(snap: Snapshot) -> bytes:
+    """The snapshot file's bytes in one piece (small snapshots: repair, tests)."""
+    return b"".join(bytes(p) for p in snapshot_parts(snap))
 
 
 def write_snapshot(path: Path, snap: Snapshot) -> None:
