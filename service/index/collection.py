@@ -395,11 +395,11 @@ class Collection:
         After a crash at any point the files read back to this state (recovery.plan: at
         worst from the previous snapshot and both logs)."""
         ids = list(self._vec)
-        vecs = np.stack([self._vec[i] for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
-        snap = Snapshot(self._seq, ids, [self._meta[i] for i in ids], vecs)
+        rows, meta = [self._vec[i] for i in ids], [self._meta[i] for i in ids]
         snap_path, log_path, tmp = self.folder / SNAP, self.folder / LOG, self.folder / SNAP_TMP
         # a full disk fails here, before any rename
-        snap_bytes = write_parts(tmp, snapshot_parts(snap))
+        snap_bytes = write_parts(tmp, snapshot_parts(self._seq, self.dim, ids, meta, rows))
+        del rows, meta
         self._wal.close()
         try:
             if snap_path.exists():
@@ -414,19 +414,20 @@ class Collection:
             raise storage_error(e) from e
         self._snap_seq = self._seq
         self._snap_bytes = snap_bytes
-        self._save_index(snap)
+        self._save_index(ids)
 
-    def _save_index(self, snap: Snapshot) -> None:
-        """Save the HNSW/IVF index beside the snapshot just written (derived data: when it
-        cannot be written, the next open rebuilds it, so the write still succeeds)."""
+    def _save_index(self, ids: list[str]) -> None:
+        """Save the HNSW/IVF index beside the snapshot just written (of `ids`, in its order;
+        derived data: when it cannot be written, the next open rebuilds it, so the write
+        still succeeds)."""
         index = getattr(self, "_index", None)  # None while recovery rewrites the snapshot
         if not isinstance(index, VectorIndex) or index.kind == "flat":
             with contextlib.suppress(OSError):  # a stale one is only skipped: space back
                 (self.folder / INDEX).unlink(missing_ok=True)
             return
-        labels = np.fromiter((self._label[i] for i in snap.ids), np.int64, len(snap.ids))
+        labels = np.fromiter((self._label[i] for i in ids), np.int64, len(ids))
         try:
-            save_index(self.folder, snap.seq, labels, index, self._next_label)
+            save_index(self.folder, self._snap_seq, labels, index, self._next_label)
         except CollectionError as e:
             log.error("collection %s: index not saved (%s); it is rebuilt on open", self.name, e)
 

@@ -11,7 +11,7 @@ import json
 import mmap
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,25 +38,30 @@ class Snapshot:
     vectors: np.ndarray  # float32 [n, dim]
 
 
-def snapshot_parts(snap: Snapshot) -> Iterator[bytes | memoryview]:
-    """The snapshot file's bytes (layout above) in parts, the checksum last: written one
-    after the other, a snapshot is never joined into one more copy of the state (three
-    copies of 3 GB at 2M x 384 before, and as many page faults)."""
-    header = json.dumps(
-        {
-            "seq": snap.seq,
-            "dim": int(snap.vectors.shape[1]),
-            "ids": snap.ids,
-            "metadata": snap.metadata,
-        }
-    ).encode()
-    raw = np.ascontiguousarray(snap.vectors, "<f4").reshape(-1).view(np.uint8).data
+def snapshot_parts(
+    seq: int,
+    dim: int,
+    ids: list[str],
+    metadata: list[dict[str, Any]],
+    rows: Sequence[np.ndarray] | np.ndarray,
+) -> Iterator[bytes | memoryview]:
+    """The bytes of a snapshot of `rows` (float32 [dim] each, for ids[i]) in parts, the
+    checksum last. The rows are stacked CHUNK bytes at a time into one reused buffer, so
+    writing a snapshot never holds another copy of the state (at 1M x 384, stacking all
+    rows at once and joining the file's bytes had cost 5.5 s in page faults alone). Each
+    part is valid until the next is asked for: write it (or copy it) at once."""
+    header = json.dumps({"seq": seq, "dim": dim, "ids": ids, "metadata": metadata}).encode()
     digest = hashlib.sha256()
     head = MAGIC + _LEN.pack(len(header)) + header
     digest.update(head)
     yield head
-    for start in range(0, len(raw), CHUNK):
-        part = raw[start : start + CHUNK]
+    step = max(1, CHUNK // (4 * dim))
+    buf = np.empty((min(step, len(rows)), dim), "<f4")
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        out = buf[: len(chunk)]
+        np.stack(chunk, out=out)  # type: ignore[arg-type]  # a list or an array
+        part = out.reshape(-1).view(np.uint8).data
         digest.update(part)
         yield part
     yield digest.digest()
@@ -64,7 +69,10 @@ def snapshot_parts(snap: Snapshot) -> Iterator[bytes | memoryview]:
 
 def encode_snapshot(snap: Snapshot) -> bytes:
     """The snapshot file's bytes in one piece (small snapshots: repair, tests)."""
-    return b"".join(bytes(p) for p in snapshot_parts(snap))
+    parts = snapshot_parts(
+        snap.seq, int(snap.vectors.shape[1]), snap.ids, snap.metadata, snap.vectors
+    )
+    return b"".join(bytes(p) for p in parts)
 
 
 def write_snapshot(path: Path, snap: Snapshot) -> None:
