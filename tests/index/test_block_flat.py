@@ -108,13 +108,18 @@ def test_empty_and_fewer_than_k() -> None:
     assert idx.search(_unit(1, 4, 9), 3)[1].tolist() == [[5, -1, -1]]
 
 
-def test_collection_opens_over_the_snapshot_rows_without_a_copy(tmp_path: Path) -> None:
-    folder = tmp_path / "c"
-    Collection.create(folder, "c", "m", 8, SPEC)
+def _snapshotted(folder: Path, vecs: np.ndarray) -> Collection:
+    """A new flat collection of `vecs` (ids "0", "1", ...) and a snapshot of them."""
+    Collection.create(folder, "c", "m", vecs.shape[1], SPEC)
     col = Collection(folder)
-    vecs = _unit(50, 8, 10)
-    col.upsert([str(i) for i in range(50)], vecs, [{} for _ in range(50)])
+    col.upsert([str(i) for i in range(len(vecs))], vecs, [{} for _ in range(len(vecs))])
     col.snapshot()
+    return col
+
+
+def test_collection_opens_over_the_snapshot_rows_without_a_copy(tmp_path: Path) -> None:
+    folder, vecs = tmp_path / "c", _unit(50, 8, 10)
+    col = _snapshotted(folder, vecs)
     col.upsert(["late"], vecs[:1], [{}])  # one record in the log, after the snapshot
     col.close()
     col = Collection(folder)
@@ -128,13 +133,8 @@ def test_collection_opens_over_the_snapshot_rows_without_a_copy(tmp_path: Path) 
 def test_mapped_rows_outlive_their_snapshot_file(tmp_path: Path) -> None:
     """The opened snapshot's rows are a read-only mapping of snapshot.bin; two more
     snapshots rename it and then replace it, and the rows (and searches) stay right."""
-    folder = tmp_path / "c"
-    Collection.create(folder, "c", "m", 8, SPEC)
-    col = Collection(folder)
-    vecs = _unit(40, 8, 11)
-    col.upsert([str(i) for i in range(40)], vecs, [{} for _ in range(40)])
-    col.snapshot()
-    col.close()
+    folder, vecs = tmp_path / "c", _unit(40, 8, 11)
+    _snapshotted(folder, vecs).close()
     col = Collection(folder)
     inode = (folder / "snapshot.bin").stat().st_ino
     for round_ in range(2):
