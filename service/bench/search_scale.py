@@ -90,7 +90,8 @@ def upsert_cost(tmp: Path, base: np.ndarray, small: int) -> dict[str, Any]:
         folder = tmp / f"upsert-{label}"
         _collection(folder, IndexSpec(kind="flat"), base[:n])
         col = Collection(folder)  # the default snapshot rule
-        times, snapshots = [], 0
+        times: list[float] = []
+        snapshots = 0
         while (len(times) < UPSERTS or not snapshots) and len(times) < MAX_UPSERTS:
             vecs = base[rng.integers(0, len(base), UPSERT)]
             ids = [f"new-{len(times)}-{i}" for i in range(UPSERT)]
