@@ -192,15 +192,16 @@ class Collection:
         trained kind is built once over all of them."""
         new = set(added)
         live_added = [lb for lb in dict.fromkeys(added) if lb in self._id_of]
-        labels, vecs = np.arange(len(whole), dtype=np.int64), whole
+        labels = np.arange(len(whole), dtype=np.int64)
         later = np.asarray(live_added, np.int64)
+        later_vecs = self._stack([self._id_of[lb] for lb in live_added])
         if len(later) and choose_kind(self.spec, len(whole) + len(later)) != "flat":
-            labels = np.concatenate([labels, later])  # a trained kind: built over all at once
-            vecs = np.concatenate([whole, self._stack([self._id_of[lb] for lb in live_added])])
-            later = later[:0]
-        vi = self._build(labels, vecs)
-        if len(later):  # a flat index adds without copying what it holds (block_flat)
-            vi.add(later, self._stack([self._id_of[lb] for lb in live_added]))
+            # a trained kind: built once over all of them
+            vi = self._build(np.concatenate([labels, later]), np.concatenate([whole, later_vecs]))
+        else:  # a flat index adds without copying what it holds (block_flat)
+            vi = self._build(labels, whole)
+            if len(later):
+                vi.add(later, later_vecs)
         vi.remove(np.asarray([lb for lb in removed if lb not in new], np.int64))
         if vi.needs_rebuild(len(self._vec)) or vi.live != len(self._vec):
             return self._build_index()

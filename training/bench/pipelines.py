@@ -117,8 +117,10 @@ def build_trainer(s: BenchSettings, method: str, out: Path, **extra: Any) -> Tra
     cfg, params = build_config(values, get_method(method).Params)
     trainer = Trainer(cfg, params)
     if s.glyph_views:
-        # Same seed as the Trainer's own Augmenter (unused so far: no view drawn yet).
-        glyphs = SmallGlyphAugmenter(trainer.device, seed=cfg.seed * 7919 + 17 * trainer.rank + 1)
+        # The Trainer's own Augmenter's stream (untouched so far: no view drawn yet), taken
+        # as it is rather than by repeating how the Trainer seeds it.
+        glyphs = SmallGlyphAugmenter(trainer.device)
+        glyphs.generator.set_state(trainer.augment.generator.get_state())
         trainer.augment = trainer.knn.augment = glyphs
     return trainer
 
