@@ -64,8 +64,10 @@ def test_service_imports_only_the_encoder_library_from_training() -> None:
 
 def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
-    f.write_text("def f():\n    from training.engine import Trainer\n    import service.app\n")
-    assert _imports(f) == ["training.engine", "service.app"]
+    f.write_text(
+        "def f():\n    from training.engine.trainer import Trainer\n    import service.app\n"
+    )
+    assert _imports(f) == ["training.engine.trainer", "service.app"]
 
 
 def _readme_tree() -> list[str]:

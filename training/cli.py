@@ -27,14 +27,16 @@ class Command:
 
 # `python -m training ...` and the training half of `contrastive ...`.
 TRAINING_COMMANDS: dict[str, Command] = {
-    "train": Command("train SimCLR, MoCo, BYOL, SwAV or CLIP", "training.train_cli"),
-    "export": Command("write a run's checkpoint as an export directory", "training.export.cli"),
-    "eval": Command("kNN, linear probe, zero-shot, few-shot of a model", "training.evaluate.cli"),
+    "train": Command("train SimCLR, MoCo, BYOL, SwAV or CLIP", "training.commands.train"),
+    "export": Command(
+        "write a run's checkpoint as an export directory", "training.commands.export"
+    ),
+    "eval": Command("kNN, linear probe, zero-shot, few-shot of a model", "training.commands.eval"),
     "demo": Command(
-        "train a tiny SimCLR for a minute and draw what it learns", "training.demo.demo_cli"
+        "train a tiny SimCLR for a minute and draw what it learns", "training.commands.demo"
     ),
     "plot": Command(
-        "draw a run's training curves (loss, lr, kNN) as a PNG", "training.demo.plot_cli"
+        "draw a run's training curves (loss, lr, kNN) as a PNG", "training.commands.plot"
     ),
 }
 

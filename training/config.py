@@ -41,7 +41,7 @@ class TrainConfig:
     # encoder
     backbone: str = "resnet18"  # resnet18|resnet50|tiny|timm:NAME|torchvision:NAME|open_clip:ARCH
     cifar_stem: bool | None = None  # None: on when image_size <= 64
-    # backbone weights to start from (training.pretrained): an export directory, a
+    # backbone weights to start from (training.engine.pretrained): an export directory, a
     # .safetensors file or a torch checkpoint; None: a fresh initialisation
     init_from: str | None = None
     image_size: int = 32

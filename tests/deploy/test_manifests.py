@@ -434,7 +434,7 @@ def test_training_job_command_line_parses_with_torchrun_and_the_training_cli(
 
     from service.cli import build_parser as contrastive_parser
     from training.cli import build_training_parser as training_parser
-    from training.train_cli import resolve
+    from training.commands.train import resolve
 
     job, container = the_job()
     spec = job["spec"]

@@ -1,4 +1,4 @@
-"""Gradient accumulation and gradient checkpointing (training.engine, TrainConfig).
+"""Gradient accumulation and gradient checkpointing (training.engine.trainer, TrainConfig).
 
 Accumulation sums the gradients of micro-batches before one step: for per-sample losses
 (BYOL, SimSiam, DINO) that is the large batch's gradient exactly, given a backbone and heads
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from training.config import ConfigError, build_config
-from training.engine import Trainer
+from training.engine.trainer import Trainer
 from training.methods import get_method
 
 HEAD = {"proj_hidden": 16, "proj_dim": 8, "head_norm": "layer"}

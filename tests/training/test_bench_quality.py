@@ -16,8 +16,8 @@ from service.cli import build_parser
 from training.bench import quality
 from training.config import build_config
 from training.data import LabelledArrays
+from training.engine.resume import BEFORE_SETTINGS_EXISTED
 from training.methods import get_method
-from training.train_cli import BEFORE_SETTINGS_EXISTED
 
 METHODS = ("simclr", "moco")  # two of the fastest steps on the CPU
 EPOCHS = 2

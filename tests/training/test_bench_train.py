@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from training.bench import train as bench
-from training.bench.knn import time_to_target
 from training.bench.pipelines import BenchSettings, build_trainer, step_on_views
 from training.bench.report import comparisons
+from training.bench.time_to_knn import time_to_target
 from training.data import load_knn_data
 
 

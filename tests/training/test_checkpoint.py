@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import (
+from training.cli import main as cli_main
+from training.engine.checkpoint import (
     CHECKSUM,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
     state_digest,
 )
-from training.cli import main as cli_main
 
 
 def _state() -> dict[str, object]:

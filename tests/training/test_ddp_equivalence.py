@@ -1,7 +1,7 @@
 """Every method under 2-process DDP (gloo, CPU) equals one process on the whole batch.
 
 Two ranks each build the method from the same seed, wrap it in DistributedDataParallel
-as training/engine.py does, and take STEPS training steps on their half of the same
+as training/engine/trainer.py does, and take STEPS training steps on their half of the same
 pre-made views (float64; SwAV float32), in the engine's order: forward -> backward ->
 on_before_step -> optimiser -> EMA -> on_after_step. The parent process runs the same
 steps on the whole batch without a process group, meanwhile. Compared per step: the
@@ -30,10 +30,10 @@ from torch import nn
 from tests.helpers import free_port
 from training import dist
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
+from training.engine.optim import build_optimizer, param_groups
 from training.methods import Method, MethodContext, Views, get_method
 from training.methods.clip import CLIP
 from training.momentum import update_momentum
-from training.optim import build_optimizer, param_groups
 
 WORLD, B = 2, 4  # processes, samples per process
 N = WORLD * B  # the global batch

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.demo import demo_cli, plot_cli
+from training.commands import demo as demo_cli
+from training.commands import plot as plot_cli
 from training.demo.analysis import anchor_similarities, median_anchor
 from training.demo.curves import series
 from training.demo.embeddings import block_stats
@@ -69,7 +70,7 @@ def test_plot_reports_a_folder_without_metrics(
 
 def test_series_skips_null_values_and_other_kinds(tmp_path: Path) -> None:
     _write_metrics(tmp_path / "run")
-    from training.metrics import read_metrics
+    from training.engine.metrics import read_metrics
 
     steps, loss = series(read_metrics(tmp_path / "run"), "train", "loss")
     assert steps == [1, 2, 3, 5, 6, 7, 8, 9, 10]
@@ -163,7 +164,7 @@ def test_choose_steps_fills_the_budget_with_steps_and_knn_evaluations() -> None:
 def test_the_before_model_is_the_runs_initial_model(tmp_path: Path) -> None:
     from training.demo.model import backbone_spec, build_method
     from training.demo.pipeline import planned_config
-    from training.engine import Trainer
+    from training.engine.trainer import Trainer
 
     cfg, params = planned_config("digits", tmp_path / "run", seed=3)
     trainer = Trainer(cfg, params)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from training.checkpoint import CheckpointError, all_finite, load_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, build_config, parse_overrides
-from training.knn import knn_accuracy, knn_predict
-from training.metrics import MetricsLogger, read_metrics
-from training.optim import LARS, build_optimizer, param_groups
-from training.schedule import lr_at, scaled_lr
+from training.engine.checkpoint import CheckpointError, all_finite, load_checkpoint, save_checkpoint
+from training.engine.metrics import MetricsLogger, read_metrics
+from training.engine.optim import LARS, build_optimizer, param_groups
+from training.engine.schedule import lr_at, scaled_lr
+from training.evaluate.knn import knn_accuracy, knn_predict
 
 
 @dataclasses.dataclass
@@ -148,7 +148,7 @@ def test_clipped_trust_ratio_never_exceeds_eta(lr: float) -> None:
 
 
 def test_lr_scaling_rules() -> None:
-    from training.schedule import scaled_lr
+    from training.engine.schedule import scaled_lr
 
     assert scaled_lr(0.3, 4096) == pytest.approx(4.8)
     assert scaled_lr(0.3, 4096, "sqrt") == pytest.approx(1.2)

@@ -15,17 +15,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.helpers import FakeEncoder, write_tiny_timm_export
+from training.commands import eval as cli
 from training.encoders import Encoder, EncoderInfo, Preprocess
 from training.encoders import preprocess as pp
 from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
-from training.evaluate import cli
 from training.evaluate.data import load_eval_data
+from training.evaluate.knn import knn_accuracy
 from training.evaluate.logreg import fit_logreg, select_l2, split_train_val
 from training.evaluate.models import default_checkpoint_loader, resolve_model
 from training.evaluate.pixels import extract_features, to_model_pixels
 from training.evaluate.tasks import few_shot, knn_task, linear_probe, sample_shots
 from training.evaluate.zeroshot import zero_shot, zero_shot_classifier
-from training.knn import knn_accuracy
 
 
 def _pil(image: torch.Tensor) -> Image.Image:
@@ -231,7 +231,7 @@ def test_checkpoint_refs_go_to_the_checkpoint_loader(tmp_path: Path) -> None:
     (tmp_path / "run" / "last.pt").write_bytes(b"")
     resolve_model(str(tmp_path / "run"), checkpoint_loader=loader)
     assert seen == [(ckpt, "cpu"), (tmp_path / "run", None)]
-    from training.export.checkpoint import encoder_from_checkpoint
+    from training.export.build import encoder_from_checkpoint
 
     assert default_checkpoint_loader() is encoder_from_checkpoint
 

@@ -24,16 +24,16 @@ from service.app import create_app
 from service.settings import Settings
 from tests.helpers import image_bytes, wait_ready
 from training.augment import IMAGENET_MEAN, IMAGENET_STD
-from training.checkpoint import LAST, load_checkpoint
 from training.cli import main as train_main
+from training.commands import export as export_cli
 from training.config import build_config
 from training.data import load_knn_data
 from training.encoders import load_encoder
 from training.encoders.base import Preprocess
 from training.encoders.exported.format import ExportError, read_meta
 from training.encoders.preprocess import to_tensor
-from training.export import cli as export_cli
-from training.export.checkpoint import encoder_from_checkpoint
+from training.engine.checkpoint import LAST, load_checkpoint
+from training.export.build import encoder_from_checkpoint
 from training.methods import get_method
 
 ATOL = 1e-5
@@ -69,7 +69,7 @@ def _export(checkpoint: Path, out: Path, *flags: str) -> int:
 
 def _engine_method(run: Path) -> Any:
     """The Method exactly as `contrastive train --resume` rebuilds it."""
-    from training.engine import Trainer
+    from training.engine.trainer import Trainer
 
     state = load_checkpoint(run)
     cfg, params = build_config(dict(state["config"]), get_method(state["method"]).Params)

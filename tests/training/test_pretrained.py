@@ -1,4 +1,4 @@
-"""Starting a run from pretrained backbone weights (`init_from`, training.pretrained)."""
+"""Starting a run from pretrained backbone weights (`init_from`, training.engine.pretrained)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from training.config import build_config
 from training.encoders.base import Preprocess
 from training.encoders.exported.format import ExportMeta, write_export
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.engine import Trainer
+from training.engine.pretrained import load_backbone
+from training.engine.trainer import Trainer
 from training.methods import get_method
-from training.pretrained import load_backbone
 
 
 def _source(seed: int = 3) -> dict[str, torch.Tensor]:

@@ -114,7 +114,7 @@ def test_bad_shards_are_refused_with_what_to_do(tmp_path: Path) -> None:
 
 def test_a_run_trains_on_shards_and_checkpoints(tmp_path: Path) -> None:
     from training.config import build_config
-    from training.engine import Trainer
+    from training.engine.trainer import Trainer
     from training.methods import get_method
 
     _write_shards(tmp_path / "s", per_shard=8)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from training.checkpoint import LAST, load_checkpoint
+from training.engine.checkpoint import LAST, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180  # per torchrun call; a hang fails the test instead of blocking CI

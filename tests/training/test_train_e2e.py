@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint
 from training.cli import main as train_main
-from training.engine import Trainer
-from training.metrics import read_metrics
+from training.engine.checkpoint import load_checkpoint
+from training.engine.metrics import read_metrics
+from training.engine.trainer import Trainer
 
 METHODS = ["simclr", "moco", "byol", "swav", "clip", "barlow", "vicreg", "simsiam", "dino"]
 # Small and fast: the GroupNorm toy backbone, 16x16 crops, small heads.
@@ -246,9 +246,9 @@ def test_contrastive_entry_point_dispatches_train(tmp_path: Path) -> None:
 def test_a_checkpoint_from_before_larc_resumes_with_the_lars_it_trained_with(
     tmp_path: Path,
 ) -> None:
-    from training.checkpoint import save_checkpoint
     from training.cli import build_training_parser
-    from training.train_cli import resolve
+    from training.commands.train import resolve
+    from training.engine.checkpoint import save_checkpoint
 
     out = tmp_path / "run"
     assert train_main(argv("simclr", out, "knn_every=0", steps=1)) == 0
@@ -270,9 +270,9 @@ def test_a_checkpoint_from_before_the_jitter_size_rule_keeps_its_jitter(
 ) -> None:
     """Before `jitter_strength` existed every size had SimCLR's s = 0.5: such a checkpoint
     resumes with it (and the Trainer's augmenter applies it); a new run sizes it."""
-    from training.checkpoint import save_checkpoint
     from training.cli import build_training_parser
-    from training.train_cli import resolve
+    from training.commands.train import resolve
+    from training.engine.checkpoint import save_checkpoint
 
     out = tmp_path / "run"
     assert train_main(argv("simclr", out, "knn_every=0", steps=1)) == 0
@@ -292,7 +292,7 @@ def test_a_checkpoint_from_before_the_jitter_size_rule_keeps_its_jitter(
 
 def _as_before(out: Path, drop_params: tuple[str, ...], params: dict[str, Any]) -> None:
     """Rewrite the run's checkpoint as a version before `drop_params` existed wrote it."""
-    from training.checkpoint import save_checkpoint
+    from training.engine.checkpoint import save_checkpoint
 
     state = load_checkpoint(out)
     saved = state["config"]["method_params"]
@@ -308,7 +308,7 @@ def test_a_moco_checkpoint_from_before_v2_defaults_resumes_with_its_tuned_recipe
     """`moco` was the tuned variant (LARS 0.4 / 1e-5, scale 0.08) until crop_min_scale
     existed: such a checkpoint resumes with it; a new run gets MoCo v2's SGD recipe."""
     from training.cli import build_training_parser
-    from training.train_cli import resolve
+    from training.commands.train import resolve
 
     out = tmp_path / "run"
     assert train_main(argv("moco", out, "knn_every=0", steps=1)) == 0
@@ -337,7 +337,7 @@ def test_a_swav_checkpoint_from_before_epoch_freeze_resumes_unchanged(tmp_path: 
     """Old SwAV checkpoints saved freeze_prototypes_steps=313 and queue_length=0, and no
     freeze_prototypes_epochs: the explicit values still win on resume."""
     from training.cli import build_training_parser
-    from training.train_cli import resolve
+    from training.commands.train import resolve
 
     out = tmp_path / "run"
     assert train_main(argv("swav", out, "knn_every=0", "queue_length=0", steps=1)) == 0

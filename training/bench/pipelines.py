@@ -26,7 +26,7 @@ from torch import Tensor
 from training.augment import Augmenter, ViewSpec
 from training.config import build_config
 from training.data import Batch
-from training.engine import Trainer
+from training.engine.trainer import Trainer
 from training.methods import get_method
 from training.methods.base import Views
 

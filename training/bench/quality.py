@@ -4,14 +4,15 @@ Every registered method (or --methods) trains through the real Trainer on one da
 with one backbone, and for each the run records, in one process on one device:
 
 - kNN (k = 200, t = 0.1) of the untrained encoder: the reference each method must beat;
-- kNN after every epoch (training.bench.knn.knn_run, the figure PERFORMANCE.md quotes);
+- kNN after every epoch (training.bench.time_to_knn.knn_run, the figure PERFORMANCE.md quotes);
 - a linear probe on the frozen backbone features after the last epoch (the evaluate
   package's probe: logistic regression, its L2 strength chosen on a validation split),
   and the same probe of the untrained encoder, its reference;
 - kNN on raw pixels, once: the floor that any representation should approach.
 
 Then --lars-methods (BYOL and SimCLR) train again at --lars-batch with the LARS this
-project used before clipping existed (unclipped, eta 0.02: train_cli.BEFORE_SETTINGS_EXISTED)
+project used before clipping existed (unclipped, eta 0.02:
+training.engine.resume.BEFORE_SETTINGS_EXISTED)
 and the clipped one it uses now (LARC, eta 0.001), so the two optimisers are compared at
 the large batch where their difference shows, in the same run.
 
@@ -50,18 +51,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.bench.knn import KNN_K, KNN_T, knn_run, raw_pixel_knn
 from training.bench.pipelines import BenchSettings
+from training.bench.time_to_knn import KNN_K, KNN_T, knn_run, raw_pixel_knn
 from training.config import ConfigError, TrainConfig
 from training.data import DataError, LabelledArrays, load_knn_data
 from training.data.idx import FASHION_MNIST_DIR
 from training.encoders.environment import environment, timestamp, write_json
-from training.engine import Trainer
+from training.engine.resume import BEFORE_SETTINGS_EXISTED
+from training.engine.runstate import train_device
+from training.engine.trainer import Trainer
+from training.evaluate.knn import embed
 from training.evaluate.tasks import linear_probe
-from training.knn import embed
 from training.methods import METHODS, get_method
-from training.runstate import train_device
-from training.train_cli import BEFORE_SETTINGS_EXISTED
 
 DEFAULT_LARS_METHODS = "byol,simclr"
 # The two LARS forms side by side: the old one exactly as old checkpoints resume with it,

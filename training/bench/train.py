@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from training.bench.knn import knn_run
 from training.bench.peer import Peer
 from training.bench.pipelines import (
     BenchSettings,
@@ -38,11 +37,12 @@ from training.bench.pipelines import (
     measure,
 )
 from training.bench.report import comparisons, print_report
+from training.bench.time_to_knn import knn_run
 from training.config import ConfigError
 from training.data import DataError
 from training.data.idx import FASHION_MNIST_DIR
 from training.encoders.environment import environment, timestamp, write_json
-from training.runstate import train_device
+from training.engine.runstate import train_device
 
 ALL_METHODS = ("moco", "byol", "swav", "clip")
 

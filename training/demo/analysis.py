@@ -21,8 +21,8 @@ from training.data import LabelledArrays, load_knn_data
 from training.demo.embeddings import class_sorted_batch, project_2d
 from training.demo.model import features, projections
 from training.demo.temperature import LOSS_TAUS, loss_curve
-from training.knn import knn_accuracy
-from training.online_knn import OnlineKNN
+from training.engine.knn_monitor import OnlineKNN
+from training.evaluate.knn import knn_accuracy
 
 HEATMAP_PER_CLASS = 8
 

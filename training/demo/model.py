@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from training.augment import Augmenter
 from training.config import TrainConfig, build_config
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.knn import embed
+from training.engine.runstate import seed_all
+from training.evaluate.knn import embed
 from training.methods import MethodContext, get_method
-from training.runstate import seed_all
 
 
 def run_config(checkpoint: dict[str, Any]) -> tuple[TrainConfig, Any]:

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import load_checkpoint
 from training.config import TrainConfig, build_config
 from training.data import Batch, load_data, parse_spec
 from training.demo.analysis import Analysis, DemoData, analyse, prepare
 from training.demo.model import backbone_spec, build_method, rebuild
+from training.engine.checkpoint import load_checkpoint
 from training.methods import get_method
 
 log = logging.getLogger("contrastive.demo")

@@ -2,8 +2,9 @@
 
 Any Encoder works (the built-in model, open_clip, export directories, training
 checkpoints); images become features through the encoder's own preprocessing
-(`pixels.extract_features`), and every task scores those features. `cli` is
-`contrastive eval`.
+(`pixels.extract_features`), and every task scores those features. `knn` is the
+weighted kNN classifier that training's online evaluation uses too; the command
+`contrastive eval` is training.commands.eval.
 """
 
 from training.evaluate.logreg import LinearModel, fit_logreg, select_l2

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from training.evaluate.knn import knn_accuracy
 from training.evaluate.logreg import L2_GRID, fit_logreg, select_l2, standardiser
-from training.knn import knn_accuracy
 
 # Few-shot has too few examples to hold out a validation split, so its penalty is fixed.
 # 1e-3 was best, or within 0.035 of the best, of 1e-5..1e-1 at 1, 5 and 10 shots on three
@@ -54,7 +54,7 @@ def knn_task(
     bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,
     query_labels: torch.Tensor, num_classes: int, k: int = 200, t: float = 0.1,
 ) -> KnnResult:  # fmt: skip
-    """Weighted kNN (training.knn): each of the k nearest votes exp(cos / t)."""
+    """Weighted kNN (training.evaluate.knn): each of the k nearest votes exp(cos / t)."""
     acc = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k=k, t=t)
     return KnnResult(acc, k, t)
 

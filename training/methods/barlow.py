@@ -48,7 +48,7 @@ class BarlowTwinsParams:
 class BarlowTwins(TwoViewMethod):
     """Barlow Twins with a `proj_layers`-layer MLP projector (Linear, norm, ReLU blocks).
 
-    Optimiser defaults: LARS (training.optim: LARC-clipped, eta 0.001, biases and norms
+    Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
     exempt), lr 0.3 per 256 images, weight decay 1e-5. The paper uses LARS with lr 0.2 per
     256 for the weights (0.0048 for biases and norms), weight decay 1.5e-6, batch 2048 and
     1000 ImageNet epochs; solo-learn's CIFAR recipe is lr 0.3 with weight decay 1e-4. LARS

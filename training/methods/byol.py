@@ -49,7 +49,7 @@ class BYOLParams:
 class BYOL(Method):
     """BYOL with an MLP projector and predictor (Linear, norm, ReLU, Linear each).
 
-    Optimiser defaults: LARS (training.optim: LARC-clipped, eta 0.001, biases and norms
+    Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
     exempt), lr 1.0 per 256 images and weight decay 1e-5 (solo-learn's CIFAR values, with
     eta 0.02 and clipping). The paper's lr 0.2 and wd 1.5e-6 are for 1000 ImageNet epochs.
     LARS's per-layer trust ratio is what BYOL was tuned with: without negatives, the loss's

@@ -45,7 +45,7 @@ class SimCLRParams:
 class SimCLR(Method):
     """SimCLR with a `proj_layers`-layer projection head over the backbone features.
 
-    Optimiser defaults: LARS (training.optim: LARC-clipped, eta 0.001, biases and norms
+    Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
     exempt), lr 0.4 per 256 images, weight decay 1e-5. The trust ratio normalises each
     layer's step by its gradient norm, so the learning rate does not have to be retuned
     when the temperature (which scales the gradient by 1/T) changes. lr 0.4 is

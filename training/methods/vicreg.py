@@ -49,7 +49,7 @@ class VICRegParams:
 class VICReg(TwoViewMethod):
     """VICReg with a `proj_layers`-layer MLP expander (Linear, norm, ReLU blocks).
 
-    Optimiser defaults: LARS (training.optim: LARC-clipped, eta 0.001, biases and norms
+    Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
     exempt), lr 0.3 per 256 images, weight decay 1e-5. The paper uses LARS with a base lr
     of 0.2 per 256, weight decay 1e-6, batch 2048 and 1000 ImageNet epochs; solo-learn's
     CIFAR recipe is lr 0.3 with weight decay 1e-4.

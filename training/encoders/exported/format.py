@@ -8,7 +8,7 @@ Loading never unpickles: weights are read with safetensors only, after their has
 been checked, so a tampered or foreign file is refused before any of it is parsed.
 Writing is atomic: the directory is assembled under a temporary name and renamed.
 
-From a training run: `training.export.checkpoint.export_checkpoint` writes one.
+From a training run: `training.export.build.export_checkpoint` writes one.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from training import dist
 
 if TYPE_CHECKING:
-    from training.engine import Trainer
+    from training.engine.trainer import Trainer
 
 
 class Progress:

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from training.augment import IMAGENET_MEAN, IMAGENET_STD
-from training.checkpoint import LAST, CheckpointError, load_checkpoint
 from training.encoders.base import Encoder, Preprocess, resolve_device
 from training.encoders.exported.format import (
     META_FILE,
@@ -35,6 +34,7 @@ from training.encoders.exported.format import (
 from training.encoders.exported.trained import describe_head, load_trained, packaged_minilm_sha256
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.encoders.nets.text_towers import MiniLMTower, TransformerTower
+from training.engine.checkpoint import LAST, CheckpointError, load_checkpoint
 from training.methods.base import Method, MethodContext
 
 PARITY_ATOL = 1e-5  # max |difference| of unit embeddings between checkpoint and export

@@ -13,7 +13,7 @@ from training import dist
 from training.augment import Augmenter
 from training.config import TrainConfig
 from training.data import LabelledArrays, load_knn_data
-from training.knn import embed, knn_accuracy
+from training.evaluate.knn import embed, knn_accuracy
 
 log = logging.getLogger("contrastive.train")
 _UNLOADED: Any = object()

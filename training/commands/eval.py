@@ -201,10 +201,10 @@ def _run_task(
 
 def run(args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = None) -> int:
     """The `contrastive eval` command: 0 on success, 2 for a bad command line or input."""
-    from training.checkpoint import CheckpointError
     from training.data import DataError
     from training.encoders import MissingCapabilityError, UnknownModelError
     from training.encoders.exported.format import ExportError
+    from training.engine.checkpoint import CheckpointError
 
     try:
         report = evaluate(args, checkpoint_loader)

@@ -26,9 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """-> 0 on success, 2 for a bad checkpoint / OUT_DIR / option, 1 if ONNX export fails."""
-    from training.checkpoint import CheckpointError
     from training.encoders.exported.format import ExportError, read_meta
-    from training.export.checkpoint import export_checkpoint
+    from training.engine.checkpoint import CheckpointError
+    from training.export.build import export_checkpoint
 
     if args.onnx and importlib.util.find_spec(ONNX_MODULE) is None:
         return _fail("--onnx needs training/export/onnx.py, which this installation lacks")

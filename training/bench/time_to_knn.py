@@ -21,8 +21,8 @@ import torch
 
 from training.bench.pipelines import BenchSettings, build_trainer
 from training.data import load_knn_data
-from training.engine import Trainer
-from training.knn import knn_accuracy
+from training.engine.trainer import Trainer
+from training.evaluate.knn import knn_accuracy
 
 KNN_K, KNN_T = 200, 0.1
 

@@ -24,7 +24,6 @@ from torch import nn
 
 from training import dist
 from training.augment import Augmenter
-from training.checkpoint import LAST, all_finite, save_checkpoint
 from training.config import TrainConfig
 from training.data import Batch, load_data
 from training.encoders.nets.backbones import (
@@ -32,16 +31,17 @@ from training.encoders.nets.backbones import (
     build_backbone,
     enable_grad_checkpointing,
 )
+from training.engine.checkpoint import LAST, all_finite, save_checkpoint
+from training.engine.knn_monitor import OnlineKNN
+from training.engine.metrics import MetricsLogger
+from training.engine.optim import build_optimizer, param_groups
+from training.engine.pretrained import load_backbone
+from training.engine.progress import Progress
+from training.engine.runstate import capture_rng, restore_rng, seed_all, train_device
+from training.engine.schedule import lr_at, scaled_lr
 from training.methods import MethodContext, Views, get_method
 from training.methods.base import split_views
-from training.metrics import MetricsLogger
 from training.momentum import update_momentum
-from training.online_knn import OnlineKNN
-from training.optim import build_optimizer, param_groups
-from training.pretrained import load_backbone
-from training.progress import Progress
-from training.runstate import capture_rng, restore_rng, seed_all, train_device
-from training.schedule import lr_at, scaled_lr
 
 log = logging.getLogger("contrastive.train")
 CHECKPOINT_FORMAT = 1
