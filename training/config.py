@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, overload
 
 
 class ConfigError(ValueError):
@@ -227,8 +227,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(values: dict[str, Any], params_cls: type | None = None) -> tuple[TrainConfig, Any]:
-    """Flat {key: value} -> (TrainConfig, method Params instance).
+PT = TypeVar("PT")
+
+
+@overload
+def build_config(values: dict[str, Any], params_cls: type[PT]) -> tuple[TrainConfig, PT]: ...
+@overload
+def build_config(values: dict[str, Any], params_cls: None = None) -> tuple[TrainConfig, None]: ...
+def build_config(
+    values: dict[str, Any], params_cls: type[PT] | None = None
+) -> tuple[TrainConfig, PT | None]:
+    """Flat {key: value} -> (TrainConfig, method Params instance; None without a class).
 
     Keys name a TrainConfig field or a field of the method's `Params` dataclass; a
     nested `method_params:` mapping (as written into checkpoints) is accepted too.
@@ -250,7 +259,7 @@ def build_config(values: dict[str, Any], params_cls: type | None = None) -> tupl
     cfg = TrainConfig(**run)
     method_params = params_cls(**params) if params_cls is not None else None
     if method_params is not None:
-        cfg.method_params = dataclasses.asdict(method_params)
+        cfg.method_params = dataclasses.asdict(method_params)  # type: ignore[call-overload]
     validate(cfg)
     return cfg, method_params
 

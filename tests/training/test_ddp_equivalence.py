@@ -31,7 +31,7 @@ from tests.helpers import free_port
 from training import dist
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.engine.optim import build_optimizer, param_groups
-from training.methods import Method, MethodContext, Views, get_method
+from training.methods import Method, MethodContext, MomentumMethod, Views, get_method
 from training.methods.clip import CLIP
 from training.momentum import update_momentum
 
@@ -138,8 +138,9 @@ def _train(name: str, rows: slice, steps: int = STEPS) -> list[Record]:
         method.on_before_step(step)
         grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
         optimizer.step()
-        for online, target in method.momentum_pairs():
-            update_momentum(online, target, method.momentum_at((step + 1) / STEPS))
+        if isinstance(method, MomentumMethod):
+            for online, target in method.momentum_pairs():
+                update_momentum(online, target, method.momentum_at((step + 1) / STEPS))
         method.on_after_step(step)
         state = {k: v.clone() for k, v in method.state_dict().items()}
         records.append({"loss": dist.all_reduce_mean(out.loss), "grads": grads, "state": state})

@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from training.config import ConfigError, TrainConfig, build_config, parse_overrides
-from training.engine.checkpoint import CheckpointError, all_finite, load_checkpoint, save_checkpoint
+from training.engine.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    all_finite,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.engine.metrics import MetricsLogger, read_metrics
 from training.engine.optim import LARS, build_optimizer, param_groups
 from training.engine.schedule import lr_at, scaled_lr
@@ -168,11 +174,11 @@ def test_build_optimizer_kinds() -> None:
 
 # -- checkpoints ---------------------------------------------------------------------
 def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
-    state = {"model": {"w": torch.arange(3.0)}, "config": {"a": 1}, "step": 7,
-             "rng": {"torch": [torch.get_rng_state()]}}  # fmt: skip
-    path = save_checkpoint(tmp_path / "last.pt", state)
+    ckpt = Checkpoint(method="simclr", config={"a": 1}, model={"w": torch.arange(3.0)},
+                      step=7, rng={"torch": [torch.get_rng_state()]})  # fmt: skip
+    path = save_checkpoint(tmp_path / "last.pt", ckpt)
     back = load_checkpoint(tmp_path)  # a folder means its last.pt
-    assert back["step"] == 7 and torch.equal(back["model"]["w"], state["model"]["w"])
+    assert back.step == 7 and torch.equal(back.model["w"], ckpt.model["w"])
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left
 
     class Evil:

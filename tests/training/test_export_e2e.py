@@ -72,7 +72,7 @@ def _engine_method(run: Path) -> Any:
     from training.engine.trainer import Trainer
 
     state = load_checkpoint(run)
-    cfg, params = build_config(dict(state["config"]), get_method(state["method"]).Params)
+    cfg, params = build_config(dict(state.config), get_method(state.method).Params)
     return Trainer(cfg, params, resume=state).method.eval()
 
 

@@ -15,11 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from training.engine.checkpoint import LAST, load_checkpoint
+from training.engine.checkpoint import LAST, Checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180  # per torchrun call; a hang fails the test instead of blocking CI
@@ -89,7 +88,7 @@ def _train_steps(out: Path) -> list[int]:
     return [r["step"] for r in records if r.get("kind") == "train"]
 
 
-def _checkpoint(out: Path) -> dict[str, Any]:
+def _checkpoint(out: Path) -> Checkpoint:
     assert (out / LAST).is_file()
     return load_checkpoint(out / LAST)
 
@@ -100,8 +99,8 @@ def test_torchrun_trains_checkpoints_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _torchrun(run, *FIRST, *CONSTANT_LR, "--steps", "6")
     first = _checkpoint(run)
-    assert (first["step"], first["world_size"]) == (6, 2)
-    assert first["config"]["batch_size"] == 32  # per process: 64 images per step
+    assert (first.step, first.world_size) == (6, 2)
+    assert first.config["batch_size"] == 32  # per process: 64 images per step
     assert _train_steps(run)[-1] == 6
     # every rank's random streams are saved, so each can continue its own
     assert len(first["rng"]["torch"]) == 2
@@ -109,7 +108,7 @@ def test_torchrun_trains_checkpoints_and_resumes(tmp_path: Path) -> None:
     output = _torchrun(run, "--resume", "--steps", "8")
     assert "8 steps" in output
     resumed = _checkpoint(run)
-    assert resumed["step"] == 8
+    assert resumed.step == 8
     steps = _train_steps(run)
     assert steps[-1] == 8 and 6 in steps and max(steps) == 8
     assert json.loads((run / "summary.json").read_text())["steps"] == 8
@@ -118,9 +117,9 @@ def test_torchrun_trains_checkpoints_and_resumes(tmp_path: Path) -> None:
     # per-rank augmentations, same weights
     straight = tmp_path / "straight"
     _torchrun(straight, *FIRST, *CONSTANT_LR, "--steps", "8")
-    want = _checkpoint(straight)["model"]
-    assert sorted(resumed["model"]) == sorted(want)
-    for key, value in resumed["model"].items():
+    want = _checkpoint(straight).model
+    assert sorted(resumed.model) == sorted(want)
+    for key, value in resumed.model.items():
         err = float((value.double() - want[key].double()).abs().max()) if value.numel() else 0.0
         assert err <= 1e-6, f"{key}: resumed and uninterrupted runs differ by {err:.3g}"
 
@@ -172,5 +171,5 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped"] == "signal"
     saved = _checkpoint(run)
-    assert saved["step"] == summary["steps"] == _train_steps(run)[-1]
-    assert saved["step"] < 100000
+    assert saved.step == summary["steps"] == _train_steps(run)[-1]
+    assert saved.step < 100000

@@ -68,7 +68,7 @@ def test_every_method_trains_and_its_loss_falls(method: str, tmp_path: Path) -> 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 66 and summary["stopped"] == "done"
     state = load_checkpoint(out)
-    assert state["step"] == 66 and state["method"] == method
+    assert state.step == 66 and state.method == method
 
 
 @pytest.mark.parametrize(
@@ -94,10 +94,10 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_losses(
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_main(argv(method, broken, *common, steps=7))
     monkeypatch.setattr(Trainer, "_train_step", real_step)
-    assert load_checkpoint(broken)["step"] == 3
+    assert load_checkpoint(broken).step == 3
     assert train_main([*argv(method, broken, *common, steps=7), "--resume"]) == 0
     assert losses(broken) == losses(whole)  # exact: same batches, views and updates
-    a, b = load_checkpoint(whole)["model"], load_checkpoint(broken)["model"]
+    a, b = load_checkpoint(whole).model, load_checkpoint(broken).model
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
@@ -115,10 +115,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(
 
     monkeypatch.setattr(Trainer, "_train_step", terminate_at_step_2)
     assert train_main(argv("simclr", out, "knn_every=0", steps=6)) == 130
-    assert load_checkpoint(out)["step"] == 3  # the step in flight finished, then it saved
+    assert load_checkpoint(out).step == 3  # the step in flight finished, then it saved
     monkeypatch.setattr(Trainer, "_train_step", real_step)
     assert train_main([*argv("simclr", out, "knn_every=0", steps=6), "--resume"]) == 0
-    assert load_checkpoint(out)["step"] == 6
+    assert load_checkpoint(out).step == 6
 
 
 def make_simclr_losses_nan(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,9 +148,9 @@ def test_non_finite_losses_skip_steps_then_stop_without_saving(
     assert "3 non-finite losses in a row" in err
     assert f"The last good checkpoint is {out / 'last.pt'}" in err
     after = load_checkpoint(out)
-    assert after["step"] == before["step"] == 2  # nothing non-finite was saved
-    for key, value in before["model"].items():
-        assert torch.equal(value, after["model"][key])
+    assert after.step == before.step == 2  # nothing non-finite was saved
+    for key, value in before.model.items():
+        assert torch.equal(value, after.model[key])
 
 
 def test_cli_refuses_to_overwrite_and_to_change_a_resumed_run(
@@ -174,7 +174,7 @@ def test_cli_refuses_to_overwrite_and_to_change_a_resumed_run(
     # what may change does: a longer run, other logging and kNN settings
     longer = [*argv("simclr", out, "knn_every=0", "log_every=5", "max_nonfinite=4", steps=2)]
     assert train_main([*longer, "--resume"]) == 0
-    assert load_checkpoint(out)["step"] == 2
+    assert load_checkpoint(out).step == 2
 
 
 def test_resume_needs_a_checkpoint_unless_auto(
@@ -187,9 +187,9 @@ def test_resume_needs_a_checkpoint_unless_auto(
     assert not (typo / "last.pt").exists()
     fresh = tmp_path / "run"
     assert train_main([*argv("simclr", fresh, "knn_every=0", steps=1), "--resume", "auto"]) == 0
-    assert load_checkpoint(fresh)["step"] == 1
+    assert load_checkpoint(fresh).step == 1
     assert train_main([*argv("simclr", fresh, "knn_every=0", steps=2), "--resume", "auto"]) == 0
-    assert load_checkpoint(fresh)["step"] == 2  # the second start continued the first
+    assert load_checkpoint(fresh).step == 2  # the second start continued the first
 
 
 def test_non_finite_before_any_checkpoint_names_no_missing_file(
@@ -228,7 +228,7 @@ def test_yaml_config_and_list_settings(tmp_path: Path, capsys: pytest.CaptureFix
     out = tmp_path / "r"
     assert train_main(["train", "--config", str(cfg), "--out", str(out), "--steps", "2",
                        "--batch-size", "16", "--device", "cpu"]) == 0  # fmt: skip
-    saved = load_checkpoint(out)["config"]
+    saved = load_checkpoint(out).config
     assert saved["method"] == "byol" and saved["method_params"]["proj_hidden"] == 64
     assert train_main(["train", "--method", "swav", "--list-settings"]) == 0
     listing = capsys.readouterr().out
@@ -240,7 +240,7 @@ def test_contrastive_entry_point_dispatches_train(tmp_path: Path) -> None:
 
     out = tmp_path / "r"
     assert contrastive(argv("simclr", out, "knn_every=0", steps=1)) == 0
-    assert load_checkpoint(out)["step"] == 1
+    assert load_checkpoint(out).step == 1
 
 
 def test_a_checkpoint_from_before_larc_resumes_with_the_lars_it_trained_with(
@@ -254,7 +254,7 @@ def test_a_checkpoint_from_before_larc_resumes_with_the_lars_it_trained_with(
     assert train_main(argv("simclr", out, "knn_every=0", steps=1)) == 0
     state = load_checkpoint(out)
     for key in ("lars_eta", "lars_clip", "lr_scaling"):  # as older versions wrote it
-        del state["config"][key]
+        del state.config[key]
     save_checkpoint(out / "last.pt", state)
     args = build_training_parser().parse_args(["train", "--out", str(out), "--resume"])
     cfg, _, checkpoint = resolve(args)
@@ -277,8 +277,8 @@ def test_a_checkpoint_from_before_the_jitter_size_rule_keeps_its_jitter(
     out = tmp_path / "run"
     assert train_main(argv("simclr", out, "knn_every=0", steps=1)) == 0
     state = load_checkpoint(out)
-    assert state["config"]["jitter_strength"] is None
-    del state["config"]["jitter_strength"]
+    assert state.config["jitter_strength"] is None
+    del state.config["jitter_strength"]
     save_checkpoint(out / "last.pt", state)
     args = build_training_parser().parse_args(["train", "--out", str(out), "--resume",
                                                "--steps", "2"])  # fmt: skip
@@ -295,7 +295,7 @@ def _as_before(out: Path, drop_params: tuple[str, ...], params: dict[str, Any]) 
     from training.engine.checkpoint import save_checkpoint
 
     state = load_checkpoint(out)
-    saved = state["config"]["method_params"]
+    saved = state.config["method_params"]
     for key in drop_params:
         del saved[key]
     saved.update(params)
@@ -378,4 +378,4 @@ def test_clip_with_siglip_loss_trains(tmp_path: Path) -> None:
     assert train_main(argv("clip", out, "loss=siglip", "knn_every=0", steps=30)) == 0
     loss = losses(out)
     assert statistics.mean(loss[-8:]) < statistics.mean(loss[:8])
-    assert float(load_checkpoint(out)["model"]["logit_bias"]) != -10.0
+    assert float(load_checkpoint(out).model["logit_bias"]) != -10.0

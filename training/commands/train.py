@@ -14,11 +14,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from training.config import ConfigError, build_config, load_yaml, parse_overrides
-from training.engine.checkpoint import LAST, CheckpointError, load_checkpoint
+from training.config import ConfigError, TrainConfig, build_config, load_yaml, parse_overrides
+from training.engine.checkpoint import LAST, Checkpoint, CheckpointError, load_checkpoint
 from training.engine.resume import refuse_changes, with_old_defaults
+
+if TYPE_CHECKING:
+    from training.methods import MethodParams
 
 # Flags mapped onto config keys (default None = "not given").
 FLAGS: dict[str, tuple[str, type, str]] = {
@@ -80,7 +83,9 @@ def requested_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def resolve(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]:
+def resolve(
+    args: argparse.Namespace,
+) -> tuple[TrainConfig, MethodParams, Checkpoint | None]:
     """Command line (+ checkpoint when resuming) -> (TrainConfig, Params, checkpoint)."""
     from training.methods import get_method
 
@@ -93,7 +98,7 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]:
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
         checkpoint = load_checkpoint(out / LAST)
-        saved = with_old_defaults(dict(checkpoint["config"]))
+        saved = with_old_defaults(dict(checkpoint.config))
         refuse_changes(given, saved)
         given = {**saved, **given}
     elif args.resume == "auto":
@@ -123,7 +128,7 @@ def list_settings(method: str) -> str:
                 for f in dataclasses.fields(cls) if f.name not in skip]  # fmt: skip
 
     method_cls = get_method(method)
-    method_sources: dict[str, str] = getattr(method_cls, "DEFAULT_SOURCES", {})
+    method_sources = method_cls.DEFAULT_SOURCES
     unset = [
         (f"{key} = {getattr(method_cls, 'default_' + key)!r}",
          method_sources.get(key, "source not recorded"))

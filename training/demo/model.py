@@ -15,15 +15,16 @@ import torch.nn.functional as F
 from training.augment import Augmenter
 from training.config import TrainConfig, build_config
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
+from training.engine.checkpoint import Checkpoint
 from training.engine.runstate import seed_all
 from training.evaluate.knn import embed
 from training.methods import MethodContext, get_method
 
 
-def run_config(checkpoint: dict[str, Any]) -> tuple[TrainConfig, Any]:
+def run_config(checkpoint: Checkpoint) -> tuple[TrainConfig, Any]:
     """A checkpoint's (TrainConfig, method Params)."""
-    cls = get_method(str(checkpoint["method"]))
-    return build_config(dict(checkpoint["config"]), cls.Params)
+    cls = get_method(checkpoint.method)
+    return build_config(dict(checkpoint.config), cls.Params)
 
 
 def backbone_spec(cfg: TrainConfig) -> BackboneSpec:
@@ -45,15 +46,13 @@ def build_method(cfg: TrainConfig, params: Any, spec: BackboneSpec) -> Any:
     return get_method(cfg.method)(backbone, feat_dim, params, ctx).eval()
 
 
-def rebuild(checkpoint: dict[str, Any], *, trained: bool) -> Any:
+def rebuild(checkpoint: Checkpoint, *, trained: bool) -> Any:
     """A checkpoint's Method (CPU, eval mode): its trained weights, or (trained=False)
     the initial weights the run started from."""
     cfg, params = run_config(checkpoint)
-    b = checkpoint["backbone"]
-    method = build_method(cfg, params, BackboneSpec(b["name"], bool(b["cifar_stem"]),
-                                                    b.get("image_size")))  # fmt: skip
+    method = build_method(cfg, params, checkpoint.backbone or backbone_spec(cfg))
     if trained:
-        method.load_state_dict(checkpoint["model"])
+        method.load_state_dict(checkpoint.model)
     return method.eval()
 
 

@@ -196,5 +196,5 @@ def _run(data_spec: str, out: Path, seconds: float, seed: int) -> DemoRun:
     train_seconds = train(cfg, steps)
     checkpoint = load_checkpoint(run_dir)
     after = analyse(rebuild(checkpoint, trained=True), data, cfg)
-    return DemoRun(cfg, data, before, after, run_dir, int(checkpoint["step"]), train_seconds,
+    return DemoRun(cfg, data, before, after, run_dir, checkpoint.step, train_seconds,
                    started, threads)  # fmt: skip

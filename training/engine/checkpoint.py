@@ -1,6 +1,12 @@
-"""Atomic checkpoints that load without unpickling arbitrary objects.
+"""The training checkpoint: its schema (`Checkpoint`), and atomic files that load
+without unpickling arbitrary objects.
 
-A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so
+`Checkpoint` is the one definition of what a checkpoint holds; everything that reads
+one (resume, export, eval, the demo) reads its fields, never the file's keys. Its
+`format` is checked on every load: a checkpoint from a newer format is refused with a
+message naming both versions, since this version cannot know what the newer keys mean.
+
+On disk a checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so
 `torch.load(weights_only=True)` reads it: a checkpoint from elsewhere cannot run code.
 Writing goes to a temporary file in the same folder, is fsynced, then renamed over the
 old one (and the folder fsynced), so a crash mid-write leaves the previous checkpoint.
@@ -14,17 +20,24 @@ loads with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from training.encoders.nets.backbones import BackboneSpec
+
 LAST = "last.pt"
 CHECKSUM = "checksum"  # {"algorithm": "sha256", "digest": hex} beside the state's keys
+# The schema's version, written into every checkpoint. Bump it when a key changes meaning
+# or a new key is needed to resume; older formats stay readable, newer ones are refused.
+CHECKPOINT_FORMAT = 1
 
 log = logging.getLogger("contrastive.checkpoint")
 
@@ -33,8 +46,91 @@ class CheckpointError(ValueError):
     """The checkpoint is missing, unreadable, or not one of ours."""
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically; returns the path."""
+@dataclass
+class Checkpoint:
+    """Everything a run saves: enough to resume it exactly, and to export its model.
+
+    method: the method's registry name; config: TrainConfig.to_dict() (method_params in
+    it); model: the Method's state_dict; backbone, feat_dim: how to rebuild the backbone
+    (None in checkpoints of early versions, which cannot be exported); optimizer, scaler:
+    their state_dicts; step, epoch, step_in_epoch: where the run stands (the next batch is
+    `step_in_epoch` of `epoch`); rng: every random stream (training.engine.runstate);
+    world_size: the processes that trained it.
+    """
+
+    method: str
+    config: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    train_seconds: float = 0.0
+    world_size: int = 1
+    backbone: BackboneSpec | None = None
+    feat_dim: int | None = None
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+    format: int = CHECKPOINT_FORMAT
+
+    def to_state(self) -> dict[str, Any]:
+        """The dict written to disk (tensors, numbers, strings, lists and dicts only)."""
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        backbone = state.pop("backbone")
+        feat_dim = state.pop("feat_dim")
+        if backbone is not None:
+            state["backbone"] = dataclasses.asdict(backbone) | {"feat_dim": feat_dim}
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], path: Path) -> Checkpoint:
+        """The dict `to_state` wrote (checksum removed) -> Checkpoint; CheckpointError
+        when it is not one of ours or comes from a newer format."""
+        fmt = state.get("format", 1)  # format 1 is the first that was ever written
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+            raise CheckpointError(f"{path} has an unreadable checkpoint format {fmt!r}")
+        if fmt > CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path} is a checkpoint of format {fmt}, written by a newer version of "
+                f"contrastive; this version reads formats up to {CHECKPOINT_FORMAT}. "
+                "Upgrade contrastive to resume, export or evaluate it."
+            )
+        config, model = state.get("config"), state.get("model")
+        if not isinstance(config, dict) or not isinstance(model, dict):
+            raise CheckpointError(f"{path} is not a contrastive training checkpoint")
+        backbone = state.get("backbone")
+        try:
+            return cls(
+                method=str(state.get("method", config.get("method", ""))),
+                config=config,
+                model=model,
+                step=int(state.get("step", 0)),
+                epoch=int(state.get("epoch", 0)),
+                step_in_epoch=int(state.get("step_in_epoch", 0)),
+                train_seconds=float(state.get("train_seconds", 0.0)),
+                world_size=int(state.get("world_size", 1)),
+                backbone=_backbone_spec(backbone) if backbone is not None else None,
+                feat_dim=int(backbone["feat_dim"]) if backbone is not None else None,
+                optimizer=dict(state.get("optimizer") or {}),
+                scaler=dict(state.get("scaler") or {}),
+                rng=dict(state.get("rng") or {}),
+                format=fmt,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path} holds a malformed checkpoint entry: {e}") from e
+
+
+def _backbone_spec(saved: dict[str, Any]) -> BackboneSpec:
+    return BackboneSpec(str(saved["name"]), bool(saved.get("cifar_stem")), saved.get("image_size"))
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
+    """Write `checkpoint` to `path` atomically, with its checksum; returns the path."""
+    return write_state(path, checkpoint.to_state())
+
+
+def write_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write a checkpoint's dict to `path` atomically, with its checksum; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, CHECKSUM: {"algorithm": "sha256", "digest": state_digest(state)}}
@@ -56,11 +152,18 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with `weights_only=True` onto the CPU."""
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint file (or a run folder's last.pt) onto the CPU: checksum verified,
+    format checked. CheckpointError says why one cannot be used."""
     path = Path(path)
     if path.is_dir():
         path = path / LAST
+    return Checkpoint.from_state(read_state(path), path)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint file's dict, read with `weights_only=True` and its checksum verified
+    (and removed)."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:

@@ -31,7 +31,7 @@ from training.encoders.nets.backbones import (
     build_backbone,
     enable_grad_checkpointing,
 )
-from training.engine.checkpoint import LAST, all_finite, save_checkpoint
+from training.engine.checkpoint import LAST, Checkpoint, all_finite, save_checkpoint
 from training.engine.knn_monitor import OnlineKNN
 from training.engine.metrics import MetricsLogger
 from training.engine.optim import build_optimizer, param_groups
@@ -40,11 +40,10 @@ from training.engine.progress import Progress
 from training.engine.runstate import capture_rng, restore_rng, seed_all, train_device
 from training.engine.schedule import lr_at, scaled_lr
 from training.methods import MethodContext, Views, get_method
-from training.methods.base import split_views
+from training.methods.base import Method, MethodParams, MomentumMethod, split_views
 from training.momentum import update_momentum
 
 log = logging.getLogger("contrastive.train")
-CHECKPOINT_FORMAT = 1
 
 
 class NonFiniteError(RuntimeError):
@@ -69,11 +68,11 @@ class RunResult:
 class Trainer:
     """Builds a run from a TrainConfig (+ the method's Params) and runs it.
 
-    `resume` is a checkpoint dict from `load_checkpoint`; the run continues exactly
-    where it stopped (same batches, same random streams).
+    `resume` is a Checkpoint from `load_checkpoint`; the run continues exactly where it
+    stopped (same batches, same random streams).
     """
 
-    def __init__(self, cfg: TrainConfig, params: Any, resume: dict[str, Any] | None = None):
+    def __init__(self, cfg: TrainConfig, params: MethodParams, resume: Checkpoint | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
         dist.init_from_env(None if cfg.device == "auto" else cfg.device)
@@ -120,7 +119,7 @@ class Trainer:
             self._restore(resume)
 
     # -- construction --------------------------------------------------------------
-    def _build_method(self, params: Any) -> Any:
+    def _build_method(self, params: MethodParams) -> Method[Any]:
         cfg = self.cfg
         method_cls = get_method(cfg.method)
         cifar = cfg.cifar_stem if cfg.cifar_stem is not None else cfg.image_size <= 64
@@ -143,8 +142,8 @@ class Trainer:
             has_texts=self.data.has_texts,
         )
         method = method_cls(backbone, feat_dim, params, ctx)
-        # SyncBN needs CUDA; MoCo's shuffled BN replaces it by design.
-        sync_bn = cfg.sync_bn and not getattr(params, "shuffle_bn", False)
+        # SyncBN needs CUDA; a method may arrange its own statistics (MoCo's shuffled BN).
+        sync_bn = cfg.sync_bn and method.allows_sync_bn
         if dist.is_dist() and self.device.type == "cuda" and sync_bn:
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         method = method.to(self.device)
@@ -259,9 +258,10 @@ class Trainer:
         self.method.on_before_step(self.step)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        progress = (self.step + 1) / self.total_steps
-        for online, target in self.method.momentum_pairs():
-            update_momentum(online, target, self.method.momentum_at(progress))
+        if isinstance(self.method, MomentumMethod):
+            tau = self.method.momentum_at((self.step + 1) / self.total_steps)
+            for online, target in self.method.momentum_pairs():
+                update_momentum(online, target, tau)
         self.method.on_after_step(self.step)
         return logs
 
@@ -341,7 +341,7 @@ class Trainer:
                     f"weights became non-finite by step {self.step}; nothing saved. "
                     f"{self._last_good()}."
                 )
-            save_checkpoint(self.out / LAST, self._state(model_state, rng))
+            save_checkpoint(self.out / LAST, self._checkpoint(model_state, rng))
         dist.barrier()
 
     def _last_good(self) -> str:
@@ -351,39 +351,38 @@ class Trainer:
             return f"The last good checkpoint is {path}"
         return f"No checkpoint was written yet (none in {self.out})"
 
-    def _state(self, model_state: dict[str, Any], rng: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "method": self.cfg.method,
-            "config": self.cfg.to_dict(),
-            "backbone": dataclasses.asdict(self.backbone_spec) | {"feat_dim": self.method.feat_dim},
-            "model": model_state,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "train_seconds": self.train_seconds,
-            "world_size": self.world,
-            "rng": rng,
-        }
+    def _checkpoint(self, model_state: dict[str, Any], rng: dict[str, Any]) -> Checkpoint:
+        return Checkpoint(
+            method=self.cfg.method,
+            config=self.cfg.to_dict(),
+            model=model_state,
+            step=self.step,
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            train_seconds=self.train_seconds,
+            world_size=self.world,
+            backbone=self.backbone_spec,
+            feat_dim=self.method.feat_dim,
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=rng,
+        )
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.method.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.step_in_epoch = int(state["step_in_epoch"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        if state.get("world_size", 1) != self.world:
+    def _restore(self, ckpt: Checkpoint) -> None:
+        self.method.load_state_dict(ckpt.model)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        if ckpt.scaler:
+            self.scaler.load_state_dict(ckpt.scaler)
+        self.step, self.epoch, self.step_in_epoch = ckpt.step, ckpt.epoch, ckpt.step_in_epoch
+        self.train_seconds = ckpt.train_seconds
+        if ckpt.world_size != self.world:
             log.warning(
                 "resuming a %s-process run on %s processes: batches and random streams "
                 "differ from an uninterrupted run",
-                state.get("world_size"),
+                ckpt.world_size,
                 self.world,
             )
-        aug = restore_rng(state["rng"], self.device)
+        aug = restore_rng(ckpt.rng, self.device)
         if aug is not None:
             self.augment.load_state_dict(aug)
         self.metrics.truncate_after(self.step)

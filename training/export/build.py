@@ -5,17 +5,19 @@
                                                 --load_trained--> Encoder
 
 Both routes share `build_export`, so evaluating a checkpoint (encoder_from_checkpoint)
-and serving its export give the same embeddings. What is exported:
-- simclr, moco, byol, swav: the backbone `Method.image_features` runs (the online / query
-  one), optionally followed by the projector; capabilities {"image"}.
-- clip: backbone + image projection, the text tower, exp(logit_scale) capped as in
-  training, and the prompt templates it trained with; capabilities {"image", "text"}.
+and serving its export give the same embeddings. What is exported is what the method's
+`export_parts()` gives (the Method contract, training.methods.base):
+- image-only methods: the backbone (the online / query / student one), optionally
+  followed by the projector (`--projector`); capabilities {"image"}.
+- image-text methods (clip): backbone + image head, the text tower, the logit multiplier
+  as training capped it, and the prompt templates it trained with; {"image", "text"}.
 Preprocessing: resize the shorter side to the training image_size (bicubic, antialiased)
 and centre-crop a square, then ImageNet mean/std - the normalisation training used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,10 @@ from training.encoders.exported.format import (
     write_export,
 )
 from training.encoders.exported.trained import describe_head, load_trained, packaged_minilm_sha256
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.encoders.nets.text_towers import MiniLMTower, TransformerTower
-from training.engine.checkpoint import LAST, CheckpointError, load_checkpoint
-from training.methods.base import Method, MethodContext
+from training.encoders.nets.backbones import build_backbone
+from training.encoders.nets.text_towers import MiniLMTower, TextTower, TransformerTower
+from training.engine.checkpoint import LAST, Checkpoint, CheckpointError, load_checkpoint
+from training.methods.base import ExportParts, Method, MethodContext
 
 PARITY_ATOL = 1e-5  # max |difference| of unit embeddings between checkpoint and export
 _PROBE_TEXTS = ["a photo of a cat.", "zero", "an origami three."]
@@ -55,35 +57,34 @@ def checkpoint_file(path: str | Path) -> Path:
     return file
 
 
-def load_method(path: str | Path) -> tuple[Method, dict[str, Any]]:
-    """Checkpoint -> (its Method on the CPU in eval mode, the checkpoint dict)."""
+def load_method(path: str | Path) -> tuple[Method[Any], Checkpoint]:
+    """Checkpoint -> (its Method on the CPU in eval mode, the Checkpoint)."""
     from training.config import ConfigError, build_config
     from training.methods import get_method
 
-    state = load_checkpoint(checkpoint_file(path))
-    lacking = [k for k in ("method", "backbone") if k not in state]
-    if lacking:
-        raise CheckpointError(f"{path} lacks {lacking}: not a checkpoint this version can export")
+    ckpt = load_checkpoint(checkpoint_file(path))
+    if ckpt.backbone is None:
+        raise CheckpointError(
+            f"{path} lacks ['backbone']: not a checkpoint this version can export"
+        )
     try:
-        cls = get_method(str(state["method"]))
-        cfg, params = build_config(dict(state["config"]), cls.Params)
-        bb = state["backbone"]
-        spec = BackboneSpec(str(bb["name"]), bool(bb.get("cifar_stem")), bb.get("image_size"))
-        backbone, feat_dim = build_backbone(spec)
+        cls = get_method(ckpt.method)
+        cfg, params = build_config(dict(ckpt.config), cls.Params)
+        backbone, feat_dim = build_backbone(ckpt.backbone)
         ctx = MethodContext(torch.device("cpu"), cfg.image_size, 1, 1, cfg.batch_size)
         method = cls(backbone, feat_dim, params, ctx)
     except (ConfigError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot rebuild the model of {path}: {e}") from e
-    method.load_state_dict(_fitting(method, state["model"], path), strict=False)
-    return method.eval(), state
+    method.load_state_dict(_fitting(method, ckpt.model, path), strict=False)
+    return method.eval(), ckpt
 
 
-def _fitting(method: Method, saved: dict[str, Any], path: str | Path) -> dict[str, Any]:
+def _fitting(method: Method[Any], saved: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """The saved tensors that fit `method`. Only training state may differ in shape
     (MoCo's queue length depends on the data size); every exported weight must load."""
     own = method.state_dict()
     fit = {k: v for k, v in saved.items() if k in own and _shape(own[k]) == _shape(v)}
-    exported = ("backbone.", "projector.", "image_proj.", "text.", "logit_scale")
+    exported = method.export_parts().prefixes
     lost = sorted(k for k in own if k not in fit and k.startswith(exported))
     if lost:
         raise CheckpointError(f"{path} does not hold weights for {lost[:5]}")
@@ -94,46 +95,56 @@ def _shape(v: Any) -> Any:
     return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
 
-def build_export(
-    method: Method, state: dict[str, Any], *, projector: bool = False
-) -> tuple[ExportMeta, dict[str, torch.Tensor]]:
-    """Method (from `load_method`) -> (ExportMeta, weights keyed image.* / text.*)."""
-    is_clip = callable(getattr(method, "encode_text", None))
-    if is_clip and projector:
+def _image_head(method: Method[Any], parts: ExportParts, projector: bool) -> torch.nn.Module | None:
+    """The module exported after the backbone: the method's head, or with `projector`
+    its projector (ExportError when it has none, or is an image-text method)."""
+    if not projector:
+        return parts.head
+    if parts.text is not None:
         raise ExportError("--projector is for image-only methods: a CLIP export always "
                           "includes its image projection")  # fmt: skip
-    if projector and not isinstance(getattr(method, "projector", None), torch.nn.Module):
+    if parts.projector is None:
         raise ExportError(f"method {method.name!r} has no projector to export")
-    head: torch.nn.Module | None = None
-    if is_clip or projector:
-        head = getattr(method, "image_proj" if is_clip else "projector")
-    weights = {f"image.backbone.{k}": v for k, v in method.backbone.state_dict().items()}
+    return parts.projector
+
+
+def build_export(
+    method: Method[Any], ckpt: Checkpoint, *, projector: bool = False
+) -> tuple[ExportMeta, dict[str, torch.Tensor]]:
+    """Method (from `load_method`) -> (ExportMeta, weights keyed image.* / text.*)."""
+    parts = method.export_parts()
+    head = _image_head(method, parts, projector)
+    weights = {f"image.backbone.{k}": v for k, v in parts.backbone.state_dict().items()}
     if head is not None:
         weights |= _head_weights(head)
-    bb = state["backbone"]
+    if ckpt.backbone is None:
+        raise ExportError("the checkpoint does not say how to rebuild its backbone")
     arch: dict[str, Any] = {
-        "name": f"{method.name}-{bb['name']}" + ("+projector" if projector else ""),
-        "backbone": {k: bb.get(k) for k in ("name", "cifar_stem", "image_size")},
+        "name": f"{method.name}-{ckpt.backbone.name}" + ("+projector" if projector else ""),
+        "backbone": dataclasses.asdict(ckpt.backbone),
         "feat_dim": int(method.feat_dim),
         "head": describe_head(head) if head is not None else None,
     }
+    image_text = parts.text is not None
     meta = ExportMeta(
-        family="trained_clip" if is_clip else "trained",
+        family="trained_clip" if image_text else "trained",
         architecture=arch,
-        preprocess=_preprocess(int(state["config"]["image_size"])),
+        preprocess=_preprocess(int(ckpt.config["image_size"])),
         embed_dim=0,  # set below from a probe
-        capabilities=["image", "text"] if is_clip else ["image"],
+        capabilities=["image", "text"] if image_text else ["image"],
         method=method.name,
-        training=_training_info(state),
+        training=_training_info(ckpt),
     )
-    if is_clip:
-        text_cfg, text_weights, tokenizer = _text_export(method)
+    if parts.text is not None:
+        if parts.logit_scale is None:
+            raise ExportError(f"method {method.name!r} gives a text tower but no logit scale")
+        text_cfg, text_weights, tokenizer = _text_export(parts.text)
         arch["text"] = text_cfg
         weights |= text_weights
         meta.tokenizer = tokenizer
-        meta.logit_scale = float(method.scale().detach())  # type: ignore[operator]
-        meta.templates = list(method.templates)  # type: ignore[arg-type]
-    meta.embed_dim = int(_reference_images(method, projector, _probe(meta)).shape[1])
+        meta.logit_scale = parts.logit_scale
+        meta.templates = list(parts.templates)
+    meta.embed_dim = int(_reference_images(parts.backbone, head, _probe(meta)).shape[1])
     return meta, {k: v.detach().cpu() for k, v in weights.items()}
 
 
@@ -151,21 +162,29 @@ def _preprocess(size: int) -> dict[str, Any]:
                       interpolation="bicubic", resize_mode="shortest").to_dict()  # fmt: skip
 
 
-def _training_info(state: dict[str, Any]) -> dict[str, Any]:
-    cfg = state["config"]
-    keep = ("step", "epoch", "world_size", "train_seconds")
-    return {**{k: state[k] for k in keep if k in state}, "data": cfg.get("data"), "config": cfg}
+def _training_info(ckpt: Checkpoint) -> dict[str, Any]:
+    return {
+        "step": ckpt.step,
+        "epoch": ckpt.epoch,
+        "world_size": ckpt.world_size,
+        "train_seconds": ckpt.train_seconds,
+        "data": ckpt.config.get("data"),
+        "config": ckpt.config,
+    }
 
 
-def _text_export(method: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """CLIP's text tower -> (config, weights "text.*", tokenizer description)."""
-    tower = method.text
+def _text_export(
+    tower: TextTower,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """An image-text method's text tower -> (config, weights "text.*", tokenizer)."""
     state = {f"text.{k}": v for k, v in tower.state_dict().items()}
     if isinstance(tower, TransformerTower):
         cfg = {"kind": "transformer", "width": tower.width, "out_dim": tower.out_dim,
-               "layers": method.params.text_layers, "heads": method.params.text_heads,
+               "layers": tower.layers, "heads": tower.heads,
                "context_length": tower.context_length}  # fmt: skip
         return cfg, state, {"kind": "open_clip", "context_length": tower.context_length}
+    if not isinstance(tower, MiniLMTower):
+        raise ExportError(f"cannot export a text tower of type {type(tower).__name__}")
     package = tower.lock and _is_packaged(tower)
     if package:  # the package holds these 90 MB already: name it, do not copy it
         state = {k: v for k, v in state.items() if not k.startswith("text.minilm.")}
@@ -193,21 +212,33 @@ def _probe(meta: ExportMeta) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _reference_images(method: Any, projector: bool, x: torch.Tensor) -> torch.Tensor:
+def _reference_images(
+    backbone: torch.nn.Module, head: torch.nn.Module | None, x: torch.Tensor
+) -> torch.Tensor:
     """What training computes for normalised images x: [n, 3, S, S] -> [n, d]."""
-    if hasattr(method, "encode_image") and not projector:
-        return method.encode_image(x)  # type: ignore[no-any-return]
-    feats = method.image_features(x)
-    return method.projector(feats) if projector else feats  # type: ignore[no-any-return]
+    feats: torch.Tensor = backbone(x)
+    return head(feats) if head is not None else feats  # type: ignore[no-any-return]
 
 
 @torch.no_grad()
-def check_parity(method: Any, encoder: Encoder, projector: bool, meta: ExportMeta) -> None:
+def _reference_texts(tower: TextTower, texts: list[str]) -> torch.Tensor:
+    """What training computes for captions: n strings -> [n, d]."""
+    device = next(tower.parameters()).device
+    out: torch.Tensor = tower(tower.prepare(texts, device))
+    return out
+
+
+@torch.no_grad()
+def check_parity(method: Method[Any], encoder: Encoder, projector: bool, meta: ExportMeta) -> None:
     """ExportError unless `encoder` reproduces `method`'s unit embeddings on a probe."""
     x = _probe(meta)
-    pairs = [(_reference_images(method, projector, x), encoder._image_forward(x))]
-    if "text" in meta.capabilities:
-        pairs.append((method.encode_text(_PROBE_TEXTS), encoder._text_forward(_PROBE_TEXTS)))
+    parts = method.export_parts()
+    head = _image_head(method, parts, projector)
+    pairs = [(_reference_images(parts.backbone, head, x), encoder._image_forward(x))]
+    if parts.text is not None:
+        pairs.append(
+            (_reference_texts(parts.text, _PROBE_TEXTS), encoder._text_forward(_PROBE_TEXTS))
+        )
     for want, got in pairs:
         diff = float(
             (F.normalize(want.float(), dim=-1) - F.normalize(got.float(), dim=-1)).abs().max()
@@ -227,8 +258,8 @@ def export_checkpoint(
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     file = checkpoint_file(checkpoint)
-    method, state = load_method(file)
-    meta, weights = build_export(method, state, projector=projector)
+    method, ckpt = load_method(file)
+    meta, weights = build_export(method, ckpt, projector=projector)
     meta.training["checkpoint_sha256"] = sha256_file(file)
     encoder = load_trained(meta, weights, "parity-check", torch.device("cpu"))
     check_parity(method, encoder, projector, meta)
@@ -251,7 +282,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
 def encoder_from_checkpoint(checkpoint: str | Path, device: str | None = None) -> Encoder:
     """Checkpoint file or run folder -> the Encoder its export gives (nothing written)."""
     file = checkpoint_file(checkpoint)
-    method, state = load_method(file)
-    meta, weights = build_export(method, state)
-    model_id = f"checkpoint:{meta.architecture['name']}:step{state.get('step', 0)}:"
+    method, ckpt = load_method(file)
+    meta, weights = build_export(method, ckpt)
+    model_id = f"checkpoint:{meta.architecture['name']}:step{ckpt.step}:"
     return load_trained(meta, weights, model_id + sha256_file(file)[:12], resolve_device(device))

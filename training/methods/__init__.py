@@ -5,14 +5,35 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import (
+    ExportParts,
+    Method,
+    MethodContext,
+    MethodParams,
+    MomentumMethod,
+    MomentumParams,
+    StepOutput,
+    Views,
+)
 
-__all__ = ["METHODS", "Method", "MethodContext", "StepOutput", "Views", "get_method", "register"]
+__all__ = [
+    "METHODS",
+    "ExportParts",
+    "Method",
+    "MethodContext",
+    "MethodParams",
+    "MomentumMethod",
+    "MomentumParams",
+    "StepOutput",
+    "Views",
+    "get_method",
+    "register",
+]
 
-METHODS: dict[str, type[Method]] = {}
-M = TypeVar("M", bound=type[Method])
+METHODS: dict[str, type[Method[Any]]] = {}
+M = TypeVar("M", bound=type[Method[Any]])
 
 
 def register(cls: M) -> M:
@@ -29,7 +50,7 @@ def _discover() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-def get_method(name: str) -> type[Method]:
+def get_method(name: str) -> type[Method[Any]]:
     """Method name -> class; ValueError naming the choices when unknown."""
     _discover()
     try:

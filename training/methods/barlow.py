@@ -20,7 +20,7 @@ from torch import nn
 from training.heads import ProjectionHead
 from training.losses import barlow_twins_loss
 from training.methods import register
-from training.methods.base import MethodContext, StepOutput, Views
+from training.methods.base import MethodContext, MethodParams, StepOutput, Views
 from training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class BarlowTwinsParams:
+class BarlowTwinsParams(MethodParams):
     """Barlow Twins' hyper-parameters (`--set key=value`)."""
 
     # The paper's projector is 3 layers of 8192 (its ablation: accuracy still rises with
@@ -45,7 +45,7 @@ class BarlowTwinsParams:
 
 
 @register
-class BarlowTwins(TwoViewMethod):
+class BarlowTwins(TwoViewMethod[BarlowTwinsParams]):
     """Barlow Twins with a `proj_layers`-layer MLP projector (Linear, norm, ReLU blocks).
 
     Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
@@ -61,8 +61,6 @@ class BarlowTwins(TwoViewMethod):
     default_lr = 0.3
     default_weight_decay = 1e-5
     default_optimizer = "lars"
-
-    params: BarlowTwinsParams
 
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: BarlowTwinsParams, ctx: MethodContext

@@ -7,13 +7,21 @@ a method owns its networks, its views and its loss. Data flows:
 
 `make_views` is separate from `loss` so tests (and the distributed equivalence test)
 can feed the same pre-made views to one process or to several.
+
+The contract, in full (the engine and export use nothing else of a method):
+- class attributes: `name`, `Params` (a MethodParams dataclass), `default_lr`,
+  `default_weight_decay`, `default_optimizer`, `DEFAULT_SOURCES`, `needs_text`;
+- `make_views`, `loss` (abstract), `image_features` (kNN), `no_weight_decay`;
+- hooks: `on_before_step`, `on_after_step`, and `allows_sync_bn`;
+- EMA methods derive from `MomentumMethod` (its `momentum_pairs`, `momentum_at`);
+- `export_parts()`: what an export takes (ExportParts); image-text methods override it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +31,32 @@ from training.momentum import cosine_momentum
 if TYPE_CHECKING:
     from training.augment import Augmenter
     from training.data import Batch
+    from training.encoders.nets.text_towers import TextTower
+
+
+@dataclass
+class MethodParams:
+    """Base of every method's `Params` dataclass (`--set key=value` hyper-parameters).
+
+    SOURCES: {field: where its default comes from} (a paper, a recipe, or an engineering
+    choice), printed by `contrastive train --list-settings`. Fields are the subclass's;
+    this class adds none, so each method keeps its own field order.
+    """
+
+    SOURCES: ClassVar[dict[str, str]] = {}
+
+
+class MomentumParams(MethodParams):  # not a dataclass: its annotations are not fields
+    """What every EMA method's Params defines (as dataclass fields, in its own order):
+    the EMA coefficient goes from `base_momentum` to `final_momentum` over the run
+    (cosine, as BYOL; equal values keep it constant, as MoCo)."""
+
+    base_momentum: float
+    final_momentum: float
+
+
+P = TypeVar("P", bound=MethodParams)
+PM = TypeVar("PM", bound=MomentumParams)
 
 
 @dataclass
@@ -69,6 +103,27 @@ class StepOutput:
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ExportParts:
+    """What an export takes from a trained method (`Method.export_parts`).
+
+    The exported image embedding is head(backbone(x)), or backbone(x) when head is None;
+    `projector` replaces the head when the user asks for it (`contrastive export
+    --projector`; None: the method has none to offer). An image-text method also gives
+    its text tower, logit multiplier and prompt templates.
+    prefixes: the state-dict prefixes of every exported weight: a checkpoint missing any
+        of them cannot be exported.
+    """
+
+    backbone: nn.Module
+    head: nn.Module | None = None
+    projector: nn.Module | None = None
+    text: TextTower | None = None
+    logit_scale: float | None = None
+    templates: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ("backbone.", "projector.")
+
+
 @dataclass
 class MethodContext:
     """Facts about the run that a method may need when it builds itself."""
@@ -84,30 +139,35 @@ class MethodContext:
     has_texts: bool = False  # the data set carries captions (pairs data)
 
 
-class Method(nn.Module, ABC):
+class Method(nn.Module, ABC, Generic[P]):
     """One contrastive method. Subclasses register with `@register` (methods/__init__.py).
 
     Class attributes a subclass sets:
         name: the CLI name (`--method NAME`).
-        Params: a dataclass of the method's hyper-parameters (`--set key=value`).
+        Params: its MethodParams dataclass (the type `P` of `self.params`).
         default_lr / default_weight_decay / default_optimizer: per-method defaults,
             used when the run config leaves them unset. lr is per 256 images.
+        DEFAULT_SOURCES: {"lr" | "weight_decay" | "optimizer": where that default is from}.
         needs_text: True for image-text methods (CLIP).
+    A method with a projection head assigns it to `self.projector` (export offers it).
     """
 
     name: ClassVar[str]
-    Params: ClassVar[type]
+    Params: ClassVar[type[MethodParams]]
     default_lr: ClassVar[float] = 0.3
     default_weight_decay: ClassVar[float] = 1e-6
     default_optimizer: ClassVar[str] = "sgd"
+    DEFAULT_SOURCES: ClassVar[dict[str, str]] = {}
     needs_text: ClassVar[bool] = False
 
-    def __init__(self, backbone: nn.Module, feat_dim: int, params: Any, ctx: MethodContext):
+    def __init__(self, backbone: nn.Module, feat_dim: int, params: P, ctx: MethodContext):
         super().__init__()
         self.backbone = backbone
         self.feat_dim = feat_dim
-        self.params = params
+        self.params: P = params
         self.ctx = ctx
+        # None until a subclass assigns its head (nn.Module then registers it as a child)
+        self.projector: nn.Module | None = None
 
     @abstractmethod
     def make_views(self, batch: Batch, augment: Augmenter) -> Views:
@@ -122,17 +182,11 @@ class Method(nn.Module, ABC):
         return self.loss(views)
 
     # -- hooks the engine calls; defaults do nothing ------------------------------------
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(online, target) module pairs the engine updates by EMA after each step."""
-        return []
-
-    def momentum_at(self, progress: float) -> float:
-        """EMA coefficient at `progress` in [0, 1]: cosine from base to final (BYOL).
-
-        Methods with momentum pairs define `base_momentum` and `final_momentum` params.
-        """
-        base = float(self.params.base_momentum)
-        return cosine_momentum(base, float(getattr(self.params, "final_momentum", base)), progress)
+    @property
+    def allows_sync_bn(self) -> bool:
+        """May the engine convert BatchNorm to SyncBatchNorm under multi-GPU DDP? False
+        when the method arranges its own BN statistics (MoCo's shuffled BN)."""
+        return True
 
     def on_before_step(self, step: int) -> None:
         """After backward, before the optimiser step (e.g. SwAV freezes prototypes)."""
@@ -150,3 +204,22 @@ class Method(nn.Module, ABC):
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay besides biases and norms."""
         return set()
+
+    def export_parts(self) -> ExportParts:
+        """What an export takes: the backbone (its features are the embedding) and the
+        projector, if any, for `--projector`."""
+        return ExportParts(backbone=self.backbone, projector=self.projector)
+
+
+class MomentumMethod(Method[PM]):
+    """A method with EMA targets (BYOL, MoCo, DINO): after each optimiser step the engine
+    moves every target towards its online module by `momentum_at(progress)`."""
+
+    @abstractmethod
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, target) module pairs the engine updates by EMA after each step."""
+
+    def momentum_at(self, progress: float) -> float:
+        """EMA coefficient at `progress` in [0, 1]: cosine from base to final (BYOL)."""
+        p = self.params
+        return cosine_momentum(p.base_momentum, p.final_momentum, progress)

@@ -22,7 +22,7 @@ from training.augment import byol_views
 from training.heads import ProjectionHead
 from training.losses import byol_loss
 from training.methods import register
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import MethodContext, MomentumMethod, MomentumParams, StepOutput, Views
 from training.momentum import make_target
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class BYOLParams:
+class BYOLParams(MomentumParams):
     """BYOL's hyper-parameters (`--set key=value`)."""
 
     # The paper's 4096 hidden units even for small data: next to a ResNet's convolutions
@@ -46,7 +46,7 @@ class BYOLParams:
 
 
 @register
-class BYOL(Method):
+class BYOL(MomentumMethod[BYOLParams]):
     """BYOL with an MLP projector and predictor (Linear, norm, ReLU, Linear each).
 
     Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
@@ -62,7 +62,7 @@ class BYOL(Method):
     default_weight_decay = 1e-5
     default_optimizer = "lars"
 
-    params: BYOLParams
+    projector: ProjectionHead
 
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: BYOLParams, ctx: MethodContext

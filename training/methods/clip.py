@@ -34,7 +34,14 @@ from training.encoders.nets.text_towers import TextTower, build_text_tower
 from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
 from training.losses import clip_loss, siglip_loss
 from training.methods import register
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import (
+    ExportParts,
+    Method,
+    MethodContext,
+    MethodParams,
+    StepOutput,
+    Views,
+)
 
 if TYPE_CHECKING:
     from training.augment import Augmenter
@@ -47,7 +54,7 @@ SIGLIP_INIT_SCALE = 10.0  # SigLIP's t' = log 10
 
 
 @dataclass
-class CLIPParams:
+class CLIPParams(MethodParams):
     embed_dim: int = 0  # 0: the text tower's width (384 for minilm: LiT without projection)
     text_tower: str = "minilm"  # minilm | transformer
     text_width: int = 256  # transformer tower only
@@ -96,7 +103,7 @@ def template_index(index: torch.Tensor, step: int, n_templates: int) -> torch.Te
 
 
 @register
-class CLIP(Method):
+class CLIP(Method[CLIPParams]):
     name = "clip"
     Params = CLIPParams
     # AdamW as CLIP; 5e-4 per 256 images (CLIP's own 5e-4 was for batch 32k, but with
@@ -221,6 +228,18 @@ class CLIP(Method):
         embedding (as open_clip)."""
         names = {"logit_scale", "logit_bias"}
         return names | {n for n, _ in self.named_parameters() if n.endswith("positional_embedding")}
+
+    def export_parts(self) -> ExportParts:
+        """Both towers: the image embedding is image_proj(backbone(x)); the logit
+        multiplier as training capped it, and the templates it trained with."""
+        return ExportParts(
+            backbone=self.backbone,
+            head=self.image_proj,
+            text=self.text,
+            logit_scale=float(self.scale().detach()),
+            templates=tuple(self.templates),
+            prefixes=("backbone.", "image_proj.", "text.", "logit_scale"),
+        )
 
     def get_extra_state(self) -> torch.Tensor:
         return torch.tensor([self.steps_done], dtype=torch.int64)

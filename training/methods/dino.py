@@ -36,7 +36,7 @@ from training.augment import multicrop_views
 from training.heads import norm_layer
 from training.losses import dino_loss
 from training.methods import register
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import MethodContext, MomentumMethod, MomentumParams, StepOutput, Views
 from training.methods.swav import same_size_runs
 from training.momentum import make_target
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class DINOParams:
+class DINOParams(MomentumParams):
     """DINO's hyper-parameters (`--set key=value`); SOURCES says where each default is from."""
 
     # 4096 prototypes, not the paper's 65536 (sized for ImageNet's 1000 classes): on data
@@ -197,7 +197,7 @@ def teacher_temp_at(p: DINOParams, step: int, steps_per_epoch: int) -> float:
 
 
 @register
-class DINO(Method):
+class DINO(MomentumMethod[DINOParams]):
     """DINO with a multi-crop student and an EMA teacher that sees the global crops.
 
     Optimiser defaults: LARS, lr 0.3 per 256 images, weight decay 1e-6 - this project's
@@ -218,7 +218,6 @@ class DINO(Method):
         "optimizer": "engineering: LARS for ResNets (paper ViTs: AdamW)",
     }
 
-    params: DINOParams
     center: torch.Tensor
 
     def __init__(

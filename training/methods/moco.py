@@ -36,7 +36,7 @@ from training.augment import ViewSpec, moco_v2_view, simclr_view
 from training.heads import ProjectionHead
 from training.losses import info_nce
 from training.methods import register
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import MethodContext, MomentumMethod, MomentumParams, StepOutput, Views
 from training.momentum import make_target
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class MoCoParams:
+class MoCoParams(MomentumParams):
     """MoCo v2's hyper-parameters (`--set key=value`); SOURCES says where each is from."""
 
     temperature: float = 0.2
@@ -121,7 +121,7 @@ def queue_length(requested: int, keys_per_step: int, keys_per_epoch: int) -> int
 
 
 @register
-class MoCo(Method):
+class MoCo(MomentumMethod[MoCoParams]):
     """MoCo v2: MLP head, temperature 0.2, blur in the views, a queue of negatives.
 
     Optimiser defaults: MoCo v2's SGD (momentum 0.9), lr 0.03 per 256 images, weight
@@ -139,9 +139,10 @@ class MoCo(Method):
         "optimizer": "paper: MoCo v2 (SGD, momentum 0.9)",
     }
 
-    params: MoCoParams
     queue: torch.Tensor  # [K, proj_dim] float32 unit rows
     queue_ptr: torch.Tensor  # int64 scalar: the row the next key goes to
+
+    projector: ProjectionHead
 
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: MoCoParams, ctx: MethodContext
@@ -182,6 +183,11 @@ class MoCo(Method):
     @torch.no_grad()
     def _key_embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1)
+
+    @property
+    def allows_sync_bn(self) -> bool:
+        """Shuffled BN replaces SyncBatchNorm by design (see `keys`)."""
+        return not self.params.shuffle_bn
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from training.augment import simclr_view
 from training.heads import ProjectionHead
 from training.losses import nt_xent
 from training.methods import register
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import Method, MethodContext, MethodParams, StepOutput, Views
 
 if TYPE_CHECKING:
     from training.augment import Augmenter
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SimCLRParams:
+class SimCLRParams(MethodParams):
     """SimCLR's hyper-parameters (`--set key=value`)."""
 
     # 0.5 rather than ImageNet's 0.1: with the batches of short single-GPU runs (256-1024)
@@ -42,7 +42,7 @@ class SimCLRParams:
 
 
 @register
-class SimCLR(Method):
+class SimCLR(Method[SimCLRParams]):
     """SimCLR with a `proj_layers`-layer projection head over the backbone features.
 
     Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
@@ -61,7 +61,7 @@ class SimCLR(Method):
     default_weight_decay = 1e-5
     default_optimizer = "lars"
 
-    params: SimCLRParams
+    projector: ProjectionHead
 
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: SimCLRParams, ctx: MethodContext

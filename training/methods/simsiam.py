@@ -20,7 +20,7 @@ from torch import nn
 from training.heads import ProjectionHead
 from training.losses import simsiam_loss
 from training.methods import register
-from training.methods.base import MethodContext, StepOutput, Views
+from training.methods.base import MethodContext, MethodParams, StepOutput, Views
 from training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SimSiamParams:
+class SimSiamParams(MethodParams):
     """SimSiam's hyper-parameters (`--set key=value`)."""
 
     # The paper's sizes: a 3-layer 2048-wide projector whose output also has a BatchNorm
@@ -42,7 +42,7 @@ class SimSiamParams:
 
 
 @register
-class SimSiam(TwoViewMethod):
+class SimSiam(TwoViewMethod[SimSiamParams]):
     """SimSiam with an MLP projector (last layer normalised) and a bottleneck predictor.
 
     Optimiser defaults: SGD (momentum 0.9), lr 0.05 per 256 images, weight decay 1e-4:
@@ -57,8 +57,6 @@ class SimSiam(TwoViewMethod):
     default_lr = 0.05
     default_weight_decay = 1e-4
     default_optimizer = "sgd"
-
-    params: SimSiamParams
 
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: SimSiamParams, ctx: MethodContext

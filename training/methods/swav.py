@@ -43,7 +43,7 @@ from training.dist import gather_no_grad, rank, world_size
 from training.heads import ProjectionHead, Prototypes
 from training.losses import sinkhorn, swav_loss
 from training.methods import register
-from training.methods.base import Method, MethodContext, StepOutput, Views
+from training.methods.base import Method, MethodContext, MethodParams, StepOutput, Views
 
 if TYPE_CHECKING:
     from training.augment import Augmenter
@@ -58,7 +58,7 @@ AUTO_QUEUE_LENGTH = 3840
 
 
 @dataclass
-class SwAVParams:
+class SwAVParams(MethodParams):
     """SwAV's hyper-parameters (`--set key=value`); SOURCES says where each default is from."""
 
     n_prototypes: int = 3000
@@ -152,7 +152,7 @@ def same_size_runs(crops: list[torch.Tensor]) -> list[list[torch.Tensor]]:
 
 
 @register
-class SwAV(Method):
+class SwAV(Method[SwAVParams]):
     name = "swav"
     Params = SwAVParams
     # the paper's 4.8 at batch 4096 is 0.3 per 256, but the small-batch recipes (SwAV's
@@ -168,6 +168,8 @@ class SwAV(Method):
     }
 
     queue: torch.Tensor
+
+    projector: ProjectionHead
 
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: SwAVParams, ctx: MethodContext

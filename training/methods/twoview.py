@@ -9,14 +9,14 @@ import torch
 from torch import nn
 
 from training.augment import byol_views
-from training.methods.base import Method, Views
+from training.methods.base import Method, P, Views
 
 if TYPE_CHECKING:
     from training.augment import Augmenter
     from training.data import Batch
 
 
-class TwoViewMethod(Method):
+class TwoViewMethod(Method[P]):
     """A method over two views and one projector; subclasses set `projector` and `loss`."""
 
     projector: nn.Module

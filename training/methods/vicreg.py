@@ -19,7 +19,7 @@ from torch import nn
 from training.heads import ProjectionHead
 from training.losses import vicreg_terms
 from training.methods import register
-from training.methods.base import MethodContext, StepOutput, Views
+from training.methods.base import MethodContext, MethodParams, StepOutput, Views
 from training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class VICRegParams:
+class VICRegParams(MethodParams):
     """VICReg's hyper-parameters (`--set key=value`)."""
 
     # The paper's expander is 3 layers of 8192; 3 x 2048 (solo-learn's CIFAR size) for the
@@ -46,7 +46,7 @@ class VICRegParams:
 
 
 @register
-class VICReg(TwoViewMethod):
+class VICReg(TwoViewMethod[VICRegParams]):
     """VICReg with a `proj_layers`-layer MLP expander (Linear, norm, ReLU blocks).
 
     Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
@@ -60,8 +60,6 @@ class VICReg(TwoViewMethod):
     default_lr = 0.3
     default_weight_decay = 1e-5
     default_optimizer = "lars"
-
-    params: VICRegParams
 
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: VICRegParams, ctx: MethodContext

@@ -65,6 +65,7 @@ class TransformerTower(TextTower):
         )
         self.context_length = context_length
         self.width, self.out_dim = width, out_dim
+        self.layers, self.heads = layers, heads
 
     def prepare(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         """-> {"input_ids": int64 [n, context_length]} (longer captions are truncated)."""
