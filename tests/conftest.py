@@ -66,8 +66,3 @@ def fake_app_factory() -> Iterator[object]:
     yield make
     for c in clients:
         c.__exit__(None, None, None)
-
-
-@pytest.fixture
-def tmp_export(tmp_path: Path) -> Path:
-    return tmp_path / "export"

@@ -31,7 +31,6 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import roi_align
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -193,6 +192,10 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor) -> Tensor:
     """Crop float [B,C,H,W] to ``boxes`` [B,4] (pixels), resize to [B,C,size,size] and
     mirror the images where bool ``flip`` [B] is set. Bilinear with half-pixel centres (as
     F.interpolate, align_corners=False); ceil(box/size) samples per output pixel and axis."""
+    # imported on first use: listing the methods (which import this module) should not
+    # load torchvision's ~2,000 modules; later calls find it in sys.modules
+    from torchvision.ops import roi_align
+
     index = torch.arange(x.shape[0], device=x.device, dtype=boxes.dtype)
     rois = torch.cat([index[:, None], boxes], dim=1)
     out = roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)

@@ -27,7 +27,9 @@ class Command:
 
 # `python -m training ...` and the training half of `contrastive ...`.
 TRAINING_COMMANDS: dict[str, Command] = {
-    "train": Command("train SimCLR, MoCo, BYOL, SwAV or CLIP", "training.commands.train"),
+    "train": Command(
+        "train a contrastive method (--method; see train --help)", "training.commands.train"
+    ),
     "export": Command(
         "write a run's checkpoint as an export directory", "training.commands.export"
     ),

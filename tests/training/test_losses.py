@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.training.references import neg_log_softmax_at, nt_xent_reference
 from training.losses import (
     byol_loss,
     clip_loss,
@@ -28,24 +29,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _neg_log_softmax_at(logits: list[float], target: int) -> float:
-    top = max(logits)
-    return -(logits[target] - top - math.log(sum(math.exp(x - top) for x in logits)))
-
-
 # ---------------------------------------------------------------- NT-Xent
-
-
-def _nt_xent_loops(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
-    views = [_unit(v) for v in z1.numpy()] + [_unit(v) for v in z2.numpy()]
-    n = z1.shape[0]
-    total = 0.0
-    for i, anchor in enumerate(views):
-        pos = (i + n) % (2 * n)
-        others = [j for j in range(2 * n) if j != i]
-        logits = [float(anchor @ views[j]) / t for j in others]
-        total += _neg_log_softmax_at(logits, others.index(pos))
-    return total / (2 * n)
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
@@ -65,7 +49,7 @@ def test_nt_xent_identical_inputs_give_log_2n_minus_1() -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_nt_xent_matches_loops(seed: int) -> None:
     z1, z2 = _rand(7, 5, seed=seed), _rand(7, 5, seed=seed + 10)
-    assert nt_xent(z1, z2, 0.2).item() == pytest.approx(_nt_xent_loops(z1, z2, 0.2), rel=1e-10)
+    assert nt_xent(z1, z2, 0.2).item() == pytest.approx(nt_xent_reference(z1, z2, 0.2), rel=1e-10)
     # normalised inside: scale does not matter
     assert nt_xent(3 * z1, 0.5 * z2, 0.2).item() == pytest.approx(nt_xent(z1, z2, 0.2).item())
 
@@ -100,7 +84,7 @@ def test_info_nce_in_batch_matches_loops() -> None:
     q, k = _rand(5, 3, seed=4), _rand(5, 3, seed=5)
     qn, kn = [_unit(v) for v in q.numpy()], [_unit(v) for v in k.numpy()]
     expected = np.mean(
-        [_neg_log_softmax_at([float(qn[i] @ kn[j]) / 0.1 for j in range(5)], i) for i in range(5)]
+        [neg_log_softmax_at([float(qn[i] @ kn[j]) / 0.1 for j in range(5)], i) for i in range(5)]
     )
     assert info_nce(q, k, None, 0.1).item() == pytest.approx(expected, rel=1e-10)
 
@@ -206,7 +190,7 @@ def _swav_loops(scores: list[torch.Tensor], codes: list[torch.Tensor], t: float)
                 logits = [float(x) / t for x in s[b]]
                 per_row.append(
                     sum(
-                        float(code[b, c]) * _neg_log_softmax_at(logits, c)
+                        float(code[b, c]) * neg_log_softmax_at(logits, c)
                         for c in range(len(logits))
                     )
                 )
@@ -242,10 +226,10 @@ def _clip_loops(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
     im, tx = [_unit(v) for v in image.numpy()], [_unit(v) for v in text.numpy()]
     n = len(im)
     per_image = [
-        _neg_log_softmax_at([scale * float(im[i] @ tx[j]) for j in range(n)], i) for i in range(n)
+        neg_log_softmax_at([scale * float(im[i] @ tx[j]) for j in range(n)], i) for i in range(n)
     ]
     per_text = [
-        _neg_log_softmax_at([scale * float(tx[j] @ im[i]) for i in range(n)], j) for j in range(n)
+        neg_log_softmax_at([scale * float(tx[j] @ im[i]) for i in range(n)], j) for j in range(n)
     ]
     return (sum(per_image) / n + sum(per_text) / n) / 2
 

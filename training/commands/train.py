@@ -25,11 +25,7 @@ if TYPE_CHECKING:
 
 # Flags mapped onto config keys (default None = "not given").
 FLAGS: dict[str, tuple[str, type, str]] = {
-    "--method": (
-        "method",
-        str,
-        "simclr | moco | moco-tuned | byol | swav | clip | barlow | vicreg | simsiam | dino",
-    ),
+    "--method": ("method", str, "{methods}"),  # filled from the method registry
     "--data": (
         "data",
         str,
@@ -59,8 +55,11 @@ FLAGS: dict[str, tuple[str, type, str]] = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from training.methods import method_names
+
+    methods = " | ".join(method_names())
     for flag, (_, typ, help_) in FLAGS.items():
-        p.add_argument(flag, type=typ, default=None, help=help_)
+        p.add_argument(flag, type=typ, default=None, help=help_.format(methods=methods))
     p.add_argument("--config", type=Path, help="YAML file of settings (key: value)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any setting, e.g. --set temperature=0.2 (repeatable)")  # fmt: skip

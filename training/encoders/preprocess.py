@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
-from torchvision.transforms import InterpolationMode
 
 if TYPE_CHECKING:
     from training.encoders.base import Preprocess
@@ -71,6 +69,11 @@ def to_pixels(image: Image.Image, cfg: Preprocess) -> torch.Tensor:
     would start OpenMP teams that spin against the model thread's. Normalisation runs
     batched, on the model's device (`normalize`).
     """
+    # torchvision is imported on first use (then it is in sys.modules): the model library
+    # is imported by commands that never resize an image, such as `contrastive train --help`
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     image = clamp_aspect(ensure_rgb(image))
     interp = InterpolationMode(cfg.interpolation)
     if cfg.resize_mode == "squash":

@@ -27,11 +27,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from training.encoders.nets.backbones import BackboneSpec
+if TYPE_CHECKING:
+    from training.encoders.nets.backbones import BackboneSpec
 
 LAST = "last.pt"
 CHECKSUM = "checksum"  # {"algorithm": "sha256", "digest": hex} beside the state's keys
@@ -121,6 +122,10 @@ class Checkpoint:
 
 
 def _backbone_spec(saved: dict[str, Any]) -> BackboneSpec:
+    # imported here: the model library pulls in torchvision, which `contrastive train
+    # --help` (this module's importer) does not need
+    from training.encoders.nets.backbones import BackboneSpec
+
     return BackboneSpec(str(saved["name"]), bool(saved.get("cifar_stem")), saved.get("image_size"))
 
 

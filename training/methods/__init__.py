@@ -29,6 +29,7 @@ __all__ = [
     "StepOutput",
     "Views",
     "get_method",
+    "method_names",
     "register",
 ]
 
@@ -48,6 +49,12 @@ def _discover() -> None:
     for info in pkgutil.iter_modules(__path__):
         if info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")
+
+
+def method_names() -> list[str]:
+    """Every registered method's `--method` name, sorted."""
+    _discover()
+    return sorted(METHODS)
 
 
 def get_method(name: str) -> type[Method[Any]]:

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.augment import ViewSpec
-from training.encoders.nets.text_towers import TextTower, build_text_tower
 from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
 from training.losses import clip_loss, siglip_loss
 from training.methods import register
@@ -46,6 +45,7 @@ from training.methods.base import (
 if TYPE_CHECKING:
     from training.augment import Augmenter
     from training.data import Batch
+    from training.encoders.nets.text_towers import TextTower
 
 TEMPLATE_SETS = {"default": DEFAULT_TEMPLATES, "single": SINGLE_TEMPLATE}
 LOSSES = ("clip", "siglip")
@@ -119,6 +119,10 @@ class CLIP(Method[CLIPParams]):
         _check(params)
         super().__init__(backbone, feat_dim, params, ctx)
         p = params
+        # imported here: MiniLM's tokenizer stack costs ~2 s, which listing methods
+        # (`contrastive train --help`) should not pay
+        from training.encoders.nets.text_towers import build_text_tower
+
         self.text: TextTower = build_text_tower(
             p.text_tower,
             p.embed_dim,

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tests.training.references import nt_xent_reference
 from training.commands import demo as demo_cli
 from training.commands import plot as plot_cli
 from training.demo.analysis import anchor_similarities, median_anchor
@@ -78,17 +79,6 @@ def test_series_skips_null_values_and_other_kinds(tmp_path: Path) -> None:
     assert series(read_metrics(tmp_path / "run"), "knn", "knn_top1") == ([5, 10], [0.5, 0.7])
 
 
-def _nt_xent_loops(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> float:
-    """Textbook NT-Xent, one anchor at a time with math.exp."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1).double().tolist()
-    n, batch, total = len(z), z1.shape[0], 0.0
-    for a in range(n):
-        dots = [sum(x * y for x, y in zip(z[a], z[c], strict=True)) / tau for c in range(n)]
-        pos = (a + batch) % n
-        total += -dots[pos] + math.log(sum(math.exp(d) for c, d in enumerate(dots) if c != a))
-    return total / n
-
-
 def test_temperature_figure_numbers_match_the_closed_form() -> None:
     gen = torch.Generator().manual_seed(0)
     sims = torch.rand(31, generator=gen, dtype=torch.float64) * 2 - 1
@@ -109,8 +99,8 @@ def test_temperature_figure_numbers_match_the_closed_form() -> None:
     assert data.hard[0.1] > data.hard[1.0]  # a lower τ concentrates the push
     for i in (0, 12, 29):
         tau = data.curve_taus[i]
-        assert data.loss_before[i] == pytest.approx(_nt_xent_loops(z[0], z[1], tau), rel=1e-5)
-        assert data.loss_after[i] == pytest.approx(_nt_xent_loops(z[2], z[3], tau), rel=1e-5)
+        assert data.loss_before[i] == pytest.approx(nt_xent_reference(z[0], z[1], tau), rel=1e-5)
+        assert data.loss_after[i] == pytest.approx(nt_xent_reference(z[2], z[3], tau), rel=1e-5)
 
 
 def test_pair_rows_and_anchor_similarities_against_brute_force() -> None:

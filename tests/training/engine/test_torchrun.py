@@ -20,7 +20,7 @@ import pytest
 
 from training.engine.checkpoint import LAST, Checkpoint, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TIMEOUT_S = 180  # per torchrun call; a hang fails the test instead of blocking CI
 FIRST = ["--method", "simclr", "--data", "digits", "--backbone", "tiny", "--batch-size", "32"]
 # A constant learning rate (no warmup, cosine floor = peak): the schedule then does not

@@ -1,0 +1,83 @@
+"""The documents point at things that exist: every relative link and in-page anchor of
+the README and docs/, and every repository path they name in backticks (a file or
+folder of the project: `service/...`, `tests/...`, `docs/...`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+TOP_FOLDERS = ("service", "training", "tests", "docs", "deploy", "scripts", ".ci")
+
+# Named in backticks but made by the user, not shipped: the API-key files of the
+# Kubernetes and compose examples (git-ignored).
+USER_FILES = {"deploy/k8s/api-keys.env", "deploy/prometheus/contrastive-api-key"}
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+# `path` in backticks that starts with a top folder; stops at a space, `:` or `::`
+# (so `tests/x.py::test` and `service/x.py:12` name the file)
+PATH = re.compile(r"`((?:" + "|".join(map(re.escape, TOP_FOLDERS)) + r")/[\w./-]*?)(?:::?[^`]*)?`")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    """Every heading's anchor (outside code blocks), with GitHub's -1, -2 for repeats."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#+ (.+)$", _prose(text), flags=re.M):
+        slug = _slug(heading)
+        n = seen.get(slug, 0)
+        out.add(slug if n == 0 else f"{slug}-{n}")
+        seen[slug] = n + 1
+    return out
+
+
+def _prose(text: str) -> str:
+    """The text without fenced code blocks (their `#` lines are not headings)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+def _relative(doc: Path) -> str:
+    return str(doc.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=_relative)
+def test_every_link_resolves(doc: Path) -> None:
+    text = doc.read_text()
+    anchors = _anchors(text)
+    broken = []
+    for target in LINK.findall(_prose(text)):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        if (path and not (doc.parent / path).exists()) or (not path and anchor not in anchors):
+            broken.append(target)
+    assert broken == []
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=_relative)
+def test_every_named_repository_path_exists(doc: Path) -> None:
+    named = {m.rstrip(".") for m in PATH.findall(doc.read_text())}
+    # a file (NAME.EXT) or a folder (NAME/); `service/contrastive-index` is a Kubernetes name
+    paths = {p for p in named if p.endswith("/") or "." in p.rsplit("/", 1)[-1]}
+    missing = sorted(p for p in paths - USER_FILES if "*" not in p and not (ROOT / p).exists())
+    assert missing == []
+
+
+def test_the_checks_can_fail(tmp_path: Path) -> None:
+    text = "# A title\n```\n# not a heading\n```\nsee [x](#a-title) [y](#not-a-heading)\n"
+    assert _anchors(text) == {"a-title"}
+    assert PATH.findall("`tests/x.py::test_y` `service/app.py:12` `pip install`") == [
+        "tests/x.py",
+        "service/app.py",
+    ]
