@@ -5,6 +5,9 @@
   (`service/cli.py`) builds on `training.cli`, which names the training commands and
   imports them only when they run.
 - `training` never imports `service`.
+- Inside `training`: methods and their building blocks (losses, heads, momentum, augment,
+  dist) know nothing of the engine; the engine and export reach methods only through the
+  contract (`training.methods`, `training.methods.base`), never a method's own module.
 """
 
 from __future__ import annotations
@@ -60,6 +63,27 @@ def test_service_imports_only_the_encoder_library_from_training() -> None:
         return _within(m, "training") and not _within(m, LIBRARY)
 
     assert _violations("service", bad) == []
+
+
+BLOCKS = ("losses", "heads", "momentum", "augment", "dist")
+METHOD_API = ("training.methods", "training.methods.base")
+
+
+def test_methods_and_their_blocks_know_nothing_of_the_engine() -> None:
+    def bad(p: Path, m: str) -> bool:
+        return _within(m, "training.engine") or _within(m, "training.commands")
+
+    found = _violations("training/methods", bad)
+    for block in BLOCKS:
+        found += [v for v in _violations("training", bad) if v[0] == f"training/{block}.py"]
+    assert found == []
+
+
+def test_engine_and_export_use_methods_only_through_the_contract() -> None:
+    def bad(p: Path, m: str) -> bool:
+        return _within(m, "training.methods") and m not in METHOD_API
+
+    assert _violations("training/engine", bad) + _violations("training/export", bad) == []
 
 
 def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:

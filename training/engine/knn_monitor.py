@@ -14,6 +14,7 @@ from training.augment import Augmenter
 from training.config import TrainConfig
 from training.data import LabelledArrays, load_knn_data
 from training.evaluate.knn import embed, knn_accuracy
+from training.methods.base import Method
 
 log = logging.getLogger("contrastive.train")
 _UNLOADED: Any = object()
@@ -47,7 +48,7 @@ class OnlineKNN:
 
     def maybe_run(
         self,
-        method: Any,
+        method: Method[Any],
         autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     ) -> float | None:
         """Top-1 kNN accuracy, or None (no labels, disabled, or not rank 0)."""
@@ -63,7 +64,7 @@ class OnlineKNN:
 
     def _evaluate(
         self,
-        method: Any,
+        method: Method[Any],
         autocast: Callable[[], contextlib.AbstractContextManager[Any]],
         bank: LabelledArrays,
         queries: LabelledArrays,
