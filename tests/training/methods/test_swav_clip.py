@@ -344,7 +344,7 @@ def minilm_clip(minilm: MiniLM, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         model = minilm if lock else copy.deepcopy(minilm)
         return MiniLMTower(embed_dim or MiniLM.dim, lock=lock, minilm=model)
 
-    monkeypatch.setattr("training.methods.clip.build_text_tower", build_tower)
+    monkeypatch.setattr("training.encoders.nets.text_towers.build_text_tower", build_tower)
 
     def make(**overrides: Any) -> CLIP:
         settings: dict[str, Any] = dict(text_tower="minilm", embed_dim=0)
