@@ -215,8 +215,8 @@ class CollectionInputs:
 
     def _model_for(self, col: CollectionHandle, capability: str) -> LoadedModel:
         """The model that embeds into `col`'s space, with `capability`: the loaded one
-        whose id is the collection's, when several are served, else the default; its
-        vectors must fit the collection (`model_mismatch`)."""
+        whose id is the collection's model id, else the default, whose vectors must then
+        fit the collection (`model_mismatch`)."""
         same = self.models.in_space(col.model_id)
         model = same.require(capability) if same else self.models.default.require(capability)
         check_space(model.encoder, col)
