@@ -1,5 +1,5 @@
-"""Everything the running service holds: settings, the models (each with its embedders
-and their batchers: service.runtime.served), the collection store, thread pools.
+"""Everything the running service holds: settings, the models (each, once loaded, with its
+embedders and their batchers: service.runtime.served), the collection store, thread pools.
 
 Created in the app's lifespan and kept on `app.state.service`; routes reach it via
 `service.api.deps`.
@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.domain_errors import ModelError
 from service.index.backend import CollectionBackend, open_backend
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher
-from service.runtime.embedding import ImageEmbedder, TextEmbedder
-from service.runtime.served import Pools, ServedModel
-from service.runtime.zeroshot import ClassifierCache
+from service.runtime.served import Pools, ServedModel, ServedModels
 from service.settings import Settings
 from training.encoders import Encoder, resolve_device
 
@@ -36,7 +33,7 @@ class ServiceState:
     metrics: Metrics
     draining: bool = False
     # every model served, the default first (service.runtime.served); set in __post_init__
-    models: list[ServedModel] = field(init=False)
+    models: ServedModels = field(init=False)
     # One model thread: torch parallelises inside an op; two would only fight over cores.
     model_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -54,39 +51,18 @@ class ServiceState:
     def __post_init__(self) -> None:
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
         s = self.settings
-        self.models = [
-            ServedModel(ref, s.pretrained if i == 0 else None) for i, ref in enumerate(s.model_refs)
-        ]
+        self.models = ServedModels(
+            tuple(
+                ServedModel(ref, s.pretrained if i == 0 else None)
+                for i, ref in enumerate(s.model_refs)
+            )
+        )
 
-    # -- the default model (the first): what a request that names none gets ----------
-    @property
-    def default(self) -> ServedModel:
-        return self.models[0]
-
-    @property
-    def encoder(self) -> Encoder | None:
-        return self.default.encoder
-
-    @property
-    def images(self) -> ImageEmbedder | None:
-        return self.default.images
-
-    @property
-    def texts(self) -> TextEmbedder | None:
-        return self.default.texts
-
-    @property
-    def classifiers(self) -> ClassifierCache | None:
-        return self.default.classifiers
-
+    # -- readiness, over every model (/readyz) -------------------------------------------
     @property
     def load_error(self) -> str | None:
         """The first model's load failure, else None."""
         return next((m.load_error for m in self.models if m.load_error), None)
-
-    @load_error.setter
-    def load_error(self, value: str | None) -> None:
-        self.default.load_error = value
 
     @property
     def loading_for(self) -> float | None:
@@ -117,7 +93,7 @@ class ServiceState:
     @property
     def ready(self) -> bool:
         """Every model is loaded and warm, and the server is not shutting down."""
-        return all(m.encoder is not None for m in self.models) and not self.draining
+        return all(m.loaded is not None for m in self.models) and not self.draining
 
     # -- lifecycle ------------------------------------------------------------------
     async def load(self, encoder: Encoder | None = None) -> None:
@@ -165,26 +141,6 @@ class ServiceState:
         if self.store is not None:
             self.store.close()
             log.info("collections closed")
-
-    # -- used by the routes (through service.api.deps) -----------------------------
-    def model_for(self, name: str | None) -> ServedModel:
-        """The model a request names (by id or reference; None: the default), or
-        ModelError `model_not_found` listing what is served."""
-        if name is None:
-            return self.default
-        for model in self.models:
-            if model.answers_to(name):
-                return model
-        served = ", ".join(repr(m.encoder.model_id if m.encoder else m.ref) for m in self.models)
-        raise ModelError(
-            "model_not_found",
-            f"model {name!r} is not loaded here; this server serves {served} "
-            "(omit 'model' for the first, or see GET /v1/models)",
-        )
-
-    def require_encoder(self) -> Encoder:
-        """The default encoder, or ModelError `model_not_ready` (retry in a few seconds)."""
-        return self.default.require_encoder()
 
 
 def open_collections(s: Settings) -> CollectionBackend:

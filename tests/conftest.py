@@ -4,13 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import skimage.data
 import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.helpers import FakeEncoder, image_bytes, wait_ready
+from tests.helpers import FakeEncoder, wait_ready
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -28,26 +27,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _collections_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every app a test builds keeps its collections in that test's temp folder."""
     monkeypatch.setenv("CONTRASTIVE_COLLECTIONS_DIR", str(tmp_path / "collections"))
-
-
-@pytest.fixture(scope="session")
-def cat_jpeg() -> bytes:
-    return image_bytes(skimage.data.chelsea(), "JPEG", quality=92)
-
-
-@pytest.fixture(scope="session")
-def coffee_jpeg() -> bytes:
-    return image_bytes(skimage.data.coffee(), "JPEG", quality=92)
-
-
-@pytest.fixture(scope="session")
-def builtin_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The real built-in model behind the real app (loaded once per test session)."""
-    folder = tmp_path_factory.mktemp("builtin-collections")
-    app = create_app(Settings(model="builtin", device="cpu", collections_dir=str(folder)))
-    with TestClient(app) as client:
-        wait_ready(client)
-        yield client
 
 
 @pytest.fixture

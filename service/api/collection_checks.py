@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from service.api.validate import bad, unencodable_at
+from service.api.request_checks import bad, unencodable_at
 from service.index.backend import CollectionHandle
 from service.index.types import MAX_ID_CHARS, CollectionError
 from service.settings import Settings

@@ -22,7 +22,7 @@ from service.api.collection_checks import (
     check_vector,
     unit_rows,
 )
-from service.api.deps import IndexRunner, ModelHandle
+from service.api.deps import IndexRunner
 from service.api.openapi_docs import STRINGS, Form, json_or_multipart
 from service.api.payload import (
     holds_rounded_ints,
@@ -32,7 +32,7 @@ from service.api.payload import (
     read_form,
     read_json,
 )
-from service.api.validate import bad, check_count, check_text
+from service.api.request_checks import bad, check_count, check_text
 from service.domain_errors import ModelError
 from service.index.backend import CollectionHandle
 from service.index.filters import Filter, parse_filter
@@ -47,6 +47,7 @@ from service.index.schemas import (
 from service.index.types import CollectionError, IndexSpec, check_name
 from service.responses import finite_output
 from service.runtime.images import decode_base64_image
+from service.runtime.served import LoadedModel, ServedModels
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 
@@ -55,14 +56,14 @@ Source = tuple[Kind, Any]  # ("text", str) | ("image", bytes) | ("vector", list)
 Upsert = tuple[list[str], np.ndarray, list[dict[str, Any]]]  # ids, unit vectors, metadata
 
 
-def collection_space(model: ModelHandle, body: CreateCollectionRequest) -> tuple[str, int]:
+def collection_space(models: ServedModels, body: CreateCollectionRequest) -> tuple[str, int]:
     """(model_id, dim) of a new collection: the loaded model's unless both are given."""
     check_name(body.name)
     if body.dim is not None and body.dim > MAX_DIM:
         raise bad("invalid_dimension", f"dim {body.dim} is too large: at most {MAX_DIM}")
     if body.model_id is not None and body.dim is not None:
-        same = model.for_space(body.model_id)
-        enc = same.current if same is not None else None
+        same = models.in_space(body.model_id)
+        enc = same.encoder if same is not None else None
         if enc is not None and body.dim != enc.embed_dim:
             raise bad(
                 "wrong_dimension",
@@ -70,17 +71,17 @@ def collection_space(model: ModelHandle, body: CreateCollectionRequest) -> tuple
             )
         return body.model_id, body.dim
     if body.model_id is None:
-        enc = model.require()
+        enc = models.default.require().encoder
     else:  # a served model, by id or reference (one served model: the loaded one)
         try:
-            enc = model.select(body.model_id).require()
+            enc = models.resolve(body.model_id).encoder
         except ModelError as e:
             if e.code != "model_not_found":
                 raise
             raise bad(
                 "invalid_request",
                 f"model_id {body.model_id!r} is not a loaded model "
-                f"({', '.join(repr(m) for m in model.served_ids())}): "
+                f"({', '.join(repr(m) for m in models.names())}): "
                 "give 'dim' too to make a collection of raw vectors",
             ) from None
     if body.dim is not None and body.dim != enc.embed_dim:
@@ -111,7 +112,7 @@ def check_delete(body: DeleteItemsRequest, s: Settings) -> list[str]:
 class CollectionInputs:
     """Reads upsert and search requests into vectors for one request's collection."""
 
-    model: ModelHandle
+    models: ServedModels
     settings: Settings
     run_index: IndexRunner
 
@@ -198,23 +199,28 @@ class CollectionInputs:
                 if kind == "text":
                     check_text(value, self.settings, f"{what}[{i}].text")
         texts, images, ids = by_kind["text"], by_kind["image"], by_kind["id"]
-        # the model is needed only now, and only for what it must embed: the one whose
-        # space the collection is in, when several are served
-        model = self.model.for_space(col.model_id) or self.model
-        if texts:
-            check_space(model.require(TEXT), col)
-        if images:
-            check_space(model.require(IMAGE), col)
+        # the model is needed only now, and only for what it must embed
+        text_model = self._model_for(col, TEXT) if texts else None
+        image_model = self._model_for(col, IMAGE) if images else None
         blobs = [_image_bytes(sources[i][1], i) for i in images]
         if ids:
             out[ids] = await self.run_index(_stored, col, [sources[i][1] for i in ids])
-        if texts:
-            embedded = await model.text_embedder()([sources[i][1] for i in texts])
+        if text_model is not None:
+            embedded = await text_model.texts([sources[i][1] for i in texts])
             out[texts] = unit_rows(finite_output(embedded, col.model_id), col)
-        if images:
-            embedded = await model.image_embedder()(blobs)
+        if image_model is not None:
+            embedded = await image_model.images(blobs)
             out[images] = unit_rows(finite_output(embedded, col.model_id), col)
         return out
+
+    def _model_for(self, col: CollectionHandle, capability: str) -> LoadedModel:
+        """The model that embeds into `col`'s space, with `capability`: the loaded one
+        whose id is the collection's model id, else the default, whose vectors must then
+        fit the collection (`model_mismatch`)."""
+        same = self.models.in_space(col.model_id)
+        model = same.require(capability) if same else self.models.default.require(capability)
+        check_space(model.encoder, col)
+        return model
 
 
 def _form_metadata(raw: Any, n: int) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@
   require it (and declare their 401) when API keys are set, and take it as optional
   when they are not (the server then ignores the header).
 
-A fuzzer (tests/service/test_schemathesis.py) holds the document to the server's answers.
+A fuzzer (tests/service/api/test_schemathesis.py) holds the document to the server's answers.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from service.settings import Settings
 REF = "#/components/schemas/{model}"
 FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
 STRINGS = {"type": "array", "items": {"type": "string"}}
-# A text the checks accept (service.api.validate.check_text): not blank, no NUL.
+# A text the checks accept (service.api.request_checks.check_text): not blank, no NUL.
 TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 TEMPLATE_PATTERN = r"^[^\x00]*\{\}[^\x00]*$"
 # Collection names (service.index.types.check_name): a letter or digit, then letters,

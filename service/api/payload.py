@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from service.api.validate import bad
+from service.api.request_checks import bad
 from service.domain_errors import RequestError
 from service.runtime.images import decode_base64_image
 

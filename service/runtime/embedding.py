@@ -2,7 +2,7 @@
 
 A full batcher, a full decode queue or a device out of memory becomes a CapacityError
 (retryable, with a retry-after); the HTTP edge picks its status. Work whose client has
-gone is cancelled (service.runtime.client).
+gone is cancelled (service.runtime.disconnect).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 
 from service.domain_errors import CapacityError
 from service.runtime.batcher import Batcher, QueueFullError, Reservation
-from service.runtime.client import while_client_waits
 from service.runtime.device_decode import as_jpeg_item, wants_device
+from service.runtime.disconnect import while_client_waits
 from service.runtime.images import ImageError, decode_image
 from training.encoders import Encoder
 

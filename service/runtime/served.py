@@ -1,6 +1,9 @@
-"""One model the service serves: its reference, its encoder once warm, and its own
-embedders (each with a batcher). A server holds one or more (`--model` repeated); the
+"""The models the service serves. A server holds one or more (`--model` repeated): the
 first is the default, and a request picks another by `model` (its id or reference).
+
+`ServedModel` is one of them over its life (loading, failed, warm); once warm it holds a
+`LoadedModel`, its encoder with its own embedders (each with a batcher), made together
+and never changed. `ServedModels` finds the one a request names.
 
 All models share the one model thread (service.state): on one device, two threads
 would only fight over it; each model batches its own requests.
@@ -12,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -48,22 +51,58 @@ class Pools:
     make_batcher: MakeBatcher  # a started batcher on the model thread, with metrics
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model once loaded and warm: its encoder and what embeds with it. All four are made
+    together (ServedModel.load) and never change, so whoever holds one holds all of them."""
+
+    encoder: Encoder
+    images: ImageEmbedder
+    texts: TextEmbedder
+    classifiers: ClassifierCache  # zero-shot classifiers, made of embedded texts
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+    def require(self, *capabilities: str) -> LoadedModel:
+        """This model, or ModelError `missing_capability` naming the first of
+        `capabilities` it lacks and what it has instead."""
+        have = self.encoder.capabilities
+        for capability in capabilities:
+            if capability not in have:
+                raise ModelError(
+                    "missing_capability",
+                    f"model {self.model_id!r} has no {capability!r} capability "
+                    f"(it has: {', '.join(sorted(have))})",
+                )
+        return self
+
+    def memory_bytes(self) -> int | None:
+        """Bytes of the encoder's parameters and buffers (None: not torch)."""
+        return module_bytes(self.encoder)
+
+
 @dataclass
 class ServedModel:
+    """One model over its life: loading, then warm (`loaded`) or failed (`load_error`)."""
+
     ref: str  # the --model reference: builtin, open_clip:ARCH, an export directory
     pretrained: str | None = None  # open_clip weights (the first model's --pretrained)
-    encoder: Encoder | None = None  # set once warm, with the three below
-    images: ImageEmbedder | None = None
-    texts: TextEmbedder | None = None
-    classifiers: ClassifierCache | None = None
+    loaded: LoadedModel | None = None  # set once warm
     load_error: str | None = None
     # time.monotonic() when load() began, until it ends (/readyz says how long it has been)
     loading_since: float | None = None
     load_seconds: float | None = None
 
+    @property
+    def name(self) -> str:
+        """Its id once loaded, its reference until then: how answers name it."""
+        return self.loaded.model_id if self.loaded is not None else self.ref
+
     def answers_to(self, name: str) -> bool:
         """Whether a request's `model` names this one (its reference or its id)."""
-        return name == self.ref or (self.encoder is not None and name == self.encoder.model_id)
+        return name in (self.ref, self.name)
 
     @property
     def loading_for(self) -> float | None:
@@ -75,12 +114,13 @@ class ServedModel:
         took = self.loading_for
         return None if took is None else f"loading model {self.ref} ({took:.0f} s)"
 
-    def require_encoder(self) -> Encoder:
-        """The loaded encoder, or ModelError `model_not_ready` (retry in a few seconds)."""
-        if self.encoder is None:
+    def require(self, *capabilities: str) -> LoadedModel:
+        """The loaded model, or ModelError `model_not_ready` (retry in a few seconds); then
+        `missing_capability` unless it has every one of `capabilities`."""
+        if self.loaded is None:
             msg = self.load_error or self.loading_reason() or f"model {self.ref} is still loading"
             raise ModelError("model_not_ready", msg, retry_after=5)
-        return self.encoder
+        return self.loaded.require(*capabilities)
 
     # -- loading --------------------------------------------------------------------
     async def load(self, s: Settings, pools: Pools, encoder: Encoder | None = None) -> None:
@@ -117,7 +157,7 @@ class ServedModel:
         on_device = s.device_decode == "on" or (
             s.device_decode == "auto" and encoder.device.type == "cuda"
         )
-        self.images = ImageEmbedder(
+        images = ImageEmbedder(
             encoder,
             pools.make_batcher(_image_batch(encoder, on_device, s.max_image_pixels), IMAGE),
             pools.decode,
@@ -127,9 +167,9 @@ class ServedModel:
         )
         if on_device:
             log.info("JPEG uploads to %s are decoded on %s", encoder.model_id, encoder.device)
-        self.texts = TextEmbedder(pools.make_batcher(encoder.encode_texts, TEXT))
-        self.classifiers = ClassifierCache(self.texts, s.classifier_cache)
-        self.encoder = encoder
+        texts = TextEmbedder(pools.make_batcher(encoder.encode_texts, TEXT))
+        classifiers = ClassifierCache(texts, s.classifier_cache)
+        self.loaded = LoadedModel(encoder, images, texts, classifiers)
         log.info("model ready: %s (%d-d, %s)", encoder.model_id, encoder.embed_dim, encoder.device)
 
     async def _log_progress(self) -> None:
@@ -139,15 +179,58 @@ class ServedModel:
             log.info("%s…", self.loading_reason())
 
     async def stop(self) -> None:
-        for embedder in (self.images, self.texts):
-            if embedder:
-                await embedder.batcher.stop()
+        if self.loaded is not None:
+            await self.loaded.images.batcher.stop()
+            await self.loaded.texts.batcher.stop()
 
-    def memory_bytes(self) -> int | None:
-        """Bytes of the encoder's parameters and buffers (None: not loaded, or not torch)."""
-        if self.encoder is None:
-            return None
-        return module_bytes(self.encoder)
+
+@dataclass(frozen=True)
+class ServedModels:
+    """Every model a server serves, the default first: what a request's `model` picks from."""
+
+    all: tuple[ServedModel, ...]
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        return iter(self.all)
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+    @property
+    def default(self) -> ServedModel:
+        """What a request that names no model gets: the first."""
+        return self.all[0]
+
+    def named(self, name: str | None) -> ServedModel:
+        """The model a request names (by id or reference; None: the default), or
+        ModelError `model_not_found` listing what is served."""
+        if name is None:
+            return self.default
+        for model in self.all:
+            if model.answers_to(name):
+                return model
+        served = ", ".join(repr(n) for n in self.names())
+        raise ModelError(
+            "model_not_found",
+            f"model {name!r} is not loaded here; this server serves {served} "
+            "(omit 'model' for the first, or see GET /v1/models)",
+        )
+
+    def resolve(self, name: str | None, *capabilities: str) -> LoadedModel:
+        """The model a request names, loaded, with `capabilities`: `model_not_found`,
+        then `model_not_ready`, then `missing_capability`."""
+        return self.named(name).require(*capabilities)
+
+    def in_space(self, model_id: str) -> LoadedModel | None:
+        """The loaded model whose id is `model_id` (a collection's space), else None."""
+        for model in self.all:
+            if model.loaded is not None and model.loaded.model_id == model_id:
+                return model.loaded
+        return None
+
+    def names(self) -> list[str]:
+        """Each model's name: the ids of those loaded, the references of the others."""
+        return [m.name for m in self.all]
 
 
 def module_bytes(obj: object) -> int | None:

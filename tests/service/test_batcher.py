@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from service.domain_errors import CapacityError
-from service.runtime import client
+from service.runtime import disconnect
 from service.runtime.batcher import Batcher, QueueFullError, ServiceRate
-from service.runtime.client import ClientGoneError, while_client_waits
+from service.runtime.disconnect import ClientGoneError, while_client_waits
 from service.runtime.embedding import ImageEmbedder
 from service.runtime.images import ImageError
 from tests.helpers import FakeEncoder, image_bytes
@@ -238,7 +238,7 @@ def test_work_stops_when_its_client_leaves(pool: ThreadPoolExecutor) -> None:
     model = Model()
 
     async def request(b: Batcher[int], items: list[int], left: asyncio.Event) -> torch.Tensor:
-        client.watch(left.wait)  # what service.api.client_gone does for a request
+        disconnect.watch(left.wait)  # what service.api.deps.watch_disconnect does for a request
         return await while_client_waits(b.submit(items))
 
     async def main() -> None:

@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.runtime.served import module_bytes
+from service.runtime.served import LoadedModel, module_bytes
 from service.serve_cli import add_arguments, settings_from_args
 from service.settings import Settings
 from tests.helpers import FakeEncoder, wait_ready
@@ -156,3 +156,15 @@ def test_module_bytes_counts_shared_tensors_once() -> None:
 
     assert module_bytes(Holder()) == 16 * 4
     assert module_bytes(object()) is None
+
+
+def test_a_loaded_model_is_one_frozen_value(two: TestClient) -> None:
+    """A model's encoder and embedders are made together, once it is warm: none of them is
+    optional, and none can be replaced on its own."""
+    fields = dataclasses.fields(LoadedModel)
+    assert [f.name for f in fields] == ["encoder", "images", "texts", "classifiers"]
+    assert not any("None" in str(f.type) for f in fields)
+    for served in two.app.state.service.models:  # type: ignore[attr-defined]
+        loaded = served.require()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            loaded.encoder = FakeEncoder()  # type: ignore[misc]

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.runtime.batcher import Batcher, QueueFullError
 from service.settings import Settings
-from tests.helpers import FakeEncoder, image_bytes, wait_ready
+from tests.helpers import FakeEncoder, wait_ready
 
 Factory = Callable[..., TestClient]
 
@@ -63,27 +63,6 @@ def test_streamed_body_refused_before_it_is_read() -> None:
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
     assert pulled <= 6  # about 6 KB read of a 1 MB body
-
-
-def test_image_only_model_names_missing_capability(fake_app_factory: Factory) -> None:
-    client = fake_app_factory(encoder=FakeEncoder(capabilities=frozenset({"image"})))
-    png = image_bytes(np.zeros((8, 8, 3), np.uint8))
-    for path, kwargs in [
-        ("/v1/embed/text", {"json": {"texts": ["hi"]}}),
-        ("/v1/embeddings", {"json": {"model": "fake:test", "input": "hi"}}),
-        (
-            "/v1/classify",
-            {"files": [("files", ("a.png", png, "image/png"))], "data": {"labels": ["a"]}},
-        ),
-    ]:
-        r = client.post(path, **kwargs)
-        assert r.status_code == 400, (path, r.text)
-        err = r.json()["error"]
-        assert err["code"] == "missing_capability" and "'text'" in err["message"]
-    assert (
-        client.post("/v1/embed/image", files=[("files", ("a.png", png, "image/png"))]).status_code
-        == 200
-    )
 
 
 def test_api_keys(fake_app_factory: Factory) -> None:

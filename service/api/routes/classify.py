@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
 
-from service.api.deps import ModelHandleDep, SettingsDep
+from fastapi import APIRouter, Depends, Request
+
+from service.api.deps import ModelRequest, ModelsDep, SettingsDep, precheck, watch_disconnect
 from service.api.openapi_docs import CLASSIFY_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
@@ -14,7 +16,7 @@ from service.api.payload import (
     read_form,
     read_json,
 )
-from service.api.validate import (
+from service.api.request_checks import (
     bad,
     check_classify_size,
     check_image_count,
@@ -27,10 +29,11 @@ from service.schemas import ClassifyRequest, ClassifyResponse
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 
-router = APIRouter(prefix="/v1", tags=["classify"])
+router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[Depends(watch_disconnect)])
+Sent = tuple[ClassifyRequest, list[bytes]]  # the fields, and the images' bytes
 
 
-async def _read(request: Request, s: Settings) -> tuple[ClassifyRequest, list[bytes]]:
+async def _read(request: Request, s: Settings) -> Sent:
     if is_multipart(request):
         form = await read_form(request, s.max_images, s.max_labels + s.max_templates + 16)
         top_k = first_value(form.fields, "top_k")
@@ -50,19 +53,28 @@ async def _read(request: Request, s: Settings) -> tuple[ClassifyRequest, list[by
     return body, images_from_json(body.images)
 
 
+async def to_classify(
+    request: Request, models: ModelsDep, settings: SettingsDep
+) -> ModelRequest[Sent]:
+    """The request's fields and images, and the model it names, with images and texts
+    (labels are embedded as texts)."""
+    precheck(models, IMAGE, TEXT)
+    body, blobs = await _read(request, settings)
+    return ModelRequest((body, blobs), models.resolve(body.model, IMAGE, TEXT))
+
+
+ToClassify = Annotated[ModelRequest[Sent], Depends(to_classify)]
+
+
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
     openapi_extra=json_or_multipart(ClassifyRequest, CLASSIFY_FORM),
     summary="Rank labels for each image (zero-shot, template ensemble)",
 )
-async def classify(request: Request, model: ModelHandleDep, settings: SettingsDep) -> FastJSON:
-    for capability in (IMAGE, TEXT):  # labels are embedded as texts
-        model.precheck(capability)
-    body, blobs = await _read(request, settings)
-    chosen = model.select(body.model)
-    enc = chosen.require(IMAGE)
-    classifiers, embed_images = chosen.classifiers(), chosen.image_embedder()
+async def classify(req: ToClassify, settings: SettingsDep) -> FastJSON:
+    (body, blobs), model = req.sent, req.model
+    enc = model.encoder
     labels = check_labels(body.labels, settings)
     templates = check_templates(
         body.templates if body.templates is not None else list(enc.info.default_templates),
@@ -70,8 +82,8 @@ async def classify(request: Request, model: ModelHandleDep, settings: SettingsDe
     )
     check_classify_size(len(labels), len(templates), settings)
     check_image_count(len(blobs), settings)
-    weights = await classifiers.get(enc.model_id, labels, templates)
-    probs, scores = probabilities(await embed_images(blobs), weights, enc.logit_scale)
+    weights = await model.classifiers.get(enc.model_id, labels, templates)
+    probs, scores = probabilities(await model.images(blobs), weights, enc.logit_scale)
     finite_output(scores, enc.model_id)  # NaN in an image or label embedding: no ranking
     finite_output(probs, enc.model_id)
     k = min(body.top_k or len(labels), len(labels))

@@ -15,9 +15,10 @@ from service.api import collection_inputs as inputs
 from service.api.deps import (
     CollectionDep,
     IndexDep,
-    ModelHandleDep,
+    ModelsDep,
     SettingsDep,
     StoreDep,
+    watch_disconnect,
 )
 from service.api.payload import require_json_dep
 from service.domain_errors import RequestError
@@ -35,7 +36,9 @@ from service.index.schemas import (
 from service.index.types import CollectionError
 from service.responses import FastJSON
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(
+    prefix="/v1/collections", tags=["collections"], dependencies=[Depends(watch_disconnect)]
+)
 # What a replica with `collections` off mounts instead: every collection call, whatever its
 # body, is refused before anything is read.
 disabled_router = APIRouter(include_in_schema=False)
@@ -43,9 +46,9 @@ JSON_ONLY = [Depends(require_json_dep)]
 
 
 async def _inputs(
-    model: ModelHandleDep, settings: SettingsDep, run: IndexDep
+    models: ModelsDep, settings: SettingsDep, run: IndexDep
 ) -> inputs.CollectionInputs:
-    return inputs.CollectionInputs(model, settings, run)
+    return inputs.CollectionInputs(models, settings, run)
 
 
 # Reads upsert and search bodies into vectors (the model is checked only if they need it).
@@ -60,9 +63,9 @@ InputsDep = Annotated[inputs.CollectionInputs, Depends(_inputs)]
     summary="Create a collection",
 )
 async def create_collection(
-    body: CreateCollectionRequest, model: ModelHandleDep, store: StoreDep, run: IndexDep
+    body: CreateCollectionRequest, models: ModelsDep, store: StoreDep, run: IndexDep
 ) -> FastJSON:
-    model_id, dim = inputs.collection_space(model, body)
+    model_id, dim = inputs.collection_space(models, body)
     info = await run(store.create, body.name, model_id, dim, inputs.index_spec(body))
     return FastJSON(info.to_dict(), status_code=201)
 

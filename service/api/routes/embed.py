@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Request
 
-from service.api.deps import ModelHandleDep, SettingsDep
+from service.api.deps import (
+    ModelRequest,
+    ModelsDep,
+    SettingsDep,
+    precheck,
+    watch_disconnect,
+)
 from service.api.openapi_docs import IMAGE_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
@@ -14,17 +22,31 @@ from service.api.payload import (
     read_json,
     require_json_dep,
 )
-from service.api.validate import check_image_count, check_texts
+from service.api.request_checks import check_image_count, check_texts
 from service.responses import FastJSON, finite_output
+from service.runtime.served import LoadedModel
 from service.schemas import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 
-router = APIRouter(prefix="/v1/embed", tags=["embeddings"])
+router = APIRouter(
+    prefix="/v1/embed", tags=["embeddings"], dependencies=[Depends(watch_disconnect)]
+)
 
 
-def _reply(model_id: str, emb: object, dim: int) -> FastJSON:
+def _reply(model: LoadedModel, emb: object) -> FastJSON:
+    model_id, dim = model.model_id, model.encoder.embed_dim
     return FastJSON({"model": model_id, "dim": dim, "embeddings": finite_output(emb, model_id)})
+
+
+async def texts_to_embed(
+    body: EmbedTextRequest, models: ModelsDep
+) -> ModelRequest[EmbedTextRequest]:
+    """The JSON body (its schema is the route's), and the model it names, with texts."""
+    return ModelRequest(body, models.resolve(body.model, TEXT))
+
+
+TextsToEmbed = Annotated[ModelRequest[EmbedTextRequest], Depends(texts_to_embed)]
 
 
 @router.post(
@@ -33,14 +55,10 @@ def _reply(model_id: str, emb: object, dim: int) -> FastJSON:
     dependencies=[Depends(require_json_dep)],
     summary="Embed texts",
 )
-async def embed_text(
-    body: EmbedTextRequest, model: ModelHandleDep, settings: SettingsDep
-) -> FastJSON:
-    chosen = model.select(body.model)
-    enc = chosen.require(TEXT)
-    texts = check_texts(body.texts, settings)
-    emb = await chosen.text_embedder()(texts)
-    return _reply(enc.model_id, emb.numpy(), enc.embed_dim)
+async def embed_text(req: TextsToEmbed, settings: SettingsDep) -> FastJSON:
+    texts = check_texts(req.sent.texts, settings)
+    emb = await req.model.texts(texts)
+    return _reply(req.model, emb.numpy())
 
 
 async def _read_images(request: Request, s: Settings) -> tuple[list[bytes], str | None]:
@@ -53,17 +71,25 @@ async def _read_images(request: Request, s: Settings) -> tuple[list[bytes], str 
     return images_from_json(body.images), body.model
 
 
+async def images_to_embed(
+    request: Request, models: ModelsDep, settings: SettingsDep
+) -> ModelRequest[list[bytes]]:
+    """The uploaded images' bytes, and the model the request names, with images."""
+    precheck(models, IMAGE)  # before reading the body: a model without images refuses at once
+    blobs, name = await _read_images(request, settings)
+    return ModelRequest(blobs, models.resolve(name, IMAGE))
+
+
+ImagesToEmbed = Annotated[ModelRequest[list[bytes]], Depends(images_to_embed)]
+
+
 @router.post(
     "/image",
     response_model=EmbeddingResponse,
     openapi_extra=json_or_multipart(EmbedImageRequest, IMAGE_FORM),
     summary="Embed images (multipart files, or JSON with base64 images)",
 )
-async def embed_image(request: Request, model: ModelHandleDep, settings: SettingsDep) -> FastJSON:
-    model.precheck(IMAGE)  # before reading the body: a model without images refuses at once
-    blobs, name = await _read_images(request, settings)
-    chosen = model.select(name)
-    enc = chosen.require(IMAGE)
-    check_image_count(len(blobs), settings)
-    emb = await chosen.image_embedder()(blobs)
-    return _reply(enc.model_id, emb.numpy(), enc.embed_dim)
+async def embed_image(req: ImagesToEmbed, settings: SettingsDep) -> FastJSON:
+    check_image_count(len(req.sent), settings)
+    emb = await req.model.images(req.sent)
+    return _reply(req.model, emb.numpy())

@@ -31,7 +31,6 @@ async def healthz() -> FastJSON:
 )
 async def readyz(state: State) -> FastJSON:
     if state.ready:
-        assert state.encoder is not None
         unreachable = await _unreachable(state)
         if unreachable is not None:  # a replica that cannot serve collections is not ready
             return FastJSON(
@@ -39,7 +38,7 @@ async def readyz(state: State) -> FastJSON:
             )
         body: dict[str, Any] = {
             "status": "ready",
-            "model": state.encoder.model_id,
+            "model": state.models.default.require().model_id,
             "models": _models(state),
         }
         problems = state.store.problems if state.store is not None else {}
@@ -63,10 +62,11 @@ def _models(state: ServiceState) -> list[dict[str, Any]]:
     """Each model's readiness, device and memory (ModelReadiness)."""
     out = []
     for m in state.models:
-        enc = m.encoder
-        row: dict[str, Any] = {"reference": m.ref, "id": enc.model_id if enc else None}
-        if enc is not None:
-            row |= {"status": "ready", "device": str(enc.device), "memory_bytes": m.memory_bytes()}
+        loaded = m.loaded
+        row: dict[str, Any] = {"reference": m.ref, "id": loaded.model_id if loaded else None}
+        if loaded is not None:
+            device, memory = str(loaded.encoder.device), loaded.memory_bytes()
+            row |= {"status": "ready", "device": device, "memory_bytes": memory}
             row["load_seconds"] = None if m.load_seconds is None else round(m.load_seconds, 1)
         elif m.load_error:
             row |= {"status": "failed", "reason": m.load_error}

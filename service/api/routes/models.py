@@ -4,26 +4,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import State
-from service.runtime.served import ServedModel
+from service.api.deps import DefaultModel, ModelsDep
+from service.runtime.served import LoadedModel
 from service.schemas import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.get("/models", response_model=ModelList, summary="The loaded models and their properties")
-async def list_models(state: State) -> ModelList:
-    state.require_encoder()  # 503 model_not_ready until the default model is warm
-    cards = [_card(m, m is state.default) for m in state.models if m.encoder is not None]
+async def list_models(default: DefaultModel, models: ModelsDep) -> ModelList:
+    # `default`: 503 model_not_ready until the default model is warm
+    cards = [_card(m.ref, m.loaded, m.loaded is default) for m in models if m.loaded is not None]
     return ModelList(data=cards)
 
 
-def _card(model: ServedModel, default: bool) -> ModelCard:
-    enc = model.require_encoder()
+def _card(ref: str, model: LoadedModel, default: bool) -> ModelCard:
+    enc = model.encoder
     info = enc.info
     return ModelCard(
         id=info.model_id,
-        reference=model.ref,
+        reference=ref,
         dim=info.embed_dim,
         capabilities=sorted(info.capabilities),
         logit_scale=info.logit_scale,

@@ -9,15 +9,17 @@ vectors come back in input order; texts and images of one model share its space.
 from __future__ import annotations
 
 import base64
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends
 
-from service.api.deps import ModelHandle, ModelHandleDep, SettingsDep
+from service.api.deps import ModelRequest, ModelsDep, SettingsDep, watch_disconnect
 from service.api.payload import require_json_dep
-from service.api.validate import bad, check_count, check_image_count, check_text
+from service.api.request_checks import bad, check_count, check_image_count, check_text
 from service.responses import FastJSON, finite_output
 from service.runtime.images import decode_base64_image
+from service.runtime.served import LoadedModel
 from service.schemas import (
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
@@ -27,8 +29,22 @@ from service.schemas import (
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(watch_disconnect)])
 Inputs = list[tuple[str, str]]  # (TEXT or IMAGE, the text or the image's base64)
+Sent = tuple[OpenAIEmbeddingRequest, Inputs]  # the body, and its inputs checked
+
+
+async def to_embed(
+    body: OpenAIEmbeddingRequest, models: ModelsDep, settings: SettingsDep
+) -> ModelRequest[Sent]:
+    """The JSON body (its schema is the route's) with its inputs checked, then the model
+    it names, with a tower for each kind of input (a mixed request needs both)."""
+    inputs = _inputs(body, settings)
+    kinds = dict.fromkeys(kind for kind, _ in inputs)
+    return ModelRequest((body, inputs), models.resolve(body.model, *kinds))
+
+
+ToEmbed = Annotated[ModelRequest[Sent], Depends(to_embed)]
 
 
 @router.post(
@@ -37,22 +53,15 @@ Inputs = list[tuple[str, str]]  # (TEXT or IMAGE, the text or the image's base64
     dependencies=[Depends(require_json_dep)],
     summary="OpenAI-compatible embeddings (texts, and images as data: URLs or base64)",
 )
-async def embeddings(
-    body: OpenAIEmbeddingRequest, model: ModelHandleDep, settings: SettingsDep
-) -> FastJSON:
-    inputs = _inputs(body, settings)
-    kinds = {kind for kind, _ in inputs}
-    model = model.select(body.model)
-    enc = model.require()
-    for kind in kinds:  # each kind of input needs its tower (a mixed request both)
-        model.require(kind)
+async def embeddings(req: ToEmbed) -> FastJSON:
+    (body, inputs), enc = req.sent, req.model.encoder
     if body.dimensions is not None and body.dimensions != enc.embed_dim:
         raise bad(
             "unsupported_dimensions",
             f"this model embeds into {enc.embed_dim} dimensions; "
             f"omit 'dimensions' or send {enc.embed_dim}",
         )
-    emb = finite_output(await _embed(model, inputs, enc.embed_dim), enc.model_id)
+    emb = finite_output(await _embed(req.model, inputs), enc.model_id)
     if body.encoding_format == "base64":
         # OpenAI's base64 form: the little-endian float32 bytes of each vector.
         data = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in emb]
@@ -94,14 +103,14 @@ def _inputs(body: OpenAIEmbeddingRequest, s: Settings) -> Inputs:
     return inputs
 
 
-async def _embed(model: ModelHandle, inputs: Inputs, dim: int) -> np.ndarray:
+async def _embed(model: LoadedModel, inputs: Inputs) -> np.ndarray:
     """-> float32 [n, dim] in input order: texts in one batch, images in another."""
-    out = np.empty((len(inputs), dim), np.float32)
+    out = np.empty((len(inputs), model.encoder.embed_dim), np.float32)
     texts = [i for i, (kind, _) in enumerate(inputs) if kind == TEXT]
     images = [i for i, (kind, _) in enumerate(inputs) if kind == IMAGE]
     blobs = [decode_base64_image(inputs[i][1], i) for i in images]  # before any embedding
     if texts:
-        out[texts] = (await model.text_embedder()([inputs[i][1] for i in texts])).numpy()
+        out[texts] = (await model.texts([inputs[i][1] for i in texts])).numpy()
     if images:
-        out[images] = (await model.image_embedder()(blobs)).numpy()
+        out[images] = (await model.images(blobs)).numpy()
     return out

@@ -4,7 +4,7 @@ runs one piece of work (an embedding) that is cancelled when the client leaves f
 the batcher then drops the job's queued chunks.
 
 Nothing HTTP here: the API layer hands in a coroutine function that returns when the
-client has gone (service.api.client_gone reads the ASGI channel for it).
+client has gone (service.api.deps.watch_disconnect reads the ASGI channel for it).
 """
 
 from __future__ import annotations
