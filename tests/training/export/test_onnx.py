@@ -150,7 +150,7 @@ def test_service_runtime_onnx_embeds_as_torch(timm_dir: Path, tmp_path: Path) ->
     app = create_app(settings)
     with TestClient(app) as client:
         wait_ready(client, timeout=60)
-        assert isinstance(app.state.service.encoder, OnnxEncoder)
+        assert isinstance(app.state.service.models.default.require().encoder, OnnxEncoder)
         files = [("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
         r = client.post("/v1/embed/image", files=files)
         assert r.status_code == 200, r.text
