@@ -577,7 +577,7 @@ def format_hits(hits: Sequence[tuple[str, float, Any]]) -> str:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from service.index.repair import run_repair
+    from service.index.embedded.repair import run_repair
 
     return run_repair(args.collection, args.collections_dir)
 

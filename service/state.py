@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.domain_errors import ModelError
-from service.index.backend import CollectionBackend, open_backend
+from service.index.backend import CollectionBackend
+from service.index.factory import open_backend
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher
 from service.runtime.embedding import ImageEmbedder, TextEmbedder
@@ -193,7 +194,7 @@ def open_collections(s: Settings) -> CollectionBackend:
     root = Path(s.collections_dir)
     qdrant = None
     if s.collections_backend == "qdrant":
-        from service.index.qdrant_backend import QdrantConfig
+        from service.index.factory import QdrantConfig
 
         qdrant = QdrantConfig(
             url=s.qdrant_url,

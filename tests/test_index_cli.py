@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from service.cli import main
-from service.index.store import CollectionStore
+from service.index.embedded.store import CollectionStore
 from service.index_cli import NotAnImageError, read_image
 from tests.helpers import free_port, wait_server_ready, write_tiny_clip_export
 from training.encoders import load_encoder

@@ -682,7 +682,7 @@ def test_replicas_above_one_only_where_collections_live_in_qdrant(
 
 
 def test_qdrant_mode_talks_to_the_qdrant_it_deploys(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.index.qdrant_backend import QdrantConfig
+    from service.index.factory import QdrantConfig
 
     objs = objects(QDRANT)
     (dep,) = named(objs, "Deployment").values()

@@ -13,19 +13,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.index import collection
 from service.index.backend import (
     CollectionBackend,
     CollectionHandle,
     copy_collection,
     iter_items,
 )
-from service.index.faiss_backend import FaissBackend
+from service.index.embedded import collection
+from service.index.embedded.backend import FaissBackend
 from service.index.filters import parse_filter
 from service.index.types import CollectionError, Hit, IndexSpec
 
 pytest.importorskip("qdrant_client")
-from service.index.qdrant_backend import QdrantBackend, QdrantConfig
+from service.index.qdrant.backend import QdrantBackend
+from service.index.qdrant.connection import QdrantConfig
 
 DIM = 16
 FLAT = IndexSpec(kind="flat")

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index import block_flat
-from service.index.block_flat import BlockFlatIndex
-from service.index.collection import Collection
-from service.index.faiss_index import VectorIndex
+from service.index.embedded import block_flat
+from service.index.embedded.block_flat import BlockFlatIndex
+from service.index.embedded.collection import Collection
+from service.index.embedded.faiss_index import VectorIndex
 from service.index.types import IndexSpec
 
 SPEC = IndexSpec(kind="flat")

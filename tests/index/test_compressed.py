@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index.collection import Collection
-from service.index.faiss_index import PQ_MIN_TRAIN, SQ_MIN_TRAIN, pq_bytes
+from service.index.embedded.collection import Collection
+from service.index.embedded.faiss_index import PQ_MIN_TRAIN, SQ_MIN_TRAIN, pq_bytes
 from service.index.types import CollectionError, IndexSpec, check_new
 
 DIM, N, K = 32, 12_000, 10

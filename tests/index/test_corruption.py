@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+import service.index.embedded.wal as walmod
 import service.index.fsutil as fsutil
-import service.index.wal as walmod
 from service.cli import main
 from service.errors import http_status
-from service.index.collection import LOG, PREV_LOG, PREV_SNAP, SNAP
-from service.index.store import CollectionStore
+from service.index.embedded.collection import LOG, PREV_LOG, PREV_SNAP, SNAP
+from service.index.embedded.store import CollectionStore
+from service.index.embedded.wal import scan_log
 from service.index.types import CollectionError
-from service.index.wal import scan_log
 from tests.index.test_crash import NAME, Writer, _unit
 
 RECORDS = 20  # records in log.wal

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+import service.index.embedded.wal as walmod
 import service.index.fsutil as fsutil
-import service.index.wal as walmod
 from service.errors import http_status
-from service.index.collection import LOG, PREV_SNAP, SNAP, Collection
-from service.index.store import CollectionStore
+from service.index.embedded.collection import LOG, PREV_SNAP, SNAP, Collection
+from service.index.embedded.store import CollectionStore
 from service.index.types import CollectionError, IndexSpec
 from tests.index.crash_child import DIM, NAME, SNAPSHOT_EVERY, batch_ids, metadata_of, vector
 

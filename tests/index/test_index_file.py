@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index.collection import Collection
-from service.index.index_file import INDEX
+from service.index.embedded.collection import Collection
+from service.index.embedded.index_file import INDEX
 from service.index.types import IndexSpec
 
 DIM = 16

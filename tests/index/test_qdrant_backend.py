@@ -13,16 +13,16 @@ import pytest
 pytest.importorskip("qdrant_client")
 from qdrant_client import models
 
-from service.index.backend import backend_kind, open_backend
+from service.index.embedded.backend import FaissBackend
+from service.index.factory import open_backend
 from service.index.filters import parse_filter
-from service.index.qdrant_backend import (
-    QdrantBackend,
-    QdrantConfig,
-    index_schemas,
-    point_id,
-    to_qdrant,
-)
+from service.index.qdrant.backend import QdrantBackend
+from service.index.qdrant.connection import QdrantConfig
+from service.index.qdrant.filters import index_schemas, to_qdrant
+from service.index.qdrant.points import point_id
 from service.index.types import CollectionError
+from service.settings import Settings
+from service.state import open_collections
 
 F = models.FieldCondition
 KW, FLOAT, BOOL = (
@@ -225,14 +225,16 @@ def test_prefixes_keep_collections_apart(tmp_path: Path) -> None:
     first.close()
 
 
-def test_config_from_env_and_checks() -> None:
-    cfg = QdrantConfig.from_env(
-        {"CONTRASTIVE_QDRANT_URL": "https://q.example:6333", "CONTRASTIVE_QDRANT_API_KEY": "s3"}
-    )
+def test_config_checks() -> None:
+    cfg = QdrantConfig(url="https://q.example:6333", api_key="s3")
     assert (cfg.url, cfg.api_key, cfg.where) == ("https://q.example:6333", "s3", cfg.url)
     assert "s3" not in repr(cfg)
-    local = QdrantConfig.from_env({}, path=Path("/data/q"))
-    assert (local.url, local.path) == (None, Path("/data/q"))
+    local = QdrantConfig(path=Path("/data/q"))
+    assert (local.url, local.path, local.where) == (
+        None,
+        Path("/data/q"),
+        "local Qdrant storage /data/q",
+    )
     for bad in ({"url": "q.example:6333"}, {"prefix": "a/b"}, {"prefix": "app-1"}, {"timeout": 0}):
         with pytest.raises(ValueError):
             QdrantConfig(**bad)  # type: ignore[arg-type]
@@ -240,11 +242,40 @@ def test_config_from_env_and_checks() -> None:
         QdrantConfig(url="http://x", path=Path("/y"))
 
 
-def test_backend_kind_and_open_backend(tmp_path: Path) -> None:
-    assert backend_kind({}) == "faiss"
-    assert backend_kind({"CONTRASTIVE_COLLECTIONS_BACKEND": " Qdrant "}) == "qdrant"
-    with pytest.raises(ValueError, match="faiss"):
-        backend_kind({"CONTRASTIVE_COLLECTIONS_BACKEND": "milvus"})
+def test_open_backend(tmp_path: Path) -> None:
     b = open_backend("qdrant", tmp_path, QdrantConfig(path=tmp_path / "q"))
     assert isinstance(b, QdrantBackend)
     b.close()
+    with pytest.raises(ValueError, match="QdrantConfig"):  # nothing is read from the environment
+        open_backend("qdrant", tmp_path)
+    f = open_backend("faiss", tmp_path / "f")
+    assert isinstance(f, FaissBackend)
+    f.close()
+
+
+def test_every_qdrant_setting_reaches_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's Settings own the Qdrant variables: url, key, timeout and prefix all
+    arrive (the removed environment reader ignored the last two)."""
+    monkeypatch.setenv("CONTRASTIVE_QDRANT_URL", "https://q.example:6333")
+    monkeypatch.setenv("CONTRASTIVE_QDRANT_API_KEY", "s3")
+    monkeypatch.setenv("CONTRASTIVE_QDRANT_TIMEOUT", "3")
+    monkeypatch.setenv("CONTRASTIVE_QDRANT_PREFIX", "app1")
+    s = Settings(collections_backend="qdrant", collections_dir=str(tmp_path), device="cpu")
+    b = open_collections(s)  # makes no request yet
+    assert isinstance(b, QdrantBackend)
+    assert b.config == QdrantConfig(
+        url="https://q.example:6333", api_key="s3", timeout=3, prefix="app1"
+    )
+    b.close()
+    local = open_collections(
+        Settings(
+            collections_backend="qdrant",
+            qdrant_url=None,
+            collections_dir=str(tmp_path),
+            device="cpu",
+        )
+    )
+    assert isinstance(local, QdrantBackend) and local.config.path == tmp_path / "qdrant"
+    local.close()

@@ -27,7 +27,9 @@ import pytest
 pytest.importorskip("qdrant_client")
 
 from service.errors import STATUS
-from service.index.qdrant_backend import QdrantBackend, QdrantConfig, _Config
+from service.index.qdrant.backend import QdrantBackend
+from service.index.qdrant.connection import QdrantConfig
+from service.index.qdrant.sidecar import CollectionConfig
 from service.index.types import CollectionError, IndexSpec
 
 URL = os.environ.get("CONTRASTIVE_QDRANT_URL")
@@ -130,7 +132,7 @@ def test_a_server_answering_404_for_a_collection_is_not_found(
     b = QdrantBackend(QdrantConfig(url=answering(404), timeout=2))
     b._configs_ready = True  # skip the sidecar check: every path answers 404 here
     with pytest.raises(CollectionError) as err:
-        b.info_of(_Config("gone", "m", 3, IndexSpec(), "2025-01-01T00:00:00+00:00"))
+        b.info_of(CollectionConfig("gone", "m", 3, IndexSpec(), "2025-01-01T00:00:00+00:00"))
     assert err.value.code == "collection_not_found" and "'gone'" in err.value.message
     b.close()
 

@@ -24,7 +24,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from service.index.store import CollectionStore
+from service.index.embedded.store import CollectionStore
 from service.index.types import IndexKind, IndexSpec
 
 K = 10

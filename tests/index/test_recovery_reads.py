@@ -1,5 +1,5 @@
 """What an open reads: log.prev.wal only when snapshot.bin and log.wal do not stand alone
-(service.index.recovery.plan). After a bulk load the previous log can be as large as the
+(service.index.embedded.recovery.plan). After a bulk load the previous log can be as large as the
 collection, so the usual open must not read it; every other case still must."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.index.recovery as recovery
-from service.index.recovery import LOG, PREV_LOG
-from service.index.store import CollectionStore
+import service.index.embedded.recovery as recovery
+from service.index.embedded.recovery import LOG, PREV_LOG
+from service.index.embedded.store import CollectionStore
 from service.index.types import IndexSpec
 
 

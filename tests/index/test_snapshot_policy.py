@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index import collection as collection_mod
-from service.index.collection import Collection
-from service.index.recovery import PREV_LOG
+from service.index.embedded import collection as collection_mod
+from service.index.embedded.collection import Collection
+from service.index.embedded.recovery import PREV_LOG
 from service.index.types import IndexSpec
 
 DIM = 16
@@ -84,7 +84,7 @@ def test_a_snapshot_written_in_parts_reads_back(
 ) -> None:
     """Rows stacked a few at a time into one reused buffer make the same file, whatever
     the chunk size, and its checksum holds."""
-    from service.index import snapshot as snapmod
+    from service.index.embedded import snapshot as snapmod
 
     vecs = _unit(37, 5)
     snap = snapmod.Snapshot(9, [str(i) for i in range(37)], [{"i": i} for i in range(37)], vecs)

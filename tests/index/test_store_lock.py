@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.index.store import CollectionStore, StoreLockedError
+from service.index.embedded.store import CollectionStore, StoreLockedError
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from service.index.store import CollectionStore
+from service.index.embedded.store import CollectionStore
 store = CollectionStore(Path(sys.argv[1]))
 store.create("c", "raw", 4)
 print("open", flush=True)

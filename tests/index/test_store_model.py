@@ -24,8 +24,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from service.index.collection import Collection
-from service.index.store import CollectionStore
+from service.index.embedded.collection import Collection
+from service.index.embedded.store import CollectionStore
 from service.index.types import IndexSpec
 
 DIM = 8

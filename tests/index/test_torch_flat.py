@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from service.index.faiss_index import VectorIndex
-from service.index.torch_flat import TorchFlatIndex
+from service.index.embedded.faiss_index import VectorIndex
+from service.index.embedded.torch_flat import TorchFlatIndex
 from service.index.types import IndexSpec
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from service.cli import main
 from service.index.backend import CollectionBackend, iter_items
-from service.index.faiss_backend import FaissBackend
+from service.index.embedded.backend import FaissBackend
 from service.index.transfer import (
     FORMAT,
     TransferError,
@@ -28,7 +28,8 @@ from service.index.types import CollectionError, IndexSpec
 from tests.helpers import free_port
 
 pytest.importorskip("qdrant_client")
-from service.index.qdrant_backend import QdrantBackend, QdrantConfig
+from service.index.qdrant.backend import QdrantBackend
+from service.index.qdrant.connection import QdrantConfig
 
 DIM = 16
 SPEC = IndexSpec(kind="hnsw", m=12, ef_construction=40, ef_search=64)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 
-from service.index.store import CollectionStore
+from service.index.embedded.store import CollectionStore
 from service.settings import Settings
 from tests.helpers import FakeEncoder, free_port, wait_server_ready
 

@@ -3,7 +3,7 @@
 State lives in memory (dicts by id) and on disk as the latest snapshot plus the log of
 changes since it. Every change is appended to the log and fsynced before it is applied
 or acknowledged. The files, and how they are read back, are described in
-service.index.recovery; a collection whose files hold no complete state is refused
+service.index.embedded.recovery; a collection whose files hold no complete state is refused
 (CollectionError "collection_corrupt"), never served short.
 
 If the disk is full while recovery writes what it owes (cutting a torn log tail, writing
@@ -27,19 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.index.block_flat import BlockFlatIndex
-from service.index.faiss_index import COMPRESSED, VectorIndex, choose_kind, faiss_gpus
-from service.index.filters import Filter
-from service.index.fsutil import (
-    atomic_write,
-    fsync_dir,
-    is_disk_full,
-    storage_error,
-    unused_path,
-    write_parts,
-)
-from service.index.index_file import INDEX, SavedIndex, load_index, save_index
-from service.index.recovery import (
+from service.index.embedded.block_flat import BlockFlatIndex
+from service.index.embedded.faiss_index import COMPRESSED, VectorIndex, choose_kind, faiss_gpus
+from service.index.embedded.index_file import INDEX, SavedIndex, load_index, save_index
+from service.index.embedded.recovery import (
     LOG,
     META,
     PREV_LOG,
@@ -50,10 +41,19 @@ from service.index.recovery import (
     RecoveryRefusedError,
     plan,
 )
-from service.index.snapshot import Snapshot, snapshot_parts
-from service.index.torch_flat import TorchFlatIndex
+from service.index.embedded.snapshot import Snapshot, snapshot_parts
+from service.index.embedded.torch_flat import TorchFlatIndex
+from service.index.embedded.wal import DELETE, UPSERT, Record, WriteAheadLog, cut_torn_tail
+from service.index.filters import Filter
+from service.index.fsutil import (
+    atomic_write,
+    fsync_dir,
+    is_disk_full,
+    storage_error,
+    unused_path,
+    write_parts,
+)
 from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
-from service.index.wal import DELETE, UPSERT, Record, WriteAheadLog, cut_torn_tail
 
 __all__ = ["LOG", "META", "PREV_LOG", "PREV_SNAP", "SNAP", "Collection"]
 

@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from service.index.fsutil import fsync_dir, unused_path, write_file
-from service.index.recovery import (
+from service.index.embedded.recovery import (
     LOG,
     META,
     PREV_LOG,
@@ -37,9 +36,15 @@ from service.index.recovery import (
     RecoveryRefusedError,
     plan,
 )
-from service.index.snapshot import CorruptSnapshotError, Snapshot, encode_snapshot, read_snapshot
+from service.index.embedded.snapshot import (
+    CorruptSnapshotError,
+    Snapshot,
+    encode_snapshot,
+    read_snapshot,
+)
+from service.index.embedded.wal import UPSERT, Entry, LogScan, scan_log
+from service.index.fsutil import fsync_dir, unused_path, write_file
 from service.index.types import CollectionError, check_name
-from service.index.wal import UPSERT, Entry, LogScan, scan_log
 
 Say = Callable[[str], None]
 EXIT_OK, EXIT_ERROR, EXIT_LOCKED = 0, 1, 2
@@ -205,7 +210,7 @@ def repair_collection(folder: Path, say: Say) -> bool:
 
 
 def _verify(folder: Path, count: int) -> None:
-    from service.index.collection import Collection  # faiss and torch: only once needed
+    from service.index.embedded.collection import Collection  # faiss and torch: only once needed
 
     col = Collection(folder)
     try:
@@ -219,14 +224,10 @@ def _verify(folder: Path, count: int) -> None:
         col.close()
 
 
-def run_repair(name: str, collections_dir: str | None) -> int:
+def run_repair(name: str, collections_dir: str) -> int:
     """`contrastive index repair NAME [--dir DIR]` -> exit status (2: a server holds it)."""
-    from service.index.store import StoreLockedError, lock_folder
+    from service.index.embedded.store import StoreLockedError, lock_folder
 
-    if collections_dir is None:
-        from service.settings import Settings
-
-        collections_dir = Settings().collections_dir
     root = Path(collections_dir)
     prefix = "contrastive index repair"
     try:

@@ -1,6 +1,6 @@
 """Benchmark: the FAISS backend against the Qdrant backend on the same random unit vectors.
 
-    python -m service.index.bench_backends --n 20000 --dim 384
+    python -m service.bench.backends --n 20000 --dim 384
 
 Times, per backend: upserting N vectors in batches, reopening (close, open, first count),
 batched search of Q queries unfiltered and with a filter matching about a tenth of the
@@ -46,14 +46,14 @@ def _exact(queries: np.ndarray, vecs: np.ndarray, k: int) -> np.ndarray:
 
 
 def _run_one(
-    open_backend: Callable[[], CollectionBackend],
+    opener: Callable[[], CollectionBackend],
     data: dict[str, Any],
     k: int,
     batch: int,
 ) -> dict[str, float]:
     """Time one backend on `data` (ids, vecs, meta, queries, truth, truth_filtered)."""
     ids, vecs, meta, queries = data["ids"], data["vecs"], data["meta"], data["queries"]
-    b = open_backend()
+    b = opener()
     b.create(NAME, "bench", vecs.shape[1], IndexSpec(kind="flat"))
     h = b.get(NAME)
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def _run_one(
     b.close()
 
     t0 = time.perf_counter()
-    b = open_backend()
+    b = opener()
     h = b.get(NAME)
     assert h.count() == len(ids)
     reopen_s = time.perf_counter() - t0
@@ -106,8 +106,7 @@ def bench_backends(
 ) -> dict[str, Any]:
     """Both backends on the same N x dim unit vectors -> figures per backend and ratios
     (qdrant / faiss; above 1: Qdrant takes longer)."""
-    from service.index.faiss_backend import FaissBackend
-    from service.index.qdrant_backend import QdrantBackend, QdrantConfig
+    from service.index.factory import QdrantConfig, open_backend
 
     rng = np.random.default_rng(seed)
     vecs = _unit(n, dim, rng)
@@ -132,8 +131,8 @@ def bench_backends(
             if qdrant_url
             else QdrantConfig(path=root / "qdrant")
         )
-        faiss = _run_one(lambda: FaissBackend.open(root / "faiss"), data, k, batch)
-        qdrant = _run_one(lambda: QdrantBackend(qcfg), data, k, batch)
+        faiss = _run_one(lambda: open_backend("faiss", root / "faiss"), data, k, batch)
+        qdrant = _run_one(lambda: open_backend("qdrant", root, qcfg), data, k, batch)
     ratios = {
         key: qdrant[key] / faiss[key]
         for key in ("upsert_s", "reopen_s", "search_s", "filtered_search_s")

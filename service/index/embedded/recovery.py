@@ -15,7 +15,7 @@ snapshot.bin, then snapshot.prev.bin, then an empty start, and refuses
 (`RecoveryRefusedError`) when none is complete. So a corrupt or stale snapshot.bin (one that
 the logs have outrun) is rebuilt from the previous snapshot and the logs, or refused;
 never served short. A corrupt log.wal (damage that valid records follow, see
-service.index.wal) is refused outright: nothing is cut, the files stay as they are.
+service.index.embedded.wal) is refused outright: nothing is cut, the files stay as they are.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.index.snapshot import CorruptSnapshotError, Snapshot, read_snapshot
-from service.index.wal import Entry, LogScan, scan_log
+from service.index.embedded.snapshot import CorruptSnapshotError, Snapshot, read_snapshot
+from service.index.embedded.wal import Entry, LogScan, scan_log
 
 META, SNAP, PREV_SNAP, LOG, PREV_LOG = (
     "collection.json",

@@ -29,7 +29,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from service.index.faiss_index import VectorIndex
+from service.index.embedded.faiss_index import VectorIndex
 from service.index.fsutil import fsync_dir, storage_error, unused_path
 from service.index.types import IndexSpec
 

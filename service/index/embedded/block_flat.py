@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.index.faiss_index import choose_kind
+from service.index.embedded.faiss_index import choose_kind
 from service.index.types import IndexSpec
 
 BLOCK = 65_536  # rows per appended block (25 MB at 384 dims; pages are touched as filled)

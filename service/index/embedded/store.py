@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from service.domain_errors import ErrorCode
-from service.index.collection import META, Collection
+from service.index.embedded.collection import META, Collection
 from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name, check_new
 
 log = logging.getLogger("contrastive.index")

@@ -1,4 +1,5 @@
-"""The embedded FAISS store (service.index.store) behind the CollectionBackend interface.
+"""FaissBackend: the embedded store (store.CollectionStore) behind the CollectionBackend
+interface (service.index.backend).
 
 An adapter: CollectionStore and Collection are used as they are. What the interface asks
 and a Collection does not offer yet is built here on its state:
@@ -33,9 +34,9 @@ from service.index.backend import (
     check_queries,
     require_conditions,
 )
-from service.index.collection import Collection
+from service.index.embedded.collection import Collection
+from service.index.embedded.store import CollectionStore
 from service.index.filters import Filter
-from service.index.store import CollectionStore
 from service.index.types import CollectionInfo, Hit, IndexSpec
 
 
