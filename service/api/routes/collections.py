@@ -21,7 +21,9 @@ from service.api.deps import (
 )
 from service.api.payload import require_json_dep
 from service.domain_errors import RequestError
-from service.index.schemas import (
+from service.index.types import CollectionError
+from service.responses import FastJSON
+from service.schemas.collections import (
     CollectionInfoModel,
     CollectionList,
     CreateCollectionRequest,
@@ -32,8 +34,6 @@ from service.index.schemas import (
     SearchResponse,
     UpsertResponse,
 )
-from service.index.types import CollectionError
-from service.responses import FastJSON
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 # What a replica with `collections` off mounts instead: every collection call, whatever its

@@ -16,7 +16,7 @@ from service.api.payload import (
 )
 from service.api.validate import check_image_count, check_texts
 from service.responses import FastJSON, finite_output
-from service.schemas import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
+from service.schemas.embeddings import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 

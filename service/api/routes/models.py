@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.api.deps import State
 from service.runtime.served import ServedModel
-from service.schemas import ModelCard, ModelList
+from service.schemas.embeddings import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

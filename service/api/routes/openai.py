@@ -18,7 +18,7 @@ from service.api.payload import require_json_dep
 from service.api.validate import bad, check_count, check_image_count, check_text
 from service.responses import FastJSON, finite_output
 from service.runtime.images import decode_base64_image
-from service.schemas import (
+from service.schemas.embeddings import (
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     OpenAIImageInput,
