@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from service.cli import build_parser, main
-from service.serve_cli import settings_from_args
+from service.commands.serve import settings_from_args
 
 
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from service.cli import main
+from service.commands.index.images import NotAnImageError, read_image
 from service.index.embedded.store import CollectionStore
-from service.index_cli import NotAnImageError, read_image
 from tests.helpers import free_port, wait_server_ready, write_tiny_clip_export
 from training.encoders import load_encoder
 
@@ -231,7 +231,7 @@ def test_thumbnails_are_stored_as_small_jpegs_of_each_image(
 
 
 class _StubTarget:
-    """Stands in for _Local / _Remote: records how it was opened, answers one search hit."""
+    """Stands in for LocalTarget / RemoteTarget: records how it was opened, answers one hit."""
 
     def __init__(self, opened: list[tuple[str, str | None]], kind: str, url: str | None) -> None:
         opened.append((kind, url))
@@ -245,13 +245,14 @@ class _StubTarget:
 
 @pytest.fixture
 def targets(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
-    """_Local and _Remote replaced by stubs; the list of what was opened, in order."""
+    """LocalTarget and RemoteTarget replaced by stubs; the list of what was opened, in order."""
     opened: list[tuple[str, str | None]] = []
+    module = "service.commands.index.targets"
     monkeypatch.setattr(
-        "service.index_cli._Local", lambda args, create: _StubTarget(opened, "local", None)
+        f"{module}.LocalTarget", lambda args, create: _StubTarget(opened, "local", None)
     )
     monkeypatch.setattr(
-        "service.index_cli._Remote", lambda args, create, url: _StubTarget(opened, "remote", url)
+        f"{module}.RemoteTarget", lambda args, create, url: _StubTarget(opened, "remote", url)
     )
     monkeypatch.setenv("CONTRASTIVE_PORT", "8123")
     return opened
@@ -264,7 +265,7 @@ def _probe(monkeypatch: pytest.MonkeyPatch, answers: bool) -> list[str]:
         probed.append(url)
         return answers
 
-    monkeypatch.setattr("service.index_cli.probe_server", probe)
+    monkeypatch.setattr("service.commands.index.targets.probe_server", probe)
     return probed
 
 
@@ -319,7 +320,7 @@ def test_an_explicit_url_is_used_as_given(
 def test_probe_counts_only_our_readiness_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     import httpx
 
-    from service.index_cli import probe_server
+    from service.commands.index.targets import probe_server
 
     def answering(status: int, **kwargs: object) -> object:
         def get(url: str, timeout: float) -> httpx.Response:
@@ -346,7 +347,7 @@ def test_probe_counts_only_our_readiness_answer(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_probe_of_a_closed_port_is_quick() -> None:
-    from service.index_cli import probe_server
+    from service.commands.index.targets import probe_server
 
     start = time.monotonic()
     assert probe_server(f"http://127.0.0.1:{free_port()}") is False
