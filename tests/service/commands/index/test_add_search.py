@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from PIL import Image
 
 from service.cli import main
 from service.commands.index.images import NotAnImageError, read_image
-from service.index.embedded.store import CollectionStore
+from service.index.factory import open_backend
 from tests.helpers import free_port, wait_server_ready, write_tiny_clip_export
 from training.encoders import load_encoder
 
@@ -90,18 +89,17 @@ def test_add_skips_non_images_and_resumes(
     assert "warning" in err and "notes.txt" in err and "not an image" in err
     assert "added 4 items" in out and "1 not images" in out
 
-    store = CollectionStore(cols)
+    store = open_backend("faiss", cols)
     try:
         col = store.get("pics")
-        assert col.count == 4
+        assert col.count() == 4
         assert col.model_id == load_encoder(str(export), device="cpu").model_id
         for id_ in IMAGES:
             got = col.get(id_)
             assert got is not None, id_
-            vec, meta = got
             path = photos / id_
-            assert meta == {"path": os.path.abspath(path), "bytes": path.stat().st_size}
-            assert np.linalg.norm(vec) == pytest.approx(1.0, abs=1e-5)
+            assert got.metadata == {"path": os.path.abspath(path), "bytes": path.stat().st_size}
+            assert np.linalg.norm(got.vector) == pytest.approx(1.0, abs=1e-5)
     finally:
         store.close()
 
@@ -116,7 +114,7 @@ def test_add_skips_non_images_and_resumes(
     assert main(["index", "add", "pics", str(photos), str(extra), *_local(export, cols)]) == 0
     out, _ = capsys.readouterr()
     assert "added 1 items" in out and "holds 5 items" in out
-    store = CollectionStore(cols)
+    store = open_backend("faiss", cols)
     try:
         assert store.get("pics").get(str(extra.absolute())) is not None
     finally:
@@ -202,13 +200,13 @@ def test_thumbnails_are_stored_as_small_jpegs_of_each_image(
     cols = tmp_path / "cols"
     add = ["index", "add", "--thumbnails", "--thumbnail-size", "32", "pics", str(photos)]
     assert main([*add, *_local(export, cols)]) == 0
-    store = CollectionStore(cols)
+    store = open_backend("faiss", cols)
     try:
         col = store.get("pics")
         for id_ in IMAGES:
             got = col.get(id_)
             assert got is not None
-            url = got[1]["thumbnail"]
+            url = got.metadata["thumbnail"]
             assert url.startswith("data:image/jpeg;base64,")
             thumb = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
             assert thumb.format == "JPEG" and thumb.size == (32, 24)  # 48x36 kept in shape
@@ -225,130 +223,3 @@ def test_thumbnails_are_stored_as_small_jpegs_of_each_image(
     bad = ["index", "add", "pics", str(photos), "--thumbnails", "--thumbnail-size", "4"]
     assert main([*bad, *_local(export, cols)]) == 1
     assert "between 16 and 512" in capsys.readouterr().err
-
-
-# -- a running local server is used unless asked otherwise ---------------------------------
-
-
-class _StubTarget:
-    """Stands in for LocalTarget / RemoteTarget: records how it was opened, answers one hit."""
-
-    def __init__(self, opened: list[tuple[str, str | None]], kind: str, url: str | None) -> None:
-        opened.append((kind, url))
-
-    def search(self, text: str, k: int, where: object) -> list[tuple[str, float, object]]:
-        return [("hit.png", 0.5, {})]
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def targets(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
-    """LocalTarget and RemoteTarget replaced by stubs; the list of what was opened, in order."""
-    opened: list[tuple[str, str | None]] = []
-    module = "service.commands.index.targets"
-    monkeypatch.setattr(
-        f"{module}.LocalTarget", lambda args, create: _StubTarget(opened, "local", None)
-    )
-    monkeypatch.setattr(
-        f"{module}.RemoteTarget", lambda args, create, url: _StubTarget(opened, "remote", url)
-    )
-    monkeypatch.setenv("CONTRASTIVE_PORT", "8123")
-    return opened
-
-
-def _probe(monkeypatch: pytest.MonkeyPatch, answers: bool) -> list[str]:
-    probed: list[str] = []
-
-    def probe(url: str, timeout: float = 0.5) -> bool:
-        probed.append(url)
-        return answers
-
-    monkeypatch.setattr("service.commands.index.targets.probe_server", probe)
-    return probed
-
-
-def test_a_running_server_is_used_and_named(
-    monkeypatch: pytest.MonkeyPatch,
-    targets: list[tuple[str, str | None]],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    probed = _probe(monkeypatch, answers=True)
-    assert main(["index", "search", "pics", QUERY]) == 0
-    out, err = capsys.readouterr()
-    url = "http://127.0.0.1:8123"  # the settings' host and port
-    assert probed == [url] and targets == [("remote", url)]
-    assert f"a server is running at {url}; using it (pass --local" in err
-    assert "hit.png" in out
-
-
-def test_without_a_server_the_model_loads_here(
-    monkeypatch: pytest.MonkeyPatch,
-    targets: list[tuple[str, str | None]],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    probed = _probe(monkeypatch, answers=False)
-    assert main(["index", "search", "pics", QUERY]) == 0
-    assert probed == ["http://127.0.0.1:8123"] and targets == [("local", None)]
-    assert "server" not in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    "flags",
-    [["--local"], ["--model", "builtin"], ["--device", "cpu"], ["--collections-dir", "c"]],
-)
-def test_local_or_in_process_flags_skip_the_probe(
-    monkeypatch: pytest.MonkeyPatch, targets: list[tuple[str, str | None]], flags: list[str]
-) -> None:
-    probed = _probe(monkeypatch, answers=True)
-    assert main(["index", "search", "pics", QUERY, *flags]) == 0
-    assert probed == [] and targets == [("local", None)]
-
-
-def test_an_explicit_url_is_used_as_given(
-    monkeypatch: pytest.MonkeyPatch, targets: list[tuple[str, str | None]]
-) -> None:
-    probed = _probe(monkeypatch, answers=False)
-    assert main(["index", "search", "pics", QUERY, "--url", "http://elsewhere:9"]) == 0
-    assert probed == [] and targets == [("remote", "http://elsewhere:9")]
-    with pytest.raises(SystemExit) as e:  # argparse: not allowed with --url
-        main(["index", "search", "pics", QUERY, "--url", "http://x:1", "--local"])
-    assert e.value.code == 2
-
-
-def test_probe_counts_only_our_readiness_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    import httpx
-
-    from service.commands.index.targets import probe_server
-
-    def answering(status: int, **kwargs: object) -> object:
-        def get(url: str, timeout: float) -> httpx.Response:
-            assert url == "http://h:1/readyz" and timeout == 0.5
-            return httpx.Response(status, **kwargs)  # type: ignore[arg-type]
-
-        return get
-
-    cases = [
-        (answering(200, json={"status": "ready", "model": "m"}), True),
-        (answering(503, json={"status": "loading", "reason": "loading model m (3 s)"}), True),
-        (answering(404, text="<html>not found</html>"), False),
-        (answering(200, text="some other program"), False),
-    ]
-    for get, expected in cases:
-        monkeypatch.setattr(httpx, "get", get)
-        assert probe_server("http://h:1") is expected
-
-    def refused(url: str, timeout: float) -> httpx.Response:
-        raise httpx.ConnectError("connection refused")
-
-    monkeypatch.setattr(httpx, "get", refused)
-    assert probe_server("http://h:1") is False
-
-
-def test_probe_of_a_closed_port_is_quick() -> None:
-    from service.commands.index.targets import probe_server
-
-    start = time.monotonic()
-    assert probe_server(f"http://127.0.0.1:{free_port()}") is False
-    assert time.monotonic() - start < 2

@@ -4,7 +4,8 @@ To run the integration tests against a server, e.g. one started with
 `docker run -p 6333:6333 qdrant/qdrant`:
 
     CONTRASTIVE_QDRANT_URL=http://localhost:6333 python -m pytest -q \\
-        tests/index/test_qdrant_server.py tests/index/test_backend_contract.py
+        tests/service/index/qdrant/test_qdrant_server.py \\
+        tests/service/index/test_backend_contract.py
 
 They work under a random collection prefix and drop what they create. The contract suite
 then runs its every test on the server too (its "qdrant-server" cases).

@@ -11,21 +11,17 @@ from service.index.embedded import collection as collection_mod
 from service.index.embedded.collection import Collection
 from service.index.embedded.recovery import PREV_LOG
 from service.index.types import IndexSpec
+from tests.helpers import unit_rows
 
 DIM = 16
 ROW = DIM * 4  # bytes of one vector
-
-
-def _unit(n: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def _collection(folder: Path, n: int, snapshot_every: int) -> Collection:
     """A collection of n items with a snapshot of them, and an empty log."""
     Collection.create(folder, "c", "m", DIM, IndexSpec(kind="flat"))
     col = Collection(folder, snapshot_every=10**9)
-    col.upsert([f"s{i}" for i in range(n)], _unit(n, 0), [{} for _ in range(n)])
+    col.upsert([f"s{i}" for i in range(n)], unit_rows(n, DIM, 0), [{} for _ in range(n)])
     col.snapshot()
     col.close()
     return Collection(folder, snapshot_every=snapshot_every)
@@ -44,7 +40,7 @@ def test_tiny_writes_into_a_large_state_wait_for_an_eighth_of_it(
     col = _collection(tmp_path / "c", 1000, snapshot_every=5)
     state = col._snap_bytes
     assert state == 1000 * ROW
-    before, one = _snapshots(tmp_path / "c"), _unit(1, 1)
+    before, one = _snapshots(tmp_path / "c"), unit_rows(1, DIM, 1)
     sizes = []  # the log's bytes after each write, until the write that snapshots
     while col.log_records or not sizes:
         assert len(sizes) < 1000, "no snapshot fell due"
@@ -63,9 +59,9 @@ def test_a_log_as_large_as_the_state_is_folded_in_whatever_its_records(
 ) -> None:
     monkeypatch.setattr(collection_mod, "SMALL_STATE", 100 * ROW)
     col = _collection(tmp_path / "c", 200, snapshot_every=10**9)
-    col.upsert([f"a{i}" for i in range(100)], _unit(100, 2), [{} for _ in range(100)])
+    col.upsert([f"a{i}" for i in range(100)], unit_rows(100, DIM, 2), [{} for _ in range(100)])
     assert col.log_records == 1  # half the state's bytes: not yet
-    col.upsert([f"b{i}" for i in range(100)], _unit(100, 3), [{} for _ in range(100)])
+    col.upsert([f"b{i}" for i in range(100)], unit_rows(100, DIM, 3), [{} for _ in range(100)])
     assert col.log_records == 0 and col._snap_bytes > 300 * ROW  # folded in: 400 rows
     col.close()
     assert Collection(tmp_path / "c").count == 400
@@ -74,7 +70,7 @@ def test_a_log_as_large_as_the_state_is_folded_in_whatever_its_records(
 def test_small_states_keep_the_record_rule(tmp_path: Path) -> None:
     col = _collection(tmp_path / "c", 10, snapshot_every=3)
     for i in range(3):
-        col.upsert([f"n{i}"], _unit(1, 4), [{}])
+        col.upsert([f"n{i}"], unit_rows(1, DIM, 4), [{}])
     assert col.log_records == 0  # the third record made it due
     col.close()
 
@@ -86,7 +82,7 @@ def test_a_snapshot_written_in_parts_reads_back(
     the chunk size, and its checksum holds."""
     from service.index.embedded import snapshot as snapmod
 
-    vecs = _unit(37, 5)
+    vecs = unit_rows(37, DIM, 5)
     snap = snapmod.Snapshot(9, [str(i) for i in range(37)], [{"i": i} for i in range(37)], vecs)
     whole = snapmod.encode_snapshot(snap)
     monkeypatch.setattr(snapmod, "CHUNK", 3 * ROW)  # 3 rows a part: 13 parts, the last short

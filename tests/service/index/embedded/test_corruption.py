@@ -28,7 +28,8 @@ from service.index.embedded.collection import LOG, PREV_LOG, PREV_SNAP, SNAP
 from service.index.embedded.store import CollectionStore
 from service.index.embedded.wal import scan_log
 from service.index.types import CollectionError
-from tests.index.test_crash import NAME, Writer, _unit
+from tests.helpers import unit_rows
+from tests.service.index.embedded.test_crash import NAME, Writer
 
 RECORDS = 20  # records in log.wal
 
@@ -277,7 +278,7 @@ def test_disk_full_mid_append_then_kill_9_opens_read_only_and_loses_nothing(
     w.batch("b-")
     disk.full = True
     with pytest.raises(CollectionError) as e:
-        w.col.upsert(["failed"], _unit(1, 777), [{}])
+        w.col.upsert(["failed"], unit_rows(1, 8, 777), [{}])
     assert (e.value.code, http_status(e.value.code)) == ("insufficient_storage", 507)
     log = w.folder / LOG
     half = log.read_bytes()
@@ -289,7 +290,7 @@ def test_disk_full_mid_append_then_kill_9_opens_read_only_and_loses_nothing(
     assert image.col.info().status == "disk_full"
     image.check(absent=("failed",))  # every acknowledged write, read-only
     with pytest.raises(CollectionError) as e:
-        image.col.upsert(["x"], _unit(1, 5), [{}])
+        image.col.upsert(["x"], unit_rows(1, 8, 5), [{}])
     assert (e.value.code, http_status(e.value.code)) == ("insufficient_storage", 507)
     with pytest.raises(CollectionError) as e:
         image.col.delete(["a-0"])
@@ -322,7 +323,7 @@ def test_disk_full_while_rebuilding_a_snapshot_opens_read_only(
     assert (w.store.problems, w.col.status) == ({}, "disk_full")
     w.check()  # rebuilt in memory from the previous snapshot and the logs
     with pytest.raises(CollectionError) as e:
-        w.col.upsert(["x"], _unit(1, 5), [{}])
+        w.col.upsert(["x"], unit_rows(1, 8, 5), [{}])
     assert http_status(e.value.code) == 507
     disk.full = False
     w.batch("after-")  # first the rebuilt snapshot, then the write
@@ -427,7 +428,7 @@ def test_repair_of_an_unknown_collection_is_an_error(
 
 def test_scan_finds_each_record_after_damage(tmp_path: Path) -> None:
     """The scanner resyncs on the next record (not a fixed stride) and reports the range."""
-    recs = [walmod.Record(walmod.UPSERT, s, [f"i{s}"], [{}], _unit(s, s)) for s in (1, 2, 3)]
+    recs = [walmod.Record(walmod.UPSERT, s, [f"i{s}"], [{}], unit_rows(s, 8, s)) for s in (1, 2, 3)]
     blobs = [r.encode() for r in recs]
     path = tmp_path / "x.wal"
     path.write_bytes(blobs[0] + b"\x07" * 37 + blobs[1] + blobs[2])

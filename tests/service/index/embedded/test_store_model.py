@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 from service.index.embedded.collection import Collection
 from service.index.embedded.store import CollectionStore
 from service.index.types import IndexSpec
+from tests.helpers import unit_rows
 
 DIM = 8
 SNAPSHOT_EVERY = 3
@@ -73,8 +74,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _vector(self) -> np.ndarray:
         self.made += 1
-        v = np.random.default_rng(self.made).standard_normal(DIM).astype(np.float32)
-        return v / np.linalg.norm(v)
+        return unit_rows(1, DIM, self.made)[0]
 
     # -- rules ---------------------------------------------------------------------
     @rule(ids=id_lists, data=st.data())

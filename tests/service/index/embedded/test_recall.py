@@ -4,8 +4,9 @@ The vectors are the built-in model's embeddings of scikit-learn's 1,797 handwrit
 digits, and, because IVF only switches on from ~24,300 vectors at its defaults, of ~25,000
 copies of them under random rotations, shifts, scales, blur and colours. Embedding those
 takes minutes on 2 CPU cores, so `scripts/make_recall_embeddings.py` made them once and
-they ship as int8 codes in tests/index/data/recall-digits.npz; the test checks a sample
-against the live model, so the file cannot silently drift from the model or the recipe.
+they ship as int8 codes in data/recall-digits.npz (beside this file); the test checks a
+sample against the live model, so the file cannot silently drift from the model or the
+recipe.
 Each collection (kind "ivf" or "hnsw", IndexSpec defaults) answers held-out queries;
 recall@10 is measured against exact search over the same vectors. `pytest -s` prints it.
 """
@@ -26,6 +27,7 @@ import pytest
 
 from service.index.embedded.store import CollectionStore
 from service.index.types import IndexKind, IndexSpec
+from tests.helpers import unit_rows
 
 K = 10
 MIN_RECALL = 0.95
@@ -34,7 +36,7 @@ SAMPLE = 48  # images re-embedded live to check the shipped file
 # int8 rounding moves a unit vector by at most sqrt(d) * 0.5 / 127 ~ 0.08; in practice
 # the cosine to the live embedding stays above 0.999
 MIN_COSINE = 0.998
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_recall_embeddings.py"
+SCRIPT = Path(__file__).resolve().parents[4] / "scripts" / "make_recall_embeddings.py"
 
 
 def _recipe() -> ModuleType:
@@ -95,8 +97,7 @@ def test_shipped_embeddings_are_the_live_models(recipe: ModuleType, shipped: np.
 
 
 def test_quantisation_round_trip(recipe: ModuleType) -> None:
-    v = np.random.default_rng(0).standard_normal((64, 384)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v = unit_rows(64, 384)
     back = recipe.dequantise(recipe.quantise(v))
     assert np.allclose(np.linalg.norm(back, axis=1), 1.0, atol=1e-5)
     assert np.sum(v * back, axis=1).min() > MIN_COSINE

@@ -8,15 +8,11 @@ import torch
 from service.index.embedded.faiss_index import VectorIndex
 from service.index.embedded.torch_flat import TorchFlatIndex
 from service.index.types import IndexSpec
-
-
-def _unit(n: int, d: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+from tests.helpers import unit_rows
 
 
 def test_torch_flat_matches_faiss_flat() -> None:
-    vecs, queries = _unit(2000, 24, 0), _unit(50, 24, 1)
+    vecs, queries = unit_rows(2000, 24, 0), unit_rows(50, 24, 1)
     labels = np.arange(2000, dtype=np.int64) * 3 + 1
     spec = IndexSpec(kind="flat")
     ref = VectorIndex.build(24, spec, labels, vecs)
@@ -35,8 +31,8 @@ def test_torch_flat_matches_faiss_flat() -> None:
 
 def test_fewer_items_than_k() -> None:
     idx = TorchFlatIndex.build(
-        4, IndexSpec(), np.array([5], np.int64), _unit(1, 4, 2), torch.device("cpu")
+        4, IndexSpec(), np.array([5], np.int64), unit_rows(1, 4, 2), torch.device("cpu")
     )
-    scores, labels = idx.search(_unit(2, 4, 3), 3)
+    scores, labels = idx.search(unit_rows(2, 4, 3), 3)
     assert labels.tolist() == [[5, -1, -1], [5, -1, -1]]
     assert np.isinf(scores[:, 1:]).all()

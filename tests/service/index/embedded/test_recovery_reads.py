@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import service.index.embedded.recovery as recovery
 from service.index.embedded.recovery import LOG, PREV_LOG
 from service.index.embedded.store import CollectionStore
 from service.index.types import IndexSpec
+from tests.helpers import unit_rows
 
 
 def _store(root: Path) -> CollectionStore:
@@ -20,9 +20,7 @@ def _store(root: Path) -> CollectionStore:
 
 
 def _write(store: CollectionStore, prefix: str, n: int = 5) -> None:
-    rng = np.random.default_rng(len(prefix))
-    v = rng.standard_normal((n, 8)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v = unit_rows(n, 8, len(prefix))
     store.get("c").upsert([f"{prefix}{i}" for i in range(n)], v, [{"i": i} for i in range(n)])
 
 

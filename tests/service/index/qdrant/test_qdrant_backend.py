@@ -32,13 +32,6 @@ KW, FLOAT, BOOL = (
 )
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> Any:
-    b = QdrantBackend(QdrantConfig(path=tmp_path / "q"))
-    yield b
-    b.close()
-
-
 def test_item_ids_map_to_fixed_uuids() -> None:
     # stored points are found by these: the mapping must never change
     assert point_id("cat") == "2745169d-974c-55a7-ba1e-559675a4c929"
@@ -46,17 +39,17 @@ def test_item_ids_map_to_fixed_uuids() -> None:
     assert point_id("cat") != point_id("Cat")
 
 
-def test_points_keep_the_id_and_metadata_apart_from_ours(backend: QdrantBackend) -> None:
-    backend.create("c", "m", 3)
+def test_points_keep_the_id_and_metadata_apart_from_ours(qdrant_backend: QdrantBackend) -> None:
+    qdrant_backend.create("c", "m", 3)
     vec = np.array([[3.0, 4.0, 0.0]], np.float32) / 5
-    backend.get("c").upsert(["a/b"], vec, [{"_id": "x", "k": 1}])
-    (rec,) = backend.client.retrieve("contrastive-c", [point_id("a/b")], with_vectors=True)
+    qdrant_backend.get("c").upsert(["a/b"], vec, [{"_id": "x", "k": 1}])
+    (rec,) = qdrant_backend.client.retrieve("contrastive-c", [point_id("a/b")], with_vectors=True)
     assert rec.payload == {"_id": "a/b", "meta": {"_id": "x", "k": 1}, "_keys": ["_id", "k"]}
     assert rec.vector == pytest.approx([0.6, 0.8, 0.0])
-    (cfg,) = backend.client.retrieve("contrastive_collections", [point_id("c")])
+    (cfg,) = qdrant_backend.client.retrieve("contrastive_collections", [point_id("c")])
     assert cfg.payload is not None
     assert (cfg.payload["model_id"], cfg.payload["dim"], cfg.payload["name"]) == ("m", 3, "c")
-    params = backend.client.get_collection("contrastive-c").config.params.vectors
+    params = qdrant_backend.client.get_collection("contrastive-c").config.params.vectors
     assert isinstance(params, models.VectorParams)
     assert params.distance == models.Distance.COSINE
 
@@ -111,104 +104,105 @@ def test_payload_index_types_follow_the_values() -> None:
 
 
 def test_filtered_fields_get_payload_indexes_once(
-    backend: QdrantBackend, monkeypatch: pytest.MonkeyPatch
+    qdrant_backend: QdrantBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[str, str, Any]] = []
-    real = backend.client.create_payload_index
+    real = qdrant_backend.client.create_payload_index
 
     def spy(collection_name: str, field_name: str, field_schema: Any, **kw: Any) -> Any:
         calls.append((collection_name, field_name, field_schema))
         return real(collection_name, field_name=field_name, field_schema=field_schema, **kw)
 
-    monkeypatch.setattr(backend.client, "create_payload_index", spy)
-    backend.create("c", "m", 3)
-    h = backend.get("c")
+    monkeypatch.setattr(qdrant_backend.client, "create_payload_index", spy)
+    qdrant_backend.create("c", "m", 3)
+    h = qdrant_backend.get("c")
     h.upsert(["a"], np.eye(3, dtype=np.float32)[:1], [{"label": "x", "year": 2000}])
     where = {"label": "x", "year": {"$gte": 1999}, "cap": {"$exists": False}}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # local mode's known warnings are silenced, no others
         assert [x.id for x in h.search(np.eye(3, dtype=np.float32)[:1], 1, where)[0]] == ["a"]
-    backend.get("c").search(np.eye(3, dtype=np.float32)[:1], 1, where)  # cached: no new calls
+    again = qdrant_backend.get("c")  # a new handle: the backend's cache still holds
+    again.search(np.eye(3, dtype=np.float32)[:1], 1, where)  # cached: no new calls
     assert calls == [
         ("contrastive-c", "meta.label", KW),
         ("contrastive-c", "meta.year", FLOAT),
         ("contrastive-c", "_keys", KW),
     ]
-    backend.drop("c")  # a new collection of the same name is indexed afresh
-    backend.create("c", "m", 3)
-    backend.get("c").delete_where({"label": "x"})
+    qdrant_backend.drop("c")  # a new collection of the same name is indexed afresh
+    qdrant_backend.create("c", "m", 3)
+    qdrant_backend.get("c").delete_where({"label": "x"})
     assert calls[-1] == ("contrastive-c", "meta.label", KW)
 
 
 def test_a_collection_without_its_config_is_a_problem_until_dropped(
-    backend: QdrantBackend,
+    qdrant_backend: QdrantBackend,
 ) -> None:
-    backend.create("good", "m", 3)
-    backend.client.create_collection(  # what a create cut short leaves
+    qdrant_backend.create("good", "m", 3)
+    qdrant_backend.client.create_collection(  # what a create cut short leaves
         "contrastive-half",
         vectors_config=models.VectorParams(size=3, distance=models.Distance.COSINE),
     )
-    assert [c.name for c in backend.list()] == ["good"]
-    assert "interrupted create" in backend.problems["half"]
+    assert [c.name for c in qdrant_backend.list()] == ["good"]
+    assert "interrupted create" in qdrant_backend.problems["half"]
     with pytest.raises(CollectionError) as err:
-        backend.get("half")
+        qdrant_backend.get("half")
     assert err.value.code == "collection_corrupt"
     with pytest.raises(CollectionError) as err:
-        backend.create("half", "m", 3)
+        qdrant_backend.create("half", "m", 3)
     assert err.value.code == "collection_exists"
-    backend.drop("half")
-    assert backend.problems == {}
-    backend.create("half", "m", 3)
-    assert [c.name for c in backend.list()] == ["good", "half"]
+    qdrant_backend.drop("half")
+    assert qdrant_backend.problems == {}
+    qdrant_backend.create("half", "m", 3)
+    assert [c.name for c in qdrant_backend.list()] == ["good", "half"]
 
 
 def test_a_config_without_its_collection_is_a_problem_until_dropped(
-    backend: QdrantBackend,
+    qdrant_backend: QdrantBackend,
 ) -> None:
-    backend.create("c", "m", 3)
-    backend.client.delete_collection("contrastive-c")  # what a drop cut short leaves
-    assert backend.list() == []
-    assert "interrupted drop" in backend.problems["c"]
+    qdrant_backend.create("c", "m", 3)
+    qdrant_backend.client.delete_collection("contrastive-c")  # what a drop cut short leaves
+    assert qdrant_backend.list() == []
+    assert "interrupted drop" in qdrant_backend.problems["c"]
     with pytest.raises(CollectionError) as err:
-        backend.get("c")
+        qdrant_backend.get("c")
     assert err.value.code == "collection_corrupt"
-    backend.drop("c")
-    assert backend.problems == {}
+    qdrant_backend.drop("c")
+    assert qdrant_backend.problems == {}
 
 
-def test_an_unreadable_config_is_a_problem(backend: QdrantBackend) -> None:
-    backend.create("c", "m", 3)
-    backend.client.set_payload("contrastive_collections", {"format_version": 99}, [point_id("c")])
-    assert "format_version 99" in backend.problems["c"]
+def test_an_unreadable_config_is_a_problem(qdrant_backend: QdrantBackend) -> None:
+    qdrant_backend.create("c", "m", 3)
+    qdrant_backend.client.set_payload(
+        "contrastive_collections", {"format_version": 99}, [point_id("c")]
+    )
+    assert "format_version 99" in qdrant_backend.problems["c"]
     with pytest.raises(CollectionError) as err:
-        backend.get("c")
+        qdrant_backend.get("c")
     assert err.value.code == "collection_corrupt"
-    backend.drop("c")
-    assert backend.problems == {} and backend.list() == []
+    qdrant_backend.drop("c")
+    assert qdrant_backend.problems == {} and qdrant_backend.list() == []
 
 
-def test_a_collection_dropped_elsewhere_answers_not_found(backend: QdrantBackend) -> None:
-    backend.create("c", "m", 3)
-    h = backend.get("c")
-    backend.drop("c")  # e.g. by another replica, after this one opened its handle
+def test_a_collection_dropped_elsewhere_answers_not_found(qdrant_backend: QdrantBackend) -> None:
+    qdrant_backend.create("c", "m", 3)
+    h = qdrant_backend.get("c")
+    qdrant_backend.drop("c")  # e.g. by another replica, after this one opened its handle
     for call in (h.count, lambda: h.get("x"), lambda: h.search(np.eye(3, dtype=np.float32), 1)):
         with pytest.raises(CollectionError) as err:
             call()
         assert err.value.code == "collection_not_found"
 
 
-def test_a_bad_scroll_cursor_is_refused(backend: QdrantBackend) -> None:
-    backend.create("c", "m", 3)
+def test_a_bad_scroll_cursor_is_refused(qdrant_backend: QdrantBackend) -> None:
+    qdrant_backend.create("c", "m", 3)
     with pytest.raises(CollectionError) as err:
-        backend.get("c").scroll("id17", 5)
+        qdrant_backend.get("c").scroll("id17", 5)
     assert err.value.code == "invalid_request"
 
 
-def test_a_local_folder_open_elsewhere_is_store_unavailable(
-    backend: QdrantBackend, tmp_path: Path
-) -> None:
+def test_a_local_folder_open_elsewhere_is_store_unavailable(qdrant_backend: QdrantBackend) -> None:
     with pytest.raises(CollectionError) as err:
-        QdrantBackend(QdrantConfig(path=tmp_path / "q"))
+        QdrantBackend(qdrant_backend.config)
     assert err.value.code == "store_unavailable"
 
 

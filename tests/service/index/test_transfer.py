@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from service.index.transfer import (
     read_file_header,
 )
 from service.index.types import CollectionError, IndexSpec
-from tests.helpers import free_port
+from tests.helpers import free_port, unit_rows
 
 pytest.importorskip("qdrant_client")
 from service.index.qdrant.backend import QdrantBackend
@@ -49,11 +48,6 @@ def exact_unit(n: int, seed: int = 0) -> np.ndarray:
     return v
 
 
-def random_unit(n: int, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def meta(i: int) -> dict[str, Any]:
     """Metadata with what must survive: any keys ours included, unicode, nesting, null."""
     return {
@@ -74,20 +68,6 @@ def snapshot(backend: CollectionBackend, name: str) -> dict[str, tuple[Any, byte
     return out
 
 
-@pytest.fixture
-def faiss(tmp_path: Path) -> Iterator[FaissBackend]:
-    b = FaissBackend.open(tmp_path / "faiss", device="cpu")
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def qdrant(tmp_path: Path) -> Iterator[QdrantBackend]:
-    b = QdrantBackend(QdrantConfig(path=tmp_path / "qdrant"))
-    yield b
-    b.close()
-
-
 def fill(backend: CollectionBackend, name: str, vectors: np.ndarray) -> None:
     backend.create(name, "test:model", DIM, SPEC)
     ids = [f"item/{i:05d}" for i in range(len(vectors))]
@@ -99,15 +79,19 @@ def item_lines(path: Path) -> list[str]:
 
 
 def test_faiss_to_file_to_qdrant_and_back_is_identical(
-    faiss: FaissBackend, qdrant: QdrantBackend, tmp_path: Path
+    faiss_backend: FaissBackend, qdrant_backend: QdrantBackend, tmp_path: Path
 ) -> None:
     vectors = exact_unit(2345)  # more than one import batch and one export page
-    fill(faiss, "photos", vectors)
-    want = snapshot(faiss, "photos")
+    fill(faiss_backend, "photos", vectors)
+    want = snapshot(faiss_backend, "photos")
     seen: list[tuple[int, int]] = []
 
     header = export_collection(
-        faiss, "photos", tmp_path / "a.jsonl", progress=lambda d, n: seen.append((d, n)), every=1000
+        faiss_backend,
+        "photos",
+        tmp_path / "a.jsonl",
+        progress=lambda d, n: seen.append((d, n)),
+        every=1000,
     )
     assert (header.name, header.model_id, header.dim, header.count) == (
         "photos",
@@ -119,32 +103,32 @@ def test_faiss_to_file_to_qdrant_and_back_is_identical(
     assert seen == [(1000, 2345), (2000, 2345)]
     assert not list(tmp_path.glob(".*tmp*"))  # the temp file was renamed into place
 
-    assert import_collection(qdrant, "photos", tmp_path / "a.jsonl") == 2345
-    info = qdrant.get("photos").info()
+    assert import_collection(qdrant_backend, "photos", tmp_path / "a.jsonl") == 2345
+    info = qdrant_backend.get("photos").info()
     assert (info.model_id, info.dim, info.count, info.index) == ("test:model", DIM, 2345, SPEC)
-    assert snapshot(qdrant, "photos") == want
+    assert snapshot(qdrant_backend, "photos") == want
 
-    export_collection(qdrant, "photos", tmp_path / "b.jsonl")
+    export_collection(qdrant_backend, "photos", tmp_path / "b.jsonl")
     assert item_lines(tmp_path / "b.jsonl") == item_lines(tmp_path / "a.jsonl")
-    assert import_collection(faiss, "back", tmp_path / "b.jsonl") == 2345
-    assert snapshot(faiss, "back") == want
-    assert faiss.get("back").info().index == SPEC
-    hits = faiss.get("back").search(vectors[7:8], 1)[0]
+    assert import_collection(faiss_backend, "back", tmp_path / "b.jsonl") == 2345
+    assert snapshot(faiss_backend, "back") == want
+    assert faiss_backend.get("back").info().index == SPEC
+    hits = faiss_backend.get("back").search(vectors[7:8], 1)[0]
     assert hits[0].id == "item/00007" and hits[0].metadata == meta(7)
 
 
 def test_the_file_keeps_any_vector_bit_for_bit(
-    faiss: FaissBackend, qdrant: QdrantBackend, tmp_path: Path
+    faiss_backend: FaissBackend, qdrant_backend: QdrantBackend, tmp_path: Path
 ) -> None:
     """FAISS -> file -> FAISS is exact for any float32; Qdrant re-normalises what it stores,
     which can move the last bit of a vector (~1e-8)."""
-    vectors = random_unit(300, seed=3)
-    fill(faiss, "c", vectors)
-    export_collection(faiss, "c", tmp_path / "c.jsonl")
-    import_collection(faiss, "d", tmp_path / "c.jsonl")
-    assert snapshot(faiss, "d") == snapshot(faiss, "c")
-    import_collection(qdrant, "q", tmp_path / "c.jsonl")
-    for it in iter_items(qdrant.get("q")):
+    vectors = unit_rows(300, DIM, 3)
+    fill(faiss_backend, "c", vectors)
+    export_collection(faiss_backend, "c", tmp_path / "c.jsonl")
+    import_collection(faiss_backend, "d", tmp_path / "c.jsonl")
+    assert snapshot(faiss_backend, "d") == snapshot(faiss_backend, "c")
+    import_collection(qdrant_backend, "q", tmp_path / "c.jsonl")
+    for it in iter_items(qdrant_backend.get("q")):
         assert it.vector is not None
         np.testing.assert_allclose(it.vector, vectors[int(it.id[5:])], rtol=0, atol=1e-7)
     for v in vectors[:5]:
@@ -153,17 +137,17 @@ def test_the_file_keeps_any_vector_bit_for_bit(
     assert decode_vector(big_endian, DIM).tobytes() != vectors[0].tobytes()  # "<f4" it is
 
 
-def test_an_empty_collection_round_trips(faiss: FaissBackend, tmp_path: Path) -> None:
-    faiss.create("empty", "m", DIM)
-    assert export_collection(faiss, "empty", tmp_path / "e.jsonl").count == 0
+def test_an_empty_collection_round_trips(faiss_backend: FaissBackend, tmp_path: Path) -> None:
+    faiss_backend.create("empty", "m", DIM)
+    assert export_collection(faiss_backend, "empty", tmp_path / "e.jsonl").count == 0
     assert len((tmp_path / "e.jsonl").read_text().splitlines()) == 1
-    assert import_collection(faiss, "empty2", tmp_path / "e.jsonl") == 0
-    assert faiss.get("empty2").count() == 0
+    assert import_collection(faiss_backend, "empty2", tmp_path / "e.jsonl") == 0
+    assert faiss_backend.get("empty2").count() == 0
 
 
-def _exported(faiss: FaissBackend, tmp_path: Path, n: int = 10) -> list[str]:
-    fill(faiss, "src", exact_unit(n))
-    export_collection(faiss, "src", tmp_path / "src.jsonl")
+def _exported(faiss_backend: FaissBackend, tmp_path: Path, n: int = 10) -> list[str]:
+    fill(faiss_backend, "src", exact_unit(n))
+    export_collection(faiss_backend, "src", tmp_path / "src.jsonl")
     return (tmp_path / "src.jsonl").read_text(encoding="utf-8").splitlines()
 
 
@@ -184,25 +168,31 @@ def _bad_vector(line: str) -> str:
     ],
 )
 def test_a_corrupted_line_stops_the_import_naming_the_line(
-    faiss: FaissBackend, qdrant: QdrantBackend, tmp_path: Path, corrupt: Any, says: str
+    faiss_backend: FaissBackend,
+    qdrant_backend: QdrantBackend,
+    tmp_path: Path,
+    corrupt: Any,
+    says: str,
 ) -> None:
-    lines = _exported(faiss, tmp_path)
+    lines = _exported(faiss_backend, tmp_path)
     lines[6] = corrupt(lines[6])  # line 7 of the file: items on lines 2-6 come before it
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(TransferError) as e:
-        import_collection(qdrant, "dst", bad, batch=2)
+        import_collection(qdrant_backend, "dst", bad, batch=2)
     assert e.value.line == 7 and e.value.imported == 5
     assert str(e.value).startswith("line 7: ") and says in str(e.value)
-    assert qdrant.get("dst").count() == 5  # as far as it got, and said so
+    assert qdrant_backend.get("dst").count() == 5  # as far as it got, and said so
 
 
-def test_a_truncated_file_is_reported_incomplete(faiss: FaissBackend, tmp_path: Path) -> None:
-    lines = _exported(faiss, tmp_path)
+def test_a_truncated_file_is_reported_incomplete(
+    faiss_backend: FaissBackend, tmp_path: Path
+) -> None:
+    lines = _exported(faiss_backend, tmp_path)
     short = tmp_path / "short.jsonl"
     short.write_text("\n".join(lines[:-3]) + "\n\n", encoding="utf-8")  # trailing blank: fine
     with pytest.raises(TransferError) as e:
-        import_collection(faiss, "dst", short)
+        import_collection(faiss_backend, "dst", short)
     assert e.value.imported == 7 and e.value.line is None
     assert "ends after 7 items but its header says 10" in str(e.value)
 
@@ -219,9 +209,9 @@ def test_a_truncated_file_is_reported_incomplete(faiss: FaissBackend, tmp_path: 
     ],
 )
 def test_a_wrong_header_is_refused_before_anything_is_created(
-    faiss: FaissBackend, tmp_path: Path, header: str | None, says: str
+    faiss_backend: FaissBackend, tmp_path: Path, header: str | None, says: str
 ) -> None:
-    lines = _exported(faiss, tmp_path)
+    lines = _exported(faiss_backend, tmp_path)
     if header is None:
         header = json.dumps({**json.loads(lines[0]), "version": 2})
     elif header == "kind":
@@ -230,24 +220,24 @@ def test_a_wrong_header_is_refused_before_anything_is_created(
     path = tmp_path / "wrong.jsonl"
     path.write_text("\n".join([header, *lines[1:]]) + "\n", encoding="utf-8")
     with pytest.raises(TransferError) as e:
-        import_collection(faiss, "dst", path)
+        import_collection(faiss_backend, "dst", path)
     assert e.value.line == 1 and e.value.imported is None and says in str(e.value)
-    assert [c.name for c in faiss.list()] == ["src"]
+    assert [c.name for c in faiss_backend.list()] == ["src"]
     with pytest.raises(TransferError):
         read_file_header(path)
 
 
 def test_an_existing_collection_is_refused_unless_forced(
-    faiss: FaissBackend, tmp_path: Path
+    faiss_backend: FaissBackend, tmp_path: Path
 ) -> None:
-    _exported(faiss, tmp_path, n=10)
-    fill(faiss, "dst", random_unit(25, seed=8))
+    _exported(faiss_backend, tmp_path, n=10)
+    fill(faiss_backend, "dst", unit_rows(25, DIM, 8))
     with pytest.raises(CollectionError) as e:
-        import_collection(faiss, "dst", tmp_path / "src.jsonl")
+        import_collection(faiss_backend, "dst", tmp_path / "src.jsonl")
     assert e.value.code == "collection_exists" and "--force" in str(e.value)
-    assert faiss.get("dst").count() == 25  # untouched
-    assert import_collection(faiss, "dst", tmp_path / "src.jsonl", force=True) == 10
-    assert snapshot(faiss, "dst") == snapshot(faiss, "src")  # replaced, not merged
+    assert faiss_backend.get("dst").count() == 25  # untouched
+    assert import_collection(faiss_backend, "dst", tmp_path / "src.jsonl", force=True) == 10
+    assert snapshot(faiss_backend, "dst") == snapshot(faiss_backend, "src")  # replaced, not merged
 
 
 # -- the CLI --------------------------------------------------------------------------------

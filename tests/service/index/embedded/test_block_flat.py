@@ -12,13 +12,9 @@ from service.index.embedded.block_flat import BlockFlatIndex
 from service.index.embedded.collection import Collection
 from service.index.embedded.faiss_index import VectorIndex
 from service.index.types import IndexSpec
+from tests.helpers import unit_rows
 
 SPEC = IndexSpec(kind="flat")
-
-
-def _unit(n: int, d: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def _same(ref: VectorIndex, got: BlockFlatIndex, queries: np.ndarray, k: int, allowed=None):
@@ -42,7 +38,7 @@ def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("small_steps")
 def test_random_adds_and_removes_match_faiss() -> None:
     rng = np.random.default_rng(0)
-    vecs, queries = _unit(3000, 16, 1), _unit(20, 16, 2)
+    vecs, queries = unit_rows(3000, 16, 1), unit_rows(20, 16, 2)
     labels = np.arange(500, dtype=np.int64) * 2
     ref = VectorIndex.build(16, SPEC, labels, vecs[:500])
     got = BlockFlatIndex.build(16, SPEC, labels, vecs[:500])
@@ -66,7 +62,7 @@ def test_random_adds_and_removes_match_faiss() -> None:
 
 @pytest.mark.usefixtures("small_steps")
 def test_half_dead_blocks_are_compacted() -> None:
-    vecs = _unit(64 * 4, 8, 3)
+    vecs = unit_rows(64 * 4, 8, 3)
     idx = BlockFlatIndex.build(8, SPEC, np.arange(64, dtype=np.int64), vecs[:64])
     idx.add(np.arange(64, 256, dtype=np.int64), vecs[64:])
     assert len(idx._blocks) == 4
@@ -81,16 +77,16 @@ def test_half_dead_blocks_are_compacted() -> None:
 
 
 def test_build_adopts_rows_and_add_leaves_them() -> None:
-    vecs = _unit(100, 8, 4)
+    vecs = unit_rows(100, 8, 4)
     vecs.flags.writeable = False  # as a snapshot's rows are
     idx = BlockFlatIndex.build(8, SPEC, np.arange(100, dtype=np.int64), vecs)
     assert idx._blocks[0].rows is vecs  # no copy
-    idx.add(np.array([100, 101], np.int64), _unit(2, 8, 5))  # into a new block
+    idx.add(np.array([100, 101], np.int64), unit_rows(2, 8, 5))  # into a new block
     assert idx._blocks[0].rows is vecs and idx.live == 102
 
 
 def test_unsorted_build_is_sorted_and_bad_adds_refused() -> None:
-    vecs = _unit(5, 4, 6)
+    vecs = unit_rows(5, 4, 6)
     idx = BlockFlatIndex.build(4, SPEC, np.array([9, 3, 5, 1, 7], np.int64), vecs)
     _, labels = idx.search(vecs[1:2], 1)
     assert labels[0, 0] == 3
@@ -102,10 +98,10 @@ def test_unsorted_build_is_sorted_and_bad_adds_refused() -> None:
 
 def test_empty_and_fewer_than_k() -> None:
     idx = BlockFlatIndex(4, SPEC)
-    scores, labels = idx.search(_unit(2, 4, 7), 3)
+    scores, labels = idx.search(unit_rows(2, 4, 7), 3)
     assert (labels == -1).all() and np.isneginf(scores).all()
-    idx.add(np.array([5], np.int64), _unit(1, 4, 8))
-    assert idx.search(_unit(1, 4, 9), 3)[1].tolist() == [[5, -1, -1]]
+    idx.add(np.array([5], np.int64), unit_rows(1, 4, 8))
+    assert idx.search(unit_rows(1, 4, 9), 3)[1].tolist() == [[5, -1, -1]]
 
 
 def _snapshotted(folder: Path, vecs: np.ndarray) -> Collection:
@@ -118,7 +114,7 @@ def _snapshotted(folder: Path, vecs: np.ndarray) -> Collection:
 
 
 def test_collection_opens_over_the_snapshot_rows_without_a_copy(tmp_path: Path) -> None:
-    folder, vecs = tmp_path / "c", _unit(50, 8, 10)
+    folder, vecs = tmp_path / "c", unit_rows(50, 8, 10)
     col = _snapshotted(folder, vecs)
     col.upsert(["late"], vecs[:1], [{}])  # one record in the log, after the snapshot
     col.close()
@@ -133,7 +129,7 @@ def test_collection_opens_over_the_snapshot_rows_without_a_copy(tmp_path: Path) 
 def test_mapped_rows_outlive_their_snapshot_file(tmp_path: Path) -> None:
     """The opened snapshot's rows are a read-only mapping of snapshot.bin; two more
     snapshots rename it and then replace it, and the rows (and searches) stay right."""
-    folder, vecs = tmp_path / "c", _unit(40, 8, 11)
+    folder, vecs = tmp_path / "c", unit_rows(40, 8, 11)
     _snapshotted(folder, vecs).close()
     col = Collection(folder)
     inode = (folder / "snapshot.bin").stat().st_ino

@@ -27,15 +27,11 @@ from service.index.types import CollectionError, Hit, IndexSpec
 pytest.importorskip("qdrant_client")
 from service.index.qdrant.backend import QdrantBackend
 from service.index.qdrant.connection import QdrantConfig
+from tests.helpers import unit_rows
 
 DIM = 16
 FLAT = IndexSpec(kind="flat")
 SERVER_URL = os.environ.get("CONTRASTIVE_QDRANT_URL")
-
-
-def unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 class Opener:
@@ -92,7 +88,7 @@ def backend(opener: Opener) -> CollectionBackend:
 def filled(backend: CollectionBackend, n: int = 60, spec: IndexSpec = FLAT) -> CollectionHandle:
     backend.create("c", "model-a", DIM, spec)
     h = backend.get("c")
-    h.upsert([f"id{i}" for i in range(n)], unit(n), [{"i": i} for i in range(n)])
+    h.upsert([f"id{i}" for i in range(n)], unit_rows(n, DIM), [{"i": i} for i in range(n)])
     return h
 
 
@@ -168,7 +164,7 @@ def test_a_dropped_name_can_be_created_again_empty(backend: CollectionBackend) -
 def test_upsert_then_get(backend: CollectionBackend) -> None:
     backend.create("c", "m", DIM)
     h = backend.get("c")
-    vecs = unit(3)
+    vecs = unit_rows(3, DIM)
     # user keys named like the Qdrant payload's own keys must come back unchanged
     meta: list[dict[str, Any]] = [
         {"_id": "not-me", "meta": {"x": 1}, "_keys": 0},
@@ -189,7 +185,7 @@ def test_upsert_then_get(backend: CollectionBackend) -> None:
 
 def test_an_upsert_overwrites_and_a_repeated_id_keeps_its_last(backend: CollectionBackend) -> None:
     h = filled(backend, 10)
-    v = unit(3, seed=5)
+    v = unit_rows(3, DIM, seed=5)
     assert h.upsert(["id3", "new", "id3"], v, [{"v": 1}, {"v": 2}, {"v": 3}]) == 2
     assert h.count() == 11
     got = h.get("id3")
@@ -207,7 +203,7 @@ def test_delete_by_ids_counts_the_present_ones(backend: CollectionBackend) -> No
     assert h.count() == 8
     assert h.get("id1") is None and h.get("id3") is not None
     assert h.delete(["id1"]) == 0
-    assert "id1" not in {hit.id for hit in h.search(unit(1, seed=9), 10)[0]}
+    assert "id1" not in {hit.id for hit in h.search(unit_rows(1, DIM, seed=9), 10)[0]}
 
 
 def test_delete_by_filter(backend: CollectionBackend) -> None:
@@ -225,13 +221,13 @@ def test_delete_by_filter(backend: CollectionBackend) -> None:
 def test_upsert_and_search_refuse_wrong_shapes(backend: CollectionBackend) -> None:
     h = filled(backend, 3)
     with pytest.raises(CollectionError) as err:
-        h.upsert(["a"], unit(1, DIM + 1), [{}])
+        h.upsert(["a"], unit_rows(1, DIM + 1), [{}])
     assert err.value.code == "wrong_dimension"
     with pytest.raises(CollectionError) as err:
-        h.upsert(["a", "b"], unit(1), [{}])
+        h.upsert(["a", "b"], unit_rows(1, DIM), [{}])
     assert err.value.code == "invalid_request"
     with pytest.raises(CollectionError) as err:
-        h.search(unit(1), 0)
+        h.search(unit_rows(1, DIM), 0)
     assert err.value.code == "invalid_k"
     assert h.count() == 3
 
@@ -239,7 +235,7 @@ def test_upsert_and_search_refuse_wrong_shapes(backend: CollectionBackend) -> No
 # -- scroll --------------------------------------------------------------------------------------
 def test_scroll_returns_every_id_exactly_once(backend: CollectionBackend) -> None:
     h = filled(backend, 53)
-    vecs = unit(53)
+    vecs = unit_rows(53, DIM)
     seen: list[str] = []
     cursor: str | None = None
     pages = 0
@@ -268,8 +264,8 @@ def test_scroll_while_writing_sees_each_lasting_item_once(backend: CollectionBac
     seen = [it.id for it in first.items]
     unseen = sorted({f"id{i}" for i in range(40)} - set(seen))
     h.delete([unseen[0]])  # removed before the scroll reaches it
-    h.upsert(["late"], unit(1, seed=3), [{}])  # written meanwhile: may or may not appear
-    h.upsert([seen[0]], unit(1, seed=4), [{"i": -1}])  # overwritten after it was seen
+    h.upsert(["late"], unit_rows(1, DIM, seed=3), [{}])  # written meanwhile: may or may not appear
+    h.upsert([seen[0]], unit_rows(1, DIM, seed=4), [{"i": -1}])  # overwritten after it was seen
     cursor: str | None = first.next_cursor
     while cursor is not None:
         page = h.scroll(cursor, 10)
@@ -291,8 +287,8 @@ def test_scroll_refuses_a_bad_page_size(backend: CollectionBackend) -> None:
 # -- search --------------------------------------------------------------------------------------
 def test_search_matches_exact_inner_product(backend: CollectionBackend) -> None:
     h = filled(backend, 60)
-    queries = unit(4, seed=1)
-    want = exact_top(queries, unit(60), [f"id{i}" for i in range(60)], 5)
+    queries = unit_rows(4, DIM, seed=1)
+    want = exact_top(queries, unit_rows(60, DIM), [f"id{i}" for i in range(60)], 5)
     got = h.search(queries, 5)
     for hits, (ids, scores) in zip(got, want, strict=True):
         assert [x.id for x in hits] == ids
@@ -303,7 +299,7 @@ def test_search_matches_exact_inner_product(backend: CollectionBackend) -> None:
 
 def test_search_of_an_empty_collection(backend: CollectionBackend) -> None:
     backend.create("c", "m", DIM)
-    assert backend.get("c").search(unit(2), 3) == [[], []]
+    assert backend.get("c").search(unit_rows(2, DIM), 3) == [[], []]
 
 
 LABELS = ["cat", "dog", "fish", "bird"]
@@ -356,11 +352,15 @@ def test_filtered_search_returns_the_exact_matching_top_k(
     n, k = 240, 6
     backend.create("c", "m", DIM, FLAT)
     h = backend.get("c")
-    vecs, ids, meta = unit(n), [f"id{i}" for i in range(n)], [rich_meta(i) for i in range(n)]
+    vecs, ids, meta = (
+        unit_rows(n, DIM),
+        [f"id{i}" for i in range(n)],
+        [rich_meta(i) for i in range(n)],
+    )
     h.upsert(ids, vecs, meta)
     f = parse_filter(where)
     keep = [i for i in range(n) if f.matches(meta[i])]
-    queries = unit(3, seed=2)
+    queries = unit_rows(3, DIM, seed=2)
     want = exact_top(queries, vecs[keep], [ids[i] for i in keep], k)
     for hits, (want_ids, want_scores) in zip(h.search(queries, k, where), want, strict=True):
         assert len(hits) == min(k, len(keep))  # k come back whenever k match
@@ -375,10 +375,10 @@ def test_k_hits_come_back_when_near_decoys_only_contain_the_value(
     backend: CollectionBackend,
 ) -> None:
     """The 50 nearest items hold ["cat"] (no match) and 5 far ones "cat": all 5 return."""
-    q = unit(1, seed=7)
-    decoys = q + 0.01 * unit(50, seed=8)
-    far = -q + 0.3 * unit(5, seed=9)
-    rest = unit(100, seed=10)
+    q = unit_rows(1, DIM, seed=7)
+    decoys = q + 0.01 * unit_rows(50, DIM, seed=8)
+    far = -q + 0.3 * unit_rows(5, DIM, seed=9)
+    rest = unit_rows(100, DIM, seed=10)
     vecs = np.concatenate([decoys, far, rest])
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     meta = [{"label": ["cat"]}] * 50 + [{"label": "cat"}] * 5 + [{"label": "dog"}] * 100
@@ -401,7 +401,7 @@ def test_a_bad_filter_is_invalid_filter_naming_it(
     backend: CollectionBackend, where: Any, named: str
 ) -> None:
     h = filled(backend, 5)
-    for call in (lambda: h.search(unit(1), 3, where), lambda: h.delete_where(where)):
+    for call in (lambda: h.search(unit_rows(1, DIM), 3, where), lambda: h.delete_where(where)):
         with pytest.raises(CollectionError) as err:
             call()
         assert err.value.code == "invalid_filter"
@@ -414,8 +414,8 @@ def test_reopen_after_close_keeps_the_data(opener: Opener) -> None:
     b = opener()
     h = filled(b, 25, IndexSpec(kind="hnsw", ef_search=200))
     h.delete(["id0"])
-    h.upsert(["id1"], unit(1, seed=6), [{"i": "changed"}])
-    queries = unit(2, seed=3)
+    h.upsert(["id1"], unit_rows(1, DIM, seed=6), [{"i": "changed"}])
+    queries = unit_rows(2, DIM, seed=3)
     before = h.search(queries, 5)
     info = h.info()
     opener.close(b)
@@ -440,9 +440,9 @@ def test_reopen_after_close_keeps_the_data(opener: Opener) -> None:
 # -- across backends -----------------------------------------------------------------------------
 def test_faiss_and_qdrant_give_the_same_hits_and_scores(tmp_path: Path) -> None:
     n, dim, k = 500, 64, 10
-    vecs, ids = unit(n, dim, seed=11), [f"id{i}" for i in range(n)]
+    vecs, ids = unit_rows(n, dim, seed=11), [f"id{i}" for i in range(n)]
     meta = [rich_meta(i) for i in range(n)]
-    queries = unit(8, dim, seed=12)
+    queries = unit_rows(8, dim, seed=12)
     results = []
     for b in (FaissBackend.open(tmp_path / "f"), QdrantBackend(QdrantConfig(path=tmp_path / "q"))):
         b.create("c", "m", dim, FLAT)
@@ -464,7 +464,9 @@ def test_copy_collection_between_backends_round_trips(tmp_path: Path) -> None:
     qdrant = QdrantBackend(QdrantConfig(path=tmp_path / "q"))
     spec = IndexSpec(kind="hnsw", m=8)
     faiss.create("c", "model-x", DIM, spec)
-    faiss.get("c").upsert([f"id{i}" for i in range(37)], unit(37), [{"i": i} for i in range(37)])
+    faiss.get("c").upsert(
+        [f"id{i}" for i in range(37)], unit_rows(37, DIM), [{"i": i} for i in range(37)]
+    )
     assert copy_collection(faiss, qdrant, "c", batch=10) == 37
     faiss.drop("c")
     assert copy_collection(qdrant, faiss, "c", batch=8) == 37
@@ -473,7 +475,7 @@ def test_copy_collection_between_backends_round_trips(tmp_path: Path) -> None:
     got = faiss.get("c").get("id5")
     assert got is not None and got.metadata == {"i": 5}
     assert got.vector is not None
-    np.testing.assert_allclose(got.vector, unit(37)[5], atol=1e-6)
+    np.testing.assert_allclose(got.vector, unit_rows(37, DIM)[5], atol=1e-6)
     faiss.close()
     qdrant.close()
 
@@ -488,9 +490,9 @@ def test_faiss_selector_path_equals_the_exact_path(
     b.create("c", "m", DIM, IndexSpec(kind=kind, nlist=4, nprobe=4))  # type: ignore[arg-type]
     h = b.get("c")
     meta = [rich_meta(i) for i in range(300)]
-    h.upsert([f"id{i}" for i in range(300)], unit(300), meta)
+    h.upsert([f"id{i}" for i in range(300)], unit_rows(300, DIM), meta)
     assert h.info().active_index == kind
-    queries = unit(3, seed=4)
+    queries = unit_rows(3, DIM, seed=4)
     where = {"label": "fish", "year": {"$lt": 2020}}
     exact = h.search(queries, 4, where)
     monkeypatch.setattr(collection, "EXACT_FILTER_LIMIT", 0)
@@ -507,7 +509,7 @@ def test_faiss_filter_cache_follows_every_write(tmp_path: Path) -> None:
     b = FaissBackend.open(tmp_path)
     b.create("c", "m", DIM, FLAT)
     h = b.get("c")
-    vecs = unit(4)
+    vecs = unit_rows(4, DIM)
     h.upsert(["a", "b", "c", "d"], vecs, [{"t": 1}, {"t": 1}, {"t": 2}, {}])
     where = {"t": {"$in": [1]}}
 

@@ -30,7 +30,15 @@ from service.errors import http_status
 from service.index.embedded.collection import LOG, PREV_SNAP, SNAP, Collection
 from service.index.embedded.store import CollectionStore
 from service.index.types import CollectionError, IndexSpec
-from tests.index.crash_child import DIM, NAME, SNAPSHOT_EVERY, batch_ids, metadata_of, vector
+from tests.helpers import unit_rows
+from tests.service.index.embedded.crash_child import (
+    DIM,
+    NAME,
+    SNAPSHOT_EVERY,
+    batch_ids,
+    metadata_of,
+    vector,
+)
 
 CHILD = Path(__file__).with_name("crash_child.py")
 ROUNDS = 12
@@ -143,9 +151,6 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(
 
 
 # -- helpers for the unit tests ------------------------------------------------------
-def _unit(n: int, seed: int, dim: int = 8) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 class Writer:
@@ -169,7 +174,7 @@ class Writer:
     def batch(self, prefix: str, n: int = 5) -> list[str]:
         self.seed += 1
         ids = [f"{prefix}{i}" for i in range(n)]
-        vecs = _unit(n, self.seed)
+        vecs = unit_rows(n, 8, self.seed)
         metas = [{"p": prefix, "i": i} for i in range(n)]
         self.col.upsert(ids, vecs, metas)
         self.truth.update({id_: (vecs[i], metas[i]) for i, id_ in enumerate(ids)})
@@ -293,7 +298,7 @@ def test_torn_log_tail_is_cut_and_earlier_records_survive(tmp_path: Path, tail: 
     w.store.close()
     log = w.folder / LOG
     good = log.stat().st_size
-    rec = walmod.Record(walmod.UPSERT, 99, ["torn"], [{}], _unit(1, 99)).encode()
+    rec = walmod.Record(walmod.UPSERT, 99, ["torn"], [{}], unit_rows(1, 8, 99)).encode()
     with open(log, "ab") as f:
         f.write(TAILS[tail](rec))
     w.reopen()
@@ -352,7 +357,7 @@ def test_disk_full_on_the_log_is_507_and_loses_nothing(
     w.batch("b-")
     disk.full = True
     with pytest.raises(CollectionError) as e:
-        w.col.upsert(["failed"], _unit(1, 1234), [{"x": 1}])
+        w.col.upsert(["failed"], unit_rows(1, 8, 1234), [{"x": 1}])
     assert (http_status(e.value.code), e.value.code) == (507, "insufficient_storage")
     with pytest.raises(CollectionError) as e:
         w.col.delete(["a-0"])
@@ -363,7 +368,7 @@ def test_disk_full_on_the_log_is_507_and_loses_nothing(
     w.check(absent=("failed",))
     disk.full = True
     with pytest.raises(CollectionError):
-        w.col.upsert(["failed2"], _unit(1, 4321), [{}])
+        w.col.upsert(["failed2"], unit_rows(1, 8, 4321), [{}])
     disk.full = False
     w.reopen()
     assert w.store.problems == {}

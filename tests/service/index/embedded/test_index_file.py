@@ -14,6 +14,7 @@ import pytest
 from service.index.embedded.collection import Collection
 from service.index.embedded.index_file import INDEX
 from service.index.types import IndexSpec
+from tests.helpers import unit_rows
 
 DIM = 16
 SPECS = {
@@ -23,11 +24,6 @@ SPECS = {
 LOADED = "loaded its saved"
 
 
-def unit(n: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def make(folder: Path, kind: str) -> tuple[Collection, dict[str, np.ndarray]]:
     """300 items snapshotted, then in the log: 40 new, 20 replaced, 30 deleted."""
     Collection.create(folder, "c", "m", DIM, SPECS[kind])
@@ -35,7 +31,7 @@ def make(folder: Path, kind: str) -> tuple[Collection, dict[str, np.ndarray]]:
     truth: dict[str, np.ndarray] = {}
 
     def put(ids: list[str], seed: int) -> None:
-        vecs = unit(len(ids), seed)
+        vecs = unit_rows(len(ids), DIM, seed)
         col.upsert(ids, vecs, [{"i": i} for i in range(len(ids))])
         truth.update(zip(ids, vecs, strict=True))
 
@@ -73,8 +69,8 @@ def test_the_saved_index_is_loaded_and_caught_up_with_the_log(
     assert LOADED in caplog.text and again.info().active_index == kind
     assert_serves(again, truth)
     # and it keeps working: writes after the load land in the loaded index
-    again.upsert(["late"], unit(1, 9), [{}])
-    assert again.search(unit(1, 9), 1)[0][0].id == "late"
+    again.upsert(["late"], unit_rows(1, DIM, 9), [{}])
+    assert again.search(unit_rows(1, DIM, 9), 1)[0][0].id == "late"
     again.close()
 
 
@@ -119,7 +115,7 @@ def test_a_damaged_index_is_set_aside_and_rebuilt(
 def test_flat_collections_save_no_index(tmp_path: Path) -> None:
     Collection.create(tmp_path / "c", "c", "m", DIM, IndexSpec(kind="flat"))
     col = Collection(tmp_path / "c")
-    col.upsert(["x"], unit(1, 0), [{}])
+    col.upsert(["x"], unit_rows(1, DIM, 0), [{}])
     col.snapshot()
     assert not (tmp_path / "c" / INDEX).exists()  # rebuilt as fast as it would be read
     col.close()
