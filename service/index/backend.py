@@ -3,8 +3,9 @@
 Two backends implement it: `service.index.embedded.backend.FaissBackend` (the embedded store
 in a folder, the default) and `service.index.qdrant.backend.QdrantBackend` (a Qdrant server,
 or qdrant-client's embedded local mode for tests); `service.index.factory.open_backend` opens
-either, and is the only code outside those two packages that imports them. Both are checked
-by one contract suite, tests/service/index/test_backend_contract.py.
+either, and the rest of the service reaches them only through it (tests/test_layout.py
+holds the rule and its few exceptions). Both are checked by one contract suite,
+tests/service/index/test_backend_contract.py.
 
 What a backend promises:
 

@@ -1,7 +1,8 @@
 """Collections in Qdrant, behind the CollectionBackend interface (service.index.backend).
 
-Only the backend factory (service.index.factory) imports this package; nothing here is
-imported until a Qdrant backend is opened, and qdrant-client only then.
+Only the backend factory (service.index.factory) imports this package: QdrantConfig
+(connection.py, which needs no qdrant-client) as it loads, the rest, and qdrant-client, only
+when a Qdrant backend is opened.
 
 With a Qdrant server the service keeps no collection state of its own: any number of
 replicas can serve the same collections. qdrant-client's embedded local mode (a folder, or
