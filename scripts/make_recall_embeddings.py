@@ -1,6 +1,6 @@
-"""Write tests/index/data/recall-digits.npz: real built-in-model embeddings for the
-recall test (tests/index/test_recall.py), so the test suite does not spend minutes
-embedding 27,000 images on every fresh machine.
+"""Write tests/service/index/embedded/data/recall-digits.npz: real built-in-model
+embeddings for the recall test (tests/service/index/embedded/test_recall.py), so the test
+suite does not spend minutes embedding 27,000 images on every fresh machine.
 
     python scripts/make_recall_embeddings.py [--out PATH]      # ~4-8 min on 2 CPU cores
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-OUT = Path(__file__).resolve().parents[1] / "tests" / "index" / "data" / "recall-digits.npz"
+OUT = Path(__file__).resolve().parents[1] / "tests/service/index/embedded/data/recall-digits.npz"
 MODEL_ID = "builtin:conse-effnetlite0-minilm6-v1"
 VARIANTS = 15  # per digit: the original and 14 augmented copies
 CHUNK = 256  # images per encode_images call

@@ -1,7 +1,9 @@
 """The `contrastive` command: serve, index, bench, and the training subcommands.
 
 This module is the distribution's entry point: one table of commands (training.cli's
-Command rows), each imported only when it runs, so `--help` answers at once.
+Command rows), each imported only when it runs, so `--help` answers at once. A command is
+a module of service/commands/ (or a benchmark of service/bench/) named after it; one with
+subcommands (`index`, `bench`) is a nested table.
 """
 
 from __future__ import annotations
@@ -29,11 +31,29 @@ BENCH = {
     ),
 }
 
+INDEX = {
+    "add": table.Command(
+        "embed images (files or folders, recursive) into a collection; resumable",
+        "service.commands.index.add",
+    ),
+    "search": table.Command("search a collection by text", "service.commands.index.search"),
+    "repair": table.Command(
+        "salvage every readable record of a damaged collection; report what was lost",
+        "service.commands.index.repair",
+    ),
+    "export": table.Command(
+        "write a collection (items, vectors, model id, index spec) to a file",
+        "service.commands.index.export",
+    ),
+    "import": table.Command(
+        "create a collection from a file written by `export`", "service.commands.index.import_"
+    ),
+}
+
 COMMANDS: dict[str, table.Command] = {
-    "serve": table.Command("start the REST service", "service.serve_cli"),
+    "serve": table.Command("start the REST service", "service.commands.serve"),
     "index": table.Command(
-        "add folders of images to a collection; search, repair, export, import",
-        "service.index_cli",
+        "add folders of images to a collection; search, repair, export, import", table=INDEX
     ),
     "bench": table.Command("benchmarks", table=BENCH),
     **table.TRAINING_COMMANDS,

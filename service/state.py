@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.index.backend import CollectionBackend, open_backend
+from service.index.backend import CollectionBackend
+from service.index.factory import open_backend
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher
 from service.runtime.served import Pools, ServedModel, ServedModels
@@ -149,7 +150,7 @@ def open_collections(s: Settings) -> CollectionBackend:
     root = Path(s.collections_dir)
     qdrant = None
     if s.collections_backend == "qdrant":
-        from service.index.qdrant_backend import QdrantConfig
+        from service.index.factory import QdrantConfig
 
         qdrant = QdrantConfig(
             url=s.qdrant_url,

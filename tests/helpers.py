@@ -1,4 +1,5 @@
-"""Shared test material: a tiny deterministic encoder, tiny exports, image bytes."""
+"""Shared test material: a tiny deterministic encoder, tiny exports, image bytes, random
+unit vectors."""
 
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ class FakeEncoder(Encoder):
             seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
             rows.append(torch.randn(8, generator=torch.Generator().manual_seed(seed)))
         return torch.stack(rows)
+
+
+def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """n random rows of unit L2 norm, float32 [n, dim]: the same rows for the same seed
+    (normal draws of numpy's default generator, so every direction is equally likely)."""
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def image_bytes(image: Image.Image | np.ndarray, fmt: str = "PNG", **save: Any) -> bytes:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from service.cli import build_parser, main
-from service.serve_cli import settings_from_args
+from service.commands.serve import settings_from_args
 
 
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,7 +68,16 @@ print(len(out.getvalue()))
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["index", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["serve", "--help"],
+        ["index", "--help"],
+        ["index", "add", "--help"],  # its module takes MAX_ID_CHARS from the index, lightly
+        ["index", "import", "--help"],
+    ],
+)
 def test_help_imports_no_engine_torch_or_web_framework(argv: list[str]) -> None:
     """The command table imports only the command that runs: help answers at once."""
     out = subprocess.run(

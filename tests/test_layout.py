@@ -8,17 +8,42 @@
 - Inside `training`: methods and their building blocks (losses, heads, momentum, augment,
   dist) know nothing of the engine; the engine and export reach methods only through the
   contract (`training.methods`, `training.methods.base`), never a method's own module.
+
+Inside the service, `service.index` (collections) is layered: the interface and what every
+engine shares at its top, an engine per sub-package (`embedded/`, `qdrant/`).
+
+- `service.index` imports neither the web framework nor pydantic (pydantic-settings, so
+  service.settings, included): of the rest of the service only service.domain_errors,
+  whose error base class its CollectionError extends. The HTTP models of collections are
+  in service.schemas, and the service hands the index what its Settings say.
+- Only the backend factory (service/index/factory.py) reaches into an engine's package;
+  the few other doors are listed in ENGINE_DOORS with their reasons. Tests do the same
+  except those of the engines themselves (tests/service/index/).
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = "training.encoders"
+WEB_AND_MODELS = ("fastapi", "starlette", "pydantic", "pydantic_settings")
+ENGINES = ("service.index.embedded", "service.index.qdrant")
+# The code besides an engine's own package that may import it, and why.
+ENGINE_DOORS: dict[str, tuple[str, ...]] = {
+    "service/index/factory.py": ENGINES,  # opens an engine: the door for everyone else
+    # the repair command salvages the embedded store's own files, below the interface
+    "service/commands/index/repair.py": ("service.index.embedded",),
+    # benchmarks of the embedded store itself (bench search: "our store" against raw FAISS)
+    "service/bench/search.py": ("service.index.embedded",),
+    "service/bench/search_scale.py": ("service.index.embedded",),
+}
+ENGINE_TESTS = "tests/service/index/"
 
 
 def _imports(path: Path) -> list[str]:
@@ -84,6 +109,74 @@ def test_engine_and_export_use_methods_only_through_the_contract() -> None:
         return _within(m, "training.methods") and m not in METHOD_API
 
     assert _violations("training/engine", bad) + _violations("training/export", bad) == []
+
+
+def _index_layer_violation(p: Path, m: str) -> bool:
+    if any(_within(m, package) for package in WEB_AND_MODELS):
+        return True
+    outside = _within(m, "service") and not _within(m, "service.index")
+    return outside and m != "service.domain_errors"
+
+
+def test_the_index_imports_no_web_framework_and_no_pydantic() -> None:
+    assert _violations("service/index", _index_layer_violation) == []
+
+
+def test_the_index_loads_no_web_framework_and_no_pydantic() -> None:
+    """What the rule above keeps out stays out at run time too (through service.domain_errors
+    or a library): the interface, the factory and the embedded store, imported, load none
+    of it, nor qdrant-client (a FAISS service never does)."""
+    modules = ["service.index.factory", "service.index.transfer", "service.index.embedded.backend"]
+    unwanted = (*WEB_AND_MODELS, "qdrant_client")
+    code = (
+        f"import sys\nfor m in {modules!r}: __import__(m)\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {unwanted!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _engine_violation(p: Path, m: str) -> bool:
+    """`p` imports `m` from an engine's package that is neither its own nor open to it."""
+    rel = p.relative_to(ROOT).as_posix()
+    for engine in ENGINES:
+        if _within(m, engine):
+            home = engine.replace(".", "/") + "/"
+            return not rel.startswith(home) and engine not in ENGINE_DOORS.get(rel, ())
+    return False
+
+
+def test_only_the_factory_reaches_into_an_engine() -> None:
+    assert _violations("service", _engine_violation) == []
+    tests = _violations("tests", _engine_violation)
+    assert [(f, m) for f, m in tests if not f.startswith(ENGINE_TESTS)] == []
+
+
+def test_the_index_rules_can_fail(tmp_path: Path) -> None:
+    """The two rules above flag what they are meant to (a check that cannot fail checks
+    nothing)."""
+    assert _index_layer_violation(tmp_path, "pydantic")
+    assert _index_layer_violation(tmp_path, "pydantic_settings")
+    assert _index_layer_violation(tmp_path, "fastapi.responses")
+    assert _index_layer_violation(tmp_path, "service.settings")
+    assert _index_layer_violation(tmp_path, "service.schemas.collections")
+    assert not _index_layer_violation(tmp_path, "service.domain_errors")
+    assert not _index_layer_violation(tmp_path, "service.index.types")
+    assert not _index_layer_violation(tmp_path, "numpy")
+
+    def engine_use(rel: str, module: str) -> bool:
+        return _engine_violation(ROOT / rel, module)
+
+    assert engine_use("service/api/deps.py", "service.index.embedded.store")
+    assert engine_use("service/state.py", "service.index.qdrant.connection")
+    assert engine_use("service/index/qdrant/backend.py", "service.index.embedded.collection")
+    assert engine_use("service/commands/index/repair.py", "service.index.qdrant.backend")
+    assert engine_use("tests/service/test_graceful_shutdown.py", "service.index.embedded")
+    assert not engine_use("service/index/factory.py", "service.index.qdrant.backend")
+    assert not engine_use("service/index/embedded/store.py", "service.index.embedded.collection")
+    assert not engine_use("service/state.py", "service.index.factory")
+    assert not engine_use("service/api/deps.py", "service.index.backend")
+    assert all((ROOT / door).is_file() for door in ENGINE_DOORS), "a door that is gone"
 
 
 def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:

@@ -36,7 +36,11 @@ from service.api.request_checks import bad, check_count, check_text
 from service.domain_errors import ModelError
 from service.index.backend import CollectionHandle
 from service.index.filters import Filter, parse_filter
-from service.index.schemas import (
+from service.index.types import CollectionError, IndexSpec, check_name
+from service.responses import finite_output
+from service.runtime.images import decode_base64_image
+from service.runtime.served import LoadedModel, ServedModels
+from service.schemas.collections import (
     CreateCollectionRequest,
     DeleteItemsRequest,
     ItemIn,
@@ -44,10 +48,6 @@ from service.index.schemas import (
     SearchRequest,
     UpsertRequest,
 )
-from service.index.types import CollectionError, IndexSpec, check_name
-from service.responses import finite_output
-from service.runtime.images import decode_base64_image
-from service.runtime.served import LoadedModel, ServedModels
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service.api.collection_checks import MAX_DIM, MAX_INDEX_PARAM
-from service.schemas import ErrorResponse
+from service.schemas.status import ErrorResponse
 from service.settings import Settings
 
 REF = "#/components/schemas/{model}"

@@ -40,7 +40,7 @@ import numpy as np
 
 from service.bench.loadgen import build_request, run_load
 from service.bench.serve import _environment, _free_port, wait_ready
-from service.index.store import CollectionStore
+from service.index.embedded.store import CollectionStore
 from service.index.types import IndexKind, IndexSpec
 
 NAME = "bench"
@@ -333,7 +333,7 @@ def _scale(
     }
     backend_n = min(args.backend_n, len(base))
     if backend_n:
-        from service.index.bench_backends import bench_backends
+        from service.bench.backends import bench_backends
 
         print(f"Qdrant against FAISS on {backend_n:,} vectors ...", flush=True)
         out["backends"] = bench_backends(backend_n, base.shape[1], qdrant_url=args.qdrant_url)

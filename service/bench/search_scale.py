@@ -11,7 +11,7 @@ Over the run's N vectors, in one process, each against a reference from the same
    matches 50% of the items, against unfiltered search of the same collection (exact
    truth computed over the matching vectors);
 4. the Qdrant backend (qdrant-client's local mode, or a server with --qdrant-url)
-   against the FAISS backend on `backend_n` of the vectors (service.index.bench_backends).
+   against the FAISS backend on `backend_n` of the vectors (service.bench.backends).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from service.index.collection import Collection
-from service.index.index_file import INDEX
+from service.index.embedded.collection import Collection
+from service.index.embedded.index_file import INDEX
 from service.index.types import IndexSpec
 
 UPSERT = 1000

@@ -1,8 +1,8 @@
 """What the clients take and return: input aliases, result types and ServiceError.
 
 The result types are named apart from the server's own (`service.index.types.CollectionInfo`
-and `Hit`, `service.index.schemas.SearchHit`, `service.schemas.LabelScore`), so code that
-touches both sides never has to alias one of them on import.
+and `Hit`, `service.schemas.collections.SearchHit`, `service.schemas.embeddings.LabelScore`),
+so code that touches both sides never has to alias one of them on import.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The collection backend interface: the same operations for every engine behind collections.
 
-Two backends implement it: `service.index.faiss_backend.FaissBackend` (the embedded store in
-a folder, the default) and `service.index.qdrant_backend.QdrantBackend` (a Qdrant server, or
-qdrant-client's embedded local mode for tests). Both are checked by one contract suite,
-tests/index/test_backend_contract.py.
+Two backends implement it: `service.index.embedded.backend.FaissBackend` (the embedded store
+in a folder, the default) and `service.index.qdrant.backend.QdrantBackend` (a Qdrant server,
+or qdrant-client's embedded local mode for tests); `service.index.factory.open_backend` opens
+either, and the rest of the service reaches them only through it (tests/test_layout.py
+holds the rule and its few exceptions). Both are checked by one contract suite,
+tests/service/index/test_backend_contract.py.
 
 What a backend promises:
 
@@ -29,22 +31,15 @@ stored (`check_batch`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from service.index.filters import Filter, parse_filter
 from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
 
-if TYPE_CHECKING:
-    from service.index.qdrant_backend import QdrantConfig
-
-BackendKind = Literal["faiss", "qdrant"]
-BACKEND_ENV = "CONTRASTIVE_COLLECTIONS_BACKEND"
 MAX_PAGE = 10_000  # items per scroll page
 Where = Filter | Mapping[str, Any] | None
 
@@ -249,30 +244,3 @@ def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-# -- choosing a backend from the environment ---------------------------------------------------
-def backend_kind(env: Mapping[str, str] = os.environ) -> BackendKind:
-    """CONTRASTIVE_COLLECTIONS_BACKEND: "faiss" (default) or "qdrant"."""
-    kind = env.get(BACKEND_ENV, "faiss").strip().lower() or "faiss"
-    if kind not in ("faiss", "qdrant"):
-        raise ValueError(f'{BACKEND_ENV} must be "faiss" or "qdrant", not {kind!r}')
-    return kind  # type: ignore[return-value]
-
-
-def open_backend(
-    kind: BackendKind,
-    root: Path,
-    qdrant: QdrantConfig | None = None,
-    snapshot_every: int = 20_000,
-    device: str | None = None,
-) -> CollectionBackend:
-    """The backend of `kind`: FAISS collections under `root`, or Qdrant per `qdrant`
-    (default: QdrantConfig.from_env()). qdrant-client is imported only when asked for."""
-    if kind == "qdrant":
-        from service.index.qdrant_backend import QdrantBackend, QdrantConfig
-
-        return QdrantBackend(qdrant or QdrantConfig.from_env())
-    from service.index.faiss_backend import FaissBackend
-
-    return FaissBackend.open(root, snapshot_every, device)

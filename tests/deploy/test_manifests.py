@@ -406,7 +406,7 @@ def test_probes_healthcheck_and_scrape_paths_are_routes_of_the_app() -> None:
 
 def test_service_command_lines_parse_with_the_contrastive_cli() -> None:
     from service.cli import build_parser
-    from service.serve_cli import settings_from_args
+    from service.commands.serve import settings_from_args
 
     parser = build_parser()
     (entrypoint,) = final_stage("ENTRYPOINT")
@@ -682,7 +682,7 @@ def test_replicas_above_one_only_where_collections_live_in_qdrant(
 
 
 def test_qdrant_mode_talks_to_the_qdrant_it_deploys(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.index.qdrant_backend import QdrantConfig
+    from service.index.factory import QdrantConfig
 
     objs = objects(QDRANT)
     (dep,) = named(objs, "Deployment").values()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 
-from service.index.store import CollectionStore
+from service.index.factory import open_backend
 from service.settings import Settings
 from tests.helpers import FakeEncoder, free_port, wait_server_ready
 
@@ -113,11 +113,11 @@ def test_sigterm_drains_finishes_in_flight_requests_flushes_and_exits_0(start) -
         httpx.get(f"{server.url}/healthz", timeout=2)
 
     # both writes survived, and the shutdown left a snapshot: nothing to replay on start
-    store = CollectionStore(server.collections)
+    store = open_backend("faiss", server.collections)
     col = store.get("c")
     assert sorted(col.search(torch.eye(4)[:2].numpy(), 1)[i][0].id for i in range(2)) == ["a", "b"]
-    assert col.count == 2
-    assert col.log_records == 0
+    assert col.count() == 2
+    assert col.info().log_records == 0
     store.close()
 
 

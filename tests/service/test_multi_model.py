@@ -14,8 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.commands.serve import add_arguments, settings_from_args
 from service.runtime.served import LoadedModel, module_bytes
-from service.serve_cli import add_arguments, settings_from_args
 from service.settings import Settings
 from tests.helpers import FakeEncoder, wait_ready
 

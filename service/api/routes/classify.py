@@ -25,7 +25,7 @@ from service.api.request_checks import (
 )
 from service.responses import FastJSON, finite_output
 from service.runtime.zeroshot import probabilities
-from service.schemas import ClassifyRequest, ClassifyResponse
+from service.schemas.embeddings import ClassifyRequest, ClassifyResponse
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 

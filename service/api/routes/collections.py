@@ -22,7 +22,9 @@ from service.api.deps import (
 )
 from service.api.payload import require_json_dep
 from service.domain_errors import RequestError
-from service.index.schemas import (
+from service.index.types import CollectionError
+from service.responses import FastJSON
+from service.schemas.collections import (
     CollectionInfoModel,
     CollectionList,
     CreateCollectionRequest,
@@ -33,8 +35,6 @@ from service.index.schemas import (
     SearchResponse,
     UpsertResponse,
 )
-from service.index.types import CollectionError
-from service.responses import FastJSON
 
 router = APIRouter(
     prefix="/v1/collections", tags=["collections"], dependencies=[Depends(watch_disconnect)]

@@ -25,7 +25,7 @@ from service.api.payload import (
 from service.api.request_checks import check_image_count, check_texts
 from service.responses import FastJSON, finite_output
 from service.runtime.served import LoadedModel
-from service.schemas import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
+from service.schemas.embeddings import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 

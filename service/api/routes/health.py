@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from service.api.deps import MetricsDep, State
 from service.index.types import CollectionError
 from service.responses import FastJSON
-from service.schemas import Health, Readiness
+from service.schemas.status import Health, Readiness
 from service.state import ServiceState
 
 router = APIRouter(tags=["health"])

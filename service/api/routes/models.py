@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.api.deps import DefaultModel, ModelsDep
 from service.runtime.served import LoadedModel
-from service.schemas import ModelCard, ModelList
+from service.schemas.embeddings import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

@@ -20,7 +20,7 @@ from service.api.request_checks import bad, check_count, check_image_count, chec
 from service.responses import FastJSON, finite_output
 from service.runtime.images import decode_base64_image
 from service.runtime.served import LoadedModel
-from service.schemas import (
+from service.schemas.embeddings import (
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     OpenAIImageInput,

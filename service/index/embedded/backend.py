@@ -1,0 +1,184 @@
+"""FaissBackend: the embedded store (store.CollectionStore) behind the CollectionBackend
+interface (service.index.backend).
+
+An adapter: CollectionStore and Collection are used as they are. What the interface asks
+and a Collection does not offer yet is built here on its state:
+
+- the full filter language: `Filter.matches` is the collection's predicate; it picks the
+  matching ids before the search (exact up to EXACT_FILTER_LIMIT matches, else the index's
+  id selector), so `k` hits come back whenever `k` match;
+- delete by filter: the matching ids, deleted as one durable write;
+- scrolling: ids in sorted order, a cursor being the next id to return, so a scroll sees
+  every id present throughout exactly once whatever is written meanwhile.
+
+The Collection's in-memory state is read in one place, `_State`, under the collection's
+own lock: when the store gains queries of its own, only `_State` changes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.index.backend import (
+    Item,
+    Page,
+    Where,
+    as_filter,
+    check_batch,
+    check_page_limit,
+    check_queries,
+    require_conditions,
+)
+from service.index.embedded.collection import Collection
+from service.index.embedded.store import CollectionStore
+from service.index.filters import Filter
+from service.index.types import CollectionInfo, Hit, IndexSpec
+
+
+class _State:
+    """Read access to a Collection's in-memory state (ids, metadata, vectors).
+
+    Collection exposes no iteration; this is the one place that reads its private dicts.
+    Callers hold `lock` across a read that must be consistent."""
+
+    def __init__(self, col: Collection) -> None:
+        self.col = col
+        self.lock = col._lock
+
+    @property
+    def version(self) -> int:
+        """Changes with every write (the log sequence)."""
+        return self.col._seq
+
+    def metadata(self) -> dict[str, dict[str, Any]]:
+        return self.col._meta
+
+    def vector(self, id_: str) -> np.ndarray:
+        return self.col._vec[id_]
+
+
+class FaissCollection:
+    """A Collection behind the CollectionHandle interface."""
+
+    def __init__(self, col: Collection) -> None:
+        self.col = col
+        # a collection's space never changes, so plain attributes serve the protocol
+        self.name, self.model_id, self.dim = col.name, col.model_id, col.dim
+        self._state = _State(col)
+        self._sorted: tuple[int, list[str]] = (-1, [])  # (version, ids sorted) for scroll
+
+    # -- writes ---------------------------------------------------------------------------
+    def upsert(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> int:
+        vecs = check_batch(ids, vectors, metadata, self.dim)
+        return self.col.upsert(ids, vecs, metadata) if ids else 0
+
+    def delete(self, ids: list[str]) -> int:
+        return self.col.delete(ids)
+
+    def delete_where(self, where: Where) -> int:
+        f = require_conditions(as_filter(where))
+        with self._state.lock:  # no write between choosing the ids and deleting them
+            return self.col.delete(self._matching(f))
+
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, id_: str) -> Item | None:
+        got = self.col.get(id_)
+        return None if got is None else Item(id_, got[1], got[0])
+
+    def scroll(self, cursor: str | None = None, limit: int = 100, vectors: bool = False) -> Page:
+        check_page_limit(limit)
+        with self._state.lock:
+            ids = self._sorted_ids()
+            start = 0 if cursor is None else bisect.bisect_left(ids, cursor)
+            page = ids[start : start + limit]
+            meta = self._state.metadata()
+            items = [
+                Item(i, dict(meta[i]), self._state.vector(i).copy() if vectors else None)
+                for i in page
+            ]
+            after = start + limit
+            return Page(items, ids[after] if after < len(ids) else None)
+
+    def _sorted_ids(self) -> list[str]:
+        """All ids in sorted order, re-sorted only after a write (a scroll of n items in
+        pages would otherwise sort n ids per page)."""
+        version, ids = self._sorted
+        if version != self._state.version:
+            ids = sorted(self._state.metadata())
+            self._sorted = (self._state.version, ids)
+        return ids
+
+    def search(self, queries: np.ndarray, k: int, where: Where = None) -> list[list[Hit]]:
+        """queries float32 [q, dim] -> for each, up to k hits, best first. A filter is
+        applied inside the search (exactly up to EXACT_FILTER_LIMIT matches, else as the
+        index's id selector), so k hits come back whenever k items match."""
+        q = check_queries(queries, k, self.dim)
+        f = as_filter(where)
+        return self.col.search(q, k, f if f else None)
+
+    def _matching(self, f: Filter) -> list[str]:
+        return [i for i, m in self._state.metadata().items() if f.matches(m)]
+
+    def count(self) -> int:
+        return self.col.count
+
+    def info(self) -> CollectionInfo:
+        return self.col.info()
+
+
+class FaissBackend:
+    """A CollectionStore (one folder, one writer process) behind the CollectionBackend
+    interface."""
+
+    def __init__(self, store: CollectionStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._handles: dict[str, FaissCollection] = {}
+
+    @classmethod
+    def open(
+        cls, root: Path, snapshot_every: int = 20_000, device: str | None = None
+    ) -> FaissBackend:
+        """Open (recovering) the collections under `root`; StoreLockedError when another
+        process has them open."""
+        return cls(CollectionStore(root, snapshot_every, device))
+
+    def create(
+        self, name: str, model_id: str, dim: int, spec: IndexSpec | None = None
+    ) -> CollectionInfo:
+        return self.store.create(name, model_id, dim, spec)
+
+    def drop(self, name: str) -> None:
+        self.store.delete(name)
+        with self._lock:
+            self._handles.pop(name, None)
+
+    def list(self) -> list[CollectionInfo]:
+        return self.store.list()
+
+    def get(self, name: str) -> FaissCollection:
+        col = self.store.get(name)
+        with self._lock:  # one handle per open Collection: it keeps the scroll order cached
+            handle = self._handles.get(name)
+            if handle is None or handle.col is not col:
+                handle = self._handles[name] = FaissCollection(col)
+            return handle
+
+    @property
+    def problems(self) -> dict[str, str]:
+        return dict(self.store.problems)
+
+    def ping(self) -> None:
+        """The store is in this process: reachable while it is open."""
+
+    def close(self) -> None:
+        """Snapshot every collection with logged writes (the next open replays nothing),
+        close them and release the folder's lock."""
+        with self._lock:
+            self._handles.clear()
+        self.store.close(snapshot=True)

@@ -1,0 +1,132 @@
+"""All collections under one folder: create, open (recovering each), list, delete."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import TextIO
+
+from service.domain_errors import ErrorCode
+from service.index.embedded.collection import META, Collection
+from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name, check_new
+
+log = logging.getLogger("contrastive.index")
+
+
+class StoreLockedError(OSError):
+    """Another process has the collections folder open."""
+
+
+class CollectionStore:
+    """Collections in `root/<name>/`. A collection that cannot be recovered is kept out of
+    service and listed in `problems` (the service's /readyz reports them)."""
+
+    def __init__(self, root: Path, snapshot_every: int = 20_000, device: str | None = None) -> None:
+        self.root = root
+        self.device = device
+        self.snapshot_every = snapshot_every
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._owner = lock_folder(root)
+        self._lock = threading.Lock()
+        self._open: dict[str, Collection] = {}
+        self.problems: dict[str, str] = {}  # name -> why it is refused (for /readyz)
+        self._problem_codes: dict[str, ErrorCode] = {}  # name -> the error code get() answers
+        for folder in sorted(p for p in root.iterdir() if (p / META).is_file()):
+            self._load(folder)
+
+    def _load(self, folder: Path) -> None:
+        try:
+            col = Collection(folder, self.snapshot_every, self.device)
+        except CollectionError as e:
+            self.problems[folder.name] = e.message
+            # a disk error is no corruption: said as it is (503 storage_error)
+            corrupt = e.code == "collection_corrupt"
+            self._problem_codes[folder.name] = "collection_corrupt" if corrupt else "storage_error"
+            log.error("%s", e.message)
+            return
+        except Exception as e:  # an unreadable folder must not take the others down
+            self.problems[folder.name] = f"{type(e).__name__}: {e}"
+            log.exception("collection %s could not be opened", folder.name)
+            return
+        self._open[col.name] = col
+        if col.status != "ok":  # "rebuilt_from_log", or "disk_full" (read-only)
+            log.warning("collection %s: %s", col.name, col.status)
+
+    def create(
+        self, name: str, model_id: str, dim: int, spec: IndexSpec | None = None
+    ) -> CollectionInfo:
+        spec = check_new(name, dim, spec)
+        with self._lock:
+            if name in self._open or name in self.problems or (self.root / name).exists():
+                raise CollectionError("collection_exists", f"collection {name!r} already exists")
+            Collection.create(self.root / name, name, model_id, dim, spec)
+            col = Collection(self.root / name, self.snapshot_every, self.device)
+            self._open[name] = col
+            return col.info()
+
+    def get(self, name: str) -> Collection:
+        check_name(name)
+        col = self._open.get(name)
+        if col is None:
+            if name in self.problems:
+                code = self._problem_codes.get(name, "collection_corrupt")
+                raise CollectionError(code, self.problems[name])
+            raise CollectionError("collection_not_found", f"no collection named {name!r}")
+        return col
+
+    def list(self) -> list[CollectionInfo]:
+        return [c.info() for c in sorted(self._open.values(), key=lambda c: c.name)]
+
+    def delete(self, name: str) -> None:
+        check_name(name)
+        with self._lock:
+            col = self._open.pop(name, None)
+            if col is None and name not in self.problems:
+                raise CollectionError("collection_not_found", f"no collection named {name!r}")
+            self.problems.pop(name, None)
+            self._problem_codes.pop(name, None)
+            if col is not None:
+                col.close()
+            # rename first: after a crash the collection is gone, never half-deleted
+            trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+            (self.root / name).rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def snapshot_all(self) -> None:
+        for col in list(self._open.values()):
+            col.snapshot()
+
+    def close(self, snapshot: bool = False) -> None:
+        """Close every collection; with `snapshot`, first write a snapshot of each whose log
+        holds records (a shutdown: the next start then replays nothing)."""
+        with self._lock:  # no create or delete runs meanwhile
+            cols = list(self._open.values())
+            self._open.clear()
+        for col in cols:
+            if snapshot and col.log_records:
+                try:
+                    col.snapshot()
+                except Exception:  # the fsynced log still holds every write
+                    log.exception("collection %s: snapshot at shutdown failed", col.name)
+            col.close()
+        self._owner.close()  # releases the folder's lock
+
+
+def lock_folder(root: Path) -> TextIO:
+    """Hold an exclusive lock on `root/.lock` while the store is open: one process per
+    folder, since a second writer would interleave the logs. The kernel drops the lock
+    when the process dies, kill -9 included, so a crash never leaves the folder locked."""
+    handle = (root / ".lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreLockedError(
+            f"the collections folder {root} is open in another process (a running "
+            "server? talk to it over HTTP instead, e.g. `contrastive index ... --url`)"
+        ) from None
+    return handle
