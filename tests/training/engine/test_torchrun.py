@@ -103,7 +103,7 @@ def test_torchrun_trains_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert first.config["batch_size"] == 32  # per process: 64 images per step
     assert _train_steps(run)[-1] == 6
     # every rank's random streams are saved, so each can continue its own
-    assert len(first["rng"]["torch"]) == 2
+    assert len(first.rng["torch"]) == 2
 
     output = _torchrun(run, "--resume", "--steps", "8")
     assert "8 steps" in output

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.helpers import FakeEncoder, wait_ready
+
+
+@pytest.fixture
+def fake_app_factory() -> Iterator[object]:
+    """make(settings=None, encoder=None) -> a started TestClient over a FakeEncoder."""
+    clients: list[TestClient] = []
+
+    def make(settings: Settings | None = None, encoder: FakeEncoder | None = None) -> TestClient:
+        app = create_app(settings or Settings(), encoder=encoder or FakeEncoder())
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
