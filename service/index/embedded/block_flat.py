@@ -64,7 +64,9 @@ class BlockFlatIndex:
             order = np.argsort(labels, kind="stable")
             labels, vectors = labels[order], vectors[order]
         if len(labels):
-            rows = np.asarray(vectors, np.float32)
+            # adopted as they are when aligned (BLAS needs it; a snapshot's mapped rows
+            # are), copied once otherwise
+            rows = np.require(vectors, np.float32, ["C", "A"])
             idx._blocks.append(_Block(rows, labels.copy(), np.ones(len(labels), bool), len(labels)))
             idx._live = len(labels)
         return idx

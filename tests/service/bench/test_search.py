@@ -27,17 +27,19 @@ def test_bench_search_quick_run_writes_rows(tmp_path: Path) -> None:
     for path_ in (
         "raw FAISS IndexFlatIP",
         "Collection flat, in-process",
+        "Collection flat, reopened",
         "HTTP search, 1 connection",
         "Collection ivf",
         "Collection hnsw",
         "Collection ivf, reopened",
     ):
-        for batch in (1, 256):
+        for batch in (1, 64, 256):
             r = rows[(path_, batch)]
             assert r["queries_per_s"] > 0
             assert r["ratio_to_raw"] > 0
             assert r.get("errors") in (None, {})
     assert rows[("Collection flat, in-process", 1)]["recall"] == 1.0
+    assert rows[("Collection flat, reopened", 1)]["recall"] == 1.0
     assert rows[("Collection hnsw", 1)]["recall"] > 0.9
     assert [a["kind"] for a in result["add"]] == ["flat", "hnsw"]
     assert all(a["vectors_per_s"] > 0 for a in result["add"])

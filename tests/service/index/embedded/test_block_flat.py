@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index.embedded import block_flat
+from service.index.embedded import block_flat, snapshot
 from service.index.embedded.block_flat import BlockFlatIndex
 from service.index.embedded.collection import Collection
 from service.index.embedded.faiss_index import VectorIndex
@@ -139,4 +139,44 @@ def test_mapped_rows_outlive_their_snapshot_file(tmp_path: Path) -> None:
     assert not any(p.stat().st_ino == inode for p in folder.glob("snapshot*.bin"))
     np.testing.assert_array_equal(col.get("7")[0], vecs[7])
     assert col.search(vecs[7:8], 1)[0][0].id == "7"
+    col.close()
+
+
+def _aligned_blocks(col: Collection) -> list[bool]:
+    """For every block a search of `col` scores: are its rows float-aligned (BLAS takes
+    them, not numpy's unaligned loops)?"""
+    return [b.rows.flags.aligned and b.rows.ctypes.data % 4 == 0 for b in col._index._blocks]
+
+
+@pytest.mark.parametrize("n_ids", [1, 2, 3, 7, 50])
+def test_reopened_rows_start_on_a_cache_line(tmp_path: Path, n_ids: int) -> None:
+    """The snapshot pads its header so that the mapped rows start on a 64-byte boundary,
+    whatever the header's length (ids of every length shift it); every block a search
+    touches is aligned, and the snapshot's own block is still the map, not a copy."""
+    folder, vecs = tmp_path / "c", unit_rows(n_ids, 8, 12)
+    col = _snapshotted(folder, vecs)
+    col.upsert(["x" * n_ids], vecs[:1], [{"pad": "y" * n_ids}])  # and one block after it
+    col.close()
+    col = Collection(folder)
+    first = col._index._blocks[0].rows
+    assert first.ctypes.data % snapshot.ROW_ALIGN == 0 and not first.flags.writeable
+    assert np.shares_memory(first, col._vec["0"])  # adopted, not copied
+    assert _aligned_blocks(col) == [True] * len(col._index._blocks)
+    col.close()
+
+
+def test_an_unaligned_snapshot_of_an_older_version_is_read_and_copied_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, vecs = tmp_path / "c", unit_rows(20, 8, 13)
+    monkeypatch.setattr(snapshot, "ROW_ALIGN", 1)  # as before the padding: no padding
+    _snapshotted(folder, vecs).close()
+    monkeypatch.undo()
+    data = (folder / "snapshot.bin").read_bytes()
+    (hlen,) = snapshot._LEN.unpack_from(data, len(snapshot.MAGIC))
+    assert (len(snapshot.MAGIC) + snapshot._LEN.size + hlen) % 4 != 0  # really unaligned
+    col = Collection(folder)
+    assert _aligned_blocks(col) == [True]
+    np.testing.assert_array_equal(col.get("3")[0], vecs[3])
+    assert {h.id for h in col.search(vecs[3:4], 1)[0]} == {"3"}
     col.close()
