@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     # Innermost first: metrics see every response, auth runs before any body is read.
     app.add_middleware(AllowMiddleware, routes=app.router.routes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    if settings.api_keys:  # a layer that would only pass every request on is not installed
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.add_middleware(DrainMiddleware, draining=lambda: state.draining)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     )
     classifier_cache: int = Field(256, ge=0, description="zero-shot label sets kept in memory")
     log_level: str = Field("info", description="uvicorn log level")
+    access_log: bool = Field(
+        False,
+        description="log every request (uvicorn's access log; costs CPU at high request rates)",
+    )
     # shutdown (SIGTERM): /readyz 503 at once, keep serving `drain_seconds` so load
     # balancers stop sending, stop accepting, wait for in-flight requests, flush, exit 0
     drain_seconds: float = Field(

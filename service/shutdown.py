@@ -77,6 +77,7 @@ def run(app: FastAPI, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         # uvicorn types it int, but uses it as asyncio.wait_for's timeout: a float works
         timeout_graceful_shutdown=settings.graceful_timeout,  # type: ignore[arg-type]
     )

@@ -38,7 +38,6 @@ from service.index.backend import CollectionHandle
 from service.index.filters import Filter, parse_filter
 from service.index.types import CollectionError, IndexSpec, check_name
 from service.responses import finite_output
-from service.runtime.images import decode_base64_image
 from service.runtime.served import LoadedModel, ServedModels
 from service.schemas.collections import (
     CreateCollectionRequest,
@@ -187,8 +186,10 @@ class CollectionInputs:
     async def embed_sources(
         self, col: CollectionHandle, sources: list[Source], what: str
     ) -> np.ndarray:
-        """[(kind, value)] -> unit float32 [n, dim], in order. Everything is checked before
-        anything is embedded; ids are looked up in the collection (`item_not_found`)."""
+        """[(kind, value)] -> unit float32 [n, dim], in order. Vectors and texts are checked
+        before anything is embedded; ids are looked up in the collection (`item_not_found`);
+        images are admitted, then decoded (base64 too) in the decode pool, before the texts
+        are embedded."""
         out = np.empty((len(sources), col.dim), np.float32)
         by_kind: dict[str, list[int]] = {"text": [], "image": [], "id": []}
         for i, (kind, value) in enumerate(sources):
@@ -202,15 +203,15 @@ class CollectionInputs:
         # the model is needed only now, and only for what it must embed
         text_model = self._model_for(col, TEXT) if texts else None
         image_model = self._model_for(col, IMAGE) if images else None
-        blobs = [_image_bytes(sources[i][1], i) for i in images]
         if ids:
             out[ids] = await self.run_index(_stored, col, [sources[i][1] for i in ids])
+        if image_model is not None:  # before the texts: a bad image (base64, decoding,
+            # both in the decode pool after admission) fails before they are embedded
+            embedded = await image_model.images([sources[i][1] for i in images], images)
+            out[images] = unit_rows(finite_output(embedded, col.model_id), col)
         if text_model is not None:
             embedded = await text_model.texts([sources[i][1] for i in texts])
             out[texts] = unit_rows(finite_output(embedded, col.model_id), col)
-        if image_model is not None:
-            embedded = await image_model.images(blobs)
-            out[images] = unit_rows(finite_output(embedded, col.model_id), col)
         return out
 
     def _model_for(self, col: CollectionHandle, capability: str) -> LoadedModel:
@@ -230,11 +231,6 @@ def _form_metadata(raw: Any, n: int) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or len(raw) != n:
         raise bad("invalid_metadata", f"form field 'metadata' must be a JSON array of {n} objects")
     return [check_metadata(m, f"metadata[{i}]") for i, m in enumerate(raw)]
-
-
-def _image_bytes(value: str | bytes, index: int) -> bytes:
-    """An uploaded file's bytes as they are; a JSON image's base64 decoded."""
-    return value if isinstance(value, bytes) else decode_base64_image(value, index)
 
 
 def _stored(col: CollectionHandle, ids: list[str]) -> np.ndarray:

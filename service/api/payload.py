@@ -16,7 +16,6 @@ from starlette.exceptions import HTTPException
 
 from service.api.request_checks import bad
 from service.domain_errors import RequestError
-from service.runtime.images import decode_base64_image
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -198,7 +197,3 @@ def json_field(fields: dict[str, list[str]], name: str) -> Any:
         return json.loads(values[0])
     except (ValueError, RecursionError) as e:
         raise bad("invalid_request", f"form field {name!r} is not valid JSON: {e}") from e
-
-
-def images_from_json(images: list[str]) -> list[bytes]:
-    return [decode_base64_image(v, i) for i, v in enumerate(images)]

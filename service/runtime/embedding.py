@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 
 import torch
@@ -18,7 +18,7 @@ from service.domain_errors import CapacityError
 from service.runtime.batcher import Batcher, QueueFullError, Reservation
 from service.runtime.device_decode import as_jpeg_item, wants_device
 from service.runtime.disconnect import while_client_waits
-from service.runtime.images import ImageError, decode_image
+from service.runtime.images import ImageError, decode_base64_image, decode_image
 from training.encoders import Encoder
 
 
@@ -57,10 +57,14 @@ class DecodeGate:
             self.in_use -= n
 
 
+ImageSource = bytes | str  # a file's bytes, or (from JSON) its base64 or data: URL
+
+
 class ImageEmbedder:
-    """Image file bytes -> [n, d] embeddings: admitted by the batcher first (a refusal
-    costs no decoding), decoded and preprocessed in the decode pool (in parallel, off the
-    event loop, at most `max_decoding` images at a time), then batched on the model."""
+    """Images -> [n, d] embeddings: admitted by the batcher first, on their count alone (a
+    refusal costs no decoding, not even of base64), then base64-decoded, decoded and
+    preprocessed in the decode pool (in parallel, off the event loop, at most
+    `max_decoding` images at a time), then batched on the model."""
 
     def __init__(
         self,
@@ -80,34 +84,43 @@ class ImageEmbedder:
         # decodes them on the model's device: service.runtime.device_decode
         self.device_decode = device_decode
 
-    async def __call__(self, blobs: list[bytes]) -> torch.Tensor:
+    async def __call__(
+        self, images: Sequence[ImageSource], indices: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """n images -> [n, d]. `indices`: each image's number in the request, for the
+        errors that name one (default 0..n-1)."""
+        numbers = list(indices) if indices is not None else list(range(len(images)))
         with capacity_errors():
-            reservation = self.batcher.reserve(len(blobs))
+            reservation = self.batcher.reserve(len(images))
             try:
-                return await while_client_waits(self._embed(blobs, reservation))
+                return await while_client_waits(self._embed(images, numbers, reservation))
             finally:
                 reservation.release()  # at once when decoding failed or the client left
 
-    async def _embed(self, blobs: list[bytes], reservation: Reservation) -> torch.Tensor:
-        out = await self.batcher.submit(await self._decode(blobs), reservation)
+    async def _embed(
+        self, images: Sequence[ImageSource], numbers: list[int], reservation: Reservation
+    ) -> torch.Tensor:
+        out = await self.batcher.submit(await self._decode(images, numbers), reservation)
         if self.device_decode:  # a NaN row: a file neither the device nor PIL could decode
             bad = torch.isnan(out).any(dim=1).nonzero()
             if len(bad):
                 raise ImageError(
                     "image_decode_failed",
-                    f"image {int(bad[0])} could not be decoded (truncated or corrupt?)",
+                    f"image {numbers[int(bad[0])]} could not be decoded (truncated or corrupt?)",
                 )
         return out
 
-    async def _decode(self, blobs: list[bytes]) -> list[torch.Tensor]:
-        """n image files -> n preprocessed [3, s, s] tensors; the first bad image (in
-        request order) raises its ImageError once every decode has ended."""
+    async def _decode(
+        self, images: Sequence[ImageSource], numbers: list[int]
+    ) -> list[torch.Tensor]:
+        """n images -> n preprocessed [3, s, s] tensors; the first bad image (in request
+        order) raises its error once every decode has ended."""
         loop = asyncio.get_running_loop()
-        with self.gate.enter(len(blobs)):
+        with self.gate.enter(len(images)):
             done = await asyncio.gather(
                 *(
-                    loop.run_in_executor(self.decode_pool, self._prepare, blob, i)
-                    for i, blob in enumerate(blobs)
+                    loop.run_in_executor(self.decode_pool, self._prepare, image, i)
+                    for image, i in zip(images, numbers, strict=True)
                 ),
                 return_exceptions=True,  # keep the places held until every decode ended
             )
@@ -118,9 +131,10 @@ class ImageEmbedder:
             pixels.append(result)
         return pixels
 
-    def _prepare(self, blob: bytes, index: int) -> torch.Tensor:
-        """One file -> uint8 [3, S, S] prepared here, or uint8 [nbytes] (the file itself)
-        when the device decodes it."""
+    def _prepare(self, source: ImageSource, index: int) -> torch.Tensor:
+        """One image -> uint8 [3, S, S] prepared here, or uint8 [nbytes] (the file itself)
+        when the device decodes it. Runs in the decode pool: base64 too is decoded here."""
+        blob = source if isinstance(source, bytes) else decode_base64_image(source, index)
         if self.device_decode and wants_device(blob, self.max_pixels, index):
             return as_jpeg_item(blob)
         size = self.encoder.info.preprocess.size

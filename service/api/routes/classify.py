@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -10,7 +11,6 @@ from service.api.deps import ModelRequest, ModelsDep, SettingsDep, precheck, wat
 from service.api.openapi_docs import CLASSIFY_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
-    images_from_json,
     is_multipart,
     list_field,
     read_form,
@@ -24,13 +24,14 @@ from service.api.request_checks import (
     check_templates,
 )
 from service.responses import FastJSON, finite_output
+from service.runtime.embedding import ImageSource
 from service.runtime.zeroshot import probabilities
 from service.schemas.embeddings import ClassifyRequest, ClassifyResponse
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 
 router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[Depends(watch_disconnect)])
-Sent = tuple[ClassifyRequest, list[bytes]]  # the fields, and the images' bytes
+Sent = tuple[ClassifyRequest, Sequence[ImageSource]]  # the fields, and the images
 
 
 async def _read(request: Request, s: Settings) -> Sent:
@@ -50,7 +51,7 @@ async def _read(request: Request, s: Settings) -> Sent:
         return body, form.blobs
     body = await read_json(request, ClassifyRequest)
     check_image_count(len(body.images), s)
-    return body, images_from_json(body.images)
+    return body, body.images  # base64: decoded after admission, in the decode pool
 
 
 async def to_classify(

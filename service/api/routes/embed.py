@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -16,7 +17,6 @@ from service.api.deps import (
 from service.api.openapi_docs import IMAGE_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
-    images_from_json,
     is_multipart,
     read_form,
     read_json,
@@ -24,6 +24,7 @@ from service.api.payload import (
 )
 from service.api.request_checks import check_image_count, check_texts
 from service.responses import FastJSON, finite_output
+from service.runtime.embedding import ImageSource
 from service.runtime.served import LoadedModel
 from service.schemas.embeddings import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
 from service.settings import Settings
@@ -61,26 +62,27 @@ async def embed_text(req: TextsToEmbed, settings: SettingsDep) -> FastJSON:
     return _reply(req.model, emb.numpy())
 
 
-async def _read_images(request: Request, s: Settings) -> tuple[list[bytes], str | None]:
-    """-> (image file bytes, the model named, if any), from multipart or JSON."""
+async def _read_images(request: Request, s: Settings) -> tuple[Sequence[ImageSource], str | None]:
+    """-> (the images: file bytes, or base64 from JSON, decoded after admission in the
+    decode pool; the model named, if any), from multipart or JSON."""
     if is_multipart(request):
         form = await read_form(request, s.max_images, s.max_labels + s.max_templates + 16)
         return form.blobs, first_value(form.fields, "model")
     body = await read_json(request, EmbedImageRequest)
-    check_image_count(len(body.images), s)  # before decoding any of them
-    return images_from_json(body.images), body.model
+    check_image_count(len(body.images), s)
+    return body.images, body.model
 
 
 async def images_to_embed(
     request: Request, models: ModelsDep, settings: SettingsDep
-) -> ModelRequest[list[bytes]]:
-    """The uploaded images' bytes, and the model the request names, with images."""
+) -> ModelRequest[Sequence[ImageSource]]:
+    """The images sent, and the model the request names, with images."""
     precheck(models, IMAGE)  # before reading the body: a model without images refuses at once
     blobs, name = await _read_images(request, settings)
     return ModelRequest(blobs, models.resolve(name, IMAGE))
 
 
-ImagesToEmbed = Annotated[ModelRequest[list[bytes]], Depends(images_to_embed)]
+ImagesToEmbed = Annotated[ModelRequest[Sequence[ImageSource]], Depends(images_to_embed)]
 
 
 @router.post(

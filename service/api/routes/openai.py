@@ -18,7 +18,6 @@ from service.api.deps import ModelRequest, ModelsDep, SettingsDep, watch_disconn
 from service.api.payload import require_json_dep
 from service.api.request_checks import bad, check_count, check_image_count, check_text
 from service.responses import FastJSON, finite_output
-from service.runtime.images import decode_base64_image
 from service.runtime.served import LoadedModel
 from service.schemas.embeddings import (
     OpenAIEmbeddingRequest,
@@ -104,13 +103,14 @@ def _inputs(body: OpenAIEmbeddingRequest, s: Settings) -> Inputs:
 
 
 async def _embed(model: LoadedModel, inputs: Inputs) -> np.ndarray:
-    """-> float32 [n, dim] in input order: texts in one batch, images in another."""
+    """-> float32 [n, dim] in input order: texts in one batch, images in another. Images
+    go first: their base64 is decoded in the decode pool after admission, and a bad one
+    fails the request before the texts are embedded."""
     out = np.empty((len(inputs), model.encoder.embed_dim), np.float32)
     texts = [i for i, (kind, _) in enumerate(inputs) if kind == TEXT]
     images = [i for i, (kind, _) in enumerate(inputs) if kind == IMAGE]
-    blobs = [decode_base64_image(inputs[i][1], i) for i in images]  # before any embedding
+    if images:
+        out[images] = (await model.images([inputs[i][1] for i in images], images)).numpy()
     if texts:
         out[texts] = (await model.texts([inputs[i][1] for i in texts])).numpy()
-    if images:
-        out[images] = (await model.images(blobs)).numpy()
     return out

@@ -1,0 +1,74 @@
+"""Admission before any per-item work: a request the image batcher refuses costs no
+base64 decoding, and an admitted one has its base64 decoded in the decode pool, never on
+the event loop. Error messages still name the image by its place in the request."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.settings import Settings
+from tests.helpers import image_bytes
+
+Factory = Callable[..., TestClient]
+PNG = base64.b64encode(image_bytes(np.full((32, 32, 3), 127, np.uint8))).decode()
+# one request of every route that takes base64 images in JSON: (path, body)
+ROUTES = [
+    ("/v1/embed/image", {"images": [PNG, PNG]}),
+    ("/v1/embeddings", {"model": "fake:test", "input": [PNG, PNG], "modality": "image"}),
+    ("/v1/classify", {"images": [PNG, PNG], "labels": ["cat", "dog"]}),
+]
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The names of the threads that base64-decoded anything, one per call (spied on
+    base64 itself, so no import style of the service's can hide a call)."""
+    seen: list[str] = []
+    real = base64.b64decode
+
+    def spy(value: str | bytes, *args: Any, **kwargs: Any) -> bytes:
+        seen.append(threading.current_thread().name)
+        return real(value, *args, **kwargs)
+
+    monkeypatch.setattr(base64, "b64decode", spy)
+    yield seen
+
+
+@pytest.mark.parametrize(("path", "body"), ROUTES, ids=[p for p, _ in ROUTES])
+def test_a_refused_request_decodes_no_base64(
+    fake_app_factory: Factory, decodes: list[str], path: str, body: dict[str, object]
+) -> None:
+    client = fake_app_factory(Settings(max_queue=4))
+    batcher = client.app.state.service.models.default.require().images.batcher  # type: ignore[attr-defined]
+    batcher.pending = 4  # as if four images were queued: the next one is over the limit
+    try:
+        r = client.post(path, json=body)
+    finally:
+        batcher.pending = 0
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+    assert decodes == []
+
+
+@pytest.mark.parametrize(("path", "body"), ROUTES, ids=[p for p, _ in ROUTES])
+def test_base64_is_decoded_in_the_decode_pool(
+    fake_app_factory: Factory, decodes: list[str], path: str, body: dict[str, object]
+) -> None:
+    client = fake_app_factory()
+    assert client.post(path, json=body).status_code == 200
+    assert len(decodes) == 2 and all(name.startswith("decode") for name in decodes)
+
+
+def test_a_bad_image_is_named_by_its_place_in_a_mixed_request(fake_app_factory: Factory) -> None:
+    client = fake_app_factory()
+    inputs = [{"text": "a cat"}, {"image": PNG}, {"image": "not base64!"}]
+    r = client.post("/v1/embeddings", json={"model": "fake:test", "input": inputs})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_base64"
+    assert "image 2 " in r.json()["error"]["message"]
