@@ -63,6 +63,15 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     fi; \
     python -c "import sys, torch; sys.exit(0 if (torch.version.cuda is None) == ('$VARIANT' == 'cpu') else 'torch ' + torch.__version__ + ' is not the $VARIANT build: a dependency replaced it')"
 
+# With the `openai` extra (tiktoken: token-id inputs of /v1/embeddings), tiktoken's
+# vocabulary files are fetched now, into the environment the runtime stage copies, and
+# read from there (TIKTOKEN_CACHE_DIR below): a container never downloads them.
+RUN set -eu; \
+    if python -c "import tiktoken" 2>/dev/null; then \
+      TIKTOKEN_CACHE_DIR=/opt/venv/share/tiktoken python -c "import tiktoken; \
+[tiktoken.get_encoding(name) for name in ('cl100k_base', 'o200k_base')]"; \
+    fi
+
 # The built-in model must load with no network at all: no network for this step, and
 # every hub switched to offline mode. A build fails here rather than a container later.
 # From /, so that Python imports the installed package, not the sources in /src.
@@ -103,6 +112,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
+    TIKTOKEN_CACHE_DIR=/opt/venv/share/tiktoken \
     CONTRASTIVE_HOST=0.0.0.0 \
     CONTRASTIVE_PORT=8000 \
     CONTRASTIVE_COLLECTIONS_DIR=/data/collections

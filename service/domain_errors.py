@@ -51,6 +51,8 @@ ErrorCode = Literal[
     "empty_text",
     "text_too_long",
     "invalid_text",
+    "tokens_not_supported",
+    "invalid_tokens",
     "too_many_labels",
     "duplicate_labels",
     "too_many_templates",

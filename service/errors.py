@@ -58,6 +58,10 @@ STATUS: dict[ErrorCode, int] = {
     "empty_text": 422,
     "text_too_long": 422,
     "invalid_text": 422,
+    # token ids that this server cannot read (no tiktoken, or its vocabulary not loadable):
+    # the client can send the texts themselves, which the message says how
+    "tokens_not_supported": 422,
+    "invalid_tokens": 422,
     "too_many_labels": 422,
     "duplicate_labels": 422,
     "too_many_templates": 422,

@@ -3,9 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    Strict,
+    WithJsonSchema,
+)
 
 
 class _Request(BaseModel):
@@ -72,14 +80,58 @@ class OpenAIImageInput(BaseModel):
 OpenAIInputItem = OpenAITextInput | OpenAIImageInput
 
 
+def _integral(value: Any) -> Any:
+    """7.0 -> 7: JSON Schema counts a number with a zero fraction as an integer."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A token id: a JSON integer (strict otherwise: not "7", 7.5 or true). The schema states
+# the bound the checks enforce; pydantic does not, so that a bad id gets the checks'
+# message (which names the id and its place) rather than one error per branch of `input`.
+TokenId = Annotated[
+    int,
+    Strict(),
+    BeforeValidator(_integral),
+    WithJsonSchema({"type": "integer", "minimum": 0}),
+]
+
+
+class TokenIds(RootModel[list[TokenId]]):
+    """One text as token ids, the way OpenAI's API takes it and LangChain's
+    OpenAIEmbeddings sends it: ids of a tiktoken encoding (see `token_encoding`), decoded
+    to the text they stand for before it is embedded."""
+
+    # Stated, not enforced here: an empty array gets the checks' `empty_text`.
+    model_config = ConfigDict(json_schema_extra={"minItems": 1})
+
+
+# What `input` may be: strings, objects, or OpenAI's token-id arrays (never mixed).
+OpenAIInput = str | list[str | OpenAITextInput | OpenAIImageInput] | TokenIds | list[TokenIds]
+
+
 class OpenAIEmbeddingRequest(BaseModel):
     """OpenAI's /v1/embeddings request; images too. `input` holds strings, which are texts
-    (or images with `modality: "image"`), or objects {"text": ...} / {"image": ...}."""
+    (or images with `modality: "image"`), or objects {"text": ...} / {"image": ...}, or
+    token ids as OpenAI takes them: one array of ids (one text) or an array of such arrays.
+    """
 
     model: str
-    input: str | list[str | OpenAITextInput | OpenAIImageInput]
+    input: OpenAIInput = Field(
+        ...,
+        description='a text; a list of texts (or of images, with `modality: "image"`) or of '
+        '{"text": ...} / {"image": ...} objects; or token ids: one array of ids (one text), '
+        "or a list of such arrays",
+    )
     modality: Literal["text", "image"] = Field(
         "text", description="what the strings in `input` are (objects say it themselves)"
+    )
+    token_encoding: str | None = Field(
+        None,
+        max_length=64,
+        description="only read when `input` holds token ids: the tiktoken encoding that "
+        "made them. Default: the one tiktoken maps `model` to, else cl100k_base (what "
+        "LangChain's OpenAIEmbeddings uses for a model tiktoken does not know, and the "
+        "encoding of OpenAI's embedding models). Needs the server's `openai` extra.",
     )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)

@@ -2,14 +2,15 @@
 
 Texts as OpenAI sends them; images too, in the shapes other embedding servers accept:
 strings with `"modality": "image"` (each a `data:image/...;base64,...` URL or plain
-base64), or input objects `{"image": ...}` / `{"text": ...}`, mixed in one request. The
-vectors come back in input order; texts and images of one model share its space.
+base64), or input objects `{"image": ...}` / `{"text": ...}`, mixed in one request. Texts
+may also come as token ids, as OpenAI takes them (service.api.token_ids says how they are
+read). The vectors come back in input order; texts and images of one model share its space.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, cast
 
 import numpy as np
 from fastapi import APIRouter, Depends
@@ -17,6 +18,12 @@ from fastapi import APIRouter, Depends
 from service.api.deps import ModelRequest, ModelsDep, SettingsDep, watch_disconnect
 from service.api.payload import require_json_dep
 from service.api.request_checks import bad, check_count, check_image_count, check_text
+from service.api.token_ids import (
+    check_token_arrays,
+    decode_token_arrays,
+    encoding_name,
+    token_arrays,
+)
 from service.responses import FastJSON, finite_output
 from service.runtime.served import LoadedModel
 from service.schemas.embeddings import (
@@ -37,10 +44,22 @@ async def to_embed(
     body: OpenAIEmbeddingRequest, models: ModelsDep, settings: SettingsDep
 ) -> ModelRequest[Sent]:
     """The JSON body (its schema is the route's) with its inputs checked, then the model
-    it names, with a tower for each kind of input (a mixed request needs both)."""
-    inputs = _inputs(body, settings)
-    kinds = dict.fromkeys(kind for kind, _ in inputs)
-    return ModelRequest((body, inputs), models.resolve(body.model, *kinds))
+    it names, with a tower for each kind of input (a mixed request needs both).
+
+    Token ids are decoded after the model is found: a request for a model that is not
+    here is answered 404 whatever its ids."""
+    arrays = token_arrays(body.input)
+    if arrays is None:
+        inputs = _inputs(body, settings)
+        kinds = dict.fromkeys(kind for kind, _ in inputs)
+        return ModelRequest((body, inputs), models.resolve(body.model, *kinds))
+    check_token_arrays(arrays, settings)
+    model = models.resolve(body.model, TEXT)
+    if body.modality == "image":
+        raise bad("invalid_request", "token ids are text: send them without modality 'image'")
+    encoding = encoding_name(body.token_encoding, body.model)
+    texts = await decode_token_arrays(arrays, encoding, settings)
+    return ModelRequest((body, [(TEXT, t) for t in texts]), model)
 
 
 ToEmbed = Annotated[ModelRequest[Sent], Depends(to_embed)]
@@ -66,8 +85,11 @@ async def embeddings(req: ToEmbed) -> FastJSON:
         data = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in emb]
     else:
         data = list(emb)
-    # Approximate token usage by whitespace words of the texts: informational here.
-    tokens = sum(len(v.split()) for kind, v in inputs if kind == TEXT)
+    arrays = token_arrays(body.input)
+    if arrays is not None:  # the ids sent: what OpenAI counts
+        tokens = sum(len(ids) for _, ids in arrays)
+    else:  # approximated by whitespace words of the texts: informational here
+        tokens = sum(len(v.split()) for kind, v in inputs if kind == TEXT)
     return FastJSON(
         {
             "object": "list",
@@ -82,7 +104,11 @@ async def embeddings(req: ToEmbed) -> FastJSON:
 
 def _inputs(body: OpenAIEmbeddingRequest, s: Settings) -> Inputs:
     """The request's inputs as (kind, value), checked: counts, and each text."""
-    raw = [body.input] if isinstance(body.input, str) else body.input
+    # Token ids never come here: to_embed takes them apart first.
+    raw = cast(
+        list[str | OpenAITextInput | OpenAIImageInput],
+        [body.input] if isinstance(body.input, str) else body.input,
+    )
     check_count(len(raw), s.max_texts, "input", "'input' is empty: send at least one input")
     strings = IMAGE if body.modality == "image" else TEXT
     inputs: Inputs = []

@@ -167,11 +167,19 @@ CASES: list[tuple[str, str, Callable[[], dict[str, Any]], int, str | None]] = [
         "model_not_found",
     ),
     (
-        "openai-token-ids",
+        # token ids are read (tests/service/api/test_openai_tokens.py), never mixed with text
+        "openai-token-ids-and-strings",
         OAI,
-        lambda: {"json": {"model": "builtin", "input": [[1, 2, 3]]}},
+        lambda: {"json": {"model": "builtin", "input": ["hi", [1, 2, 3]]}},
         422,
         "invalid_request",
+    ),
+    (
+        "openai-empty-token-ids",
+        OAI,
+        lambda: {"json": {"model": "builtin", "input": [[1, 2], []]}},
+        422,
+        "empty_text",
     ),
     (
         "openai-empty-string",
