@@ -11,7 +11,7 @@ from fastapi_offline import FastAPIOffline
 
 from service.api import openapi_docs
 from service.api.openapi_docs import error_responses
-from service.api.routes import classify, collections, embed, health, models, openai, web
+from service.api.routes import admin, classify, collections, embed, health, models, openai, web
 from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import (
@@ -59,12 +59,17 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     install_handlers(app)
     for router, errors in _routers(settings):
         app.include_router(router, responses=error_responses(*errors, 500))
-    openapi_docs.install(app, settings, is_open)
+    openapi_docs.install(app, settings, is_open, admin.PREFIX)
     # Innermost first: metrics see every response, auth runs before any body is read.
     app.add_middleware(AllowMiddleware, routes=app.router.routes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    if settings.api_keys:  # a layer that would only pass every request on is not installed
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    if settings.request_keys or settings.admin_access:  # else it would pass every request on
+        app.add_middleware(
+            ApiKeyMiddleware,
+            keys=settings.request_keys,
+            admin_keys=settings.admin_access,
+            admin_prefix=admin.PREFIX,
+        )
     app.add_middleware(DrainMiddleware, draining=lambda: state.draining)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
@@ -74,10 +79,12 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
 # 401 to the protected ones when API keys are set, service.api.openapi_docs).
 MODEL_ERRORS = (400, 404, 413, 415, 422, 502, 503)
 COLLECTION_ERRORS = (400, 404, 409, 413, 415, 422, 502, 503, 507)
+ADMIN_ERRORS = (400, 403, 404, 409, 413, 415, 422, 503)
 
 
 def _routers(settings: Settings) -> list[tuple[APIRouter, tuple[int, ...]]]:
     collection_router = collections.router if settings.collections else collections.disabled_router
+    admin_router = admin.router if settings.admin_access else admin.disabled_router
     return [
         (health.router, ()),
         (models.router, (503,)),
@@ -85,5 +92,6 @@ def _routers(settings: Settings) -> list[tuple[APIRouter, tuple[int, ...]]]:
         (classify.router, MODEL_ERRORS),
         (openai.router, MODEL_ERRORS),
         (collection_router, COLLECTION_ERRORS),
+        (admin_router, ADMIN_ERRORS),
         (web.router, ()),
     ]

@@ -26,6 +26,13 @@ ErrorCode = Literal[
     "model_mismatch",
     "unsupported_dimensions",
     "model_output_invalid",
+    # changing the served models (the admin API: service.runtime.lifecycle)
+    "model_unloaded",
+    "model_busy",
+    "model_exists",
+    "model_is_default",
+    "model_load_failed",
+    "operation_not_found",
     # capacity: retry later
     "overloaded",
     "out_of_memory",
@@ -65,6 +72,8 @@ ErrorCode = Literal[
     "invalid_filter",
     # the edge itself (middleware, unknown paths, bugs)
     "unauthorized",
+    "forbidden",
+    "admin_disabled",
     "payload_too_large",
     "not_found",
     "internal_error",

@@ -35,6 +35,13 @@ STATUS: dict[ErrorCode, int] = {
     # the model answered NaN or infinity: an invalid answer from the component behind the
     # API (502), not the client's fault (4xx) and not a bug of ours (500)
     "model_output_invalid": 502,
+    # the admin API: a model that left, an operation under way, a load that failed
+    "model_unloaded": 409,
+    "model_busy": 409,
+    "model_exists": 409,
+    "model_is_default": 409,
+    "model_load_failed": 422,
+    "operation_not_found": 404,
     "overloaded": 503,
     "out_of_memory": 503,
     # the client left before its answer (nginx's 499): seen in metrics only, never read
@@ -73,6 +80,8 @@ STATUS: dict[ErrorCode, int] = {
     "invalid_vector": 422,
     "invalid_filter": 422,
     "unauthorized": 401,
+    "forbidden": 403,  # a key that is not an admin key, on an admin route
+    "admin_disabled": 403,  # the admin API on a server without keys
     "payload_too_large": 413,
     "not_found": 404,
     "internal_error": 500,

@@ -14,6 +14,7 @@ from prometheus_client import (
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_LOAD_BUCKETS = (1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
 
 
 class Metrics:
@@ -48,5 +49,23 @@ class Metrics:
             "contrastive_queue_depth",
             "items waiting or running in the batcher",
             ["modality"],
+            registry=self.registry,
+        )
+        # the model lifecycle: start-up loads and the admin API (service.runtime.lifecycle)
+        self.model_operations = Counter(
+            "contrastive_model_operations",
+            "model loads, replacements, unloads and default changes, by outcome",
+            ["operation", "outcome"],
+            registry=self.registry,
+        )
+        self.model_load_seconds = Histogram(
+            "contrastive_model_load_seconds",
+            "time to load and warm a model (start-up and admin loads)",
+            buckets=_LOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.models_served = Gauge(
+            "contrastive_models_served",
+            "models served and warm",
             registry=self.registry,
         )

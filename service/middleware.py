@@ -94,38 +94,65 @@ class DrainMiddleware:
 
 class ApiKeyMiddleware:
     """When keys are set, every path but the health probes, the web page and the API docs
-    (`is_open`) needs `Authorization: Bearer KEY`."""
+    (`is_open`) needs `Authorization: Bearer KEY`. Paths under `admin_prefix` need one of
+    `admin_keys` (a key of `keys` that is not one: 403), whatever the others need."""
 
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: list[str],
+        admin_keys: Sequence[str] = (),
+        admin_prefix: str = "/v1/admin",
+    ) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.admin_keys = [k.encode() for k in admin_keys]
+        self.admin_paths = admin_prefix.rstrip("/") + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or is_open(scope["path"]):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._authorised(scope):
+        path = scope["path"]
+        if self.admin_keys and path.startswith(self.admin_paths):
+            await self._admin(scope, receive, send)
+        elif not self.keys or is_open(path) or has_key(scope, self.keys):
             await self.app(scope, receive, send)
-            return
-        await _reply(
-            scope,
-            receive,
-            send,
-            "unauthorized",
-            "missing or wrong API key: send 'Authorization: Bearer <key>'",
-            {"WWW-Authenticate": "Bearer"},
-        )
+        else:
+            await _unauthorized(scope, receive, send, "API key")
 
-    def _authorised(self, scope: Scope) -> bool:
-        header = b""
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                header = v
-        scheme, _, token = header.partition(b" ")
-        ok = False
-        for key in self.keys:  # compare with every key: time does not reveal which matched
-            ok |= hmac.compare_digest(token.strip(), key)
-        return ok and scheme.lower() == b"bearer"
+    async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if has_key(scope, self.admin_keys):
+            await self.app(scope, receive, send)
+        elif has_key(scope, self.keys):
+            msg = "this key is an API key, not an admin key: the admin API takes admin_keys"
+            await _reply(scope, receive, send, "forbidden", msg)
+        else:
+            await _unauthorized(scope, receive, send, "admin key")
+
+
+async def _unauthorized(scope: Scope, receive: Receive, send: Send, what: str) -> None:
+    await _reply(
+        scope,
+        receive,
+        send,
+        "unauthorized",
+        f"missing or wrong {what}: send 'Authorization: Bearer <key>'",
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
+def has_key(scope: Scope, keys: Sequence[bytes]) -> bool:
+    """Whether the request carries `Authorization: Bearer K` for one of `keys`."""
+    header = b""
+    for k, v in scope["headers"]:
+        if k == b"authorization":
+            header = v
+    scheme, _, token = header.partition(b" ")
+    ok = False
+    for key in keys:  # compare with every key: time does not reveal which matched
+        ok |= hmac.compare_digest(token.strip(), key)
+    return ok and scheme.lower() == b"bearer"
 
 
 class BodyTooLarge(HTTPException):

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys; when set, Bearer auth is required"
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="comma-separated keys of the admin API (/v1/admin: load, replace and "
+        "unload models), which also work as API keys; without them the admin API takes the "
+        "api_keys, and with neither it is off (403)",
+    )
     # batching
     max_batch_size: int = Field(64, ge=1, description="most items the model sees at once")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill up")
@@ -103,12 +110,23 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1, description="largest k in a search")
     max_queries: int = Field(256, ge=1, description="queries in one search request")
 
-    @field_validator("api_keys", "models", mode="before")
+    @field_validator("api_keys", "admin_keys", "models", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
+
+    @property
+    def admin_access(self) -> list[str]:
+        """The keys the admin API takes: `admin_keys`, else `api_keys`; none: it is off."""
+        return self.admin_keys or self.api_keys
+
+    @property
+    def request_keys(self) -> list[str]:
+        """The keys the other protected routes take (none: they need no key): the API
+        keys, and the admin keys beside them."""
+        return [*self.api_keys, *self.admin_keys] if self.api_keys else []
 
     @property
     def model_refs(self) -> list[str]:

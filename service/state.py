@@ -1,5 +1,6 @@
 """Everything the running service holds: settings, the models (each, once loaded, with its
-embedders and their batchers: service.runtime.served), the collection store, thread pools.
+embedders and their batchers: service.runtime.served; the set and its changes:
+service.runtime.lifecycle), the collection store, thread pools.
 
 Created in the app's lifespan and kept on `app.state.service`; routes reach it via
 `service.api.deps`.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from service.index.backend import CollectionBackend
 from service.index.factory import open_backend
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher
+from service.runtime.lifecycle import ModelLifecycle
 from service.runtime.served import Pools, ServedModel, ServedModels
 from service.settings import Settings
 from training.encoders import Encoder, resolve_device
@@ -33,15 +36,22 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     draining: bool = False
-    # every model served, the default first (service.runtime.served); set in __post_init__
-    models: ServedModels = field(init=False)
+    # the served models and every change to them (service.runtime.lifecycle); the set
+    # itself is `models`; set in __post_init__
+    lifecycle: ModelLifecycle = field(init=False)
     # One model thread: torch parallelises inside an op; two would only fight over cores.
     model_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="model")
     )
+    # One load thread, for the start-up loads and the admin API's: loads take turns
+    # rather than fight over the cores and the memory the served models are using.
+    load_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="load")
+    )
     decode_threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     decode_pool: ThreadPoolExecutor = field(init=False)
-    _batchers: dict[str, list[Batcher[Any]]] = field(default_factory=dict)
+    # weak: a retired model's batchers leave the queue-depth gauge when they are freed
+    _batchers: dict[str, weakref.WeakSet[Batcher[Any]]] = field(default_factory=dict)
 
     store: CollectionBackend | None = None
     # Index writes block on fsync: they get threads of their own, off the event loop.
@@ -52,12 +62,21 @@ class ServiceState:
     def __post_init__(self) -> None:
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
         s = self.settings
-        self.models = ServedModels(
+        models = ServedModels(
             tuple(
                 ServedModel(ref, s.pretrained if i == 0 else None)
                 for i, ref in enumerate(s.model_refs)
             )
         )
+        pools = Pools(
+            self.model_pool, self.load_pool, self.decode_pool, self.max_decoding, self._batcher
+        )
+        self.lifecycle = ModelLifecycle(models, s, pools, self.metrics)
+
+    @property
+    def models(self) -> ServedModels:
+        """Every model served now, the default first (a value: changes replace it)."""
+        return self.lifecycle.models
 
     # -- readiness, over every model (/readyz) -------------------------------------------
     @property
@@ -98,15 +117,9 @@ class ServiceState:
 
     # -- lifecycle ------------------------------------------------------------------
     async def load(self, encoder: Encoder | None = None) -> None:
-        """Load and warm every model in turn, the default first (`encoder`: the default's,
-        built by the caller), each starting its batchers as soon as it is warm."""
-        loader = ThreadPoolExecutor(1, thread_name_prefix="load")
-        pools = Pools(self.model_pool, loader, self.decode_pool, self.max_decoding, self._batcher)
-        try:
-            for i, model in enumerate(self.models):
-                await model.load(self.settings, pools, encoder if i == 0 else None)
-        finally:
-            loader.shutdown(wait=False)
+        """Load and warm every start-up model in turn, the default first (`encoder`: the
+        default's, built by the caller), each starting its batchers as soon as it is warm."""
+        await self.lifecycle.start(encoder)
 
     def _batcher(self, fn: object, modality: str) -> Batcher:  # type: ignore[type-arg]
         s = self.settings
@@ -119,18 +132,20 @@ class ServiceState:
             s.max_queue_wait_ms,
             on_batch=self.metrics.batch_size.labels(modality).observe,
         )
-        self._batchers.setdefault(modality, []).append(b)
-        # the gauge sums every model's queue of this modality
-        group = self._batchers[modality]
+        group = self._batchers.setdefault(modality, weakref.WeakSet())
+        group.add(b)
+        # the gauge sums every model's queue of this modality (retired ones still draining)
         self.metrics.queue_depth.labels(modality).set_function(
-            lambda: sum(x.pending for x in group)
+            lambda: sum(x.pending for x in list(group))
         )
         b.start()
         return b
 
     async def close(self) -> None:
+        await self.lifecycle.close()
         for model in self.models:
             await model.stop()
+        self.load_pool.shutdown(wait=False, cancel_futures=True)
         # off the event loop: first every index call still running ends (one cancelled by
         # the graceful timeout may still be writing), then the store closes, alone
         await asyncio.get_running_loop().run_in_executor(None, self._close_store)

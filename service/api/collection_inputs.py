@@ -217,8 +217,17 @@ class CollectionInputs:
     def _model_for(self, col: CollectionHandle, capability: str) -> LoadedModel:
         """The model that embeds into `col`'s space, with `capability`: the loaded one
         whose id is the collection's model id, else the default, whose vectors must then
-        fit the collection (`model_mismatch`)."""
+        fit the collection (`model_mismatch`). `model_unloaded` when the collection's
+        model was unloaded or replaced through the admin API."""
         same = self.models.in_space(col.model_id)
+        gone = self.models.gone(col.model_id) if same is None else None
+        if gone is not None:
+            raise ModelError(
+                "model_unloaded",
+                f"collection {col.name!r} holds vectors of model {col.model_id!r}, but {gone}: "
+                "load it again (POST /v1/admin/models) to send this collection texts or "
+                "images; raw vectors and stored ids still work",
+            )
         model = same.require(capability) if same else self.models.default.require(capability)
         check_space(model.encoder, col)
         return model

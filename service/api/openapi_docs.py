@@ -7,7 +7,8 @@
 - Every error answer has the one error body (`error_responses`). The bearer scheme is
   always declared, so the docs page's Authorize button works; the protected operations
   require it (and declare their 401) when API keys are set, and take it as optional
-  when they are not (the server then ignores the header).
+  when they are not (the server then ignores the header). The admin operations, in the
+  document only when the server has keys, always require it.
 
 A fuzzer (tests/service/api/test_schemathesis.py) holds the document to the server's answers.
 """
@@ -41,8 +42,11 @@ MAX_NAME_CHARS = 64
 ERRORS: dict[int, str] = {
     400: "The loaded model lacks a capability the request needs (`missing_capability`)",
     401: "No API key, or a wrong one (`unauthorized`)",
+    403: "An API key where an admin key is needed (`forbidden`)",
     404: "No such model, collection or item",
-    409: "The collection exists already, or holds vectors of another model",
+    409: "The collection exists already, or holds vectors of another model or of one "
+    "unloaded (`model_unloaded`); a model operation is under way, the model is served "
+    "already or is the default",
     413: "The body or an image is too large",
     415: "The body's Content-Type is not one this operation reads",
     422: "The request is refused: the message says what to change",
@@ -117,17 +121,23 @@ def json_or_multipart(model: type[BaseModel], form: Form) -> dict[str, Any]:
     }
 
 
-def install(app: FastAPI, settings: Settings, is_open: Callable[[str], bool]) -> None:
+def install(
+    app: FastAPI, settings: Settings, is_open: Callable[[str], bool], admin_prefix: str
+) -> None:
     """Make `app.openapi()` return the completed document (built once, then cached).
-    `is_open(path)`: the paths that need no API key."""
+    `is_open(path)`: the paths that need no API key; paths under `admin_prefix` always
+    need one (an admin key)."""
     infer = app.openapi
+
+    def required(path: str) -> bool:
+        return bool(settings.api_keys) or path.startswith(admin_prefix)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = infer()  # FastAPI caches it in app.openapi_schema; completed in place
             _add_components(doc)
             _apply_limits(doc, settings)
-            _add_security(doc, is_open, required=bool(settings.api_keys))
+            _add_security(doc, is_open, required)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -273,24 +283,31 @@ BEARER = {
     "scheme": "bearer",
     "description": "`Authorization: Bearer <key>`, one of the server's API keys "
     "(`CONTRASTIVE_API_KEYS`). Needed only when the server is configured with keys; "
-    "the health probes, the web page and these docs never need it.",
+    "the health probes, the web page and these docs never need it. The admin operations "
+    "(/v1/admin) always need one, an admin key when the server has some "
+    "(`CONTRASTIVE_ADMIN_KEYS`).",
 }
 
 
-def _add_security(doc: dict[str, Any], is_open: Callable[[str], bool], required: bool) -> None:
-    """Declare the bearer scheme on every protected operation: required (and a 401) when
-    keys are set; optional (`{}`, no auth, is an alternative) when not, which is what the
-    server then does, and what the fuzzer holds the document to."""
+def _add_security(
+    doc: dict[str, Any], is_open: Callable[[str], bool], required: Callable[[str], bool]
+) -> None:
+    """Declare the bearer scheme on every protected operation: required (and a 401) where
+    `required(path)`; optional (`{}`, no auth, is an alternative) elsewhere, which is
+    what the server then does, and what the fuzzer holds the document to."""
     doc["components"]["securitySchemes"] = {"bearer": BEARER}
-    requirement: list[dict[str, list[str]]] = [{"bearer": []}] if required else [{"bearer": []}, {}]
     unauthorized = error_responses(401)[401]
     body = {"application/json": {"schema": {"$ref": REF.format(model=ErrorResponse.__name__)}}}
     for path, ops in doc["paths"].items():
         if is_open(path):
             continue
+        needed = required(path)
+        requirement: list[dict[str, list[str]]] = [{"bearer": []}]
+        if not needed:
+            requirement.append({})
         for op in ops.values():
             op["security"] = [dict(r) for r in requirement]  # no shared objects in the doc
-            if required:
+            if needed:
                 op["responses"]["401"] = {
                     "description": unauthorized["description"],
                     "content": body,

@@ -16,8 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         help_ = field.description or ""
-        if name == "api_keys":
-            p.add_argument("--api-key", dest=name, action="append", help="repeatable; " + help_)
+        if name in ("api_keys", "admin_keys"):  # --api-key, --admin-key: repeatable
+            p.add_argument(flag[:-1], dest=name, action="append", help="repeatable; " + help_)
             continue
         if name == "model":  # repeatable: the first is the default, the others `models`
             p.add_argument(flag, dest=name, action="append", help=f"repeatable; {help_}")

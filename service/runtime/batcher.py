@@ -15,6 +15,12 @@ rows. Jobs are served round-robin in chunks of at most `max_batch` items: a job 
 texts takes one batch, then every other waiting job gets its turn, then its next chunk.
 A job whose caller went away (its awaiting coroutine was cancelled) leaves the queue at
 once, so no batch is run for a client that left.
+
+Retirement. A batcher whose model was unloaded or replaced is retired (`retire`): it goes
+on serving whatever it is sent, but its loop ends whenever its queue is empty, so that
+nothing but the requests still using it keeps the batcher (and the model its function
+holds) alive. A request that resolved the model before the swap and submits only later
+starts the loop again: nothing it was promised is dropped.
 """
 
 from __future__ import annotations
@@ -137,9 +143,21 @@ class Batcher(Generic[T]):
         self._jobs: deque[_Job[T]] = deque()  # jobs with items not yet sent, in turn order
         self._wake = asyncio.Event()  # set when a job joins the queue
         self._task: asyncio.Task[None] | None = None
+        self._retired = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop runs (a retired batcher's stops once its queue is empty)."""
+        return self._task is not None and not self._task.done()
+
+    def retire(self) -> None:
+        """Its model is no longer served: the loop ends as soon as the queue is empty (now,
+        if it is), and starts again only for a job submitted later."""
+        self._retired = True
+        self._wake.set()
 
     async def stop(self) -> None:
         if self._task:
@@ -203,6 +221,8 @@ class Batcher(Generic[T]):
         job: _Job[T] = _Job(items, asyncio.get_running_loop().create_future(), res)
         self._jobs.append(job)
         self._wake.set()
+        if self._retired and not self.running:  # a late job of a request begun before
+            self.start()
         try:
             return await job.future
         finally:
@@ -215,6 +235,8 @@ class Batcher(Generic[T]):
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather(loop)
+            if batch is None:  # retired, and nothing queued
+                return
             if not batch:
                 continue
             items = [x for s in batch for x in s.job.items[s.start : s.stop]]
@@ -250,9 +272,12 @@ class Batcher(Generic[T]):
                     s.job.future.set_result(torch.cat(outs) if len(outs) > 1 else outs[0])
             row += n
 
-    async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[_Segment[T]]:
-        """Wait for work, then take items until `max_batch` or `max_wait` has passed."""
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[_Segment[T]] | None:
+        """Wait for work, then take items until `max_batch` or `max_wait` has passed;
+        None when the batcher is retired and has nothing queued."""
         while not self._jobs:
+            if self._retired:
+                return None
             self._wake.clear()
             await self._wake.wait()
         deadline = loop.time() + self.max_wait

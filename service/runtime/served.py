@@ -3,7 +3,9 @@ first is the default, and a request picks another by `model` (its id or referenc
 
 `ServedModel` is one of them over its life (loading, failed, warm); once warm it holds a
 `LoadedModel`, its encoder with its own embedders (each with a batcher), made together
-and never changed. `ServedModels` finds the one a request names.
+and never changed. `ServedModels` finds the one a request names. It is a value: the admin
+API (service.runtime.lifecycle) changes the set by putting a new one in its place, so a
+request that resolved a model keeps it, whatever happens to the set meanwhile.
 
 All models share the one model thread (service.state): on one device, two threads
 would only fight over it; each model batches its own requests.
@@ -15,9 +17,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -82,6 +84,17 @@ class LoadedModel:
         """Bytes of the encoder's parameters and buffers (None: not torch)."""
         return module_bytes(self.encoder)
 
+    @property
+    def queued(self) -> int:
+        """Items admitted to its batchers and not yet embedded."""
+        return self.images.batcher.pending + self.texts.batcher.pending
+
+    def retire(self) -> None:
+        """It is no longer served: its batchers finish what they were sent, then stop, so
+        that it is freed once the last request using it has its answer."""
+        self.images.batcher.retire()
+        self.texts.batcher.retire()
+
 
 @dataclass
 class ServedModel:
@@ -89,6 +102,9 @@ class ServedModel:
 
     ref: str  # the --model reference: builtin, open_clip:ARCH, an export directory
     pretrained: str | None = None  # open_clip weights (the first model's --pretrained)
+    device: str | None = None  # None: the `device` setting (the admin API may name one)
+    runtime: str | None = None  # None: the `runtime` setting
+    alias: str | None = None  # one more name requests may use (the admin API's `alias`)
     loaded: LoadedModel | None = None  # set once warm
     load_error: str | None = None
     # time.monotonic() when load() began, until it ends (/readyz says how long it has been)
@@ -101,8 +117,18 @@ class ServedModel:
         return self.loaded.model_id if self.loaded is not None else self.ref
 
     def answers_to(self, name: str) -> bool:
-        """Whether a request's `model` names this one (its reference or its id)."""
-        return name in (self.ref, self.name)
+        """Whether a request's `model` names this one (its reference, id or alias)."""
+        return name in self.names
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every name a request may use for it: reference, id (once loaded), alias."""
+        return frozenset(n for n in (self.ref, self.name, self.alias) if n is not None)
+
+    @property
+    def settled(self) -> bool:
+        """Its load has ended, warm or failed."""
+        return self.loaded is not None or self.load_error is not None
 
     @property
     def loading_for(self) -> float | None:
@@ -130,13 +156,14 @@ class ServedModel:
         loop = asyncio.get_running_loop()
         self.loading_since = time.monotonic()
         given = encoder is not None  # one built by the caller: no load to report
+        device, runtime = self.device or s.device, self.runtime or s.runtime
         if not given:
-            log.info("loading model %s on %s…", self.ref, _device_name(s.device))
+            log.info("loading model %s on %s…", self.ref, _device_name(device))
         progress = asyncio.create_task(self._log_progress())
         try:
             if encoder is None:
                 encoder = await loop.run_in_executor(
-                    pools.load, load_encoder, self.ref, self.pretrained, s.device, s.runtime
+                    pools.load, load_encoder, self.ref, self.pretrained, device, runtime
                 )
             await loop.run_in_executor(pools.model, _warm_up, encoder)
         except Exception as e:
@@ -186,9 +213,15 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class ServedModels:
-    """Every model a server serves, the default first: what a request's `model` picks from."""
+    """Every model a server serves, the default first: what a request's `model` picks from.
+
+    `unloaded`: each name of a model the admin API unloaded or replaced (reference, id,
+    alias) -> what became of it, so that a request or a collection naming it is told.
+    The methods that change the set return a new one (service.runtime.lifecycle).
+    """
 
     all: tuple[ServedModel, ...]
+    unloaded: Mapping[str, str] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self.all)
@@ -206,15 +239,20 @@ class ServedModels:
         ModelError `model_not_found` listing what is served."""
         if name is None:
             return self.default
-        for model in self.all:
-            if model.answers_to(name):
-                return model
+        found = self.find(name)
+        if found is not None:
+            return found
         served = ", ".join(repr(n) for n in self.names())
+        why = self.unloaded.get(name) or f"model {name!r} is not loaded here"
         raise ModelError(
             "model_not_found",
-            f"model {name!r} is not loaded here; this server serves {served} "
+            f"{why}; this server serves {served} "
             "(omit 'model' for the first, or see GET /v1/models)",
         )
+
+    def find(self, name: str) -> ServedModel | None:
+        """The model `name` names (id, reference or alias), else None."""
+        return next((m for m in self.all if m.answers_to(name)), None)
 
     def resolve(self, name: str | None, *capabilities: str) -> LoadedModel:
         """The model a request names, loaded, with `capabilities`: `model_not_found`,
@@ -231,6 +269,42 @@ class ServedModels:
     def names(self) -> list[str]:
         """Each model's name: the ids of those loaded, the references of the others."""
         return [m.name for m in self.all]
+
+    # -- changes: each returns a new set --------------------------------------------------
+    def added(self, model: ServedModel, default: bool = False) -> ServedModels:
+        """With `model` too: first (the default) when `default`, else last."""
+        others = self.all
+        return self._with((model, *others) if default else (*others, model), model)
+
+    def replaced(self, old: ServedModel, new: ServedModel) -> ServedModels:
+        """With `new` in `old`'s place (the default stays the default); the names of `old`
+        that `new` does not take over are recorded as replaced."""
+        place = next(i for i, m in enumerate(self.all) if m is old)  # by identity
+        found = self._with((*self.all[:place], new, *self.all[place + 1 :]), new)
+        note = f"model {old.name!r} was replaced by {new.name!r}"
+        return found._gone(old.names - new.names, note)
+
+    def without(self, model: ServedModel) -> ServedModels:
+        """Without `model`, whose names are recorded as unloaded."""
+        rest = tuple(m for m in self.all if m is not model)
+        note = f"model {model.name!r} was unloaded from this server"
+        return replace(self, all=rest)._gone(model.names, note)
+
+    def with_default(self, model: ServedModel) -> ServedModels:
+        """`model` first (the default), the others in their order."""
+        return replace(self, all=(model, *(m for m in self.all if m is not model)))
+
+    def gone(self, name: str) -> str | None:
+        """What became of a model no longer served under `name` (None: not unloaded)."""
+        return None if self.find(name) is not None else self.unloaded.get(name)
+
+    def _with(self, models: tuple[ServedModel, ...], arrived: ServedModel) -> ServedModels:
+        """`models`, with `arrived`'s names no longer recorded as unloaded."""
+        kept = {n: v for n, v in self.unloaded.items() if n not in arrived.names}
+        return ServedModels(models, kept)
+
+    def _gone(self, names: frozenset[str], note: str) -> ServedModels:
+        return ServedModels(self.all, {**self.unloaded, **dict.fromkeys(sorted(names), note)})
 
 
 def module_bytes(obj: object) -> int | None:

@@ -161,6 +161,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     owned_by: str = "contrastive"
     reference: str = Field(..., description="the --model reference it was loaded from")
+    alias: str | None = Field(None, description="its alias, given by the admin API")
     dim: int
     capabilities: list[str]
     logit_scale: float

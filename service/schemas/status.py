@@ -32,6 +32,11 @@ class ModelReadiness(BaseModel):
     device: str | None = None
     memory_bytes: int | None = Field(None, description="its parameters and buffers")
     load_seconds: float | None = Field(None, description="how long its load took")
+    alias: str | None = Field(None, description="its alias, given by the admin API")
+    operation: int | None = Field(
+        None, description="a load of the admin API under way: its operation's id"
+    )
+    replaces: str | None = Field(None, description="that load replaces this model")
 
 
 class Readiness(BaseModel):
@@ -48,5 +53,7 @@ class Readiness(BaseModel):
         None, description="collections that failed to open, and why (the others serve)"
     )
     models: list[ModelReadiness] | None = Field(
-        None, description="each model served, the default first"
+        None,
+        description="each model served, the default first, then the admin API's loads "
+        "under way (those never make the server unready)",
     )

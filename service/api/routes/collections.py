@@ -7,7 +7,7 @@ says what it uses: the collection of the path, the store, the model only when as
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
@@ -21,7 +21,7 @@ from service.api.deps import (
     watch_disconnect,
 )
 from service.api.payload import require_json_dep
-from service.domain_errors import RequestError
+from service.api.routes import refusing_router
 from service.index.types import CollectionError
 from service.responses import FastJSON
 from service.schemas.collections import (
@@ -41,7 +41,12 @@ router = APIRouter(
 )
 # What a replica with `collections` off mounts instead: every collection call, whatever its
 # body, is refused before anything is read.
-disabled_router = APIRouter(include_in_schema=False)
+disabled_router = refusing_router(
+    "/v1/collections",
+    "collections_disabled",
+    "this replica serves no collections (setting collections=false); send "
+    "/v1/collections requests to the replica that owns them",
+)
 JSON_ONLY = [Depends(require_json_dep)]
 
 
@@ -139,16 +144,3 @@ async def search(request: Request, col: CollectionDep, read: InputsDep, run: Ind
     hits = await run(col.search, queries, k, where)
     results = [[{"id": h.id, "score": h.score, "metadata": h.metadata} for h in q] for q in hits]
     return FastJSON({"results": results})
-
-
-@disabled_router.api_route(
-    "/v1/collections{rest:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-    response_model=None,
-)
-async def collections_disabled(rest: str) -> NoReturn:
-    raise RequestError(
-        "collections_disabled",
-        "this replica serves no collections (setting collections=false); send "
-        "/v1/collections requests to the replica that owns them",
-    )

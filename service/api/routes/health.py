@@ -59,11 +59,14 @@ async def readyz(state: State) -> FastJSON:
 
 
 def _models(state: ServiceState) -> list[dict[str, Any]]:
-    """Each model's readiness, device and memory (ModelReadiness)."""
+    """Each model's readiness, device and memory (ModelReadiness), then the admin API's
+    loads under way: they do not make the server unready (what it serves, it serves)."""
     out = []
     for m in state.models:
         loaded = m.loaded
         row: dict[str, Any] = {"reference": m.ref, "id": loaded.model_id if loaded else None}
+        if m.alias is not None:
+            row["alias"] = m.alias
         if loaded is not None:
             device, memory = str(loaded.encoder.device), loaded.memory_bytes()
             row |= {"status": "ready", "device": device, "memory_bytes": memory}
@@ -75,6 +78,17 @@ def _models(state: ServiceState) -> list[dict[str, Any]]:
         else:
             row |= {"status": "waiting", "reason": "loads after the models before it"}
         out.append(row)
+    for op in state.lifecycle.in_flight():
+        out.append(
+            {
+                "reference": op.reference,
+                "id": None,
+                "status": "loading",
+                "reason": op.progress(),
+                "operation": op.id,
+                "replaces": op.replaces,
+            }
+        )
     return out
 
 

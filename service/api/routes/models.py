@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import DefaultModel, ModelsDep
-from service.runtime.served import LoadedModel
+from service.runtime.served import LoadedModel, ServedModel
 from service.schemas.embeddings import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -14,16 +14,17 @@ router = APIRouter(prefix="/v1", tags=["models"])
 @router.get("/models", response_model=ModelList, summary="The loaded models and their properties")
 async def list_models(default: DefaultModel, models: ModelsDep) -> ModelList:
     # `default`: 503 model_not_ready until the default model is warm
-    cards = [_card(m.ref, m.loaded, m.loaded is default) for m in models if m.loaded is not None]
+    cards = [_card(m, m.loaded, m.loaded is default) for m in models if m.loaded is not None]
     return ModelList(data=cards)
 
 
-def _card(ref: str, model: LoadedModel, default: bool) -> ModelCard:
+def _card(served: ServedModel, model: LoadedModel, default: bool) -> ModelCard:
     enc = model.encoder
     info = enc.info
     return ModelCard(
         id=info.model_id,
-        reference=ref,
+        reference=served.ref,
+        alias=served.alias,
         dim=info.embed_dim,
         capabilities=sorted(info.capabilities),
         logit_scale=info.logit_scale,
