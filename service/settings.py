@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         description="a request is refused (503 + Retry-After) when the work queued before "
         "it would take longer than this at the measured service rate",
     )
+    always_admit_requests: int = Field(
+        32,
+        ge=0,
+        description="requests a model admits for each modality whatever their estimated "
+        "wait (their items still within max_queue): up to this many clients that each wait "
+        "for their answer before sending again queue rather than get 503s",
+    )
     # limits on one request
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="larger images get 413")

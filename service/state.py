@@ -131,6 +131,7 @@ class ServiceState:
             s.max_queue,
             s.max_queue_wait_ms,
             on_batch=self.metrics.batch_size.labels(modality).observe,
+            always_admit=s.always_admit_requests,
         )
         group = self._batchers.setdefault(modality, weakref.WeakSet())
         group.add(b)

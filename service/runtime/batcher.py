@@ -2,12 +2,20 @@
 at once instead of queued.
 
 Admission. A job is admitted (`reserve`) before any work is done on its items, so a
-refusal costs microseconds: it is refused with QueueFullError when it would wait longer
-than `max_queue_wait_ms` (its items, and what the jobs admitted before it get served
-meanwhile, at the measured service rate), or when the admitted items would exceed
-`max_queue`. The rate is a decayed average over recent batches (`ServiceRate`); until
-the first batch is measured only the item limit applies. A job is never refused by an
-empty batcher (it could never succeed otherwise).
+refusal costs microseconds: it is refused with QueueFullError when the admitted items
+would exceed `max_queue`, or when it would wait longer than `max_queue_wait_ms` (its
+items, and what the jobs admitted before it get served meanwhile, at the measured service
+rate) while `always_admit` jobs or more are admitted already. The rate is a decayed
+average over recent batches (`ServiceRate`); until the first batch is measured only the
+item limit applies. A job is never refused by an empty batcher (it could never succeed
+otherwise).
+
+Why the wait limit spares the first `always_admit` jobs: clients that wait for each
+answer before sending again (a closed loop, as most clients are) cannot build an unbounded
+queue: c of them keep at most c jobs admitted. Refusing them does not shorten anyone's
+wait; it turns waiting into immediate retries, whose refusals then keep the server busy
+(congestion collapse). Load that does grow without bound (clients that send whatever the
+answers) soon passes `always_admit` jobs, and from there the wait limit sheds it.
 
 Batching. One loop per modality gathers items until `max_batch` or `max_wait_ms`, runs
 the model in a dedicated thread (so the event loop never blocks), and hands each job its
@@ -116,7 +124,8 @@ class Batcher(Generic[T]):
     """Gathers items from concurrent `submit` calls into batches for `fn`.
 
     fn: list of n items -> [n, d] tensor; called in `executor`, at most `max_batch`
-    items at a time. `pending`: items admitted and not yet embedded; `jobs`: jobs
+    items at a time. `always_admit`: jobs admitted whatever their estimated wait (the
+    module's docstring says why). `pending`: items admitted and not yet embedded; `jobs`: jobs
     admitted and not yet ended.
     """
 
@@ -129,6 +138,7 @@ class Batcher(Generic[T]):
         max_queue: int,
         max_queue_wait_ms: float = 3000.0,
         on_batch: Callable[[int], None] | None = None,
+        always_admit: int = 0,
     ) -> None:
         self.fn = fn
         self.executor = executor
@@ -136,6 +146,7 @@ class Batcher(Generic[T]):
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.max_queue_wait = max_queue_wait_ms / 1000.0
+        self.always_admit = always_admit
         self.on_batch = on_batch
         self.pending = 0
         self.jobs = 0
@@ -192,7 +203,7 @@ class Batcher(Generic[T]):
                     f"{self.pending} items queued, the limit is {self.max_queue}",
                     _retry_after(excess),
                 )
-            wait = self.estimated_wait(n)
+            wait = self.estimated_wait(n) if self.jobs >= self.always_admit else None
             if wait is not None and wait > self.max_queue_wait:
                 raise QueueFullError(
                     f"it would wait about {wait:.1f} s, the limit is {self.max_queue_wait:g} s",

@@ -106,6 +106,32 @@ def test_admission_by_estimated_wait_and_by_items(pool: ThreadPoolExecutor) -> N
     asyncio.run(main())
 
 
+def test_a_closed_loop_population_is_admitted_past_the_wait_limit(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """Up to `always_admit` jobs are admitted whatever their wait; past that, the wait
+    limit sheds as before, and the item limit always applies."""
+
+    async def main() -> None:
+        b: Batcher[int] = Batcher(
+            Model(), pool, 64, 0, max_queue=100, max_queue_wait_ms=500, always_admit=3
+        )
+        b.rate.add(10, 1.0)  # 10 items/s: each job of 10 items is a second of work
+        held = [b.reserve(10) for _ in range(3)]  # 3 s of work queued, 6x the limit
+        assert (b.pending, b.jobs) == (30, 3)
+        with pytest.raises(QueueFullError, match=r"wait about 4\.0 s, the limit is 0\.5 s"):
+            b.reserve(10)  # the fourth job: the wait limit applies again
+        held.pop().release()  # one client got its answer ...
+        held.append(b.reserve(10))  # ... and its next request is admitted at once
+        with pytest.raises(QueueFullError, match="30 items queued, the limit is 100"):
+            b.reserve(71)  # never past max_queue, however few jobs
+        for r in held:
+            r.release()
+        assert (b.pending, b.jobs) == (0, 0)
+
+    asyncio.run(main())
+
+
 def test_retry_after_says_when_the_job_would_fit(pool: ThreadPoolExecutor) -> None:
     async def main() -> None:
         b: Batcher[int] = Batcher(Model(), pool, 64, 0, max_queue=40, max_queue_wait_ms=500)

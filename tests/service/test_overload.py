@@ -192,6 +192,41 @@ def test_four_times_capacity_is_shed_in_milliseconds(
     assert after.status == 200 and after.seconds < 2 * BATCH_S, figures
 
 
+async def _closed_loop(
+    url: str, clients: int, body: dict[str, Any], duration: float
+) -> list[Answer]:
+    """`clients` clients that each send their next request when the last is answered."""
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        end = time.perf_counter() + duration
+
+        async def client() -> list[Answer]:
+            answers = []
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                r = await http.post("/v1/embed/image", json=body)
+                answers.append(Answer(r.status_code, time.perf_counter() - t0, None, None))
+            return answers
+
+        per_client = await asyncio.gather(*(client() for _ in range(clients)))
+    return [a for answers in per_client for a in answers]
+
+
+@pytest.mark.slow
+def test_a_closed_loop_of_32_clients_queues_past_the_wait_limit(
+    server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """32 clients of 2 images each keep 64 images queued, 1.6 s of work: past the 1 s wait
+    limit, yet they get answers, not 503s (always_admit_requests, 32 by default)."""
+    url, _ = server
+    answers = asyncio.run(_closed_loop(url, 32, {"images": BODY["images"] * 2}, 4.0))
+    codes = sorted({a.status for a in answers})
+    waits = sorted(a.seconds for a in answers)
+    figures = f"{len(answers)} answers {codes}, median {waits[len(waits) // 2]:.2f} s"
+    assert codes == [200], figures
+    assert waits[len(waits) // 2] > MAX_QUEUE_WAIT_MS / 1000, figures  # it did wait past it
+
+
 def _image_items_run(url: str) -> float:
     """Images the server's model has embedded so far (from /metrics)."""
     for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():

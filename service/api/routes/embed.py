@@ -14,6 +14,7 @@ from service.api.deps import (
     precheck,
     watch_disconnect,
 )
+from service.api.json_route import OrjsonRoute
 from service.api.openapi_docs import IMAGE_FORM, json_or_multipart
 from service.api.payload import (
     first_value,
@@ -31,7 +32,10 @@ from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 
 router = APIRouter(
-    prefix="/v1/embed", tags=["embeddings"], dependencies=[Depends(watch_disconnect)]
+    prefix="/v1/embed",
+    tags=["embeddings"],
+    dependencies=[Depends(watch_disconnect)],
+    route_class=OrjsonRoute,
 )
 
 

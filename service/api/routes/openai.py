@@ -16,6 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from service.api.deps import ModelRequest, ModelsDep, SettingsDep, watch_disconnect
+from service.api.json_route import OrjsonRoute
 from service.api.payload import require_json_dep
 from service.api.request_checks import bad, check_count, check_image_count, check_text
 from service.api.token_ids import (
@@ -35,7 +36,12 @@ from service.schemas.embeddings import (
 from service.settings import Settings
 from training.encoders import IMAGE, TEXT
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(watch_disconnect)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["openai"],
+    dependencies=[Depends(watch_disconnect)],
+    route_class=OrjsonRoute,
+)
 Inputs = list[tuple[str, str]]  # (TEXT or IMAGE, the text or the image's base64)
 Sent = tuple[OpenAIEmbeddingRequest, Inputs]  # the body, and its inputs checked
 
