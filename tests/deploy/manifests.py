@@ -653,7 +653,7 @@ def check_collection_modes(
     """FAISS is one writer process per folder: its pod never scales and owns the volume;
     with Qdrant the pods hold no collections and scale out. Returns the backend of each
     Deployment that serves collections."""
-    modes = {}
+    modes: dict[str, str] = {}
     deployments = named(objs, "Deployment")
     scaled = set(autoscalers(objs))
     for name, container in deployment_containers(objs):

@@ -29,6 +29,7 @@ import yaml
 from service.settings import Settings
 from tests.deploy.manifests import (
     CHART,
+    COMPONENTS,
     K8S,
     PREFIX,
     QDRANT,
@@ -143,7 +144,7 @@ def test_values_and_ci_values_validate_against_the_schema() -> None:
     for mode in CI_VALUES:
         assert schema_errors(merged(values(), ci_values(mode))) == [], mode
     # ... and the schema refuses what helm should refuse before rendering
-    refused = {
+    refused: dict[str, dict[str, Any]] = {
         "mode": {"mode": "milvus"},
         "autoscaling": {"autoscaling": {"mode": "memory"}},
         "a misspelt setting": {"settings": {"max_batch": 8}},
@@ -303,10 +304,20 @@ def test_helm_lint() -> None:
         assert done.returncode == 0, f"{mode}: {done.stdout}{done.stderr}"
 
 
-@pytest.mark.parametrize("mode", ["faiss", "qdrant"])
-def test_the_defaults_render_what_kustomize_builds(mode: str, tmp_path: Path) -> None:
-    rendered = render(ci_values(mode), tmp_path)
-    built = objects({"faiss": K8S, "qdrant": QDRANT}[mode])
+SAME_AS_KUSTOMIZE = {
+    "faiss keda": ("faiss", "keda", K8S, ()),
+    "qdrant keda": ("qdrant", "keda", QDRANT, ()),
+    "faiss hpa-queue-depth": ("faiss", "hpa-queue-depth", K8S, ("hpa-queue-depth",)),
+    "qdrant cpu": ("qdrant", "cpu", QDRANT, ("hpa-cpu",)),
+}
+
+
+@pytest.mark.parametrize("case", SAME_AS_KUSTOMIZE)
+def test_the_defaults_render_what_kustomize_builds(case: str, tmp_path: Path) -> None:
+    """Each mode, and each autoscaling mode against the overlay with its component."""
+    mode, autoscaling, folder, components = SAME_AS_KUSTOMIZE[case]
+    rendered = render(merged(ci_values(mode), {"autoscaling": {"mode": autoscaling}}), tmp_path)
+    built = objects(folder, tuple(COMPONENTS / c for c in components))
     got, want = comparable(rendered), comparable(built)
     assert sorted(got) == sorted(want)
     for key in want:
