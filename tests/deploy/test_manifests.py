@@ -1,15 +1,17 @@
 """The deployment files agree with the code.
 
 Dockerfile, deploy/compose.yaml (and its Qdrant overlay compose.qdrant.yaml),
-deploy/prometheus and deploy/k8s (FAISS mode; Qdrant mode in deploy/k8s/qdrant) are
-parsed (no container engine or cluster needed) and checked against what they name in the
-project: settings, the port, the routes that probes and scrapers call, the command lines
-(parsed by the real parsers), and the references between Kubernetes objects.
+deploy/prometheus and deploy/k8s (FAISS mode; Qdrant mode in deploy/k8s/qdrant; the
+autoscaling components in deploy/k8s/components) are parsed (no container engine or
+cluster needed) and checked against what they name in the project: settings, the port, the
+routes that probes and scrapers call, the metrics that autoscalers read, the command lines
+(parsed by the real parsers), and the references between Kubernetes objects. The checks of
+the service's objects live in manifests.py: the Helm chart's rendering passes them too
+(test_helm.py).
 """
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import json
 import logging
@@ -19,9 +21,6 @@ import shlex
 import shutil
 import subprocess
 import threading
-import tomllib
-from collections.abc import Iterator
-from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,261 +28,69 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from starlette.routing import Match
 
 from service.app import create_app
 from service.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
-TRAIN = K8S / "train"
-QDRANT = K8S / "qdrant"  # the service in Qdrant mode: instead of K8S, not beside it
-KUSTOMIZATIONS = (K8S, TRAIN, QDRANT)
-SERVICE_KUSTOMIZATIONS = (K8S, QDRANT)  # the service's two modes
-PREFIX = "CONTRASTIVE_"
-SETTING_ENV_NAMES = {PREFIX + name.upper() for name in Settings.model_fields}
-SUBSTITUTION = re.compile(r"\$\((\w+)\)")  # Kubernetes' $(VAR) in command/args
-QDRANT_COMPOSE = "compose.qdrant.yaml"
-
-
-# -- reading the files ---------------------------------------------------------------------
-
-
-def yaml_files() -> list[Path]:
-    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
-
-
-@cache
-def load(path: Path) -> tuple[Any, ...]:
-    return tuple(d for d in yaml.safe_load_all(path.read_text()) if d is not None)
-
-
-def resources(folder: Path) -> list[Path]:
-    (kustomization,) = load(folder / "kustomization.yaml")
-    return [folder / r for r in kustomization["resources"]]
-
-
-def env_file(path: Path) -> Path:
-    """A secretGenerator's env file, or its committed example where it is absent."""
-    return path if path.exists() else path.with_name(path.name + ".example")
-
-
-def generated_secrets(folder: Path) -> list[dict[str, Any]]:
-    """The Secrets that the kustomization's secretGenerator makes from its env files."""
-    (kustomization,) = load(folder / "kustomization.yaml")
-    secrets = []
-    for gen in kustomization.get("secretGenerator", []):
-        data: dict[str, str] = {}
-        for name in gen.get("envs", []):
-            for line in env_file(folder / name).read_text().splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    key, _, value = line.partition("=")
-                    data[key.strip()] = base64.b64encode(value.encode()).decode()
-        labels = gen.get("options", {}).get("labels")
-        metadata = {"name": gen["name"], **({"labels": labels} if labels else {})}
-        secrets.append({"apiVersion": "v1", "kind": "Secret", "metadata": metadata,
-                        "type": "Opaque", "data": data})  # fmt: skip
-    return secrets
-
-
-def objects(folder: Path) -> list[dict[str, Any]]:
-    files = [doc for path in resources(folder) for doc in load(path)]
-    return files + generated_secrets(folder)
-
-
-def named(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
-
-
-def workloads(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Deployments and Jobs by name (the images of this project; Qdrant's StatefulSet is
-    checked on its own)."""
-    return {o["metadata"]["name"]: o for o in objs if o["kind"] in ("Deployment", "Job")}
-
-
-def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
-    template: dict[str, Any] = workload["spec"]["template"]
-    return template
-
-
-def folder_label(folder: Path) -> str:
-    return str(folder.relative_to(DEPLOY))
-
-
-def all_workloads() -> dict[str, dict[str, Any]]:
-    """Every folder's workloads, as "k8s/qdrant contrastive" (the modes share names)."""
-    return {
-        f"{folder_label(folder)} {name}": w
-        for folder in KUSTOMIZATIONS
-        for name, w in workloads(objects(folder)).items()
-    }
-
-
-def secret_value(objs: list[dict[str, Any]], name: str, key: str) -> str:
-    secret = named(objs, "Secret")[name]
-    if key in secret.get("stringData", {}):
-        return str(secret["stringData"][key])
-    return base64.b64decode(secret["data"][key]).decode()
-
-
-def container_env(objs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
-    """The container's env as the process sees it (secret references resolved)."""
-    env = {}
-    for var in container.get("env", []):
-        if "value" in var:
-            env[var["name"]] = var["value"]
-        elif "secretKeyRef" in var.get("valueFrom", {}):
-            ref = var["valueFrom"]["secretKeyRef"]
-            env[var["name"]] = secret_value(objs, ref["name"], ref["key"])
-    return env
-
-
-def service_containers(
-    folders: tuple[Path, ...] = SERVICE_KUSTOMIZATIONS,
-) -> Iterator[tuple[Path, str, dict[str, Any]]]:
-    """(kustomization, deployment name, container) for every container of the service's
-    Deployments, in both modes."""
-    for folder in folders:
-        for name, dep in named(objects(folder), "Deployment").items():
-            for container in pod_template(dep)["spec"]["containers"]:
-                yield folder, name, container
-
-
-def container_port(container: dict[str, Any], port: int | str) -> int:
-    """A probe's or Service's port: a number, or the name of one of the container's ports."""
-    if isinstance(port, int):
-        return port
-    (number,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
-    return int(number)
-
-
-def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    return bool(selector) and selector.items() <= labels.items()
-
-
-def selected(selector: dict[str, str], works: dict[str, Any]) -> list[dict[str, Any]]:
-    """The workloads whose pods carry every label of `selector`."""
-    return [w for w in works.values() if selects(selector, pod_template(w)["metadata"]["labels"])]
-
-
-@cache
-def dockerfile() -> tuple[tuple[str, str], ...]:
-    """(INSTRUCTION, arguments) per logical line: comments dropped, continuations joined."""
-    lines, current = [], ""
-    for raw in (ROOT / "Dockerfile").read_text().splitlines():
-        if raw.lstrip().startswith("#"):
-            continue
-        if raw.endswith("\\"):
-            current += raw[:-1]
-            continue
-        current += raw
-        if current.strip():
-            word, _, rest = current.strip().partition(" ")
-            lines.append((word.upper(), rest.strip()))
-        current = ""
-    return tuple(lines)
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    out: list[list[tuple[str, str]]] = []
-    for word, rest in dockerfile():
-        if word == "FROM":
-            out.append([])
-        if out:
-            out[-1].append((word, rest))
-    return out
-
-
-def final_stage(word: str) -> list[str]:
-    return [rest for w, rest in stages()[-1] if w == word]
-
-
-def dockerfile_env() -> dict[str, str]:
-    env = {}
-    for rest in final_stage("ENV"):
-        for token in shlex.split(rest):
-            key, _, value = token.partition("=")
-            env[key] = value
-    return env
-
-
-def compose(name: str = "compose.yaml") -> dict[str, Any]:
-    (doc,) = load(DEPLOY / name)
-    return dict(doc)
-
-
-class UnsetVariableError(ValueError):
-    """${VAR:?message} with VAR unset: compose refuses to start."""
-
-
-def interpolate(value: str, shell: dict[str, str] | None = None) -> str:
-    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} / ${VAR:?message}, with only the
-    variables in `shell` set."""
-    shell = shell or {}
-
-    def one(m: re.Match[str]) -> str:
-        name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
-        if shell.get(name):
-            return shell[name]
-        if "?" in op:
-            raise UnsetVariableError(f"{name}: {arg}")
-        return arg
-
-    return re.sub(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}", one, value)
-
-
-def compose_env(qdrant: bool = False, shell: dict[str, str] | None = None) -> dict[str, str]:
-    """The service's environment in compose.yaml, or with compose.qdrant.yaml layered on
-    (compose merges `environment` maps key by key)."""
-    env = dict(compose()["services"]["contrastive"]["environment"])
-    if qdrant:
-        env.update(compose(QDRANT_COMPOSE)["services"]["contrastive"]["environment"])
-    return {k: interpolate(str(v), shell) for k, v in env.items()}
-
-
-def prometheus_job() -> dict[str, Any]:
-    (config,) = load(DEPLOY / "prometheus" / "prometheus.yml")
-    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "contrastive"]
-    return dict(job)
-
-
-def settings_from(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
-    """Settings as the service builds them from this environment (and nothing else)."""
-    for name in list(os.environ):
-        if name.startswith(PREFIX):
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return Settings()
-
-
-def serves_get(app: Any, path: str) -> bool:
-    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
-    return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
-
-
-def duration_seconds(text: str) -> float:
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
-    assert "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
-    return sum(float(n) * units[u] for n, u in parts)
-
-
-def pyproject() -> dict[str, Any]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
-
-
-def the_job() -> tuple[dict[str, Any], dict[str, Any]]:
-    (job,) = named(objects(TRAIN), "Job").values()
-    (container,) = pod_template(job)["spec"]["containers"]
-    return job, container
-
-
-def expand(args: list[str], value: str = "1") -> list[str]:
-    """Replace $(VAR) by `value`, as the kubelet would with the variable's value."""
-    return [SUBSTITUTION.sub(value, a) for a in args]
-
+from tests.deploy.manifests import (
+    AUTOSCALING_COMPONENTS,
+    COMPONENTS,
+    DEPLOY,
+    K8S,
+    KUSTOMIZATIONS,
+    PREFIX,
+    PROMETHEUS,
+    QDRANT,
+    QDRANT_COMPOSE,
+    QUEUE_METRIC,
+    ROOT,
+    SERVICE_KUSTOMIZATIONS,
+    SETTING_ENV_NAMES,
+    SUBSTITUTION,
+    TRAIN,
+    UnsetVariableError,
+    adapter_rule,
+    autoscalers,
+    check_autoscaling,
+    check_collection_modes,
+    check_command_lines,
+    check_faiss_split,
+    check_pods_non_root,
+    check_ports,
+    check_qdrant_mode,
+    check_qdrant_routes,
+    check_references,
+    check_service_env,
+    check_shutdown,
+    compose,
+    compose_env,
+    container_env,
+    container_port,
+    dockerfile,
+    dockerfile_env,
+    duration_seconds,
+    expand,
+    exported_metrics,
+    final_stage,
+    folder_label,
+    image_settings_env,
+    interpolate,
+    load,
+    named,
+    objects,
+    pod_template,
+    probe_paths,
+    prometheus_job,
+    promql_selectors,
+    pyproject,
+    resources,
+    scaling_behavior,
+    selects,
+    serves_get,
+    settings_from,
+    stages,
+    the_job,
+    yaml_files,
+)
 
 # -- the checks ----------------------------------------------------------------------------
 
@@ -292,12 +99,19 @@ def test_every_yaml_file_parses_and_every_manifest_is_in_its_kustomization() -> 
     files = yaml_files()
     assert DEPLOY / "compose.yaml" in files
     assert all(load(p) for p in files), "a YAML file under deploy/ holds no document"
-    for folder in KUSTOMIZATIONS:
+    for folder in (*KUSTOMIZATIONS, *AUTOSCALING_COMPONENTS):
         listed = set(resources(folder))
         here = {p for p in folder.glob("*.y*ml") if p.name != "kustomization.yaml"}
         assert listed == here, f"{folder}: kustomization resources vs files"
         for obj in objects(folder):
             assert obj["apiVersion"] and obj["kind"] and obj["metadata"]["name"]
+    # every folder of components/ is a Component, the overlays' alternatives
+    assert sorted(p.parent for p in COMPONENTS.glob("*/kustomization.yaml")) == sorted(
+        AUTOSCALING_COMPONENTS
+    )
+    for component in AUTOSCALING_COMPONENTS:
+        (kustomization,) = load(component / "kustomization.yaml")
+        assert kustomization["kind"] == "Component", component
     # the training Job is not applied with the service, nor the service with the Job; the
     # Qdrant mode is applied instead of the FAISS mode, never with it
     assert not {p.parent for p in resources(K8S)} & {TRAIN, QDRANT}
@@ -308,21 +122,15 @@ def test_every_yaml_file_parses_and_every_manifest_is_in_its_kustomization() -> 
 def test_every_contrastive_env_name_is_a_setting_and_every_value_parses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    image = {k: v for k, v in dockerfile_env().items() if k.startswith(PREFIX)}
+    image = image_settings_env()
     sources = {"Dockerfile": image, "compose": {**image, **compose_env()}}
     shell = {"CONTRASTIVE_QDRANT_API_KEY": "k"}
     sources["compose qdrant"] = {**image, **compose_env(qdrant=True, shell=shell)}
-    for folder, name, container in service_containers():
-        env = container_env(objects(folder), container)
-        sources[f"{folder_label(folder)} {name}"] = {**image, **env}
     _, trainer = the_job()
     sources["k8s train"] = {**image, **container_env(objects(TRAIN), trainer)}
 
     used = {n for env in sources.values() for n in env if n.startswith(PREFIX)}
     assert used - SETTING_ENV_NAMES == set(), "not a field of service.settings.Settings"
-    # Kubernetes env values must be strings ("8000", not 8000)
-    for _, _, container in service_containers():
-        assert all(isinstance(v.get("value", ""), str) for v in container["env"])
     for label, env in sources.items():
         settings = settings_from(monkeypatch, env)  # raises on a value that does not parse
         assert settings.host == "0.0.0.0", label
@@ -331,9 +139,11 @@ def test_every_contrastive_env_name_is_a_setting_and_every_value_parses(
     assert settings_from(monkeypatch, image).collections_dir == "/data/collections"
     # an empty CONTRASTIVE_API_KEYS (compose without keys) means no keys, not one empty key
     assert settings_from(monkeypatch, sources["compose"]).api_keys == []
-    for folder, name, _ in service_containers():
-        label = f"{folder_label(folder)} {name}"
-        assert settings_from(monkeypatch, sources[label]).api_keys != [], label
+    # the Kubernetes Deployments: names, string values, host, port, keys set
+    envs = {}
+    for folder in SERVICE_KUSTOMIZATIONS:
+        envs.update(check_service_env(objects(folder), folder_label(folder), monkeypatch))
+    assert set(envs) == {"k8s contrastive", "k8s contrastive-index", "k8s/qdrant contrastive"}
 
 
 def test_ports_agree_with_contrastive_port(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -343,51 +153,15 @@ def test_ports_agree_with_contrastive_port(monkeypatch: pytest.MonkeyPatch) -> N
     published = [str(p).rsplit(":", 1)[-1] for p in compose()["services"]["contrastive"]["ports"]]
     assert published == [str(port)]
     assert prometheus_job()["static_configs"][0]["targets"] == [f"contrastive:{port}"]
-
-    for folder, name, container in service_containers():
-        objs = objects(folder)
-        env_port = int(container_env(objs, container).get("CONTRASTIVE_PORT", port))
-        assert env_port == port, name
-        assert container_port(container, "http") == port, name
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container_port(container, container[probe]["httpGet"]["port"]) == port
-        annotations = pod_template(named(objs, "Deployment")[name])["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(port), name
-
     for folder in SERVICE_KUSTOMIZATIONS:
-        objs = objects(folder)
-        deployments = named(objs, "Deployment")
-        qdrant_pods = named(objs, "StatefulSet")  # Qdrant's port: test_qdrant_mode_...
-        services = named(objs, "Service")
-        for svc_name, svc in services.items():
-            (svc_port,) = svc["spec"]["ports"]
-            pods = selected(svc["spec"]["selector"], {**deployments, **qdrant_pods})
-            assert len(pods) == 1, f"Service {svc_name} selects {len(pods)} workloads"
-            if pods[0]["kind"] == "Deployment":
-                (container,) = pod_template(pods[0])["spec"]["containers"]
-                assert container_port(container, svc_port["targetPort"]) == port, svc_name
-        for rule in named(objs, "Ingress")["contrastive"]["spec"]["rules"]:
-            for path in rule["http"]["paths"]:
-                backend = path["backend"]["service"]
-                (svc,) = selected(services[backend["name"]]["spec"]["selector"], deployments)
-                port_names = {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
-                assert backend["port"]["name"] in port_names
+        check_ports(objects(folder), folder_label(folder), port)
 
 
 def test_probes_healthcheck_and_scrape_paths_are_routes_of_the_app() -> None:
     app = create_app(Settings(collections=False))  # the model loads only in the lifespan
     paths = {}
-    for folder, name, container in service_containers():
-        label = f"{folder_label(folder)} {name}"
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", label
-        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", label
-        assert container["startupProbe"]["httpGet"]["path"] == "/healthz", label
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            paths[f"{label} {probe}"] = container[probe]["httpGet"]["path"]
-        dep = named(objects(folder), "Deployment")[name]
-        paths[f"{label} annotation"] = pod_template(dep)["metadata"]["annotations"][
-            "prometheus.io/path"
-        ]
+    for folder in SERVICE_KUSTOMIZATIONS:
+        paths.update(probe_paths(objects(folder), folder_label(folder)))
 
     (healthcheck,) = final_stage("HEALTHCHECK")
     argv = json.loads(healthcheck.split(" CMD ", 1)[1])
@@ -406,7 +180,6 @@ def test_probes_healthcheck_and_scrape_paths_are_routes_of_the_app() -> None:
 
 def test_service_command_lines_parse_with_the_contrastive_cli() -> None:
     from service.cli import build_parser
-    from service.commands.serve import settings_from_args
 
     parser = build_parser()
     (entrypoint,) = final_stage("ENTRYPOINT")
@@ -420,11 +193,8 @@ def test_service_command_lines_parse_with_the_contrastive_cli() -> None:
     assert "entrypoint" not in service
     assert parser.parse_args(compose_args).command == "serve"
 
-    for _, name, container in service_containers():
-        assert "command" not in container, f"{name}: keep the image's ENTRYPOINT"
-        args = parser.parse_args(container["args"])
-        assert args.command == "serve", name
-        settings_from_args(args)
+    for folder in SERVICE_KUSTOMIZATIONS:
+        check_command_lines(objects(folder), folder_label(folder))
 
 
 def test_training_job_command_line_parses_with_torchrun_and_the_training_cli(
@@ -493,263 +263,137 @@ def test_training_job_command_line_parses_with_torchrun_and_the_training_cli(
 
 def test_kubernetes_references_resolve() -> None:
     for folder in KUSTOMIZATIONS:
-        objs = objects(folder)
-        claims = named(objs, "PersistentVolumeClaim")
-        secrets = named(objs, "Secret")
-        for name, work in workloads(objs).items():
-            template = pod_template(work)
-            pod = template["spec"]
-            if work["kind"] == "Deployment":
-                assert selected(work["spec"]["selector"]["matchLabels"], {name: work}), name
-            # a Service named contrastive* would inject CONTRASTIVE_PORT=tcp://... otherwise
-            assert pod["enableServiceLinks"] is False, name
-            volumes = {v["name"]: v for v in pod["volumes"]}
-            for volume in volumes.values():
-                if "persistentVolumeClaim" in volume:
-                    assert volume["persistentVolumeClaim"]["claimName"] in claims, name
-            for container in pod["containers"]:
-                for mount in container.get("volumeMounts", []):
-                    assert mount["name"] in volumes, f"{name}: mount {mount['name']}"
-                for var in container.get("env", []):
-                    ref = var.get("valueFrom", {}).get("secretKeyRef")
-                    if ref:
-                        assert ref["name"] in secrets, f"{name}: {var['name']}"
-                        secret = secrets[ref["name"]]
-                        keys = {*secret.get("stringData", {}), *secret.get("data", {})}
-                        assert ref["key"] in keys, f"{name}: {var['name']}"
+        check_references(objects(folder), folder_label(folder))
 
-    for folder in SERVICE_KUSTOMIZATIONS:
-        objs = objects(folder)
-        deployments = named(objs, "Deployment")
-        hpas = named(objs, "HorizontalPodAutoscaler")
-        for hpa in hpas.values():
-            assert hpa["apiVersion"] == "autoscaling/v2"
-            target = hpa["spec"]["scaleTargetRef"]
-            assert target["kind"] == "Deployment" and target["name"] in deployments
-            dep = deployments[target["name"]]
-            assert "replicas" not in dep["spec"], "the HPA owns the replica count"
-            (metric,) = hpa["spec"]["metrics"]
-            assert metric["resource"]["name"] == "cpu"
-            for container in pod_template(dep)["spec"]["containers"]:
-                assert container["resources"]["requests"]["cpu"], "utilization needs a request"
-        for pdb in named(objs, "PodDisruptionBudget").values():
-            selector = pdb["spec"]["selector"]["matchLabels"]
-            (matched,) = selected(selector, deployments)
-            targets = {h["spec"]["scaleTargetRef"]["name"]: h for h in hpas.values()}
-            hpa = targets.get(matched["metadata"]["name"])
-            replicas = hpa["spec"]["minReplicas"] if hpa else matched["spec"].get("replicas", 1)
-            assert replicas > 1, "a budget on a single pod would block every node drain"
-        for ingress in named(objs, "Ingress").values():
-            for rule in ingress["spec"]["rules"]:
-                for path in rule["http"]["paths"]:
-                    assert path["backend"]["service"]["name"] in named(objs, "Service")
+
+AUTOSCALING_VARIANTS = [
+    (folder, components)
+    for folder in SERVICE_KUSTOMIZATIONS
+    for components in ((), *((c,) for c in AUTOSCALING_COMPONENTS))
+]
+
+
+def _variant_id(variant: tuple[Path, tuple[Path, ...]]) -> str:
+    folder, components = variant
+    return " + ".join([folder_label(folder), *(c.name for c in components)])
+
+
+@pytest.mark.parametrize("variant", AUTOSCALING_VARIANTS, ids=_variant_id)
+def test_autoscaling_scales_only_the_stateless_replicas_on_what_they_export(
+    variant: tuple[Path, tuple[Path, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, components = variant
+    objs = objects(folder, components)
+    label = _variant_id(variant)
+    check_autoscaling(objs, label)
+    check_references(objs, label)
+    check_collection_modes(objs, label, monkeypatch)
+    (scaler,) = autoscalers(objs).values()
+    assert scaler["spec"]["scaleTargetRef"]["name"] == "contrastive"
+    # by default the queue depth through KEDA; a component swaps in an HPA of the same name
+    expected = {
+        (): ("ScaledObject", "prometheus"),
+        ("hpa-queue-depth",): ("HorizontalPodAutoscaler", "Pods"),
+        ("hpa-cpu",): ("HorizontalPodAutoscaler", "Resource"),
+    }[tuple(c.name for c in components)]
+    if scaler["kind"] == "ScaledObject":
+        got = (scaler["kind"], scaler["spec"]["triggers"][0]["type"])
+    else:
+        got = (scaler["kind"], scaler["spec"]["metrics"][0]["type"])
+    assert got == expected
+    assert scaler["metadata"]["name"] == "contrastive"
+
+
+def test_the_autoscalers_agree_with_each_other_and_with_the_adapter_rule() -> None:
+    """The two overlays' ScaledObjects and the components' HPAs: the same range, the same
+    behaviour and (for the queue) the same target; the prometheus-adapter rule serves the
+    gauge per pod, averaged over the window the KEDA query uses."""
+    faiss, qdrant = (autoscalers(objects(f))["contrastive"] for f in SERVICE_KUSTOMIZATIONS)
+    assert faiss["spec"] == qdrant["spec"]
+    queue_hpa, cpu_hpa = (
+        autoscalers(objects(K8S, (c,)))["contrastive"] for c in AUTOSCALING_COMPONENTS
+    )
+    for hpa in (queue_hpa, cpu_hpa):
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
+            faiss["spec"]["minReplicaCount"],
+            faiss["spec"]["maxReplicaCount"],
+        )
+        assert scaling_behavior(hpa) == scaling_behavior(faiss)
+    (trigger,) = faiss["spec"]["triggers"]
+    (metric,) = queue_hpa["spec"]["metrics"]
+    assert float(metric["pods"]["target"]["averageValue"]) == float(
+        trigger["metadata"]["threshold"]
+    )
+
+    rule = adapter_rule()
+    ((name, matchers),) = promql_selectors(rule["seriesQuery"])
+    assert name == QUEUE_METRIC and exported_metrics()[name] == "gauge"
+    assert {(label, op, value) for label, op, value in matchers} == {
+        ("namespace", "!=", ""),
+        ("pod", "!=", ""),
+    }
+    overrides = rule["resources"]["overrides"]
+    assert overrides == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    assert re.fullmatch(rule["name"]["matches"].strip("^$"), QUEUE_METRIC)
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    window = re.compile(r"avg_over_time\(.*\}(\[\w+\])\)")
+    (keda_window,) = window.findall(trigger["metadata"]["query"])
+    (adapter_window,) = window.findall(rule["metricsQuery"])
+    assert keda_window == adapter_window
+    assert rule["metricsQuery"].startswith("sum(") and "by (<<.GroupBy>>)" in rule["metricsQuery"]
+    # the adapter asks the Prometheus that KEDA asks
+    (values,) = load(PROMETHEUS / "adapter-values.yaml")
+    server = urlsplit(trigger["metadata"]["serverAddress"])
+    adapter = urlsplit(values["prometheus"]["url"])
+    assert (adapter.hostname, values["prometheus"]["port"]) == (server.hostname, server.port)
+
+
+def test_every_metric_named_in_the_deploy_files_is_exported() -> None:
+    """The names in Prometheus configs, autoscaler queries, adapter rules and the chart are
+    names that the service's /metrics shows."""
+    names: dict[str, set[str]] = {}
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file() and path.suffix in (".yaml", ".yml", ".tpl", ".txt", ".json"):
+            for name in re.findall(r"\bcontrastive_[a-z_]+\b", path.read_text()):
+                names.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    assert QUEUE_METRIC in names
+    assert {n: where for n, where in names.items() if n not in exported_metrics()} == {}
 
 
 def test_shutdown_fits_in_the_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
-    image = dockerfile_env()
-    for folder, name, container in service_containers():
-        objs = objects(folder)
-        s = settings_from(monkeypatch, {**image, **container_env(objs, container)})
-        grace = pod_template(named(objs, "Deployment")[name])["spec"][
-            "terminationGracePeriodSeconds"
-        ]
-        assert grace > s.drain_seconds + s.graceful_timeout + 10, name
-        # a load balancer that checks /readyz notices the drain within one probe period
-        probe = container["readinessProbe"]
-        assert s.drain_seconds >= probe["periodSeconds"], name
-    s = settings_from(monkeypatch, {**image, **compose_env()})
+    for folder in SERVICE_KUSTOMIZATIONS:
+        check_shutdown(objects(folder), folder_label(folder), monkeypatch)
+    s = settings_from(monkeypatch, {**dockerfile_env(), **compose_env()})
     grace = duration_seconds(compose()["services"]["contrastive"]["stop_grace_period"])
     assert grace > s.drain_seconds + s.graceful_timeout + 10
     assert final_stage("STOPSIGNAL") == ["SIGTERM"]
 
 
 def test_pods_run_as_the_images_non_root_user() -> None:
-    (user,) = final_stage("USER")
-    uid, _, gid = user.partition(":")
-    assert uid.isdigit() and int(uid) != 0, "USER must be a numeric non-root uid"
-    for name, work in all_workloads().items():
-        pod = pod_template(work)["spec"]
-        context = pod["securityContext"]
-        assert context["runAsNonRoot"] is True, name
-        assert context["runAsUser"] == int(uid), name
-        assert context["runAsGroup"] == int(gid or uid), name
-        volumes = {v["name"]: v for v in pod["volumes"]}
-        for container in pod["containers"]:
-            security = container["securityContext"]
-            assert security["allowPrivilegeEscalation"] is False, name
-            assert security["capabilities"]["drop"] == ["ALL"], name
-            if security.get("readOnlyRootFilesystem"):
-                mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-                assert "emptyDir" in volumes[mounts["/tmp"]], f"{name}: writable /tmp"
-                assert dict((v["name"], v.get("value")) for v in container["env"])["HOME"] == (
-                    "/tmp"
-                ), f"{name}: HOME on the writable /tmp"
+    for folder in KUSTOMIZATIONS:
+        check_pods_non_root(objects(folder), folder_label(folder))
 
 
 def test_ingress_sends_collections_to_the_single_writer(monkeypatch: pytest.MonkeyPatch) -> None:
-    objs = objects(K8S)
-    image = dockerfile_env()
-    deployments = named(objs, "Deployment")
-    services = named(objs, "Service")
-    (ingress,) = named(objs, "Ingress").values()
-    routed = {}
-    for rule in ingress["spec"]["rules"]:
-        for path in rule["http"]["paths"]:
-            assert path["pathType"] == "Prefix"
-            svc = services[path["backend"]["service"]["name"]]
-            (dep,) = selected(svc["spec"]["selector"], deployments)
-            (container,) = pod_template(dep)["spec"]["containers"]
-            s = settings_from(monkeypatch, {**image, **container_env(objs, container)})
-            routed[path["path"]] = (dep, s)
-    assert {p: s.collections for p, (_, s) in routed.items()} == {
-        "/v1/collections": True,
-        "/": False,
-    }
-
-    # every collections route (of the writer's app) is under the prefix, and nothing else is
-    app = create_app(Settings(collections=True))  # the store opens only in the lifespan
-    api_paths = list(app.openapi()["paths"])
-    under = [p for p in api_paths if p == "/v1/collections" or p.startswith("/v1/collections/")]
-    assert len(under) >= 5
-    assert [p for p in api_paths if p.startswith("/v1/collections") and p not in under] == []
-
-    writer, settings = routed["/v1/collections"]
-    assert writer["spec"]["replicas"] == 1
-    assert writer["spec"]["strategy"]["type"] == "Recreate"
-    pod = pod_template(writer)["spec"]
-    (container,) = pod["containers"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    store = Path(settings.collections_dir)
-    (store_mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) in store.parents]
-    claim = volumes[store_mount["name"]]["persistentVolumeClaim"]["claimName"]
-    pvc = named(objs, "PersistentVolumeClaim")[claim]
-    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
-
-    readers, _ = routed["/"]
-    assert not any("persistentVolumeClaim" in v for v in pod_template(readers)["spec"]["volumes"])
-    (hpa,) = named(objs, "HorizontalPodAutoscaler").values()
-    assert hpa["spec"]["scaleTargetRef"]["name"] == readers["metadata"]["name"]
-
-
-def min_replicas(objs: list[dict[str, Any]], dep: dict[str, Any]) -> int:
-    """The fewest pods a Deployment runs: its HPA's minReplicas, else spec.replicas."""
-    hpas = named(objs, "HorizontalPodAutoscaler").values()
-    targets = {h["spec"]["scaleTargetRef"]["name"]: h for h in hpas}
-    hpa = targets.get(dep["metadata"]["name"])
-    return int(hpa["spec"]["minReplicas"]) if hpa else int(dep["spec"].get("replicas", 1))
+    check_faiss_split(objects(K8S), "k8s", monkeypatch)
 
 
 def test_replicas_above_one_only_where_collections_live_in_qdrant(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """FAISS is one writer process per folder; with Qdrant the pods hold no collections."""
-    image = dockerfile_env()
     modes = {}
-    for folder, name, container in service_containers():
-        objs = objects(folder)
-        dep = named(objs, "Deployment")[name]
-        s = settings_from(monkeypatch, {**image, **container_env(objs, container)})
-        if not s.collections:
-            continue  # embeddings only: stateless in either mode
-        label = f"{folder_label(folder)} {name}"
-        modes[label] = s.collections_backend
-        pod = pod_template(dep)["spec"]
-        claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
-        if s.collections_backend == "faiss":
-            assert min_replicas(objs, dep) == 1, label
-            assert dep["spec"]["replicas"] == 1, f"{label}: no HPA may scale the writer"
-            assert dep["spec"]["strategy"]["type"] == "Recreate", label
-            assert claims, f"{label}: the collections need their volume"
-        else:
-            assert min_replicas(objs, dep) > 1, f"{label}: Qdrant mode scales out"
-            assert dep["spec"]["strategy"]["type"] == "RollingUpdate", label
-            assert claims == [], f"{label}: a Qdrant-mode pod keeps no collection state"
-            assert s.qdrant_url and s.qdrant_api_key, label
+    for folder in SERVICE_KUSTOMIZATIONS:
+        label = folder_label(folder)
+        for name, backend in check_collection_modes(objects(folder), label, monkeypatch).items():
+            modes[f"{label} {name}"] = backend
     assert modes == {"k8s contrastive-index": "faiss", "k8s/qdrant contrastive": "qdrant"}
-
     # in Qdrant mode every path, /v1/collections included, reaches such replicas
-    objs = objects(QDRANT)
-    services = named(objs, "Service")
-    (ingress,) = named(objs, "Ingress").values()
-    for rule in ingress["spec"]["rules"]:
-        for path in rule["http"]["paths"]:
-            svc = services[path["backend"]["service"]["name"]]
-            (dep,) = selected(svc["spec"]["selector"], named(objs, "Deployment"))
-            (container,) = pod_template(dep)["spec"]["containers"]
-            s = settings_from(monkeypatch, {**image, **container_env(objs, container)})
-            assert (s.collections, s.collections_backend) == (True, "qdrant"), path["path"]
-    assert [p["path"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]] == ["/"]
+    check_qdrant_routes(objects(QDRANT), "k8s/qdrant", monkeypatch)
 
 
 def test_qdrant_mode_talks_to_the_qdrant_it_deploys(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.index.factory import QdrantConfig
-
-    objs = objects(QDRANT)
-    (dep,) = named(objs, "Deployment").values()
-    (container,) = pod_template(dep)["spec"]["containers"]
-    s = settings_from(monkeypatch, {**dockerfile_env(), **container_env(objs, container)})
-    assert s.qdrant_url is not None
-    url = urlsplit(s.qdrant_url)
-    assert url.scheme == "http" and url.port is not None
-
-    # the url names the Service in front of the StatefulSet, and that Service's port
-    svc = named(objs, "Service")[url.hostname or ""]
-    (qdrant,) = selected(svc["spec"]["selector"], named(objs, "StatefulSet"))
-    assert selected(svc["spec"]["selector"], named(objs, "Deployment")) == []
-    (svc_port,) = [p for p in svc["spec"]["ports"] if p["port"] == url.port]
-    (qc,) = pod_template(qdrant)["spec"]["containers"]
-    assert container_port(qc, svc_port["targetPort"]) == 6333, "Qdrant's REST port"
-    # nothing from outside reaches Qdrant
-    backends = {
-        path["backend"]["service"]["name"]
-        for ingress in named(objs, "Ingress").values()
-        for rule in ingress["spec"]["rules"]
-        for path in rule["http"]["paths"]
-    }
-    assert svc["metadata"]["name"] not in backends and svc["spec"]["type"] == "ClusterIP"
-
-    # one key, from one Secret: what Qdrant requires is what the service sends
-    qenv = container_env(objs, qc)
-    assert qenv["QDRANT__SERVICE__API_KEY"] == s.qdrant_api_key
-    assert s.qdrant_api_key, "an empty key would leave Qdrant open"
-    refs = {
-        var["valueFrom"]["secretKeyRef"]["name"]
-        for c in (container, qc)
-        for var in c["env"]
-        if var["name"] in ("CONTRASTIVE_QDRANT_API_KEY", "QDRANT__SERVICE__API_KEY")
-    }
-    assert len(refs) == 1 and refs <= set(named(objs, "Secret"))
-    # the service builds a valid client config from these settings (as state.py does)
-    QdrantConfig(url=s.qdrant_url, api_key=s.qdrant_api_key, timeout=s.qdrant_timeout,
-                 prefix=s.qdrant_prefix)  # fmt: skip
-
-    # one node, its storage on a claim of its own; every path it writes is a volume
-    spec = qdrant["spec"]
-    assert spec["replicas"] == 1, "a cluster needs Qdrant's cluster config: use its Helm chart"
-    assert spec["serviceName"] == svc["metadata"]["name"]
-    assert selects(spec["selector"]["matchLabels"], pod_template(qdrant)["metadata"]["labels"])
-    pod = pod_template(qdrant)["spec"]
-    templates = {t["metadata"]["name"]: t for t in spec["volumeClaimTemplates"]}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts = {m["mountPath"]: m["name"] for m in qc["volumeMounts"]}
-    assert set(mounts.values()) <= set(volumes) | set(templates)
-    assert mounts["/qdrant/storage"] in templates
-    assert templates[mounts["/qdrant/storage"]]["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert str(Path(qenv["QDRANT_INIT_FILE_PATH"]).parent) in mounts
-    assert qc["securityContext"]["readOnlyRootFilesystem"] is True
-    assert qc["securityContext"]["allowPrivilegeEscalation"] is False
-    assert qc["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
-    assert pod["enableServiceLinks"] is False
-    # probes: Qdrant's health routes (they need no key), on its REST port
-    assert qc["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert qc[probe]["httpGet"]["path"] in ("/livez", "/readyz", "/healthz"), probe
-        assert container_port(qc, qc[probe]["httpGet"]["port"]) == 6333, probe
-    # a pinned image, the same one the compose overlay runs
-    assert re.fullmatch(r"qdrant/qdrant:v\d+\.\d+\.\d+", qc["image"])
-    assert qc["image"] == compose(QDRANT_COMPOSE)["services"]["qdrant"]["image"]
+    check_qdrant_mode(objects(QDRANT), "k8s/qdrant", monkeypatch)
 
 
 class _Readyz(BaseHTTPRequestHandler):
@@ -936,18 +580,32 @@ def test_compose_files_exist_and_compose_accepts_them() -> None:
     assert {k: str(v or "") for k, v in resolved["environment"].items()} == compose_env()
 
 
-@pytest.mark.parametrize("folder", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_kustomize_builds_what_the_files_say(folder: Path, tmp_path: Path) -> None:
+KUSTOMIZE_BUILDS = [(folder, ()) for folder in KUSTOMIZATIONS] + [
+    v for v in AUTOSCALING_VARIANTS if v[1]
+]
+
+
+@pytest.mark.parametrize("variant", KUSTOMIZE_BUILDS, ids=_variant_id)
+def test_kustomize_builds_what_the_files_say(
+    variant: tuple[Path, tuple[Path, ...]], tmp_path: Path
+) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    # a copy, with the committed examples standing in for git-ignored env files
-    work = tmp_path / folder.name
-    shutil.copytree(folder, work)
+    folder, components = variant
+    # a copy of deploy/k8s (the components are beside the overlays), with the committed
+    # examples standing in for git-ignored env files, and the components listed
+    shutil.copytree(K8S, tmp_path / "k8s")
+    work = tmp_path / folder.relative_to(DEPLOY)
     for example in work.glob("*.env.example"):
         real = example.with_name(example.name.removesuffix(".example"))
         if not real.exists():
             shutil.copy(example, real)
+    if components:
+        kustomization = work / "kustomization.yaml"
+        listed = [os.path.relpath(tmp_path / c.relative_to(DEPLOY), work) for c in components]
+        text = kustomization.read_text() + yaml.safe_dump({"components": listed})
+        kustomization.write_text(text)
     command = [kubectl, "kustomize", str(work)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -956,4 +614,4 @@ def test_kustomize_builds_what_the_files_say(folder: Path, tmp_path: Path) -> No
     def key(o: dict[str, Any]) -> tuple[str, str]:
         return o["kind"], o["metadata"]["name"]
 
-    assert sorted(built, key=key) == sorted(objects(folder), key=key)
+    assert sorted(built, key=key) == sorted(objects(folder, components), key=key)
