@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from service.bench.loadgen import build_request, run_load
-from service.bench.serve import _environment, _free_port, wait_ready
+from service.bench.serve import environment, free_port, wait_ready
 from service.index.embedded.store import CollectionStore
 from service.index.types import IndexKind, IndexSpec
 
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     k = args.k
     print(f"{n} x {dim} {args.data} vectors, {args.queries} queries, k={k}, {device}", flush=True)
     base, queries = make_data(n, args.queries, dim, args.data)
-    env = _environment(device)
+    env = environment(device)
     tmp = Path(tempfile.mkdtemp(prefix="bench-search-"))
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {
@@ -350,7 +350,7 @@ def _http_rows(
     seconds: float,
     ref: dict[int, float],
 ) -> list[dict[str, Any]]:
-    port = _free_port()
+    port = free_port()
     print("starting the server ...", flush=True)
     server = _start_server(args, port, folder)
     rows = []

@@ -7,11 +7,10 @@ In one run on one machine:
    requests at each concurrency -> requests/s, p50 and p99 latency;
 3. the ratios HTTP / in-process, and p50 at concurrency 1 minus the single-item time.
 
-With `--peer URL` it measures against another embedding server instead: the same
-single-text OpenAI /v1/embeddings request to our server and to the peer (URL is the
-peer's API base, the part before /embeddings), level by level side by side -> requests/s,
-p50 and p95 latency for both and the ratio ours / peer. The peer runs the same model and
-is started by the user (e.g. infinity-emb, docs/benchmarks.md).
+With `--peer URL` it measures against another embedding server instead (service.bench.peer:
+the same OpenAI /v1/embeddings requests to both, texts and images, 1 and 32 items a
+request, alternating over rounds -> answered requests/s, p50/p99 and 503s of each). The
+peer runs the same model and is started by the user (e.g. infinity-emb, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,10 +25,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
 
@@ -49,9 +46,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--peer",
         default=None,
         metavar="URL",
-        help="compare text /v1/embeddings with this server instead (its API base, "
+        help="compare /v1/embeddings with this server instead (its API base, "
         "URL + '/embeddings', e.g. http://127.0.0.1:7997)",
     )
+    p.add_argument(
+        "--peer-image-model",
+        default=None,
+        help="with --peer: the peer's image model name (image workloads run only with it)",
+    )
+    p.add_argument(
+        "--ours",
+        default=None,
+        metavar="URL",
+        help="with --peer: our server already running at this API base (e.g. "
+        "http://127.0.0.1:8000/v1), sent --model as the model name [start one]",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="with --peer: rounds per cell [3]")
+    p.add_argument("--items", default="1,32", help="with --peer: items a request [1,32]")
     p.add_argument(
         "--device-decode",
         default=None,
@@ -63,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _photo_jpeg() -> bytes:
+def photo_jpeg() -> bytes:
     """A real photo at a camera's VGA size (scikit-image's cat, resized to 640x480 JPEG):
     the upload the issue's decode target is stated for."""
     from PIL import Image
@@ -128,13 +139,13 @@ def in_process(encoder: Any, modality: str, max_batch: int, jpeg: bytes) -> dict
     return {"best_batch": best, "by_batch": by_batch, "single_ms": 1000 * _median_time(one, 21)}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
+def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
@@ -216,21 +227,23 @@ def _row(modality: str, res: LoadResult, ref: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _environment(device: str) -> dict[str, Any]:
+def environment(device: str) -> dict[str, Any]:
     """The machine and software a figure was measured on (shared with `bench train`)."""
-    from training.encoders.environment import environment
+    from training.encoders import environment as env
 
-    return environment(device)
+    return env.environment(device)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.peer:
-        return run_peer(args)
+        from service.bench import peer
+
+        return peer.run(args)
     from training.encoders import load_encoder
 
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]
-    jpeg = _photo_jpeg()
+    jpeg = photo_jpeg()
     print(f"loading {args.model} in-process ...", flush=True)
     encoder = load_encoder(args.model, args.pretrained, args.device)
     modalities = [m for m in modalities if m in encoder.capabilities]
@@ -246,10 +259,10 @@ def run(args: argparse.Namespace) -> int:
             f"device path on {decode['device']} {decode['device_images_per_s']:.0f} img/s",
             flush=True,
         )
-    env = _environment(str(encoder.device))
-    port = _free_port()
+    env = environment(str(encoder.device))
+    port = free_port()
     print("starting the server ...", flush=True)
-    server = _start_server(args, port)
+    server = start_server(args, port)
     rows = []
     try:
         reqs = _requests(port, jpeg)
@@ -326,156 +339,3 @@ def _print_summary(refs: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) 
         if c1:
             extra = f"; HTTP p50 at c=1 is {c1[0]['p50_minus_model_single_ms']:+.2f} ms above it"
         print(f"{m}: model time for one item {ref['single_ms']:.2f} ms{extra}")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """An OpenAI-compatible embeddings API: POST http://host:port{prefix}/embeddings."""
-
-    host: str
-    port: int
-    prefix: str
-    model: str
-
-    @classmethod
-    def from_url(cls, url: str, model: str) -> Endpoint:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"--peer needs an http://host:port[/prefix] URL, got {url!r}")
-        return cls(parts.hostname, parts.port or 80, parts.path.rstrip("/"), model)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}{self.prefix}"
-
-    def request(self) -> bytes:
-        """One text per request, as the other levels of this benchmark send."""
-        body = json.dumps({"model": self.model, "input": [TEXT]}).encode()
-        path = f"{self.prefix}/embeddings"
-        return build_request(self.host, self.port, path, body, "application/json", None)
-
-    def check(self) -> int:
-        """One real request, its answer checked -> the embedding's length."""
-        import httpx
-
-        r = httpx.post(
-            f"{self.url}/embeddings", json={"model": self.model, "input": [TEXT]}, timeout=60
-        )
-        r.raise_for_status()
-        (item,) = r.json()["data"]
-        return len(item["embedding"])
-
-
-def peer_model(url: str) -> str:
-    """The first model id the peer lists at GET {url}/models (OpenAI's shape)."""
-    import httpx
-
-    r = httpx.get(f"{url.rstrip('/')}/models", timeout=30)
-    r.raise_for_status()
-    return str(r.json()["data"][0]["id"])
-
-
-def _load_stats(res: LoadResult) -> dict[str, Any]:
-    return {
-        "requests_per_s": res.rps,
-        "p50_ms": 1000 * res.percentile(50),
-        "p95_ms": 1000 * res.percentile(95),
-        "errors": res.errors,
-    }
-
-
-def compare(
-    ours: Endpoint, peer: Endpoint, levels: list[int], seconds: float
-) -> list[dict[str, Any]]:
-    """At each concurrency, ours then the peer under the same load (each warmed up first):
-    on a shared, noisy machine a ratio is only fair between figures taken side by side."""
-    rows = []
-    for c in levels:
-        row: dict[str, Any] = {"concurrency": c}
-        for name, ep in (("ours", ours), ("peer", peer)):
-            res = asyncio.run(run_load(ep.host, ep.port, ep.request(), c, seconds))
-            row[name] = _load_stats(res)
-        peer_rps = row["peer"]["requests_per_s"]
-        row["ratio_rps_ours_to_peer"] = (
-            row["ours"]["requests_per_s"] / peer_rps if peer_rps else 0.0
-        )
-        rows.append(row)
-        _print_peer_row(row)
-    return rows
-
-
-def run_peer(args: argparse.Namespace) -> int:
-    from training.encoders.base import resolve_device
-
-    levels = [int(c) for c in args.concurrency.split(",")]
-    peer = Endpoint.from_url(args.peer, args.peer_model or peer_model(args.peer))
-    peer_dim = peer.check()
-    env = _environment(str(resolve_device(args.device)))
-    port = _free_port()
-    print("starting the server ...", flush=True)
-    server = _start_server(args, port)
-    try:
-        ours = Endpoint("127.0.0.1", port, "/v1", args.model)
-        our_dim = ours.check()
-        if our_dim != peer_dim:
-            print(f"warning: ours embeds into {our_dim} dimensions, the peer {peer_dim}")
-        rows = compare(ours, peer, levels, args.seconds)
-    finally:
-        server.terminate()
-        server.wait(30)
-    result = {
-        "benchmark": "serve-peer",
-        "model": args.model,
-        "batch": args.batch,
-        "peer": {"url": peer.url, "model": peer.model},
-        "dims": {"ours": our_dim, "peer": peer_dim},
-        "text": TEXT,
-        **env,
-        "http": rows,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serve-peer-{env['date'][:19].replace(':', '')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    _print_peer_summary(rows)
-    print(f"wrote {path}")
-    return 0
-
-
-def _print_peer_row(r: dict[str, Any]) -> None:
-    for name in ("ours", "peer"):
-        s = r[name]
-        print(
-            f"  {name} c={r['concurrency']:<3} {s['requests_per_s']:8.1f} req/s  "
-            f"p50 {s['p50_ms']:7.2f} ms  p95 {s['p95_ms']:7.2f} ms  errors {s['errors'] or 0}",
-            flush=True,
-        )
-    print(f"  ours / peer {r['ratio_rps_ours_to_peer']:.2f}", flush=True)
-
-
-def _print_peer_summary(rows: list[dict[str, Any]]) -> None:
-    cols = [
-        "concurrency",
-        "ours req/s",
-        "ours p50 ms",
-        "ours p95 ms",
-        "peer req/s",
-        "peer p50 ms",
-        "peer p95 ms",
-        "ours / peer",
-    ]
-    print("\n| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        o, q = r["ours"], r["peer"]
-        cells = [
-            str(r["concurrency"]),
-            f"{o['requests_per_s']:.1f}",
-            f"{o['p50_ms']:.2f}",
-            f"{o['p95_ms']:.2f}",
-            f"{q['requests_per_s']:.1f}",
-            f"{q['p50_ms']:.2f}",
-            f"{q['p95_ms']:.2f}",
-            f"{r['ratio_rps_ours_to_peer']:.2f}",
-        ]
-        print("| " + " | ".join(cells) + " |")

@@ -1,6 +1,6 @@
 """Texts and image bytes -> embeddings, through the batchers: what the routes embed with.
 
-A full batcher, a full decode queue or a device out of memory becomes a CapacityError
+A full batcher or a device out of memory becomes a CapacityError
 (retryable, with a retry-after); the HTTP edge picks its status. Work whose client has
 gone is cancelled (service.runtime.disconnect).
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Executor
 
 import torch
@@ -34,27 +35,55 @@ class TextEmbedder:
 
 
 class DecodeGate:
-    """Bounds the images handed to the decode pool and not yet decoded: past `limit`, a
-    request is refused at once instead of waiting in the pool's unbounded queue. An empty
-    gate takes any request, so one request larger than `limit` is not refused forever.
+    """Bounds the images handed to the decode pool and not yet decoded, so that decoded
+    pixels never pile up beyond `limit` images: a request past it waits its turn (first
+    come, first served). It does not refuse: every request that reaches it was admitted by
+    the batcher already, whose limits bound how many can wait here, and refusing admitted
+    work would turn a closed-loop client population into retries. An empty gate takes any
+    request, so one request larger than `limit` still gets through.
 
-    Used from the event loop only: a plain counter needs no lock.
+    Used from the event loop only: plain counters need no lock.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
-    @contextlib.contextmanager
-    def enter(self, n: int) -> Iterator[None]:
-        """Hold n places while the body runs; QueueFullError when they are not free."""
-        if self.in_use > 0 and self.in_use + n > self.limit:
-            raise QueueFullError(f"{self.in_use} images being decoded, the limit is {self.limit}")
-        self.in_use += n
+    def _fits(self, n: int) -> bool:
+        return self.in_use == 0 or self.in_use + n <= self.limit
+
+    @contextlib.asynccontextmanager
+    async def enter(self, n: int) -> AsyncIterator[None]:
+        """Hold n places while the body runs, once they are free (in arrival order)."""
+        if not self._waiting and self._fits(n):
+            self.in_use += n
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting.append((n, turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():  # granted as the caller left
+                    self._leave(n)
+                raise
         try:
             yield
         finally:
-            self.in_use -= n
+            self._leave(n)
+
+    def _leave(self, n: int) -> None:
+        self.in_use -= n
+        while self._waiting:
+            m, turn = self._waiting[0]
+            if turn.done():  # its caller left while waiting
+                self._waiting.popleft()
+                continue
+            if not self._fits(m):
+                return
+            self._waiting.popleft()
+            self.in_use += m
+            turn.set_result(None)
 
 
 ImageSource = bytes | str  # a file's bytes, or (from JSON) its base64 or data: URL
@@ -64,7 +93,7 @@ class ImageEmbedder:
     """Images -> [n, d] embeddings: admitted by the batcher first, on their count alone (a
     refusal costs no decoding, not even of base64), then base64-decoded, decoded and
     preprocessed in the decode pool (in parallel, off the event loop, at most
-    `max_decoding` images at a time), then batched on the model."""
+    `max_decoding` images at a time; more wait their turn), then batched on the model."""
 
     def __init__(
         self,
@@ -116,7 +145,7 @@ class ImageEmbedder:
         """n images -> n preprocessed [3, s, s] tensors; the first bad image (in request
         order) raises its error once every decode has ended."""
         loop = asyncio.get_running_loop()
-        with self.gate.enter(len(images)):
+        async with self.gate.enter(len(images)):
             done = await asyncio.gather(
                 *(
                     loop.run_in_executor(self.decode_pool, self._prepare, image, i)
