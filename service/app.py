@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp
 
 from service.api import openapi_docs
 from service.api.openapi_docs import error_responses
@@ -22,16 +24,28 @@ from service.middleware import (
     MetricsMiddleware,
     is_open,
 )
+from service.observability import tracing
+from service.observability.request_id import RequestIdMiddleware
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 from training.encoders import Encoder
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
-def create_app(settings: Settings | None = None, encoder: Encoder | None = None) -> FastAPI:
+
+def create_app(
+    settings: Settings | None = None,
+    encoder: Encoder | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
     """The service. The model loads in the background after start-up (/readyz says when);
-    pass `encoder` to serve one already built (tests, benchmarks)."""
+    pass `encoder` to serve one already built (tests, benchmarks). With the `tracing`
+    setting on, spans go to `tracer_provider` (default: as the OTEL_* variables say);
+    tracing.TracingError when the otel extra is not installed."""
     settings = settings or get_settings()
-    state = ServiceState(settings=settings, metrics=Metrics())
+    spans = tracing.start(tracer_provider) if settings.tracing else None
+    state = ServiceState(settings=settings, metrics=Metrics(), tracing=spans)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -72,7 +86,22 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         )
     app.add_middleware(DrainMiddleware, draining=lambda: state.draining)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    if spans is not None:  # off: no tracing middleware at all, not one that does nothing
+        spans.instrument(app)
+    _wrap_stack(app, RequestIdMiddleware)
     return app
+
+
+def _wrap_stack(app: FastAPI, middleware: Callable[[ASGIApp], ASGIApp]) -> None:
+    """Put `middleware` around the app's whole stack, Starlette's ServerErrorMiddleware
+    (and the tracing middleware) included: add_middleware puts it inside them, where it
+    would not see the 500 that ServerErrorMiddleware answers for an unhandled error."""
+    build = app.build_middleware_stack
+
+    def build_wrapped() -> ASGIApp:
+        return middleware(build())
+
+    app.build_middleware_stack = build_wrapped  # type: ignore[method-assign]
 
 
 # The error statuses each router's operations may answer (500, a bug, goes to all of them;

@@ -85,6 +85,17 @@ class Settings(BaseSettings):
         False,
         description="log every request (uvicorn's access log; costs CPU at high request rates)",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one readable line per record; json: one JSON object per line "
+        "(time, level, logger, message, request_id, exception) for log collectors",
+    )
+    tracing: bool = Field(
+        False,
+        description="OpenTelemetry spans of requests, batcher queue waits, batches, model "
+        "calls and collection calls, exported by OTLP to OTEL_EXPORTER_OTLP_ENDPOINT (the "
+        "otel extra: pip install 'contrastive[otel]')",
+    )
     # shutdown (SIGTERM): /readyz 503 at once, keep serving `drain_seconds` so load
     # balancers stop sending, stop accepting, wait for in-flight requests, flush, exit 0
     drain_seconds: float = Field(

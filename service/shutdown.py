@@ -29,6 +29,7 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import LOGGING_CONFIG
 
 from service.settings import Settings
 from service.state import ServiceState
@@ -78,6 +79,9 @@ def run(app: FastAPI, settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
+        # json: no logging config of uvicorn's own, so its records go to the root logger's
+        # JSON handler (service.observability.logs) rather than to its text handlers
+        log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         # uvicorn types it int, but uses it as asyncio.wait_for's timeout: a float works
         timeout_graceful_shutdown=settings.graceful_timeout,  # type: ignore[arg-type]
     )

@@ -9,6 +9,7 @@ Created in the app's lifespan and kept on `app.state.service`; routes reach it v
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import weakref
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 from service.index.backend import CollectionBackend
 from service.index.factory import open_backend
 from service.metrics import Metrics
+from service.observability.tracing import Tracing
 from service.runtime.batcher import Batcher
 from service.runtime.lifecycle import ModelLifecycle
 from service.runtime.served import Pools, ServedModel, ServedModels
@@ -36,6 +38,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     draining: bool = False
+    tracing: Tracing | None = None  # None: tracing is off, and no span is made
     # the served models and every change to them (service.runtime.lifecycle); the set
     # itself is `models`; set in __post_init__
     lifecycle: ModelLifecycle = field(init=False)
@@ -107,8 +110,13 @@ class ServiceState:
         self.store = open_collections(self.settings)
 
     async def run_index(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking store call in the index pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.index_pool, fn, *args)
+        """Run a blocking store call in the index pool, in the request's context (so that
+        what the store logs names the request), in a span when tracing is on."""
+        loop = asyncio.get_running_loop()
+        if self.tracing is None:
+            return await loop.run_in_executor(self.index_pool, _in_context(), fn, *args)
+        with self.tracing.index_call(fn, args):
+            return await loop.run_in_executor(self.index_pool, _in_context(), fn, *args)
 
     @property
     def ready(self) -> bool:
@@ -121,7 +129,7 @@ class ServiceState:
         default's, built by the caller), each starting its batchers as soon as it is warm."""
         await self.lifecycle.start(encoder)
 
-    def _batcher(self, fn: object, modality: str) -> Batcher:  # type: ignore[type-arg]
+    def _batcher(self, fn: object, modality: str, model_id: str) -> Batcher:  # type: ignore[type-arg]
         s = self.settings
         b: Batcher = Batcher(  # type: ignore[type-arg]
             fn,  # type: ignore[arg-type]
@@ -132,6 +140,7 @@ class ServiceState:
             s.max_queue_wait_ms,
             on_batch=self.metrics.batch_size.labels(modality).observe,
             always_admit=s.always_admit_requests,
+            spans=None if self.tracing is None else self.tracing.batcher(modality, model_id),
         )
         group = self._batchers.setdefault(modality, weakref.WeakSet())
         group.add(b)
@@ -152,12 +161,19 @@ class ServiceState:
         await asyncio.get_running_loop().run_in_executor(None, self._close_store)
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self.tracing is not None:  # the last spans out (an export blocks: off the loop)
+            await asyncio.get_running_loop().run_in_executor(None, self.tracing.close)
 
     def _close_store(self) -> None:
         self.index_pool.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
             log.info("collections closed")
+
+
+def _in_context() -> Callable[..., Any]:
+    """A runner of a call in a copy of the current context: executors do not carry it."""
+    return contextvars.copy_context().run
 
 
 def open_collections(s: Settings) -> CollectionBackend:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Any
@@ -54,12 +53,17 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     from service import shutdown
     from service.app import create_app
+    from service.observability import logs, tracing
     from training.encoders import UnknownModelError, check_reference
     from training.encoders.exported.onnx_runtime import choose_runtime
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    try:  # before anything is loaded: one line that says what to install
+        if settings.tracing:
+            tracing.require()
+    except tracing.TracingError as e:
+        print(f"contrastive serve: {e}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format, tracing=settings.tracing)
     # Fail fast on a reference that names nothing; the load itself runs after start-up,
     # with /readyz answering 503 until the model is warm.
     try:
@@ -69,5 +73,10 @@ def run(args: argparse.Namespace) -> int:
     except (UnknownModelError, ValueError) as e:
         print(f"contrastive serve: {e}", file=sys.stderr)
         return 2
-    shutdown.run(create_app(settings), settings)
+    try:
+        app = create_app(settings)
+    except tracing.TracingError as e:  # an exporter that OTEL_TRACES_EXPORTER names wrong
+        print(f"contrastive serve: {e}", file=sys.stderr)
+        return 2
+    shutdown.run(app, settings)
     return 0

@@ -29,6 +29,10 @@ on serving whatever it is sent, but its loop ends whenever its queue is empty, s
 nothing but the requests still using it keeps the batcher (and the model its function
 holds) alive. A request that resolved the model before the swap and submits only later
 starts the loop again: nothing it was promised is dropped.
+
+Tracing. With `spans` (service.observability.batch_spans, when tracing is on) each job
+records its wait in the queue, and each batch and model call is a span; without, the
+loop pays one `is None` test per job and per batch.
 """
 
 from __future__ import annotations
@@ -40,9 +44,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
+
+if TYPE_CHECKING:  # imported only when tracing is on (it imports OpenTelemetry)
+    from opentelemetry.trace import Span
+
+    from service.observability.batch_spans import BatchSpans, JobTrace
 
 T = TypeVar("T")
 
@@ -109,6 +118,7 @@ class _Job(Generic[T]):
     reservation: Reservation
     sent: int = 0  # items already handed to a batch
     outs: list[torch.Tensor] = field(default_factory=list)  # their rows, in order
+    trace: JobTrace | None = None  # when tracing is on
 
 
 @dataclass
@@ -139,6 +149,7 @@ class Batcher(Generic[T]):
         max_queue_wait_ms: float = 3000.0,
         on_batch: Callable[[int], None] | None = None,
         always_admit: int = 0,
+        spans: BatchSpans | None = None,
     ) -> None:
         self.fn = fn
         self.executor = executor
@@ -148,6 +159,7 @@ class Batcher(Generic[T]):
         self.max_queue_wait = max_queue_wait_ms / 1000.0
         self.always_admit = always_admit
         self.on_batch = on_batch
+        self.spans = spans
         self.pending = 0
         self.jobs = 0
         self.rate = ServiceRate()
@@ -230,6 +242,8 @@ class Batcher(Generic[T]):
         if res.left != len(items):
             raise ValueError(f"a reservation for {res.left} items, {len(items)} submitted")
         job: _Job[T] = _Job(items, asyncio.get_running_loop().create_future(), res)
+        if self.spans is not None:
+            job.trace = self.spans.job()
         self._jobs.append(job)
         self._wake.set()
         if self._retired and not self.running:  # a late job of a request begun before
@@ -240,6 +254,8 @@ class Batcher(Generic[T]):
             res.release()
             with contextlib.suppress(ValueError):  # not queued any more: all of it was sent
                 self._jobs.remove(job)
+            if self.spans is not None and job.trace is not None:
+                self.spans.end_job(job.trace, len(items))
 
     # -- the loop -----------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -253,11 +269,12 @@ class Batcher(Generic[T]):
             items = [x for s in batch for x in s.job.items[s.start : s.stop]]
             if self.on_batch:
                 self.on_batch(len(items))
+            span = self._batch_span(batch)
             started = loop.time()
             try:
                 # the time includes waiting for the model thread, which other modalities
                 # share: what is measured is the rate this batcher actually gets
-                out = await loop.run_in_executor(self.executor, self.fn, items)
+                out = await self._run(loop, items, span)
                 if len(out) != len(items):
                     raise RuntimeError(f"the model returned {len(out)} rows for {len(items)}")
             except Exception as e:
@@ -265,9 +282,29 @@ class Batcher(Generic[T]):
                     s.job.reservation.consume(s.stop - s.start)
                     if not s.job.future.done():
                         s.job.future.set_exception(e)
+                if self.spans is not None and span is not None:
+                    self.spans.end_batch(span, e)
                 continue
             self.rate.add(len(items), loop.time() - started)
             self._deliver(batch, out)
+            if self.spans is not None and span is not None:
+                self.spans.end_batch(span)
+
+    def _batch_span(self, batch: list[_Segment[T]]) -> Span | None:
+        """The span of a batch just gathered (None when tracing is off)."""
+        if self.spans is None:
+            return None
+        return self.spans.batch(
+            [(s.job.trace, s.stop - s.start) for s in batch if s.job.trace is not None]
+        )
+
+    def _run(
+        self, loop: asyncio.AbstractEventLoop, items: list[T], span: Span | None
+    ) -> asyncio.Future[torch.Tensor]:
+        """The model's call on `items` in the executor (in a span of `span`'s, if any)."""
+        if self.spans is None or span is None:
+            return loop.run_in_executor(self.executor, self.fn, items)
+        return loop.run_in_executor(self.executor, self.spans.run_model, span, self.fn, items)
 
     def _deliver(self, batch: list[_Segment[T]], out: torch.Tensor) -> None:
         """Hand each segment its rows of `out` [items in batch, d]; a job whose last

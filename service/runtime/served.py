@@ -39,7 +39,8 @@ log = logging.getLogger("contrastive.service")
 # would otherwise look like a hang.
 PROGRESS_EVERY_S = 10.0
 
-MakeBatcher = Callable[[Callable[[list[Any]], torch.Tensor], str], Batcher[Any]]
+# (the model's function, its modality, the model's id) -> a started batcher
+MakeBatcher = Callable[[Callable[[list[Any]], torch.Tensor], str, str], Batcher[Any]]
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,9 @@ class ServedModel:
         )
         images = ImageEmbedder(
             encoder,
-            pools.make_batcher(_image_batch(encoder, on_device, s.max_image_pixels), IMAGE),
+            pools.make_batcher(
+                _image_batch(encoder, on_device, s.max_image_pixels), IMAGE, encoder.model_id
+            ),
             pools.decode,
             s.max_image_pixels,
             pools.max_decoding,
@@ -194,7 +197,7 @@ class ServedModel:
         )
         if on_device:
             log.info("JPEG uploads to %s are decoded on %s", encoder.model_id, encoder.device)
-        texts = TextEmbedder(pools.make_batcher(encoder.encode_texts, TEXT))
+        texts = TextEmbedder(pools.make_batcher(encoder.encode_texts, TEXT, encoder.model_id))
         classifiers = ClassifierCache(texts, s.classifier_cache)
         self.loaded = LoadedModel(encoder, images, texts, classifiers)
         log.info("model ready: %s (%d-d, %s)", encoder.model_id, encoder.embed_dim, encoder.device)

@@ -3,12 +3,12 @@ signal handling) over a FakeEncoder whose text batches take `--text-delay` secon
 test can hold requests in flight while it sends a signal.
 
     python tests/service/slow_server.py --port P --collections-dir DIR [--drain-seconds S]
+        [--log-format json] [--access-log true]
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from service import shutdown
 from service.app import create_app
+from service.observability import logs
 from service.settings import Settings
 from tests.helpers import FakeEncoder
 
@@ -40,6 +41,8 @@ def main() -> None:
     p.add_argument("--drain-seconds", type=float, default=2.0)
     p.add_argument("--graceful-timeout", type=float, default=30.0)
     p.add_argument("--text-delay", type=float, default=0.0)
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument("--access-log", choices=["true", "false"], default="false")
     args = p.parse_args()
     settings = Settings(
         port=args.port,
@@ -47,8 +50,10 @@ def main() -> None:
         drain_seconds=args.drain_seconds,
         graceful_timeout=args.graceful_timeout,
         max_wait_ms=50,  # concurrent requests share one (slow) batch
+        log_format=args.log_format,
+        access_log=args.access_log == "true",
     )
-    logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+    logs.configure("info", settings.log_format)  # as `contrastive serve` does
     shutdown.run(create_app(settings, encoder=SlowTextEncoder(args.text_delay)), settings)
 
 
