@@ -226,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     env = environment(str(resolve_device(args.device)))
     server = None
     if args.ours:
-        ours = Endpoint.from_url(args.ours, dict.fromkeys(peer_models, args.model))
+        models = {TEXT_KIND: args.model, IMAGE: args.ours_image_model or args.model}
+        ours = Endpoint.from_url(args.ours, {k: models[k] for k in peer_models})
     else:
         port = free_port()
         print("starting our server ...", flush=True)
@@ -238,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             dims[w.name] = {"ours": ours.check(w, jpeg), "peer": peer.check(w, jpeg)}
             if dims[w.name]["ours"] != dims[w.name]["peer"]:
                 print(f"warning: {w.name}: ours embeds into {dims[w.name]}")
-        cells = compare(ours, peer, workloads, levels, args.seconds, args.rounds, jpeg)
+        cells = compare(ours, peer, workloads, levels, args.seconds, args.rounds, jpeg, args.warmup)
     finally:
         if server is not None:
             server.terminate()
@@ -249,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
         "peer": {"url": peer.url, "models": peer.models},
         "dims": dims,
         "seconds": args.seconds,
+        "warmup": args.warmup,
         "rounds": args.rounds,
         **env,
         "cells": cells,

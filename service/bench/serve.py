@@ -61,6 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --peer: our server already running at this API base (e.g. "
         "http://127.0.0.1:8000/v1), sent --model as the model name [start one]",
     )
+    p.add_argument(
+        "--ours-image-model",
+        default=None,
+        help="with --ours: the model name our server is sent for images [--model]",
+    )
+    p.add_argument(
+        "--warmup", type=float, default=1.0, help="with --peer: seconds of load dropped first [1]"
+    )
     p.add_argument("--rounds", type=int, default=3, help="with --peer: rounds per cell [3]")
     p.add_argument("--items", default="1,32", help="with --peer: items a request [1,32]")
     p.add_argument(
