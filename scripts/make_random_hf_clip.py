@@ -35,7 +35,8 @@ def write_tokenizer(out: Path) -> None:
     import open_clip.tokenizer as tok
 
     bpe = Path(tok.default_bpe())
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    with gzip.open(bpe, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")[1 : 49152 - 256 - 2 + 1]  # CLIP's 48,894 merges
     merges = [tuple(line.split()) for line in lines]
     base = list(bytes_to_unicode().values())
     vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges]
