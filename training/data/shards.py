@@ -12,6 +12,10 @@ any other set. The index (three integers a sample, plus its caption) is what sta
 memory: about 100 bytes a sample, so 10 million samples take about a gigabyte.
 
 Compressed shards (.tar.gz) cannot be read at an offset: they are refused with a hint.
+
+Bad samples: a .cls that is not a class id stops the run (DataError naming the shard and
+member); oversized image or caption members skip their sample, counted in
+ShardScan.skipped; a shard cut short is read up to the cut, with a warning (_scan_one).
 """
 
 from __future__ import annotations
