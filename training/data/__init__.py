@@ -20,11 +20,12 @@ size round(image_size * 8 / 7) for training and centre-crop image_size for kNN.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.data.arrays import ArrayData, holdout_split, take
-from training.data.base import Batch, DataError, LabelledArrays, TrainData
+from training.data.base import Batch, DataError, LabelledArrays, TrainData, dense_labels
 from training.data.files import load_size, read_pairs, scan_folder, split_dirs
 from training.data.idx import (
     DIGIT_WORDS,
@@ -145,11 +146,26 @@ def _shard_data(spec: str, image_size: int, seed: int, workers: int) -> TrainDat
     from training.data.shards import ShardSource, scan_shards, shard_paths
 
     scan = scan_shards(shard_paths(spec))
-    labels = scan.labels
-    classes = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None else None
+    ids = scan.labels
+    labels, classes = dense_labels(ids) if ids is not None else (None, None)
+    with_cls = sum(c is not None for c in scan.classes)
+    if ids is None and with_cls:
+        # All-or-nothing labels: say so, or a few missing .cls files quietly turn a
+        # labelled set into an unlabelled one.
+        warnings.warn(
+            f"shards: only {with_cls} of {len(scan.classes)} samples have a .cls; "
+            "training without labels",
+            stacklevel=3,
+        )
+    if scan.skipped:
+        parts = [f"{n} ({why}, e.g. {scan.example[why]})" for why, n in scan.skipped.items()]
+        warnings.warn(
+            f"shards: skipped {sum(scan.skipped.values())} samples: {'; '.join(parts)}",
+            stacklevel=3,
+        )
     return FileData(
         ShardSource(scan), size=load_size(image_size), labels=labels, classes=classes,
-        texts=scan.texts, seed=seed, workers=workers,
+        texts=scan.texts, seed=seed, workers=workers, skipped=scan.skipped,
     )  # fmt: skip
 
 

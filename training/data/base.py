@@ -61,6 +61,18 @@ class LabelledArrays:
             raise DataError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels")
 
 
+def dense_labels(ids: Tensor) -> tuple[Tensor, list[str]]:
+    """Class ids as the files hold them -> (labels, class names).
+
+    ids: int64 [N], any values. Returns int64 [N] labels in 0..K-1 and K names (each
+    id as text, in increasing order), K = the distinct ids present. The class list is
+    sized by the data actually read, never by the largest id (one id of 5e9 would
+    otherwise ask for five billion names).
+    """
+    values, labels = torch.unique(ids, sorted=True, return_inverse=True)
+    return labels.long(), [str(v) for v in values.tolist()]
+
+
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
     """The epoch's order: int64 [N] on the CPU, a pure function of (N, seed, epoch)."""
     gen = torch.Generator().manual_seed(seed * SEED_STRIDE + epoch)
@@ -107,6 +119,11 @@ class TrainData(ABC):
     classes: list[str] | None
     has_texts: bool
     seed: int
+
+    def skipped_samples(self) -> dict[str, int]:
+        """Samples left out so far, by reason (bad members, unreadable images); {} for
+        sets that cannot have any."""
+        return {}
 
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         """Full global batches per epoch (the last incomplete one is dropped)."""

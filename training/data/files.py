@@ -21,6 +21,10 @@ IMAGE_EXTENSIONS = frozenset(
 IMAGE_COLUMNS = ("image", "filepath", "path")
 TEXT_COLUMNS = ("caption", "text", "title")
 SPLIT_NAMES = ("val", "test", "valid", "validation")
+# Pixels an image may decode to (after JPEG draft scaling): PIL's own default bomb limit,
+# fixed here because importing the service sets PIL's to None. A larger image would take
+# hundreds of MB in a decode worker; it is skipped as unreadable (and counted) instead.
+MAX_DECODE_PIXELS = 89_478_485
 
 
 def load_size(image_size: int) -> int:
@@ -43,11 +47,20 @@ def decode(image: Image.Image, size: int, crop: int) -> Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+def check_pixels(image: Image.Image) -> None:
+    """Refuse (ValueError) an opened, not yet loaded image that would decode to more than
+    MAX_DECODE_PIXELS; the header gives the size, so nothing is allocated first."""
+    w, h = image.size
+    if w * h > MAX_DECODE_PIXELS:
+        raise ValueError(f"{w}x{h} pixels is over the {MAX_DECODE_PIXELS} pixel limit")
+
+
 def open_image(path: str, size: int) -> Image.Image:
     """Open and fully load an image; JPEGs decode at a reduced scale when that still
     leaves >= `size` pixels (draft mode), which makes large photos several times cheaper."""
     with Image.open(path) as image:
         image.draft("RGB", (size, size))
+        check_pixels(image)
         image.load()
         # Closing the file frees a loaded image's pixels too; a copy outlives it.
         return image.copy()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,30 +32,78 @@ _IDX_DTYPES: dict[int, np.dtype[Any]] = {
 }
 
 
+_READ_CHUNK = 2**20  # bytes read at a time, so memory follows the bytes that exist
+
+
+def _idx_layout(head: bytes, name: str) -> tuple[np.dtype[Any], tuple[int, ...], int, int]:
+    """Check an idx header (magic, ndim, sizes) -> (dtype, shape, header bytes, total
+    bytes the file must have). `head` needs at least the header's bytes."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        raise DataError(f"{name} is not an idx file (bad magic {head[:4].hex()})")
+    dtype, ndim = _IDX_DTYPES[head[2]], head[3]
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise DataError(f"{name}: the idx header needs {header} bytes, the file has {len(head)}")
+    shape = tuple(int(d) for d in np.frombuffer(head[4:header], dtype=">u4"))
+    # Python integers: numpy's product of sizes such as (65536,) * 4 wraps to 0 in int64.
+    return dtype, shape, header, header + math.prod(shape) * dtype.itemsize
+
+
 def parse_idx(raw: bytes, name: str = "idx data") -> np.ndarray:
     """Decode the idx format: 2 zero bytes, a type byte, ndim, ndim big-endian uint32
     sizes, then the values in C order. Returns an array of that shape."""
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{name} is not an idx file (bad magic {raw[:4].hex()})")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    dtype, shape, header, expected = _idx_layout(raw, name)
     if len(raw) != expected:
-        raise DataError(f"{name}: header says {shape} ({expected} bytes), file has {len(raw)}")
+        raise DataError(
+            f"{name}: the header says {shape} ({expected} bytes), the file has {len(raw)}"
+        )
     values = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return values.astype(dtype.newbyteorder("="))  # native byte order for torch
 
 
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _read_at_most(f: _Readable, limit: int) -> bytes:
+    """Up to `limit` bytes, read in chunks: a single read(limit) would allocate `limit`
+    bytes up front, whatever the file holds."""
+    chunks, got = [], 0
+    while got < limit:
+        chunk = f.read(min(_READ_CHUNK, limit - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 @functools.lru_cache(maxsize=8)
 def read_idx(path: str) -> np.ndarray:
-    """Read a (possibly gzipped) idx file; cached, since training and kNN both load it."""
-    opener = gzip.open if path.endswith(".gz") else open
+    """Read a (possibly gzipped) idx file; cached, since training and kNN both load it.
+
+    The header is checked against the file's size before the values are read, and a
+    gzipped file is read no further than its header's size (+1 byte, to see it ends),
+    so a header that claims more than the file holds costs no memory.
+    """
+    gz = path.endswith(".gz")
+    opener = gzip.open if gz else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            head = f.read(4)
+            head += f.read(4 * head[3]) if len(head) == 4 else b""
+            _, shape, _, expected = _idx_layout(head, path)
+            if gz:  # read until it ends or passes the expected size, whichever is first
+                raw = head + _read_at_most(f, expected - len(head) + 1)
+                size = len(raw)
+            else:  # the size is known before anything is read
+                size = os.fstat(f.fileno()).st_size
+                raw = head + f.read() if size == expected else b""
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read {path}: {e}") from e
+    if size != expected:
+        has = f"more than {expected}" if size > expected else str(size)
+        raise DataError(f"{path}: the header says {shape} ({expected} bytes), the file has {has}")
     return parse_idx(raw, path)
 
 

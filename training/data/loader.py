@@ -139,7 +139,9 @@ class FileData(TrainData):
         texts: list[str] | None = None,
         seed: int = 0,
         workers: int = 4,
+        skipped: dict[str, int] | None = None,
     ) -> None:
+        """skipped: samples the source left out while it was opened, by reason."""
         if len(source) == 0:
             raise DataError("the data set is empty")
         # More decode processes than usable cores only adds contention.
@@ -149,6 +151,7 @@ class FileData(TrainData):
         self.num_samples, self.channels, self.has_texts = len(source), 3, texts is not None
         self.seed = seed
         self.unreadable: dict[int, str] = {}
+        self.skipped_at_load = dict(skipped or {})
         self._sampler = OrderSampler(self.num_samples, seed)
         self._loaders: dict[bool, DataLoader[tuple[Tensor | None, int, Bad]]] = {}
 
@@ -156,6 +159,12 @@ class FileData(TrainData):
     def skipped(self) -> int:
         """How many distinct unreadable files were met so far."""
         return len(self.unreadable)
+
+    def skipped_samples(self) -> dict[str, int]:
+        counts = {k: v for k, v in self.skipped_at_load.items() if v}
+        if self.unreadable:
+            counts["unreadable image"] = len(self.unreadable)
+        return counts
 
     def _loader(self, pin: bool) -> DataLoader[tuple[Tensor | None, int, Bad]]:
         if pin not in self._loaders:

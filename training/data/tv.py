@@ -20,6 +20,9 @@ from training.data.base import DataError, LabelledArrays, TrainData
 from training.data.loader import FileData, decode_all
 
 EXAMPLES = "CIFAR10, CIFAR100, MNIST, FashionMNIST, KMNIST, STL10, SVHN"
+# Classes a set without names may number (its names are then "0".."K-1"); torchvision's
+# sets have at most thousands, so a larger id is a corrupt label.
+MAX_NUMBERED_CLASSES = 100_000
 
 
 def default_root(name: str) -> Path:
@@ -68,7 +71,15 @@ def _classes(dataset: Any, labels: Tensor | None) -> list[str] | None:
     names = getattr(dataset, "classes", None)
     if isinstance(names, list | tuple) and all(isinstance(c, str) for c in names):
         return list(names)
-    return [str(i) for i in range(int(labels.max()) + 1)]
+    # Numbered classes 0..max: the names list is sized by the largest id, so that id is
+    # bounded (a stray id of 5e9 would ask for five billion names).
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= MAX_NUMBERED_CLASSES:
+        raise DataError(
+            f"{type(dataset).__name__}: class ids {low}..{high} are outside "
+            f"0..{MAX_NUMBERED_CLASSES - 1} and the data set names no classes"
+        )
+    return [str(i) for i in range(high + 1)]
 
 
 def _pixels(dataset: Any) -> Tensor | None:

@@ -110,6 +110,7 @@ class Trainer:
         self.step = self.epoch = self.step_in_epoch = self.bad_steps = 0
         self.train_seconds, self.last_loss = 0.0, math.nan
         self.last_knn: float | None = None
+        self._skipped_reported = 0  # skipped samples already in the log
         self._stop_signal: int | None = None  # set by a signal on this rank
         self._stop_agreed = False  # some rank has a stop request: every rank stops here
         # Called after each online kNN evaluation (benchmarks record time-to-accuracy).
@@ -216,6 +217,7 @@ class Trainer:
             if self.step >= self.total_steps or self._stopping:
                 break
         bar.close()
+        self._report_skipped()
         if self.step_in_epoch >= self.steps_per_epoch:
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
             if self.step < self.total_steps:
@@ -397,6 +399,15 @@ class Trainer:
             log.info("step %d: kNN top-1 %.4f", self.step, self.last_knn)
             for callback in self.knn_callbacks:
                 callback(self)
+
+    def _report_skipped(self) -> None:
+        """One log line after an epoch that met new bad samples: the running totals."""
+        counts = self.data.skipped_samples()
+        total = sum(counts.values())
+        if total > self._skipped_reported:
+            self._skipped_reported = total
+            reasons = ", ".join(f"{n} {why}" for why, n in counts.items())
+            log.warning("epoch %d: %d samples skipped so far (%s)", self.epoch + 1, total, reasons)
 
     def request_stop(self, reason: int = 0) -> None:
         """Finish the step in flight, save a checkpoint and return from `fit` (as SIGTERM)."""
