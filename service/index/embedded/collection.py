@@ -105,6 +105,7 @@ class Collection:
         self._changed: tuple[list[int], list[int]] = ([], [])  # log replay: removed, added
         self._mapped: MappedFile | None = None  # the snapshot mapping rows may be read from
         self._snap_file: FileId | None = None  # snapshot.bin as this collection read or wrote it
+        self._snap_path = str(folder / SNAP)  # a str: stat()ed on every access
         self.refused: str | None = None  # why it was refused while open (files changed)
         self._recover()
         self._index = self._open_index()
@@ -306,12 +307,15 @@ class Collection:
         if self._snap_file is None:
             return None
         try:
-            now = FileId.of(os.stat(self.folder / SNAP))
+            st = os.stat(self._snap_path)
         except FileNotFoundError:
             return f"{SNAP} was removed under the server"
         except OSError as e:
             return f"{SNAP} cannot be read ({e})"
         was = self._snap_file
+        if st.st_ino == was.ino and st.st_dev == was.dev and st.st_size == was.size:
+            return None  # the usual case, kept to a stat and three comparisons
+        now = FileId.of(st)
         if (now.dev, now.ino) != (was.dev, was.ino):
             return (
                 f"{SNAP} was replaced under the server (another file of {now.size} bytes "
