@@ -72,13 +72,14 @@ class MappedFile:
     speed); a SIGBUS cannot be handled from Python (the faulting load is retried in C,
     never reaching a Python handler); MAP_PRIVATE, mlock or MAP_POPULATE do not help (the
     kernel unmaps the truncated pages from every mapping). A fstat of the mapped file
-    (mmap.size(): the mapping holds its own descriptor) costs about a microsecond, once
+    (mmap.size(): the mapping holds its own descriptor) costs a few microseconds, once
     per search or read, not per row.
 
     What it leaves: a truncation between the check and the read of the rows (a window
-    of one search, milliseconds) still raises SIGBUS. Checking before each access turns
-    the usual case (the file damaged while idle, or between requests) into a refusal of
-    one collection."""
+    of one search, milliseconds to a tenth of a second at 1M rows), or during the open's
+    checksum pass over the mapping, still raises SIGBUS. Checking before each access
+    turns the usual case (the file damaged while idle, or between requests) into a
+    refusal of one collection."""
 
     def __init__(self, data: mmap.mmap, file: FileId, name: str) -> None:
         self._data = data  # holds a duplicate of the file's descriptor (mmap.size fstats it)
