@@ -61,6 +61,11 @@ class _State:
     def vector(self, id_: str) -> np.ndarray:
         return self.col._vec[id_]
 
+    def check_files(self) -> None:
+        """collection_corrupt when the files changed under the collection (before its rows
+        are read: a truncated snapshot mapping would raise SIGBUS)."""
+        self.col._check_files()
+
 
 class FaissCollection:
     """A Collection behind the CollectionHandle interface."""
@@ -93,6 +98,7 @@ class FaissCollection:
     def scroll(self, cursor: str | None = None, limit: int = 100, vectors: bool = False) -> Page:
         check_page_limit(limit)
         with self._state.lock:
+            self._state.check_files()
             ids = self._sorted_ids()
             start = 0 if cursor is None else bisect.bisect_left(ids, cursor)
             page = ids[start : start + limit]

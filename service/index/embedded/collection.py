@@ -9,6 +9,12 @@ service.index.embedded.recovery; a collection whose files hold no complete state
 If the disk is full while recovery writes what it owes (cutting a torn log tail, writing
 a rebuilt snapshot), the collection opens read-only with status "disk_full": reads are
 served, writes answer "insufficient_storage" (507) until a write finds space again.
+
+A collection opened from a snapshot serves its rows from the file's mapping. If that file,
+or snapshot.bin, changes under the running server (truncated, removed or replaced by an
+operator, a restore tool, a filesystem error), the next access of the collection refuses
+it (collection_corrupt; the store then lists it with the reason) instead of reading a
+truncated mapping, which would kill the process with SIGBUS. See _check_files.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from service.index.embedded.recovery import (
     RecoveryRefusedError,
     plan,
 )
-from service.index.embedded.snapshot import Snapshot, snapshot_parts
+from service.index.embedded.snapshot import FileId, MappedFile, Snapshot, snapshot_parts
 from service.index.embedded.torch_flat import TorchFlatIndex
 from service.index.embedded.wal import DELETE, UPSERT, Record, WriteAheadLog, cut_torn_tail
 from service.index.filters import Filter
@@ -97,6 +103,10 @@ class Collection:
         self._saved: SavedIndex | None = None  # the index saved with the snapshot, if usable
         self._snap_vectors: np.ndarray | None = None  # the opened snapshot's [n, dim] rows
         self._changed: tuple[list[int], list[int]] = ([], [])  # log replay: removed, added
+        self._mapped: MappedFile | None = None  # the snapshot mapping rows may be read from
+        self._snap_file: FileId | None = None  # snapshot.bin as this collection read or wrote it
+        self._snap_path = str(folder / SNAP)  # a str: stat()ed on every access
+        self.refused: str | None = None  # why it was refused while open (files changed)
         self._recover()
         self._index = self._open_index()
 
@@ -154,6 +164,9 @@ class Collection:
     def _load(self, found: Plan) -> None:
         """The plan's snapshot, then its log records, into memory (no index yet)."""
         if found.base.snapshot is not None:
+            self._mapped = found.base.snapshot.mapped
+            if found.base.name == SNAP:
+                self._snap_file = found.base.snapshot.file
             self._load_snapshot(found.base.snapshot)
             self._adopt_saved_index(found.base.snapshot)
         removed, added = self._changed
@@ -255,6 +268,77 @@ class Collection:
         self.status = "refused"
         return CollectionError("collection_corrupt", f"collection {self.name!r} refused: {why}")
 
+    # -- files changed under the running server --------------------------------------------
+    def _check_files(self) -> None:
+        """Raise collection_corrupt, refusing the collection for good, when its snapshot
+        files changed under it; called under the lock before each access of its rows
+        (search, get, scroll, write, snapshot).
+
+        Two checks, a syscall each: the mapped snapshot file still has the mapping's size
+        (a truncated one raises SIGBUS on access, killing the process: see
+        snapshot.MappedFile), and snapshot.bin is still the file this collection read or
+        wrote, of the same size (one replaced or removed would no longer hold what is
+        served, and the next snapshot would move it over snapshot.prev.bin). Nothing is
+        repaired and no file is touched: a restart recovers the collection from its files
+        (from snapshot.prev.bin and the logs when snapshot.bin is damaged) or refuses it.
+
+        A truncation between this check and the read of the rows (the window of one
+        search) is not caught: that still raises SIGBUS."""
+        if self.refused is None:
+            why = self._files_changed()
+            if why is None:
+                return
+            self.status = "refused"
+            self.refused = (
+                f"collection {self.name!r} refused: {why}; its files are kept as they are: "
+                "restart the server to recover it from them "
+                f"(`contrastive index repair {self.name}` salvages what is readable)"
+            )
+            log.error("%s", self.refused)
+        raise CollectionError("collection_corrupt", self.refused)
+
+    def _files_changed(self) -> str | None:
+        if self._mapped is not None:
+            what = self._mapped.changed()
+            if what is not None:
+                return (
+                    f"{self._mapped.name} (mapped since the open) changed under the server ({what})"
+                )
+        if self._snap_file is None:
+            return None
+        try:
+            st = os.stat(self._snap_path)
+        except FileNotFoundError:
+            return f"{SNAP} was removed under the server"
+        except OSError as e:
+            return f"{SNAP} cannot be read ({e})"
+        was = self._snap_file
+        if st.st_ino == was.ino and st.st_dev == was.dev and st.st_size == was.size:
+            return None  # the usual case, kept to a stat and three comparisons
+        now = FileId.of(st)
+        if (now.dev, now.ino) != (was.dev, was.ino):
+            return (
+                f"{SNAP} was replaced under the server (another file of {now.size} bytes "
+                f"where {was.size} bytes were read or written)"
+            )
+        if now.size != was.size:
+            how = "truncated" if now.size < was.size else "grown"
+            return f"{SNAP} was {how} under the server ({was.size} bytes, now {now.size} bytes)"
+        return None
+
+    def check_files(self, wait: bool = True) -> str | None:
+        """Why the collection is refused (its files changed under it), else None; with
+        wait=False, None at once when another call holds the collection."""
+        if not self._lock.acquire(blocking=wait):
+            return self.refused
+        try:
+            self._check_files()
+        except CollectionError as e:
+            return e.message
+        finally:
+            self._lock.release()
+        return None
+
     def _reset(self) -> None:
         self._vec.clear()
         self._meta.clear()
@@ -318,8 +402,9 @@ class Collection:
         self, op: int, ids: list[str], meta: list[dict[str, Any]], vecs: np.ndarray | None
     ) -> None:
         with self._lock:
-            if self.status == "refused":
+            if self.status == "refused" and self.refused is None:
                 raise CollectionError("collection_corrupt", f"collection {self.name!r} is refused")
+            self._check_files()
             if self.status == "disk_full":  # read-only: first the writes recovery owes
                 self._finish_recovery()
             rec = Record(op, self._seq + 1, ids, meta, vecs)
@@ -383,6 +468,7 @@ class Collection:
     def snapshot(self) -> None:
         """Write the state durably, then rotate the log (the old one is kept one round)."""
         with self._lock:
+            self._check_files()
             if self.status == "disk_full":
                 self._finish_recovery()
             self._wal.settle()  # no bytes of a failed append may move into log.prev.wal
@@ -403,9 +489,12 @@ class Collection:
         del rows, meta
         self._wal.close()
         try:
+            written = FileId.of(os.stat(tmp))
+            self._snap_file = None  # until the new one is in place
             if snap_path.exists():
                 os.replace(snap_path, self.folder / PREV_SNAP)
             os.replace(tmp, snap_path)
+            self._snap_file = written
             fsync_dir(self.folder)
             if log_path.exists():
                 os.replace(log_path, self.folder / PREV_LOG)
@@ -456,6 +545,7 @@ class Collection:
 
     def get(self, id_: str) -> tuple[np.ndarray, dict[str, Any]] | None:
         with self._lock:
+            self._check_files()
             if id_ not in self._vec:
                 return None
             return self._vec[id_].copy(), dict(self._meta[id_])
@@ -467,6 +557,7 @@ class Collection:
         metadata -> bool (not cached). Filters are applied before the k best are taken:
         k hits come back whenever k items match."""
         with self._lock:
+            self._check_files()
             if not self._vec:
                 return [[] for _ in range(len(queries))]
             if where:

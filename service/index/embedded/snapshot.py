@@ -8,6 +8,13 @@ The alignment matters: the vectors are searched in place, mapped, and numpy hand
 at an offset that is not a multiple of 4 to its slow unaligned loops instead of BLAS
 (exact search over a reopened collection was 10-60x slower). Snapshots written before
 the padding are still read: their rows are copied once into aligned memory on open.
+
+A mapped file must keep its size while it is mapped: a page past a truncated end raises
+SIGBUS on access, which kills the whole process (every collection, every request in
+flight, nothing logged). Snapshot files are never written after their rename, but an
+operator, a restore tool or a filesystem error may still truncate one. So each snapshot
+read keeps a `MappedFile`: the collection calls `MappedFile.changed` before each access
+of the rows and refuses itself when the file has changed (see Collection._check_files).
 """
 
 from __future__ import annotations
@@ -40,12 +47,66 @@ class CorruptSnapshotError(ValueError):
     """The snapshot's checksum or structure is wrong: it must not be served."""
 
 
+@dataclass(frozen=True)
+class FileId:
+    """Which file a path named, and its size: os.stat's (st_dev, st_ino, st_size)."""
+
+    dev: int
+    ino: int
+    size: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileId:
+        return cls(st.st_dev, st.st_ino, st.st_size)
+
+
+class MappedFile:
+    """A snapshot file mapped read-only, and what it was when mapped.
+
+    Why a size check, and not a copy of the rows or a SIGBUS handler: copying 1.5 GB of
+    rows out at open (1M x 384) doubled the time to read and check the file (measured at
+    100k x 384 on a 2-core VM: 0.17-0.22 s mapped and hashed, 0.38-0.60 s read into
+    anonymous memory and hashed, overlapped in two threads or not), which would take a
+    restart to the first search past its 5 s target; a scan that pread()s the rows into
+    buffers on each search copies them on every search (exact search must run at memory
+    speed); a SIGBUS cannot be handled from Python (the faulting load is retried in C,
+    never reaching a Python handler); MAP_PRIVATE, mlock or MAP_POPULATE do not help (the
+    kernel unmaps the truncated pages from every mapping). A fstat of the mapped file
+    (mmap.size(): the mapping holds its own descriptor) costs a few microseconds, once
+    per search or read, not per row.
+
+    What it leaves: a truncation between the check and the read of the rows (a window
+    of one search, milliseconds to a tenth of a second at 1M rows), or during the open's
+    checksum pass over the mapping, still raises SIGBUS. Checking before each access
+    turns the usual case (the file damaged while idle, or between requests) into a
+    refusal of one collection."""
+
+    def __init__(self, data: mmap.mmap, file: FileId, name: str) -> None:
+        self._data = data  # holds a duplicate of the file's descriptor (mmap.size fstats it)
+        self.name = name  # the file's name when it was mapped
+        self.file = file  # the mapped file as it was mapped: its size is the mapping's length
+
+    def changed(self) -> str | None:
+        """Why the mapped file no longer has the size of the mapping, else None."""
+        try:
+            now = self._data.size()
+        except (OSError, ValueError) as e:  # ValueError: the map was closed
+            return f"its size cannot be read ({e})"
+        if now != self.file.size:
+            what = "truncated" if now < self.file.size else "grown"
+            return f"{what}: {self.file.size} bytes were mapped, the file now holds {now} bytes"
+        return None
+
+
 @dataclass
 class Snapshot:
     seq: int  # the last log sequence number the snapshot includes
     ids: list[str]
     metadata: list[dict[str, Any]]
     vectors: np.ndarray  # float32 [n, dim]
+    # the file read and, while the rows are views into its mapping, the mapping to check
+    file: FileId | None = None
+    mapped: MappedFile | None = None
 
 
 def snapshot_parts(
@@ -100,23 +161,25 @@ def _loads(raw: bytes) -> Any:
         return json.loads(raw)
 
 
-def _map(path: Path) -> mmap.mmap | bytes:
+def _map(path: Path) -> tuple[mmap.mmap | bytes, FileId]:
     """The file's bytes, mapped read-only rather than read: the vectors are served from
     the page cache in place (no 1.5 GB copy at 1M x 384, and clean pages the kernel may
-    evict). Safe because a snapshot file is never written after its rename: a new one
-    is a new file, so a mapped one keeps its bytes even once it is renamed or deleted."""
+    evict), and the file as it was mapped. A snapshot file is never written after its
+    rename: a new one is a new file, so a mapped one keeps its bytes even once it is
+    renamed or deleted; a truncation is what MappedFile.changed is there to catch."""
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return b""
+        file = FileId.of(os.fstat(f.fileno()))
+        if file.size == 0:
+            return b"", file
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if hasattr(mmap, "MADV_SEQUENTIAL"):  # the checksum reads it front to back once
         data.madvise(mmap.MADV_SEQUENTIAL)
-    return data
+    return data, file
 
 
 def read_snapshot(path: Path, dim: int) -> Snapshot:
     """Read and check a snapshot file; CorruptSnapshotError if it must not be served."""
-    data = _map(path)
+    data, file = _map(path)
     # memoryview slices: a snapshot is large, and each bytes slice would copy it
     body, digest = memoryview(data)[:-32], bytes(data[-32:])
     if len(data) < len(MAGIC) + _LEN.size + 32 or hashlib.sha256(body).digest() != digest:
@@ -137,11 +200,13 @@ def read_snapshot(path: Path, dim: int) -> Snapshot:
         raise CorruptSnapshotError(f"{path.name}: {len(raw)} bytes of vectors is not [n, {dim}]")
     # read-only rows over the mapped file (no copy): stored vectors are never written to
     vectors = np.frombuffer(raw, "<f4").reshape(-1, dim)
+    mapped = MappedFile(data, file, path.name) if isinstance(data, mmap.mmap) else None
     if not vectors.flags.aligned:  # written before the header was padded: copy them once
         log.info("%s: rows not aligned (an older snapshot); copied once", path.name)
         vectors = np.require(vectors, requirements=["C", "A"])
+        mapped = None  # nothing is read from the mapping any more
     if not len(vectors) == len(ids) == len(metadata):
         raise CorruptSnapshotError(
             f"{path.name}: {len(vectors)} vectors for {len(ids)} ids, {len(metadata)} metadata"
         )
-    return Snapshot(seq, ids, metadata, vectors)
+    return Snapshot(seq, ids, metadata, vectors, file, mapped)

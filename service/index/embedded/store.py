@@ -23,7 +23,8 @@ class StoreLockedError(OSError):
 
 class CollectionStore:
     """Collections in `root/<name>/`. A collection that cannot be recovered is kept out of
-    service and listed in `problems` (the service's /readyz reports them)."""
+    service and listed in `problems` (the service's /readyz reports them); so is one whose
+    snapshot files change under the running server (Collection._check_files), once seen."""
 
     def __init__(self, root: Path, snapshot_every: int = 20_000, device: str | None = None) -> None:
         self.root = root
@@ -33,7 +34,7 @@ class CollectionStore:
         self._owner = lock_folder(root)
         self._lock = threading.Lock()
         self._open: dict[str, Collection] = {}
-        self.problems: dict[str, str] = {}  # name -> why it is refused (for /readyz)
+        self._problems: dict[str, str] = {}  # name -> why it is refused (for /readyz)
         self._problem_codes: dict[str, ErrorCode] = {}  # name -> the error code get() answers
         for folder in sorted(p for p in root.iterdir() if (p / META).is_file()):
             self._load(folder)
@@ -42,14 +43,14 @@ class CollectionStore:
         try:
             col = Collection(folder, self.snapshot_every, self.device)
         except CollectionError as e:
-            self.problems[folder.name] = e.message
+            self._problems[folder.name] = e.message
             # a disk error is no corruption: said as it is (503 storage_error)
             corrupt = e.code == "collection_corrupt"
             self._problem_codes[folder.name] = "collection_corrupt" if corrupt else "storage_error"
             log.error("%s", e.message)
             return
         except Exception as e:  # an unreadable folder must not take the others down
-            self.problems[folder.name] = f"{type(e).__name__}: {e}"
+            self._problems[folder.name] = f"{type(e).__name__}: {e}"
             log.exception("collection %s could not be opened", folder.name)
             return
         self._open[col.name] = col
@@ -61,7 +62,7 @@ class CollectionStore:
     ) -> CollectionInfo:
         spec = check_new(name, dim, spec)
         with self._lock:
-            if name in self._open or name in self.problems or (self.root / name).exists():
+            if name in self._open or name in self._problems or (self.root / name).exists():
                 raise CollectionError("collection_exists", f"collection {name!r} already exists")
             Collection.create(self.root / name, name, model_id, dim, spec)
             col = Collection(self.root / name, self.snapshot_every, self.device)
@@ -71,23 +72,51 @@ class CollectionStore:
     def get(self, name: str) -> Collection:
         check_name(name)
         col = self._open.get(name)
+        if col is not None and col.refused is not None:  # its files changed under it
+            self._retire(col)
+            col = None
         if col is None:
-            if name in self.problems:
+            if name in self._problems:
                 code = self._problem_codes.get(name, "collection_corrupt")
-                raise CollectionError(code, self.problems[name])
+                raise CollectionError(code, self._problems[name])
             raise CollectionError("collection_not_found", f"no collection named {name!r}")
         return col
 
     def list(self) -> list[CollectionInfo]:
+        self._sweep()
         return [c.info() for c in sorted(self._open.values(), key=lambda c: c.name)]
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """name -> why it is refused: at open, or since (its files changed under it)."""
+        self._sweep()
+        return self._problems
+
+    def _sweep(self) -> None:
+        """Retire the open collections whose files changed under the server (a stat or two
+        each; one busy with a long call is left to that call's own check)."""
+        for col in list(self._open.values()):
+            if col.check_files(wait=False) is not None:
+                self._retire(col)
+
+    def _retire(self, col: Collection) -> None:
+        """Move a collection refused while open to `problems`: out of service, files kept."""
+        assert col.refused is not None
+        with self._lock:
+            if self._open.get(col.name) is not col:
+                return
+            del self._open[col.name]
+            self._problems[col.name] = col.refused
+            self._problem_codes[col.name] = "collection_corrupt"
+        col.close()
 
     def delete(self, name: str) -> None:
         check_name(name)
         with self._lock:
             col = self._open.pop(name, None)
-            if col is None and name not in self.problems:
+            if col is None and name not in self._problems:
                 raise CollectionError("collection_not_found", f"no collection named {name!r}")
-            self.problems.pop(name, None)
+            self._problems.pop(name, None)
             self._problem_codes.pop(name, None)
             if col is not None:
                 col.close()
