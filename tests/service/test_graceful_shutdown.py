@@ -237,12 +237,15 @@ def test_every_request_sent_during_the_drain_is_answered_even_with_a_busy_loop(s
         client.close()
 
     log = server.log.read_text()
-    unanswered = [o for o in outcomes if o.status != 200]
+    # a thread the busy machine started late, after the drain, may find the port closed
+    during = [o for o in outcomes if o.sent < drain]
+    assert len(during) >= 10, outcomes
+    unanswered = [o for o in during if o.status != 200]
     assert not unanswered, f"{unanswered}\n{log}"
-    drained = [o for o in outcomes if o.sent > 0.1]
+    drained = [o for o in during if o.sent > 0.1]
     assert all(o.connection == "close" for o in drained), drained
     assert code == 0, log
-    last = max(o.done for o in outcomes)
+    last = max(o.done for o in during)
     assert last > drain  # the stall held the answers past the drain: they were in flight
     assert exited - last < 3.0, f"exited {exited:.2f} s after SIGTERM, last answer {last:.2f} s"
 
