@@ -1,6 +1,8 @@
 """A real uvicorn process for the shutdown tests: `contrastive serve`'s server (with its
 signal handling) over a FakeEncoder whose text batches take `--text-delay` seconds, so a
-test can hold requests in flight while it sends a signal.
+test can hold requests in flight while it sends a signal. `GET /test/stall?seconds=S` blocks
+the event loop for S seconds (as a long garbage collection or CPU-bound work in the loop
+would), so a test can have requests arrive while the loop cannot read them.
 
     python tests/service/slow_server.py --port P --collections-dir DIR [--drain-seconds S]
         [--log-format json] [--access-log true]
@@ -54,7 +56,14 @@ def main() -> None:
         access_log=args.access_log == "true",
     )
     logs.configure("info", settings.log_format)  # as `contrastive serve` does
-    shutdown.run(create_app(settings, encoder=SlowTextEncoder(args.text_delay)), settings)
+    app = create_app(settings, encoder=SlowTextEncoder(args.text_delay))
+
+    @app.get("/test/stall")
+    async def stall(seconds: float) -> dict[str, float]:
+        time.sleep(seconds)  # on purpose: nothing else runs in the loop meanwhile
+        return {"stalled": seconds}
+
+    shutdown.run(app, settings)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Graceful shutdown against a real uvicorn process (tests/service/slow_server.py): SIGTERM
 turns /readyz 503 at once, requests in flight finish, the collections are snapshotted and
-the process exits 0; the wait for requests is bounded; SIGINT skips the drain delay.
+the process exits 0; the wait for requests is bounded; SIGINT skips the drain delay. Every
+request sent during the drain is answered, on fresh and on keep-alive connections, even when
+the event loop is busy as the drain ends; the process exits once the last one is answered.
 Plus the two settings behind a multi-replica deployment, in process."""
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -159,6 +162,115 @@ def test_a_second_sigterm_ends_the_drain_at_once(start) -> None:
     signalled = time.monotonic()
     assert server.proc.wait(timeout=30) == 0, server.log.read_text()
     assert time.monotonic() - signalled < 20
+
+
+# -- every request of the drain is answered; the exit follows the last answer -----------------
+@dataclass
+class Outcome:
+    """What one request got: a status and Connection header, or the transport error that a
+    connection closed without a reply raises. Times in seconds after SIGTERM."""
+
+    name: str
+    sent: float
+    done: float
+    status: int | None = None
+    connection: str | None = None
+    error: str | None = None
+
+
+def _send(name: str, client: httpx.Client, path: str, t0: float, at: float) -> Outcome:
+    """At `at` s after `t0`, POST /v1/embed/text or GET any other path over `client`."""
+    time.sleep(max(0.0, t0 + at - time.monotonic()))
+    sent = time.monotonic() - t0
+    try:
+        if path == "/v1/embed/text":
+            r = client.post(path, json={"texts": [name]})
+        else:
+            r = client.get(path)
+    except httpx.TransportError as e:
+        return Outcome(name, sent, time.monotonic() - t0, error=f"{type(e).__name__}: {e}")
+    return Outcome(name, sent, time.monotonic() - t0, r.status_code, r.headers.get("connection"))
+
+
+def _keep_alive_client(url: str) -> httpx.Client:
+    """A client whose pooled connection outlives the test (as a load balancer's would):
+    httpx's own 5-second expiry would otherwise hide a connection the server closed."""
+    limits = httpx.Limits(max_connections=1, keepalive_expiry=120)
+    return httpx.Client(base_url=url, timeout=60, limits=limits)
+
+
+@pytest.mark.slow
+def test_every_request_sent_during_the_drain_is_answered_even_with_a_busy_loop(start) -> None:
+    drain = 3.0
+    server: Server = start(drain_seconds=drain, graceful_timeout=20, text_delay=0.5)
+    # idle keep-alive connections, opened before the signal (a load balancer's pool)
+    pooled = [_keep_alive_client(server.url) for _ in range(8)]
+    for client in pooled:
+        assert client.get("/healthz").status_code == 200
+    fresh = [httpx.Client(base_url=server.url, timeout=60) for _ in range(8)]
+    plan: list[tuple[str, httpx.Client, str, float]] = [
+        ("in flight 1", fresh[0], "/v1/embed/text", -0.2),
+        ("in flight 2", fresh[1], "/v1/embed/text", -0.2),
+        ("fresh at 30%", fresh[2], "/healthz", 0.3 * drain),
+        ("pooled at 30%", pooled[0], "/v1/embed/text", 0.3 * drain),
+    ]
+    # From 45% of the drain until 0.6 s after it, the event loop is blocked (as by a long
+    # garbage collection): everything sent meanwhile waits, unread, until the drain is over.
+    stall = 0.55 * drain + 0.6
+    plan.append(("stall", fresh[3], f"/test/stall?seconds={stall}", 0.45 * drain))
+    for i, share in enumerate((0.5, 0.6, 0.7)):
+        at = share * drain
+        plan.append((f"fresh at {share:.0%}", fresh[4 + i], "/v1/embed/text", at))
+        plan.append((f"pooled embed at {share:.0%}", pooled[1 + 2 * i], "/v1/embed/text", at))
+        plan.append((f"pooled probe at {share:.0%}", pooled[2 + 2 * i], "/healthz", at))
+    # pooled[7] stays idle throughout: it must neither fail anything nor delay the exit
+
+    t0 = time.monotonic() + 0.5
+    with ThreadPoolExecutor(len(plan)) as pool:
+        futures = [pool.submit(_send, name, c, path, t0, at) for name, c, path, at in plan]
+        time.sleep(max(0.0, t0 - time.monotonic()))
+        server.proc.send_signal(signal.SIGTERM)
+        outcomes = [f.result() for f in futures]
+        code = server.proc.wait(timeout=60)
+        exited = time.monotonic() - t0
+    for client in pooled + fresh:
+        client.close()
+
+    log = server.log.read_text()
+    # a thread the busy machine started late, after the drain, may find the port closed
+    during = [o for o in outcomes if o.sent < drain]
+    assert len(during) >= 10, outcomes
+    unanswered = [o for o in during if o.status != 200]
+    assert not unanswered, f"{unanswered}\n{log}"
+    drained = [o for o in during if o.sent > 0.1]
+    assert all(o.connection == "close" for o in drained), drained
+    assert code == 0, log
+    last = max(o.done for o in during)
+    assert last > drain  # the stall held the answers past the drain: they were in flight
+    assert exited - last < 3.0, f"exited {exited:.2f} s after SIGTERM, last answer {last:.2f} s"
+
+
+@pytest.mark.slow
+def test_the_process_exits_once_the_last_request_is_answered(start) -> None:
+    server: Server = start(drain_seconds=0.5, graceful_timeout=30, text_delay=3.0)
+    idle = _keep_alive_client(server.url)  # an idle keep-alive connection does not hold it
+    assert idle.get("/healthz").status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(
+            lambda: httpx.post(f"{server.url}/v1/embed/text", json={"texts": ["x"]}, timeout=60)
+        )
+        time.sleep(0.5)  # the request now waits on its 3-second batch
+        server.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert reply.result().status_code == 200
+        answered = time.monotonic() - signalled
+    code = server.proc.wait(timeout=60)
+    exited = time.monotonic() - signalled
+    idle.close()
+    assert code == 0, server.log.read_text()
+    assert answered > 2.0  # the batch ran past the 0.5 s drain: uvicorn waited for it
+    # not the 30 s graceful timeout, nor seconds of interpreter teardown
+    assert exited - answered < 2.0, f"answered at {answered:.2f} s, exited at {exited:.2f} s"
 
 
 # -- in process: the settings a multi-replica deployment uses ---------------------------------
