@@ -149,3 +149,8 @@ def wait_server_ready(
             pass
         time.sleep(0.1)
     raise AssertionError(f"the server never became ready:\n{output()}")
+
+
+def item_rows(items: list[int]) -> torch.Tensor:
+    """n ints -> [n, 1]: each row says which item it came from (a Batcher's fn under test)."""
+    return torch.tensor(items, dtype=torch.float32)[:, None]

@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -213,7 +212,13 @@ def _workloads(args: argparse.Namespace, peer_models: dict[str, str]) -> list[Wo
 def run(args: argparse.Namespace) -> int:
     """Start ours (unless --ours names a running server), check both answer every workload
     with vectors of one size, then measure; write the JSON and print the table."""
-    from service.bench.serve import environment, free_port, photo_jpeg, start_server
+    from service.bench.serve import (
+        environment,
+        free_port,
+        photo_jpeg,
+        start_server,
+        write_result,
+    )
     from training.encoders.base import resolve_device
 
     peer_models = {TEXT_KIND: args.peer_model or peer_model(args.peer)}
@@ -255,10 +260,7 @@ def run(args: argparse.Namespace) -> int:
         **env,
         "cells": cells,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serve-peer-{env['date'][:19].replace(':', '')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(args.out, "serve-peer", result)
     print_table(cells)
     print(f"wrote {path}")
     return 0

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from service.bench.loadgen import build_request, run_load
-from service.bench.serve import environment, free_port, wait_ready
+from service.bench.serve import environment, free_port, wait_ready, write_result
 from service.index.embedded.store import CollectionStore
 from service.index.types import IndexKind, IndexSpec
 
@@ -306,10 +306,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["search"] = rows
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"search-{env['date'][:19].replace(':', '')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(args.out, "search", result)
     _print_summary(result)
     print(f"wrote {path}")
     return 0

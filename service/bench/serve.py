@@ -235,6 +235,15 @@ def _row(modality: str, res: LoadResult, ref: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def write_result(out: str, stem: str, result: dict[str, Any]) -> Path:
+    """Write a benchmark's JSON as OUT/STEM-<its date>.json -> the path."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}-{result['date'][:19].replace(':', '')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
 def environment(device: str) -> dict[str, Any]:
     """The machine and software a figure was measured on (shared with `bench train`)."""
     from training.encoders import environment as env
@@ -298,10 +307,7 @@ def run(args: argparse.Namespace) -> int:
         "device_decode": args.device_decode or "auto",
         "http": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serve-{env['date'][:19].replace(':', '')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_result(args.out, "serve", result)
     _print_summary(refs, rows)
     print(f"wrote {path}")
     return 0

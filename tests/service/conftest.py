@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,3 +27,11 @@ def fake_app_factory() -> Iterator[object]:
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    """One model thread for a Batcher under test."""
+    executor = ThreadPoolExecutor(1)
+    yield executor
+    executor.shutdown(wait=False, cancel_futures=True)

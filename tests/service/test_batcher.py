@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,19 +20,7 @@ from service.runtime.batcher import Batcher, QueueFullError, ServiceRate
 from service.runtime.disconnect import ClientGoneError, while_client_waits
 from service.runtime.embedding import ImageEmbedder
 from service.runtime.images import ImageError
-from tests.helpers import FakeEncoder, image_bytes
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    executor = ThreadPoolExecutor(1)
-    yield executor
-    executor.shutdown(wait=False, cancel_futures=True)
-
-
-def rows(items: list[int]) -> torch.Tensor:
-    """n ints -> [n, 1]: each row says which item it came from."""
-    return torch.tensor(items, dtype=torch.float32)[:, None]
+from tests.helpers import FakeEncoder, image_bytes, item_rows
 
 
 class Model:
@@ -58,7 +46,7 @@ class Model:
         self.started.set()
         self._go.wait(10)
         time.sleep(self.per_item * len(items))
-        return rows(items)
+        return item_rows(items)
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:

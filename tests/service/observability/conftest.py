@@ -3,6 +3,8 @@ network), and apps with tracing on that make them."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -80,3 +82,24 @@ def traced_app(spans: Spans, tmp_path: Path) -> Iterator[TracedApp]:
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def kept_records(*filters: logging.Filter) -> Iterator[list[logging.LogRecord]]:
+    """The records of the service's logger while the block runs, as a handler with
+    `filters` sees them (the filters add the request and trace ids)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep()
+    for f in filters:
+        keep.addFilter(f)
+    logger = logging.getLogger("contrastive.service")
+    logger.addHandler(keep)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(keep)

@@ -5,27 +5,14 @@ went into, and the model's call is a child of its batch."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-import torch
 from opentelemetry.sdk.trace import ReadableSpan
 
 from service.observability.tracing import Tracing
 from service.runtime.batcher import Batcher
+from tests.helpers import item_rows
 from tests.service.observability.conftest import Spans
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    executor = ThreadPoolExecutor(1)
-    yield executor
-    executor.shutdown(wait=False, cancel_futures=True)
-
-
-def rows(items: list[int]) -> torch.Tensor:
-    return torch.tensor(items, dtype=torch.float32)[:, None]
 
 
 def _id(span: ReadableSpan) -> int:
@@ -44,7 +31,7 @@ def test_one_batch_serves_two_requests_and_links_to_both(
 
     async def main() -> None:
         b: Batcher[int] = Batcher(
-            rows,
+            item_rows,
             pool,
             8,
             max_wait_ms=200,
@@ -79,7 +66,7 @@ def test_a_request_split_over_batches_links_to_each(spans: Spans, pool: ThreadPo
 
     async def main() -> None:
         b: Batcher[int] = Batcher(
-            rows,
+            item_rows,
             pool,
             2,
             max_wait_ms=0,

@@ -17,7 +17,7 @@ from service.observability import request_id
 from service.observability.request_id import RequestIdFilter
 from service.settings import Settings
 from tests.helpers import wait_ready
-from tests.service.observability.conftest import BreakableEncoder
+from tests.service.observability.conftest import BreakableEncoder, kept_records
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
@@ -90,21 +90,9 @@ def test_errors_carry_the_id(
 def test_a_500_carries_the_id_and_its_log_record_names_the_request(
     client: TestClient, encoder: BreakableEncoder
 ) -> None:
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    keep = Keep()
-    keep.addFilter(RequestIdFilter())
-    logger = logging.getLogger("contrastive.service")
-    logger.addHandler(keep)
     encoder.broken = True
-    try:
+    with kept_records(RequestIdFilter()) as records:
         r = client.post("/v1/embed/text", json={"texts": ["x"]}, headers={"X-Request-ID": "e5"})
-    finally:
-        logger.removeHandler(keep)
     assert r.status_code == 500
     assert r.headers["x-request-id"] == "e5"
     (record,) = [rec for rec in records if rec.getMessage() == "unhandled error"]

@@ -4,7 +4,6 @@ line when the otel extra is missing."""
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,12 @@ from service.observability import tracing
 from service.observability.request_id import RequestIdFilter
 from service.observability.tracing import TraceIdsFilter
 from service.settings import Settings
-from tests.service.observability.conftest import BreakableEncoder, Spans, TracedApp
+from tests.service.observability.conftest import (
+    BreakableEncoder,
+    Spans,
+    TracedApp,
+    kept_records,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 MODEL = "fake:test"
@@ -221,24 +225,11 @@ def test_a_configured_provider_is_used_and_left_open(
 def test_an_error_is_recorded_and_its_log_record_names_the_request_and_trace(
     traced_app: TracedApp, spans: Spans
 ) -> None:
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    keep = Keep()
-    keep.addFilter(RequestIdFilter())
-    keep.addFilter(TraceIdsFilter())
-    logger = logging.getLogger("contrastive.service")
-    logger.addHandler(keep)
-    try:
+    with kept_records(RequestIdFilter(), TraceIdsFilter()) as records:
         encoder = BreakableEncoder()
         client = traced_app(encoder=encoder)
         encoder.broken = True
         r = client.post("/v1/embed/text", json={"texts": ["x"]}, headers={"X-Request-ID": "r-1"})
-    finally:
-        logger.removeHandler(keep)
     assert r.status_code == 500 and r.headers["x-request-id"] == "r-1"
 
     batch = spans.one("batcher.batch")
