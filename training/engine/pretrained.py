@@ -33,9 +33,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ValueError(f"--init-from {path}: no such file or export directory")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:  # a cut or foreign file: say so, exit 2
+            raise ValueError(f"--init-from {path}: not a readable safetensors file ({e})") from e
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused, or not a torch file at all

@@ -112,3 +112,20 @@ def test_a_checkpoint_with_code_in_it_is_never_unpickled(
     assert "this must never run" not in capsys.readouterr().out
     with pytest.raises(ValueError, match="no such file"):
         load_backbone(net, tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"garbage, not a safetensors file at all", b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":', b""],
+    ids=["garbage", "cut-header", "empty"],
+)
+def test_a_malformed_safetensors_file_is_refused_with_one_line(
+    tmp_path: Path, content: bytes
+) -> None:
+    """ValueError, which the train command answers with exit 2 and one line (no traceback),
+    as it does for the torch formats."""
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    net, _ = build_backbone(BackboneSpec("tiny", False, 16))
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_backbone(net, path)
