@@ -50,7 +50,12 @@ class Readiness(BaseModel):
         None, description="while loading: how long the model has been loading"
     )
     collections_refused: dict[str, str] | None = Field(
-        None, description="collections that failed to open, and why (the others serve)"
+        None,
+        description="collections that failed to open or were refused since, and why (the "
+        "others serve); when API keys are set, only to a request that sends one",
+    )
+    collections_refused_count: int | None = Field(
+        None, description="how many collections are refused (to every caller)"
     )
     models: list[ModelReadiness] | None = Field(
         None,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import PlainTextResponse, Response
 
 from service.api.deps import MetricsDep, State
 from service.index.types import CollectionError
+from service.middleware import has_key
 from service.responses import FastJSON
 from service.schemas.status import Health, Readiness
 from service.state import ServiceState
@@ -29,7 +30,7 @@ async def healthz() -> FastJSON:
     responses={503: {"model": Readiness, "description": "Loading, failed, or draining"}},
     summary="Readiness: 503 until the model is loaded and warmed",
 )
-async def readyz(state: State) -> FastJSON:
+async def readyz(state: State, request: Request) -> FastJSON:
     if state.ready:
         unreachable = await _unreachable(state)
         if unreachable is not None:  # a replica that cannot serve collections is not ready
@@ -43,7 +44,11 @@ async def readyz(state: State) -> FastJSON:
         }
         problems = state.store.problems if state.store is not None else {}
         if problems:  # the service runs; these collections are refused until repaired
-            body["collections_refused"] = problems
+            body["collections_refused_count"] = len(problems)
+            # names and reasons (file paths, sizes) only to a caller with an API key:
+            # /readyz is open to probes, which need the status, not the details
+            if _may_see_details(state, request):
+                body["collections_refused"] = problems
         return FastJSON(body)
     if state.draining:
         status, reason = "draining", "shutting down"
@@ -56,6 +61,13 @@ async def readyz(state: State) -> FastJSON:
     if status == "loading" and took is not None:  # a load that seems stuck shows it here
         body["loading_seconds"] = round(took, 1)
     return FastJSON(body, status_code=503)
+
+
+def _may_see_details(state: ServiceState, request: Request) -> bool:
+    """Without API keys everyone may; with them, a caller with one of them."""
+    s = state.settings
+    keys = [k.encode() for k in [*s.request_keys, *s.admin_access]]
+    return not keys or has_key(request.scope, keys)
 
 
 def _models(state: ServiceState) -> list[dict[str, Any]]:
