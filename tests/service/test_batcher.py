@@ -169,10 +169,10 @@ def test_a_slow_model_is_refused_by_time_long_before_the_item_limit(
         assert rate is not None and 10 < rate <= 100
         busy = asyncio.create_task(b.submit(list(range(8))))
         await until(lambda: b.pending == 8)
-        t0 = time.perf_counter()
         with pytest.raises(QueueFullError, match="it would wait about"):
             await b.submit([8, 9, 10])
-        assert time.perf_counter() - t0 < 0.05  # refused at once, not after waiting
+        # refused at once, not after waiting: the batch ahead of it is still running
+        assert not busy.done() and b.pending == 8
         assert (await busy)[:, 0].tolist() == list(range(8))
         assert b.pending == 0
         await b.stop()

@@ -294,7 +294,9 @@ def test_ids_that_are_not_utf8_text(client: TestClient) -> None:
     """Bytes that are no UTF-8 inside a text: ids of another vocabulary, not a chunk
     boundary."""
     r = client.post(URL, json={"model": MODEL, "input": [[104, 0xFF, 105]]})
-    _advice(_error(r, 422, "invalid_tokens")["message"])
+    err = _error(r, 422, "invalid_tokens")
+    assert err["message"].startswith("input[0]"), err  # names the input whose ids fail
+    _advice(err["message"])
 
 
 @pytest.mark.parametrize(
@@ -334,7 +336,8 @@ def test_the_limits_of_strings_hold(fake_app_factory: Make) -> None:
     ],
 )
 def test_ids_are_json_integers_and_never_mixed(client: TestClient, value: list[Any]) -> None:
-    _error(client.post(URL, json={"model": MODEL, "input": value}), 422, "invalid_request")
+    err = _error(client.post(URL, json={"model": MODEL, "input": value}), 422, "invalid_request")
+    assert err["message"].startswith("input"), err  # the field at fault is named
 
 
 def test_ids_are_text(client: TestClient) -> None:
@@ -350,7 +353,7 @@ def test_the_model_is_checked_before_the_ids(client: TestClient) -> None:
 def test_ids_need_the_text_tower(fake_app_factory: Make) -> None:
     images_only = fake_app_factory(encoder=FakeEncoder(capabilities=frozenset({"image"})))
     r = images_only.post(URL, json={"model": MODEL, "input": [[104]]})
-    _error(r, 400, "missing_capability")
+    assert "text" in _error(r, 400, "missing_capability")["message"]
 
 
 def test_the_document_describes_the_token_shapes(client: TestClient) -> None:
