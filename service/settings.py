@@ -33,6 +33,17 @@ class Settings(BaseSettings):
         "has them (onnxruntime measured 1.2-2.1x faster than torch on 1 CPU thread, "
         "bench onnx), else torch",
     )
+    auto_onnx: bool = Field(
+        True,
+        description="with runtime auto on the CPU, a model served by torch moves to "
+        "onnxruntime once its graphs are traced in the background (once per weights: "
+        "kept in onnx_cache_dir); vectors stay torch's to 1e-4",
+    )
+    onnx_cache_dir: str = Field(
+        "",
+        description="where traced ONNX graphs are kept; empty: "
+        "$XDG_CACHE_HOME/contrastive/onnx (~/.cache/contrastive/onnx)",
+    )
     device_decode: Literal["auto", "on", "off"] = Field(
         "auto",
         description="decode plain JPEG uploads on the model's device in batches "

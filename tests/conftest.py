@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+# No app of the tests traces ONNX graphs in the background (a minute of CPU each), not even
+# one a module-scoped fixture builds before the per-test fixtures run; the tests of that
+# move turn it on (tests/service/test_onnx_upgrade.py).
+os.environ["CONTRASTIVE_AUTO_ONNX"] = "false"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from service.domain_errors import ModelError, RequestError
 from service.metrics import Metrics
 from service.runtime.batcher import Batcher
+from service.runtime.onnx_upgrade import cache_dir, onnx_twin, wants_onnx
 from service.runtime.served import Pools, ServedModel, ServedModels
 from service.settings import Settings
 from training.encoders import Encoder, UnknownModelError, check_reference
@@ -115,6 +116,7 @@ class ModelLifecycle:
         # batchers of models no longer served that may still be finishing work: stopped at
         # shutdown if they still run; weak, so that they never keep a model alive
         self._retired: weakref.WeakSet[Batcher[Any]] = weakref.WeakSet()
+        self._upgrades: set[asyncio.Task[None]] = set()  # runtime=auto moves to ONNX
         metrics.models_served.set_function(lambda: sum(m.loaded is not None for m in self.models))
 
     # -- start-up ---------------------------------------------------------------------
@@ -124,6 +126,7 @@ class ModelLifecycle:
         for i, model in enumerate(self.models.all):
             await model.load(self.settings, self.pools, encoder if i == 0 else None)
             self._count("startup", "ok" if model.loaded is not None else "failed", model)
+            self._maybe_upgrade(model)
 
     # -- the admin API ------------------------------------------------------------------
     async def load(self, spec: ModelSpec, default: bool = False) -> Operation:
@@ -205,6 +208,7 @@ class ModelLifecycle:
     async def close(self) -> None:
         """At shutdown: cancel the loads still running, stop the retired batchers."""
         tasks = [op.task for op in self.in_flight() if op.task is not None]
+        tasks += list(self._upgrades)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -239,6 +243,7 @@ class ModelLifecycle:
                 )
             op.model_id = model.name
             self._end(op, "done")
+            self._maybe_upgrade(model)
         except asyncio.CancelledError:
             if model.loaded is not None:
                 model.loaded.retire()
@@ -249,6 +254,52 @@ class ModelLifecycle:
             if model.loaded is not None:
                 model.loaded.retire()
             self._end(op, "failed", f"{type(e).__name__}: {e}")
+
+    def _maybe_upgrade(self, model: ServedModel) -> None:
+        """runtime=auto on the CPU: move a warm torch model to onnxruntime in the background
+        (service.runtime.onnx_upgrade)."""
+        if model.loaded is None:
+            return
+        if not wants_onnx(model.loaded.encoder, self.settings, model.runtime):
+            return
+        task = asyncio.create_task(self._upgrade(model))
+        self._upgrades.add(task)
+        task.add_done_callback(self._upgrades.discard)
+
+    async def _upgrade(self, model: ServedModel) -> None:
+        """Trace (or find) the model's graphs, warm them, swap them in at its place.
+        Any failure leaves the torch model serving, with the reason logged."""
+        assert model.loaded is not None
+        loop = asyncio.get_running_loop()
+        try:
+            twin = await loop.run_in_executor(
+                self.pools.load, onnx_twin, model.loaded.encoder, cache_dir(self.settings)
+            )
+        except Exception as e:  # tracing has no common error type; torch keeps serving
+            log.warning(
+                "model %s stays on torch: no ONNX graphs (%s: %s)", model.name, type(e).__name__, e
+            )
+            return
+        new = ServedModel(model.ref, model.pretrained, model.device, "onnx", model.alias)
+        await new.load(self.settings, self.pools, twin)
+        if (
+            new.loaded is None
+            or all(m is not model for m in self.models)
+            or (model.names & self._claims.keys())
+        ):  # failed to warm, or an operator changed the model meanwhile: theirs wins
+            if new.loaded is not None:
+                new.loaded.retire()
+            log.warning(
+                "model %s stays on torch: %s",
+                model.name,
+                new.load_error or "the model changed during the ONNX build",
+            )
+            return
+        self.models = self.models.replaced(model, new)
+        queued = self._retire(model)
+        log.info(
+            "model %s now runs on onnxruntime; %d queued items finish on torch", new.name, queued
+        )
 
     def _clash(self, model: ServedModel, old: ServedModel | None) -> str | None:
         """Why a model just loaded cannot join the set: its id names another one."""

@@ -169,6 +169,11 @@ class ModelCard(BaseModel):
     default_templates: list[str]
     preprocessing: dict[str, Any]
     device: str
+    runtime: str = Field(
+        "torch",
+        description="what runs it: torch, or onnxruntime (runtime=auto moves a CPU model "
+        "there once its graphs are traced)",
+    )
     default: bool = Field(..., description="the model a request that names none gets")
     memory_bytes: int | None = Field(None, description="its parameters and buffers")
 

@@ -14,13 +14,18 @@ similarities alike); T = 10; zero-shot uses CLIP's seven-template ensemble.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import timm
 import torch
 from timm.data import ImageNetInfo
 
 from training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
-from training.encoders.nets.minilm import MiniLM
+from training.encoders.nets.minilm import MAX_TOKENS, MiniLM
 from training.encoders.templates import DEFAULT_TEMPLATES
+
+if TYPE_CHECKING:
+    from training.export.graphs import TextSource
 
 ARCH = "tf_efficientnet_lite0"
 # The package's input convention is (x - 127) / 128 on 0..255 pixels.
@@ -124,5 +129,17 @@ class BuiltinEncoder(Encoder):
         return mixed - self.centre
 
     def _text_forward(self, texts: list[str]) -> torch.Tensor:
-        emb = torch.nn.functional.normalize(self.text(texts).float(), dim=-1)
+        return self._text_from_tokens(self.text.tokenize(texts, self.device))
+
+    def _text_from_tokens(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{"input_ids", "attention_mask": int64 [n, T]} -> [n, 384], centred, not unit."""
+        emb = torch.nn.functional.normalize(self.text.embed_tokens(enc).float(), dim=-1)
         return emb - self.centre
+
+    def onnx_text_source(self) -> TextSource:
+        """The text path split at the tokens, for an ONNX graph (training.export.graphs)."""
+        from training.export.graphs import TextSource
+
+        spec = {"kind": "minilm", "max_length": MAX_TOKENS}
+        inputs = ["input_ids", "attention_mask"]
+        return TextSource(self._text_from_tokens, spec, inputs, [self.text])

@@ -32,6 +32,7 @@ def _card(served: ServedModel, model: LoadedModel, default: bool) -> ModelCard:
         default_templates=list(info.default_templates),
         preprocessing=info.preprocess.to_dict(),
         device=str(enc.device),
+        runtime=getattr(enc, "runtime", "torch"),
         default=default,
         memory_bytes=model.memory_bytes(),
     )

@@ -42,7 +42,13 @@ class MiniLM(torch.nn.Module):
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        enc = self.tokenize(texts, device)
+        return self.embed_tokens(self.tokenize(texts, device))
+
+    def embed_tokens(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{"input_ids", "attention_mask": int64 [n, T]} -> [n, 384] mean-pooled, not normalised.
+
+        The tensor part of `forward`, split from the tokenizer so that it can be traced
+        (token_type_ids, when given, are all zeros: BERT's default)."""
         hidden = self.model(**enc).last_hidden_state  # [n, tokens, 384]
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
