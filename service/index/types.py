@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from service.domain_errors import DomainError
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq", "hnsw_sq8"]
+INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_ID_CHARS = 256
 

@@ -1,5 +1,6 @@
 """`contrastive index repair NAME [--dir DIR]`: salvage a collection of the embedded store
-refused as corrupt (service.index.embedded.repair does the work and says what it does)."""
+refused as corrupt (service.index.embedded.repair does the work and says what it does;
+for a collection.json it cannot trust, what the files hold and how to restore it)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from service.commands.index.report import run_reported
 DESCRIPTION = (
     "Salvage a collection refused as corrupt: every readable record of its snapshots and "
     "logs becomes a fresh snapshot; the lost records are listed and the old files moved to "
-    "damaged-<utc>/ in its folder. Stop the server first (exit 2 while a process holds the "
-    "folder)."
+    "damaged-<utc>/ in its folder. A missing or edited collection.json is not rebuilt (no "
+    "other file holds the model id): the repair says what the files hold and how to "
+    "restore it, and changes nothing; an older collection.json without a checksum is "
+    "checked against the data and sealed. Stop the server first (exit 2 while a process "
+    "holds the folder)."
 )
 
 

@@ -4,7 +4,10 @@ State lives in memory (dicts by id) and on disk as the latest snapshot plus the 
 changes since it. Every change is appended to the log and fsynced before it is applied
 or acknowledged. The files, and how they are read back, are described in
 service.index.embedded.recovery; a collection whose files hold no complete state is refused
-(CollectionError "collection_corrupt"), never served short.
+(CollectionError "collection_corrupt"), never served short. So is one whose collection.json
+(what the data is: its dimension, model and index) is missing, fails its checksum, or
+disagrees with the snapshot or the log (service.index.embedded.meta): refused before
+recovery writes anything.
 
 If the disk is full while recovery writes what it owes (cutting a torn log tail, writing
 a rebuilt snapshot), the collection opens read-only with status "disk_full": reads are
@@ -20,7 +23,6 @@ truncated mapping, which would kill the process with SIGBUS. See _check_files.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -36,6 +38,7 @@ import torch
 from service.index.embedded.block_flat import BlockFlatIndex
 from service.index.embedded.faiss_index import COMPRESSED, VectorIndex, choose_kind, faiss_gpus
 from service.index.embedded.index_file import INDEX, SavedIndex, load_index, save_index
+from service.index.embedded.meta import CollectionMeta, read_meta, write_meta
 from service.index.embedded.recovery import (
     LOG,
     META,
@@ -43,16 +46,23 @@ from service.index.embedded.recovery import (
     PREV_SNAP,
     SNAP,
     SNAP_TMP,
+    MetaError,
     Plan,
     RecoveryRefusedError,
     plan,
 )
 from service.index.embedded.snapshot import FileId, MappedFile, Snapshot, snapshot_parts
 from service.index.embedded.torch_flat import TorchFlatIndex
-from service.index.embedded.wal import DELETE, UPSERT, Record, WriteAheadLog, cut_torn_tail
+from service.index.embedded.wal import (
+    DELETE,
+    UPSERT,
+    Record,
+    RecordShapeError,
+    WriteAheadLog,
+    cut_torn_tail,
+)
 from service.index.filters import Filter
 from service.index.fsutil import (
-    atomic_write,
     fsync_dir,
     is_disk_full,
     storage_error,
@@ -71,6 +81,12 @@ FILTER_CACHE = 8  # filters whose matching ids (and vectors) are kept until the 
 FILTER_CACHE_BYTES = 32 << 20  # the vectors of a cached filter are kept up to this size
 EXACT_FILTER_LIMIT = 50_000  # filtered searches over fewer candidates are exact (numpy)
 SMALL_STATE = 64 << 20  # snapshots of states below this size fall due by records (see below)
+# a refusal for collection.json: the data files may be whole, but what they are is unknown
+META_ADVICE = (
+    "the files are kept as they are: restore "
+    + META
+    + " from a backup (`contrastive index repair {name}` says what the files still hold)"
+)
 
 
 class Collection:
@@ -81,12 +97,12 @@ class Collection:
     ) -> None:
         self.folder = folder
         self.device = device  # "cuda...": exact search on the GPU (see _build_index)
-        meta = json.loads((folder / META).read_text())
-        self.name: str = meta["name"]
-        self.model_id: str = meta["model_id"]
-        self.dim: int = int(meta["dim"])
-        self.spec = IndexSpec.from_dict(meta["index"])
-        self.created_at: str = meta["created_at"]
+        self.name: str = folder.name  # what a refusal of collection.json calls it
+        meta = self._read_meta()
+        self.model_id: str = meta.model_id
+        self.dim: int = meta.dim
+        self.spec = meta.spec
+        self.created_at: str = meta.created_at
         self.snapshot_every = snapshot_every
         self.status = "ok"
         self._lock = threading.RLock()
@@ -113,22 +129,36 @@ class Collection:
     # -- creation and recovery -----------------------------------------------------
     @staticmethod
     def create(folder: Path, name: str, model_id: str, dim: int, spec: IndexSpec) -> None:
+        """A new collection's folder and its collection.json, sealed (see meta)."""
         folder.mkdir(parents=True)
-        meta = {
-            "format_version": 1,
-            "name": name,
-            "model_id": model_id,
-            "dim": dim,
-            "index": spec.to_dict(),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        atomic_write(folder / META, json.dumps(meta, indent=2).encode())
+        created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        write_meta(folder, CollectionMeta(name, model_id, dim, spec, created_at))
+
+    def _read_meta(self) -> CollectionMeta:
+        """collection.json, checked (meta.read_meta); refused (collection_corrupt) when it
+        is missing, fails its checksum or holds what this version cannot serve."""
+        try:
+            meta = read_meta(self.folder)
+        except MetaError as e:
+            raise self._refuse(f"{e}; {META_ADVICE.format(name=self.name)}") from None
+        if not meta.sealed:
+            log.warning(
+                "collection %s: %s has no checksum (written by an older version); it is "
+                "checked against the snapshot and the log (`contrastive index repair %s` "
+                "seals it)",
+                self.name,
+                META,
+                self.name,
+            )
+        return meta
 
     def _recover(self) -> None:
         """Load the complete state the files hold (recovery.plan), then do the writes that
         recovery owes the disk; refuse (collection_corrupt) when there is no such state."""
         try:
             found = plan(self.folder, self.dim)
+        except MetaError as e:  # a snapshot of another dimension
+            raise self._refuse(f"{e}; {META_ADVICE.format(name=self.name)}") from None
         except RecoveryRefusedError as e:
             raise self._refuse(
                 f"{e}; the files are kept as they are: `contrastive index repair {self.name}` "
@@ -171,7 +201,14 @@ class Collection:
             self._adopt_saved_index(found.base.snapshot)
         removed, added = self._changed
         for scan, entry in found.chain:
-            gone, new = self._apply_state(scan.record(entry, self.dim))
+            try:
+                rec = scan.record(entry, self.dim)
+            except RecordShapeError as e:  # refused before recovery writes anything
+                raise self._refuse(
+                    f"{scan.path.name}: {e}, but {META} says dim {self.dim}; "
+                    + META_ADVICE.format(name=self.name)
+                ) from None
+            gone, new = self._apply_state(rec)
             removed += gone
             added += new
             self._seq = entry.seq

@@ -2,7 +2,8 @@
 
 Files in a collection's folder:
 
-    collection.json        name, model_id, dim, index spec, created_at
+    collection.json        name, model_id, dim, index spec, created_at; sealed by a
+                           checksum of its own (service.index.embedded.meta)
     snapshot.bin           state up to log sequence S (checksummed, atomic)
     snapshot.prev.bin      the snapshot before it, kept for recovery
     log.prev.wal           records between the two snapshots
@@ -16,6 +17,11 @@ snapshot.bin, then snapshot.prev.bin, then an empty start, and refuses
 the logs have outrun) is rebuilt from the previous snapshot and the logs, or refused;
 never served short. A corrupt log.wal (damage that valid records follow, see
 service.index.embedded.wal) is refused outright: nothing is cut, the files stay as they are.
+
+A snapshot whose checksum holds but whose dimension is not collection.json's refuses the
+collection at once (`MetaError`), rather than being passed over as damaged: the file is
+intact, so it is collection.json (or the pairing of the two) that is wrong, and a rebuild
+from the logs would read their vectors at the wrong width and set the good snapshot aside.
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.index.embedded.snapshot import CorruptSnapshotError, Snapshot, read_snapshot
+from service.index.embedded.snapshot import (
+    CorruptSnapshotError,
+    Snapshot,
+    SnapshotDimError,
+    read_snapshot,
+)
 from service.index.embedded.wal import Entry, LogScan, scan_log
 
 META, SNAP, PREV_SNAP, LOG, PREV_LOG = (
@@ -35,10 +46,23 @@ META, SNAP, PREV_SNAP, LOG, PREV_LOG = (
     "log.prev.wal",
 )
 SNAP_TMP = f".{SNAP}.tmp"  # a snapshot being written; committed by its rename to SNAP
+DATA_FILES = (SNAP, PREV_SNAP, LOG, PREV_LOG)  # what a folder holding a collection's data has
 
 
 class RecoveryRefusedError(Exception):
     """No complete state can be read from the files; the message says why."""
+
+
+class MetaError(RecoveryRefusedError):
+    """collection.json is missing, unreadable, fails its checksum, or disagrees with the
+    data files: what the data is (its dimension, its model) is unknown, so none of it is
+    served. `contrastive index repair` cannot salvage this; it says what the files hold."""
+
+
+def holds_collection(folder: Path) -> bool:
+    """Whether `folder` holds a collection: its collection.json, or any of its data files
+    (a folder whose collection.json was lost still holds one: it is refused, not ignored)."""
+    return any((folder / name).exists() for name in (META, *DATA_FILES))
 
 
 @dataclass
@@ -124,9 +148,16 @@ def _bases(folder: Path, dim: int, tried: list[str]) -> Iterator[Base]:
             continue
         evidence = True
         try:
-            yield Base(name, read_snapshot(path, dim), primary=name == SNAP)
+            snap = read_snapshot(path, dim)
+        except SnapshotDimError as e:  # an intact file of another width: no rebuild
+            raise MetaError(
+                f"{name} (its checksum intact) holds vectors of dimension {e.found}, but "
+                f"{META} says {dim}"
+            ) from None
         except CorruptSnapshotError as e:
             tried.append(f"{label}{e}")
+            continue
+        yield Base(name, snap, primary=name == SNAP)
     yield Base("an empty start", None, primary=not evidence)
 
 

@@ -12,10 +12,18 @@
 The order of step 4 is crash-safe: the new snapshot is fsynced before anything moves, and
 it holds every readable record, so a crash part-way leaves files that open to the repaired
 state or are refused again (run the repair again); never a collection served short.
+
+collection.json is not salvaged: it says what the data is (model, dimension, index), and
+the other files do not hold that (a snapshot's header has the dimension, nothing has the
+model id). When it is missing, fails its checksum or disagrees with the data (meta,
+recovery.MetaError), the repair changes nothing: it lists what the files hold (each
+snapshot's and log's dimension) and says how to restore the file (`explain_meta`). An
+unsealed collection.json (written before checksums) is sealed once the data agrees with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -26,6 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from service.index.embedded.meta import (
+    CHECKSUM,
+    UNSEALED_VERSION,
+    CollectionMeta,
+    MetaMissingError,
+    read_meta,
+    write_meta,
+)
 from service.index.embedded.recovery import (
     LOG,
     META,
@@ -33,16 +49,27 @@ from service.index.embedded.recovery import (
     PREV_SNAP,
     SNAP,
     SNAP_TMP,
+    MetaError,
     RecoveryRefusedError,
+    holds_collection,
     plan,
 )
 from service.index.embedded.snapshot import (
     CorruptSnapshotError,
     Snapshot,
+    SnapshotDimError,
     encode_snapshot,
+    read_header,
     read_snapshot,
 )
-from service.index.embedded.wal import UPSERT, Entry, LogScan, scan_log
+from service.index.embedded.wal import (
+    UPSERT,
+    Entry,
+    LogScan,
+    RecordShapeError,
+    scan_log,
+    vector_width,
+)
 from service.index.fsutil import fsync_dir, unused_path, write_file
 from service.index.types import CollectionError, check_name
 
@@ -77,6 +104,11 @@ def survey(folder: Path, dim: int) -> Salvage:
             try:
                 snap = snaps[name] = read_snapshot(folder / name, dim)
                 findings.append(f"{name}: up to record {snap.seq}, {len(snap.ids)} items")
+            except SnapshotDimError as e:  # intact: collection.json is what is wrong
+                raise MetaError(
+                    f"{name} (its checksum intact) holds vectors of dimension {e.found}, "
+                    f"but {META} says {dim}"
+                ) from None
             except CorruptSnapshotError as e:
                 findings.append(f"{name}: unreadable ({e})")
                 damaged = True
@@ -146,7 +178,10 @@ def rebuild(salvage: Salvage, dim: int) -> Snapshot:
         for i, id_ in enumerate(salvage.base.ids):
             vec[id_], meta[id_] = salvage.base.vectors[i], salvage.base.metadata[i]
     for scan, entry in salvage.records:
-        rec = scan.record(entry, dim)
+        try:
+            rec = scan.record(entry, dim)
+        except RecordShapeError as e:  # its CRC holds: collection.json is what is wrong
+            raise MetaError(f"{scan.path.name}: {e}, but {META} says dim {dim}") from None
         for i, id_ in enumerate(rec.ids):
             if rec.op == UPSERT:
                 assert rec.vectors is not None
@@ -184,22 +219,34 @@ def replace_files(folder: Path, snap: Snapshot) -> Path:
 
 def repair_collection(folder: Path, say: Say) -> bool:
     """Repair the collection in `folder` (its store's lock held), telling `say` what it
-    finds and does -> whether anything was changed."""
-    dim = int(json.loads((folder / META).read_text())["dim"])
+    finds and does -> whether anything was changed. MetaError, nothing changed, when
+    collection.json cannot be trusted: its message says what to do (explain_meta)."""
     say(f"checking {folder}")
-    salvage = survey(folder, dim)
-    for line in salvage.findings:
-        say(f"  {line}")
-    if not needs_repair(folder, dim, salvage):
-        say("nothing to repair: every file is intact and the collection opens as it is")
-        return False
-    say(
-        f"salvaging: {salvage.base_name}"
-        + (f" (up to record {salvage.base_seq})" if salvage.base is not None else "")
-        + f", then {len(salvage.records)} log records"
-    )
-    snap = rebuild(salvage, dim)
+    try:
+        meta = read_meta(folder)
+        salvage = survey(folder, meta.dim)
+        for line in salvage.findings:
+            say(f"  {line}")
+        if not needs_repair(folder, meta.dim, salvage):
+            if meta.sealed:
+                say("nothing to repair: every file is intact and the collection opens as it is")
+                return False
+            return _seal(folder, meta, salvage, say)
+        say(
+            f"salvaging: {salvage.base_name}"
+            + (f" (up to record {salvage.base_seq})" if salvage.base is not None else "")
+            + f", then {len(salvage.records)} log records"
+        )
+        snap = rebuild(salvage, meta.dim)  # before any file moves: it checks every record
+    except MetaError as e:
+        say(f"what the data files hold, whatever {META} says:")
+        for line in data_findings(folder):
+            say(f"  {line}")
+        raise MetaError(explain_meta(folder, e)) from None
     damaged = replace_files(folder, snap)
+    if not meta.sealed:  # the data agreed with it: every record was read at its dimension
+        write_meta(folder, meta)
+        say(f"{META} had no checksum (written by an older version): sealed with one")
     _verify(folder, len(snap.ids))
     lost = f"lost {_ranges(salvage.lost)}" if salvage.lost else "nothing lost"
     say(f"repaired: {len(snap.ids)} items up to record {snap.seq}; {lost}")
@@ -207,6 +254,89 @@ def repair_collection(folder: Path, say: Say) -> bool:
         say("  (an unreadable snapshot may also have held records newer than any log shows)")
     say(f"the old files are in {damaged}")
     return True
+
+
+def _seal(folder: Path, meta: CollectionMeta, salvage: Salvage, say: Say) -> bool:
+    """An intact collection whose collection.json has no checksum: check that the data
+    agrees with it (every log record after the snapshot read at its dimension; the
+    snapshots' dimensions were checked by survey), then write it sealed -> True."""
+    count = len(rebuild(salvage, meta.dim).ids)  # MetaError when a record disagrees
+    write_meta(folder, meta)
+    _verify(folder, count)
+    say(
+        f"nothing else to repair; {META} had no checksum (written by an older version): "
+        "checked against the snapshot and the logs, and sealed with one"
+    )
+    return True
+
+
+def data_findings(folder: Path) -> list[str]:
+    """What the data files say they hold, whatever collection.json says: one line per file
+    (a snapshot's items, records and dimension; a log's records and vector width)."""
+    lines = []
+    for name in (SNAP, PREV_SNAP):
+        if (folder / name).exists():
+            try:
+                head = read_header(folder / name)
+                lines.append(
+                    f"{name}: up to record {head['seq']}, {len(head['ids'])} items of "
+                    f"dimension {head.get('dim')}"
+                )
+            except CorruptSnapshotError as e:
+                lines.append(f"{name}: unreadable ({e})")
+    for name in (PREV_LOG, LOG):
+        scan = scan_log(folder / name)
+        if scan.exists:
+            widths = sorted({w for e in scan.entries if (w := vector_width(scan.payload(e)))})
+            dims = ", ".join(map(str, widths)) if widths else "none: no vectors"
+            lines.append(f"{_describe_log(scan)}; vectors of dimension {dims}")
+    return lines
+
+
+def _found_dim(folder: Path) -> int | None:
+    """The one dimension every readable snapshot and logged vector has, else None."""
+    dims: set[Any] = set()
+    for name in (SNAP, PREV_SNAP):
+        with contextlib.suppress(OSError, CorruptSnapshotError):  # absent or unreadable
+            dims.add(read_header(folder / name).get("dim"))
+    for name in (PREV_LOG, LOG):
+        scan = scan_log(folder / name)
+        dims |= {w for e in scan.entries if (w := vector_width(scan.payload(e)))}
+    if len(dims) != 1:
+        return None
+    dim = dims.pop()
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) else None
+
+
+def explain_meta(folder: Path, e: MetaError) -> str:
+    """Why the repair cannot go on when collection.json cannot be trusted, and what the
+    operator can do: the file cannot be made again from the data (no file holds the model
+    id, the index spec or the creation time), so it must be restored, or written by hand
+    without a checksum (then checked against the data on open, and sealed by a repair)."""
+    dim = _found_dim(folder)
+    told = f"hold {dim}-d vectors" if dim else "agree on no one dimension"
+    by_hand = json.dumps(
+        {
+            "format_version": UNSEALED_VERSION,
+            "name": folder.name,
+            "model_id": "<the id of the model that made these vectors>",
+            "dim": dim if dim else "<their dimension>",
+            "index": {"kind": "auto"},
+            "created_at": "<when it was created, e.g. 2025-01-31T12:00:00+00:00>",
+        }
+    )
+    if isinstance(e, MetaMissingError):
+        what = f"The repair cannot rebuild {META} from the other files"
+    else:
+        what = f"The repair leaves {META} as it is: it cannot tell what the file should say"
+    return (
+        f"{e}.\n{what} (the data files {told}; no file holds the model id or the index "
+        f"spec). Restore {META} from a backup; or, knowing what it held, write it by hand "
+        f'without a "{CHECKSUM}", e.g.:\n'
+        f"  {by_hand}\n"
+        "A file without a checksum is checked against the snapshot and the logs when the "
+        "collection opens; run this repair again to seal it with one. Nothing was changed."
+    )
 
 
 def _verify(folder: Path, count: int) -> None:
@@ -235,7 +365,7 @@ def run_repair(name: str, collections_dir: str) -> int:
     except CollectionError as e:
         print(f"{prefix}: {e}", file=sys.stderr)
         return EXIT_ERROR
-    if not (folder / META).is_file():
+    if not folder.is_dir() or not holds_collection(folder):
         print(f"{prefix}: no collection named {name!r} in {root}", file=sys.stderr)
         return EXIT_ERROR
     try:
@@ -249,7 +379,7 @@ def run_repair(name: str, collections_dir: str) -> int:
         return EXIT_LOCKED
     try:
         repair_collection(folder, print)
-    except (CollectionError, OSError, ValueError, KeyError) as e:
+    except (MetaError, CollectionError, OSError, ValueError, KeyError) as e:
         print(f"{prefix}: {e}", file=sys.stderr)
         return EXIT_ERROR
     finally:

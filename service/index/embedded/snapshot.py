@@ -47,6 +47,15 @@ class CorruptSnapshotError(ValueError):
     """The snapshot's checksum or structure is wrong: it must not be served."""
 
 
+class SnapshotDimError(CorruptSnapshotError):
+    """The snapshot is intact (its checksum holds) but its vectors are `found`-d, not the
+    dimension asked for: the file is fine, what asked for it is wrong (recovery.MetaError)."""
+
+    def __init__(self, message: str, found: object) -> None:
+        super().__init__(message)
+        self.found = found
+
+
 @dataclass(frozen=True)
 class FileId:
     """Which file a path named, and its size: os.stat's (st_dev, st_ino, st_size)."""
@@ -177,8 +186,9 @@ def _map(path: Path) -> tuple[mmap.mmap | bytes, FileId]:
     return data, file
 
 
-def read_snapshot(path: Path, dim: int) -> Snapshot:
-    """Read and check a snapshot file; CorruptSnapshotError if it must not be served."""
+def _checked(path: Path) -> tuple[mmap.mmap | bytes, FileId, memoryview, dict[str, Any]]:
+    """Map a snapshot file and check its checksum -> (its bytes, the file, the vectors'
+    bytes, the header: seq, dim, ids, metadata); CorruptSnapshotError if it fails."""
     data, file = _map(path)
     # memoryview slices: a snapshot is large, and each bytes slice would copy it
     body, digest = memoryview(data)[:-32], bytes(data[-32:])
@@ -190,12 +200,28 @@ def read_snapshot(path: Path, dim: int) -> Snapshot:
     start = len(MAGIC) + _LEN.size
     try:  # the checksum matched, so this is a file we wrote; checked all the same
         header = _loads(bytes(body[start : start + hlen]))
-        seq, ids, metadata = int(header["seq"]), list(header["ids"]), list(header["metadata"])
+        header["seq"], header["ids"] = int(header["seq"]), list(header["ids"])
+        header["metadata"] = list(header["metadata"])
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptSnapshotError(f"{path.name}: unreadable header ({e})") from e
+    return data, file, body[start + hlen :], header
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """A snapshot's header (seq, dim, ids, metadata), its checksum checked, whatever its
+    dimension: what the file says it holds (`contrastive index repair` reports it)."""
+    return _checked(path)[3]
+
+
+def read_snapshot(path: Path, dim: int) -> Snapshot:
+    """Read and check a snapshot file; CorruptSnapshotError if it must not be served
+    (SnapshotDimError: intact, but its vectors are not `dim`-d)."""
+    data, file, raw, header = _checked(path)
+    seq, ids, metadata = header["seq"], header["ids"], header["metadata"]
     if header.get("dim") != dim:
-        raise CorruptSnapshotError(f"{path.name}: dimension {header.get('dim')} != {dim}")
-    raw = body[start + hlen :]
+        raise SnapshotDimError(
+            f"{path.name}: dimension {header.get('dim')} != {dim}", header.get("dim")
+        )
     if len(raw) % (4 * dim):
         raise CorruptSnapshotError(f"{path.name}: {len(raw)} bytes of vectors is not [n, {dim}]")
     # read-only rows over the mapped file (no copy): stored vectors are never written to

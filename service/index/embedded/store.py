@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TextIO
 
 from service.domain_errors import ErrorCode
-from service.index.embedded.collection import META, Collection
+from service.index.embedded.collection import Collection
+from service.index.embedded.recovery import holds_collection
 from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name, check_new
 
 log = logging.getLogger("contrastive.index")
@@ -24,7 +25,12 @@ class StoreLockedError(OSError):
 class CollectionStore:
     """Collections in `root/<name>/`. A collection that cannot be recovered is kept out of
     service and listed in `problems` (the service's /readyz reports them); so is one whose
-    snapshot files change under the running server (Collection._check_files), once seen."""
+    snapshot files change under the running server (Collection._check_files), once seen.
+
+    A folder is a collection when it holds its collection.json or any of its data files
+    (recovery.holds_collection): one whose collection.json was lost is refused and listed,
+    not ignored, so its name is not silently free while its data sits there. Folders whose
+    names no collection can have (".deleted-..." left by an interrupted delete) are skipped."""
 
     def __init__(self, root: Path, snapshot_every: int = 20_000, device: str | None = None) -> None:
         self.root = root
@@ -36,8 +42,9 @@ class CollectionStore:
         self._open: dict[str, Collection] = {}
         self._problems: dict[str, str] = {}  # name -> why it is refused (for /readyz)
         self._problem_codes: dict[str, ErrorCode] = {}  # name -> the error code get() answers
-        for folder in sorted(p for p in root.iterdir() if (p / META).is_file()):
-            self._load(folder)
+        for folder in sorted(root.iterdir()):
+            if _is_collection(folder):
+                self._load(folder)
 
     def _load(self, folder: Path) -> None:
         try:
@@ -62,12 +69,29 @@ class CollectionStore:
     ) -> CollectionInfo:
         spec = check_new(name, dim, spec)
         with self._lock:
-            if name in self._open or name in self._problems or (self.root / name).exists():
-                raise CollectionError("collection_exists", f"collection {name!r} already exists")
+            self._check_free(name)
             Collection.create(self.root / name, name, model_id, dim, spec)
             col = Collection(self.root / name, self.snapshot_every, self.device)
             self._open[name] = col
             return col.info()
+
+    def _check_free(self, name: str) -> None:
+        """collection_exists (409) unless `name` is free, saying what holds it: a refused
+        collection's files are never overwritten by a new one of the same name."""
+        if name in self._open:
+            raise CollectionError("collection_exists", f"collection {name!r} already exists")
+        if name in self._problems:
+            raise CollectionError(
+                "collection_exists",
+                f"collection {name!r} already exists: its folder holds a refused collection, "
+                f"kept as it is; repair it, or delete it first. {self._problems[name]}",
+            )
+        if (self.root / name).exists():
+            raise CollectionError(
+                "collection_exists",
+                f"collection {name!r} cannot be created: a folder of that name, holding no "
+                "collection, is in the collections folder; remove it first",
+            )
 
     def get(self, name: str) -> Collection:
         check_name(name)
@@ -143,6 +167,15 @@ class CollectionStore:
                     log.exception("collection %s: snapshot at shutdown failed", col.name)
             col.close()
         self._owner.close()  # releases the folder's lock
+
+
+def _is_collection(folder: Path) -> bool:
+    """A folder named as a collection can be, holding one (recovery.holds_collection)."""
+    try:
+        check_name(folder.name)
+    except CollectionError:  # e.g. ".deleted-<name>-<hex>": a delete cut short
+        return False
+    return folder.is_dir() and holds_collection(folder)
 
 
 def lock_folder(root: Path) -> TextIO:

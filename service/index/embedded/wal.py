@@ -61,11 +61,51 @@ class Record:
 
     @classmethod
     def decode(cls, payload: bytes, dim: int) -> Record:
-        op, seq, hlen = _PAY.unpack_from(payload)
-        header = json.loads(payload[_PAY.size : _PAY.size + hlen])
-        raw = payload[_PAY.size + hlen :]
-        vectors = np.frombuffer(raw, "<f4").reshape(-1, dim).copy() if op == UPSERT else None
-        return cls(op, seq, header["ids"], header["metadata"], vectors)
+        """A record's payload -> the Record, its vectors float32 [len(ids), dim] (UPSERT).
+
+        Raises RecordShapeError when an upsert's vector bytes are not len(ids) * dim * 4:
+        a record carries no dimension of its own, so this length is what tells a wrong
+        `dim` (an edited collection.json) from the one the record was written with,
+        instead of reading every vector at the wrong width."""
+        op, seq, header, raw = _split(payload)
+        ids = header["ids"]
+        vectors = None
+        if op == UPSERT:
+            if len(raw) != 4 * dim * len(ids):
+                raise RecordShapeError(seq, len(ids), len(raw), dim)
+            vectors = np.frombuffer(raw, "<f4").reshape(-1, dim).copy()
+        return cls(op, seq, ids, header["metadata"], vectors)
+
+
+class RecordShapeError(ValueError):
+    """A valid record (its CRC holds) whose vectors are not of the dimension asked for."""
+
+    def __init__(self, seq: int, count: int, size: int, dim: int) -> None:
+        per = f"{size // (4 * count)} floats each" if count and size % (4 * count) == 0 else ""
+        super().__init__(
+            f"record {seq} holds {size} bytes of vectors for {count} ids"
+            + (f" ({per})" if per else "")
+            + f", not {count} x {dim} floats"
+        )
+        self.seq = seq
+
+
+def _split(payload: bytes) -> tuple[int, int, dict[str, Any], bytes]:
+    """A record's payload -> (op, seq, header {"ids", "metadata"}, vector bytes)."""
+    op, seq, hlen = _PAY.unpack_from(payload)
+    header = json.loads(payload[_PAY.size : _PAY.size + hlen])
+    return op, seq, header, payload[_PAY.size + hlen :]
+
+
+def vector_width(payload: bytes) -> int | None:
+    """The floats per vector of an upsert record's payload (its vector bytes over its ids),
+    or None (a delete, no ids, or bytes that do not divide): the dimension it was written
+    with, for `contrastive index repair` to report when collection.json is lost."""
+    op, _, header, raw = _split(payload)
+    count = len(header["ids"])
+    if op != UPSERT or not count or len(raw) % (4 * count):
+        return None
+    return len(raw) // (4 * count)
 
 
 # -- reading a log back -------------------------------------------------------------------
@@ -133,8 +173,13 @@ class LogScan:
         return ", ".join(str(d) for d in self.damage)
 
     def record(self, entry: Entry, dim: int) -> Record:
-        """Decode one entry: a Record with vectors float32 [n, dim] (UPSERT)."""
-        return Record.decode(self.data[entry.offset + _REC.size : entry.offset + entry.size], dim)
+        """Decode one entry: a Record with vectors float32 [n, dim] (UPSERT);
+        RecordShapeError when its vectors are not `dim`-d."""
+        return Record.decode(self.payload(entry), dim)
+
+    def payload(self, entry: Entry) -> bytes:
+        """One entry's payload bytes (after its length and CRC)."""
+        return self.data[entry.offset + _REC.size : entry.offset + entry.size]
 
 
 def scan_log(path: Path) -> LogScan:

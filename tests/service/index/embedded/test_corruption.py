@@ -428,7 +428,7 @@ def test_repair_of_an_unknown_collection_is_an_error(
 
 def test_scan_finds_each_record_after_damage(tmp_path: Path) -> None:
     """The scanner resyncs on the next record (not a fixed stride) and reports the range."""
-    recs = [walmod.Record(walmod.UPSERT, s, [f"i{s}"], [{}], unit_rows(s, 8, s)) for s in (1, 2, 3)]
+    recs = [walmod.Record(walmod.UPSERT, s, [f"i{s}"], [{}], unit_rows(1, 8, s)) for s in (1, 2, 3)]
     blobs = [r.encode() for r in recs]
     path = tmp_path / "x.wal"
     path.write_bytes(blobs[0] + b"\x07" * 37 + blobs[1] + blobs[2])
