@@ -12,6 +12,8 @@ from typing import TextIO
 
 from service.domain_errors import ErrorCode
 from service.index.embedded.collection import META, Collection
+from service.index.embedded.staging import remove_remnants
+from service.index.fsutil import fsync_dir, storage_error
 from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name, check_new
 
 log = logging.getLogger("contrastive.index")
@@ -36,7 +38,10 @@ class CollectionStore:
         self._open: dict[str, Collection] = {}
         self._problems: dict[str, str] = {}  # name -> why it is refused (for /readyz)
         self._problem_codes: dict[str, ErrorCode] = {}  # name -> the error code get() answers
-        for folder in sorted(p for p in root.iterdir() if (p / META).is_file()):
+        remove_remnants(root)  # lock held: no import is filling one now
+        # a dot-folder is never a collection (names start with a letter or digit): it is a
+        # staging folder or the trash of a drop, whatever collection.json it still holds
+        for folder in sorted(p for p in root.iterdir() if _is_collection(p)):
             self._load(folder)
 
     def _load(self, folder: Path) -> None:
@@ -68,6 +73,20 @@ class CollectionStore:
             col = Collection(self.root / name, self.snapshot_every, self.device)
             self._open[name] = col
             return col.info()
+
+    def publish(self, staged: Path, name: str) -> CollectionInfo:
+        """Give a filled, closed staging folder (staging.py) its name and serve it: one
+        rename, so `name` appears whole or not at all ("collection_exists" if taken)."""
+        with self._lock:
+            if name in self._open or name in self._problems or (self.root / name).exists():
+                raise CollectionError("collection_exists", f"collection {name!r} already exists")
+            try:
+                staged.rename(self.root / name)
+                fsync_dir(self.root)
+            except OSError as e:
+                raise storage_error(e) from e
+            self._load(self.root / name)
+        return self.get(name).info()
 
     def get(self, name: str) -> Collection:
         check_name(name)
@@ -143,6 +162,10 @@ class CollectionStore:
                     log.exception("collection %s: snapshot at shutdown failed", col.name)
             col.close()
         self._owner.close()  # releases the folder's lock
+
+
+def _is_collection(folder: Path) -> bool:
+    return not folder.name.startswith(".") and (folder / META).is_file()
 
 
 def lock_folder(root: Path) -> TextIO:
