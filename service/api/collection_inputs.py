@@ -13,7 +13,6 @@ import numpy as np
 from fastapi import Request
 
 from service.api.collection_checks import (
-    MAX_DIM,
     MAX_INDEX_PARAM,
     check_id,
     check_k,
@@ -36,7 +35,7 @@ from service.api.request_checks import bad, check_count, check_text
 from service.domain_errors import ModelError
 from service.index.backend import CollectionHandle
 from service.index.filters import Filter, parse_filter
-from service.index.types import CollectionError, IndexSpec, check_name
+from service.index.types import MAX_DIM, CollectionError, IndexSpec, check_name
 from service.responses import finite_output
 from service.runtime.served import LoadedModel, ServedModels
 from service.schemas.collections import (

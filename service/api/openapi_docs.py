@@ -24,7 +24,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from service.api.collection_checks import MAX_DIM, MAX_INDEX_PARAM
+from service.api.collection_checks import MAX_INDEX_PARAM
+from service.index.types import MAX_DIM
 from service.schemas.status import ErrorResponse
 from service.settings import Settings
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from service.domain_errors import ErrorCode, RequestError
+from service.index.items import unencodable_at  # one rule for texts and items alike
 from service.settings import Settings
 
 
@@ -20,16 +21,6 @@ def check_count(n: int, limit: int, what: str, empty: str | None = None) -> None
         raise bad("empty_input", empty or f"'{what}' is empty: send at least one")
     if n > limit:
         raise bad("too_many_items", f"{n} {what} in one request; the limit is {limit}")
-
-
-def unencodable_at(s: str) -> int | None:
-    """Where `s` stops being encodable as UTF-8 (a lone surrogate, which JSON's \\ud800
-    escapes let in), or None when all of it is valid Unicode."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return e.start
-    return None
 
 
 def check_texts(texts: Sequence[str], s: Settings, what: str = "texts") -> list[str]:

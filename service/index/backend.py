@@ -9,10 +9,16 @@ tests/service/index/test_backend_contract.py.
 
 What a backend promises:
 
-- vectors are float32 rows of unit norm; a search score is their inner product (the cosine
-  similarity), the same number on every backend for the same data;
-- ids are strings (1-256 characters) and metadata a JSON object, stored as given: any key,
-  "_id" and "meta" included, comes back unchanged;
+- every upsert obeys the item rules (service.index.items, through `check_batch`): ids are
+  strings of 1-256 characters without NUL, metadata a JSON object of finite numbers that
+  reads back as written, vectors finite and not zero; each path into a collection (the
+  API, `index add`, `index import`, `create_filled`) meets the same rules;
+- vectors are stored as float32 rows of unit norm (a row off unit length is scaled to
+  it); a search score is their inner product (the cosine similarity), the same number on
+  every backend for the same data;
+- metadata is stored as given: any key, "_id" and "meta" included, comes back unchanged;
+- `create_filled` makes a collection from items all or nothing: it is listed only once
+  every item is stored (how import and copy_collection make theirs);
 - `where` is a `service.index.filters.Filter` (or the JSON object it is parsed from), with
   exactly the semantics of `Filter.matches`; a filtered search returns `k` hits whenever at
   least `k` items match (exactly on the embedded store; Qdrant's HNSW can miss a few);
@@ -25,23 +31,26 @@ What a backend does NOT do: the model-space guard. A collection records the mode
 dimension it was created for (`handle.model_id`, `handle.dim`), and the API layer checks
 that a request's vectors come from that model before it calls `upsert` or `search`
 ("model_mismatch", "wrong_dimension"). Keeping that check above the backends keeps it in
-one place, identical for all of them; a backend only refuses vectors whose shape cannot be
-stored (`check_batch`).
+one place, identical for all of them; a backend only refuses what breaks the item rules
+(`check_batch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from service.index.filters import Filter, parse_filter
+from service.index.items import ItemError, check_id, check_metadata, unit_rows
 from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
 
 MAX_PAGE = 10_000  # items per scroll page
 Where = Filter | Mapping[str, Any] | None
+# what one upsert takes: ids [n], vectors float32 [n, dim], metadata [n]
+Batch = tuple[list[str], np.ndarray, list[dict[str, Any]]]
 
 
 @dataclass
@@ -120,6 +129,19 @@ class CollectionBackend(Protocol):
         """A new, empty collection ("collection_exists" if the name is taken)."""
         ...
 
+    def create_filled(
+        self, name: str, model_id: str, dim: int, spec: IndexSpec | None, batches: Iterable[Batch]
+    ) -> int:
+        """A new collection holding the items of `batches`, all or nothing -> items written.
+
+        It is listed, and served, only once every batch is stored. Should anything fail
+        first (a refused item, the storage, `batches` itself raising), no collection
+        `name` is left behind and the error propagates; after a crash part-way, what was
+        written is never served as a collection: the embedded store removes it at its next
+        open, and Qdrant lists the name in `problems` until it is dropped.
+        ("collection_exists" if the name is taken.)"""
+        ...
+
     def drop(self, name: str) -> None:
         """Delete a collection and its items ("collection_not_found" if there is none)."""
         ...
@@ -166,7 +188,10 @@ def require_conditions(where: Filter) -> Filter:
 def check_batch(
     ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]], dim: int
 ) -> np.ndarray:
-    """The shape of an upsert -> vectors as contiguous float32 [n, dim]."""
+    """An upsert, checked by the item rules (service.index.items) -> its vectors as
+    contiguous unit float32 [n, dim]. Every backend's upsert calls this, so no path into
+    a collection stores what those rules refuse (ItemError names `ids[i]`, `metadata[i]`
+    or `vectors[i]`)."""
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         raise CollectionError(
             "wrong_dimension", f"vectors must be [n, {dim}], not {list(vectors.shape)}"
@@ -176,7 +201,12 @@ def check_batch(
             "invalid_request",
             f"{len(ids)} ids, {len(vectors)} vectors and {len(metadata)} metadata: give one each",
         )
-    return np.ascontiguousarray(vectors, np.float32)
+    for i, (id_, meta) in enumerate(zip(ids, metadata, strict=True)):
+        check_id(id_, f"ids[{i}]")
+        if meta is None:  # the rules read None as {}, but a backend stores what it is given
+            raise ItemError("invalid_metadata", f"metadata[{i}]", "must be a JSON object, got None")
+        check_metadata(meta, f"metadata[{i}]")
+    return np.ascontiguousarray(unit_rows(vectors, lambda i: f"vectors[{i}]"))
 
 
 def check_queries(queries: np.ndarray, k: int, dim: int) -> np.ndarray:
@@ -217,16 +247,21 @@ def copy_collection(
     src: CollectionBackend, dst: CollectionBackend, name: str, batch: int = 1000
 ) -> int:
     """Copy collection `name` (model id, dim, index spec, items) from one backend to another
-    -> items copied. The destination must not have it yet; the source is left as it is."""
+    -> items copied. The destination must not have it yet; the source is left as it is.
+
+    All or nothing (`create_filled`): an item the rules refuse, or a failure part-way,
+    leaves no collection `name` on `dst`."""
     source = src.get(name)
     info = source.info()
-    dst.create(name, info.model_id, info.dim, info.index)
-    target = dst.get(name)
-    copied = 0
-    for chunk in _chunks(iter_items(source, batch), batch):
-        vecs = np.stack([_vector(it) for it in chunk])
-        copied += target.upsert([it.id for it in chunk], vecs, [it.metadata for it in chunk])
-    return copied
+    batches = (
+        (
+            [it.id for it in chunk],
+            np.stack([_vector(it) for it in chunk]),
+            [it.metadata for it in chunk],
+        )
+        for chunk in _chunks(iter_items(source, batch), batch)
+    )
+    return dst.create_filled(name, info.model_id, info.dim, info.index, batches)
 
 
 def _vector(item: Item) -> np.ndarray:

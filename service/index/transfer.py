@@ -15,10 +15,21 @@ collection re-normalises every vector it is given, which can move the last bit o
 a FAISS -> Qdrant move keeps each vector to within about 1e-8, not bit for bit.)
 
 An export is written to a temp file beside the target and renamed into place once complete
-and fsynced: a target that exists is whole. An import checks the header before it creates
-anything, then every line as it goes; a bad line stops it with `TransferError` naming the
-line and how many items were stored, and the new collection is left as far as it got
-(incomplete, and said so) for the user to drop or re-import with `force`.
+and fsynced: a target that exists is whole.
+
+An import is all or nothing, in two passes over the file:
+
+1. check: the header (a `dim` above MAX_DIM is refused before anything is sized by it),
+   then every line, by the item rules every path into a collection obeys
+   (service.index.items: the API's rules), and the count. This pass keeps a count and
+   nothing else, and no line may be longer than one item can be, so memory stays bounded
+   whatever the file. A bad line is a TransferError naming it; nothing has been created.
+2. write: the backend's `create_filled` stores the items where no one sees them and lists
+   the collection only once all are stored; should the storage fail, or the process be
+   killed, no collection `name` is served (see `CollectionBackend.create_filled`).
+
+A vector off unit length is scaled to it, as the API does with raw vectors (one within
+1e-5 of unit length is kept bit for bit, so an export re-imports exactly).
 """
 
 from __future__ import annotations
@@ -27,16 +38,17 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeGuard, get_args
+from typing import Any, BinaryIO, TypeGuard, get_args
 
 import numpy as np
 
-from service.index.backend import CollectionBackend, iter_items
+from service.index import items
+from service.index.backend import Batch, CollectionBackend, iter_items
 from service.index.fsutil import fsync_dir
-from service.index.types import MAX_ID_CHARS, CollectionError, IndexKind, IndexSpec
+from service.index.types import MAX_DIM, CollectionError, IndexKind, IndexSpec, check_new
 
 FORMAT = "contrastive-collection"
 VERSION = 1
@@ -44,24 +56,31 @@ BATCH = 1000  # items per upsert on import
 PAGE = 1000  # items per scroll page on export
 PROGRESS_EVERY = 10_000  # items between progress reports
 FLOAT32_LE = np.dtype("<f4")
+HEADER_MAX_BYTES = 1 << 20
+# An item line holds its vector and JSON no larger than the API takes in one request (the
+# default max_body_bytes): a longer line is refused before it is read whole.
+ITEM_JSON_MAX_BYTES = 32 << 20
 Progress = Callable[[int, int], None]  # (items done, items expected)
 
 
 class TransferError(ValueError):
-    """A file that is not a collection export, or a bad line of one.
+    """A file that is not a collection export, a bad line of one, or an import that could
+    not be stored. Nothing was imported: an import is all or nothing.
 
-    `line` is the 1-based line number (None: the file as a whole); `imported` how many
-    items were stored before the error (None: nothing was created)."""
+    `line` is the 1-based line number (None: the file as a whole); line N > 1 holds item
+    N - 1. A line refused by the item rules has the ItemError as its `__cause__`."""
 
-    def __init__(self, message: str, line: int | None = None, imported: int | None = None):
+    def __init__(self, message: str, line: int | None = None):
         super().__init__(message)
         self.message = message
         self.line = line
-        self.imported = imported
 
     def __str__(self) -> str:
-        where = f"line {self.line}: " if self.line is not None else ""
-        return where + self.message
+        if self.line is None:
+            return self.message
+        if self.line == 1:
+            return f"line 1: {self.message}"
+        return f"line {self.line} (item {self.line - 1}): {self.message}"
 
 
 @dataclass(frozen=True)
@@ -104,20 +123,27 @@ def encode_vector(vector: np.ndarray) -> str:
 
 
 def decode_vector(text: object, dim: int) -> np.ndarray:
-    """base64 of `dim` little-endian float32 -> float32 [dim] (native byte order); ValueError
-    naming what is wrong."""
+    """base64 of `dim` little-endian float32 -> float32 [dim] (native byte order, as stored:
+    the item rules are applied by parse_record); ValueError naming what is wrong."""
     if not isinstance(text, str):
-        raise ValueError('"vector" must be a base64 string')
+        raise ValueError("vector must be a base64 string")
+    if len(text) != _base64_chars(dim):  # before decoding: a huge string is not copied
+        raise ValueError(
+            f"vector holds {len(text)} base64 characters; {dim} float32 take {_base64_chars(dim)}"
+            f" ({4 * dim} bytes)"
+        )
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ValueError(f'"vector" is not valid base64 ({e})') from e
+        raise ValueError(f"vector is not valid base64 ({e})") from e
     if len(raw) != 4 * dim:
-        raise ValueError(f'"vector" holds {len(raw)} bytes; {dim} float32 take {4 * dim}')
-    vector = np.frombuffer(raw, FLOAT32_LE).astype(np.float32)
-    if not np.isfinite(vector).all():
-        raise ValueError('"vector" holds a NaN or an infinity')
-    return vector
+        raise ValueError(f"vector holds {len(raw)} bytes; {dim} float32 take {4 * dim}")
+    return np.frombuffer(raw, FLOAT32_LE).astype(np.float32)
+
+
+def _base64_chars(dim: int) -> int:
+    """Characters of the padded base64 of `dim` float32."""
+    return 4 * -(-4 * dim // 3)
 
 
 def encode_record(id_: str, metadata: dict[str, Any], vector: np.ndarray) -> str:
@@ -146,6 +172,8 @@ def parse_header(text: str) -> Header:
         raise TransferError('the header needs "name" and "model_id" strings', 1)
     if not _is_int(dim) or dim < 1:
         raise TransferError(f'the header\'s "dim" must be a positive integer, not {dim!r}', 1)
+    if dim > MAX_DIM:  # before anything is sized by it
+        raise TransferError(f'the header\'s "dim" {dim} is too large: at most {MAX_DIM}', 1)
     if not _is_int(count) or count < 0:
         raise TransferError(f'the header\'s "count" must be an integer >= 0, not {count!r}', 1)
     if not isinstance(index, dict):
@@ -162,8 +190,9 @@ def parse_header(text: str) -> Header:
 
 
 def parse_record(text: str, dim: int) -> Record:
-    """One item line -> its Record; ValueError naming what is wrong (the caller adds the line
-    number)."""
+    """One item line -> its Record, as it will be stored (the vector at unit length);
+    ValueError naming what is wrong with the line, or ItemError for what the item rules
+    refuse (the caller adds the line number)."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -173,14 +202,12 @@ def parse_record(text: str, dim: int) -> Record:
     extra = set(obj) - {"id", "metadata", "vector"}
     if extra:
         raise ValueError(f"unknown fields {sorted(extra)}")
-    id_, metadata = obj.get("id"), obj.get("metadata", {})
-    if not isinstance(id_, str) or not 1 <= len(id_) <= MAX_ID_CHARS:
-        raise ValueError(f'"id" must be a string of 1-{MAX_ID_CHARS} characters')
-    if not isinstance(metadata, dict):
-        raise ValueError('"metadata" must be a JSON object')
+    id_ = items.check_id(obj.get("id"), "id")
+    metadata = items.check_metadata(obj.get("metadata"), "metadata")
     if "vector" not in obj:
         raise ValueError('no "vector"')
-    return Record(id_, metadata, decode_vector(obj["vector"], dim))
+    vector = decode_vector(obj["vector"], dim)
+    return Record(id_, metadata, items.unit_rows(vector[None, :], lambda _: "vector")[0])
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -261,19 +288,101 @@ def _rewrite_header(tmp: Path, header: Header) -> None:
 
 
 def read_file_header(path: Path) -> Header:
-    """The header of an export file (reads one line)."""
+    """The header of an export file (reads one line, of at most HEADER_MAX_BYTES)."""
     with open(path, "rb") as f:
-        return parse_header(_decode(f.readline(), 1, None))
+        return parse_header(_decode(_read_line(f, HEADER_MAX_BYTES, 1), 1))
 
 
-def _decode(raw: bytes, line_no: int, imported: int | None) -> str:
+def _read_line(f: BinaryIO, limit: int, line_no: int) -> bytes:
+    """The next line (b"" at the end); TransferError if it is longer than `limit` bytes,
+    found out having read no more than that."""
+    raw = f.readline(limit + 1)
+    if len(raw) > limit:
+        raise TransferError(f"the line is longer than {limit} bytes", line_no)
+    return raw
+
+
+def _decode(raw: bytes, line_no: int) -> str:
     """A line's bytes -> its text; TransferError if they are not UTF-8."""
     if line_no == 1 and not raw.strip():
         raise TransferError("not a collection export: the file is empty", 1)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise TransferError(f"not UTF-8 text ({e})", line_no, imported) from e
+        raise TransferError(f"not UTF-8 text ({e})", line_no) from e
+
+
+def read_records(path: Path, header: Header) -> Iterator[Record]:
+    """The items of an export file, checked by the item rules (parse_record), one line in
+    memory at a time; TransferError naming the first bad line, or a count other than the
+    header's."""
+    limit = _base64_chars(header.dim) + ITEM_JSON_MAX_BYTES
+    count = 0
+    with open(path, "rb") as f:
+        _read_line(f, HEADER_MAX_BYTES, 1)
+        line_no = 1
+        while raw := _read_line(f, limit, line_no + 1):
+            line_no += 1
+            if not raw.strip():
+                if _only_blank_lines(f, limit):  # trailing blank lines are fine
+                    break
+                raise TransferError("an empty line inside the file", line_no)
+            try:
+                yield parse_record(_decode(raw, line_no), header.dim)
+            except TransferError:
+                raise
+            except (ValueError, items.ItemError) as e:
+                raise TransferError(getattr(e, "message", str(e)), line_no) from e
+            count += 1
+    if count != header.count:
+        said = "ends after" if count < header.count else "holds"
+        raise TransferError(
+            f"the file {said} {count} items but its header says {header.count}"
+            + (" (truncated?)" if count < header.count else "")
+        )
+
+
+def _only_blank_lines(f: BinaryIO, limit: int) -> bool:
+    """Whether the rest of `f` is blank lines (read a bounded line at a time)."""
+    while raw := f.read(limit):
+        if raw.strip():
+            return False
+    return True
+
+
+def check_file(
+    path: Path, header: Header, progress: Progress | None = None, every: int = PROGRESS_EVERY
+) -> int:
+    """Pass 1 of an import: every line checked, nothing kept -> the items in the file.
+    TransferError naming the first bad line."""
+    checked = 0
+    for _ in read_records(path, header):
+        checked += 1
+        if progress is not None and checked % every == 0:
+            progress(checked, header.count)
+    return checked
+
+
+def _batches(
+    path: Path, header: Header, size: int, progress: Progress | None, every: int
+) -> Iterator[Batch]:
+    """Pass 2 of an import: the file's items as upserts of `size` items (float32 [n, dim]
+    unit vectors), `progress(done, expected)` about every `every` items."""
+    chunk: list[Record] = []
+    done = 0
+    for record in read_records(path, header):
+        chunk.append(record)
+        if len(chunk) == size:
+            yield _batch(chunk)
+            done, chunk = done + size, []
+            if progress is not None and done // every > (done - size) // every:
+                progress(done, header.count)
+    if chunk:
+        yield _batch(chunk)
+
+
+def _batch(chunk: list[Record]) -> Batch:
+    return [r.id for r in chunk], np.stack([r.vector for r in chunk]), [r.metadata for r in chunk]
 
 
 def import_collection(
@@ -284,68 +393,38 @@ def import_collection(
     batch: int = BATCH,
     progress: Progress | None = None,
     every: int = PROGRESS_EVERY,
+    checked: Progress | None = None,
 ) -> int:
-    """Create collection `name` from an export file -> the items imported.
+    """Create collection `name` from an export file, all or nothing -> the items imported.
 
-    The header is checked before anything is created; a collection of that name is refused
-    ("collection_exists") unless `force`, which drops it first. Items are upserted `batch`
-    at a time; `progress(done, expected)` is called about every `every` items. A bad line,
-    a file that ends before its header's count, or a failed upsert raises TransferError
-    with `imported` set (and `line` for a bad line): the collection then holds that many
-    items and is incomplete."""
+    The header, the name and the index spec are checked first; a collection `name` is
+    refused ("collection_exists") unless `force`. Then the whole file is checked (pass 1,
+    `checked(done, expected)` about every `every` items) before anything is created or
+    dropped: a bad line, or a count other than the header's, raises TransferError and
+    leaves the backend as it was. Only then does `force` drop the old collection, and the
+    items are stored `batch` at a time through `create_filled` (pass 2, `progress`), which
+    leaves no collection `name` should it fail (TransferError, the backend's error as its
+    cause)."""
     if batch < 1:
         raise ValueError("batch must be at least 1")
-    with open(path, "rb") as f:
-        header = parse_header(_decode(f.readline(), 1, None))
-        existing = {c.name for c in backend.list()} | set(backend.problems)
-        if name in existing:
-            if not force:
-                raise CollectionError(
-                    "collection_exists",
-                    f"collection {name!r} already exists (drop it first, or pass --force to "
-                    "replace it)",
-                )
-            backend.drop(name)
-        backend.create(name, header.model_id, header.dim, header.index)
-        handle = backend.get(name)
-        imported = 0
-        chunk: list[Record] = []
-
-        def flush() -> None:
-            nonlocal imported
-            if not chunk:
-                return
-            try:
-                vectors = np.stack([r.vector for r in chunk])
-                handle.upsert([r.id for r in chunk], vectors, [r.metadata for r in chunk])
-            except CollectionError as e:
-                raise TransferError(f"storing items failed: {e}", None, imported) from e
-            before = imported
-            imported += len(chunk)
-            chunk.clear()
-            if progress is not None and imported // every > before // every:
-                progress(imported, header.count)
-
-        line_no = 1
-        while raw := f.readline():
-            line_no += 1
-            if not raw.strip():
-                if all(not rest.strip() for rest in f):  # trailing blank lines are fine
-                    break
-                flush()
-                raise TransferError("an empty line inside the file", line_no, imported)
-            try:
-                chunk.append(parse_record(_decode(raw, line_no, imported), header.dim))
-            except ValueError as e:  # TransferError included
-                flush()  # the good lines before it are stored: the count said is exact
-                raise TransferError(getattr(e, "message", str(e)), line_no, imported) from e
-            if len(chunk) >= batch:
-                flush()
-        flush()
-    if imported != header.count:
-        raise TransferError(
-            f"the file ends after {imported} items but its header says {header.count} (truncated?)",
-            None,
-            imported,
+    path = Path(path)
+    header = read_file_header(path)
+    check_new(name, header.dim, header.index)  # a bad name or spec: before reading on
+    existing = {c.name for c in backend.list()} | set(backend.problems)
+    if name in existing and not force:
+        raise CollectionError(
+            "collection_exists",
+            f"collection {name!r} already exists (drop it first, or pass --force to replace it)",
         )
-    return imported
+    count = check_file(path, header, checked, every)
+    if name in existing:
+        backend.drop(name)
+    batches = _batches(path, header, batch, progress, every)
+    try:
+        backend.create_filled(name, header.model_id, header.dim, header.index, batches)
+    except CollectionError as e:
+        dropped = (
+            f"; the collection {name!r} it was to replace was dropped" if name in existing else ""
+        )
+        raise TransferError(f"could not store the items ({e}){dropped}") from e
+    return count

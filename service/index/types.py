@@ -12,6 +12,7 @@ IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq", "hnsw_sq8"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_ID_CHARS = 256
+MAX_DIM = 65_536  # the largest collection dimension (real embedding models: 32 to 4096)
 
 
 class CollectionError(DomainError):
@@ -34,6 +35,8 @@ def check_new(name: str, dim: int, spec: IndexSpec | None) -> IndexSpec:
     check_name(name)
     if dim < 1:
         raise CollectionError("invalid_dimension", "dim must be positive")
+    if dim > MAX_DIM:  # before anything sized by it is allocated
+        raise CollectionError("invalid_dimension", f"dim {dim} is too large: at most {MAX_DIM}")
     spec = spec or IndexSpec()
     if spec.kind == "ivfpq" and spec.pq_m is not None and dim % spec.pq_m:
         raise CollectionError(

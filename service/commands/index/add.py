@@ -15,7 +15,6 @@ from service.commands.index.images import ImageFile, NotAnImageError
 from service.commands.index.options import OVERVIEW, connection_flags, describe
 from service.commands.index.report import run_reported
 from service.commands.index.targets import open_target
-from service.index.types import MAX_ID_CHARS  # a light module: --help stays quick
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,14 +70,27 @@ def collect(paths: Sequence[str], warn: Callable[[str], None]) -> list[tuple[str
         else:
             raise FileNotFoundError(f"no such file or folder: {given}")
         for id_, path in found:
-            if len(id_) > MAX_ID_CHARS:
-                warn(f"skipping {path}: its id is longer than {MAX_ID_CHARS} characters")
+            refused = _refused_id(id_)
+            if refused is not None:
+                warn(f"skipping {path}: {refused}")
             elif id_ in seen:
                 warn(f"skipping {path}: id {id_!r} is already taken by {seen[id_]}")
             else:
                 seen[id_] = path
                 out.append((id_, path))
     return out
+
+
+def _refused_id(id_: str) -> str | None:
+    """Why the item rules (the API's) refuse `id_` as an id, or None. A file name that is
+    not UTF-8 reads as lone surrogates, which no collection can store."""
+    from service.index.items import ItemError, check_id  # numpy: not needed for --help
+
+    try:
+        check_id(id_, "its id")
+    except ItemError as e:
+        return e.message
+    return None
 
 
 def _warn(message: str) -> None:

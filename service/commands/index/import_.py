@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="replace the collection NAME if it exists (it is dropped first)",
+        help="replace the collection NAME if it exists (dropped once the file has been "
+        "checked, before the new one is written)",
     )
 
 
@@ -39,6 +40,7 @@ def import_file(args: argparse.Namespace) -> int:
             Path(args.file),
             force=args.force,
             progress=progress("import"),
+            checked=progress("import (checking the file)"),
         )
     finally:
         store.close()

@@ -51,10 +51,19 @@ moves from FAISS to Qdrant:
     CONTRASTIVE_COLLECTIONS_BACKEND=qdrant CONTRASTIVE_QDRANT_URL=http://qdrant:6333 \\
         contrastive index import photos p.jsonl
 
-With FAISS, stop the server first (the folder is one process's). Exit 0 ok; 2 on a usage
-or data error (a bad file line is named by its number; an import stopped part-way says
-how many items it stored and that the collection is incomplete); 1 when the backend
-cannot be reached.
+With FAISS, stop the server first (the folder is one process's).
+
+Import is all or nothing. It checks the whole file before it creates (or, with --force,
+drops) anything: the header (dim at most 65536), then every item by the rules the API
+applies (an id of 1-256 characters, valid Unicode, no NUL; metadata a JSON object of
+finite numbers; a vector finite and not all zeros). A vector off unit length is scaled
+to unit length, as the API does with raw vectors (one within 1e-5 of it is kept bit for
+bit). The items are then written out of sight, and the collection appears only once all
+are stored: a failure, or a kill, leaves no collection to serve.
+
+Exit 0 ok; 2 on a usage or data error (one line: a bad item is named by its line and
+item number, with what is wrong; nothing is imported); 1 when the backend cannot be
+reached.
 """
 
 # The in-process flags: any of them given says "run here", so no server is looked for.

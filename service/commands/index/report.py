@@ -27,14 +27,8 @@ def run_reported(
     status = 2 if name in ("export", "import") else 1
     try:
         return command(args)
-    except TransferError as e:
-        message = str(e)
-        if e.imported is not None:
-            message += (
-                f"; {e.imported} items were imported before it: collection "
-                f"{args.collection!r} is incomplete (drop it, or import again with --force)"
-            )
-        print(f"contrastive index {name}: {message}", file=sys.stderr)
+    except TransferError as e:  # import is all or nothing: it has stored nothing
+        print(f"contrastive index {name}: {e}; nothing was imported", file=sys.stderr)
         cause = e.__cause__  # an upsert that failed part-way: the backend's error
         if isinstance(cause, CollectionError) and cause.code == "backend_unavailable":
             status = 1

@@ -18,13 +18,16 @@ own lock: when the store gains queries of its own, only `_State` changes.
 from __future__ import annotations
 
 import bisect
+import shutil
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.index.backend import (
+    Batch,
     Item,
     Page,
     Where,
@@ -35,9 +38,10 @@ from service.index.backend import (
     require_conditions,
 )
 from service.index.embedded.collection import Collection
+from service.index.embedded.staging import staging_folder
 from service.index.embedded.store import CollectionStore
 from service.index.filters import Filter
-from service.index.types import CollectionInfo, Hit, IndexSpec
+from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec, check_new
 
 
 class _State:
@@ -158,6 +162,34 @@ class FaissBackend:
         self, name: str, model_id: str, dim: int, spec: IndexSpec | None = None
     ) -> CollectionInfo:
         return self.store.create(name, model_id, dim, spec)
+
+    def create_filled(
+        self, name: str, model_id: str, dim: int, spec: IndexSpec | None, batches: Iterable[Batch]
+    ) -> int:
+        """Filled in a staging folder (staging.py), then renamed to `name`: all or nothing.
+        On any failure the staging folder is removed; after a crash, the next open does."""
+        spec = check_new(name, dim, spec)
+        taken = {c.name for c in self.store.list()} | set(self.store.problems)
+        if name in taken or (self.store.root / name).exists():  # publish checks again
+            raise CollectionError("collection_exists", f"collection {name!r} already exists")
+        folder = staging_folder(self.store.root, name)
+        col: Collection | None = None
+        try:
+            Collection.create(folder, name, model_id, dim, spec)
+            col = Collection(folder, self.store.snapshot_every, self.store.device)
+            handle = FaissCollection(col)  # its upsert checks every item (check_batch)
+            written = sum(handle.upsert(ids, vecs, meta) for ids, vecs, meta in batches)
+            if col.log_records:
+                col.snapshot()  # the published folder then opens without replaying a log
+            col.close()
+            col = None
+            self.store.publish(folder, name)
+        except BaseException:
+            if col is not None:
+                col.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return written
 
     def drop(self, name: str) -> None:
         self.store.delete(name)

@@ -13,6 +13,8 @@ from typing import TextIO
 from service.domain_errors import ErrorCode
 from service.index.embedded.collection import Collection
 from service.index.embedded.recovery import holds_collection
+from service.index.embedded.staging import remove_remnants
+from service.index.fsutil import fsync_dir, storage_error
 from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name, check_new
 
 log = logging.getLogger("contrastive.index")
@@ -42,6 +44,7 @@ class CollectionStore:
         self._open: dict[str, Collection] = {}
         self._problems: dict[str, str] = {}  # name -> why it is refused (for /readyz)
         self._problem_codes: dict[str, ErrorCode] = {}  # name -> the error code get() answers
+        remove_remnants(root)  # lock held: no import is filling one now
         for folder in sorted(root.iterdir()):
             if _is_collection(folder):
                 self._load(folder)
@@ -92,6 +95,19 @@ class CollectionStore:
                 f"collection {name!r} cannot be created: a folder of that name, holding no "
                 "collection, is in the collections folder; remove it first",
             )
+
+    def publish(self, staged: Path, name: str) -> CollectionInfo:
+        """Give a filled, closed staging folder (staging.py) its name and serve it: one
+        rename, so `name` appears whole or not at all ("collection_exists" if taken)."""
+        with self._lock:
+            self._check_free(name)
+            try:
+                staged.rename(self.root / name)
+                fsync_dir(self.root)
+            except OSError as e:
+                raise storage_error(e) from e
+            self._load(self.root / name)
+        return self.get(name).info()
 
     def get(self, name: str) -> Collection:
         check_name(name)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -16,6 +16,7 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from service.index.backend import Batch
 from service.index.filters import Filter
 from service.index.qdrant.collection import QdrantCollection
 from service.index.qdrant.connection import QdrantConfig
@@ -153,7 +154,7 @@ class QdrantBackend:
         for name in sorted(present - set(configs) - set(problems)):
             problems[name] = (
                 f"the Qdrant collection {self.qname(name)!r} has no config (an interrupted "
-                "create?): drop it, then create it again"
+                "create, or an import under way or cut short?): drop it, then create it again"
             )
         return configs, problems
 
@@ -219,6 +220,31 @@ class QdrantBackend:
     def create(
         self, name: str, model_id: str, dim: int, spec: IndexSpec | None = None
     ) -> CollectionInfo:
+        cfg = self._create_unlisted(name, model_id, dim, spec)
+        self._list(cfg)
+        return self.info_of(cfg)
+
+    def create_filled(
+        self, name: str, model_id: str, dim: int, spec: IndexSpec | None, batches: Iterable[Batch]
+    ) -> int:
+        """The Qdrant collection is filled before its config is written: until then the
+        name is not listed (and a crash part-way leaves it in `problems`, never served).
+        On any failure the Qdrant collection is deleted again."""
+        cfg = self._create_unlisted(name, model_id, dim, spec)
+        try:
+            handle = QdrantCollection(self, cfg)  # its upsert checks every item (check_batch)
+            written = sum(handle.upsert(ids, vecs, meta) for ids, vecs, meta in batches)
+            self._list(cfg)
+        except BaseException:
+            with contextlib.suppress(Exception):  # unreachable now: `problems` will say so
+                self.run(lambda c: c.delete_collection(self.qname(name)), name)
+            raise
+        return written
+
+    def _create_unlisted(
+        self, name: str, model_id: str, dim: int, spec: IndexSpec | None
+    ) -> CollectionConfig:
+        """Step 1 of a create: the Qdrant collection, without the config that lists it."""
         spec = check_new(name, dim, spec)
         if self._config(name) is not None or self._exists(name):
             raise CollectionError("collection_exists", f"collection {name!r} already exists")
@@ -234,12 +260,14 @@ class QdrantBackend:
             ),
             name,
         )
-        cfg = CollectionConfig(
+        return CollectionConfig(
             name, model_id, dim, spec, datetime.now(UTC).isoformat(timespec="seconds")
         )
-        point = models.PointStruct(id=point_id(name), vector={}, payload=cfg.payload())
+
+    def _list(self, cfg: CollectionConfig) -> None:
+        """Step 2 of a create: the config point, which makes the collection listed."""
+        point = models.PointStruct(id=point_id(cfg.name), vector={}, payload=cfg.payload())
         self.run(lambda c: c.upsert(self.configs, points=[point], wait=True))
-        return self.info_of(cfg)
 
     def drop(self, name: str) -> None:
         check_name(name)

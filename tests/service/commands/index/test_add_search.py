@@ -70,6 +70,23 @@ def test_an_unusable_image_is_refused_in_the_decoders_words(tmp_path: Path) -> N
     assert str(e.value).startswith("it could not be decoded (truncated or corrupt?) (")
 
 
+def test_add_skips_a_file_whose_name_is_no_valid_id(tmp_path: Path) -> None:
+    """A file name that is not UTF-8 reads as a lone surrogate, which the item rules (the
+    API's) refuse as an id: the file is skipped, named, before anything is embedded."""
+    from service.commands.index.add import collect
+
+    (tmp_path / "ok.png").write_bytes(b"x")
+    (tmp_path / os.fsdecode(b"bad\xff.png")).write_bytes(b"x")
+    (tmp_path / ("x" * 200 + ".d")).mkdir()
+    (tmp_path / ("x" * 200 + ".d") / ("y" * 60)).write_bytes(b"x")  # id of 263 characters
+    warnings: list[str] = []
+    assert [id_ for id_, _ in collect([str(tmp_path)], warnings.append)] == ["ok.png"]
+    assert sorted(w.split(": ", 1)[1] for w in warnings) == [
+        "its id is not valid Unicode (a lone surrogate)",
+        "its id must be a string of 1-256 characters",
+    ]
+
+
 def _local(export: Path, cols: Path) -> list[str]:
     return ["--model", str(export), "--device", "cpu", "--collections-dir", str(cols)]
 
