@@ -17,9 +17,9 @@ from service.runtime.onnx_upgrade import wants_onnx
 from service.settings import Settings
 from tests.helpers import FakeEncoder, wait_ready, write_tiny_clip_export
 from training.encoders import load_encoder
-from training.encoders.exported import onnx_cache
 from training.encoders.exported.onnx_runtime import OnnxEncoder
 from training.export import onnx as export_mod
+from training.export import onnx_cache
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

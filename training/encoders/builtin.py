@@ -25,7 +25,7 @@ from training.encoders.nets.minilm import MAX_TOKENS, MiniLM
 from training.encoders.templates import DEFAULT_TEMPLATES
 
 if TYPE_CHECKING:
-    from training.export.graphs import TextSource
+    from training.encoders.exported.onnx_runtime import TextSource
 
 ARCH = "tf_efficientnet_lite0"
 # The package's input convention is (x - 127) / 128 on 0..255 pixels.
@@ -138,7 +138,7 @@ class BuiltinEncoder(Encoder):
 
     def onnx_text_source(self) -> TextSource:
         """The text path split at the tokens, for an ONNX graph (training.export.graphs)."""
-        from training.export.graphs import TextSource
+        from training.encoders.exported.onnx_runtime import TextSource  # onnxruntime-free
 
         spec = {"kind": "minilm", "max_length": MAX_TOKENS}
         inputs = ["input_ids", "attention_mask"]

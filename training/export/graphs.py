@@ -19,33 +19,14 @@ encoder's own text path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from training.encoders.base import Encoder
+from training.encoders.exported.onnx_runtime import TensorFn, TextSource
 from training.encoders.nets.minilm import MAX_TOKENS
-
-TensorFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
-
-
-@dataclass
-class TextSource:
-    """A text tower split at the tokens: `forward(tokens)` = `_text_forward(texts)` when
-    tokens = `tokenize(texts)` (as torch tensors)."""
-
-    forward: TensorFn  # {input name: int64 [n, T]} -> float [n, d], not normalised
-    spec: dict[str, Any]  # tokenizer record for onnx.json (training.encoders.exported.onnx_runtime)
-    inputs: list[str]  # graph input names, in order
-    modules: list[nn.Module]  # where the parameters live
-
-    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        from training.encoders.exported.onnx_runtime import make_tokenizer
-
-        return make_tokenizer(self.spec)(texts)
 
 
 class _Graph(nn.Module):

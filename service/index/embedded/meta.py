@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from service.index.embedded.recovery import DATA_FILES, META, MetaError
+from service.index.embedded.staging import PREFIX as STAGING_PREFIX
 from service.index.fsutil import atomic_write
 from service.index.types import INDEX_KINDS, CollectionError, IndexSpec, check_new
 
@@ -106,7 +107,7 @@ def read_meta(folder: Path) -> CollectionMeta:
         raise MetaError(f'{META}: "dim" must be an integer, not {dim!r}')
     if not isinstance(created_at, str):
         raise MetaError(f'{META}: "created_at" must be a string')
-    if name != folder.name:  # the store finds a collection, and deletes it, by its folder
+    if not _named_by(folder, name):  # the store finds a collection, and deletes it, by its folder
         raise MetaError(f"{META} names the collection {name!r}, but its folder is {folder.name!r}")
     spec = _spec(index)
     try:
@@ -181,3 +182,12 @@ def _spec(index: Any) -> IndexSpec:
         if not isinstance(value, int) or isinstance(value, bool):
             raise MetaError(f"{META}: index parameter {f.name!r} must be an integer, not {value!r}")
     return IndexSpec.from_dict(index)
+
+
+def _named_by(folder: Path, name: str) -> bool:
+    """Whether `folder` is collection `name`'s: `root/NAME`, or the staging folder an import
+    fills before renaming it to that (staging.staging_folder)."""
+    if folder.name == name:
+        return True
+    head, _, tail = folder.name.rpartition("-")
+    return head == f"{STAGING_PREFIX}{name}" and len(tail) == 12

@@ -45,6 +45,21 @@ RUNTIMES = ("torch", "onnx", "auto")
 ONNX_FASTER_ON_CPU = True
 
 Tokenize = Callable[[list[str]], dict[str, np.ndarray]]
+TensorFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class TextSource:
+    """A text tower split at the tokens: `forward(tokens)` = `_text_forward(texts)` when
+    tokens = `tokenize(texts)` (as torch tensors)."""
+
+    forward: TensorFn  # {input name: int64 [n, T]} -> float [n, d], not normalised
+    spec: dict[str, Any]  # tokenizer record for onnx.json (see `make_tokenizer`)
+    inputs: list[str]  # graph input names, in order
+    modules: list[torch.nn.Module]  # where the parameters live
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return make_tokenizer(self.spec)(texts)
 
 
 @dataclass

@@ -64,14 +64,14 @@ def cached_onnx(encoder: Encoder, cache_dir: Path, threads: int | None = None) -
     Raises ExportError / OnnxParityError when the graphs cannot be made or disagree with
     `encoder` (a cached set that fails its hashes or the parity check is moved aside as
     `<folder>.damaged` and traced again, once)."""
-    from training.export.onnx import check_parity, export_graphs
+    from training.export import onnx as export  # late: tests count its traces
 
     key = weights_key(encoder)
     folder = cache_dir / f"{_safe(encoder.model_id)}-{key[:20]}"
     if (folder / MANIFEST_FILE).is_file():
         try:
             onnx = open_graphs(folder, _manifest(folder, key), threads)
-            check_parity(encoder, onnx)
+            export.check_parity(encoder, onnx)
             return onnx
         except Exception as e:  # a damaged set: keep it for a look, trace a new one
             _set_aside(folder, e)
@@ -79,7 +79,7 @@ def cached_onnx(encoder: Encoder, cache_dir: Path, threads: int | None = None) -
     tmp = cache_dir / f".{folder.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        export_graphs(encoder, tmp, weights_sha256=key)  # parity-checked there
+        export.export_graphs(encoder, tmp, weights_sha256=key)  # parity-checked there
         _publish(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
