@@ -172,8 +172,10 @@ def _mismatch(index: faiss.Index, kind: str, dim: int, vectors: int) -> str | No
     """Why the index FAISS read back is not the `kind` index of `vectors` `dim`-d vectors
     its header describes, or None. Searching a 32-d index with 16-d queries would read
     past their rows."""
-    mapped = isinstance(index, faiss.IndexIDMap2)
-    inner = faiss.downcast_index(index.index) if mapped else index
+    if isinstance(index, faiss.IndexIDMap2):
+        mapped, inner = True, faiss.downcast_index(index.index)
+    else:
+        mapped, inner = False, index
     want = STRUCTURE.get(kind)
     if want is None or type(inner) is not want or mapped == (kind in INVERTED):
         return f"it holds a {type(inner).__name__}, not the {kind} index its header names"
