@@ -90,7 +90,8 @@ def decode_image(
 
 @functools.cache
 def readable_formats() -> tuple[str, ...]:
-    """Every format PIL can open, less REFUSED_FORMATS (PIL's order: it tries them so)."""
+    """Every format PIL can open, less REFUSED_FORMATS (its plugins registered first: an
+    open given its own list of formats registers none)."""
     Image.init()  # registers every plugin, so that OPEN lists them all
     return tuple(f for f in Image.OPEN if f not in REFUSED_FORMATS)
 
