@@ -165,9 +165,11 @@ def test_every_hostile_image_is_a_clear_4xx_or_a_200_never_a_500(
     assert client.get("/readyz").status_code == 200
 
 
-def test_one_hostile_image_fails_its_request_not_its_neighbours(client: TestClient) -> None:
-    """A bad file among good ones: the request is refused naming it; a request sent with
-    only the good ones still embeds them."""
+def test_a_hostile_image_among_good_ones_is_named_and_the_server_serves_on(
+    client: TestClient,
+) -> None:
+    """A bad file among good ones (and one the device path leaves to the CPU): the
+    request is refused naming the bad one; the next request embeds."""
     files = [GOOD, with_frame_size(NOISE, 1, 1), dds_unknown_pixel_format(), GOOD]
     r = client.post(
         "/v1/embed/image",
