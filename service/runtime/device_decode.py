@@ -7,8 +7,11 @@ bytes on as a 1-D uint8 tensor. The image batcher's function (`DevicePixels`) th
 decodes every such item of the batch in one `torchvision.io.decode_jpeg(...,
 device=...)` call (nvJPEG on CUDA), resizes and crops each on the device, and stacks
 them with the items the CPU prepared. Everything else keeps the CPU path: PNG, WebP,
-GIF, CMYK JPEGs, JPEGs with an EXIF rotation, and files that end without a JPEG
-end-of-image marker (truncated: the CPU path names them with a 422).
+GIF, CMYK JPEGs, JPEGs with an EXIF rotation, files that end without a JPEG
+end-of-image marker (truncated: the CPU path names them with a 422), and files with far
+more bytes than a JPEG of their declared size needs (a start-of-frame that says 1x1 over
+a photo's worth of data: libjpeg skips what does not fit, and that mismatch is not handed
+to nvJPEG).
 
 Same limits and errors as the CPU path: the pixel limit is checked from the header
 before any decoding; a JPEG the device refuses is decoded again by PIL in the batch;
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
@@ -45,6 +48,10 @@ log = logging.getLogger("contrastive.decode")
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _ORIENTATION = 0x0112
 _TRAILER = 64  # bytes searched for the end-of-image marker (some files pad after it)
+# The most bytes a JPEG of N pixels needs: 8 per pixel (noise at quality 100 without
+# chroma subsampling takes about 4.3) plus 64 KiB of headers (tables, EXIF, ICC). A file
+# past it holds data its header does not account for: the CPU decodes it.
+_BYTES_PER_PIXEL, _HEADERS = 8, 64 << 10
 
 
 def wants_device(blob: bytes, max_pixels: int, index: int = 0) -> bool:
@@ -52,7 +59,7 @@ def wants_device(blob: bytes, max_pixels: int, index: int = 0) -> bool:
 
     Raises ImageError `image_too_large` past `max_pixels`, as the CPU path would before
     decoding. False (take the CPU path) for anything but a plain RGB/greyscale JPEG that
-    ends with its end-of-image marker."""
+    ends with its end-of-image marker and holds no more bytes than its size needs."""
     if not blob.startswith(_SOI) or _EOI not in blob[-_TRAILER:]:
         return False
     try:
@@ -63,15 +70,16 @@ def wants_device(blob: bytes, max_pixels: int, index: int = 0) -> bool:
             and img.mode in ("RGB", "L")
             and img.getexif().get(_ORIENTATION, 1) == 1
         )
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return False  # the CPU path gives the precise error
+    except Exception:  # any parse failure: the CPU path gives the error
+        return False
     if width * height > max_pixels:
         raise ImageError(
             "image_too_large",
             f"image {index} is {width}x{height} = {width * height} pixels; "
             f"the limit is {max_pixels}",
         )
-    return plain and width >= 1 and height >= 1
+    fits = len(blob) <= _HEADERS + _BYTES_PER_PIXEL * width * height
+    return plain and fits and width >= 1 and height >= 1
 
 
 def as_jpeg_item(blob: bytes) -> torch.Tensor:
@@ -131,15 +139,18 @@ class DevicePixels:
         One batched call; when it fails, each file alone, so one bad file costs only itself."""
         if not files:
             return []
+        # Exception, not only RuntimeError (what torchvision raises for a refused file):
+        # whatever the decoder raises, the CPU decoder is the fall-back, and one file's
+        # failure must not become the whole batch's 500
         try:
             return list(decode_jpeg(files, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
+        except Exception:
             pass
         decoded: list[torch.Tensor | None] = []
         for f in files:
             try:
                 decoded.append(decode_jpeg(f, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError as e:
+            except Exception as e:
                 log.info("device decoder refused a JPEG (%s); trying the CPU decoder", e)
                 decoded.append(None)
         return decoded

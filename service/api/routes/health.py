@@ -32,7 +32,7 @@ async def healthz() -> FastJSON:
 )
 async def readyz(state: State, request: Request) -> FastJSON:
     if state.ready:
-        unreachable = await _unreachable(state)
+        unreachable, problems = await _check_store(state)
         if unreachable is not None:  # a replica that cannot serve collections is not ready
             return FastJSON(
                 {"status": "backend_unavailable", "reason": unreachable}, status_code=503
@@ -42,7 +42,6 @@ async def readyz(state: State, request: Request) -> FastJSON:
             "model": state.models.default.require().model_id,
             "models": _models(state),
         }
-        problems = state.store.problems if state.store is not None else {}
         if problems:  # the service runs; these collections are refused until repaired
             body["collections_refused_count"] = len(problems)
             # names and reasons (file paths, sizes) only to a caller with an API key:
@@ -104,16 +103,25 @@ def _models(state: ServiceState) -> list[dict[str, Any]]:
     return out
 
 
-async def _unreachable(state: ServiceState) -> str | None:
-    """Why the collection backend cannot be reached (a Qdrant server down), or None."""
-    if state.store is None:
-        return None
+async def _check_store(state: ServiceState) -> tuple[str | None, dict[str, str]]:
+    """(why the collection backend cannot be reached (a Qdrant server down, stalled or
+    answering garbage), or None; the collections it refuses: name -> why).
+
+    Both in a thread, not in the index pool (a probe must not wait behind writes) and
+    never on the event loop: for Qdrant each is a request, and one to a stalled server
+    held every route, /healthz included, until its timeout."""
+    store = state.store
+    if store is None:
+        return None, {}
+
+    def check() -> dict[str, str]:
+        store.ping()
+        return dict(store.problems)
+
     try:
-        # not in the index pool: a probe must not wait behind writes
-        await asyncio.to_thread(state.store.ping)
+        return None, await asyncio.to_thread(check)
     except CollectionError as e:
-        return e.message
-    return None
+        return e.message, {}
 
 
 # Documented as text/plain (Prometheus' text format), not as FastAPI's default JSON.

@@ -215,7 +215,9 @@ class Collection:
 
     def _adopt_saved_index(self, snap: Snapshot) -> None:
         """Use the index saved with this snapshot: its labels replace the fresh ones."""
-        self._saved = load_index(self.folder, snap.seq, len(snap.ids), self.dim, self.spec)
+        self._saved = load_index(
+            self.folder, snap.seq, len(snap.ids), self.dim, self.spec, snap.digest
+        )
         if self._saved is None:
             return
         labels = self._saved.labels.tolist()

@@ -116,6 +116,7 @@ class Snapshot:
     # the file read and, while the rows are views into its mapping, the mapping to check
     file: FileId | None = None
     mapped: MappedFile | None = None
+    digest: bytes = b""  # the file's sha256 (its last 32 bytes) when read from one
 
 
 def snapshot_parts(
@@ -218,6 +219,7 @@ def read_snapshot(path: Path, dim: int) -> Snapshot:
     (SnapshotDimError: intact, but its vectors are not `dim`-d)."""
     data, file, raw, header = _checked(path)
     seq, ids, metadata = header["seq"], header["ids"], header["metadata"]
+    digest = bytes(data[-32:])  # checked by _checked: this very state's sha256
     if header.get("dim") != dim:
         raise SnapshotDimError(
             f"{path.name}: dimension {header.get('dim')} != {dim}", header.get("dim")
@@ -235,4 +237,12 @@ def read_snapshot(path: Path, dim: int) -> Snapshot:
         raise CorruptSnapshotError(
             f"{path.name}: {len(vectors)} vectors for {len(ids)} ids, {len(metadata)} metadata"
         )
-    return Snapshot(seq, ids, metadata, vectors, file, mapped)
+    return Snapshot(seq, ids, metadata, vectors, file, mapped, digest)
+
+
+def snapshot_digest(path: Path) -> bytes:
+    """The sha256 a snapshot file ends with (what identifies that very state), unchecked:
+    for a file this process has just written and renamed into place."""
+    with open(path, "rb") as f:
+        f.seek(-32, os.SEEK_END)
+        return f.read(32)

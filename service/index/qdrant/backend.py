@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import warnings
@@ -13,6 +14,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import httpx
+from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -75,15 +77,37 @@ class QdrantBackend:
             with self._calls:
                 return op(self.client)
         except ResponseHandlingException as e:
+            if isinstance(e.source, ValidationError):  # a 2xx body of the wrong shape
+                raise self._garbled(e.source) from e
             raise self._unavailable(f"cannot be reached ({e.source or e})") from e
         except httpx.HTTPError as e:
             raise self._unavailable(f"cannot be reached ({e})") from e
         except UnexpectedResponse as e:
             raise self._answered(e, name) from e
+        except (json.JSONDecodeError, UnicodeDecodeError, AssertionError) as e:
+            # from a server: a 2xx body that is not JSON (qdrant-client does not wrap
+            # that error), or JSON without a result (it asserts that one came)
+            if self.local:
+                raise
+            raise self._garbled(e) from e
         except ValueError as e:  # local mode says "Collection ... not found" this way
             if self.local and name is not None and "not found" in str(e):
                 raise _not_found(name) from e
             raise
+
+    def write(self, op: Callable[[QdrantClient], models.UpdateResult], name: str | None) -> None:
+        """run(op) for a write made with wait=True, which counts as done only when Qdrant
+        says it is applied ("completed"). Anything else ("wait_timeout": accepted, not
+        applied yet; "acknowledged") is backend_unavailable: a write Qdrant did not
+        confirm is never answered as done (a retry converges: writes are idempotent)."""
+        result = self.run(op, name)
+        status = getattr(result, "status", None)
+        if status != models.UpdateStatus.COMPLETED:
+            shown = getattr(status, "value", status)
+            raise self._unavailable(
+                f"did not confirm the write (status {shown!r}): it may be applied later or "
+                "not at all; retry it"
+            )
 
     def _unavailable(self, why: str) -> CollectionError:
         return CollectionError(
@@ -92,6 +116,12 @@ class QdrantBackend:
             detail={"url": self.config.where},
             retry_after=RETRY_AFTER_S,
         )
+
+    def _garbled(self, e: Exception) -> CollectionError:
+        """A server whose answer is not Qdrant's REST API (a proxy's page, a truncated
+        body, another service on the port): as unavailable as one that does not answer."""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return self._unavailable(f"answered something that is not Qdrant's API ({first})")
 
     def _answered(self, e: UnexpectedResponse, name: str | None) -> CollectionError:
         status = e.status_code
@@ -267,7 +297,7 @@ class QdrantBackend:
     def _list(self, cfg: CollectionConfig) -> None:
         """Step 2 of a create: the config point, which makes the collection listed."""
         point = models.PointStruct(id=point_id(cfg.name), vector={}, payload=cfg.payload())
-        self.run(lambda c: c.upsert(self.configs, points=[point], wait=True))
+        self.write(lambda c: c.upsert(self.configs, points=[point], wait=True), None)
 
     def drop(self, name: str) -> None:
         check_name(name)
@@ -282,7 +312,7 @@ class QdrantBackend:
             raise _not_found(name)
         if has_config:  # first: the name stops being listed at once
             sel = models.PointIdsList(points=[point_id(name)])
-            self.run(lambda c: c.delete(self.configs, points_selector=sel, wait=True))
+            self.write(lambda c: c.delete(self.configs, points_selector=sel, wait=True), None)
         if has_collection:
             self.run(lambda c: c.delete_collection(self.qname(name)), name)
         with self._lock:

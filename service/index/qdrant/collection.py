@@ -44,6 +44,10 @@ class QdrantCollection:
     def _run(self, op: Callable[[QdrantClient], T]) -> T:
         return self._b.run(op, self.name)
 
+    def _write(self, op: Callable[[QdrantClient], models.UpdateResult]) -> None:
+        """A write, answered as done only once Qdrant confirms it applied (backend.write)."""
+        self._b.write(op, self.name)
+
     # -- writes ---------------------------------------------------------------------------
     def upsert(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> int:
         vecs = check_batch(ids, vectors, metadata, self.dim)
@@ -58,7 +62,7 @@ class QdrantCollection:
                 vectors=vecs[rows].tolist(),
                 payloads=[point_payload(ids[i], metadata[i]) for i in rows],
             )
-            self._run(
+            self._write(
                 partial(QdrantClient.upsert, collection_name=self.qname, points=batch, wait=True)
             )
         return len(keep)
@@ -94,7 +98,7 @@ class QdrantCollection:
     def _delete_points(self, pids: list[models.ExtendedPointId]) -> None:
         for start in range(0, len(pids), PAGE):
             sel = models.PointIdsList(points=pids[start : start + PAGE])
-            self._run(
+            self._write(
                 partial(
                     QdrantClient.delete, collection_name=self.qname, points_selector=sel, wait=True
                 )

@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.app import create_app
 from service.middleware import ApiKeyMiddleware
 from service.runtime.batcher import Batcher
 from service.settings import Settings
 from service.state import ServiceState
-from tests.helpers import FakeEncoder, unit_rows, wait_ready
+from tests.helpers import FakeEncoder, image_bytes, unit_rows, wait_ready
 from training.encoders import check_reference
 
 BOSS = {"Authorization": "Bearer boss"}  # the admin key
@@ -51,9 +52,18 @@ class NamedEncoder(FakeEncoder):
         return super()._text_forward(texts)
 
 
+class WarmUpFails(NamedEncoder):
+    """Loads, then fails its first forward (the warm-up): a device error, say."""
+
+    def _image_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
 class Loader:
     """load_encoder for these tests. Loads wait while `hold` is clear; `made` keeps weak
-    references to what it loaded (a strong one would keep unloaded models alive)."""
+    references to what it loaded (a strong one would keep unloaded models alive).
+    `fake-NAME@TAG` loads model id `fake:NAME` too (two references, one id);
+    `broken-warm-up...` loads a model whose warm-up fails, other `broken...` fail."""
 
     def __init__(self) -> None:
         self.hold = threading.Event()
@@ -62,9 +72,13 @@ class Loader:
 
     def __call__(self, ref: str, *_: object) -> NamedEncoder:
         self.hold.wait(30)
+        if ref.startswith("broken-warm-up"):
+            failing = WarmUpFails("fake:" + ref)
+            self.made.append(weakref.ref(failing))
+            return failing
         if ref.startswith("broken"):
             raise RuntimeError("the weights are corrupt")
-        encoder = NamedEncoder("fake:" + ref.removeprefix("fake-"))
+        encoder = NamedEncoder("fake:" + ref.removeprefix("fake-").split("@")[0])
         self.made.append(weakref.ref(encoder))
         return encoder
 
@@ -517,3 +531,168 @@ def test_a_load_under_way_at_shutdown_is_cancelled(loader: Loader, tmp_path: Pat
     (op,) = lifecycle.operations.values()
     assert (op.status, op.error) == ("cancelled", "the server shut down during the load")
     assert [m.ref for m in lifecycle.models] == ["builtin"]
+
+
+# -- attacks: changes racing requests and each other ------------------------------------------
+def _hammer(
+    client: TestClient, names: list[str | None], stop: threading.Event, seen: list[Any]
+) -> None:
+    """Text requests to each of `names` in turn until `stop`; appends (name, status,
+    model id or error code) to `seen`."""
+    while not stop.is_set():
+        for name in names:
+            status, body = _embed(client, name)
+            seen.append((name, status, body.get("model") or body["error"]["code"]))
+
+
+def test_requests_to_a_loading_model_are_404_while_the_others_serve(
+    admin: TestClient, loader: Loader
+) -> None:
+    """Until the new model is warm it is not served (404 model_not_found, as documented);
+    the others answer throughout; then the new one answers."""
+    _load(admin, "fake-b")
+    loader.hold.clear()
+    r = admin.post("/v1/admin/models", json={"reference": "fake-c"}, headers=BOSS)
+    assert r.status_code == 202
+    stop, seen = threading.Event(), []
+    with ThreadPoolExecutor(1) as pool:
+        traffic = pool.submit(_hammer, admin, [None, "fake:b", "fake-c"], stop, seen)
+        _until(lambda: ("fake-c", 404, "model_not_found") in seen)  # asked while it loads
+        loader.hold.set()
+        location = r.headers["location"]
+        _until(lambda: admin.get(location, headers=BOSS).json()["status"] == "done")
+        _until(lambda: ("fake-c", 200, "fake:c") in seen)
+        stop.set()
+        traffic.result(timeout=30)
+    for name, status, model in seen:
+        if name == "fake-c":
+            assert (status, model) in ((404, "model_not_found"), (200, "fake:c")), (name, status)
+        else:
+            assert (status, model) == (200, name or "fake:test"), (name, status, model)
+
+
+def test_two_references_to_one_model_id_loading_at_once_serve_it_once(
+    admin: TestClient, loader: Loader
+) -> None:
+    """Different references claim different names, so both loads start; both load model
+    id fake:b. The first warm joins; the other is refused once its id is known, and the
+    copy it loaded is freed."""
+    loader.hold.clear()
+    first = admin.post("/v1/admin/models", json={"reference": "fake-b@1"}, headers=BOSS)
+    second = admin.post("/v1/admin/models", json={"reference": "fake-b@2"}, headers=BOSS)
+    assert (first.status_code, second.status_code) == (202, 202)
+    loader.hold.set()
+    ends = []
+    for r in (first, second):
+        location = r.headers["location"]
+        _until(lambda loc=location: admin.get(loc, headers=BOSS).json()["status"] != "loading")
+        ends.append(admin.get(location, headers=BOSS).json())
+    assert sorted(e["status"] for e in ends) == ["done", "failed"]
+    (failed,) = [e for e in ends if e["status"] == "failed"]
+    assert "already serves" in failed["error"]
+    ids = [c["id"] for c in admin.get("/v1/models", headers=USER).json()["data"]]
+    assert ids == ["fake:test", "fake:b"]
+    _until(lambda: _alive(loader) == 1)  # the refused copy is freed
+
+
+def _alive(loader: Loader) -> int:
+    """How many of the models the loader made are still in memory."""
+    gc.collect()
+    return sum(ref() is not None for ref in loader.made)
+
+
+def test_an_unload_lets_the_requests_queued_on_the_model_finish_on_it(
+    fake_app_factory: Any, loader: Loader, tmp_path: Path
+) -> None:
+    """Requests already queued on a model when it is unloaded are answered by it (none
+    fails); later ones get 404 naming the unload; then the model is freed."""
+    s = Settings(admin_keys=["boss"], max_batch_size=1, collections_dir=str(tmp_path))
+    admin = fake_app_factory(s)
+    _load(admin, "fake-b")
+    encoder = _state(admin).models.named("fake:b").require().encoder
+    assert isinstance(encoder, NamedEncoder)
+    gate = threading.Event()
+    encoder.gates = [gate]  # the first batch holds the model thread; the rest queue
+    texts = weakref.ref(_state(admin).models.named("fake:b").require().texts.batcher)
+    pool = ThreadPoolExecutor(4)  # not `with`: a request never answered fails, not hangs
+    try:
+        sent = [pool.submit(_embed, admin, "fake:b", f"queued {i}") for i in range(3)]
+        assert encoder.entered.wait(10)
+        _until(lambda: _pending(texts) == 3)
+        r = admin.delete("/v1/admin/models/fake:b", headers=BOSS)
+        assert r.status_code == 200 and r.json()["queued"] == 3
+        status, body = _embed(admin, "fake:b")
+        assert status == 404 and "'fake:b' was unloaded" in body["error"]["message"]
+        gate.set()
+        answers = [f.result(timeout=10) for f in sent]
+    finally:
+        gate.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert [(status, body["model"]) for status, body in answers] == [(200, "fake:b")] * 3
+    held = weakref.ref(encoder)
+    del encoder
+    _until(lambda: _gone(held) and _gone(texts))
+
+
+@pytest.mark.parametrize("reference", ["broken-weights", "broken-warm-up"])
+def test_a_load_that_fails_while_others_serve_fails_alone(
+    admin: TestClient, loader: Loader, reference: str
+) -> None:
+    """The load fails in the load thread (unreadable weights) or in its warm-up on the
+    shared model thread (a device error): 422 model_load_failed naming why, and the
+    served models answer every request meanwhile and after."""
+    _load(admin, "fake-b")
+    stop, seen = threading.Event(), []
+    with ThreadPoolExecutor(1) as pool:
+        traffic = pool.submit(_hammer, admin, [None, "fake:b"], stop, seen)
+        _until(lambda: len(seen) > 0)
+        r = admin.post("/v1/admin/models?wait=30", json={"reference": reference}, headers=BOSS)
+        stop.set()
+        traffic.result(timeout=30)
+    assert r.status_code == 422, r.json()
+    err = r.json()["error"]
+    assert err["code"] == "model_load_failed" and "\n" not in err["message"]
+    assert "corrupt" in err["message"] or "illegal memory access" in err["message"]
+    assert seen and all(status == 200 for _, status, _ in seen), seen
+    assert [c["id"] for c in admin.get("/v1/models", headers=USER).json()["data"]] == [
+        "fake:test",
+        "fake:b",
+    ]
+    assert admin.get("/readyz").status_code == 200
+    assert _embed(admin, "fake:b")[0] == 200
+    _until(lambda: _alive(loader) == 1)  # a model that failed its warm-up is freed
+
+
+def test_an_unload_while_a_requests_images_decode_answers_it_on_the_model(
+    fake_app_factory: Any, loader: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request has the model and its images are in the decode pool (admitted to the
+    batcher, not yet queued) when the model is unloaded: it is still answered by it."""
+    import service.runtime.embedding as embedding
+
+    decoding, resume = threading.Event(), threading.Event()
+    real = embedding.decode_image
+
+    def slow_decode(*args: Any, **kwargs: Any) -> Any:
+        decoding.set()
+        assert resume.wait(20)
+        return real(*args, **kwargs)
+
+    admin = fake_app_factory(Settings(admin_keys=["boss"], collections_dir=str(tmp_path)))
+    _load(admin, "fake-b")
+    monkeypatch.setattr(embedding, "decode_image", slow_decode)
+    png = image_bytes(Image.new("RGB", (20, 20), "red"))
+    files = [("files", ("x.png", png, "image/png"))]
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(
+            lambda: admin.post(
+                "/v1/embed/image", data={"model": "fake:b"}, files=files, headers=BOSS
+            )
+        )
+        assert decoding.wait(20)
+        r = admin.delete("/v1/admin/models/fake:b", headers=BOSS)
+        assert r.status_code == 200
+        resume.set()
+        answer = sent.result(timeout=20)
+    assert answer.status_code == 200, answer.json()
+    assert answer.json()["model"] == "fake:b"
