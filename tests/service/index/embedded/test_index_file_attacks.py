@@ -40,7 +40,7 @@ LOADED = "loaded its saved"
 
 def build(folder: Path, kind: str, seed: int = 0, dim: int = DIM) -> np.ndarray:
     """A closed collection of `kind` (ids i0..), snapshotted with its index; its vectors."""
-    Collection.create(folder, "c", "m", dim, SPECS[kind])
+    Collection.create(folder, folder.name, "m", dim, SPECS[kind])
     col = Collection(folder)
     vecs = unit_rows(ITEMS.get(kind, N), dim, seed)
     col.upsert([f"i{j}" for j in range(len(vecs))], vecs, [{}] * len(vecs))
@@ -63,7 +63,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     def get(name: str) -> tuple[Path, np.ndarray]:
         if name not in done:
             kind, dim = ("hnsw", DIM * 2) if name == "wide" else (name.split("-")[0], DIM)
-            done[name] = (root / name, build(root / name, kind, len(done) + 1, dim))
+            folder = root / name / "c"  # named as the copies are (collection.json names it)
+            done[name] = (folder, build(folder, kind, len(done) + 1, dim))
         return done[name]
 
     return get
