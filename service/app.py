@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
-from service.api import openapi_docs
+from service.api import openapi_docs, openapi_rules
 from service.api.openapi_docs import error_responses
 from service.api.routes import admin, classify, collections, embed, health, models, openai, web
 from service.errors import install_handlers
@@ -73,7 +73,9 @@ def create_app(
     install_handlers(app)
     for router, errors in _routers(settings):
         app.include_router(router, responses=error_responses(*errors, 500))
-    openapi_docs.install(app, settings, is_open, admin.PREFIX)
+    openapi_docs.install(
+        app, settings, is_open, admin.PREFIX, lambda: openapi_rules.served_spaces(state.models)
+    )
     # Innermost first: metrics see every response, auth runs before any body is read.
     app.add_middleware(AllowMiddleware, routes=app.router.routes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

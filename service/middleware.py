@@ -232,9 +232,9 @@ def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
 
     Each method is tried through the routes' own `matches`, so that included routers (which
     FastAPI resolves lazily) answer for their routes. Mounts are left out: they match any
-    method, and their apps answer 405s themselves. The answer is what the server does: an
-    item named "delete" is read by GET /v1/collections/{name}/items/delete, so that path
-    allows GET as well as the POST of the delete operation.
+    method, and their apps answer 405s themselves. The answer is what the server does
+    (e.g. /v1/collections/{name}/items/delete allows POST only: its item route never
+    matches that path, service.api.routes.collections).
     """
     found = []
     for method in METHOD_ORDER:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from service.domain_errors import DomainError
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq", "hnsw_sq8"]
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: no final line break
 MAX_ID_CHARS = 256
 
 
