@@ -11,9 +11,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
-from service.api import openapi_docs
+from service.api import openapi_docs, openapi_rules
 from service.api.openapi_docs import error_responses
 from service.api.routes import admin, classify, collections, embed, health, models, openai, web
+from service.api.shedding import early_refusal
 from service.errors import install_handlers
 from service.metrics import Metrics
 from service.middleware import (
@@ -22,6 +23,7 @@ from service.middleware import (
     BodyLimitMiddleware,
     DrainMiddleware,
     MetricsMiddleware,
+    ShedMiddleware,
     is_open,
 )
 from service.observability import tracing
@@ -73,8 +75,11 @@ def create_app(
     install_handlers(app)
     for router, errors in _routers(settings):
         app.include_router(router, responses=error_responses(*errors, 500))
-    openapi_docs.install(app, settings, is_open, admin.PREFIX)
+    openapi_docs.install(
+        app, settings, is_open, admin.PREFIX, lambda: openapi_rules.served_spaces(state.models)
+    )
     # Innermost first: metrics see every response, auth runs before any body is read.
+    app.add_middleware(ShedMiddleware, refusal=lambda path: early_refusal(state.models, path))
     app.add_middleware(AllowMiddleware, routes=app.router.routes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.request_keys or settings.admin_access:  # else it would pass every request on

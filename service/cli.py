@@ -17,6 +17,9 @@ DESCRIPTION = "Contrastive representation learning, and a service that serves wh
 
 BENCH = {
     "serve": table.Command("HTTP vs in-process throughput", "service.bench.serve"),
+    "overload": table.Command(
+        "open loop at 4x capacity: 200/503 only, fast 503s, bounded 200s", "service.bench.overload"
+    ),
     "search": table.Command(
         "search: raw FAISS vs our store vs HTTP; recall", "service.bench.search"
     ),

@@ -45,6 +45,16 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        # what a request queued behind a full batch waits for it (`contrastive bench
+        # overload` reads it): the model thread's wall time, a wait for another
+        # modality's batch on that thread included
+        self.batch_seconds = Histogram(
+            "contrastive_batch_seconds",
+            "time of one model forward, from the batch's start to its rows",
+            ["modality"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "contrastive_queue_depth",
             "items waiting or running in the batcher",

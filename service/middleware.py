@@ -1,5 +1,5 @@
 """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): metrics, drain, API keys, body
-limit, and the `Allow` header of 405 answers."""
+limit, the `Allow` header of 405 answers, and overload shed before a request is read."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.domain_errors import ErrorCode
-from service.errors import error_response
+from service.domain_errors import DomainError, ErrorCode
+from service.errors import domain_error_response, error_response
 from service.metrics import Metrics
 
 # The API docs are open too: they show the schema only (no collection, item or model
@@ -219,6 +219,32 @@ class AllowMiddleware:
         await self.app(scope, receive, send_wrapper)
 
 
+class ShedMiddleware:
+    """A POST that `refusal(path)` refuses is answered with that error before anything of
+    it is read (service.api.shedding says when). Metrics count it under its path, which
+    for these routes is their template."""
+
+    def __init__(self, app: ASGIApp, refusal: Callable[[str], DomainError | None]) -> None:
+        self.app = app
+        self.refusal = refusal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            error = self.refusal(scope["path"])
+            if error is not None:
+                scope["route"] = _Shed(scope["path"])  # for MetricsMiddleware's label
+                await domain_error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _Shed:
+    """What MetricsMiddleware reads of a route: its path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
 def _with_allow(start: Message, methods: list[str]) -> Message:
     """The response start `start` with `Allow: methods` (as it was, if there are none)."""
     if not methods:
@@ -232,9 +258,9 @@ def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
 
     Each method is tried through the routes' own `matches`, so that included routers (which
     FastAPI resolves lazily) answer for their routes. Mounts are left out: they match any
-    method, and their apps answer 405s themselves. The answer is what the server does: an
-    item named "delete" is read by GET /v1/collections/{name}/items/delete, so that path
-    allows GET as well as the POST of the delete operation.
+    method, and their apps answer 405s themselves. The answer is what the server does
+    (e.g. /v1/collections/{name}/items/delete allows POST only: its item route never
+    matches that path, service.api.routes.collections).
     """
     found = []
     for method in METHOD_ORDER:

@@ -107,6 +107,14 @@ class Settings(BaseSettings):
         "calls and collection calls, exported by OTLP to OTEL_EXPORTER_OTLP_ENDPOINT (the "
         "otel extra: pip install 'contrastive[otel]')",
     )
+    keep_alive_seconds: float = Field(
+        75.0,
+        gt=0,
+        description="how long an idle keep-alive connection is kept open: longer than "
+        "clients and load balancers keep theirs (httpx 5 s, aiohttp 15 s, nginx and AWS "
+        "ALB 60 s), so that the client closes an idle connection, never the server just "
+        "as the client sends on it (the request would fail without an answer)",
+    )
     # shutdown (SIGTERM): /readyz 503 at once, keep serving `drain_seconds` so load
     # balancers stop sending, stop accepting, wait for in-flight requests, flush, exit 0
     drain_seconds: float = Field(

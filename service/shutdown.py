@@ -146,6 +146,10 @@ def run(app: FastAPI, settings: Settings, exit_process: bool = True) -> None:
         log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         # uvicorn types it int, but uses it as asyncio.wait_for's timeout: a float works
         timeout_graceful_shutdown=settings.graceful_timeout,  # type: ignore[arg-type]
+        # uvicorn's default, 5 s, is httpx's own expiry of idle connections: a client
+        # reusing one idle for just under 5 s raced the server closing it at 5 s, and the
+        # request got a closed connection instead of an answer (issue 24)
+        timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]
     )
     server = GracefulServer(config, app.state.service)
     server.run()

@@ -72,7 +72,12 @@ class ServiceState:
             )
         )
         pools = Pools(
-            self.model_pool, self.load_pool, self.decode_pool, self.max_decoding, self._batcher
+            self.model_pool,
+            self.load_pool,
+            self.decode_pool,
+            self.max_decoding,
+            self._batcher,
+            decode_threads=self.decode_threads,
         )
         self.lifecycle = ModelLifecycle(models, s, pools, self.metrics)
 
@@ -139,6 +144,7 @@ class ServiceState:
             s.max_queue,
             s.max_queue_wait_ms,
             on_batch=self.metrics.batch_size.labels(modality).observe,
+            on_batch_seconds=self.metrics.batch_seconds.labels(modality).observe,
             always_admit=s.always_admit_requests,
             spans=None if self.tracing is None else self.tracing.batcher(modality, model_id),
         )

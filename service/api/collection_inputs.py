@@ -22,11 +22,12 @@ from service.api.collection_checks import (
     unit_rows,
 )
 from service.api.deps import IndexRunner
-from service.api.openapi_docs import STRINGS, Form, json_or_multipart
+from service.api.openapi_docs import REF, STRINGS, Form, json_or_multipart
 from service.api.payload import (
     holds_rounded_ints,
     is_multipart,
     json_field,
+    json_parts,
     list_field,
     read_form,
     read_json,
@@ -145,7 +146,7 @@ class CollectionInputs:
         if len(ids) != len(form.files):
             raise bad("invalid_request", f"{len(ids)} ids for {len(form.files)} files")
         ids = [check_id(id_, f"ids[{i}]") for i, id_ in enumerate(ids)]
-        metadata = _form_metadata(json_field(form.fields, "metadata"), len(ids))
+        metadata = _form_metadata(json_parts(form.fields, "metadata"), len(ids))
         sources: list[Source] = [("image", blob) for blob in form.blobs]
         return ids, await self.embed_sources(col, sources, "files"), metadata
 
@@ -232,13 +233,19 @@ class CollectionInputs:
         return model
 
 
-def _form_metadata(raw: Any, n: int) -> list[dict[str, Any]]:
-    """The multipart 'metadata' field (a JSON array of n objects) -> n metadata dicts."""
-    if raw is None:
+def _form_metadata(parts: list[Any] | None, n: int) -> list[dict[str, Any]]:
+    """The multipart 'metadata' parts, read as JSON -> n metadata dicts. One JSON object per
+    file: a part each (OpenAPI's multipart arrays), or one part holding a JSON array."""
+    if parts is None:
         return [{} for _ in range(n)]
-    if not isinstance(raw, list) or len(raw) != n:
-        raise bad("invalid_metadata", f"form field 'metadata' must be a JSON array of {n} objects")
-    return [check_metadata(m, f"metadata[{i}]") for i, m in enumerate(raw)]
+    values = parts[0] if len(parts) == 1 and isinstance(parts[0], list) else parts
+    if len(values) != n:
+        raise bad(
+            "invalid_metadata",
+            f"form field 'metadata' holds {len(values)} objects for {n} files: "
+            "send one JSON object per file (a part each, or one JSON array)",
+        )
+    return [check_metadata(m, f"metadata[{i}]") for i, m in enumerate(values)]
 
 
 def _stored(col: CollectionHandle, ids: list[str]) -> np.ndarray:
@@ -272,10 +279,21 @@ UPSERT_DOC = json_or_multipart(
     Form(
         "UpsertForm",
         {
-            "ids": {"type": "array", "items": {"type": "string", "minLength": 1}},
-            "metadata": {"type": "string", "description": "JSON array of objects"},
+            "ids": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "one per file, in order (default: the files' names)",
+            },
+            "metadata": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "one JSON object per file, in order: a part each, or one "
+                "part holding a JSON array of them",
+            },
         },
         closed=True,
+        required=("files",),
+        json=("metadata",),
     ),
 )
 SEARCH_DOC = json_or_multipart(
@@ -284,9 +302,17 @@ SEARCH_DOC = json_or_multipart(
         "SearchForm",
         {
             "k": {"type": "integer"},
-            "where": {"type": "string", "description": "JSON object"},
+            "where": {"$ref": REF.format(model="Filter")},
             "texts": STRINGS,
         },
         closed=True,
+        json=("where",),
+        # a query at least: a text or a file (an empty array sends no part at all)
+        extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"minItems": 1}}}
+                for name in ("texts", "files")
+            ]
+        },
     ),
 )

@@ -3,7 +3,9 @@
 - Routes that read their own body (JSON or multipart) document it with
   `json_or_multipart`; the models and forms it names are added as components.
 - Limits that come from the settings (items per request, characters per text, k) are
-  written into the schemas, so the document says what the running server accepts.
+  written into the schemas, so the document says what the running server accepts; so are
+  the rules that depend on the models served (service.api.openapi_rules), and the
+  document is built again when they change.
 - Every error answer has the one error body (`error_responses`). The bearer scheme is
   always declared, so the docs page's Authorize button works; the protected operations
   require it (and declare their 401) when API keys are set, and take it as optional
@@ -25,7 +27,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service.api.collection_checks import MAX_INDEX_PARAM
-from service.index.types import MAX_DIM
+from service.api.openapi_rules import (
+    ModelSpace,
+    add_model_rules,
+    add_token_rules,
+    token_encodings,
+)
+from service.index.filters import MAX_CONDITIONS, MAX_IN_VALUES, RANGE_OPS
+from service.index.types import MAX_DIM, MAX_ID_CHARS
 from service.schemas.status import ErrorResponse
 from service.settings import Settings
 
@@ -39,12 +48,30 @@ TEMPLATE_PATTERN = r"^[^\x00]*\{\}[^\x00]*$"
 # digits, '_', '.', '-', never two dots in a row; written without look-arounds.
 NAME_PATTERN = r"^[A-Za-z0-9](\.?[A-Za-z0-9_-])*\.?$"
 MAX_NAME_CHARS = 64
+# An image in JSON (service.runtime.images.decode_base64_image): standard base64 (RFC 4648,
+# padded; spaces and line breaks anywhere), after an optional data: URL head, and never a
+# URL, which the server would not fetch. Whether its bytes are a decodable image, no JSON
+# Schema can say.
+_B64 = r"\s*[A-Za-z0-9+/]"
+_QUAD = f"(?:{_B64}){{4}}"
+_LAST = rf"(?:{_B64}){{2}}\s*=\s*=|(?:{_B64}){{3}}\s*="
+_DATA_URL = r"[Dd][Aa][Tt][Aa]:(?:[^,/][^,]*)?;[Bb][Aa][Ss][Ee]64,"
+IMAGE_PATTERN = rf"^\s*(?:{_DATA_URL})?(?:{_QUAD})*(?:{_LAST}|{_QUAD})\s*$"
+IMAGE = {"minLength": 1, "pattern": IMAGE_PATTERN}
+# A raw vector (collection_checks.check_vector): its length is the collection's dimension,
+# at most MAX_DIM, and it must not be all zeros (it would have no direction).
+VECTOR = {"minItems": 1, "maxItems": MAX_DIM, "not": {"items": {"const": 0}}}
+ITEM_ID = {"minLength": 1, "maxLength": MAX_ID_CHARS}
+# What `item_id` may not be in GET /v1/collections/{name}/items/{item_id}: that path is the
+# delete operation's (service.api.routes.collections says why).
+RESERVED_ITEM_PATH = "delete"
 
 ERRORS: dict[int, str] = {
     400: "The loaded model lacks a capability the request needs (`missing_capability`)",
     401: "No API key, or a wrong one (`unauthorized`)",
     403: "An API key where an admin key is needed (`forbidden`)",
     404: "No such model, collection or item",
+    405: "The path is another operation's, with other methods (`Allow` lists them)",
     409: "The collection exists already, or holds vectors of another model or of one "
     "unloaded (`model_unloaded`); a model operation is under way, the model is served "
     "already or is the default",
@@ -65,17 +92,27 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Form:
-    """A multipart body: `files` plus these fields (name -> JSON schema). `closed`: the
-    route refuses other fields."""
+    """A multipart body: `files` (images) plus these fields (name -> JSON schema).
+    `closed`: the route refuses other fields. `json`: the fields whose parts hold JSON
+    (each part of an array one item, as OpenAPI sends arrays in multipart)."""
 
     name: str
     fields: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
     required: tuple[str, ...] = ()
+    json: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # more keywords of the schema
+
+    def encoding(self) -> dict[str, dict[str, str]]:
+        """The multipart `encoding`: files are images (any format PIL reads), and the
+        `json` fields application/json."""
+        parts = {"files": {"contentType": "image/*"}}
+        return parts | {name: {"contentType": "application/json"} for name in self.json}
 
     def schema(self) -> dict[str, Any]:
-        # A copy: the limits are written into it in place (_apply_limits).
-        properties = copy.deepcopy({"files": FILES, **self.fields})
+        # A copy of each field: the limits are written into it in place (_apply_limits),
+        # and fields that share a schema (STRINGS) must not share their limits.
+        properties = {k: copy.deepcopy(v) for k, v in {"files": FILES, **self.fields}.items()}
         schema: dict[str, Any] = {
             "type": "object",
             "properties": properties,
@@ -85,7 +122,7 @@ class Form:
             schema["additionalProperties"] = False
         if self.required:
             schema["required"] = list(self.required)
-        return schema
+        return schema | copy.deepcopy(self.extra)
 
 
 MODEL_FIELD = {"type": "string", "description": "optional; must name the loaded model"}
@@ -116,28 +153,43 @@ def json_or_multipart(model: type[BaseModel], form: Form) -> dict[str, Any]:
             "required": True,
             "content": {
                 "application/json": {"schema": {"$ref": REF.format(model=model.__name__)}},
-                "multipart/form-data": {"schema": {"$ref": REF.format(model=form.name)}},
+                "multipart/form-data": {
+                    "schema": {"$ref": REF.format(model=form.name)},
+                    "encoding": form.encoding(),
+                },
             },
         }
     }
 
 
 def install(
-    app: FastAPI, settings: Settings, is_open: Callable[[str], bool], admin_prefix: str
+    app: FastAPI,
+    settings: Settings,
+    is_open: Callable[[str], bool],
+    admin_prefix: str,
+    spaces: Callable[[], tuple[ModelSpace, ...]] = tuple,
 ) -> None:
-    """Make `app.openapi()` return the completed document (built once, then cached).
-    `is_open(path)`: the paths that need no API key; paths under `admin_prefix` always
-    need one (an admin key)."""
+    """Make `app.openapi()` return the completed document (built once, then cached until
+    `spaces()`, the loaded models, changes). `is_open(path)`: the paths that need no API
+    key; paths under `admin_prefix` always need one (an admin key)."""
     infer = app.openapi
+    built_for: list[tuple[ModelSpace, ...]] = []  # the spaces the cached document states
 
     def required(path: str) -> bool:
         return bool(settings.api_keys) or path.startswith(admin_prefix)
 
     def openapi() -> dict[str, Any]:
+        now = spaces()
+        if built_for != [now]:
+            app.openapi_schema = None  # FastAPI's cache: infer() builds afresh
+            built_for[:] = [now]
         if app.openapi_schema is None:
             doc = infer()  # FastAPI caches it in app.openapi_schema; completed in place
             _add_components(doc)
             _apply_limits(doc, settings)
+            schemas = doc["components"]["schemas"]
+            add_model_rules(schemas, now)
+            add_token_rules(schemas, token_encodings())
             _add_security(doc, is_open, required)
         return app.openapi_schema  # type: ignore[return-value]
 
@@ -163,7 +215,7 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
     def some(limit: int, item: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
         return {"minItems": 1, "maxItems": limit, **({"items": item} if item else {}), **more}
 
-    images = {"images": some(s.max_images), "files": some(s.max_images)}
+    images = {"images": some(s.max_images, IMAGE), "files": some(s.max_images)}
     labels = some(s.max_labels, text, uniqueItems=True)
     return {
         "EmbedTextRequest": {"texts": some(s.max_texts, text)},
@@ -190,6 +242,8 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                 "items": {"minLength": 1, "pattern": TEXT_PATTERN},
             }
         },
+        "OpenAITextInput": {"text": text},
+        "OpenAIImageInput": {"image": IMAGE},
         "CreateCollectionRequest": {
             "name": {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_CHARS},
             "dim": {"maximum": MAX_DIM},
@@ -199,8 +253,12 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             for name in ("auto_threshold", "nlist", "nprobe", "ef_construction", "ef_search")
         },
         "UpsertRequest": {"items": some(s.max_items)},
-        "UpsertForm": {"files": some(s.max_items), "ids": {"maxItems": s.max_items}},
-        "ItemIn": {"text": text},
+        "UpsertForm": {
+            "files": some(s.max_items),
+            "ids": {"maxItems": s.max_items, "items": ITEM_ID},
+            "metadata": {"maxItems": s.max_items},
+        },
+        "ItemIn": {"text": text, "image": IMAGE, "vector": VECTOR},
         "DeleteItemsRequest": {"ids": some(s.max_items)},
         "SearchRequest": {"queries": some(s.max_queries), "k": {"minimum": 1, "maximum": s.max_k}},
         "SearchForm": {
@@ -208,13 +266,13 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "texts": {"maxItems": s.max_queries, "items": text},
             "files": {"maxItems": s.max_queries},
         },
-        "Query": {"text": text},
+        "Query": {"text": text, "image": IMAGE, "vector": VECTOR},
     }
 
 
 # Which keywords apply to which JSON type (a limit on `str | list[str]` splits in two).
 _KEYWORDS = {
-    "array": {"minItems", "maxItems", "uniqueItems", "items"},
+    "array": {"minItems", "maxItems", "uniqueItems", "items", "not"},
     "string": {"minLength", "maxLength", "pattern"},
     "integer": {"minimum", "maximum"},
 }
@@ -229,11 +287,62 @@ def _apply_limits(doc: dict[str, Any], s: Settings) -> None:
             _constrain(schemas[component]["properties"][name], limits)
     _space_both_or_neither(schemas)
     _classify_product(schemas, s.max_classify_texts)
+    _add_filter(schemas)
+    _constrain_path_parameters(doc)
+
+
+def _constrain_path_parameters(doc: dict[str, Any]) -> None:
+    """A collection's `name` as check_name takes it; an `item_id` never the literal path
+    segment of the delete operation (GET .../items/delete is not an item's read)."""
     name_param = {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_CHARS}
     for op in _operations(doc):
         for param in op.get("parameters", []):
-            if param["in"] == "path" and param["name"] == "name":
+            if param["in"] != "path":
+                continue
+            if param["name"] == "name":
                 _constrain(param["schema"], name_param)
+            elif param["name"] == "item_id":
+                param["schema"]["not"] = {"const": RESERVED_ITEM_PATH}
+
+
+# -- the metadata filter (service.index.filters) ------------------------------------------
+_SCALAR = {"type": ["string", "number", "boolean"]}
+
+
+def filter_schema() -> dict[str, Any]:
+    """The JSON Schema of a filter as parse_filter reads it: field -> a value (equality)
+    or {operator: operand}. Only its total of conditions, JSON Schema cannot bound."""
+    operands: dict[str, Any] = {op: {"type": "number"} for op in RANGE_OPS}
+    operands |= {
+        "$eq": _SCALAR,
+        "$in": {"type": "array", "maxItems": MAX_IN_VALUES, "items": _SCALAR},
+        "$exists": {"type": "boolean"},
+    }
+    condition = {
+        "type": "object",
+        "minProperties": 1,
+        "properties": operands,
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "title": "Filter",
+        "description": "Items whose metadata meets every condition: field: value (equal), "
+        'or field: {operator: operand}, e.g. {"label": "cat", "year": {"$gte": 2000}}. '
+        f"At most {MAX_CONDITIONS} conditions in all (else 422 `invalid_filter`).",
+        "maxProperties": MAX_CONDITIONS,
+        "propertyNames": {"minLength": 1, "pattern": "^[^$]"},
+        "additionalProperties": {"anyOf": [_SCALAR, condition]},
+    }
+
+
+def _add_filter(schemas: dict[str, Any]) -> None:
+    """The Filter component, and the `where` of searches pointing at it."""
+    if "SearchRequest" not in schemas:  # the collections are off
+        return
+    schemas["Filter"] = filter_schema()
+    where = schemas["SearchRequest"]["properties"]["where"]
+    where["anyOf"] = [{"$ref": REF.format(model="Filter")}, {"type": "null"}]
 
 
 def _classify_product(schemas: dict[str, Any], limit: int) -> None:

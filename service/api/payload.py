@@ -188,12 +188,21 @@ def json_field(fields: dict[str, list[str]], name: str) -> Any:
     """A multipart field holding one JSON value (None when absent). Read by the standard
     library: fields are small, and it keeps big integers and NaN as they are, for the
     checks to refuse by name (orjson would round the one and refuse the whole field)."""
-    values = fields.get(name)
-    if not values:
+    values = json_parts(fields, name)
+    if values is None:
         return None
     if len(values) > 1:
         raise bad("invalid_request", f"form field {name!r} is given {len(values)} times")
+    return values[0]
+
+
+def json_parts(fields: dict[str, list[str]], name: str) -> list[Any] | None:
+    """Each part of a multipart field, read as JSON (None when absent), as json_field
+    reads one."""
+    values = fields.get(name)
+    if not values:
+        return None
     try:
-        return json.loads(values[0])
+        return [json.loads(v) for v in values]
     except (ValueError, RecursionError) as e:
         raise bad("invalid_request", f"form field {name!r} is not valid JSON: {e}") from e

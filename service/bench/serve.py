@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    args: argparse.Namespace, port: int, extra: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """`contrastive serve` of args.model on `port` (more flags: `extra`), once ready."""
     cmd = [
         sys.executable,
         "-m",
@@ -174,6 +178,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]
         cmd += ["--pretrained", args.pretrained]
     if getattr(args, "device_decode", None):
         cmd += ["--device-decode", args.device_decode]
+    cmd += list(extra)
     proc = subprocess.Popen(cmd, env={**os.environ, "CONTRASTIVE_API_KEYS": ""})
     return wait_ready(proc, port, 300)
 
@@ -196,7 +201,9 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float) -> subp
     raise RuntimeError(f"server did not become ready in {timeout:.0f} s")
 
 
-def _requests(port: int, jpeg: bytes) -> dict[str, bytes]:
+def single_item_requests(port: int, jpeg: bytes) -> dict[str, bytes]:
+    """modality -> the bytes of one request of one item: the JPEG as a multipart upload to
+    /v1/embed/image, or one short text to /v1/embed/text."""
     boundary = "benchboundary7MA4YWxkTrZu0gW"
     multipart = (
         (
@@ -282,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     server = start_server(args, port)
     rows = []
     try:
-        reqs = _requests(port, jpeg)
+        reqs = single_item_requests(port, jpeg)
         for m in modalities:
             best = refs[m]["best_batch"]
             for c in levels:

@@ -208,7 +208,14 @@ def delete_items(collection: str, ids: Sequence[str]) -> Call[int]:
 
 
 def get_item(collection: str, id: str, include_vector: bool = False) -> Call[Item]:
-    """One item; ServiceError 404 `item_not_found` when the id is not there."""
+    """One item; ServiceError 404 `item_not_found` when the id is not there. ValueError
+    for the id `delete`, which no GET can name: its path is the delete operation's (search
+    with {"id": "delete"} finds such an item)."""
+    if id == "delete":
+        raise ValueError(
+            "an item whose id is 'delete' cannot be read by id: /items/delete is the path "
+            "of the delete operation; search with the query {'id': 'delete'} instead"
+        )
     path = _collection_path(collection, "items", id)
     if include_vector:
         path += "?include_vector=true"

@@ -10,7 +10,7 @@ from service.domain_errors import DomainError
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq", "hnsw_sq8"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: no final line break
 MAX_ID_CHARS = 256
 MAX_DIM = 65_536  # the largest collection dimension (real embedding models: 32 to 4096)
 

@@ -5,7 +5,8 @@ Admission. A job is admitted (`reserve`) before any work is done on its items, s
 refusal costs microseconds: it is refused with QueueFullError when the admitted items
 would exceed `max_queue`, or when it would wait longer than `max_queue_wait_ms` (its
 items, and what the jobs admitted before it get served meanwhile, at the measured service
-rate) while `always_admit` jobs or more are admitted already. The rate is a decayed
+rate; and, for images, the time until they are decoded, which the caller estimates and
+passes as `before`) while `always_admit` jobs or more are admitted already. The rate is a decayed
 average over recent batches (`ServiceRate`); until the first batch is measured only the
 item limit applies. A job is never refused by an empty batcher (it could never succeed
 otherwise).
@@ -134,9 +135,10 @@ class Batcher(Generic[T]):
     """Gathers items from concurrent `submit` calls into batches for `fn`.
 
     fn: list of n items -> [n, d] tensor; called in `executor`, at most `max_batch`
-    items at a time. `always_admit`: jobs admitted whatever their estimated wait (the
-    module's docstring says why). `pending`: items admitted and not yet embedded; `jobs`: jobs
-    admitted and not yet ended.
+    items at a time. `on_batch(items)` before each batch runs, `on_batch_seconds(s)`
+    after each that succeeded (metrics). `always_admit`: jobs admitted whatever their
+    estimated wait (the module's docstring says why). `pending`: items admitted and not
+    yet embedded; `jobs`: jobs admitted and not yet ended.
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class Batcher(Generic[T]):
         max_queue_wait_ms: float = 3000.0,
         on_batch: Callable[[int], None] | None = None,
         always_admit: int = 0,
+        on_batch_seconds: Callable[[float], None] | None = None,
         spans: BatchSpans | None = None,
     ) -> None:
         self.fn = fn
@@ -159,6 +162,7 @@ class Batcher(Generic[T]):
         self.max_queue_wait = max_queue_wait_ms / 1000.0
         self.always_admit = always_admit
         self.on_batch = on_batch
+        self.on_batch_seconds = on_batch_seconds
         self.spans = spans
         self.pending = 0
         self.jobs = 0
@@ -189,38 +193,51 @@ class Batcher(Generic[T]):
                 await self._task
 
     # -- admission ----------------------------------------------------------------------
-    def estimated_wait(self, n: int) -> float | None:
+    def estimated_wait(self, n: int, before: float = 0.0) -> float | None:
         """Seconds until a new job of n items would be embedded at the measured rate (None
         before the first batch is measured): its own items, and what is served before its
         last chunk. Jobs take turns, so for each of its turns every admitted job gets one
         chunk of `max_batch` at most: a job behind a big one waits for a chunk of it, not
-        for all of it. Bounded by every admitted item."""
+        for all of it. Bounded by every admitted item.
+
+        `before`: seconds until the job's items are ready to join the queue (images still
+        to be decoded, behind those admitted before them): its last chunk then still has
+        to run, so the job waits at least that long plus the time of that chunk. (The
+        items ahead of it that are still decoding are counted in `pending` already.)"""
         rate = self.rate.per_second
         if rate is None:
             return None
         turns = math.ceil(n / self.max_batch)
         ahead = min(self.pending, self.jobs * turns * self.max_batch)
-        return (ahead + n) / rate
+        last_chunk = min(n, self.max_batch)
+        return max((ahead + n) / rate, before + last_chunk / rate)
 
-    def reserve(self, n: int) -> Reservation:
+    def check(self, n: int, before: float = 0.0) -> None:
+        """QueueFullError if a job of n items would be refused now (`reserve` without
+        reserving: a request can be refused before its body is read)."""
+        if self.pending == 0:  # an empty batcher takes any job (else it never could run)
+            return
+        if self.pending + n > self.max_queue:
+            rate = self.rate.per_second
+            excess = (self.pending + n - self.max_queue) / rate if rate else None
+            raise QueueFullError(
+                f"{self.pending} items queued, the limit is {self.max_queue}",
+                _retry_after(excess),
+            )
+        wait = self.estimated_wait(n, before) if self.jobs >= self.always_admit else None
+        if wait is not None and wait > self.max_queue_wait:
+            raise QueueFullError(
+                f"it would wait about {wait:.1f} s, the limit is {self.max_queue_wait:g} s",
+                _retry_after(wait - self.max_queue_wait),
+            )
+
+    def reserve(self, n: int, before: float = 0.0) -> Reservation:
         """Admit a job of n items, or raise QueueFullError at once. Call it before doing
-        any work on the items (decoding), and pass the reservation to `submit`."""
+        any work on the items (decoding), and pass the reservation to `submit`. `before`:
+        as for estimated_wait."""
         if n < 1:
             raise ValueError("nothing to submit")
-        if self.pending > 0:
-            if self.pending + n > self.max_queue:
-                rate = self.rate.per_second
-                excess = (self.pending + n - self.max_queue) / rate if rate else None
-                raise QueueFullError(
-                    f"{self.pending} items queued, the limit is {self.max_queue}",
-                    _retry_after(excess),
-                )
-            wait = self.estimated_wait(n) if self.jobs >= self.always_admit else None
-            if wait is not None and wait > self.max_queue_wait:
-                raise QueueFullError(
-                    f"it would wait about {wait:.1f} s, the limit is {self.max_queue_wait:g} s",
-                    _retry_after(wait - self.max_queue_wait),
-                )
+        self.check(n, before)
         self.pending += n
         self.jobs += 1
         return Reservation(n, self._give_back)
@@ -285,7 +302,10 @@ class Batcher(Generic[T]):
                 if self.spans is not None and span is not None:
                     self.spans.end_batch(span, e)
                 continue
-            self.rate.add(len(items), loop.time() - started)
+            took = loop.time() - started
+            self.rate.add(len(items), took)
+            if self.on_batch_seconds:
+                self.on_batch_seconds(took)
             self._deliver(batch, out)
             if self.spans is not None and span is not None:
                 self.spans.end_batch(span)

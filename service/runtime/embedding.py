@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Executor
@@ -16,7 +17,7 @@ from concurrent.futures import Executor
 import torch
 
 from service.domain_errors import CapacityError
-from service.runtime.batcher import Batcher, QueueFullError, Reservation
+from service.runtime.batcher import Batcher, QueueFullError, Reservation, ServiceRate
 from service.runtime.device_decode import as_jpeg_item, wants_device
 from service.runtime.disconnect import while_client_waits
 from service.runtime.images import ImageError, decode_base64_image, decode_image
@@ -32,6 +33,12 @@ class TextEmbedder:
     async def __call__(self, texts: list[str]) -> torch.Tensor:
         with capacity_errors():
             return await while_client_waits(self.batcher.submit(texts))
+
+    def refuse_when_full(self) -> None:
+        """CapacityError `overloaded` when even one more text would be refused (before a
+        request is read: service.api.shedding)."""
+        with capacity_errors():
+            self.batcher.check(1)
 
 
 class DecodeGate:
@@ -93,7 +100,15 @@ class ImageEmbedder:
     """Images -> [n, d] embeddings: admitted by the batcher first, on their count alone (a
     refusal costs no decoding, not even of base64), then base64-decoded, decoded and
     preprocessed in the decode pool (in parallel, off the event loop, at most
-    `max_decoding` images at a time; more wait their turn), then batched on the model."""
+    `max_decoding` images at a time; more wait their turn), then batched on the model.
+
+    Admission counts the decoding too: a request waits for the images admitted before it
+    to be decoded, then for its own, before its last chunk can be embedded. When decoding
+    is the slower stage (large photos, few cores), that is most of its wait, and a limit
+    on the model's queue alone would admit requests that then wait far past
+    `max_queue_wait_ms`. The decode rate is measured like the model's (`decode_rate`:
+    images per second of one decode thread, over `decode_workers` threads).
+    """
 
     def __init__(
         self,
@@ -103,6 +118,7 @@ class ImageEmbedder:
         max_pixels: int,
         max_decoding: int = 64,
         device_decode: bool = False,
+        decode_workers: int = 1,
     ) -> None:
         self.encoder = encoder
         self.batcher = batcher
@@ -112,6 +128,26 @@ class ImageEmbedder:
         # plain JPEGs travel undecoded to the batcher, whose function (a DevicePixels)
         # decodes them on the model's device: service.runtime.device_decode
         self.device_decode = device_decode
+        self.decode_workers = max(1, decode_workers)
+        self.decode_rate = ServiceRate()  # images per second of one decode thread
+        self.undecoded = 0  # images admitted and not yet decoded
+
+    def decode_wait(self, n: int) -> float:
+        """Seconds until n more images would be decoded: those admitted before them and
+        not yet decoded, then theirs, at the measured rate of every decode thread (0
+        until a decode has been measured)."""
+        per_thread = self.decode_rate.per_second
+        if per_thread is None:
+            return 0.0
+        parallel = min(self.decode_workers, self.gate.limit)
+        return (self.undecoded + n) / (per_thread * parallel)
+
+    def refuse_when_full(self) -> None:
+        """CapacityError `overloaded` when even one more image would be refused: asked
+        before a request's body is read (service.api.shedding), so that overload is shed
+        without reading, let alone decoding, an upload."""
+        with capacity_errors():
+            self.batcher.check(1, before=self.decode_wait(1))
 
     async def __call__(
         self, images: Sequence[ImageSource], indices: Sequence[int] | None = None
@@ -119,17 +155,36 @@ class ImageEmbedder:
         """n images -> [n, d]. `indices`: each image's number in the request, for the
         errors that name one (default 0..n-1)."""
         numbers = list(indices) if indices is not None else list(range(len(images)))
+        n = len(images)
         with capacity_errors():
-            reservation = self.batcher.reserve(len(images))
+            reservation = self.batcher.reserve(n, before=self.decode_wait(n))
+            self.undecoded += n
+            # given back once its images are decoded (or will never be: an error, a client
+            # that left); idempotent, like the batcher's reservation
+            undecoded = Reservation(n, self._decoded)
             try:
-                return await while_client_waits(self._embed(images, numbers, reservation))
+                return await while_client_waits(
+                    self._embed(images, numbers, reservation, undecoded)
+                )
             finally:
+                undecoded.release()
                 reservation.release()  # at once when decoding failed or the client left
 
+    def _decoded(self, n: int, _ended: bool) -> None:
+        self.undecoded -= n
+
     async def _embed(
-        self, images: Sequence[ImageSource], numbers: list[int], reservation: Reservation
+        self,
+        images: Sequence[ImageSource],
+        numbers: list[int],
+        reservation: Reservation,
+        undecoded: Reservation,
     ) -> torch.Tensor:
-        out = await self.batcher.submit(await self._decode(images, numbers), reservation)
+        try:
+            pixels = await self._decode(images, numbers)
+        finally:
+            undecoded.release()
+        out = await self.batcher.submit(pixels, reservation)
         if self.device_decode:  # a NaN row: a file neither the device nor PIL could decode
             bad = torch.isnan(out).any(dim=1).nonzero()
             if len(bad):
@@ -148,17 +203,26 @@ class ImageEmbedder:
         async with self.gate.enter(len(images)):
             done = await asyncio.gather(
                 *(
-                    loop.run_in_executor(self.decode_pool, self._prepare, image, i)
+                    loop.run_in_executor(self.decode_pool, self._timed_prepare, image, i)
                     for image, i in zip(images, numbers, strict=True)
                 ),
                 return_exceptions=True,  # keep the places held until every decode ended
             )
         pixels: list[torch.Tensor] = []
+        seconds = 0.0
         for result in done:
             if isinstance(result, BaseException):
                 raise result
-            pixels.append(result)
+            pixels.append(result[0])
+            seconds += result[1]
+        self.decode_rate.add(len(pixels), seconds)
         return pixels
+
+    def _timed_prepare(self, source: ImageSource, index: int) -> tuple[torch.Tensor, float]:
+        """_prepare, and the seconds it took this decode thread (the decode rate)."""
+        start = time.perf_counter()
+        out = self._prepare(source, index)
+        return out, time.perf_counter() - start
 
     def _prepare(self, source: ImageSource, index: int) -> torch.Tensor:
         """One image -> uint8 [3, S, S] prepared here, or uint8 [nbytes] (the file itself)

@@ -52,6 +52,7 @@ class Pools:
     decode: Executor  # the image decode threads
     max_decoding: int  # images handed to the decode pool at most
     make_batcher: MakeBatcher  # a started batcher on the model thread, with metrics
+    decode_threads: int = 1  # the decode pool's threads (admission estimates its rate)
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ class ServedModel:
             s.max_image_pixels,
             pools.max_decoding,
             device_decode=on_device,
+            decode_workers=pools.decode_threads,
         )
         if on_device:
             log.info("JPEG uploads to %s are decoded on %s", encoder.model_id, encoder.device)

@@ -6,11 +6,25 @@ service.api.collection_inputs, where they get their own error codes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictFloat,
+    model_validator,
+)
 
 from service.index.types import MAX_ID_CHARS, IndexSpec
+from service.schemas.embeddings import integral
+
+# JSON integers, strictly (not "8" or true) but 8.0 included, as JSON Schema's `integer`
+# counts it. The bounds go before the validator, so that the schema states them.
+PositiveInt = Annotated[int, Strict(), Field(ge=1), BeforeValidator(integral)]
+RefineInt = Annotated[int, Strict(), Field(ge=0, le=64), BeforeValidator(integral)]
 
 
 class _Strict(BaseModel):
@@ -31,12 +45,8 @@ class IndexSpecModel(_Strict):
     m: int = Field(32, ge=2, le=256)
     ef_construction: int = Field(80, ge=1)
     ef_search: int = Field(128, ge=1)
-    pq_m: int | None = Field(
-        None, ge=1, strict=True, description="ivfpq: bytes per vector, divides dim"
-    )
-    refine: int = Field(
-        16, ge=0, le=64, strict=True, description="compressed kinds: exact re-ranking of refine*k"
-    )
+    pq_m: PositiveInt | None = Field(None, description="ivfpq: bytes per vector, divides dim")
+    refine: RefineInt = Field(16, description="compressed kinds: exact re-ranking of refine*k")
 
     def to_spec(self) -> IndexSpec:
         return IndexSpec(**self.model_dump())
@@ -71,6 +81,13 @@ class DeletedCollection(BaseModel):
     deleted: str
 
 
+def _one_given(*fields: str) -> ConfigDict:
+    """The model's config, whose schema states what _exactly_one checks: exactly one of
+    `fields` is given and not null."""
+    given = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in fields]
+    return ConfigDict(extra="forbid", json_schema_extra={"oneOf": given})  # type: ignore[dict-item]
+
+
 def _exactly_one(model: BaseModel, fields: tuple[str, ...]) -> None:
     given = [f for f in fields if getattr(model, f) is not None]
     if len(given) != 1:
@@ -80,6 +97,7 @@ def _exactly_one(model: BaseModel, fields: tuple[str, ...]) -> None:
 
 
 class ItemIn(_Strict):
+    model_config = _one_given("text", "image", "vector")
     id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS, description="1-256 characters")
     text: str | None = None
     image: str | None = Field(None, description="a base64 image file (or a data: URL)")
@@ -119,6 +137,7 @@ class ItemOut(BaseModel):
 
 
 class Query(_Strict):
+    model_config = _one_given("text", "image", "vector", "id")
     text: str | None = None
     image: str | None = Field(None, description="a base64 image file (or a data: URL)")
     vector: list[StrictFloat] | None = Field(None, description="[dim] numbers")

@@ -80,7 +80,7 @@ class OpenAIImageInput(BaseModel):
 OpenAIInputItem = OpenAITextInput | OpenAIImageInput
 
 
-def _integral(value: Any) -> Any:
+def integral(value: Any) -> Any:
     """7.0 -> 7: JSON Schema counts a number with a zero fraction as an integer."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
@@ -91,7 +91,7 @@ def _integral(value: Any) -> Any:
 TokenId = Annotated[
     int,
     Strict(),
-    BeforeValidator(_integral),
+    BeforeValidator(integral),
     WithJsonSchema({"type": "integer", "minimum": 0}),
 ]
 

@@ -383,3 +383,107 @@ def test_the_decode_queue_is_bounded(pool: ThreadPoolExecutor) -> None:
             await batcher.stop()
 
     asyncio.run(main())
+
+
+# -- admission counts the decoding of images ------------------------------------------------
+def test_a_job_whose_items_are_not_ready_waits_for_them_then_its_chunk(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """`before` (seconds until the job's items are decoded) delays its last chunk: the
+    estimate is the later of the model's queue and that plus the chunk's own time."""
+
+    async def main() -> None:
+        b: Batcher[int] = Batcher(Model(), pool, 16, 0, max_queue=100, max_queue_wait_ms=500)
+        b.rate.add(100, 1.0)  # 100 items/s
+        b.reserve(10)
+        assert b.estimated_wait(2) == pytest.approx((10 + 2) / 100)  # the model's queue
+        assert b.estimated_wait(2, before=0.05) == pytest.approx((10 + 2) / 100)  # ready first
+        assert b.estimated_wait(2, before=1.0) == pytest.approx(1.0 + 2 / 100)
+        assert b.estimated_wait(40, before=1.0) == pytest.approx(1.0 + 16 / 100)  # a chunk
+        b.check(2)  # 0.12 s: admitted ...
+        with pytest.raises(QueueFullError, match=r"wait about 1\.0 s, the limit is 0\.5 s"):
+            b.check(2, before=1.0)  # ... unless its images take a second to be decoded
+        with pytest.raises(QueueFullError):
+            b.reserve(2, before=1.0)
+        assert (b.pending, b.jobs) == (10, 1)  # neither check nor a refusal takes room
+
+    asyncio.run(main())
+
+
+def test_the_decode_wait_counts_every_image_admitted_and_not_yet_decoded(
+    pool: ThreadPoolExecutor,
+) -> None:
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as decode_pool:
+            embed = CountingEmbedder(_image_batcher(pool, 100), decode_pool, decode_workers=4)
+            assert embed.decode_wait(5) == 0.0  # nothing measured yet: no estimate
+            embed.decode_rate.add(10, 1.0)  # 10 images/s on one thread: 40/s on 4
+            embed.undecoded = 35
+            assert embed.decode_wait(5) == pytest.approx((35 + 5) / 40)
+            embed.gate.limit = 2  # no more images decode at once than the gate lets in
+            assert embed.decode_wait(5) == pytest.approx((35 + 5) / 20)
+
+    asyncio.run(main())
+
+
+def test_images_are_refused_when_their_decoding_would_take_too_long(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """A fast model with a short queue, behind a slow decode stage: the request is refused
+    at admission (nothing decoded), because its images would be decoded too late."""
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as decode_pool:
+            batcher = Batcher(
+                lambda px: FakeEncoder().encode_image_tensors(torch.stack(px)),
+                pool,
+                8,
+                0,
+                max_queue=1000,
+                max_queue_wait_ms=1000,
+            )
+            batcher.start()
+            embed = CountingEmbedder(batcher, decode_pool, decode_workers=2)
+            batcher.rate.add(1000, 1.0)  # the model: 1,000 images/s
+            embed.decode_rate.add(1, 1.0)  # decoding: 1 image/s a thread, 2/s in all
+            held = batcher.reserve(3)  # 3 images admitted, still to be decoded
+            embed.undecoded = 3
+            with pytest.raises(CapacityError) as e:  # (3 + 2) / 2 = 2.5 s > 1 s
+                await embed([PNG, PNG])
+            assert e.value.code == "overloaded" and "2.5 s" in e.value.message
+            assert e.value.retry_after == 2  # 1.5 s past the limit
+            with pytest.raises(CapacityError):
+                embed.refuse_when_full()  # one image: (3 + 1) / 2 = 2 s
+            assert embed.decodes == 0 and batcher.pending == 3 and embed.undecoded == 3
+            held.release()
+            embed.undecoded = 0
+            await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_the_undecoded_count_is_given_back_however_a_request_ends(
+    pool: ThreadPoolExecutor,
+) -> None:
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as decode_pool:
+            batcher = _image_batcher(pool, max_queue=100)
+            batcher.start()
+            embed = CountingEmbedder(batcher, decode_pool)
+            assert (await embed([PNG, PNG])).shape == (2, 8)
+            assert embed.undecoded == 0
+            assert embed.decode_rate.per_second is not None  # the decodes were timed
+            with pytest.raises(ImageError):
+                await embed([PNG, b"not an image"])
+            assert embed.undecoded == 0
+            embed.hold = threading.Event()  # decodes hang: the client leaves meanwhile
+            leaver = asyncio.create_task(embed([PNG, PNG, PNG]))
+            await until(lambda: embed.undecoded == 3 and embed.decodes > 2)
+            leaver.cancel()
+            embed.hold.set()
+            with pytest.raises(asyncio.CancelledError):
+                await leaver
+            assert embed.undecoded == 0 and batcher.pending == 0
+            await batcher.stop()
+
+    asyncio.run(main())

@@ -99,6 +99,12 @@ def test_round_trip(client: ContrastiveClient, encoder: FakeEncoder, tmp_path: P
     stored = client.get_item("things", "v", include_vector=True).vector
     np.testing.assert_allclose(stored, VEC / np.linalg.norm(VEC), atol=1e-6)  # normalised
     assert client.get_item("things", "v").metadata == {}
+    # an item named "delete" is stored and found, but no GET can name it: said at once
+    assert client.add("things", ["delete"], texts=["a note"]) == 1
+    with pytest.raises(ValueError, match="search with the query"):
+        client.get_item("things", "delete")
+    assert client.search("things", id="delete", k=1)[0].id == "delete"
+    assert client.delete_items("things", ["delete"]) == 1
 
     assert client.delete_items("things", ["cat", "not-there"]) == 1
     with pytest.raises(ServiceError) as err:

@@ -7,9 +7,11 @@ says what it uses: the collection of the path, the store, the model only when as
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from service.api import collection_inputs as inputs
 from service.api.deps import (
@@ -20,6 +22,7 @@ from service.api.deps import (
     StoreDep,
     watch_disconnect,
 )
+from service.api.openapi_docs import RESERVED_ITEM_PATH, error_responses
 from service.api.payload import require_json_dep
 from service.api.routes import refusing_router
 from service.index.types import CollectionError
@@ -48,6 +51,20 @@ disabled_router = refusing_router(
     "/v1/collections requests to the replica that owns them",
 )
 JSON_ONLY = [Depends(require_json_dep)]
+
+
+class ItemIdConvertor(PathConvertor):
+    """An item id in a path: anything, "/" included (ids are often file paths), except the
+    literal `delete`. /items/delete is the path of the delete operation for every method,
+    as OpenAPI matches a concrete path before a templated one: GET or OPTIONS there
+    answer 405 with `Allow: POST`, which is what the document says, rather than read an
+    item named "delete" (such an item is still found by search, `{"id": "delete"}`, and
+    deleted by POST /items/delete; only GET cannot name it)."""
+
+    regex = rf"(?!{re.escape(RESERVED_ITEM_PATH)}\Z).*"
+
+
+register_url_convertor("item_id", ItemIdConvertor())
 
 
 async def _inputs(
@@ -122,7 +139,16 @@ async def delete_items(
     return FastJSON({"deleted": n, "count": await run(col.count)})
 
 
-@router.get("/{name}/items/{item_id:path}", response_model=ItemOut, summary="Get one item")
+@router.get(
+    "/{name}/items/{item_id:item_id}",
+    response_model=ItemOut,
+    responses=error_responses(405),
+    summary="Get one item",
+    description="`item_id` may hold '/', percent-encoded or not. An item whose id is "
+    "exactly `delete` cannot be read here: that path is the delete operation's "
+    "(POST .../items/delete: a GET there is answered 405, `Allow: POST`); search with "
+    '`{"id": "delete"}` finds it.',
+)
 async def get_item(
     name: str, item_id: str, col: CollectionDep, run: IndexDep, include_vector: bool = False
 ) -> FastJSON:

@@ -169,6 +169,10 @@ def test_upsert_multipart_files(client: TestClient) -> None:
     _ok(client.post(f"{C}/m/items", files=two, data={"ids": ["red2", "green2"]}))
     assert _count(client, "m") == 5
     assert _ok(client.get(f"{C}/m/items/green2"))["metadata"] == {}
+    # metadata as OpenAPI sends an array in multipart: one part (a JSON object) per file
+    parts = {"ids": ["red3", "green3"], "metadata": ['{"c": "red"}', '{"c": "green"}']}
+    _ok(client.post(f"{C}/m/items", files=two, data=parts))
+    assert _ok(client.get(f"{C}/m/items/green3"))["metadata"] == {"c": "green"}
     # multipart search: texts first, then the files
     r = client.post(
         f"{C}/m/search",
@@ -441,7 +445,12 @@ BAD: dict[str, tuple[Callable[[TestClient], Response], int, str]] = {
         422,
         "invalid_request",
     ),
-    "multipart metadata not array": (_form("items", metadata='{"a": 1}'), 422, "invalid_metadata"),
+    "multipart metadata not an object": (_form("items", metadata="5"), 422, "invalid_metadata"),
+    "multipart metadata two for one file": (
+        _form("items", metadata=['{"a": 1}', '{"a": 2}']),
+        422,
+        "invalid_metadata",
+    ),
     "multipart metadata not object": (_form("items", metadata="[5]"), 422, "invalid_metadata"),
     "multipart file without a name": (
         lambda c: c.post(f"{C}/c/items", files=[("files", ("", RED, "image/png"))]),
