@@ -10,7 +10,7 @@ encoder's to 1e-4 (checked on every open).
 
 Why in the background: tracing ViT-B/32 takes about a minute on 2 cores; the server
 answers on torch meanwhile rather than starting a minute later. Why at all: on the CPU,
-onnxruntime ran the built-in model's image tower 2.9-3.9x and its text tower 1.2-2.5x
+onnxruntime ran the built-in model's image tower 2.3-3.1x and its text tower 1.4-2.8x
 faster than torch at batch 1-32 (`contrastive bench onnx`, docs/benchmarks.md).
 """
 

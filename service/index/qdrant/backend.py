@@ -14,7 +14,6 @@ from functools import partial
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import ValidationError
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -77,7 +76,9 @@ class QdrantBackend:
             with self._calls:
                 return op(self.client)
         except ResponseHandlingException as e:
-            if isinstance(e.source, ValidationError):  # a 2xx body of the wrong shape
+            # a 2xx body of the wrong shape: pydantic's ValidationError (or a JSON error),
+            # both ValueErrors; this layer imports no pydantic (tests/test_layout.py)
+            if isinstance(e.source, ValueError):
                 raise self._garbled(e.source) from e
             raise self._unavailable(f"cannot be reached ({e.source or e})") from e
         except httpx.HTTPError as e:
