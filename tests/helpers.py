@@ -72,6 +72,15 @@ def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def fill_collections(client: TestClient, names: tuple[str, ...], rows: list[list[float]]) -> None:
+    """Create each collection of `names` (8-d, FakeEncoder's) and add `rows` as NAME-i."""
+    for name in names:
+        assert client.post("/v1/collections", json={"name": name}).status_code == 201
+        items = [{"id": f"{name}-{i}", "vector": v} for i, v in enumerate(rows)]
+        r = client.post(f"/v1/collections/{name}/items", json={"items": items})
+        assert r.status_code == 200, r.text
+
+
 def image_bytes(image: Image.Image | np.ndarray, fmt: str = "PNG", **save: Any) -> bytes:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)

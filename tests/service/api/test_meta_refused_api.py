@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.helpers import FakeEncoder, unit_rows, wait_ready
+from tests.helpers import FakeEncoder, fill_collections, unit_rows, wait_ready
 
 C = "/v1/collections"
 QUERY = {"queries": [{"vector": [1, 0, 0, 0, 0, 0, 0, 0]}], "k": 3}
@@ -38,11 +38,7 @@ def test_a_damaged_collection_json_is_503_for_its_collection_and_200_for_another
     rows = unit_rows(20, 8).tolist()
     with TestClient(create_app(Settings(), encoder=FakeEncoder())) as client:
         wait_ready(client)
-        for name in ("a", "b"):
-            assert client.post(C, json={"name": name}).status_code == 201
-            items = [{"id": f"{name}-{i}", "vector": v} for i, v in enumerate(rows)]
-            r = client.post(f"{C}/{name}/items", json={"items": items})
-            assert r.status_code == 200, r.text
+        fill_collections(client, ("a", "b"), rows)
     folder = Path(os.environ["CONTRASTIVE_COLLECTIONS_DIR"]) / "a"
     _damage(folder, how)
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}

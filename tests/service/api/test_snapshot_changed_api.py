@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.helpers import FakeEncoder, wait_ready
+from tests.helpers import FakeEncoder, fill_collections, wait_ready
 
 C = "/v1/collections"
 ROWS = 600  # 8-d rows: a snapshot of ~30 KB, its rows past the first 4096 bytes
@@ -56,11 +56,7 @@ def test_a_truncated_snapshot_is_503_for_its_collection_and_200_for_another(
     rows = np.random.default_rng(0).standard_normal((ROWS, 8)).tolist()
     with TestClient(create_app(Settings(), encoder=FakeEncoder())) as client:
         wait_ready(client)
-        for name in ("a", "b"):
-            assert client.post(C, json={"name": name}).status_code == 201
-            items = [{"id": f"{name}-{i}", "vector": v} for i, v in enumerate(rows)]
-            r = client.post(f"{C}/{name}/items", json={"items": items})
-            assert r.status_code == 200, r.text
+        fill_collections(client, ("a", "b"), rows)
     # the shutdown snapshotted both: the next start serves them from snapshot.bin
     snap = Path(os.environ["CONTRASTIVE_COLLECTIONS_DIR"]) / "a" / "snapshot.bin"
     size = snap.stat().st_size
