@@ -54,8 +54,8 @@ class TrainConfig:
     weight_decay: float | None = None  # None: the method's default
     momentum: float = 0.9
     lr_scaling: str = "linear"  # linear | sqrt: how the peak lr follows the global batch
-    lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017)
-    lars_clip: bool = True  # LARC clipping: a layer's rate is min(eta*|w|/|g|, lr)
+    lars_eta: float = 0.02  # LARS trust coefficient (You et al. 2017)
+    lars_clip: bool = True  # LARC clipping: a layer's rate is min(eta*|w|/(|g|+wd|w|), lr)
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
     grad_clip: float | None = None
@@ -106,8 +106,10 @@ class TrainConfig:
         "weight_decay": "the method's default (see below)",
         "momentum": "paper: SimCLR/MoCo/SwAV (SGD/LARS momentum 0.9)",
         "lr_scaling": "paper: Goyal et al. 2017 (linear scaling per 256 images)",
-        "lars_eta": "paper: You et al. 2017 (LARS trust coefficient 0.001)",
-        "lars_clip": "NVIDIA apex LARC clipping, as SwAV's code",
+        "lars_eta": "solo-learn recipes (scripts/pretrain/cifar/*.yaml: optimizer.kwargs.eta "
+        "0.02); You et al.'s 0.001 is for unclipped LARS",
+        "lars_clip": "solo-learn recipes (optimizer.kwargs.clip_lr: True; solo/utils/lars.py, "
+        "apex LARC)",
         "warmup_epochs": "engineering: short runs (SimCLR warms up 10 epochs of 100+)",
         "min_lr_ratio": "paper: SimCLR/MoCo v2 (cosine decay to 0)",
         "grad_clip": "engineering: off, as the papers",
@@ -289,6 +291,6 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.lr_scaling not in ("linear", "sqrt"):
         raise ConfigError(f"lr_scaling must be linear or sqrt, got {cfg.lr_scaling!r}")
     if cfg.lars_eta <= 0:
-        raise ConfigError("lars_eta must be positive (the paper's value is 0.001)")
+        raise ConfigError("lars_eta must be positive (solo-learn's recipes use 0.02)")
     if cfg.lr is not None and cfg.lr <= 0:
         raise ConfigError("lr must be positive")

@@ -55,11 +55,26 @@ METHOD_BEFORE_SETTINGS_EXISTED: dict[str, MethodBefore] = {
     ),
 }
 
+# Optimiser defaults that changed when every method's default became a named recipe
+# (solo-learn's CIFAR recipes). Checkpoints written since hold the resolved optimizer, lr
+# and weight_decay (Trainer resolves them), so a None in a saved config means "the
+# method's default as it was then": these values.
+DEFAULTS_BEFORE_RECIPES: dict[str, dict[str, Any]] = {
+    "simclr": {"weight_decay": 1e-5},
+    "barlow": {"weight_decay": 1e-5},
+    "vicreg": {"weight_decay": 1e-5},
+    "simsiam": {"lr": 0.05, "weight_decay": 1e-4},
+}
+
 
 def with_old_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's saved config + the behaviour of settings added after it was written
-    (BEFORE_SETTINGS_EXISTED, METHOD_BEFORE_SETTINGS_EXISTED), so it resumes unchanged."""
+    (BEFORE_SETTINGS_EXISTED, METHOD_BEFORE_SETTINGS_EXISTED, DEFAULTS_BEFORE_RECIPES), so
+    it resumes unchanged."""
     saved = {**BEFORE_SETTINGS_EXISTED, **config}
+    for key, value in DEFAULTS_BEFORE_RECIPES.get(str(saved.get("method")), {}).items():
+        if saved.get(key) is None:
+            saved[key] = value
     before = METHOD_BEFORE_SETTINGS_EXISTED.get(str(saved.get("method")))
     params = dict(saved.get("method_params") or {})
     if before is None or set(before.params) <= set(params):

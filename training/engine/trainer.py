@@ -34,7 +34,7 @@ from training.encoders.nets.backbones import (
 from training.engine.checkpoint import LAST, Checkpoint, all_finite, save_checkpoint
 from training.engine.knn_monitor import OnlineKNN
 from training.engine.metrics import MetricsLogger
-from training.engine.optim import build_optimizer, param_groups
+from training.engine.optim import build_optimizer, param_groups, resolve_optimizer_defaults
 from training.engine.pretrained import load_backbone
 from training.engine.progress import Progress
 from training.engine.runstate import capture_rng, restore_rng, seed_all, train_device
@@ -153,12 +153,10 @@ class Trainer:
         return method
 
     def _build_optimizer(self) -> tuple[torch.optim.Optimizer, float]:
-        cfg, cls = self.cfg, type(self.method)
-        base_lr = cfg.lr if cfg.lr is not None else cls.default_lr
-        wd = cfg.weight_decay if cfg.weight_decay is not None else cls.default_weight_decay
+        cfg = self.cfg
+        name, lr, wd = resolve_optimizer_defaults(cfg, type(self.method))
         groups = param_groups(self.method, wd, self.method.no_weight_decay())
-        peak = scaled_lr(base_lr, self.global_batch, cfg.lr_scaling)
-        name = cfg.optimizer or cls.default_optimizer
+        peak = scaled_lr(lr, self.global_batch, cfg.lr_scaling)
         opt = build_optimizer(name, groups, peak, cfg.momentum, cfg.lars_eta, cfg.lars_clip)
         return opt, peak
 

@@ -139,6 +139,20 @@ class MethodContext:
     has_texts: bool = False  # the data set carries captions (pairs data)
 
 
+def solo_learn_sources(recipe: str, optimizer: str, lr: float, wd: float) -> dict[str, str]:
+    """DEFAULT_SOURCES for a method whose optimiser defaults are solo-learn's CIFAR recipe
+    `scripts/pretrain/cifar/<recipe>` (lr per 256 images: solo-learn scales it by the
+    global batch / 256, as `lr_scaling=linear` does; LARS with eta 0.02 and clip_lr, as
+    TrainConfig's lars_eta / lars_clip)."""
+    where = f"solo-learn CIFAR recipe (scripts/pretrain/cifar/{recipe}"
+    lars = ", kwargs eta 0.02, clip_lr True" if optimizer == "lars" else ""
+    return {
+        "optimizer": f"{where}: optimizer.name {optimizer}{lars})",
+        "lr": f"{where}: optimizer.lr {lr:g} per 256 images)",
+        "weight_decay": f"{where}: optimizer.weight_decay {wd:g})",
+    }
+
+
 class Method(nn.Module, ABC, Generic[P]):
     """One contrastive method. Subclasses register with `@register` (methods/__init__.py).
 

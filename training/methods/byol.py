@@ -22,7 +22,14 @@ from training.augment import byol_views
 from training.heads import ProjectionHead
 from training.losses import byol_loss
 from training.methods import register
-from training.methods.base import MethodContext, MomentumMethod, MomentumParams, StepOutput, Views
+from training.methods.base import (
+    MethodContext,
+    MomentumMethod,
+    MomentumParams,
+    StepOutput,
+    Views,
+    solo_learn_sources,
+)
 from training.momentum import make_target
 
 if TYPE_CHECKING:
@@ -49,18 +56,18 @@ class BYOLParams(MomentumParams):
 class BYOL(MomentumMethod[BYOLParams]):
     """BYOL with an MLP projector and predictor (Linear, norm, ReLU, Linear each).
 
-    Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
-    exempt), lr 1.0 per 256 images and weight decay 1e-5 (solo-learn's CIFAR values, with
-    eta 0.02 and clipping). The paper's lr 0.2 and wd 1.5e-6 are for 1000 ImageNet epochs.
+    Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml): LARS
+    (training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 1.0 per
+    256 images, weight decay 1e-5. The paper's unclipped LARS (eta 0.001) with lr 0.2 and
+    wd 1.5e-6 is for 1000 ImageNet epochs at batch 4096.
     LARS's per-layer trust ratio is what BYOL was tuned with: without negatives, the loss's
     gradient is small and uneven across layers.
     """
 
     name = "byol"
     Params = BYOLParams
-    default_lr = 1.0
-    default_weight_decay = 1e-5
-    default_optimizer = "lars"
+    default_optimizer, default_lr, default_weight_decay = "lars", 1.0, 1e-5
+    DEFAULT_SOURCES = solo_learn_sources("byol.yaml", "lars", 1.0, 1e-5)
 
     projector: ProjectionHead
 

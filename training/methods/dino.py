@@ -36,7 +36,14 @@ from training.augment import multicrop_views
 from training.heads import norm_layer
 from training.losses import dino_loss
 from training.methods import register
-from training.methods.base import MethodContext, MomentumMethod, MomentumParams, StepOutput, Views
+from training.methods.base import (
+    MethodContext,
+    MomentumMethod,
+    MomentumParams,
+    StepOutput,
+    Views,
+    solo_learn_sources,
+)
 from training.methods.swav import same_size_runs
 from training.momentum import make_target
 
@@ -200,23 +207,17 @@ def teacher_temp_at(p: DINOParams, step: int, steps_per_epoch: int) -> float:
 class DINO(MomentumMethod[DINOParams]):
     """DINO with a multi-crop student and an EMA teacher that sees the global crops.
 
-    Optimiser defaults: LARS, lr 0.3 per 256 images, weight decay 1e-6 - this project's
-    small-batch ResNet regime (as SwAV here), not tuned for DINO beyond the digits runs.
-    The paper trains ViTs with AdamW (lr 5e-4 per 256, weight decay 0.04 -> 0.4, gradient
-    clipping 3.0); the official code's ResNet-50 example uses SGD (lr 0.03, weight decay
-    1e-4). Pick those with --optimizer / --lr / --set weight_decay / grad_clip.
+    Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/dino.yaml): LARS
+    (eta 0.02, clipped), lr 0.3 per 256 images, weight decay 1e-6. The paper trains ViTs
+    with AdamW (lr 5e-4 per 256, weight decay 0.04 -> 0.4, gradient clipping 3.0); the
+    official code's ResNet-50 example uses SGD (lr 0.03, weight decay 1e-4). Pick those
+    with --optimizer / --lr / --set weight_decay / grad_clip.
     """
 
     name = "dino"
     Params = DINOParams
-    default_lr = 0.3
-    default_weight_decay = 1e-6
-    default_optimizer = "lars"
-    DEFAULT_SOURCES: ClassVar[dict[str, str]] = {
-        "lr": "engineering: small-batch ResNet regime (LARS 0.3 per 256, as SwAV here)",
-        "weight_decay": "engineering: small-batch ResNet regime (1e-6, as SwAV here)",
-        "optimizer": "engineering: LARS for ResNets (paper ViTs: AdamW)",
-    }
+    default_optimizer, default_lr, default_weight_decay = "lars", 0.3, 1e-6
+    DEFAULT_SOURCES = solo_learn_sources("dino.yaml", "lars", 0.3, 1e-6)
 
     center: torch.Tensor
 

@@ -19,7 +19,14 @@ from training.augment import simclr_view
 from training.heads import ProjectionHead
 from training.losses import nt_xent
 from training.methods import register
-from training.methods.base import Method, MethodContext, MethodParams, StepOutput, Views
+from training.methods.base import (
+    Method,
+    MethodContext,
+    MethodParams,
+    StepOutput,
+    Views,
+    solo_learn_sources,
+)
 
 if TYPE_CHECKING:
     from training.augment import Augmenter
@@ -45,21 +52,21 @@ class SimCLRParams(MethodParams):
 class SimCLR(Method[SimCLRParams]):
     """SimCLR with a `proj_layers`-layer projection head over the backbone features.
 
-    Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
-    exempt), lr 0.4 per 256 images, weight decay 1e-5. The trust ratio normalises each
-    layer's step by its gradient norm, so the learning rate does not have to be retuned
-    when the temperature (which scales the gradient by 1/T) changes. lr 0.4 is
-    solo-learn's CIFAR value (with eta 0.02 and clipping; its weight decay is 1e-4, ours
-    1e-5 was chosen on `digits`); the paper uses 0.3 per 256 with eta 0.001 (set
-    `lr_scaling=sqrt` and lr 0.075 * 16 = 1.2 for its small-batch rule).
+    Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/simclr.yaml):
+    LARS (training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.4
+    per 256 images, weight decay 1e-4. The trust ratio normalises each layer's step by its
+    gradient norm, so the learning rate does not have to be retuned when the temperature
+    (which scales the gradient by 1/T) changes. The paper's own recipe is unclipped LARS
+    with eta 0.001, lr 0.3 per 256 and weight decay 1e-6 (`--set lars_eta=0.001
+    --set lars_clip=false --lr 0.3 --set weight_decay=1e-6`; `lr_scaling=sqrt` with lr
+    1.2 for its small-batch rule 0.075 * sqrt(batch)).
     With `optimizer=sgd`, use an lr near 0.1 per 256 and weight_decay 5e-4.
     """
 
     name = "simclr"
     Params = SimCLRParams
-    default_lr = 0.4
-    default_weight_decay = 1e-5
-    default_optimizer = "lars"
+    default_optimizer, default_lr, default_weight_decay = "lars", 0.4, 1e-4
+    DEFAULT_SOURCES = solo_learn_sources("simclr.yaml", "lars", 0.4, 1e-4)
 
     projector: ProjectionHead
 

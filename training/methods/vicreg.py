@@ -19,7 +19,7 @@ from torch import nn
 from training.heads import ProjectionHead
 from training.losses import vicreg_terms
 from training.methods import register
-from training.methods.base import MethodContext, MethodParams, StepOutput, Views
+from training.methods.base import MethodContext, MethodParams, StepOutput, Views, solo_learn_sources
 from training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
@@ -49,17 +49,16 @@ class VICRegParams(MethodParams):
 class VICReg(TwoViewMethod[VICRegParams]):
     """VICReg with a `proj_layers`-layer MLP expander (Linear, norm, ReLU blocks).
 
-    Optimiser defaults: LARS (training.engine.optim: LARC-clipped, eta 0.001, biases and norms
-    exempt), lr 0.3 per 256 images, weight decay 1e-5. The paper uses LARS with a base lr
-    of 0.2 per 256, weight decay 1e-6, batch 2048 and 1000 ImageNet epochs; solo-learn's
-    CIFAR recipe is lr 0.3 with weight decay 1e-4.
+    Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/vicreg.yaml):
+    LARS (training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.3
+    per 256 images, weight decay 1e-4. The paper uses LARS with a base lr of 0.2 per 256,
+    weight decay 1e-6, batch 2048 and 1000 ImageNet epochs.
     """
 
     name = "vicreg"
     Params = VICRegParams
-    default_lr = 0.3
-    default_weight_decay = 1e-5
-    default_optimizer = "lars"
+    default_optimizer, default_lr, default_weight_decay = "lars", 0.3, 1e-4
+    DEFAULT_SOURCES = solo_learn_sources("vicreg.yaml", "lars", 0.3, 1e-4)
 
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: VICRegParams, ctx: MethodContext

@@ -120,9 +120,9 @@ def test_lars_matches_a_per_tensor_reference(clip: bool) -> None:
         with torch.no_grad():
             for n, p in ref.named_parameters():
                 g = p.grad.clone()
-                if p.ndim > 1:  # decayed and adapted
+                if p.ndim > 1:  # decayed and adapted; You et al.'s eq. 6 trust ratio
+                    local = eta * p.norm().item() / (g.norm().item() + wd * p.norm().item())
                     g += wd * p
-                    local = eta * p.norm().item() / g.norm().item()
                     g *= min(local / lr, 1.0) if clip else local
                 bufs[n] = 0.9 * bufs[n] + g
                 p -= lr * bufs[n]

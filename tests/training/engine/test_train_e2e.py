@@ -262,7 +262,7 @@ def test_a_checkpoint_from_before_larc_resumes_with_the_lars_it_trained_with(
     assert (cfg.lars_eta, cfg.lars_clip, cfg.lr_scaling) == (0.02, False, "linear")
     fresh = build_training_parser().parse_args(["train", "--out", str(tmp_path / "new")])
     new_cfg, _, _ = resolve(fresh)
-    assert (new_cfg.lars_eta, new_cfg.lars_clip) == (0.001, True)  # the new defaults
+    assert (new_cfg.lars_eta, new_cfg.lars_clip) == (0.02, True)  # the new defaults
 
 
 def test_a_checkpoint_from_before_the_jitter_size_rule_keeps_its_jitter(
@@ -326,11 +326,11 @@ def test_a_moco_checkpoint_from_before_v2_defaults_resumes_with_its_tuned_recipe
                                                 str(tmp_path / "new")])  # fmt: skip
     new_cfg, new_params, _ = resolve(fresh)
     assert (new_cfg.optimizer, new_cfg.lr, new_params.crop_min_scale) == (None, None, 0.2)
-    # a checkpoint that has crop_min_scale keeps its unset optimizer (the v2 default)
+    # a checkpoint that has crop_min_scale holds the resolved v2 defaults
     again = tmp_path / "v2"
     assert train_main(argv("moco", again, "knn_every=0", steps=1)) == 0
     args = build_training_parser().parse_args(["train", "--out", str(again), "--resume"])
-    assert resolve(args)[0].optimizer is None
+    assert resolve(args)[0].optimizer == "sgd"
 
 
 def test_a_swav_checkpoint_from_before_epoch_freeze_resumes_unchanged(tmp_path: Path) -> None:
