@@ -36,7 +36,7 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 LUMA: tuple[float, float, float] = (0.299, 0.587, 0.114)  # ITU-R BT.601
 _TRIES = 10  # candidate boxes per image, as torchvision's RandomResizedCrop
-_BLUR_MIN_SIZE = 64  # SimCLR/BYOL drop the blur on CIFAR-sized images
+BLUR_MIN_SIZE = 64  # SimCLR/BYOL drop the blur on CIFAR-sized images
 # SimCLR's colour strength s is 1.0 on ImageNet (224 px) and 0.5 on CIFAR-10 (32 px);
 # STL-10 (96 px) and larger are photos of ImageNet's kind, so they get the ImageNet value.
 _FULL_JITTER_MIN_SIZE = 96
@@ -79,8 +79,13 @@ class ViewSpec:
                 raise ValueError(message)
 
 
+def blur_applies(size: int) -> bool:
+    """Do the recipes blur views of side ``size``? Not below 64 px (SimCLR on CIFAR)."""
+    return size >= BLUR_MIN_SIZE
+
+
 def _blur_p(size: int, p: float) -> float:
-    return p if size >= _BLUR_MIN_SIZE else 0.0
+    return p if blur_applies(size) else 0.0
 
 
 def jitter_strength(size: int) -> float:

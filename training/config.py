@@ -44,7 +44,9 @@ class TrainConfig:
     # backbone weights to start from (training.engine.pretrained): an export directory, a
     # .safetensors file or a torch checkpoint; None: a fresh initialisation
     init_from: str | None = None
-    image_size: int = 32
+    # side of the training views (px); None: follow the data (training.data.size: native
+    # size for small-image sets, 32 for digits, 224 for photos), resolved before loading
+    image_size: int | None = None
     # SimCLR's colour strength s for the recipes that size it (SimCLR, SwAV, moco-tuned):
     # jitter 0.8s/0.8s/0.8s/0.2s; None: by image size (1.0 from 96 px, else 0.5)
     jitter_strength: float | None = None
@@ -99,7 +101,9 @@ class TrainConfig:
         "seed": "engineering",
         "backbone": "solo-learn CIFAR recipes (ResNet-18)",
         "cifar_stem": "SimCLR appendix B.9 (3x3 stem, no max-pool for small images)",
-        "image_size": "CIFAR-size recipes (32 px)",
+        "image_size": "follows the data: native size of small-image sets (fashion-mnist 28, "
+        "CIFAR 32, STL10 96), 224 for folder/pairs/shards (the ImageNet recipes'), 32 for "
+        "8x8 digits (room for crops)",
         "jitter_strength": "paper: SimCLR (s = 1.0 on ImageNet, 0.5 on CIFAR-10), by size",
         "optimizer": "the method's default (see below)",
         "lr": "the method's default (see below)",
@@ -278,7 +282,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"optimizer must be sgd, lars or adamw, got {cfg.optimizer!r}")
     if cfg.precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, got {cfg.precision!r}")
-    if cfg.image_size < 8:
+    if cfg.image_size is not None and cfg.image_size < 8:
         raise ConfigError("image_size must be at least 8")
     if cfg.jitter_strength is not None and not 0 <= cfg.jitter_strength <= 2.5:
         # the hue shift is 0.2 s turns, and a hue shift beyond half a turn is meaningless

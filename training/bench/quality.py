@@ -262,7 +262,7 @@ def plan_from_args(args: argparse.Namespace, device: torch.device) -> Plan:
 def frozen_features(trainer: Trainer, images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> L2-normalised backbone features [N, d] on the trainer's device, made
     exactly as the online kNN makes them (eval view, autocast, eval mode)."""
-    method, size = trainer.method, trainer.cfg.image_size
+    method, size = trainer.method, trainer.image_size
 
     def features(u8: torch.Tensor) -> torch.Tensor:
         with trainer._autocast():

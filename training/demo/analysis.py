@@ -18,6 +18,7 @@ import torch
 from training.augment import Augmenter, simclr_view
 from training.config import TrainConfig
 from training.data import LabelledArrays, load_knn_data
+from training.data.size import image_size_of
 from training.demo.embeddings import class_sorted_batch, project_2d
 from training.demo.model import features, projections
 from training.demo.temperature import LOSS_TAUS, loss_curve
@@ -50,7 +51,8 @@ class DemoData:
 
 def prepare(cfg: TrainConfig, batch: int, map_points: int) -> DemoData:
     """Load the held-out split of `cfg.data` and fix every input the figures use."""
-    arrays = load_knn_data(cfg.data, image_size=cfg.image_size)
+    size = image_size_of(cfg)
+    arrays = load_knn_data(cfg.data, image_size=size)
     if arrays is None:
         raise ValueError(f"--data {cfg.data} has no labels; the demo needs a labelled set")
     bank, queries = arrays
@@ -59,11 +61,11 @@ def prepare(cfg: TrainConfig, batch: int, map_points: int) -> DemoData:
     pick, map_pick = order[:batch], order[:map_points]
     augment = Augmenter("cpu", seed=cfg.seed + 1)
     images = queries.images[pick]
-    spec = simclr_view(cfg.image_size)
+    spec = simclr_view(size)
     heat = class_sorted_batch(queries.labels, HEATMAP_PER_CLASS)
     return DemoData(
         classes=queries.classes, batch_labels=queries.labels[pick],
-        originals=augment.eval_view(images, cfg.image_size),
+        originals=augment.eval_view(images, size),
         views=(augment(images, spec), augment(images, spec)),
         heat_images=queries.images[heat], heat_labels=queries.labels[heat],
         map_images=queries.images[map_pick], map_labels=queries.labels[map_pick],
@@ -108,7 +110,7 @@ def analyse(method: Any, data: DemoData, cfg: TrainConfig) -> Analysis:
     knn_seconds = time.perf_counter() - t0
     if knn is None:
         raise ValueError("kNN evaluation returned nothing (knn_every = 0 or no labels)")
-    size = cfg.image_size
+    size = image_size_of(cfg)
     xy, how = project_2d(features(method, data.map_images, size), seed=cfg.seed)
     z1, z2 = projections(method, torch.cat(data.views)).chunk(2)
     losses = loss_curve(z1, z2, list(LOSS_TAUS))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from training.augment import Augmenter
 from training.config import TrainConfig, build_config
+from training.data.size import CIFAR_STEM_MAX, image_size_of
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.engine.checkpoint import Checkpoint
 from training.engine.runstate import seed_all
@@ -30,8 +31,9 @@ def run_config(checkpoint: Checkpoint) -> tuple[TrainConfig, Any]:
 def backbone_spec(cfg: TrainConfig) -> BackboneSpec:
     """The BackboneSpec the Trainer builds for `cfg` (a CIFAR stem only for ResNets on
     small images unless set)."""
-    cifar = cfg.cifar_stem if cfg.cifar_stem is not None else cfg.image_size <= 64
-    return BackboneSpec(cfg.backbone, cifar and "resnet" in cfg.backbone, cfg.image_size)
+    size = image_size_of(cfg)
+    cifar = cfg.cifar_stem if cfg.cifar_stem is not None else size <= CIFAR_STEM_MAX
+    return BackboneSpec(cfg.backbone, cifar and "resnet" in cfg.backbone, size)
 
 
 def build_method(cfg: TrainConfig, params: Any, spec: BackboneSpec) -> Any:
@@ -40,7 +42,7 @@ def build_method(cfg: TrainConfig, params: Any, spec: BackboneSpec) -> Any:
     seed_all(cfg.seed)
     backbone, feat_dim = build_backbone(spec)
     ctx = MethodContext(
-        device=torch.device("cpu"), image_size=cfg.image_size, total_steps=1,
+        device=torch.device("cpu"), image_size=image_size_of(cfg), total_steps=1,
         steps_per_epoch=1, global_batch=cfg.batch_size,
     )  # fmt: skip
     return get_method(cfg.method)(backbone, feat_dim, params, ctx).eval()

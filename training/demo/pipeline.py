@@ -21,6 +21,7 @@ import torch
 
 from training.config import TrainConfig, build_config
 from training.data import Batch, load_data, parse_spec
+from training.data.size import image_size_of
 from training.demo.analysis import Analysis, DemoData, analyse, prepare
 from training.demo.model import backbone_spec, build_method, rebuild
 from training.engine.checkpoint import load_checkpoint
@@ -141,7 +142,7 @@ def choose_steps(budget: float, step: float, knn: float, steps_per_epoch: int) -
 def log_every(steps: int, cfg: TrainConfig) -> int:
     """About 50 loss/lr points per run, but at least 4 within the first epoch (the lr
     warm-up) so the curves show it."""
-    per_epoch = load_data(cfg.data, image_size=cfg.image_size).steps_per_epoch(cfg.batch_size)
+    per_epoch = load_data(cfg.data, image_size=image_size_of(cfg)).steps_per_epoch(cfg.batch_size)
     return max(1, min(steps // 50, per_epoch // 4))
 
 
@@ -189,7 +190,7 @@ def _run(data_spec: str, out: Path, seconds: float, seed: int) -> DemoRun:
     analysis_seconds = time.perf_counter() - t0
     spent = time.perf_counter() - started
     budget = seconds - spent - analysis_seconds - FIGURE_SECONDS
-    per_epoch = load_data(cfg.data, image_size=cfg.image_size).steps_per_epoch(cfg.batch_size)
+    per_epoch = load_data(cfg.data, image_size=image_size_of(cfg)).steps_per_epoch(cfg.batch_size)
     steps = choose_steps(budget, step, before.knn_seconds, per_epoch)
     log.info("%.1fs left for training: %.3fs a step on %d thread(s), kNN %.1fs -> %d steps",
              budget, step, threads, before.knn_seconds, steps)  # fmt: skip

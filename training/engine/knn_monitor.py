@@ -13,6 +13,7 @@ from training import dist
 from training.augment import Augmenter
 from training.config import TrainConfig
 from training.data import LabelledArrays, load_knn_data
+from training.data.size import image_size_of
 from training.evaluate.knn import embed, knn_accuracy
 from training.methods.base import Method
 
@@ -35,7 +36,7 @@ class OnlineKNN:
 
     def _load(self) -> tuple[LabelledArrays, LabelledArrays] | None:
         if self._data is _UNLOADED:
-            data = load_knn_data(self.cfg.data, image_size=self.cfg.image_size)
+            data = load_knn_data(self.cfg.data, image_size=image_size_of(self.cfg))
             if data is not None and data[0].images.shape[0] > self.cfg.knn_max_train:
                 bank, queries = data
                 gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -69,7 +70,7 @@ class OnlineKNN:
         bank: LabelledArrays,
         queries: LabelledArrays,
     ) -> float:
-        size = self.cfg.image_size
+        size = image_size_of(self.cfg)
 
         def features(u8: torch.Tensor) -> torch.Tensor:
             with autocast():

@@ -26,6 +26,12 @@ from training import dist
 from training.augment import Augmenter
 from training.config import TrainConfig
 from training.data import Batch, load_data
+from training.data.size import (
+    CIFAR_STEM_MAX,
+    recipe_line,
+    settle_image_size,
+    size_warning,
+)
 from training.encoders.nets.backbones import (
     BackboneSpec,
     build_backbone,
@@ -82,9 +88,12 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_all(cfg.seed)  # identical initial weights on every rank
         self._fresh = resume is None
+        # None follows the data; resolved (and written into cfg) before anything is built
+        self.image_size = self._settle_image_size(resumed=resume is not None)
         self.data = load_data(
-            cfg.data, image_size=cfg.image_size, seed=cfg.seed, workers=cfg.workers
+            cfg.data, image_size=self.image_size, seed=cfg.seed, workers=cfg.workers
         )
+        self._warn_if_far_below()
         self.steps_per_epoch = self.data.steps_per_epoch(cfg.batch_size, self.world)
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
         self.global_batch = cfg.batch_size * self.world
@@ -120,12 +129,27 @@ class Trainer:
             self._restore(resume)
 
     # -- construction --------------------------------------------------------------
+    def _settle_image_size(self, resumed: bool) -> int:
+        """Resolve cfg.image_size (in place) and say, as the run's first lines, which size
+        and recipe were chosen and why."""
+        choice = settle_image_size(self.cfg, resumed=resumed)
+        if dist.is_main():
+            log.info("%s", choice.line())
+            log.info("%s", recipe_line(self.cfg))
+        return choice.size
+
+    def _warn_if_far_below(self) -> None:
+        """A warning line (never an error) when the size is far below the images' own."""
+        message = size_warning(self.data, self.image_size) if dist.is_main() else None
+        if message:
+            log.warning("%s", message)
+
     def _build_method(self, params: MethodParams) -> Method[Any]:
-        cfg = self.cfg
+        cfg, size = self.cfg, self.image_size
         method_cls = get_method(cfg.method)
-        cifar = cfg.cifar_stem if cfg.cifar_stem is not None else cfg.image_size <= 64
+        cifar = cfg.cifar_stem if cfg.cifar_stem is not None else size <= CIFAR_STEM_MAX
         cifar = cifar and "resnet" in cfg.backbone
-        self.backbone_spec = BackboneSpec(cfg.backbone, cifar, cfg.image_size)
+        self.backbone_spec = BackboneSpec(cfg.backbone, cifar, size)
         backbone, feat_dim = build_backbone(self.backbone_spec)
         if cfg.init_from and self._fresh:  # a resumed run has its own weights
             load_backbone(backbone, Path(cfg.init_from))
@@ -133,7 +157,7 @@ class Trainer:
             enable_grad_checkpointing(backbone)
         ctx = MethodContext(
             device=self.device,
-            image_size=cfg.image_size,
+            image_size=size,
             total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch,
             global_batch=self.global_batch,

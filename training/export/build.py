@@ -60,6 +60,7 @@ def checkpoint_file(path: str | Path) -> Path:
 def load_method(path: str | Path) -> tuple[Method[Any], Checkpoint]:
     """Checkpoint -> (its Method on the CPU in eval mode, the Checkpoint)."""
     from training.config import ConfigError, build_config
+    from training.data.size import image_size_of
     from training.methods import get_method
 
     ckpt = load_checkpoint(checkpoint_file(path))
@@ -71,7 +72,7 @@ def load_method(path: str | Path) -> tuple[Method[Any], Checkpoint]:
         cls = get_method(ckpt.method)
         cfg, params = build_config(dict(ckpt.config), cls.Params)
         backbone, feat_dim = build_backbone(ckpt.backbone)
-        ctx = MethodContext(torch.device("cpu"), cfg.image_size, 1, 1, cfg.batch_size)
+        ctx = MethodContext(torch.device("cpu"), image_size_of(cfg), 1, 1, cfg.batch_size)
         method = cls(backbone, feat_dim, params, ctx)
     except (ConfigError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot rebuild the model of {path}: {e}") from e
