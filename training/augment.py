@@ -20,7 +20,9 @@ Colour jitter strength by recipe (each the paper's own): SimCLR and SwAV use Sim
 ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with s from the image size (``jitter_strength``: 1.0
 from 96 px, i.e. 0.8/0.8/0.8/0.2 on ImageNet-like inputs; 0.5, i.e. 0.4/0.4/0.4/0.1, on
 32 px CIFAR-like inputs); MoCo v2 uses 0.4/0.4/0.4/0.1 and BYOL 0.4/0.4/0.2/0.1 at every
-size, as their papers do at 224 px.
+size, as their papers do at 224 px. SimSiam's views are MoCo v2's (its paper's recipe);
+DINO's are its own: BYOL's jitter and asymmetric blur/solarize on two global crops, plus
+local crops (the official code's DataAugmentationDINO).
 """
 
 from __future__ import annotations
@@ -121,6 +123,16 @@ def moco_v2_view(size: int, min_scale: float = 0.2) -> ViewSpec:
     return ViewSpec(size, scale=(min_scale, 1.0), jitter=jitter, blur_p=_blur_p(size, 0.5))
 
 
+def simsiam_view(size: int) -> ViewSpec:
+    """SimSiam's view, the same for both views: Chen & He 2021 and their code
+    (facebookresearch/simsiam) use MoCo v2's augmentation. Crop scale 0.2-1,
+    ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, blur p 0.5 (only for images
+    >= 64 px, this module's rule for CIFAR-sized images; solo-learn's CIFAR recipe keeps
+    p 0.5), flip; no solarize. Exactly ``moco_v2_view(size)``, named so that SimSiam
+    says whose recipe it uses."""
+    return moco_v2_view(size, min_scale=0.2)
+
+
 def byol_views(size: int) -> tuple[ViewSpec, ViewSpec]:
     """BYOL's asymmetric pair (Grill et al. 2020, table 6): ColorJitter(0.4, 0.4, 0.2, 0.1)
     p 0.8 at every size (the paper's own values at 224 px, kept rather than SimCLR's
@@ -132,19 +144,44 @@ def byol_views(size: int) -> tuple[ViewSpec, ViewSpec]:
     return first, second
 
 
+def small_crop_side(size: int, small_size: int | None = None) -> int:
+    """Side of the multi-crop small crops: ``small_size``, else round(size * 96 / 224)
+    (SwAV's and DINO's 96 px at 224), at least 8."""
+    return small_size if small_size is not None else max(8, round(size * 96 / 224))
+
+
 def multicrop_views(size: int, n_small: int = 4, small_size: int | None = None) -> list[ViewSpec]:
     """SwAV multi-crop: 2 global views (scale 0.14-1) then ``n_small`` small ones (scale
-    0.05-0.14) of side ``small_size`` (default round(size * 96 / 224), at least 8).
+    0.05-0.14) of side ``small_crop_side(size, small_size)``.
 
     Colour jitter is SimCLR's at the strength of the *global* size (SwAV's
     get_color_distortion(s=1.0) on every crop at 224 px; 0.4/0.4/0.4/0.1 on CIFAR): the
     strength follows the data set's resolution, not the side a crop is resized to."""
-    small = small_size if small_size is not None else max(8, round(size * 96 / 224))
+    small = small_crop_side(size, small_size)
     s = jitter_strength(size)
     big = ViewSpec(size, scale=(0.14, 1.0), jitter=simclr_jitter(s), jitter_strength=s,
                    blur_p=_blur_p(size, 0.5))  # fmt: skip
     little = replace(big, size=small, scale=(0.05, 0.14), blur_p=_blur_p(small, 0.5))
     return [big, big, *([little] * n_small)]
+
+
+def dino_views(size: int, n_small: int = 6, small_size: int | None = None) -> list[ViewSpec]:
+    """DINO's multi-crop (Caron et al. 2021; DataAugmentationDINO of facebookresearch/dino):
+    2 global crops of side ``size`` then ``n_small`` local crops of side
+    ``small_crop_side(size, small_size)``.
+
+    Every crop: flip, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 (BYOL's, at every size, as
+    DINO's code has it; the run's jitter_strength does not touch it), grayscale p 0.2.
+    Global crop 1: blur p 1.0; global crop 2: blur p 0.1 and solarize p 0.2; local crops:
+    blur p 0.5. Blur only where the crop is >= 64 px (as SimCLR drops it on CIFAR).
+    Scales 0.14-1 (global) and 0.05-0.14 (local): the official README's ResNet-50 command
+    (main_dino.py's defaults 0.4-1 and 0.05-0.4 are for ViTs)."""
+    jitter = (0.4, 0.4, 0.2, 0.1)
+    first = ViewSpec(size, scale=(0.14, 1.0), jitter=jitter, blur_p=_blur_p(size, 1.0))
+    second = replace(first, blur_p=_blur_p(size, 0.1), solarize_p=0.2)
+    small = small_crop_side(size, small_size)
+    local = replace(first, size=small, scale=(0.05, 0.14), blur_p=_blur_p(small, 0.5))
+    return [first, second, *([local] * n_small)]
 
 
 def sample_boxes(

@@ -25,12 +25,15 @@ from training.augment import (
     ViewSpec,
     byol_views,
     color_jitter,
+    dino_views,
     gaussian_blur,
     jitter_strength,
     moco_v2_view,
     multicrop_views,
     sample_boxes,
     simclr_view,
+    simsiam_view,
+    small_crop_side,
 )
 
 ZERO = (0.0, 0.0, 0.0)
@@ -272,6 +275,37 @@ def test_presets() -> None:
     assert multicrop_views(8)[-1].size == 8 and multicrop_views(64, small_size=20)[-1].size == 20
 
 
+def test_simsiam_view_is_the_papers_moco_v2_recipe() -> None:
+    """Chen & He 2021 use MoCo v2's augmentation on both views: crop 0.2-1, jitter
+    0.4/0.4/0.4/0.1 p 0.8, grayscale 0.2, blur 0.5, flip 0.5, no solarize, at every size
+    (blur only from 64 px)."""
+    for size in (32, 64, 96, 224):
+        spec = simsiam_view(size)
+        assert spec == moco_v2_view(size)
+        assert (spec.scale, spec.jitter, spec.jitter_p) == ((0.2, 1.0), (0.4, 0.4, 0.4, 0.1), 0.8)
+        assert (spec.gray_p, spec.hflip_p, spec.solarize_p) == (0.2, 0.5, 0.0)
+        assert spec.blur_p == (0.5 if size >= 64 else 0.0) and spec.blur_sigma == (0.1, 2.0)
+        assert spec.jitter_strength is None  # the paper's own jitter, not SimCLR's size rule
+
+
+def test_dino_views_are_dinos_own_recipe() -> None:
+    """DataAugmentationDINO: BYOL's jitter on every crop; blur 1.0 / 0.1 on the global
+    crops, solarize 0.2 on the second only, blur 0.5 on the local crops; ResNet scales."""
+    views = dino_views(224, n_small=3)
+    assert [v.size for v in views] == [224, 224, 96, 96, 96]
+    assert [v.scale for v in views] == [(0.14, 1.0)] * 2 + [(0.05, 0.14)] * 3
+    assert [(v.blur_p, v.solarize_p) for v in views] == [(1.0, 0.0), (0.1, 0.2)] + [(0.5, 0.0)] * 3
+    for v in views:
+        assert (v.jitter, v.jitter_p, v.gray_p, v.hflip_p) == ((0.4, 0.4, 0.2, 0.1), 0.8, 0.2, 0.5)
+        assert v.jitter_strength is None and v.blur_sigma == (0.1, 2.0)
+    # the blur rule by crop side: none on CIFAR-sized crops, nor on 55-px local crops of 128
+    assert [(v.blur_p, v.solarize_p) for v in dino_views(32, 1)] == [(0, 0), (0, 0.2), (0, 0)]
+    assert [v.blur_p for v in dino_views(128, 1)] == [1.0, 0.1, 0.0]
+    assert [v.size for v in dino_views(32, 2)] == [32, 32, 14, 14]
+    assert dino_views(64, 1, small_size=20)[-1].size == 20 == small_crop_side(64, 20)
+    assert len(dino_views(32, 0)) == 2
+
+
 def test_colour_jitter_follows_the_image_size() -> None:
     """SimCLR's strength s: 1.0 (0.8/0.8/0.8/0.2) from 96 px, 0.5 (0.4/0.4/0.4/0.1) below;
     SwAV's crops follow the global size; MoCo v2 and BYOL keep their papers' values."""
@@ -316,7 +350,8 @@ def test_augmenter_jitter_strength_replaces_only_size_ruled_jitter() -> None:
     forced = Augmenter("cpu", seed=3, jitter_strength=0.5)(img, simclr_view(224))
     assert torch.equal(forced, Augmenter("cpu", seed=3)(img, old))
     assert not torch.equal(forced, Augmenter("cpu", seed=3)(img, simclr_view(224)))
-    for spec in (moco_v2_view(224), *byol_views(224)):  # the papers' own jitter stays
+    own = (moco_v2_view(224), simsiam_view(224), *byol_views(224), *dino_views(224, 1))
+    for spec in own:  # the papers' own jitter stays
         a = Augmenter("cpu", seed=4, jitter_strength=1.0)(img, spec)
         assert torch.equal(a, Augmenter("cpu", seed=4)(img, spec))
     assert all(v.jitter_strength == 1.0 for v in multicrop_views(224))

@@ -115,7 +115,8 @@ def resolve(
 def list_settings(method: str) -> str:
     """Every run setting and `method`'s settings, each with its default and where that
     default comes from (`name = default  # source`); then the run settings whose None
-    means "the method's default", with the method's value and its source."""
+    means "the method's default", with the method's value and its source. The `method`
+    row shows `method` itself (the run's choice), with the source of the default."""
     import dataclasses
 
     from training.config import TrainConfig, setting_sources
@@ -133,8 +134,9 @@ def list_settings(method: str) -> str:
          method_sources.get(key, "source not recorded"))
         for key in ("optimizer", "lr", "weight_decay")
     ]  # fmt: skip
+    run_rows = [_chosen_method_row(row, method) for row in rows(TrainConfig, ("method_params",))]
     sections = [
-        ("run settings:", rows(TrainConfig, skip=("method_params",))),
+        ("run settings:", run_rows),
         (f"{method} settings:", rows(method_cls.Params)),
         (f"{method}'s defaults for run settings left None:", unset),
     ]
@@ -146,6 +148,18 @@ def list_settings(method: str) -> str:
     return "\n".join(lines)
 
 
+def _chosen_method_row(row: tuple[str, str], method: str) -> tuple[str, str]:
+    """The `method = ...` row shows the method being listed, not TrainConfig's default;
+    any other row is returned as it is."""
+    setting, source = row
+    if not setting.startswith("method = "):
+        return row
+    default = setting.partition(" = ")[2]
+    if default == repr(method):
+        return row
+    return f"method = {method!r}", f"chosen with --method (default {default}: {source})"
+
+
 def run(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.engine.trainer import NonFiniteError, Trainer
@@ -153,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.list_settings:
-            print(list_settings(args.method or "simclr"))
+            # the method named anywhere on the command line (--config, --method, --set)
+            print(list_settings(str(requested_values(args).get("method", "simclr"))))
             return 0
         cfg, params, checkpoint = resolve(args)
         trainer = Trainer(cfg, params, resume=checkpoint)

@@ -45,6 +45,8 @@ class MethodBefore:
 
 # Until crop_min_scale existed, `moco` was the tuned variant that `moco-tuned` is now
 # (scale 0.08 and LARS at 0.4 / 1e-5; its momentum and head were saved explicitly).
+# Until `views` existed, SimSiam trained on BYOL's asymmetric views and DINO on SwAV's
+# multi-crop; their papers' own views are the default now.
 # SwAV needs no entry: its old checkpoints hold freeze_prototypes_steps=313 and
 # queue_length=0 explicitly, and explicit values win over the new epoch count and
 # automatic queue.
@@ -53,6 +55,8 @@ METHOD_BEFORE_SETTINGS_EXISTED: dict[str, MethodBefore] = {
         params={"crop_min_scale": 0.08},
         run_if_unset={"optimizer": "lars", "lr": 0.4, "weight_decay": 1e-5},
     ),
+    "simsiam": MethodBefore(params={"views": "byol"}),
+    "dino": MethodBefore(params={"views": "swav"}),
 }
 
 # Optimiser defaults that changed when every method's default became a named recipe

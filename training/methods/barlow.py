@@ -12,7 +12,7 @@ standardisation and the cross-correlation span the global batch under DDP.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class BarlowTwinsParams(MethodParams):
-    """Barlow Twins' hyper-parameters (`--set key=value`)."""
+    """Barlow Twins' hyper-parameters (`--set key=value`); SOURCES says where each is from."""
 
     # The paper's projector is 3 layers of 8192 (its ablation: accuracy still rises with
     # the width on ImageNet). That is ~150 M parameters, more than ten ResNet-18s, and a
@@ -42,6 +42,14 @@ class BarlowTwinsParams(MethodParams):
     # paper found the method insensitive to it within a factor of a few.
     lambd: float = 0.0051
     head_norm: str = "batch"
+
+    SOURCES: ClassVar[dict[str, str]] = {
+        "proj_hidden": "solo-learn CIFAR recipe (2048; paper: 8192, heavier than the backbone)",
+        "proj_dim": "solo-learn CIFAR recipe (2048; paper: 8192)",
+        "proj_layers": "paper: Zbontar et al. 2021 (Barlow Twins, 3-layer projector)",
+        "lambd": "paper: Barlow Twins (0.0051 for D = 8192; kept for D = 2048)",
+        "head_norm": "paper: Barlow Twins (BatchNorm in the projector's hidden layers)",
+    }
 
 
 @register

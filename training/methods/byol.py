@@ -12,7 +12,7 @@ whose momentum follows a cosine schedule from `base_momentum` to `final_momentum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class BYOLParams(MomentumParams):
-    """BYOL's hyper-parameters (`--set key=value`)."""
+    """BYOL's hyper-parameters (`--set key=value`); SOURCES says where each is from."""
 
     # The paper's 4096 hidden units even for small data: next to a ResNet's convolutions
     # the MLPs cost little (projector + predictor: ~5 M multiply-adds per image, against
@@ -50,6 +50,15 @@ class BYOLParams(MomentumParams):
     base_momentum: float = 0.996
     final_momentum: float = 1.0
     head_norm: str = "batch"
+
+    SOURCES: ClassVar[dict[str, str]] = {
+        "proj_hidden": "paper: Grill et al. 2020 (BYOL), 4096 hidden units",
+        "proj_dim": "paper: BYOL (256-d projection)",
+        "pred_hidden": "paper: BYOL (predictor with 4096 hidden units)",
+        "base_momentum": "paper: BYOL (tau_base = 0.996)",
+        "final_momentum": "paper: BYOL (cosine schedule to 1)",
+        "head_norm": "paper: BYOL (BatchNorm in the MLPs' hidden layer)",
+    }
 
 
 @register

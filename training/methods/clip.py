@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,8 @@ SIGLIP_INIT_SCALE = 10.0  # SigLIP's t' = log 10
 
 @dataclass
 class CLIPParams(MethodParams):
+    """CLIP's hyper-parameters (`--set key=value`); SOURCES says where each is from."""
+
     embed_dim: int = 0  # 0: the text tower's width (384 for minilm: LiT without projection)
     text_tower: str = "minilm"  # minilm | transformer
     text_width: int = 256  # transformer tower only
@@ -69,6 +71,23 @@ class CLIPParams(MethodParams):
     templates: str = "default"  # captions for labelled data: default (7) | single
     min_crop_scale: float = 0.5  # image view: random resized crop scale (min, 1)
     head_norm: str = "batch"  # unused: the image projection is linear, as in CLIP
+
+    SOURCES: ClassVar[dict[str, str]] = {
+        "embed_dim": "paper: LiT (Zhai et al. 2022): 0 = the locked text tower's width",
+        "text_tower": "paper: LiT (a pretrained text tower; here all-MiniLM-L6-v2, packaged)",
+        "text_width": "engineering: a small tower for small data (CLIP: 512)",
+        "text_layers": "engineering: a small tower for small data (CLIP: 12)",
+        "text_heads": "engineering: a small tower for small data (CLIP: 8)",
+        "context_length": "engineering: enough for template captions (CLIP: 77)",
+        "lock_text": "paper: LiT (lock the pretrained text tower, tune the image side)",
+        "loss": "paper: Radford et al. 2021 (CLIP, symmetric softmax cross-entropy)",
+        "init_logit_scale": "paper: CLIP (temperature 0.07, scale 1/0.07)",
+        "max_logit_scale": "paper: CLIP (logit scale clipped at 100)",
+        "init_logit_bias": "paper: Zhai et al. 2023 (SigLIP, b = -10)",
+        "templates": "paper: CLIP's 7-template ImageNet ensemble (open_clip's 'simple' set)",
+        "min_crop_scale": "engineering: a milder crop than SimCLR's 0.08 (CLIP: square crop)",
+        "head_norm": "unused (CLIP's image projection is linear)",
+    }
 
 
 def _check(p: CLIPParams) -> None:
@@ -111,6 +130,13 @@ class CLIP(Method[CLIPParams]):
     default_lr = 5e-4
     default_weight_decay = 0.2  # CLIP / open_clip
     default_optimizer = "adamw"
+    DEFAULT_SOURCES: ClassVar[dict[str, str]] = {
+        "optimizer": "paper: CLIP (Radford et al. 2021, sec. 2.5: AdamW, beta2 0.98, eps 1e-6)"
+        "; SigLIP's paper also trains with AdamW",
+        "lr": "paper: CLIP's 5e-4, read per 256 images (CLIP's is for batch 32768, far too "
+        "small for batches of 256-1024 under the linear rule); SigLIP's paper: 1e-3",
+        "weight_decay": "paper: CLIP (0.2, decoupled; open_clip's default); SigLIP's: 1e-4",
+    }
     needs_text = True
 
     def __init__(

@@ -16,10 +16,14 @@ it and a resumed run continues exactly. The teacher is an EMA of the student who
 momentum follows a cosine schedule from 0.996 to 1 (the engine applies it through
 `momentum_pairs` and `momentum_at`, as for BYOL).
 
-Views: the SwAV multi-crop recipe (training.augment.multicrop_views): 2 global crops
-(scale 0.14-1) + `n_small_crops` local ones (scale 0.05-0.14), which are the scales the
-official DINO code recommends for ResNets (ViTs use 0.4 / 0.05-0.4). Unlike DINO's own
-pipeline the two global crops are augmented alike (no asymmetric blur/solarize).
+Views: DINO's own (training.augment.dino_views, after the official DataAugmentationDINO):
+2 global crops (scale 0.14-1) + `n_small_crops` local ones (scale 0.05-0.14), the scales
+the official README gives for ResNets (ViTs use 0.4-1 / 0.05-0.4). Every crop gets BYOL's
+jitter 0.4/0.4/0.2/0.1 (p 0.8) and grayscale 0.2 at every image size; blur p 1.0 on global
+crop 1, p 0.1 and solarize p 0.2 on global crop 2, p 0.5 on the local crops (blur only on
+crops of 64 px and more). `views=swav` gives SwAV's multi-crop instead (SimCLR's jitter by
+image size, blur 0.5 everywhere, no solarize): what this project used before `views`
+existed, so checkpoints from then resume with it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training import dist
-from training.augment import multicrop_views
+from training.augment import dino_views, multicrop_views
 from training.heads import norm_layer
 from training.losses import dino_loss
 from training.methods import register
@@ -48,8 +52,16 @@ from training.methods.swav import same_size_runs
 from training.momentum import make_target
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
+    from collections.abc import Callable
+
+    from training.augment import Augmenter, ViewSpec
     from training.data import Batch
+
+# "dino": the paper's views; "swav": SwAV's multi-crop (this project's DINO views before)
+VIEW_RECIPES: dict[str, Callable[[int, int, int | None], list[ViewSpec]]] = {
+    "dino": dino_views,
+    "swav": multicrop_views,
+}
 
 
 @dataclass
@@ -79,6 +91,7 @@ class DINOParams(MomentumParams):
     n_small_crops: int = 6  # local crops; official default 8, 6 to save compute on small data
     small_size: int = 0  # side of the local crops; 0: round(image_size * 96 / 224), >= 8
     freeze_last_layer_epochs: float = 1.0  # paper: the last layer is frozen for 1 epoch
+    views: str = "dino"  # dino (DataAugmentationDINO) | swav (SwAV's multi-crop)
 
     SOURCES: ClassVar[dict[str, str]] = {
         "out_dim": "engineering: 4096 for small data (paper: 65536 for ImageNet)",
@@ -96,6 +109,8 @@ class DINOParams(MomentumParams):
         "n_small_crops": "paper: DINO multi-crop (official default 8 local crops; 6 here)",
         "small_size": "paper: DINO (96 px local crops at 224, scaled with image_size)",
         "freeze_last_layer_epochs": "paper: DINO official default (1 epoch)",
+        "views": "paper: DINO's DataAugmentationDINO (jitter 0.4/0.4/0.2/0.1; blur "
+        "1/0.1/0.5; solarize 0.2 on global crop 2), crop scales of its ResNet-50 run",
     }
 
 
@@ -113,6 +128,7 @@ def _check(p: DINOParams) -> None:
         (min(p.n_small_crops, p.small_size) >= 0, "n_small_crops and small_size must be >= 0"),
         (p.freeze_last_layer_epochs >= 0, "freeze_last_layer_epochs must be >= 0"),
         (p.head_norm in ("batch", "layer", "none"), "head_norm must be batch, layer or none"),
+        (p.views in VIEW_RECIPES, f"views must be one of {', '.join(VIEW_RECIPES)}"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:
@@ -235,7 +251,8 @@ class DINO(MomentumMethod[DINOParams]):
         self.teacher_head = make_target(self.head)
         # A buffer, not a parameter: no gradient, and checkpoints hold it.
         self.register_buffer("center", torch.zeros(p.out_dim))
-        self.view_specs = multicrop_views(ctx.image_size, p.n_small_crops, p.small_size or None)
+        recipe = VIEW_RECIPES[p.views]
+        self.view_specs = recipe(ctx.image_size, p.n_small_crops, p.small_size or None)
         self.freeze_last_layer_steps = round(p.freeze_last_layer_epochs * ctx.steps_per_epoch)
         # host-side step counter (saved through get/set_extra_state): the teacher
         # temperature is a Python float, so no step reads a device tensor for it

@@ -9,7 +9,7 @@ gathers the projections with gradients), so the global batch is one softmax.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class SimCLRParams(MethodParams):
-    """SimCLR's hyper-parameters (`--set key=value`)."""
+    """SimCLR's hyper-parameters (`--set key=value`); SOURCES says where each is from."""
 
     # 0.5 rather than ImageNet's 0.1: with the batches of short single-GPU runs (256-1024)
     # the softer softmax keeps gradient from all negatives instead of the few hardest,
@@ -46,6 +46,14 @@ class SimCLRParams(MethodParams):
     proj_dim: int = 128
     proj_layers: int = 2
     head_norm: str = "batch"
+
+    SOURCES: ClassVar[dict[str, str]] = {
+        "temperature": "paper: SimCLR appendix B.9, CIFAR-10 (0.5; ImageNet: 0.1)",
+        "proj_hidden": "paper: Chen et al. 2020 (SimCLR), hidden layer of 2048",
+        "proj_dim": "paper: SimCLR (128-d output)",
+        "proj_layers": "paper: SimCLR v1 (2-layer MLP head)",
+        "head_norm": "SimCLR's code (BatchNorm in the projection head)",
+    }
 
 
 @register

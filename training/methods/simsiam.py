@@ -6,17 +6,23 @@ stop-gradient and no momentum encoder.
 
 BYOL without the EMA target: the paper shows the stop-gradient alone (with the
 predictor) prevents collapse. Per sample, so DDP needs nothing across ranks.
+
+Views: the paper's (and its code's), MoCo v2's augmentation on both views alike
+(training.augment.simsiam_view: crop 0.2-1, jitter 0.4/0.4/0.4/0.1 p 0.8, grayscale
+0.2, blur p 0.5 from 64 px, no solarize). `views=byol` gives BYOL's asymmetric pair, what
+this project used before `views` existed (checkpoints from then resume with it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.augment import byol_views, simsiam_view
 from training.heads import ProjectionHead
 from training.losses import simsiam_loss
 from training.methods import register
@@ -24,12 +30,14 @@ from training.methods.base import MethodContext, MethodParams, StepOutput, Views
 from training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
-    pass
+    from training.augment import ViewSpec
+
+VIEW_RECIPES = ("simsiam", "byol")
 
 
 @dataclass
 class SimSiamParams(MethodParams):
-    """SimSiam's hyper-parameters (`--set key=value`)."""
+    """SimSiam's hyper-parameters (`--set key=value`); SOURCES says where each is from."""
 
     # The paper's sizes: a 3-layer 2048-wide projector whose output also has a BatchNorm
     # (without affine here), and a bottleneck predictor 2048 -> 512 -> 2048 (its ablation:
@@ -39,6 +47,16 @@ class SimSiamParams(MethodParams):
     proj_layers: int = 3
     pred_hidden: int = 512
     head_norm: str = "batch"
+    views: str = "simsiam"  # simsiam (the paper's, symmetric) | byol (asymmetric)
+
+    SOURCES: ClassVar[dict[str, str]] = {
+        "proj_hidden": "paper: Chen & He 2021 (SimSiam), 2048-d projector",
+        "proj_dim": "paper: SimSiam (2048-d output)",
+        "proj_layers": "paper: SimSiam (3-layer projector, BN on its output too)",
+        "pred_hidden": "paper: SimSiam (bottleneck predictor 2048-512-2048)",
+        "head_norm": "paper: SimSiam (BatchNorm in the projector and predictor)",
+        "views": "paper: SimSiam (MoCo v2's augmentation on both views, no solarize)",
+    }
 
 
 @register
@@ -61,6 +79,8 @@ class SimSiam(TwoViewMethod[SimSiamParams]):
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: SimSiamParams, ctx: MethodContext
     ) -> None:
+        if params.views not in VIEW_RECIPES:
+            raise ValueError(f"simsiam: views must be one of {', '.join(VIEW_RECIPES)}")
         super().__init__(backbone, feat_dim, params, ctx)
         norm = params.head_norm
         dims = (params.proj_hidden, params.proj_dim, params.proj_layers)
@@ -72,6 +92,13 @@ class SimSiam(TwoViewMethod[SimSiamParams]):
         self.predictor = ProjectionHead(
             params.proj_dim, params.pred_hidden, params.proj_dim, 2, norm
         )
+
+    def view_pair(self) -> tuple[ViewSpec, ViewSpec]:
+        """The paper's symmetric pair (two draws of one recipe), or BYOL's (`views=byol`)."""
+        if self.params.views == "byol":
+            return byol_views(self.ctx.image_size)
+        spec = simsiam_view(self.ctx.image_size)
+        return spec, spec
 
     def loss(self, views: Views) -> StepOutput:
         """Symmetric negative cosine, in [-1, 1]; logs z_std, the per-dimension std of the

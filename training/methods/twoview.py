@@ -1,5 +1,5 @@
-"""What Barlow Twins, VICReg and SimSiam share: BYOL's two asymmetric views of each
-image, and backbone -> projector. Registers no method itself."""
+"""What Barlow Twins, VICReg and SimSiam share: two views of each image, and backbone ->
+projector. Registers no method itself."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from training.augment import byol_views
 from training.methods.base import Method, P, Views
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
+    from training.augment import Augmenter, ViewSpec
     from training.data import Batch
 
 
@@ -21,10 +21,15 @@ class TwoViewMethod(Method[P]):
 
     projector: nn.Module
 
+    def view_pair(self) -> tuple[ViewSpec, ViewSpec]:
+        """The two views' recipes at the run's image size. Default: BYOL's asymmetric pair
+        (blur 1.0/0.1, solarize 0/0.2), which Barlow Twins and VICReg take from BYOL in
+        their papers; SimSiam overrides it with its own symmetric recipe."""
+        return byol_views(self.ctx.image_size)
+
     def make_views(self, batch: Batch, augment: Augmenter) -> Views:
-        """uint8 [B, C, H, W] -> two asymmetric views (BYOL's recipe, which these papers
-        use; SimSiam's has no solarize, which BYOL adds on view 2 only)."""
-        spec1, spec2 = byol_views(self.ctx.image_size)
+        """uint8 [B, C, H, W] -> two views, float [B, 3, size, size] each (`view_pair`)."""
+        spec1, spec2 = self.view_pair()
         return Views(crops=[augment(batch.images, spec1), augment(batch.images, spec2)])
 
     def project(self, x: torch.Tensor) -> torch.Tensor:

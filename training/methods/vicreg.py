@@ -12,7 +12,7 @@ normalisation of the embeddings. Variance and covariance span the global batch u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class VICRegParams(MethodParams):
-    """VICReg's hyper-parameters (`--set key=value`)."""
+    """VICReg's hyper-parameters (`--set key=value`); SOURCES says where each is from."""
 
     # The paper's expander is 3 layers of 8192; 3 x 2048 (solo-learn's CIFAR size) for the
     # same reason as Barlow Twins: at 8192 the head outweighs a small backbone ten times
@@ -43,6 +43,18 @@ class VICRegParams(MethodParams):
     gamma: float = 1.0
     eps: float = 1e-4
     head_norm: str = "batch"
+
+    SOURCES: ClassVar[dict[str, str]] = {
+        "proj_hidden": "solo-learn CIFAR recipe (2048; paper: 8192, heavier than the backbone)",
+        "proj_dim": "solo-learn CIFAR recipe (2048; paper: 8192)",
+        "proj_layers": "paper: Bardes et al. 2022 (VICReg, 3-layer expander)",
+        "sim_coeff": "paper: VICReg (lambda = 25)",
+        "std_coeff": "paper: VICReg (mu = 25)",
+        "cov_coeff": "paper: VICReg (nu = 1)",
+        "gamma": "paper: VICReg (gamma = 1, the target std)",
+        "eps": "paper: VICReg (epsilon = 1e-4 in the std)",
+        "head_norm": "paper: VICReg (BatchNorm in the expander's hidden layers)",
+    }
 
 
 @register

@@ -16,6 +16,7 @@ from training.cli import main as train_main
 from training.engine.checkpoint import load_checkpoint
 from training.engine.metrics import read_metrics
 from training.engine.trainer import Trainer
+from training.methods import method_names
 
 METHODS = ["simclr", "moco", "byol", "swav", "clip", "barlow", "vicreg", "simsiam", "dino"]
 # Small and fast: the GroupNorm toy backbone, 16x16 crops, small heads.
@@ -350,26 +351,79 @@ def test_a_swav_checkpoint_from_before_epoch_freeze_resumes_unchanged(tmp_path: 
     assert trainer.method.freeze_steps == 313 and trainer.method.queue_length == 0
 
 
-@pytest.mark.parametrize("method", ["moco", "moco-tuned", "swav"])
-def test_list_settings_names_a_source_for_every_default(
+def _listing_sections(listing: str) -> dict[str, list[str]]:
+    """`--list-settings` output -> {section title: its setting lines}."""
+    sections: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in listing.splitlines():
+        if line.startswith("  "):
+            lines.append(line.strip())
+        else:
+            lines = sections.setdefault(line, [])
+    return sections
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_list_settings_names_the_method_and_a_source_for_every_setting(
     method: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """For every registered method: the `method` row names it (not TrainConfig's default
+    'simclr'), and every run setting and method setting says where its default is from."""
     import dataclasses
 
-    from training.config import TrainConfig
+    from training.config import TrainConfig, setting_sources
     from training.methods import get_method
 
+    params_cls = get_method(method).Params
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    assert set(setting_sources(params_cls)) == names  # no source for a setting gone since
     assert train_main(["train", "--method", method, "--list-settings"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    fields = [f.name for f in dataclasses.fields(get_method(method).Params)]
-    fields += [f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_params"]
-    for name in fields:
-        line = next(x for x in lines if x.strip().startswith(f"{name} = "))
+    sections = _listing_sections(capsys.readouterr().out)
+    run, own = sections["run settings:"], sections[f"{method} settings:"]
+    assert [x for x in run if x.startswith("method = ")] == [
+        next(x for x in run if x.startswith(f"method = {method!r}  "))
+    ]
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_params"]
+    assert [x.partition(" = ")[0] for x in run] == fields
+    assert [x.partition(" = ")[0] for x in own] == [f.name for f in dataclasses.fields(params_cls)]
+    for line in run + own:
         source = line.partition("  # ")[2]
-        assert source.strip() and source != "source not recorded", line
+        assert source.strip() and "source not recorded" not in line, line
     if method == "moco":
-        assert any("base_momentum = 0.999" in x and "MoCo v1/v2" in x for x in lines)
-        assert any(x.strip().startswith("lr = 0.03") and "MoCo v2" in x for x in lines)
+        assert any("base_momentum = 0.999" in x and "MoCo v1/v2" in x for x in own)
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_list_settings_names_a_source_for_every_optimiser_default(method: str) -> None:
+    from training.commands.train import list_settings
+
+    listing = list_settings(method)
+    assert "source not recorded" not in listing, listing
+    if method == "moco":
+        assert any(x.strip().startswith("lr = 0.03") and "MoCo v2" in x
+                   for x in listing.splitlines())  # fmt: skip
+
+
+def test_list_settings_takes_the_method_from_a_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("method: dino\n")
+    assert train_main(["train", "--config", str(cfg), "--list-settings"]) == 0
+    listing = capsys.readouterr().out
+    assert "dino settings:" in listing and "method = 'dino'" in listing
+
+
+def test_simsiam_and_dino_checkpoints_from_before_views_resume_with_their_old_views() -> None:
+    """SimSiam trained on BYOL's views and DINO on SwAV's multi-crop until `views` existed:
+    such checkpoints keep them; checkpoints that saved `views` keep what they saved."""
+    from training.engine.resume import with_old_defaults
+
+    for method, old in (("simsiam", "byol"), ("dino", "swav")):
+        before = with_old_defaults({"method": method, "method_params": {"proj_dim": 8}})
+        assert before["method_params"] == {"proj_dim": 8, "views": old}
+        saved = {"method": method, "method_params": {"views": method}}
+        assert with_old_defaults(saved)["method_params"] == {"views": method}
 
 
 def test_clip_with_siglip_loss_trains(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from training.augment import Augmenter
+from training.augment import Augmenter, dino_views, multicrop_views
 from training.data import Batch
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.losses import dino_loss
@@ -216,6 +216,16 @@ def test_registered_and_views_are_multi_crop() -> None:
     out = m.make_views(Batch(images, None, None, torch.arange(B)), Augmenter("cpu", seed=0))
     assert out.n_global == 2
     assert [c.shape for c in out.crops] == [(B, 3, SIZE, SIZE)] * 2 + [(B, 3, SMALL, SMALL)] * 3
+
+
+def test_views_are_dinos_own_and_swav_on_request() -> None:
+    """Default: DataAugmentationDINO's recipe (asymmetric global crops); `views=swav`: the
+    SwAV multi-crop that checkpoints from before the setting trained with."""
+    assert build(n_small_crops=3).view_specs == dino_views(SIZE, 3, SMALL)
+    assert build(n_small_crops=3, views="swav").view_specs == multicrop_views(SIZE, 3, SMALL)
+    assert build(small_size=0).view_specs == dino_views(SIZE, 2)  # sides from image_size
+    with pytest.raises(ValueError, match="views must be one of dino, swav"):
+        build(views="byol")
 
 
 def test_head_gives_cosines_and_ignores_last_layer_row_norms() -> None:

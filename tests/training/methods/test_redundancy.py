@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from training.augment import Augmenter
+from training.augment import Augmenter, byol_views, simsiam_view
 from training.data import Batch
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.losses import barlow_twins_loss, simsiam_loss, vicreg_loss, vicreg_terms
@@ -211,13 +211,13 @@ def _ctx(image_size: int = SIZE) -> MethodContext:
     return MethodContext(torch.device("cpu"), image_size, 100, 4, B)
 
 
-def _build(cls: type[Method], **params: Any) -> Any:
+def _build(cls: type[Method], image_size: int = SIZE, **params: Any) -> Any:
     torch.manual_seed(0)
     backbone, feat_dim = build_backbone(BackboneSpec("tiny"))
     small: dict[str, Any] = {"proj_hidden": 32, "proj_dim": 16, "head_norm": "layer"}
     if cls is SimSiam:
         small["pred_hidden"] = 8
-    return cls(backbone, feat_dim, cls.Params(**(small | params)), _ctx())
+    return cls(backbone, feat_dim, cls.Params(**(small | params)), _ctx(image_size))
 
 
 def _views(seed: int = 0, size: int = SIZE) -> Views:
@@ -242,6 +242,21 @@ def test_make_views_two_views_at_ctx_size(cls: type[Method]) -> None:
     for crop in out.crops:
         assert crop.shape == (B, 3, SIZE, SIZE) and torch.isfinite(crop).all()
     assert (out.crops[0] - out.crops[1]).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+
+
+@pytest.mark.parametrize("size", [SIZE, 224])
+def test_view_recipes_are_each_papers(size: int) -> None:
+    """SimSiam: its paper's symmetric MoCo v2 recipe (no solarize) on both views; Barlow
+    Twins and VICReg: BYOL's asymmetric pair, as their papers. `views=byol` restores
+    SimSiam's earlier BYOL views (how older checkpoints resume)."""
+    first, second = _build(SimSiam, size).view_pair()
+    assert first == second == simsiam_view(size)
+    assert first.solarize_p == 0.0 and first.jitter == (0.4, 0.4, 0.4, 0.1)
+    assert _build(SimSiam, size, views="byol").view_pair() == byol_views(size)
+    for cls in (BarlowTwins, VICReg):
+        assert _build(cls, size).view_pair() == byol_views(size)
+    with pytest.raises(ValueError, match="views must be one of simsiam, byol"):
+        _build(SimSiam, views="simclr")
 
 
 @pytest.mark.parametrize("head_norm", ["layer", "batch"])
