@@ -168,7 +168,7 @@ def test_cli_refuses_to_overwrite_and_to_change_a_resumed_run(
     err = capsys.readouterr().err
     assert "--resume cannot change what the run trains" in err
     # every difference, as name: saved -> new; the run settings and the method's alike
-    assert "  seed: 0 -> 5\n" in err and "  lr: None -> 0.1\n" in err
+    assert "  seed: 0 -> 5\n" in err and "  lr: 0.4 -> 0.1\n" in err  # the saved default
     assert "  temperature: 0.5 -> 0.2\n" in err
     assert "steps" not in err.split("may change:")[0]  # --steps 2 is allowed to change
     assert (out / "last.pt").read_bytes() == before
@@ -300,6 +300,8 @@ def _as_before(out: Path, drop_params: tuple[str, ...], params: dict[str, Any]) 
     for key in drop_params:
         del saved[key]
     saved.update(params)
+    for key in ("optimizer", "lr", "weight_decay"):  # older versions saved them unset
+        state.config[key] = None
     save_checkpoint(out / "last.pt", state)
 
 
