@@ -169,27 +169,78 @@ def swav_loss(scores: list[Tensor], codes: list[Tensor], temperature: float = 0.
     return torch.stack(terms).mean()
 
 
-def clip_loss(image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
+def _positive_mask(groups: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+    """bool [B, N]: local row i and global column j are a positive pair when their
+    caption groups are equal; None when `groups` is None (only own pairs are positive).
+
+    groups: [B] ids of this rank's rows (any integer dtype), equal for interchangeable
+    captions and the same id meaning the same caption on every rank. They are gathered
+    without gradients in rank order, the order the features are gathered in, so column
+    j is the same sample for the mask and for the logits. A row's own column always
+    matches itself, so the diagonal is positive.
+    """
+    if groups is None:
+        return None
+    if groups.shape != (batch,):
+        raise ValueError(f"groups must be [{batch}], got shape {tuple(groups.shape)}")
+    all_groups = dist.gather_no_grad(groups.to(device))
+    return groups.to(device)[:, None] == all_groups[None, :]
+
+
+def _soft_cross_entropy(logits: Tensor, positives: Tensor) -> Tensor:
+    """Mean over rows of the cross-entropy against targets spread uniformly over each
+    row's positives. logits: [B, N]; positives: bool [B, N], >= 1 True per row. Scalar.
+
+    With one positive per row this is F.cross_entropy at that column.
+    """
+    targets = positives.to(logits.dtype)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    return F.cross_entropy(logits, targets)
+
+
+def clip_loss(
+    image: Tensor, text: Tensor, logit_scale: Tensor, groups: Tensor | None = None
+) -> Tensor:
     """CLIP's symmetric cross-entropy. image, text: [B, d] (normalised here). Scalar.
 
     logit_scale: a one-element tensor, the multiplier itself (exp already applied,
     clamped by the caller). Local images are scored against the global texts and local
     texts against the global images (both gathered with gradients); the positive of
     row i is its own pair. Returns (CE_image + CE_text) / 2.
+
+    groups: None, or [B] caption group ids (see `_positive_mask`) for multi-positive
+    targets: every pair whose groups match is a positive, and each row's target is the
+    uniform distribution over its positives, -(1/P_i) sum_{j positive} log softmax_ij,
+    in both directions (the mask is symmetric in image and text because a pair's
+    image and text carry the same id). Without duplicates it is the plain loss; None
+    keeps the plain integer-target cross-entropy (no mask is built).
     """
     _check_pair(image, text, "image,text")
     if logit_scale.numel() != 1:
         raise ValueError(f"logit_scale must hold one value, got shape {tuple(logit_scale.shape)}")
+    positives = _positive_mask(groups, image.shape[0], image.device)
     image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
     all_image, all_text = dist.gather_with_grad(image), dist.gather_with_grad(text)
     scale = logit_scale.reshape(())
-    labels = _local_labels(image.shape[0], image.device)
-    loss_image = F.cross_entropy(scale * image @ all_text.T, labels)  # [B, N] logits
-    loss_text = F.cross_entropy(scale * text @ all_image.T, labels)
+    logits_image = scale * image @ all_text.T  # [B, N]
+    logits_text = scale * text @ all_image.T  # [B, N]
+    if positives is None:
+        labels = _local_labels(image.shape[0], image.device)
+        loss_image = F.cross_entropy(logits_image, labels)
+        loss_text = F.cross_entropy(logits_text, labels)
+    else:
+        loss_image = _soft_cross_entropy(logits_image, positives)
+        loss_text = _soft_cross_entropy(logits_text, positives)
     return (loss_image + loss_text) / 2
 
 
-def siglip_loss(image: Tensor, text: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+def siglip_loss(
+    image: Tensor,
+    text: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor,
+    groups: Tensor | None = None,
+) -> Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023). image, text: [B, d] (normalised
     here); logit_scale (the multiplier t, exp applied) and logit_bias b: one value each.
 
@@ -199,17 +250,25 @@ def siglip_loss(image: Tensor, text: Tensor, logit_scale: Tensor, logit_bias: Te
     counted once; the sum over texts is averaged over the local images:
         -(1/B) sum_i sum_j log sigmoid(z_ij * (t x_i . y_j + b)).
     Under DDP the ranks' averages then give the single-process loss of the global batch.
+
+    groups: None, or [B] caption group ids (see `_positive_mask`): z_ij = +1 for every
+    pair whose groups match (a copy of image i's caption is a correct caption for it),
+    -1 otherwise. None: z_ij = +1 only for j = i.
     """
     _check_pair(image, text, "image,text")
     for value, name in ((logit_scale, "logit_scale"), (logit_bias, "logit_bias")):
         if value.numel() != 1:
             raise ValueError(f"{name} must hold one value, got shape {tuple(value.shape)}")
+    positives = _positive_mask(groups, image.shape[0], image.device)
     image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
     all_text = dist.gather_with_grad(text)
     logits = logit_scale.reshape(()) * image @ all_text.T + logit_bias.reshape(())  # [B, N]
-    signs = -torch.ones_like(logits)
-    rows = torch.arange(image.shape[0], device=image.device)
-    signs[rows, _local_labels(image.shape[0], image.device)] = 1.0
+    if positives is None:
+        signs = -torch.ones_like(logits)
+        rows = torch.arange(image.shape[0], device=image.device)
+        signs[rows, _local_labels(image.shape[0], image.device)] = 1.0
+    else:
+        signs = positives.to(logits.dtype) * 2 - 1
     return -F.logsigmoid(signs * logits).sum() / image.shape[0]
 
 

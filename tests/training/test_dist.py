@@ -20,11 +20,22 @@ import torch.multiprocessing as mp
 
 from tests.helpers import free_port
 from training import dist
-from training.losses import byol_loss, clip_loss, info_nce, nt_xent, sinkhorn, swav_loss
+from training.losses import (
+    byol_loss,
+    clip_loss,
+    info_nce,
+    nt_xent,
+    siglip_loss,
+    sinkhorn,
+    swav_loss,
+)
 
 WORLD = 2
 N = 8  # global batch; each rank holds N // WORLD rows
-LOSSES = ["nt_xent", "clip", "info_nce_in_batch", "info_nce_queue", "byol", "swav"]
+LOSSES = ["nt_xent", "clip", "clip_multi", "siglip_multi", "info_nce_in_batch",
+          "info_nce_queue", "byol", "swav"]  # fmt: skip
+# Multi-positive caption groups with copies on both ranks and across them.
+GROUPS = torch.tensor([0, 1, 0, 2, 1, 3, 0, 2])
 
 
 def _inputs() -> dict[str, torch.Tensor]:
@@ -59,6 +70,13 @@ def _one_loss(name: str, inp: dict[str, torch.Tensor], rows: slice) -> dict[str,
         scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
         leaves["scale"] = scale
         loss = clip_loss(z1, z2, scale)
+    elif name in ("clip_multi", "siglip_multi"):
+        scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
+        leaves["scale"] = scale
+        if name == "clip_multi":
+            loss = clip_loss(z1, z2, scale, GROUPS[rows])
+        else:
+            loss = siglip_loss(z1, z2, scale, torch.tensor(-2.0, dtype=torch.float64), GROUPS[rows])
     elif name == "info_nce_in_batch":
         del leaves["z2"]  # keys as MoCo makes them: no gradient
         loss = info_nce(z1, inp["k"][rows], None, 0.2)

@@ -222,16 +222,22 @@ def test_swav_codes_get_no_gradient() -> None:
 # ---------------------------------------------------------------- CLIP
 
 
-def _clip_loops(image: torch.Tensor, text: torch.Tensor, scale: float) -> float:
+def _clip_loops(
+    image: torch.Tensor, text: torch.Tensor, scale: float, groups: list[int] | None = None
+) -> float:
+    """Both directions row by row. Row i's positives: i itself, and with `groups` every j
+    of the same group; its term is the mean over them of -log softmax at j."""
     im, tx = [_unit(v) for v in image.numpy()], [_unit(v) for v in text.numpy()]
     n = len(im)
-    per_image = [
-        neg_log_softmax_at([scale * float(im[i] @ tx[j]) for j in range(n)], i) for i in range(n)
-    ]
-    per_text = [
-        neg_log_softmax_at([scale * float(tx[j] @ im[i]) for i in range(n)], j) for j in range(n)
-    ]
-    return (sum(per_image) / n + sum(per_text) / n) / 2
+    group = groups if groups is not None else list(range(n))
+    total = 0.0
+    for i in range(n):
+        positives = [j for j in range(n) if group[j] == group[i]]
+        image_row = [scale * float(im[i] @ tx[k]) for k in range(n)]  # image i vs all texts
+        text_row = [scale * float(tx[i] @ im[k]) for k in range(n)]  # text i vs all images
+        for row in (image_row, text_row):
+            total += sum(neg_log_softmax_at(row, j) for j in positives) / len(positives)
+    return total / (2 * n)
 
 
 def test_clip_matches_loops() -> None:
@@ -256,15 +262,19 @@ def test_clip_gradcheck() -> None:
 
 
 # ---------------------------------------------------------------- SigLIP
-def _siglip_loops(image: torch.Tensor, text: torch.Tensor, t: float, b: float) -> float:
-    """The paper's formula with explicit loops over every (image, text) pair."""
+def _siglip_loops(
+    image: torch.Tensor, text: torch.Tensor, t: float, b: float, groups: list[int] | None = None
+) -> float:
+    """The paper's formula with explicit loops over every (image, text) pair; with
+    `groups`, a pair is labelled +1 when its image and text share a group."""
     im = [_unit(r) for r in image.numpy()]
     tx = [_unit(r) for r in text.numpy()]
     n = len(im)
+    group = groups if groups is not None else list(range(n))
     total = 0.0
     for i in range(n):
         for j in range(n):
-            z = 1.0 if i == j else -1.0
+            z = 1.0 if group[i] == group[j] else -1.0
             logit = t * float(im[i] @ tx[j]) + b
             total += math.log1p(math.exp(-z * logit))  # -log sigmoid(z * logit)
     return total / n
@@ -293,6 +303,120 @@ def test_siglip_gradcheck() -> None:
     t = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
     b = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(siglip_loss, (image, text, t, b))
+
+
+# ---------------------------------------------------------------- multi-positive targets
+# Class-name captions repeat in a batch; `groups` marks the copies, which become positives.
+GROUPS = [0, 1, 0, 2, 1, 0, 3]  # captions 0, 2, 5 identical; 1 and 4 identical
+
+
+def _t(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def _with_copied_captions(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and texts [7, 5] whose texts are equal within each GROUPS group, as
+    identical captions give identical text embeddings."""
+    image, text = _rand(len(GROUPS), 5, seed=seed), _rand(len(GROUPS), 5, seed=seed + 1)
+    first = {g: i for i, g in reversed(list(enumerate(GROUPS)))}
+    return image, text[[first[g] for g in GROUPS]]
+
+
+def _features(seed: int, copied: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copied: identical captions (labels' same caption); else distinct captions of one
+    label (e.g. other templates), whose texts differ though their groups match."""
+    if copied:
+        return _with_copied_captions(seed)
+    return _rand(len(GROUPS), 5, seed=seed), _rand(len(GROUPS), 5, seed=seed + 1)
+
+
+@pytest.mark.parametrize("copied", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_clip_multi_positive_matches_loops(seed: int, copied: bool) -> None:
+    image, text = _features(seed, copied)
+    got = clip_loss(image, text, _t(9.0), torch.tensor(GROUPS)).item()
+    assert got == pytest.approx(_clip_loops(image, text, 9.0, GROUPS), rel=1e-10)
+    if not copied:  # (with exact copies the softmax value happens to equal the plain one)
+        assert got != pytest.approx(_clip_loops(image, text, 9.0), rel=1e-3)
+
+
+@pytest.mark.parametrize("copied", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_siglip_multi_positive_matches_loops(seed: int, copied: bool) -> None:
+    image, text = _features(seed, copied)
+    got = siglip_loss(image, text, _t(10.0), _t(-3.0), torch.tensor(GROUPS)).item()
+    assert got == pytest.approx(_siglip_loops(image, text, 10.0, -3.0, GROUPS), rel=1e-10)
+    assert got != pytest.approx(_siglip_loops(image, text, 10.0, -3.0), rel=1e-3)
+
+
+def test_multi_positive_without_repeats_is_the_plain_loss() -> None:
+    """Distinct groups (any ids, any order) leave only the diagonal positive."""
+    image, text = _rand(6, 5, seed=21), _rand(6, 5, seed=22)
+    groups = torch.tensor([7, 3, 11, 0, 5, 2])
+    plain = clip_loss(image, text, _t(14.0)).item()
+    assert clip_loss(image, text, _t(14.0), groups).item() == pytest.approx(plain, rel=1e-12)
+    plain = siglip_loss(image, text, _t(10.0), _t(-10.0)).item()
+    multi = siglip_loss(image, text, _t(10.0), _t(-10.0), groups).item()
+    assert multi == pytest.approx(plain, rel=1e-12)
+
+
+def _text_grad(
+    loss: str, image: torch.Tensor, text: torch.Tensor, groups: torch.Tensor | None
+) -> torch.Tensor:
+    """d loss / d text [n, d] (CLIP at scale 1, SigLIP at t 10, b -3)."""
+    text = text.clone().requires_grad_()
+    if loss == "clip":
+        clip_loss(image, text, _t(1.0), groups).backward()
+    else:
+        siglip_loss(image, text, _t(10.0), _t(-3.0), groups).backward()
+    assert text.grad is not None
+    return text.grad
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_identical_captions_get_identical_gradients(loss: str) -> None:
+    """Texts 0, 2 and 5 are copies: with their copies as positives every copy sees the same
+    targets, so a step moves them alike and never pushes them apart; the plain loss does."""
+    image, text = _with_copied_captions(3)
+    grad = _text_grad(loss, image, text, torch.tensor(GROUPS))
+    torch.testing.assert_close(grad[0], grad[2], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad[0], grad[5], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad[1], grad[4], rtol=0, atol=1e-12)
+    plain = _text_grad(loss, image, text, None)
+    assert float((plain[0] - plain[2]).norm()) > 1e-3
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_copy_of_own_caption_is_pulled_toward_the_image(loss: str) -> None:
+    """Only image 0 non-zero (a zero image adds no text gradient): text 2, a copy of text 0,
+    now moves toward image 0 under gradient descent; the plain loss pushes it away."""
+    image, text = _with_copied_captions(4)
+    image = torch.cat([image[:1], torch.zeros_like(image[1:])])
+    toward = F.normalize(image[0], dim=0)
+    multi = _text_grad(loss, image, text, torch.tensor(GROUPS))
+    plain = _text_grad(loss, image, text, None)
+    assert float(-multi[2] @ toward) > 1e-4
+    assert float(-plain[2] @ toward) < -1e-4
+
+
+def test_multi_positive_gradcheck() -> None:
+    image = _rand(4, 3, seed=31).requires_grad_()
+    text = _rand(4, 3, seed=32).requires_grad_()
+    t = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    groups = torch.tensor([0, 1, 0, 1])
+    assert torch.autograd.gradcheck(lambda x, y, s: clip_loss(x, y, s, groups), (image, text, t))
+    assert torch.autograd.gradcheck(
+        lambda x, y, s, c: siglip_loss(x, y, s, c, groups), (image, text, t, b)
+    )
+
+
+def test_bad_groups_shape_raises() -> None:
+    a = _rand(4, 3)
+    with pytest.raises(ValueError, match="groups"):
+        clip_loss(a, a, _t(1.0), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="groups"):
+        siglip_loss(a, a, _t(1.0), _t(0.0), torch.zeros(4, 1, dtype=torch.long))
 
 
 # ---------------------------------------------------------------- input checks
@@ -347,6 +471,8 @@ def test_losses_under_bf16_autocast_stay_close_to_float32() -> None:
         "nt_xent": lambda: nt_xent(a, b, 0.5),
         "info_nce": lambda: info_nce(a, b, queue, 0.2),
         "clip": lambda: clip_loss(a, b, scale),
+        "clip_multi": lambda: clip_loss(a, b, scale, torch.arange(16) % 5),
+        "siglip_multi": lambda: siglip_loss(a, b, scale, -scale, torch.arange(16) % 5),
         "swav": lambda: swav_loss([a[:, :8], b[:, :8]], [sinkhorn(a[:, :8]), sinkhorn(b[:, :8])]),
     }
     for name, call in calls.items():

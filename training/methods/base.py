@@ -67,11 +67,15 @@ class Views:
         views (multi-crop appends smaller ones, which may have another h, w).
     texts: prepared captions for CLIP, else None: token ids ({"input_ids": [B, L], ...})
         or, for a frozen text tower, its cached outputs ({"embeddings": [B, d]}).
+    caption_groups: int64 [B] or None: CLIP's multi-positive ids (equal ids: the captions
+        are interchangeable, e.g. the labels of class-name captions); None: CLIP compares
+        the prepared captions themselves.
     """
 
     crops: list[torch.Tensor]
     n_global: int = 2
     texts: dict[str, torch.Tensor] | None = None
+    caption_groups: torch.Tensor | None = None
 
 
 def split_views(views: Views, parts: int) -> list[Views]:
@@ -81,11 +85,13 @@ def split_views(views: Views, parts: int) -> list[Views]:
         return [views]
     crops = [c.chunk(parts) for c in views.crops]
     texts = {k: v.chunk(parts) for k, v in views.texts.items()} if views.texts is not None else None
+    groups = views.caption_groups.chunk(parts) if views.caption_groups is not None else None
     return [
         Views(
             crops=[c[i] for c in crops],
             n_global=views.n_global,
             texts={k: v[i] for k, v in texts.items()} if texts is not None else None,
+            caption_groups=groups[i] if groups is not None else None,
         )
         for i in range(parts)
     ]

@@ -17,11 +17,22 @@ init_logit_scale is set to something else than CLIP's 1/0.07.
 Captions: the data's own (pairs data), else "<template>.format(class name)" for labelled data,
 with the template chosen by a hash of (dataset index, step): deterministic, so a resumed run
 sees the same captions, and different for the same image in different epochs.
+
+Multi-positive targets (`multi_positive`, on by default): class-name captions repeat within
+a batch (256 images of 10 classes: ~25 per class, 3-4 copies of each of the 7 template
+captions), and the plain losses call every copy but a row's own a negative, pushing
+same-class captions (identical ones too) apart. Instead every pair of the global batch
+whose images share a label is a positive (labelled data), or, for real captions, every
+pair whose prepared captions are identical (equal token-id rows, or equal frozen
+embeddings): SigLIP labels those pairs +1, the softmax loss spreads each row's target
+uniformly over its positives (losses.clip_loss). With no repeats both equal the plain
+losses. `multi_positive=false` restores the plain, one-positive-per-row losses.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -71,6 +82,17 @@ class CLIPParams(MethodParams):
     templates: str = "default"  # captions for labelled data: default (7) | single
     min_crop_scale: float = 0.5  # image view: random resized crop scale (min, 1)
     head_norm: str = "batch"  # unused: the image projection is linear, as in CLIP
+    # pairs with the same label / the same caption are positives (see the module docstring)
+    multi_positive: bool = True
+
+    # Only the settings added with a recorded source; the others print "source not recorded".
+    SOURCES: ClassVar[dict[str, str]] = {
+        "multi_positive": (
+            "engineering: same-caption / same-label pairs as positives, in the spirit of "
+            "UniCL's (Yang et al. 2022) and SupCon's (Khosla et al. 2020) multi-positive "
+            "targets; not in the CLIP or SigLIP papers"
+        ),
+    }
 
     SOURCES: ClassVar[dict[str, str]] = {
         "embed_dim": "paper: LiT (Zhai et al. 2022): 0 = the locked text tower's width",
@@ -119,6 +141,68 @@ def template_index(index: torch.Tensor, step: int, n_templates: int) -> torch.Te
     h = index.long() * 0x9E3779B1 + (step + 1) * 0x85EBCA6B
     h = h ^ (h >> 15)
     return h.remainder(n_templates)
+
+
+# Two primes below 2^31: an element reduced modulo one (< 2^31) times a weight (< 2^31)
+# is < 2^62, and sums of up to 2^31 such residues fit int64, so nothing overflows.
+_HASH_PRIMES = (2_147_483_647, 2_147_483_629)
+_HASH_CHUNK = 4096  # weights are drawn per chunk of positions, each from its own seed
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_hash_weights: dict[tuple[int, str, str], torch.Tensor] = {}
+
+
+def _weights(prime: int, name: str, n: int, device: torch.device) -> torch.Tensor:
+    """int64 [n] random weights in [1, prime) for element positions 0..n-1 of `name`.
+
+    Weight k depends only on (prime, name, k), not on n: captions padded to different
+    lengths (a trained MiniLM pads to each batch's longest) hash alike, since padding
+    elements are zero, and every rank and step uses the same weights.
+    """
+    cache_key = (prime, name, str(device))
+    have = _hash_weights.get(cache_key, torch.empty(0, dtype=torch.int64, device=device))
+    if have.numel() >= n:
+        return have[:n]
+    chunks = [have]
+    seed = prime * 1_000_003 + zlib.crc32(name.encode()) * 65_537  # stable across processes
+    for c in range(have.numel() // _HASH_CHUNK, -(-n // _HASH_CHUNK)):
+        g = torch.Generator().manual_seed(seed + c)
+        chunks.append(torch.randint(1, prime, (_HASH_CHUNK,), generator=g).to(device))
+    table = torch.cat(chunks)
+    _hash_weights[cache_key] = table
+    return table[:n]
+
+
+def _row_ints(x: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> int64 [B, F]: integer elements as they are, float elements as their
+    bit patterns (so equal means bitwise equal, as cached embeddings of one caption are)."""
+    if x.is_floating_point() or x.dtype == torch.bool:
+        x = x.contiguous().view(_INT_OF_SIZE[x.element_size()])
+    return x.reshape(x.shape[0], -1).long()
+
+
+def caption_keys(texts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Prepared captions ({name: [B, ...]}, see TextTower.prepare) -> int64 [B] keys.
+
+    Rows with identical contents in every tensor get equal keys. A key is two random
+    linear hashes of the rows' elements, modulo two primes near 2^31: two rows that
+    differ collide with probability about 2^-62 (token ids and float32 bit patterns are
+    < 2^32 apart, so no difference vanishes modulo both primes). Order of the dict does
+    not matter. Runs where the captions are, with no host sync.
+    """
+    if not texts:
+        raise ValueError("no prepared caption tensors")
+    key: torch.Tensor | None = None
+    for prime in _HASH_PRIMES:
+        h: torch.Tensor | int = 0
+        for name, x in texts.items():
+            rows = _row_ints(x) % prime  # [B, F], residues in [0, prime)
+            w = _weights(prime, name, rows.shape[1], x.device)
+            h = h + (rows * w % prime).sum(dim=1)
+        assert isinstance(h, torch.Tensor)
+        h = h % prime  # [B], < 2^31
+        key = h if key is None else key * prime + h  # < 2^62
+    assert key is not None
+    return key
 
 
 @register
@@ -195,7 +279,9 @@ class CLIP(Method[CLIPParams]):
             rows = self._caption_rows(batch)
             table = self._table(image.device)
             texts = {k: v[rows] for k, v in table.items()}
-        return Views(crops=[image], n_global=1, texts=texts)
+        # labels name the captions' classes: same label, interchangeable captions
+        groups = batch.labels if batch.texts is None and self.params.multi_positive else None
+        return Views(crops=[image], n_global=1, texts=texts, caption_groups=groups)
 
     def captions(self, batch: Batch) -> list[str]:
         """The captions `make_views` uses for a batch (host strings; for logs and tests)."""
@@ -237,13 +323,29 @@ class CLIP(Method[CLIPParams]):
         image = self.encode_image(views.crops[0])
         text: torch.Tensor = self.text(views.texts)
         scale = self.scale()
+        groups = self.positive_groups(views)
         if self.logit_bias is not None:
-            loss = siglip_loss(image, text, scale, self.logit_bias)
+            loss = siglip_loss(image, text, scale, self.logit_bias, groups)
         else:
-            loss = clip_loss(image, text, scale)
+            loss = clip_loss(image, text, scale, groups)
         with torch.no_grad():
             pos = F.cosine_similarity(image.float(), text.float(), dim=1).mean()
         return StepOutput(loss, {"logit_scale": scale.detach(), "pos_sim": pos})
+
+    def positive_groups(self, views: Views) -> torch.Tensor | None:
+        """int64 [B] ids for the loss's multi-positive targets (equal ids: positive pair),
+        or None when multi_positive is off (plain one-positive losses).
+
+        Labelled data: the labels (make_views puts them in `caption_groups`). Real
+        captions: a hash of each prepared caption row (`caption_keys`), so identical
+        captions get one id, the same on every rank.
+        """
+        if not self.params.multi_positive:
+            return None
+        if views.caption_groups is not None:
+            return views.caption_groups
+        assert views.texts is not None
+        return caption_keys(views.texts)
 
     # -- hooks -----------------------------------------------------------------------------
     def on_after_step(self, step: int) -> None:

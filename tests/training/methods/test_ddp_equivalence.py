@@ -109,7 +109,9 @@ def _views(method: Method, name: str, step: int) -> Views:
     ]
     if METHOD.get(name, name) != "clip":
         return Views(crops=crops)
-    captions = [f"a photo of thing {i} in batch {step}" for i in range(N)]
+    # repeated captions, within a rank and across ranks: the multi-positive mask (on by
+    # default) must pair samples of different ranks as the single process does
+    captions = [f"a photo of {i % 3} in batch {step}" for i in range(N)]
     assert isinstance(method, CLIP)
     texts = method.text.prepare(captions, torch.device("cpu"))
     return Views(crops=crops, n_global=1, texts=texts)

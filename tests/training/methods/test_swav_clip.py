@@ -19,8 +19,9 @@ from training.encoders.nets.backbones import BackboneSpec, build_backbone
 from training.encoders.nets.minilm import MiniLM
 from training.encoders.nets.text_towers import MiniLMTower
 from training.encoders.templates import DEFAULT_TEMPLATES
-from training.methods.base import MethodContext, Views
-from training.methods.clip import CLIP, CLIPParams
+from training.methods import clip as clip_module
+from training.methods.base import MethodContext, Views, split_views
+from training.methods.clip import CLIP, CLIPParams, caption_keys
 from training.methods.swav import SwAV, SwAVParams
 
 CLASSES = ["cat", "dog", "golden_retriever", "truck"]
@@ -240,20 +241,40 @@ def clip(classes: list[str] | None = CLASSES, **overrides: Any) -> CLIP:
     return CLIP(backbone, dim, CLIPParams(**(base | overrides)), make_ctx(classes))
 
 
-def ref_clip(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
-    """Row by row: -log softmax of the matching pair, images->texts and texts->images."""
+def ref_clip(
+    image: torch.Tensor, text: torch.Tensor, scale: float, groups: list[int] | None = None
+) -> torch.Tensor:
+    """Row by row: -log softmax of the matching pair, images->texts and texts->images;
+    with `groups`, the mean of -log softmax over every pair of the row's group."""
     image, text = image.double(), text.double()
+    n = len(image)
+    group = groups if groups is not None else list(range(n))
     sim = [
-        [float(F.cosine_similarity(image[i], text[j], dim=0)) for j in range(len(text))]
-        for i in range(len(image))
+        [float(F.cosine_similarity(image[i], text[j], dim=0)) for j in range(n)] for i in range(n)
     ]
     total = 0.0
-    for i in range(len(sim)):
+    for i in range(n):
         row = [scale * s for s in sim[i]]
-        col = [scale * sim[j][i] for j in range(len(sim))]
-        total -= row[i] - math.log(sum(math.exp(r) for r in row))
-        total -= col[i] - math.log(sum(math.exp(c) for c in col))
-    return torch.tensor(total / (2 * len(sim)), dtype=torch.float64)
+        col = [scale * sim[j][i] for j in range(n)]
+        positives = [j for j in range(n) if group[j] == group[i]]
+        for logits in (row, col):
+            log_z = math.log(sum(math.exp(x) for x in logits))
+            total -= sum(logits[j] - log_z for j in positives) / len(positives)
+    return torch.tensor(total / (2 * n), dtype=torch.float64)
+
+
+def ref_siglip(
+    image: torch.Tensor, text: torch.Tensor, t: float, b: float, groups: list[int]
+) -> torch.Tensor:
+    """Pair by pair: -log sigmoid(+-(t cos + b)), + where the groups match; / n images."""
+    image, text = image.double(), text.double()
+    total = 0.0
+    for i in range(len(image)):
+        for j in range(len(text)):
+            z = 1.0 if groups[i] == groups[j] else -1.0
+            logit = t * float(F.cosine_similarity(image[i], text[j], dim=0)) + b
+            total += math.log1p(math.exp(-z * logit))
+    return torch.tensor(total / len(image), dtype=torch.float64)
 
 
 def test_clip_loss_equals_reference_and_logs() -> None:
@@ -262,7 +283,9 @@ def test_clip_loss_equals_reference_and_logs() -> None:
     out = method.loss(views)
     image = method.encode_image(views.crops[0]).detach()
     text = method.text(views.texts).detach()
-    torch.testing.assert_close(out.loss.detach(), ref_clip(image, text, 1 / 0.07).float())
+    labels = make_batch().labels.tolist()  # type: ignore[union-attr]
+    expected = ref_clip(image, text, 1 / 0.07, labels)  # multi-positive by default
+    torch.testing.assert_close(out.loss.detach(), expected.float())
     assert float(out.logs["logit_scale"]) == pytest.approx(1 / 0.07, rel=1e-6)
     pos = sum(float(F.cosine_similarity(image[i], text[i], dim=0)) for i in range(B)) / B
     assert float(out.logs["pos_sim"]) == pytest.approx(pos, abs=1e-6)
@@ -321,6 +344,96 @@ def test_clip_pairs_captions_and_missing_captions() -> None:
         method.make_views(make_batch(labelled=False), Augmenter("cpu"))
 
 
+# -- CLIP / SigLIP multi-positive targets -------------------------------------------------------
+REPEATED = ["a cat", "a dog", "a cat", "a bird", "a dog", "a cat", "a fish", "a bird"]
+
+
+def _same(values: list[Any]) -> torch.Tensor:
+    """bool [n, n]: values[i] == values[j], by an explicit double loop."""
+    return torch.tensor([[a == b for b in values] for a in values])
+
+
+def _record_groups(monkeypatch: pytest.MonkeyPatch, loss: str) -> list[torch.Tensor | None]:
+    """Wrap the method's loss function; returns the list the groups it gets go into."""
+    seen: list[torch.Tensor | None] = []
+    name = "siglip_loss" if loss == "siglip" else "clip_loss"
+    inner = getattr(clip_module, name)
+
+    def spy(*args: Any) -> torch.Tensor:
+        seen.append(args[-1])
+        return inner(*args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(clip_module, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_clip_multi_positive_mask_from_labels_and_repeated_captions(
+    loss: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _record_groups(monkeypatch, loss)
+    method = clip(loss=loss)
+    assert method.params.multi_positive  # on by default
+    labelled = make_batch()
+    method.loss(method.make_views(labelled, Augmenter("cpu")))
+    groups = seen[-1]
+    assert groups is not None
+    mask = groups[:, None] == groups[None, :]
+    assert torch.equal(mask, _same(labelled.labels.tolist()))  # type: ignore[union-attr]
+    assert int(mask.sum()) == 2 * B  # 4 classes, 2 images each: one copy per row
+    # real captions: the repeated ones (same token ids) share a group, whatever the labels
+    method.loss(method.make_views(make_batch(texts=REPEATED), Augmenter("cpu")))
+    groups = seen[-1]
+    assert groups is not None and torch.equal(groups[:, None] == groups[None, :], _same(REPEATED))
+    # switched off: the plain one-positive loss, no groups
+    off = clip(loss=loss, multi_positive=False)
+    views = off.make_views(labelled, Augmenter("cpu"))
+    off.loss(views)
+    assert views.caption_groups is None and seen[-1] is None
+
+
+def test_siglip_method_loss_equals_multi_positive_reference() -> None:
+    method = clip(loss="siglip")
+    views = method.make_views(make_batch(texts=REPEATED), Augmenter("cpu"))
+    out = method.loss(views)
+    image = method.encode_image(views.crops[0]).detach()
+    text = method.text(views.texts).detach()
+    groups = [REPEATED.index(c) for c in REPEATED]
+    expected = ref_siglip(image, text, 10.0, -10.0, groups)
+    torch.testing.assert_close(out.loss.detach().double(), expected, rtol=1e-5, atol=1e-6)
+    plain = clip(loss="siglip", multi_positive=False).loss(views).loss.detach()
+    assert float(plain) != pytest.approx(float(out.loss.detach()), rel=1e-3)
+
+
+def test_caption_keys_equal_exactly_for_equal_rows() -> None:
+    ids = torch.tensor([[5, 7, 0, 0], [5, 7, 0, 0], [5, 8, 0, 0], [7, 5, 0, 0], [5, 7, 1, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
+    keys = caption_keys({"input_ids": ids, "attention_mask": mask})
+    assert keys.dtype == torch.int64
+    assert torch.equal(keys[:, None] == keys[None, :], _same([tuple(r) for r in ids.tolist()]))
+    # padded to another length (another rank's longest caption): the same keys
+    wider = caption_keys({"input_ids": F.pad(ids, (0, 3)), "attention_mask": F.pad(mask, (0, 3))})
+    assert torch.equal(wider, keys)
+    # another tensor differing in one row splits that row off
+    other = mask.clone()
+    other[1, 0] = 0
+    split = caption_keys({"input_ids": ids, "attention_mask": other})
+    assert split[0] != split[1] and split[2] == keys[2]
+    # frozen-text-tower embeddings (floats): bitwise-equal rows match
+    emb = torch.randn(4, 6)
+    emb[2] = emb[0]
+    keys = caption_keys({"embeddings": emb})
+    assert torch.equal(keys[:, None] == keys[None, :], _same([0, 1, 0, 3]))
+
+
+def test_split_views_carries_caption_groups() -> None:
+    groups = torch.arange(B) % 3
+    views = Views([torch.zeros(B, 3, 2, 2)], 1, {"input_ids": torch.zeros(B, 4)}, groups)
+    got = [p.caption_groups for p in split_views(views, 2)]
+    assert all(g is not None for g in got)
+    assert [g.tolist() for g in got if g is not None] == [groups[:4].tolist(), groups[4:].tolist()]
+
+
 def test_clip_transformer_training_lowers_loss() -> None:
     method = clip()
     views = method.make_views(make_batch(), Augmenter("cpu"))
@@ -373,7 +486,8 @@ def test_clip_minilm_locked_no_grad_and_cache(
     assert float(method.image_proj.weight.grad.norm()) > 0  # type: ignore[union-attr]
     assert method.logit_scale.grad is not None
     image = method.encode_image(views.crops[0]).detach()
-    expected = ref_clip(image, views.texts["embeddings"], 1 / 0.07)
+    assert batch.labels is not None
+    expected = ref_clip(image, views.texts["embeddings"], 1 / 0.07, batch.labels.tolist())
     torch.testing.assert_close(out.loss.detach(), expected.float())
     # the cache: each distinct caption goes through MiniLM once
     calls: list[int] = []
