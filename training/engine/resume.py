@@ -57,6 +57,7 @@ METHOD_BEFORE_SETTINGS_EXISTED: dict[str, MethodBefore] = {
     ),
     "simsiam": MethodBefore(params={"views": "byol"}),
     "dino": MethodBefore(params={"views": "swav"}),
+    "clip": MethodBefore(params={"multi_positive": False}),  # one positive per row then
 }
 
 # Optimiser defaults that changed when every method's default became a named recipe

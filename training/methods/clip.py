@@ -85,15 +85,6 @@ class CLIPParams(MethodParams):
     # pairs with the same label / the same caption are positives (see the module docstring)
     multi_positive: bool = True
 
-    # Only the settings added with a recorded source; the others print "source not recorded".
-    SOURCES: ClassVar[dict[str, str]] = {
-        "multi_positive": (
-            "engineering: same-caption / same-label pairs as positives, in the spirit of "
-            "UniCL's (Yang et al. 2022) and SupCon's (Khosla et al. 2020) multi-positive "
-            "targets; not in the CLIP or SigLIP papers"
-        ),
-    }
-
     SOURCES: ClassVar[dict[str, str]] = {
         "embed_dim": "paper: LiT (Zhai et al. 2022): 0 = the locked text tower's width",
         "text_tower": "paper: LiT (a pretrained text tower; here all-MiniLM-L6-v2, packaged)",
@@ -108,6 +99,11 @@ class CLIPParams(MethodParams):
         "init_logit_bias": "paper: Zhai et al. 2023 (SigLIP, b = -10)",
         "templates": "paper: CLIP's 7-template ImageNet ensemble (open_clip's 'simple' set)",
         "min_crop_scale": "engineering: a milder crop than SimCLR's 0.08 (CLIP: square crop)",
+        "multi_positive": (
+            "engineering: same-caption / same-label pairs as positives, in the spirit of "
+            "UniCL's (Yang et al. 2022) and SupCon's (Khosla et al. 2020) multi-positive "
+            "targets; not in the CLIP or SigLIP papers"
+        ),
         "head_norm": "unused (CLIP's image projection is linear)",
     }
 

@@ -435,3 +435,12 @@ def test_clip_with_siglip_loss_trains(tmp_path: Path) -> None:
     loss = losses(out)
     assert statistics.mean(loss[-8:]) < statistics.mean(loss[:8])
     assert float(load_checkpoint(out).model["logit_bias"]) != -10.0
+
+
+def test_a_clip_checkpoint_from_before_multi_positive_keeps_one_positive_per_row() -> None:
+    from training.engine.resume import with_old_defaults
+
+    before = with_old_defaults({"method": "clip", "method_params": {"loss": "siglip"}})
+    assert before["method_params"] == {"loss": "siglip", "multi_positive": False}
+    saved = {"method": "clip", "method_params": {"multi_positive": True}}
+    assert with_old_defaults(saved)["method_params"] == {"multi_positive": True}
