@@ -83,6 +83,7 @@ class GracefulServer(uvicorn.Server):
             )
         elif self.signals_seen == 2:
             self.stop_at = time.monotonic()
+            log.info("%s again: the drain ends now", signal.Signals(sig).name)
         else:
             self.should_exit = self.force_exit = True
 

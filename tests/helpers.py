@@ -160,6 +160,15 @@ def wait_server_ready(
     raise AssertionError(f"the server never became ready:\n{output()}")
 
 
+def wait_until(done: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll `done` until true; fail the test after `timeout` s (a readiness wait, generous
+    so that a busy machine only makes it slower, never red)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"{what} never met in {timeout:g} s"
+        time.sleep(0.01)
+
+
 def item_rows(items: list[int]) -> torch.Tensor:
     """n ints -> [n, 1]: each row says which item it came from (a Batcher's fn under test)."""
     return torch.tensor(items, dtype=torch.float32)[:, None]

@@ -23,7 +23,7 @@ import torch
 
 from service.index.factory import open_backend
 from service.settings import Settings
-from tests.helpers import FakeEncoder, free_port, wait_server_ready
+from tests.helpers import FakeEncoder, free_port, wait_server_ready, wait_until
 
 SCRIPT = Path(__file__).with_name("slow_server.py")
 
@@ -140,28 +140,35 @@ def test_the_wait_for_requests_in_flight_is_bounded(start) -> None:
     stalled.close()
     log = server.log.read_text()
     assert code == 0, log
-    assert 0.9 <= took < 10, f"exited {took:.2f} s after SIGTERM (timeout 1 s)"
+    # the bound is the log's word, not a stopwatch (a busy machine stretches any exit);
+    # the exit cannot come before the 1-second timeout, however fast the machine
+    assert took >= 0.9, f"exited {took:.2f} s after SIGTERM, before the 1-s timeout"
     assert "graceful shutdown exceeded" in log, log
 
 
+# A drain of an hour: a server that exits at all within the tests' wait skipped it.
+HOUR = 3600
+
+
 def test_sigint_skips_the_drain_delay(start) -> None:
-    server: Server = start(drain_seconds=60, graceful_timeout=5)
+    server: Server = start(drain_seconds=HOUR, graceful_timeout=5)
     server.proc.send_signal(signal.SIGINT)
-    signalled = time.monotonic()
-    code = server.proc.wait(timeout=30)
-    assert code == 0, server.log.read_text()
-    assert time.monotonic() - signalled < 20  # not the 60-second drain
+    code = server.proc.wait(timeout=120)
+    log = server.log.read_text()
+    assert code == 0, log
+    assert "SIGINT: draining (readyz 503) for 0.0 s" in log, log
 
 
 def test_a_second_sigterm_ends_the_drain_at_once(start) -> None:
-    server: Server = start(drain_seconds=60, graceful_timeout=5)
+    server: Server = start(drain_seconds=HOUR, graceful_timeout=5)
     server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    assert server.http.get("/readyz").status_code == 503
+    # readiness turns 503 when the first signal is handled: poll for it, no fixed sleep
+    wait_until(lambda: server.http.get("/readyz").status_code == 503, 60)
     server.proc.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
-    assert server.proc.wait(timeout=30) == 0, server.log.read_text()
-    assert time.monotonic() - signalled < 20
+    assert server.proc.wait(timeout=120) == 0, server.log.read_text()
+    log = server.log.read_text()
+    assert f"SIGTERM: draining (readyz 503) for {HOUR:.1f} s" in log, log
+    assert "SIGTERM again: the drain ends now" in log, log
 
 
 # -- every request of the drain is answered; the exit follows the last answer -----------------

@@ -7,7 +7,6 @@ functions in Python loops, pooling/interpolation closed forms, and per-channel l
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -372,15 +371,6 @@ def test_augmenter_jitter_strength_replaces_only_size_ruled_jitter() -> None:
 def test_view_spec_validation(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         ViewSpec(**{"size": 8, **bad})  # type: ignore[arg-type]
-
-
-def test_cpu_throughput_is_reasonable() -> None:
-    img = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8)
-    aug, spec = Augmenter("cpu"), simclr_view(32)
-    aug(img, spec)  # warm-up
-    start = time.perf_counter()
-    aug(img, spec)
-    assert time.perf_counter() - start < 2.0  # ~15 ms on 2 cores; generous for noisy CI
 
 
 @pytest.mark.gpu

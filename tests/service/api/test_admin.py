@@ -10,7 +10,6 @@ import dataclasses
 import gc
 import re
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +26,7 @@ from service.middleware import ApiKeyMiddleware
 from service.runtime.batcher import Batcher
 from service.settings import Settings
 from service.state import ServiceState
-from tests.helpers import FakeEncoder, image_bytes, unit_rows, wait_ready
+from tests.helpers import FakeEncoder, image_bytes, unit_rows, wait_ready, wait_until
 from training.encoders import check_reference
 
 BOSS = {"Authorization": "Bearer boss"}  # the admin key
@@ -108,11 +107,8 @@ def _state(client: TestClient) -> ServiceState:
     return client.app.state.service  # type: ignore[attr-defined,no-any-return]
 
 
-def _until(done: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+def _until(done: Callable[[], bool], timeout: float = 60.0) -> None:
+    wait_until(done, timeout)
 
 
 def _load(client: TestClient, ref: str, **more: Any) -> dict[str, Any]:
