@@ -129,3 +129,20 @@ def resolve_optimizer_defaults(
         cfg.weight_decay = method_cls.default_weight_decay
     cfg.optimizer = cfg.optimizer or method_cls.default_optimizer
     return cfg.optimizer, cfg.lr, cfg.weight_decay
+
+
+def optimizer_line(
+    cfg: TrainConfig, method_cls: type[Method[Any]], peak: float, batch: int, unset: list[str]
+) -> str:
+    """The run's optimiser in one log line, and where its defaults come from: `unset`
+    names the settings the run took from the method (cfg holds them resolved)."""
+    name = str(cfg.optimizer)
+    lars = f" (eta {cfg.lars_eta:g}, {'clipped' if cfg.lars_clip else 'unclipped'})"
+    text = (
+        f"optimiser: {name}{lars if name == 'lars' else ''}, lr {cfg.lr:g} per 256 images "
+        f"-> {peak:g} at batch {batch} ({cfg.lr_scaling}), weight decay {cfg.weight_decay:g}"
+    )
+    sources = {method_cls.DEFAULT_SOURCES.get(k, "the method's default") for k in unset}
+    if sources:
+        text += f"; defaults from {'; '.join(sorted(sources))}"
+    return text

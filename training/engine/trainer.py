@@ -40,7 +40,12 @@ from training.encoders.nets.backbones import (
 from training.engine.checkpoint import LAST, Checkpoint, all_finite, save_checkpoint
 from training.engine.knn_monitor import OnlineKNN
 from training.engine.metrics import MetricsLogger
-from training.engine.optim import build_optimizer, param_groups, resolve_optimizer_defaults
+from training.engine.optim import (
+    build_optimizer,
+    optimizer_line,
+    param_groups,
+    resolve_optimizer_defaults,
+)
 from training.engine.pretrained import load_backbone
 from training.engine.progress import Progress
 from training.engine.runstate import capture_rng, restore_rng, seed_all, train_device
@@ -178,10 +183,13 @@ class Trainer:
 
     def _build_optimizer(self) -> tuple[torch.optim.Optimizer, float]:
         cfg = self.cfg
+        unset = [k for k in ("optimizer", "lr", "weight_decay") if getattr(cfg, k) is None]
         name, lr, wd = resolve_optimizer_defaults(cfg, type(self.method))
         groups = param_groups(self.method, wd, self.method.no_weight_decay())
         peak = scaled_lr(lr, self.global_batch, cfg.lr_scaling)
         opt = build_optimizer(name, groups, peak, cfg.momentum, cfg.lars_eta, cfg.lars_clip)
+        if dist.is_main():
+            log.info("%s", optimizer_line(cfg, type(self.method), peak, self.global_batch, unset))
         return opt, peak
 
     def _dtype(self) -> torch.dtype:
