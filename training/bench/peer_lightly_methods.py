@@ -271,6 +271,7 @@ class SwAV(PeerMethod):
             small = ctx.global_batch <= AUTO_QUEUE_MAX_BATCH
             length = min(AUTO_QUEUE_LENGTH, ctx.steps_per_epoch * ctx.global_batch) if small else 0
         self.queue_length, self.filled = int(length), 0
+        self.queue: Tensor
         self.register_buffer("queue", torch.zeros(2, self.queue_length, p.proj_dim))
 
     def loss(self, views: list[Tensor], step: int, epoch: int) -> Tensor:
