@@ -13,7 +13,8 @@ recipe, where lightly has the method (not CLIP/SigLIP).
 Criteria (training.bench.criteria says the formulas): (a) kNN more than 3 standard
 errors above the best untrained seed; (b) final-epoch loss within max(10%, 0.05) of the
 peer's; (c) kNN no more than 2 standard errors below the peer's. The command exits 1
-when any criterion of any method fails (or a run fails), 0 when all pass.
+when any criterion of any method fails (or a run fails), 0 when all pass, 130 when a
+signal (e.g. `timeout`) stopped it (the JSON keeps the methods finished before).
 
     scripts/peer-lightly-env.sh                      # once: lightly's venv in /tmp/lightlyenv
     contrastive bench quality --quick                # every method, 3 epochs (~1 h, 2 cores)
@@ -120,7 +121,7 @@ def ours(s: BenchSettings, epochs: int, method: str) -> dict[str, Any]:
     return {
         "knn_top1": found["final_top1"], "losses": losses, "steps": len(losses),
         "steps_per_epoch": shape["steps_per_epoch"], "epochs_done": found["epochs_done"],
-        "seconds": time.perf_counter() - t0,
+        "stopped": found["stopped"], "seconds": time.perf_counter() - t0,
     }  # fmt: skip
 
 
@@ -250,6 +251,13 @@ def run(args: argparse.Namespace, methods: list[str]) -> int:
     for method in methods:
         say(f"{method}: {epochs} epochs at batch {s.batch_size} ...")
         row = run_method(s, epochs, method, args, folder)
+        if row["ours"].get("stopped") == "signal":
+            # the Trainer turned SIGINT/SIGTERM into a clean stop of this run: end here, or
+            # a `timeout` would only skip to the next method; the partial row is not kept
+            result["interrupted"] = method
+            write_json(path, result)
+            say(f"interrupted during {method}: the finished methods are in {path}")
+            return 130
         row["verdicts"] = judge(row, accs, n)
         result["methods"][method] = row
         say(f"{method}: {row['verdicts']['overall']}")

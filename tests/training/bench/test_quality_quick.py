@@ -128,6 +128,23 @@ def test_judge_and_table_on_made_up_runs() -> None:
     assert "| **FAIL** |" in text and "| clip | 2 | 4 | 3.0000 | n/a | 0.7500 | n/a |" in text
 
 
+def test_a_signal_ends_the_whole_benchmark(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A `timeout` stops the Trainer cleanly; the benchmark must stop too, not go on."""
+    ran: list[str] = []
+
+    def run_method(s: Any, epochs: int, method: str, *_: Any) -> dict[str, Any]:
+        ran.append(method)
+        return {"ours": {"stopped": "signal"}, "peer": {"n/a": "interrupted"}}
+
+    monkeypatch.setattr(quality_quick, "run_method", run_method)
+    monkeypatch.setattr(quality_quick, "raw_pixel_knn", lambda *a: {"top1": 0.8})
+    monkeypatch.setattr(quality_quick, "untrained_knn", lambda *a: [0.7, 0.71, 0.72])
+    path = tmp_path / "q.json"
+    args = _args(["--quick", "--json", str(path), "--data", "digits"])
+    assert quality_quick.run(args, ["simclr", "byol"]) == 130
+    assert ran == ["simclr"] and json.loads(path.read_text())["interrupted"] == "simclr"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not Path(quality_quick.PEER_PYTHON).exists(),
