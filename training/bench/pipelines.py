@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
 
-from training.augment import Augmenter, ViewSpec
 from training.config import build_config
 from training.data import Batch
 from training.engine.trainer import Trainer
@@ -52,44 +50,6 @@ class BenchSettings:
     view_pool: int = 2  # distinct pre-made view sets the step-only pipelines cycle through
     threads: int = 0  # torch intra-op threads of the main process (recorded, not set here)
     methods: list[str] = field(default_factory=list)
-    # The views of tiny grey glyphs (bench quality --quick on 8x8 digits) in place of each
-    # method's own photo recipe: see SmallGlyphAugmenter.
-    glyph_views: bool = False
-
-
-# What SmallGlyphAugmenter keeps of a crop: the area fraction of a global view (and of a
-# multi-crop small view, whose recipe asks for less than a fifth of the image).
-GLYPH_SCALE: tuple[float, float] = (0.5, 1.0)
-GLYPH_SMALL_SCALE: tuple[float, float] = (0.25, 0.5)
-GLYPH_JITTER: tuple[float, float, float, float] = (0.4, 0.4, 0.0, 0.0)
-
-
-class SmallGlyphAugmenter(Augmenter):
-    """The methods' view recipes adapted to 8x8 grey digits (the --quick smoke data).
-
-    The recipes are the papers' for photos of 32 px and more; on an 8x8 source they
-    destroy the class: a crop of 8% of the area is a 2x3-pixel patch (a stroke fragment
-    that is no digit), a mirrored 2, 3, 5 or 7 is no longer that digit, solarizing a
-    stroke image inverts it, and hue, saturation and grayscale do nothing to a grey
-    image. Here each view keeps its recipe but for: crop area GLYPH_SCALE (small
-    multi-crop views GLYPH_SMALL_SCALE), no flip, brightness/contrast only, no
-    solarize. Blur is already off below 64 px."""
-
-    def __call__(self, images: Tensor, spec: ViewSpec) -> Tensor:
-        small = spec.scale[1] < 0.5  # SwAV/DINO's small crops (0.05-0.14)
-        spec = ViewSpec(
-            spec.size,
-            scale=GLYPH_SMALL_SCALE if small else GLYPH_SCALE,
-            ratio=spec.ratio,
-            hflip_p=0.0,
-            jitter=GLYPH_JITTER,
-            jitter_p=spec.jitter_p,
-            gray_p=0.0,
-            blur_p=spec.blur_p,
-            blur_sigma=spec.blur_sigma,
-            solarize_p=0.0,
-        )
-        return super().__call__(images, spec)
 
 
 def build_trainer(s: BenchSettings, method: str, out: Path, **extra: Any) -> Trainer:
@@ -115,14 +75,7 @@ def build_trainer(s: BenchSettings, method: str, out: Path, **extra: Any) -> Tra
         values["text_tower"] = s.clip_text_tower
     values.update(extra)
     cfg, params = build_config(values, get_method(method).Params)
-    trainer = Trainer(cfg, params)
-    if s.glyph_views:
-        # The Trainer's own Augmenter's stream (untouched so far: no view drawn yet), taken
-        # as it is rather than by repeating how the Trainer seeds it.
-        glyphs = SmallGlyphAugmenter(trainer.device)
-        glyphs.generator.set_state(trainer.augment.generator.get_state())
-        trainer.augment = trainer.knn.augment = glyphs
-    return trainer
+    return Trainer(cfg, params)
 
 
 def step_on_views(trainer: Trainer, views: Views) -> None:

@@ -16,24 +16,11 @@ training.engine.resume.BEFORE_SETTINGS_EXISTED)
 and the clipped one it uses now (LARC, eta 0.001), so the two optimisers are compared at
 the large batch where their difference shows, in the same run.
 
---quick, the CPU smoke form (tiny backbone, scikit-learn's 8x8 digits, batch 64), has its
-own recipe, because the methods' photo recipes at 2 epochs left 8 of 10 methods below
-their untrained encoder (kNN 0.37-0.65 against 0.66); measured causes, worst first:
+--quick is the CPU benchmark with pass criteria (training.bench.quality_quick): every
+method's default recipe on Fashion-MNIST at 16 px, against the untrained encoder and
+lightly's implementation of the same recipe; it exits 1 when a method fails.
 
-- the views: a random resized crop of 8% of an 8x8 image is a 2x3-pixel stroke, a flip
-  makes another glyph of a 2 or a 5, solarize inverts the strokes, and hue, saturation
-  and grayscale do nothing to grey pixels; pipelines.SmallGlyphAugmenter keeps crops of
-  half the area or more, drops flips and solarize (Barlow Twins 0.37 -> 0.74, SwAV 0.44
-  -> 0.56, DINO 0.51 -> 0.62 at 2 epochs);
-- too few steps: ~22 an epoch, so 2 epochs were 44; QUICK_EPOCHS = 6 (BYOL 0.64 -> 0.69);
-- settings sized for ImageNet-length runs (QUICK_METHOD_SETTINGS says which, and what
-  each changed): EMA momenta averaging over more steps than the run has, 2048-4096-wide
-  heads, MoCo v2's BatchNorm-free head, multi-crop views of 3-4 pixels, SimSiam's lr.
-
-The untrained reference, the kNN and the probe are the same as in a real run; the recipe
-is in each row's "settings". Real runs (no --quick) keep every method's own recipe.
-
-    contrastive bench quality --quick                        # CPU smoke: tiny, digits
+    contrastive bench quality --quick                        # CPU, criteria, peer
     contrastive bench quality --device cuda --data fashion-mnist --epochs 20
 """
 
@@ -51,7 +38,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from training.bench import quality_quick
 from training.bench.pipelines import BenchSettings
+from training.bench.quality_quick import PEER_PYTHON
 from training.bench.time_to_knn import KNN_K, KNN_T, knn_run, raw_pixel_knn
 from training.config import ConfigError, TrainConfig
 from training.data import DataError, LabelledArrays, load_knn_data
@@ -76,48 +65,6 @@ LARS_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 Data = tuple[LabelledArrays, LabelledArrays]
-# --quick's wall seconds per run (its first epoch end past them stops it): what lets every
-# registered method (ten) finish inside a 15-minute CPU run on a shared 2-core VM; slow
-# methods (CLIP's text tower) get fewer epochs.
-QUICK_TIME_LIMIT = 45.0
-# --quick's epochs: ~22 steps an epoch at batch 64 on digits, so 2 epochs were 44 optimiser
-# steps, too few for any method but SimCLR and VICReg to move its encoder past the random
-# one; 6 (~130 steps) fit QUICK_TIME_LIMIT for all but the slowest methods, which the limit
-# stops one or two epochs early.
-QUICK_EPOCHS = 6
-# --quick's per-method settings (the smoke recipe; a real run keeps the methods' own),
-# each measured on digits at 6 epochs (final kNN against the untrained 0.660):
-# - EMA targets (MoCo's key encoder, BYOL's and DINO's teachers) averaging over
-#   1 / (1 - m) steps: 1000 (MoCo's 0.999) and 250 (BYOL/DINO's 0.996) are more steps than
-#   the whole smoke run, so the target stays close to the random network; 0.99 (100 steps);
-# - heads sized for a tiny backbone: hidden widths of 2048-4096 after a backbone of a few
-#   dozen channels dominate the step time; 512 (no method passed or failed by it alone);
-# - MoCo: MoCo v2's head has no BatchNorm, and on the tiny backbone its kNN fell to 0.55
-#   and stayed there at every lr tried (SGD 0.03 and 0.12 per 256, LARS 0.4); with BN in
-#   the head (as moco-tuned) 0.78;
-# - SwAV, DINO: small multi-crop views of an 8x8 glyph are 3-4 pixels across. SwAV with
-#   4 of them: 0.55, with none: 0.69; DINO keeps 2 (0.72) and 256 outputs, not 4096 for
-#   10 classes;
-# - SimSiam: SGD at the paper's 0.05 per 256, i.e. 0.0125 at batch 64, barely moves a
-#   fresh network in ~130 steps (0.60); 0.4 per 256: 0.67 (LARS 0.4-1.0: 0.67 too).
-QUICK_HEAD_WIDTH = 512
-QUICK_MOMENTUM = 0.99
-QUICK_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
-    "moco": {"base_momentum": QUICK_MOMENTUM, "final_momentum": QUICK_MOMENTUM,
-             "head_norm": "batch"},
-    "byol": {"base_momentum": QUICK_MOMENTUM},
-    "dino": {"base_momentum": QUICK_MOMENTUM, "out_dim": 256, "n_small_crops": 2},
-    "swav": {"n_small_crops": 0},
-    "simsiam": {"lr": 0.4},
-}  # fmt: skip
-
-
-def quick_settings(method: str) -> dict[str, Any]:
-    """The smoke recipe's run settings for `method`: QUICK_METHOD_SETTINGS, and every head
-    width the method's Params have (proj_hidden, pred_hidden) at QUICK_HEAD_WIDTH."""
-    fields = {f.name for f in dataclasses.fields(get_method(method).Params)}
-    heads = {k: QUICK_HEAD_WIDTH for k in ("proj_hidden", "pred_hidden") if k in fields}
-    return heads | QUICK_METHOD_SETTINGS.get(method, {})
 
 
 def registered_methods() -> list[str]:
@@ -137,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="[resnet18 on CUDA, tiny on the CPU]")
     p.add_argument("--epochs", type=int, default=None, help="[20 on CUDA, 3 on the CPU]")
     p.add_argument("--batch-size", type=int, default=None, help="[256 on CUDA, 64 on the CPU]")
-    p.add_argument("--image-size", type=int, default=32, help="view side [32]")
+    p.add_argument("--image-size", type=int, default=None, help="view side [32; 16 with --quick]")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
     p.add_argument("--precision", default="auto", help="auto | bf16 | fp16 | fp32 [auto]")
     p.add_argument(
@@ -163,8 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--time-limit",
         type=float,
         default=None,
-        help="per run: stop at the first epoch end past this many wall seconds; 0: no "
-        f"limit [none; {QUICK_TIME_LIMIT:g} with --quick]",
+        help="per run: stop at the first epoch end past this many wall seconds; 0: no limit [none]",
     )
     p.add_argument(
         "--clip-text-tower",
@@ -175,10 +121,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"the CPU smoke form: tiny backbone, digits, {QUICK_EPOCHS} epochs, batch 64, "
-        "views and settings for 8x8 glyphs and ~130 steps, one CPU thread, no LARS "
-        f"comparison, runs stopped after {QUICK_TIME_LIMIT:g} s",
+        help="the CPU benchmark with pass criteria: default recipes, fashion-mnist, tiny at "
+        "16 px, batch 256, --epochs [3], against raw pixels, the untrained encoder (seeds "
+        "0-2) and lightly; exits 1 when a method fails (training/bench/quality_quick.py)",
     )
+    p.add_argument(
+        "--peer-python",
+        default=PEER_PYTHON,
+        help=f"--quick: the python of lightly's environment [{PEER_PYTHON}, made by "
+        "scripts/peer-lightly-env.sh]",
+    )
+    p.add_argument("--no-peer", action="store_true", help="--quick: no lightly runs")
     p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
     p.add_argument(
         "--json", default=None, help="write the JSON here instead of OUT/quality-<timestamp>.json"
@@ -209,53 +162,41 @@ class Plan:
     lars_methods: list[str]
     lars_batch: int
     time_limit: float | None
-    quick: bool
 
 
 def plan_from_args(args: argparse.Namespace, device: torch.device) -> Plan:
-    """Flags, else defaults for the device; --quick (the CPU smoke form) overrides those."""
-    gpu, quick = device.type == "cuda", bool(args.quick)
-    # Fashion-MNIST takes a CPU minutes an epoch at any useful size: digits there.
+    """Flags, else defaults for the device (--quick is quality_quick's, not a Plan)."""
+    gpu = device.type == "cuda"
+    # Fashion-MNIST takes a CPU minutes an epoch at 32 px: digits there.
     default_data = "fashion-mnist" if gpu and Path(FASHION_MNIST_DIR).is_dir() else "digits"
 
-    def pick(value: Any, cuda: Any, cpu: Any, smoke: Any) -> Any:
-        if value is not None:
-            return value
-        return smoke if quick else cuda if gpu else cpu
+    def pick(value: Any, cuda: Any, cpu: Any) -> Any:
+        return value if value is not None else cuda if gpu else cpu
 
     methods = registered_methods() if args.methods is None else _names(args.methods, "--methods")
-    data = pick(args.data, default_data, "digits", "digits")
     bench = BenchSettings(
-        data=data,
-        backbone=pick(args.backbone, "resnet18", "tiny", "tiny"),
-        batch_size=pick(args.batch_size, 256, 64, 64),
-        image_size=args.image_size,
+        data=pick(args.data, default_data, "digits"),
+        backbone=pick(args.backbone, "resnet18", "tiny"),
+        batch_size=pick(args.batch_size, 256, 64),
+        image_size=args.image_size or 32,
         device=args.device,
         precision=args.precision,
         clip_text_tower=args.clip_text_tower,
         threads=torch.get_num_threads(),
         methods=methods,
-        # The smoke form's data are 8x8 glyphs: views made for them (pipelines.py's
-        # SmallGlyphAugmenter says why the photo recipes fail there).
-        glyph_views=quick and data == "digits",
     )
-    epochs = int(pick(args.epochs, 20, 3, QUICK_EPOCHS))
-    time_limit = pick(args.time_limit, None, None, QUICK_TIME_LIMIT)
+    epochs = int(pick(args.epochs, 20, 3))
     if epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {epochs}")
     return Plan(
         bench=bench,
         methods=methods,
         epochs=epochs,
-        # The LARS comparison is about large batches: the smoke form leaves it out unless
-        # asked, which keeps every registered method inside a 15-minute CPU run.
         lars_methods=_names(
-            pick(args.lars_methods, DEFAULT_LARS_METHODS, DEFAULT_LARS_METHODS, ""),
-            "--lars-methods",
+            pick(args.lars_methods, DEFAULT_LARS_METHODS, DEFAULT_LARS_METHODS), "--lars-methods"
         ),
-        lars_batch=int(pick(args.lars_batch, 1024, 256, 256)),
-        time_limit=time_limit or None,
-        quick=quick,
+        lars_batch=int(pick(args.lars_batch, 1024, 256)),
+        time_limit=args.time_limit or None,
     )
 
 
@@ -454,10 +395,7 @@ def train_all(plan: Plan, data: Data, result: dict[str, Any], path: Path) -> boo
                 "(the data has no captions of its own)"
             )
         say(f"{method}: {plan.epochs} epochs at batch {s.batch_size} ...")
-        # The smoke recipe (QUICK_METHOD_SETTINGS); its row's "settings" records it.
-        row = train_one(
-            plan, method, data, overrides=quick_settings(method) if plan.quick else None
-        )
+        row = train_one(plan, method, data)
         result["methods"][method] = row
         if row.get("above_untrained") is False:
             result["below_untrained"].append(method)
@@ -480,14 +418,19 @@ def train_all(plan: Plan, data: Data, result: dict[str, Any], path: Path) -> boo
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        try:
+            methods = (
+                registered_methods() if args.methods is None else _names(args.methods, "--methods")
+            )
+        except ConfigError as e:
+            print(f"contrastive bench quality: {e}", file=sys.stderr)
+            return 2
+        return quality_quick.run(args, methods)
     try:
         device = train_device(args.device)
         if args.threads:
             torch.set_num_threads(args.threads)
-        elif args.quick and device.type == "cpu":
-            # Two OpenMP threads on a small CPU that also runs anything else stall at every
-            # barrier (steps several times slower); the smoke form is meant for such machines.
-            torch.set_num_threads(1)
         plan = plan_from_args(args, device)
         s = plan.bench
         data = load_knn_data(s.data, image_size=s.image_size)
@@ -501,7 +444,6 @@ def run(args: argparse.Namespace) -> int:
             "lars_batch": plan.lars_batch,
             "lars_variants": LARS_VARIANTS,
             "time_limit_s": plan.time_limit,
-            "quick": plan.quick,
             "knn_k": KNN_K,
             "knn_t": KNN_T,
         }

@@ -103,6 +103,7 @@ def knn_run(
     *,
     overrides: dict[str, Any] | None = None,
     raw_pixels: bool = True,
+    untrained: bool = True,
     before: Callable[[Trainer], dict[str, Any]] | None = None,
     after: Callable[[Trainer], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -110,7 +111,8 @@ def knn_run(
 
     `overrides`: more run settings for the trainer (e.g. the LARS variant). `raw_pixels`
     False skips the raw-pixel reference (a caller running many methods measures it once;
-    raw_pixel_top1, bank and queries are then None). `before(trainer)` runs on the untrained
+    raw_pixel_top1, bank and queries are then None); `untrained` False likewise skips the
+    untrained encoder's kNN (untrained_top1 None). `before(trainer)` runs on the untrained
     model, `after(trainer)` on the trained one before its scratch folder goes (e.g. a linear
     probe of each); their dicts join the result.
     """
@@ -133,10 +135,11 @@ def knn_run(
             raw = raw_pixel_knn(s.data, s.image_size, trainer.device)
             say(f"kNN on raw pixels: {raw['top1']:.4f}")
         t0 = time.perf_counter()
-        untrained = _knn_now(trainer)
+        untrained_top1 = _knn_now(trainer) if untrained else None
         eval_seconds = time.perf_counter() - t0
-        shown = "n/a" if untrained is None else f"{untrained:.4f}"
-        say(f"kNN of the untrained encoder: {shown} ({eval_seconds:.1f} s an evaluation)")
+        if untrained:
+            shown = "n/a" if untrained_top1 is None else f"{untrained_top1:.4f}"
+            say(f"kNN of the untrained encoder: {shown} ({eval_seconds:.1f} s an evaluation)")
         extra = before(trainer) if before is not None else {}
         records = _install_recorder(trainer, time_limit, say)
         result = trainer.fit()
@@ -170,7 +173,7 @@ def knn_run(
         "time_to_target_wall_s": hit["wall_seconds"] if hit else None,
         "epoch_of_target": hit["epoch"] if hit else None,
         "raw_pixel_top1": raw["top1"],
-        "untrained_top1": untrained,
+        "untrained_top1": untrained_top1,
         "loss": result.loss if result.loss is None or math.isfinite(result.loss) else None,
         **extra,
     }

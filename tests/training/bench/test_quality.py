@@ -1,4 +1,5 @@
-"""`contrastive bench quality`: the JSON and the table of a --quick run, and its pieces."""
+"""`contrastive bench quality` (the GPU form, run on the CPU defaults: digits, tiny): the
+JSON and the table of a short run, and its pieces. --quick: test_quality_quick.py."""
 
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ import torch
 
 from service.cli import build_parser
 from training.bench import quality
-from training.config import build_config
 from training.data import LabelledArrays
 from training.engine.resume import BEFORE_SETTINGS_EXISTED
-from training.methods import get_method
 
 METHODS = ("simclr", "moco")  # two of the fastest steps on the CPU
 EPOCHS = 2
@@ -40,10 +39,10 @@ def _run(flags: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
-    """One in-process --quick run: two methods, and the LARS comparison for one."""
+def short(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """One in-process run on the CPU defaults: two methods, and the LARS comparison for one."""
     path = tmp_path_factory.mktemp("bench") / "quality.json"
-    flags = ["--quick", "--device", "cpu", "--methods", ",".join(METHODS), "--epochs"]
+    flags = ["--device", "cpu", "--methods", ",".join(METHODS), "--epochs"]
     flags += [str(EPOCHS), "--lars-methods", "simclr", "--threads", "1", "--json", str(path)]
     flags += ["--time-limit", "0"]  # every epoch, however loaded the machine
     code, printed = _run(flags)
@@ -72,15 +71,15 @@ def _check_row(row: dict[str, Any], method: str) -> None:
 
 
 @pytest.mark.slow
-def test_quick_run_records_every_method_with_real_figures(
-    quick: tuple[dict[str, Any], str],
+def test_short_run_records_every_method_with_real_figures(
+    short: tuple[dict[str, Any], str],
 ) -> None:
-    result, _ = quick
+    result, _ = short
     assert result["benchmark"] == "quality"
     for key in ("date", "device", "device_name", "torch", "git_commit", "python"):
         assert key in result
     s = result["settings"]
-    assert (s["data"], s["backbone"], s["epochs"], s["quick"]) == ("digits", "tiny", EPOCHS, True)
+    assert (s["data"], s["backbone"], s["epochs"]) == ("digits", "tiny", EPOCHS)
     assert s["methods"] == list(METHODS)
     assert _is_fraction(result["raw_pixel_top1"])
     assert list(result["methods"]) == list(METHODS)
@@ -91,8 +90,8 @@ def test_quick_run_records_every_method_with_real_figures(
 
 
 @pytest.mark.slow
-def test_quick_run_compares_old_and_clipped_lars(quick: tuple[dict[str, Any], str]) -> None:
-    result, _ = quick
+def test_short_run_compares_old_and_clipped_lars(short: tuple[dict[str, Any], str]) -> None:
+    result, _ = short
     lars = result["lars"]["simclr"]
     assert list(lars) == ["old", "clipped"]
     assert lars["old"]["settings"] == {
@@ -111,8 +110,8 @@ def test_quick_run_compares_old_and_clipped_lars(quick: tuple[dict[str, Any], st
 
 
 @pytest.mark.slow
-def test_quick_run_prints_the_tables(quick: tuple[dict[str, Any], str]) -> None:
-    _, printed = quick
+def test_short_run_prints_the_tables(short: tuple[dict[str, Any], str]) -> None:
+    _, printed = short
     assert "| method | untrained kNN | final kNN | untrained probe | linear probe |" in printed
     for method in METHODS:
         assert f"\n| {method} | 0." in printed
@@ -148,9 +147,7 @@ def test_tables_show_skipped_failed_and_below_untrained_rows() -> None:
 
 
 def test_unknown_method_is_a_command_line_error(tmp_path: Path) -> None:
-    code, _ = _run(
-        ["--quick", "--device", "cpu", "--methods", "nope", "--json", str(tmp_path / "q")]
-    )
+    code, _ = _run(["--device", "cpu", "--methods", "nope", "--json", str(tmp_path / "q")])
     assert code == 2
 
 
@@ -172,7 +169,7 @@ def test_a_signal_ends_the_whole_bench(monkeypatch: pytest.MonkeyPatch, tmp_path
     plan = quality.Plan(
         bench=quality.BenchSettings(data="digits", backbone="tiny", batch_size=8),
         methods=["simclr", "moco"], epochs=1, lars_methods=["byol"], lars_batch=8,
-        time_limit=None, quick=True,
+        time_limit=None,
     )  # fmt: skip
     arrays = LabelledArrays(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.zeros(1), ["a"])
     result: dict[str, Any] = {"methods": {}, "lars": {}, "notes": [], "below_untrained": []}
@@ -180,54 +177,11 @@ def test_a_signal_ends_the_whole_bench(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert ran == ["simclr"] and json.loads((tmp_path / "q.json").read_text())["methods"]
 
 
-def test_defaults_for_the_cpu_and_for_quick() -> None:
+def test_defaults_for_the_cpu() -> None:
     parser = argparse.ArgumentParser()
     quality.add_arguments(parser)
-    cpu = torch.device("cpu")
-    plan = quality.plan_from_args(parser.parse_args([]), cpu)
+    plan = quality.plan_from_args(parser.parse_args([]), torch.device("cpu"))
     assert (plan.bench.data, plan.bench.backbone, plan.epochs) == ("digits", "tiny", 3)
+    assert (plan.bench.batch_size, plan.bench.image_size) == (64, 32)
     assert plan.lars_methods == ["byol", "simclr"] and plan.lars_batch == 256
-    assert plan.methods == quality.registered_methods()
-    quick = quality.plan_from_args(parser.parse_args(["--quick", "--methods", "moco"]), cpu)
-    assert (quick.epochs, quick.bench.batch_size, quick.lars_methods) == (
-        quality.QUICK_EPOCHS, 64, [],
-    )  # fmt: skip
-    assert quick.time_limit == quality.QUICK_TIME_LIMIT and plan.time_limit is None
-    assert quick.methods == ["moco"]
-    # the glyph views are the smoke form's, on digits only
-    assert quick.bench.glyph_views and not plan.bench.glyph_views
-    other = quality.plan_from_args(parser.parse_args(["--quick", "--data", "mnist"]), cpu)
-    assert not other.bench.glyph_views
-
-
-def test_quick_settings_are_valid_settings_of_every_method() -> None:
-    """A misspelt key in the smoke recipe would fail only inside a 15-minute run."""
-    for method in quality.registered_methods():
-        settings = quality.quick_settings(method)
-        cfg, params = build_config({"method": method, **settings}, get_method(method).Params)
-        for key, value in settings.items():
-            assert getattr(cfg, key, None) == value or getattr(params, key) == value
-    assert quality.quick_settings("moco")["head_norm"] == "batch"
-    assert quality.quick_settings("swav")["n_small_crops"] == 0
-
-
-def test_quick_runs_get_the_smoke_recipe_and_other_runs_do_not(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    seen: dict[str, Any] = {}
-
-    def train_one(plan: quality.Plan, method: str, data: quality.Data, **kw: Any) -> dict[str, Any]:
-        seen[f"{method} {plan.quick}"] = kw.get("overrides")
-        return {"method": method, "above_untrained": True}
-
-    monkeypatch.setattr(quality, "train_one", train_one)
-    arrays = LabelledArrays(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.zeros(1), ["a"])
-    for quick in (True, False):
-        plan = quality.Plan(
-            bench=quality.BenchSettings(data="digits", backbone="tiny", batch_size=8),
-            methods=["moco"], epochs=1, lars_methods=[], lars_batch=8, time_limit=None,
-            quick=quick,
-        )  # fmt: skip
-        result: dict[str, Any] = {"methods": {}, "lars": {}, "notes": [], "below_untrained": []}
-        assert quality.train_all(plan, (arrays, arrays), result, tmp_path / "q.json")
-    assert seen == {"moco True": quality.quick_settings("moco"), "moco False": None}
+    assert plan.methods == quality.registered_methods() and plan.time_limit is None
