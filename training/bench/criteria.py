@@ -33,8 +33,8 @@ BEAT_UNTRAINED_SE = 3.0  # (a): more than 3 standard errors above the best untra
 PEER_KNN_SE = 2.0  # (c): at most 2 standard errors below the peer
 # (b): 10% of the peer's loss, or 0.05 absolute for losses near zero (SimSiam's cosine
 # ends near -0.9, BYOL's 2 - 2cos near 0.1): the two implementations draw different views
-# (PIL per image against batched tensors) and differ in details (LARS's norm of g + wd*w
-# against |g| + wd*|w|, warm-up rounding), which move a 20-step mean by a few per cent.
+# (PIL per image against batched tensors) and differ in details (warm-up rounding, the
+# order of float sums), which move a 20-step mean by a few per cent.
 LOSS_REL_TOL = 0.10
 LOSS_ABS_TOL = 0.05
 LOSS_WINDOW = 20  # steps averaged at each fixed point (the end of every epoch)
