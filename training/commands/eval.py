@@ -1,10 +1,14 @@
-"""`contrastive eval`: score a model's features with kNN, a linear probe, zero-shot and few-shot.
+"""`contrastive eval`: score models with kNN, a linear probe, zero-shot, few-shot, retrieval.
 
     contrastive eval --model builtin --data fashion-mnist --task zeroshot --limit 1000
     contrastive eval --model runs/simclr --data fashion-mnist --task knn,linear,fewshot
+    contrastive eval --model open_clip:ViT-B-32 --pretrained laion2b_s34b_b79k \
+        --model runs/clip --data pairs:held-out.csv --task retrieval
 
 Writes eval-<date>.json (every number, the model, data, settings, date and device) and
-eval-<date>.md (the table, also printed) into --out.
+eval-<date>.md (the table, also printed) into --out. Several --model: every task runs
+for each on the same images; one table, a column per model, and the better model with
+the command that serves it (training.evaluate.compare states the rule).
 """
 
 from __future__ import annotations
@@ -18,15 +22,20 @@ from typing import Any
 import torch
 
 from training.encoders import TEXT, Encoder
+from training.evaluate.compare import verdict
 from training.evaluate.data import EvalData, load_eval_data
 from training.evaluate.models import CheckpointLoader, resolve_model
 from training.evaluate.pixels import extract_features
 from training.evaluate.report import markdown, write_report
+from training.evaluate.retrieval import retrieval
 from training.evaluate.tasks import FEWSHOT_L2, few_shot, knn_task, linear_probe
-from training.evaluate.zeroshot import TEMPLATE_CHOICES, zero_shot
+from training.evaluate.zeroshot import TEMPLATE_CHOICES, TEMPLATE_SETS, fill, zero_shot
 
-TASKS = ("knn", "linear", "zeroshot", "fewshot")
+TASKS = ("knn", "linear", "zeroshot", "fewshot", "retrieval")
 BANK_TASKS = ("knn", "linear", "fewshot")  # those that learn from the train images
+TEXT_TASKS = ("zeroshot", "retrieval")
+# labelled data: each image's caption for retrieval is its class name in this template
+RETRIEVAL_TEMPLATE = TEMPLATE_SETS["single"][0]
 
 
 class EvalError(ValueError):
@@ -37,21 +46,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="builtin | open_clip:ARCH | export dir | checkpoint file or run folder",
+        action="append",
+        help="builtin | open_clip:ARCH | export dir | checkpoint file or run folder; "
+        "repeat to compare models",
     )
-    p.add_argument("--pretrained", default=None, help="open_clip weights: tag or local file")
+    p.add_argument(
+        "--pretrained",
+        action="append",
+        default=None,
+        help="open_clip weights: tag or local file; once for every open_clip model, or once "
+        "per open_clip --model, in order",
+    )
     p.add_argument(
         "--data",
         required=True,
-        help="a labelled training data spec (digits, fashion-mnist[:DIR], "
-        "folder:DIR, ...) or skimage-photos (zero-shot only)",
+        help="a labelled training data spec (digits, fashion-mnist[:DIR], folder:DIR, ...), "
+        "pairs:FILE (retrieval only) or skimage-photos (zero-shot only)",
     )
     p.add_argument(
         "--task",
         default="auto",
-        help="comma list of knn,linear,zeroshot,fewshot [auto: every task the "
-        "model and data allow]",
+        help="comma list of knn,linear,zeroshot,fewshot,retrieval [auto: every task the "
+        "model and data allow; retrieval only for pairs: data]",
     )
+    p.add_argument("--recall-at", default="1,5,10", help="retrieval: recall@K for these K [1,5,10]")
     p.add_argument("--out", default="eval-results", help="folder for JSON + markdown")
     p.add_argument("--k", type=int, default=200, help="kNN neighbours [200]")
     p.add_argument("--t", type=float, default=0.1, help="kNN temperature [0.1]")
@@ -104,15 +122,46 @@ def parse_ints(text: str, what: str) -> list[int]:
     return values
 
 
-def choose_tasks(requested: list[str] | None, encoder: Encoder) -> list[str]:
+def choose_tasks(requested: list[str] | None, encoder: Encoder, captions: bool) -> list[str]:
+    """The tasks to run; `captions`: the data is image-caption pairs (no class labels)."""
+    has_text = TEXT in encoder.capabilities
     if requested is None:
-        return [t for t in TASKS if t != "zeroshot" or TEXT in encoder.capabilities]
-    if "zeroshot" in requested and TEXT not in encoder.capabilities:
+        if captions:
+            requested = ["retrieval"]
+        else:  # retrieval of class-name captions only on request: it repeats zero-shot
+            return [t for t in TASKS if t not in TEXT_TASKS or (t == "zeroshot" and has_text)]
+    if captions and set(requested) - {"retrieval"}:
+        raise EvalError("pairs: data has captions, not class labels: use --task retrieval")
+    if "zeroshot" in requested and not has_text:
         raise EvalError(
             f"zero-shot needs a model that embeds text, and {encoder.model_id!r} is image-only; "
             "drop zeroshot from --task or pass a CLIP-style model"
         )
+    if "retrieval" in requested and not has_text:
+        raise EvalError(
+            f"retrieval needs a text tower, and {encoder.model_id!r} embeds images only; "
+            "pass a CLIP-style model"
+        )
     return requested
+
+
+def pretrained_per_model(models: list[str], given: list[str] | None) -> list[str | None]:
+    """--pretrained values -> one per --model: a single value goes to every model (only
+    open_clip reads it); several pair up with the open_clip models in order."""
+    if not given:
+        return [None] * len(models)
+    if len(given) == 1:
+        return [given[0]] * len(models)
+    clip = [i for i, m in enumerate(models) if m.startswith("open_clip:")]
+    if len(clip) != len(given):
+        raise EvalError(
+            f"{len(given)} --pretrained values for {len(clip)} open_clip models: give one "
+            "for all, or one per open_clip --model"
+        )
+    out: list[str | None] = [None] * len(models)
+    for i, tag in zip(clip, given, strict=True):
+        out[i] = tag
+    return out
 
 
 def class_names(args: argparse.Namespace, data: EvalData) -> list[str]:
@@ -124,23 +173,41 @@ def class_names(args: argparse.Namespace, data: EvalData) -> list[str]:
     return names
 
 
-def evaluate(
-    args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = None
-) -> dict[str, Any]:
-    """Run the command line's tasks; returns the report (what the JSON file holds)."""
+def captions_of(data: EvalData, names: list[str]) -> list[str]:
+    """One caption per query image: its own (pairs:), else its class name in the template."""
+    if data.captions is not None:
+        return data.captions
+    return [fill(RETRIEVAL_TEMPLATE, names[i]) for i in data.query_labels.tolist()]
+
+
+def is_caption_data(spec: str) -> bool:
+    """True for `pairs:FILE`; raises DataError for a bad spec before any model loads."""
     from training.data import parse_spec
-    from training.encoders.environment import environment
     from training.evaluate import photos
 
+    return spec != photos.SPEC and parse_spec(spec).kind == "pairs"
+
+
+def evaluate(
+    args: argparse.Namespace,
+    checkpoint_loader: CheckpointLoader | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+) -> dict[str, Any]:
+    """Run the command line's tasks for `model` (default: the first --model); returns the
+    report (what the JSON file holds)."""
+    from training.encoders.environment import environment
+
+    model = model or args.model[0]
     requested = parse_tasks(args.task)
     if args.threads:
         torch.set_num_threads(args.threads)
     shots = parse_ints(args.shots, "--shots")
-    if args.data != photos.SPEC:
-        parse_spec(args.data)  # a bad spec fails before the model loads
+    ks = sorted(set(parse_ints(args.recall_at, "--recall-at")))
+    captions = is_caption_data(args.data)
     device = None if args.device == "auto" else args.device
-    encoder = resolve_model(args.model, args.pretrained, device, checkpoint_loader)
-    tasks = choose_tasks(requested, encoder)
+    encoder = resolve_model(model, pretrained, device, checkpoint_loader)
+    tasks = choose_tasks(requested, encoder, captions)
     data = load_eval_data(args.data, encoder.info.preprocess.size, args.limit, args.seed)
     if data.bank is None:
         if requested is not None and set(tasks) & set(BANK_TASKS):
@@ -150,7 +217,7 @@ def evaluate(
         raise EvalError(
             f"nothing to evaluate: {args.data} has no train split and the model no text"
         )
-    names = class_names(args, data)
+    names = class_names(args, data) if not captions else []
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     queries = extract_features(encoder, data.queries, args.batch_size, "embed test")
@@ -163,14 +230,18 @@ def evaluate(
     results: dict[str, Any] = {}
     for task in tasks:
         t0 = time.perf_counter()
-        results[task] = _run_task(task, args, encoder, data, names, bank, queries, shots)
+        if task == "retrieval":
+            texts = captions_of(data, names)
+            results[task] = retrieval(encoder, queries, texts, ks, args.batch_size)
+        else:
+            results[task] = _run_task(task, args, encoder, data, names, bank, queries, shots)
         seconds[task] = time.perf_counter() - t0
     settings = {"k": args.k, "t": args.t, "shots": shots, "seeds": args.seeds,
                 "fewshot_l2": args.fewshot_l2, "templates": args.templates,
                 "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
-                "threads": torch.get_num_threads()}  # fmt: skip
+                "recall_at": ks, "threads": torch.get_num_threads()}  # fmt: skip
     return {
-        "model": args.model, "pretrained": args.pretrained, "model_id": encoder.model_id,
+        "model": model, "pretrained": pretrained, "model_id": encoder.model_id,
         "embed_dim": encoder.embed_dim, "data": args.data, "classes": names,
         "n_bank": len(bank),  # 0 when no task used the train images
         "n_queries": len(data.query_labels), "tasks": tasks, "settings": settings,
@@ -207,7 +278,7 @@ def run(args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = N
     from training.engine.checkpoint import CheckpointError
 
     try:
-        report = evaluate(args, checkpoint_loader)
+        report = evaluate_all(args, checkpoint_loader)
     except (EvalError, DataError, UnknownModelError, MissingCapabilityError,
             CheckpointError, ExportError, ValueError) as e:  # fmt: skip
         print(f"contrastive eval: {e}", file=sys.stderr)
@@ -216,6 +287,37 @@ def run(args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = N
     print(markdown(report))
     print(f"\nwrote {json_path} and {md_path}")
     return 0
+
+
+def check_command_line(args: argparse.Namespace, models: list[str]) -> None:
+    """Raise for a bad task, number, data spec or model reference before any model loads
+    (so the third --model's typo does not surface after two models' evaluations)."""
+    from training.encoders import check_reference
+    from training.evaluate.models import is_checkpoint_ref
+
+    parse_tasks(args.task)
+    parse_ints(args.shots, "--shots")
+    parse_ints(args.recall_at, "--recall-at")
+    is_caption_data(args.data)
+    for ref in models:
+        if not is_checkpoint_ref(ref):
+            check_reference(ref)
+
+
+def evaluate_all(
+    args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = None
+) -> dict[str, Any]:
+    """One model: its report. Several: {"models": [report per model], "verdict", "date"};
+    the same --seed and --limit give every model the same images."""
+    models = list(args.model)
+    tags = pretrained_per_model(models, args.pretrained)
+    check_command_line(args, models)
+    if len(models) == 1:
+        return evaluate(args, checkpoint_loader, models[0], tags[0])
+    if len(set(models)) < len(models):
+        raise EvalError(f"a --model is given twice: {models}")
+    reports = [evaluate(args, checkpoint_loader, m, t) for m, t in zip(models, tags, strict=True)]
+    return {"models": reports, "verdict": verdict(reports), "date": reports[0]["date"]}
 
 
 def main(argv: list[str] | None = None) -> int:
