@@ -155,6 +155,10 @@ def test_retrieval_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert "--recall-at" in capsys.readouterr().err
     assert cli.run(_args(tmp_path, "--model", ckpt, "--data", pairs, "--task", "knn"), fake) == 2
     assert "use --task retrieval" in capsys.readouterr().err
+    (tmp_path / "2.png").write_bytes(b"not a png")
+    assert cli.run(_args(tmp_path, "--model", ckpt, "--data", pairs), fake) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read image {tmp_path / '2.png'}" in err
     assert not (tmp_path / "out").exists()
 
 
