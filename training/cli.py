@@ -33,7 +33,10 @@ TRAINING_COMMANDS: dict[str, Command] = {
     "export": Command(
         "write a run's checkpoint as an export directory", "training.commands.export"
     ),
-    "eval": Command("kNN, linear probe, zero-shot, few-shot of a model", "training.commands.eval"),
+    "eval": Command(
+        "kNN, linear probe, zero-shot, few-shot, retrieval; compare models",
+        "training.commands.eval",
+    ),
     "demo": Command(
         "train a tiny SimCLR for a minute and draw what it learns", "training.commands.demo"
     ),

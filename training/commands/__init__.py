@@ -3,7 +3,7 @@
 
     train    contrastive train     (also `python -m training train`)
     export   contrastive export
-    eval     contrastive eval
+    eval     contrastive eval  (its flags and their checks: eval_options)
     demo     contrastive demo
     plot     contrastive plot
 

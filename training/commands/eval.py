@@ -1,10 +1,14 @@
-"""`contrastive eval`: score a model's features with kNN, a linear probe, zero-shot and few-shot.
+"""`contrastive eval`: score models with kNN, a linear probe, zero-shot, few-shot, retrieval.
 
     contrastive eval --model builtin --data fashion-mnist --task zeroshot --limit 1000
     contrastive eval --model runs/simclr --data fashion-mnist --task knn,linear,fewshot
+    contrastive eval --model open_clip:ViT-B-32 --pretrained laion2b_s34b_b79k \
+        --model runs/clip --data pairs:held-out.csv --task retrieval
 
 Writes eval-<date>.json (every number, the model, data, settings, date and device) and
-eval-<date>.md (the table, also printed) into --out.
+eval-<date>.md (the table, also printed) into --out. Several --model: every task runs
+for each on the same images; one table, a column per model, and the better model with
+the command that serves it (training.evaluate.compare states the rule).
 """
 
 from __future__ import annotations
@@ -17,130 +21,50 @@ from typing import Any
 
 import torch
 
-from training.encoders import TEXT, Encoder
+from training.commands.eval_options import (
+    BANK_TASKS,
+    EvalError,
+    add_arguments,
+    captions_of,
+    check_command_line,
+    choose_tasks,
+    class_names,
+    is_caption_data,
+    parse_ints,
+    parse_tasks,
+    pretrained_per_model,
+)
+from training.encoders import Encoder
+from training.evaluate.compare import verdict
 from training.evaluate.data import EvalData, load_eval_data
 from training.evaluate.models import CheckpointLoader, resolve_model
 from training.evaluate.pixels import extract_features
 from training.evaluate.report import markdown, write_report
-from training.evaluate.tasks import FEWSHOT_L2, few_shot, knn_task, linear_probe
+from training.evaluate.retrieval import retrieval
+from training.evaluate.tasks import few_shot, knn_task, linear_probe
 from training.evaluate.zeroshot import TEMPLATE_CHOICES, zero_shot
-
-TASKS = ("knn", "linear", "zeroshot", "fewshot")
-BANK_TASKS = ("knn", "linear", "fewshot")  # those that learn from the train images
-
-
-class EvalError(ValueError):
-    """A command line that cannot be evaluated; the message says what to change."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        required=True,
-        help="builtin | open_clip:ARCH | export dir | checkpoint file or run folder",
-    )
-    p.add_argument("--pretrained", default=None, help="open_clip weights: tag or local file")
-    p.add_argument(
-        "--data",
-        required=True,
-        help="a labelled training data spec (digits, fashion-mnist[:DIR], "
-        "folder:DIR, ...) or skimage-photos (zero-shot only)",
-    )
-    p.add_argument(
-        "--task",
-        default="auto",
-        help="comma list of knn,linear,zeroshot,fewshot [auto: every task the "
-        "model and data allow]",
-    )
-    p.add_argument("--out", default="eval-results", help="folder for JSON + markdown")
-    p.add_argument("--k", type=int, default=200, help="kNN neighbours [200]")
-    p.add_argument("--t", type=float, default=0.1, help="kNN temperature [0.1]")
-    p.add_argument("--shots", default="1,5,10", help="few-shot examples per class [1,5,10]")
-    p.add_argument("--seeds", type=int, default=5, help="few-shot draws averaged [5]")
-    p.add_argument(
-        "--fewshot-l2", type=float, default=FEWSHOT_L2, help=f"few-shot L2 strength [{FEWSHOT_L2}]"
-    )
-    p.add_argument(
-        "--templates",
-        choices=sorted(TEMPLATE_CHOICES),
-        default="both",
-        help="zero-shot prompts: default (7-template ensemble), single, both [both]",
-    )
-    p.add_argument(
-        "--class-names",
-        default=None,
-        help="comma list replacing the data's class names for zero-shot",
-    )
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="score a fixed random N of the train and of the test images",
-    )
-    p.add_argument("--batch-size", type=int, default=256, help="images per embedding batch")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch [torch's]")
-    p.add_argument("--seed", type=int, default=0, help="seed of --limit and the validation split")
-
-
-def parse_tasks(text: str) -> list[str] | None:
-    """'knn,linear' -> ['knn', 'linear']; 'auto' -> None (decided by model and data)."""
-    if text.strip() == "auto":
-        return None
-    tasks = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise EvalError(f"unknown task(s) {unknown or text!r}; choose from {', '.join(TASKS)}")
-    return list(dict.fromkeys(tasks))
-
-
-def parse_ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise EvalError(f"{what} must be a comma list of integers, got {text!r}") from e
-    if not values or min(values) < 1:
-        raise EvalError(f"{what} must be positive integers, got {text!r}")
-    return values
-
-
-def choose_tasks(requested: list[str] | None, encoder: Encoder) -> list[str]:
-    if requested is None:
-        return [t for t in TASKS if t != "zeroshot" or TEXT in encoder.capabilities]
-    if "zeroshot" in requested and TEXT not in encoder.capabilities:
-        raise EvalError(
-            f"zero-shot needs a model that embeds text, and {encoder.model_id!r} is image-only; "
-            "drop zeroshot from --task or pass a CLIP-style model"
-        )
-    return requested
-
-
-def class_names(args: argparse.Namespace, data: EvalData) -> list[str]:
-    if args.class_names is None:
-        return data.classes
-    names = [n.strip() for n in args.class_names.split(",")]
-    if len(names) != len(data.classes):
-        raise EvalError(f"--class-names has {len(names)} names; the data has {len(data.classes)}")
-    return names
 
 
 def evaluate(
-    args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = None
+    args: argparse.Namespace,
+    checkpoint_loader: CheckpointLoader | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
 ) -> dict[str, Any]:
-    """Run the command line's tasks; returns the report (what the JSON file holds)."""
-    from training.data import parse_spec
+    """Run the command line's tasks for `model` (default: the first --model); returns the
+    report (what the JSON file holds)."""
     from training.encoders.environment import environment
-    from training.evaluate import photos
 
+    model = model or args.model[0]
     requested = parse_tasks(args.task)
     if args.threads:
         torch.set_num_threads(args.threads)
     shots = parse_ints(args.shots, "--shots")
-    if args.data != photos.SPEC:
-        parse_spec(args.data)  # a bad spec fails before the model loads
+    ks = sorted(set(parse_ints(args.recall_at, "--recall-at")))
+    captions = is_caption_data(args.data)
     device = None if args.device == "auto" else args.device
-    encoder = resolve_model(args.model, args.pretrained, device, checkpoint_loader)
-    tasks = choose_tasks(requested, encoder)
+    encoder = resolve_model(model, pretrained, device, checkpoint_loader)
+    tasks = choose_tasks(requested, encoder, captions)
     data = load_eval_data(args.data, encoder.info.preprocess.size, args.limit, args.seed)
     if data.bank is None:
         if requested is not None and set(tasks) & set(BANK_TASKS):
@@ -150,7 +74,7 @@ def evaluate(
         raise EvalError(
             f"nothing to evaluate: {args.data} has no train split and the model no text"
         )
-    names = class_names(args, data)
+    names = class_names(args, data) if not captions else []
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     queries = extract_features(encoder, data.queries, args.batch_size, "embed test")
@@ -163,14 +87,18 @@ def evaluate(
     results: dict[str, Any] = {}
     for task in tasks:
         t0 = time.perf_counter()
-        results[task] = _run_task(task, args, encoder, data, names, bank, queries, shots)
+        if task == "retrieval":
+            texts = captions_of(data, names)
+            results[task] = retrieval(encoder, queries, texts, ks, args.batch_size)
+        else:
+            results[task] = _run_task(task, args, encoder, data, names, bank, queries, shots)
         seconds[task] = time.perf_counter() - t0
     settings = {"k": args.k, "t": args.t, "shots": shots, "seeds": args.seeds,
                 "fewshot_l2": args.fewshot_l2, "templates": args.templates,
                 "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
-                "threads": torch.get_num_threads()}  # fmt: skip
+                "recall_at": ks, "threads": torch.get_num_threads()}  # fmt: skip
     return {
-        "model": args.model, "pretrained": args.pretrained, "model_id": encoder.model_id,
+        "model": model, "pretrained": pretrained, "model_id": encoder.model_id,
         "embed_dim": encoder.embed_dim, "data": args.data, "classes": names,
         "n_bank": len(bank),  # 0 when no task used the train images
         "n_queries": len(data.query_labels), "tasks": tasks, "settings": settings,
@@ -207,7 +135,7 @@ def run(args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = N
     from training.engine.checkpoint import CheckpointError
 
     try:
-        report = evaluate(args, checkpoint_loader)
+        report = evaluate_all(args, checkpoint_loader)
     except (EvalError, DataError, UnknownModelError, MissingCapabilityError,
             CheckpointError, ExportError, ValueError) as e:  # fmt: skip
         print(f"contrastive eval: {e}", file=sys.stderr)
@@ -216,6 +144,22 @@ def run(args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = N
     print(markdown(report))
     print(f"\nwrote {json_path} and {md_path}")
     return 0
+
+
+def evaluate_all(
+    args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = None
+) -> dict[str, Any]:
+    """One model: its report. Several: {"models": [report per model], "verdict", "date"};
+    the same --seed and --limit give every model the same images."""
+    models = list(args.model)
+    tags = pretrained_per_model(models, args.pretrained)
+    check_command_line(args, models)
+    if len(models) == 1:
+        return evaluate(args, checkpoint_loader, models[0], tags[0])
+    if len(set(models)) < len(models):
+        raise EvalError(f"a --model is given twice: {models}")
+    reports = [evaluate(args, checkpoint_loader, m, t) for m, t in zip(models, tags, strict=True)]
+    return {"models": reports, "verdict": verdict(reports), "date": reports[0]["date"]}
 
 
 def main(argv: list[str] | None = None) -> int:

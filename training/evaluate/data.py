@@ -1,7 +1,9 @@
 """`--data SPEC` -> the labelled images evaluation scores: a bank (train) and queries (test).
 
 Every training.data spec with labels works (the bank and queries of kNN evaluation);
-`skimage-photos` adds nine real photos for zero-shot (queries only, no bank).
+`skimage-photos` adds nine real photos for zero-shot (queries only, no bank);
+`pairs:FILE` gives every image of the file with its caption, for retrieval only (no bank,
+no class labels).
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from dataclasses import dataclass
 
 import torch
 
-from training.data import DataError, load_knn_data
+from training.data import DataError, load_knn_data, parse_spec
 from training.evaluate import photos
+from training.evaluate.pairs import ImageFiles, read_pair_spec
 from training.evaluate.pixels import Images
+from training.evaluate.retrieval import caption_ids
 
 
 @dataclass
 class EvalData:
     """Queries (always) and a bank (None for query-only sets); labels int64 index `classes`.
 
-    Images are uint8 [N, C, H, W] tensors, or lists of PIL images of any sizes.
+    Images are uint8 [N, C, H, W] tensors, or sequences of PIL images of any sizes.
+    Caption data (`pairs:`) sets `captions`, one per query image; its `classes` are then
+    the distinct captions and `query_labels` index them (no class labels to classify).
     """
 
     spec: str
@@ -28,6 +34,7 @@ class EvalData:
     query_labels: torch.Tensor
     bank: Images | None = None
     bank_labels: torch.Tensor | None = None
+    captions: list[str] | None = None
 
 
 def subset(
@@ -52,6 +59,8 @@ def load_eval_data(spec: str, image_size: int, limit: int | None = None, seed: i
         pictures, picture_labels, classes = photos.load_photos()
         shown, shown_labels = subset(pictures, picture_labels, limit, seed)
         return EvalData(spec, classes, shown, shown_labels)
+    if parse_spec(spec).kind == "pairs":
+        return _pairs_data(spec, limit, seed)
     pair = load_knn_data(spec, image_size=image_size)
     if pair is None:
         raise DataError(f"--data {spec!r} has no class labels: evaluation needs labelled images")
@@ -59,3 +68,15 @@ def load_eval_data(spec: str, image_size: int, limit: int | None = None, seed: i
     bank_images, bank_labels = subset(bank.images, bank.labels, limit, seed)
     query_images, query_labels = subset(queries.images, queries.labels, limit, seed + 1)
     return EvalData(spec, list(bank.classes), query_images, query_labels, bank_images, bank_labels)
+
+
+def _pairs_data(spec: str, limit: int | None, seed: int) -> EvalData:
+    """Every pair of the file, or a fixed random `limit` of them (same rows for every model)."""
+    path = parse_spec(spec).path
+    assert path is not None
+    paths, captions = read_pair_spec(path)
+    keep = subset(torch.empty(len(paths), 0), torch.arange(len(paths)), limit, seed)[1]
+    paths = [paths[i] for i in keep.tolist()]
+    captions = [captions[i] for i in keep.tolist()]
+    distinct, labels = caption_ids(captions)
+    return EvalData(spec, distinct, ImageFiles(paths), labels, captions=captions)

@@ -10,9 +10,20 @@ from training.encoders.environment import markdown_table, timestamp, write_json
 TEMPLATE_NAMES = {"ensemble": "template ensemble", "single": "single template"}
 
 
+SIDES = {"i2t": "image→text", "t2i": "text→image"}
+
+
+def retrieval_rows(r: dict[str, Any]) -> list[tuple[str, float]]:
+    """[(setting, recall)] for a retrieval result: each direction at each K."""
+    return [(f"{SIDES[side]} {name}", value) for side in SIDES for name, value in r[side].items()]
+
+
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
-    """One row per number: [task, setting, top-1]."""
+    """One row per number: [task, setting, top-1 (recall for retrieval)]."""
     rows = []
+    if "retrieval" in results:
+        r = results["retrieval"]
+        rows += [["retrieval", what, f"{v:.4f}"] for what, v in retrieval_rows(r)]
     if "knn" in results:
         r = results["knn"]
         rows.append(["kNN (weighted)", f"k={r['k']}, τ={r['t']}", f"{r['top1']:.4f}"])
@@ -40,14 +51,25 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
 
 def markdown(report: dict[str, Any]) -> str:
     """A heading line naming model, data and sizes, then the table."""
+    if "models" in report:  # several --model: one table, a column per model
+        from training.evaluate.compare import comparison_markdown
+
+        return comparison_markdown(report)
     head = (
         f"`{report['model']}` ({report['model_id']}) on `{report['data']}`: "
         f"{report['n_queries']} test images"
         + (f", {report['n_bank']} train images" if report.get("n_bank") else "")
+        + captions_note(report["results"])
         + f"; {report['device']}, {report['date']}"
     )
+    score = "top-1 / recall" if "retrieval" in report["results"] else "top-1"
+    return head + "\n\n" + markdown_table(["task", "setting", score], table_rows(report["results"]))
+
+
+def captions_note(results: dict[str, Any]) -> str:
+    """', N distinct captions' when retrieval ran (the size of its text gallery)."""
     return (
-        head + "\n\n" + markdown_table(["task", "setting", "top-1"], table_rows(report["results"]))
+        f", {results['retrieval']['n_texts']} distinct captions" if "retrieval" in results else ""
     )
 
 
