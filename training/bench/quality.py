@@ -13,7 +13,7 @@ with one backbone, and for each the run records, in one process on one device:
 Then --lars-methods (BYOL and SimCLR) train again at --lars-batch with the LARS this
 project used before clipping existed (unclipped, eta 0.02:
 training.engine.resume.BEFORE_SETTINGS_EXISTED)
-and the clipped one it uses now (LARC, eta 0.001), so the two optimisers are compared at
+and the clipped one it uses now (solo-learn's LARC, eta 0.02), so the two are compared at
 the large batch where their difference shows, in the same run.
 
 --quick is the CPU benchmark with pass criteria (training.bench.quality_quick): every

@@ -7,7 +7,6 @@ summary.md and summary.json into --out (the training run itself goes to OUT/run)
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -23,10 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.commands.logs import log_to_stderr
     from training.data import DataError
     from training.demo import figures, pipeline, summary
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training.commands.logs import log_to_stderr
 from training.config import ConfigError, TrainConfig, build_config, load_yaml, parse_overrides
 from training.engine.checkpoint import LAST, Checkpoint, CheckpointError, load_checkpoint
 from training.engine.resume import refuse_changes, with_old_defaults
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.engine.trainer import NonFiniteError, Trainer
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     try:
         if args.list_settings:
             # the method named anywhere on the command line (--config, --method, --set)

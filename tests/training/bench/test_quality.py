@@ -15,6 +15,7 @@ import torch
 
 from service.cli import build_parser
 from training.bench import quality
+from training.config import TrainConfig
 from training.data import LabelledArrays
 from training.engine.resume import BEFORE_SETTINGS_EXISTED
 
@@ -99,11 +100,12 @@ def test_short_run_compares_old_and_clipped_lars(short: tuple[dict[str, Any], st
         "lars_eta": BEFORE_SETTINGS_EXISTED["lars_eta"],
         "lars_clip": False,
     }
-    assert lars["clipped"]["settings"] == {
+    assert lars["clipped"]["settings"] == {  # today's defaults (solo-learn's LARS)
         "optimizer": "lars",
-        "lars_eta": 0.001,
-        "lars_clip": True,
+        "lars_eta": TrainConfig.lars_eta,
+        "lars_clip": TrainConfig.lars_clip,
     }
+    assert (TrainConfig.lars_eta, TrainConfig.lars_clip) == (0.02, True)
     for row in lars.values():
         assert row["batch_size"] == result["settings"]["lars_batch"] == 256
         _check_row(row, "simclr")
@@ -116,7 +118,7 @@ def test_short_run_prints_the_tables(short: tuple[dict[str, Any], str]) -> None:
     for method in METHODS:
         assert f"\n| {method} | 0." in printed
     assert "| simclr | 256 | old: eta 0.02, no clip |" in printed
-    assert "| simclr | 256 | clipped: eta 0.001, LARC clip |" in printed
+    assert "| simclr | 256 | clipped: eta 0.02, LARC clip |" in printed
 
 
 def test_methods_come_from_the_registry() -> None:

@@ -180,6 +180,7 @@ def test_checkpoint_holds_the_resolved_int_and_resume_keeps_it(
     args = build_training_parser().parse_args(["train", "--out", str(out), "--resume"])
     cfg, params, checkpoint = resolve(args)
     assert cfg.image_size == 32
+    caplog.clear()  # the first run's lines, when an earlier test left the level at INFO
     with caplog.at_level(logging.INFO, logger=LOGGER):
         Trainer(cfg, params, resume=checkpoint)
     assert lines(caplog)[0] == "image size 32 px: the resumed run's own (its checkpoint's)"
