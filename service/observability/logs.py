@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -61,9 +61,27 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to sys.stderr as it is at each record: a caller that replaces sys.stderr
+    (a test's capture, a notebook, a later command in the same process) would otherwise
+    leave this handler writing to a closed stream, failing on every line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chosen: Any = None  # a stream set with setStream wins over sys.stderr
+
+    def setStream(self, stream: Any) -> Any:  # noqa: N802 (logging's name)
+        self._chosen = stream
+        return super().setStream(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = self._chosen if self._chosen is not None else sys.stderr
+        super().emit(record)
+
+
 def handler(log_format: LogFormat, extra: list[logging.Filter] | None = None) -> logging.Handler:
     """A stderr handler that writes `log_format`, with the request id filter and `extra`."""
-    out = logging.StreamHandler(sys.stderr)
+    out = _CurrentStderr()
     out.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     out.addFilter(RequestIdFilter())
     for f in extra or []:
