@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import FakeEncoder
-from tests.training.evaluate.test_evaluate import NAMES, ArrangedEncoder
+from tests.training.evaluate.test_evaluate import NAMES, ArrangedEncoder, _args, _report
 from training.commands import eval as cli
 from training.encoders import Encoder
 from training.evaluate.compare import headline, serve_command
@@ -82,17 +80,6 @@ def _pairs(tmp_path: Path) -> Path:
         rows.append(f"{i}.png,the {NAMES[c]} square")
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
     return tmp_path / "pairs.csv"
-
-
-def _args(tmp_path: Path, *argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    cli.add_arguments(p)
-    return p.parse_args([*argv, "--out", str(tmp_path / "out"), "--device", "cpu"])
-
-
-def _report(tmp_path: Path) -> dict:  # type: ignore[type-arg]
-    (path,) = (tmp_path / "out").glob("eval-*.json")
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
 def _loader(encoders: dict[str, Encoder]) -> cli.CheckpointLoader:
