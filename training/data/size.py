@@ -90,6 +90,8 @@ def resolve_image_size(cfg: TrainConfig, *, resumed: bool = False) -> SizeChoice
     """cfg's image size and why: an explicit value wins; None follows the data."""
     if cfg.image_size is not None:
         why = "the resumed run's own (its checkpoint's)" if resumed else "set by image_size"
+        if cfg.init_from and cfg.backbone.startswith("open_clip:") and not resumed:
+            why = "the pretrained model's input size"
         return SizeChoice(cfg.image_size, why, from_data=False)
     return default_image_size(cfg.data)
 

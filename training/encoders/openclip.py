@@ -23,19 +23,15 @@ class OpenCLIPEncoder(Encoder):
         self.device = device
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
-        visual: Any = model.visual
-        size = visual.image_size
-        size = size[0] if isinstance(size, tuple | list) else size
-        mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
-        std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+        preprocess = openclip_preprocess(model)
         with torch.no_grad():
             logit_scale = float(model.logit_scale.exp().clamp(max=100.0))  # type: ignore[union-attr,operator]
         self.info = EncoderInfo(
             model_id=model_id,
-            embed_dim=_probe_dim(self.model, int(size), device),
+            embed_dim=_probe_dim(self.model, preprocess.size, device),
             capabilities=frozenset({IMAGE, TEXT}),
             logit_scale=logit_scale,
-            preprocess=Preprocess(size=int(size), mean=tuple(mean), std=tuple(std)),  # type: ignore[arg-type]
+            preprocess=preprocess,
             context_length=int(getattr(model, "context_length", 77)),
             default_templates=DEFAULT_TEMPLATES,
         )
@@ -46,6 +42,17 @@ class OpenCLIPEncoder(Encoder):
     def _text_forward(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)  # truncates to the context length
         return self.model.encode_text(tokens)  # type: ignore[operator,no-any-return]
+
+
+def openclip_preprocess(model: torch.nn.Module) -> Preprocess:
+    """The model's own input: its image size, and the mean/std its weights were trained
+    with (open_clip sets them on the image tower; OpenAI's when it does not)."""
+    visual: Any = model.visual
+    size = visual.image_size
+    size = size[0] if isinstance(size, tuple | list) else size
+    mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+    std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+    return Preprocess(size=int(size), mean=tuple(mean), std=tuple(std))  # type: ignore[arg-type]
 
 
 @torch.no_grad()
@@ -113,3 +120,15 @@ def build_model(model_cfg: dict[str, Any]) -> torch.nn.Module:
     custom = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
     cls = open_clip.CustomTextCLIP if custom else open_clip.CLIP
     return cls(**cfg)  # type: ignore[no-any-return]
+
+
+def make_tokenizer(spec: dict[str, Any]) -> Any:
+    """{"kind": "open_clip", "name": ARCH or None, "context_length": n} -> a tokenizer.
+
+    open_clip's own choice for the architecture when it names one (SigLIP models use a
+    Hugging Face tokenizer), else CLIP's byte-pair tokenizer at the context length."""
+    name = spec.get("name")
+    known = name and (name in open_clip.list_models() or name.startswith(("hf-hub:", "local-dir:")))
+    if known:
+        return open_clip.get_tokenizer(name)
+    return open_clip.SimpleTokenizer(context_length=int(spec.get("context_length", 77)))

@@ -73,6 +73,8 @@ class Checkpoint:
     scaler: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     format: int = CHECKPOINT_FORMAT
+    # a run fine-tuning a whole pretrained model: how to rebuild it (clip_start.StartModel)
+    start: dict[str, Any] | None = None
 
     def to_state(self) -> dict[str, Any]:
         """The dict written to disk (tensors, numbers, strings, lists and dicts only)."""
@@ -116,6 +118,7 @@ class Checkpoint:
                 scaler=dict(state.get("scaler") or {}),
                 rng=dict(state.get("rng") or {}),
                 format=fmt,
+                start=dict(state["start"]) if state.get("start") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path} holds a malformed checkpoint entry: {e}") from e

@@ -123,11 +123,10 @@ def resolve_optimizer_defaults(
 
     Written into the config, the values reach every checkpoint: a resumed run keeps what
     it trained with when a method's default changes later."""
-    if cfg.lr is None:
-        cfg.lr = method_cls.default_lr
-    if cfg.weight_decay is None:
-        cfg.weight_decay = method_cls.default_weight_decay
-    cfg.optimizer = cfg.optimizer or method_cls.default_optimizer
+    (name, lr, wd), _ = method_cls.optimizer_defaults(cfg)
+    cfg.lr = lr if cfg.lr is None else cfg.lr
+    cfg.weight_decay = wd if cfg.weight_decay is None else cfg.weight_decay
+    cfg.optimizer = cfg.optimizer or name
     return cfg.optimizer, cfg.lr, cfg.weight_decay
 
 
@@ -142,7 +141,8 @@ def optimizer_line(
         f"optimiser: {name}{lars if name == 'lars' else ''}, lr {cfg.lr:g} per 256 images "
         f"-> {peak:g} at batch {batch} ({cfg.lr_scaling}), weight decay {cfg.weight_decay:g}"
     )
-    sources = {method_cls.DEFAULT_SOURCES.get(k, "the method's default") for k in unset}
+    known = method_cls.optimizer_defaults(cfg)[1]
+    sources = {known.get(k, "the method's default") for k in unset}
     if sources:
         text += f"; defaults from {'; '.join(sorted(sources))}"
     return text

@@ -38,6 +38,7 @@ from training.encoders.nets.backbones import (
     enable_grad_checkpointing,
 )
 from training.engine.checkpoint import LAST, Checkpoint, all_finite, save_checkpoint
+from training.engine.clip_start import start_model
 from training.engine.knn_monitor import OnlineKNN
 from training.engine.metrics import MetricsLogger
 from training.engine.optim import (
@@ -93,6 +94,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_all(cfg.seed)  # identical initial weights on every rank
         self._fresh = resume is None
+        # a whole pretrained model to fine-tune fixes the image size and normalisation
+        self.start = start_model(cfg, resume.start if resume is not None else None)
         # None follows the data; resolved (and written into cfg) before anything is built
         self.image_size = self._settle_image_size(resumed=resume is not None)
         self.data = load_data(
@@ -114,10 +117,14 @@ class Trainer:
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer, self.peak_lr = self._build_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._dtype() is torch.float16)
+        norm = {}
+        if self.start is not None:  # the pretrained model's own mean/std
+            norm = {"mean": self.start.preprocess.mean, "std": self.start.preprocess.std}
         self.augment = Augmenter(
             self.device,
             seed=cfg.seed * 7919 + 17 * self.rank + 1,
             jitter_strength=cfg.jitter_strength,
+            **norm,
         )
         self.metrics = MetricsLogger(self.out, enabled=dist.is_main(), tensorboard=cfg.tensorboard)
         self.knn = OnlineKNN(cfg, self.augment, self.device)
@@ -154,11 +161,17 @@ class Trainer:
         method_cls = get_method(cfg.method)
         cifar = cfg.cifar_stem if cfg.cifar_stem is not None else size <= CIFAR_STEM_MAX
         cifar = cifar and "resnet" in cfg.backbone
-        self.backbone_spec = BackboneSpec(cfg.backbone, cifar, size)
-        backbone, feat_dim = build_backbone(self.backbone_spec)
-        if cfg.init_from and self._fresh:  # a resumed run has its own weights
-            load_backbone(backbone, Path(cfg.init_from))
-        if cfg.grad_checkpointing:
+        if self.start is not None:  # the pretrained model's image tower, shared
+            self.backbone_spec = BackboneSpec(cfg.backbone, False, size)
+            backbone, feat_dim = self.start.model.visual, self.start.embed_dim
+        else:
+            self.backbone_spec = BackboneSpec(cfg.backbone, cifar, size)
+            backbone, feat_dim = build_backbone(self.backbone_spec)
+            if cfg.init_from and self._fresh:  # a resumed run has its own weights
+                load_backbone(backbone, Path(cfg.init_from))
+        if cfg.grad_checkpointing and self.start is not None:
+            self.start.model.set_grad_checkpointing(True)  # type: ignore[operator]
+        elif cfg.grad_checkpointing:
             enable_grad_checkpointing(backbone)
         ctx = MethodContext(
             device=self.device,
@@ -170,6 +183,7 @@ class Trainer:
             classes=self.data.classes,
             channels=self.data.channels,
             has_texts=self.data.has_texts,
+            start=self.start,
         )
         method = method_cls(backbone, feat_dim, params, ctx)
         # SyncBN needs CUDA; a method may arrange its own statistics (MoCo's shuffled BN).
@@ -398,6 +412,7 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(),
             rng=rng,
+            start=self.start.description if self.start is not None else None,
         )
 
     def _restore(self, ckpt: Checkpoint) -> None:

@@ -33,10 +33,12 @@ from training.encoders.exported.format import (
     sha256_file,
     write_export,
 )
+from training.encoders.exported.load import load_open_clip
 from training.encoders.exported.trained import describe_head, load_trained, packaged_minilm_sha256
 from training.encoders.nets.backbones import build_backbone
 from training.encoders.nets.text_towers import MiniLMTower, TextTower, TransformerTower
 from training.engine.checkpoint import LAST, Checkpoint, CheckpointError, load_checkpoint
+from training.engine.clip_start import StartModel, rebuild_start
 from training.methods.base import ExportParts, Method, MethodContext
 
 PARITY_ATOL = 1e-5  # max |difference| of unit embeddings between checkpoint and export
@@ -71,8 +73,13 @@ def load_method(path: str | Path) -> tuple[Method[Any], Checkpoint]:
     try:
         cls = get_method(ckpt.method)
         cfg, params = build_config(dict(ckpt.config), cls.Params)
-        backbone, feat_dim = build_backbone(ckpt.backbone)
-        ctx = MethodContext(torch.device("cpu"), image_size_of(cfg), 1, 1, cfg.batch_size)
+        start = rebuild_start(ckpt.start) if ckpt.start is not None else None
+        if start is not None:  # a fine-tuned open_clip model: its own towers
+            backbone, feat_dim = start.model.visual, start.embed_dim
+        else:
+            backbone, feat_dim = build_backbone(ckpt.backbone)
+        ctx = MethodContext(torch.device("cpu"), image_size_of(cfg), 1, 1, cfg.batch_size,
+                            start=start)  # fmt: skip
         method = cls(backbone, feat_dim, params, ctx)
     except (ConfigError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot rebuild the model of {path}: {e}") from e
@@ -112,7 +119,13 @@ def _image_head(method: Method[Any], parts: ExportParts, projector: bool) -> tor
 def build_export(
     method: Method[Any], ckpt: Checkpoint, *, projector: bool = False
 ) -> tuple[ExportMeta, dict[str, torch.Tensor]]:
-    """Method (from `load_method`) -> (ExportMeta, weights keyed image.* / text.*)."""
+    """Method (from `load_method`) -> (ExportMeta, weights keyed image.* / text.*), or
+    for a fine-tuned open_clip model, an open_clip export (its own keys)."""
+    start: StartModel | None = getattr(method, "start", None)
+    if start is not None:
+        if projector:
+            raise ExportError("--projector is for image-only methods")
+        return _open_clip_export(method, start, ckpt)
     parts = method.export_parts()
     head = _image_head(method, parts, projector)
     weights = {f"image.backbone.{k}": v for k, v in parts.backbone.state_dict().items()}
@@ -147,6 +160,41 @@ def build_export(
         meta.templates = list(parts.templates)
     meta.embed_dim = int(_reference_images(parts.backbone, head, _probe(meta)).shape[1])
     return meta, {k: v.detach().cpu() for k, v in weights.items()}
+
+
+def _open_clip_export(
+    method: Method[Any], start: StartModel, ckpt: Checkpoint
+) -> tuple[ExportMeta, dict[str, torch.Tensor]]:
+    """A fine-tuned open_clip model as open_clip's own architecture and keys, so the
+    service serves it as it serves `open_clip:ARCH` (tokenizer, preprocessing kept)."""
+    parts = method.export_parts()
+    desc = start.description
+    meta = ExportMeta(
+        family="open_clip",
+        architecture={
+            "name": desc.get("name"),
+            "model_cfg": desc["model_cfg"],
+            "started_from": desc["reference"],
+        },
+        preprocess=dict(desc["preprocess"]),
+        embed_dim=start.embed_dim,
+        capabilities=["image", "text"],
+        logit_scale=float(parts.logit_scale or 100.0),
+        tokenizer=dict(desc["tokenizer"]),
+        method=method.name,
+        training=_training_info(ckpt),
+        templates=list(parts.templates),
+    )
+    return meta, {k: v.detach().cpu() for k, v in start.model.state_dict().items()}
+
+
+def encoder_of(
+    meta: ExportMeta, weights: dict[str, torch.Tensor], model_id: str, device: torch.device
+) -> Encoder:
+    """The Encoder an export's (meta, weights) give, without writing them."""
+    if meta.family == "open_clip":
+        return load_open_clip(meta, weights, model_id, device)
+    return load_trained(meta, weights, model_id, device)
 
 
 def _head_weights(head: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -262,7 +310,7 @@ def export_checkpoint(
     method, ckpt = load_method(file)
     meta, weights = build_export(method, ckpt, projector=projector)
     meta.training["checkpoint_sha256"] = sha256_file(file)
-    encoder = load_trained(meta, weights, "parity-check", torch.device("cpu"))
+    encoder = encoder_of(meta, weights, "parity-check", torch.device("cpu"))
     check_parity(method, encoder, projector, meta)
     return write_export(out, weights, meta)
 
@@ -286,4 +334,4 @@ def encoder_from_checkpoint(checkpoint: str | Path, device: str | None = None) -
     method, ckpt = load_method(file)
     meta, weights = build_export(method, ckpt)
     model_id = f"checkpoint:{meta.architecture['name']}:step{ckpt.step}:"
-    return load_trained(meta, weights, model_id + sha256_file(file)[:12], resolve_device(device))
+    return encoder_of(meta, weights, model_id + sha256_file(file)[:12], resolve_device(device))

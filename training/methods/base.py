@@ -30,8 +30,10 @@ from training.momentum import cosine_momentum
 
 if TYPE_CHECKING:
     from training.augment import Augmenter
+    from training.config import TrainConfig
     from training.data import Batch
     from training.encoders.nets.text_towers import TextTower
+    from training.engine.clip_start import StartModel
 
 
 @dataclass
@@ -143,6 +145,8 @@ class MethodContext:
     classes: list[str] | None = None  # class names, when the data set has labels
     channels: int = 3
     has_texts: bool = False  # the data set carries captions (pairs data)
+    # a whole pretrained image-text model to fine-tune (training.engine.clip_start)
+    start: StartModel | None = None
 
 
 def solo_learn_sources(recipe: str, optimizer: str, lr: float, wd: float) -> dict[str, str]:
@@ -179,6 +183,16 @@ class Method(nn.Module, ABC, Generic[P]):
     default_optimizer: ClassVar[str] = "sgd"
     DEFAULT_SOURCES: ClassVar[dict[str, str]] = {}
     needs_text: ClassVar[bool] = False
+
+    @classmethod
+    def optimizer_defaults(
+        cls, cfg: TrainConfig
+    ) -> tuple[tuple[str, float, float], dict[str, str]]:
+        """((optimizer, lr per 256 images, weight decay), where each is from) for a run
+        that leaves them unset; a method may choose by the run (CLIP fine-tuning)."""
+        del cfg  # the class's own defaults suit every run of most methods
+        defaults = (cls.default_optimizer, cls.default_lr, cls.default_weight_decay)
+        return defaults, dict(cls.DEFAULT_SOURCES)
 
     def __init__(self, backbone: nn.Module, feat_dim: int, params: P, ctx: MethodContext):
         super().__init__()

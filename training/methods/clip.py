@@ -55,8 +55,10 @@ from training.methods.base import (
 
 if TYPE_CHECKING:
     from training.augment import Augmenter
+    from training.config import TrainConfig
     from training.data import Batch
     from training.encoders.nets.text_towers import TextTower
+    from training.engine.clip_start import StartModel
 
 TEMPLATE_SETS = {"default": DEFAULT_TEMPLATES, "single": SINGLE_TEMPLATE}
 LOSSES = ("clip", "siglip")
@@ -74,7 +76,14 @@ class CLIPParams(MethodParams):
     text_layers: int = 4
     text_heads: int = 4
     context_length: int = 32  # transformer tower; minilm keeps its own 256-token limit
-    lock_text: bool = True  # minilm only: frozen text tower (LiT)
+    # frozen text tower; None: locked for minilm (LiT), trained for the transformer tower
+    # and for a pretrained model's own tower (--init-from open_clip:...)
+    lock_text: bool | None = None
+    lock_image: bool = False  # frozen image tower (LiT); its new projection still trains
+    image_unlocked_groups: int = 0  # pretrained model, lock_image: last N groups train
+    text_unlocked_layers: int = 0  # pretrained model, lock_text: last N blocks train
+    layer_decay: float = 1.0  # pretrained towers: lr x layer_decay^(blocks above)
+    logit_lr_scale: float = 1.0  # lr multiplier of the temperature (and SigLIP's bias)
     loss: str = "clip"  # clip (softmax InfoNCE) | siglip (pairwise sigmoid)
     init_logit_scale: float = CLIP_INIT_SCALE
     max_logit_scale: float = 100.0
@@ -92,7 +101,14 @@ class CLIPParams(MethodParams):
         "text_layers": "engineering: a small tower for small data (CLIP: 12)",
         "text_heads": "engineering: a small tower for small data (CLIP: 8)",
         "context_length": "engineering: enough for template captions (CLIP: 77)",
-        "lock_text": "paper: LiT (lock the pretrained text tower, tune the image side)",
+        "lock_text": "paper: LiT (lock the pretrained text tower, tune the image side); "
+        "a pretrained open_clip model trains both towers, as open_clip's fine-tuning",
+        "lock_image": "engineering: off (LiT, Zhai et al. 2022, locks it; open_clip: --lock-image)",
+        "image_unlocked_groups": "open_clip: --lock-image-unlocked-groups (0: all locked)",
+        "text_unlocked_layers": "open_clip: --lock-text-unlocked-layers (0: all locked)",
+        "layer_decay": "engineering: off (1.0); BEiT/ELECTRA-style layer-wise lr decay, "
+        "0.65-0.75 is common when fine-tuning ViTs",
+        "logit_lr_scale": "engineering: 1.0 (the temperature learns at the model's lr)",
         "loss": "paper: Radford et al. 2021 (CLIP, symmetric softmax cross-entropy)",
         "init_logit_scale": "paper: CLIP (temperature 0.07, scale 1/0.07)",
         "max_logit_scale": "paper: CLIP (logit scale clipped at 100)",
@@ -117,6 +133,9 @@ def _check(p: CLIPParams) -> None:
         (p.templates in TEMPLATE_SETS, f"templates must be one of {sorted(TEMPLATE_SETS)}"),
         (p.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {p.loss!r}"),
         (0 < p.min_crop_scale <= 1, "min_crop_scale must be in (0, 1]"),
+        (0 < p.layer_decay <= 1, "layer_decay must be in (0, 1]"),
+        (p.logit_lr_scale >= 0, "logit_lr_scale must be >= 0"),
+        (min(p.image_unlocked_groups, p.text_unlocked_layers) >= 0, "unlocked counts >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -218,6 +237,25 @@ class CLIP(Method[CLIPParams]):
         "weight_decay": "paper: CLIP (0.2, decoupled; open_clip's default); SigLIP's: 1e-4",
     }
     needs_text = True
+    # Fine-tuning a pretrained model (--init-from open_clip:...): WiSE-FT's end-to-end
+    # recipe (Wortsman et al. 2022: AdamW, lr 3e-5 at batch 512, weight decay 0.1)
+    FINETUNE = ("adamw", 1.5e-5, 0.1)
+    FINETUNE_SOURCES: ClassVar[dict[str, str]] = {
+        "optimizer": "paper: WiSE-FT (Wortsman et al. 2022) fine-tunes CLIP with AdamW",
+        "lr": "paper: WiSE-FT's 3e-5 at batch 512, i.e. 1.5e-5 per 256 images",
+        "weight_decay": "paper: WiSE-FT (0.1)",
+    }
+
+    @classmethod
+    def optimizer_defaults(
+        cls, cfg: TrainConfig
+    ) -> tuple[tuple[str, float, float], dict[str, str]]:
+        """From scratch: CLIP's recipe; from a pretrained model: WiSE-FT's fine-tuning."""
+        from training.engine.clip_start import is_clip_start
+
+        if is_clip_start(cfg.init_from):
+            return cls.FINETUNE, dict(cls.FINETUNE_SOURCES)
+        return super().optimizer_defaults(cfg)
 
     def __init__(
         self, backbone: nn.Module, feat_dim: int, params: CLIPParams, ctx: MethodContext
@@ -225,14 +263,33 @@ class CLIP(Method[CLIPParams]):
         _check(params)
         super().__init__(backbone, feat_dim, params, ctx)
         p = params
+        self.image_proj: nn.Module
+        self.start: StartModel | None = None
+        if ctx.start is not None:
+            self._adopt(ctx.start)
+        else:
+            self._build_fresh(feat_dim)
+        if p.lock_image and ctx.start is None:
+            self.backbone.requires_grad_(False)
+        self.templates = TEMPLATE_SETS[p.templates]
+        self.view = clip_view(ctx.image_size, p.min_crop_scale)
+        self.steps_done = 0  # host counter for the caption choice (in get_extra_state)
+        # all (class, template) captions, prepared once on the device: labelled batches
+        # then need no host work at all (row = label * n_templates + template)
+        self._caption_table: dict[str, torch.Tensor] | None = None
+
+    def _build_fresh(self, feat_dim: int) -> None:
+        """Towers trained from scratch (or from backbone weights): our text tower, a new
+        linear image projection, a new temperature (and SigLIP bias)."""
         # imported here: MiniLM's tokenizer stack costs ~2 s, which listing methods
         # (`contrastive train --help`) should not pay
         from training.encoders.nets.text_towers import build_text_tower
 
+        p = self.params
         self.text: TextTower = build_text_tower(
             p.text_tower,
             p.embed_dim,
-            lock=p.lock_text,
+            lock=p.lock_text is not False,  # None: minilm's default, locked
             width=p.text_width,
             layers=p.text_layers,
             heads=p.text_heads,
@@ -248,12 +305,47 @@ class CLIP(Method[CLIPParams]):
         self.logit_bias = (
             nn.Parameter(torch.tensor(p.init_logit_bias)) if p.loss == "siglip" else None
         )
-        self.templates = TEMPLATE_SETS[p.templates]
-        self.view = clip_view(ctx.image_size, p.min_crop_scale)
-        self.steps_done = 0  # host counter for the caption choice (in get_extra_state)
-        # all (class, template) captions, prepared once on the device: labelled batches
-        # then need no host work at all (row = label * n_templates + template)
-        self._caption_table: dict[str, torch.Tensor] | None = None
+
+    def _adopt(self, start: StartModel) -> None:
+        """Fine-tune a whole pretrained open_clip model: its image tower is the backbone
+        (projection included), its text modules the text tower, its temperature and bias
+        ours - the same parameters, so the model itself is what trains."""
+        from training.encoders.nets.text_towers import OpenCLIPTextTower
+
+        p, model = self.params, start.model
+        self.embed_dim = start.embed_dim
+        self.image_proj = nn.Identity()  # open_clip's image tower ends in its projection
+        self.text = OpenCLIPTextTower(model, start.tokenizer, self.embed_dim,
+                                      start.context_length)  # fmt: skip
+        self.logit_scale = model.logit_scale  # type: ignore[assignment]
+        bias = getattr(model, "logit_bias", None)
+        if p.loss == "siglip" and bias is None:  # a CLIP model fine-tuned with SigLIP's loss
+            bias = nn.Parameter(torch.tensor(p.init_logit_bias))
+            model.logit_bias = bias  # the exported model then carries it
+            start.description["model_cfg"]["init_logit_bias"] = p.init_logit_bias
+        # a SigLIP model fine-tuned with the softmax loss keeps its (unused) bias
+        self.logit_bias = bias if p.loss == "siglip" else None
+        self.start = start
+        if p.lock_image:
+            model.lock_image_tower(unlocked_groups=p.image_unlocked_groups,  # type: ignore[operator]
+                                   freeze_bn_stats=True)  # fmt: skip
+        if p.lock_text:
+            model.lock_text_tower(unlocked_layers=p.text_unlocked_layers)  # type: ignore[operator]
+
+    def lr_scales(self) -> dict[str, float]:
+        """Layer-wise lr decay over a pretrained model's towers (`layer_decay`) and the
+        temperature's own multiplier (`logit_lr_scale`); names as named_parameters()."""
+        from training.engine.layer_decay import count_blocks, layer_decay_scales
+
+        p = self.params
+        names = [n for n, _ in self.named_parameters()]
+        scales: dict[str, float] = {}
+        if p.layer_decay != 1.0 and self.ctx.start is not None:
+            towers = {"backbone.": count_blocks(self.backbone), "text.": count_blocks(self.text)}
+            scales = layer_decay_scales(names, towers, p.layer_decay)
+        if p.logit_lr_scale != 1.0:
+            scales |= {n: p.logit_lr_scale for n in ("logit_scale", "logit_bias") if n in names}
+        return scales
 
     # -- towers (public: evaluation and export use them) -----------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

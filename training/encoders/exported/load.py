@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import open_clip
 import timm
 import torch
 
 from training.encoders.base import IMAGE, Encoder, EncoderInfo, Preprocess
 from training.encoders.exported.format import TRAINED_FAMILIES, ExportError, ExportMeta, read_export
-from training.encoders.openclip import OpenCLIPEncoder, build_model
+from training.encoders.openclip import OpenCLIPEncoder, build_model, make_tokenizer
 from training.encoders.templates import DEFAULT_TEMPLATES
 
 
@@ -50,12 +49,21 @@ def load_export(path: str | Path, device: torch.device) -> Encoder:
         )
         _load(model, state)
         return TimmEncoder(model, meta, model_id, device)
+    return load_open_clip(meta, state, model_id, device)
+
+
+def load_open_clip(
+    meta: ExportMeta, state: dict[str, torch.Tensor], model_id: str, device: torch.device
+) -> OpenCLIPEncoder:
+    """An open_clip export (ours from a fine-tuning run, or any model's) -> Encoder with
+    the export's preprocessing, tokenizer and prompt templates."""
     model = build_model(meta.architecture["model_cfg"])
     _load(model, state)
-    context = (meta.tokenizer or {}).get("context_length", 77)
-    tokenizer = open_clip.SimpleTokenizer(context_length=context)
-    enc = OpenCLIPEncoder(model, tokenizer, model_id, device)
+    spec = {"context_length": 77, "name": meta.architecture.get("name")} | (meta.tokenizer or {})
+    enc = OpenCLIPEncoder(model, make_tokenizer(spec), model_id, device)
     enc.info.preprocess = Preprocess.from_dict(meta.preprocess)
+    if meta.templates:
+        enc.info.default_templates = tuple(meta.templates)
     return enc
 
 

@@ -19,6 +19,7 @@ Two towers:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,6 +74,53 @@ class TransformerTower(TextTower):
 
     def forward(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
         out: torch.Tensor = self.model(prepared["input_ids"])
+        return out
+
+
+class OpenCLIPTextTower(TextTower):
+    """The text side of a whole open_clip model (training.engine.clip_start), sharing its
+    parameters: training this tower trains the model's own text modules in place.
+
+    open_clip.CLIP keeps its text modules at the top level (token_embedding, transformer,
+    ln_final, positional_embedding, text_projection); CustomTextCLIP keeps them in
+    `.text`. Either way they are registered here, and the forward is the model's own
+    encode_text, so nothing of open_clip's text logic is restated.
+    """
+
+    TOP_LEVEL = ("token_embedding", "positional_embedding", "transformer", "ln_final",
+                 "text_projection")  # fmt: skip
+
+    def __init__(self, model: nn.Module, tokenizer: Any, out_dim: int, context_length: int):
+        super().__init__()
+        object.__setattr__(self, "_model", model)  # not a submodule: no duplicate weights
+        self.tokenizer = tokenizer
+        self.width = self.out_dim = out_dim
+        self.context_length = context_length
+        text = getattr(model, "text", None)
+        if isinstance(text, nn.Module):
+            self.text = text
+            return
+        for name in self.TOP_LEVEL:
+            part = getattr(model, name, None)
+            if isinstance(part, nn.Parameter):
+                self.register_parameter(name, part)
+            elif isinstance(part, nn.Module):
+                self.add_module(name, part)
+
+    def prepare(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """-> {"input_ids": int64 [n, context_length]} (open_clip's tokenizer truncates)."""
+        return {"input_ids": self.tokenizer(texts).to(device)}
+
+    def forward(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
+        """-> float [n, out_dim], open_clip's encode_text (not normalised)."""
+        tokens = prepared["input_ids"]
+        model: Any = self._model
+        mask = getattr(model, "attn_mask", None)
+        if isinstance(mask, torch.Tensor) and mask.device != tokens.device:
+            # the causal mask is a buffer of the model, which only the shared
+            # parameters followed to the device
+            model.attn_mask = mask.to(tokens.device)
+        out: torch.Tensor = model.encode_text(tokens)
         return out
 
 
