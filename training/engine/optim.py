@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -13,22 +13,66 @@ if TYPE_CHECKING:
     from training.methods.base import Method
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str]) -> list[dict[str, Any]]:
-    """Split trainable parameters into a decayed group and an exempt one.
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay: set[str],
+    lr_scales: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into groups by (decayed or exempt, lr multiplier).
 
     Biases and 1-D parameters (norm scales) are exempt from weight decay and from LARS's
-    trust ratio, as in SimCLR/BYOL; so are names in `no_decay`.
+    trust ratio, as in SimCLR/BYOL; so are names in `no_decay`. `lr_scales` maps parameter
+    names (as in `named_parameters()`) to a multiplier on the scheduled lr (default 1.0);
+    each group carries it as "lr_scale" (see `apply_lr`).
+
+    The order is fixed, because an optimizer's checkpointed state is matched to its
+    groups by position: first the decayed and the exempt group at scale 1.0 (always both,
+    even when empty: without `lr_scales` these are the two groups of every earlier
+    version), then, by decreasing multiplier, the non-empty decayed and exempt groups of
+    every other multiplier.
     """
-    decay: list[nn.Parameter] = []
-    exempt: list[nn.Parameter] = []
+    scales = lr_scales or {}
+    _check_scales(model, scales)
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (exempt if p.ndim <= 1 or name in no_decay else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lars": True},
-        {"params": exempt, "weight_decay": 0.0, "lars": False},
-    ]
+        decayed = p.ndim > 1 and name not in no_decay
+        buckets.setdefault((float(scales.get(name, 1.0)), decayed), []).append(p)
+    extra = sorted((k for k in buckets if k[0] != 1.0), key=lambda k: (-k[0], not k[1]))
+    return [_group(buckets[k], k, weight_decay) for k in [(1.0, True), (1.0, False), *extra]]
+
+
+def _group(params: list[nn.Parameter], key: tuple[float, bool], wd: float) -> dict[str, Any]:
+    """One optimizer group; key: (lr multiplier, decayed). Exempt groups skip LARS too."""
+    scale, decayed = key
+    return {
+        "params": params,
+        "weight_decay": wd if decayed else 0.0,
+        "lars": decayed,
+        "lr_scale": scale,
+    }
+
+
+def _check_scales(model: nn.Module, scales: Mapping[str, float]) -> None:
+    """Refuse multipliers for names the model lacks (a misspelt prefix would otherwise
+    train everything at the full lr, silently) and negative ones."""
+    unknown = sorted(set(scales) - {name for name, _ in model.named_parameters()})
+    if unknown:
+        raise ValueError(f"lr_scales name parameters the model lacks: {unknown[:5]}")
+    negative = sorted(name for name, s in scales.items() if s < 0)
+    if negative:
+        raise ValueError(f"lr_scales must be non-negative; negative for {negative[:5]}")
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to the scheduled `lr` times the group's "lr_scale".
+
+    Groups without one (restored from a checkpoint written before multipliers existed:
+    loading replaces the group dicts by the saved ones) train at the scheduled lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 class LARS(torch.optim.Optimizer):

@@ -42,6 +42,7 @@ from training.engine.clip_start import start_model
 from training.engine.knn_monitor import OnlineKNN
 from training.engine.metrics import MetricsLogger
 from training.engine.optim import (
+    apply_lr,
     build_optimizer,
     optimizer_line,
     param_groups,
@@ -199,7 +200,8 @@ class Trainer:
         cfg = self.cfg
         unset = [k for k in ("optimizer", "lr", "weight_decay") if getattr(cfg, k) is None]
         name, lr, wd = resolve_optimizer_defaults(cfg, type(self.method))
-        groups = param_groups(self.method, wd, self.method.no_weight_decay())
+        method = self.method
+        groups = param_groups(method, wd, method.no_weight_decay(), method.lr_scales())
         peak = scaled_lr(lr, self.global_batch, cfg.lr_scaling)
         opt = build_optimizer(name, groups, peak, cfg.momentum, cfg.lars_eta, cfg.lars_clip)
         if dist.is_main():
@@ -340,8 +342,7 @@ class Trainer:
         warmup = round(self.cfg.warmup_epochs * self.steps_per_epoch)
         warmup = min(warmup, self.total_steps // 2)
         lr = lr_at(self.step, self.total_steps, warmup, self.peak_lr, self.cfg.min_lr_ratio)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        apply_lr(self.optimizer, lr)  # each group's lr_scale applies on top (LLRD)
         return lr
 
     def _finite(self, loss: torch.Tensor) -> bool:

@@ -11,7 +11,7 @@ can feed the same pre-made views to one process or to several.
 The contract, in full (the engine and export use nothing else of a method):
 - class attributes: `name`, `Params` (a MethodParams dataclass), `default_lr`,
   `default_weight_decay`, `default_optimizer`, `DEFAULT_SOURCES`, `needs_text`;
-- `make_views`, `loss` (abstract), `image_features` (kNN), `no_weight_decay`;
+- `make_views`, `loss` (abstract), `image_features` (kNN), `no_weight_decay`, `lr_scales`;
 - hooks: `on_before_step`, `on_after_step`, and `allows_sync_bn`;
 - EMA methods derive from `MomentumMethod` (its `momentum_pairs`, `momentum_at`);
 - `export_parts()`: what an export takes (ExportParts); image-text methods override it.
@@ -238,6 +238,12 @@ class Method(nn.Module, ABC, Generic[P]):
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay besides biases and norms."""
         return set()
+
+    def lr_scales(self) -> dict[str, float]:
+        """{parameter name: multiplier on the scheduled lr}; names as in
+        `named_parameters()`, unnamed parameters train at 1.0. What layer-wise lr decay
+        (training.engine.layer_decay) and a separate lr for a logit scale return."""
+        return {}
 
     def export_parts(self) -> ExportParts:
         """What an export takes: the backbone (its features are the embedding) and the

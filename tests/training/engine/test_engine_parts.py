@@ -19,7 +19,7 @@ from training.engine.checkpoint import (
     save_checkpoint,
 )
 from training.engine.metrics import MetricsLogger, read_metrics
-from training.engine.optim import LARS, build_optimizer, param_groups
+from training.engine.optim import LARS, apply_lr, build_optimizer, param_groups
 from training.engine.schedule import lr_at, scaled_lr
 from training.evaluate.knn import knn_accuracy, knn_predict
 
@@ -101,6 +101,67 @@ def test_param_groups_exempt_biases_and_norms() -> None:
     assert [p.ndim for p in groups[0]["params"]] == [2, 2]
     assert all(p.ndim == 1 for p in groups[1]["params"]) and len(groups[1]["params"]) == 4
     assert groups[1]["weight_decay"] == 0.0
+
+
+def test_param_groups_without_scales_are_the_two_groups_of_before() -> None:
+    net = _net()
+    groups = param_groups(net, 0.1, set())
+    assert [(g["weight_decay"], g["lars"], g["lr_scale"]) for g in groups] == [
+        (0.1, True, 1.0),
+        (0.0, False, 1.0),
+    ]
+    assert groups == param_groups(net, 0.1, set(), {})
+    matrices = [p for p in net.parameters() if p.ndim > 1]
+    vectors = [p for p in net.parameters() if p.ndim == 1]
+    assert (groups[0]["params"], groups[1]["params"]) == (matrices, vectors)
+
+
+def test_param_groups_split_by_decay_and_lr_scale_in_a_fixed_order() -> None:
+    net = _net()
+    net[0].bias.requires_grad_(False)  # frozen: in no group, whatever its scale
+    scales = {"0.weight": 0.25, "0.bias": 0.25, "1.weight": 0.5, "2.weight": 0.5}
+    groups = param_groups(net, 0.1, {"2.weight"}, scales)
+    by_id = {id(p): n for n, p in net.named_parameters()}
+    got = [(g["lr_scale"], g["weight_decay"], [by_id[id(p)] for p in g["params"]]) for g in groups]
+    assert got == [
+        (1.0, 0.1, []),  # the scale-1 groups come first even when empty
+        (1.0, 0.0, ["1.bias", "2.bias"]),
+        (0.5, 0.0, ["1.weight", "2.weight"]),  # a LayerNorm weight, and one in no_decay
+        (0.25, 0.1, ["0.weight"]),
+    ]
+    assert [g["lars"] for g in groups] == [True, False, False, True]
+
+
+def test_param_groups_refuse_unknown_names_and_negative_scales() -> None:
+    with pytest.raises(ValueError, match="lacks"):
+        param_groups(_net(), 0.1, set(), {"backbone.0.weight": 0.5})
+    with pytest.raises(ValueError, match="non-negative"):
+        param_groups(_net(), 0.1, set(), {"0.weight": -1.0})
+
+
+def test_apply_lr_multiplies_each_group_by_its_scale() -> None:
+    opt = build_optimizer("adamw", param_groups(_net(), 0.1, set(), {"0.weight": 0.1}), 1.0, 0.9)
+    apply_lr(opt, 0.5)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5, 0.5, 0.05])
+
+
+def test_an_optimizer_state_from_before_lr_scales_loads_and_trains_at_the_full_lr() -> None:
+    """Checkpoints hold the optimizer's groups without "lr_scale": they must still load
+    into the groups built now (same count, same sizes), and train at the scheduled lr."""
+    net = _net()
+    old_groups = [
+        {k: v for k, v in g.items() if k != "lr_scale"} for g in param_groups(net, 0.1, set())
+    ]
+    old = build_optimizer("lars", old_groups, 0.3, 0.9)
+    net(torch.randn(4, 4)).sum().backward()
+    old.step()
+    new = build_optimizer("lars", param_groups(net, 0.1, set()), 0.3, 0.9)
+    new.load_state_dict(old.state_dict())
+    apply_lr(new, 0.2)
+    assert [g["lr"] for g in new.param_groups] == [0.2, 0.2]
+    buffers = [new.state[p]["momentum_buffer"] for p in net.parameters()]
+    for p, buf in zip(net.parameters(), buffers, strict=True):
+        torch.testing.assert_close(buf, old.state[p]["momentum_buffer"])
 
 
 @pytest.mark.parametrize("clip", [False, True])
