@@ -117,7 +117,7 @@ class Encoder(ABC):
         """
         self.require(IMAGE)
         outs = []
-        with torch.inference_mode(), self._autocast():
+        with self._grad_mode(), self._autocast():
             for chunk in pixels.split(self._image_chunk()):
                 x = pp.normalize(chunk.to(self.device, non_blocking=True), self.info.preprocess)
                 outs.append(self._image_forward(x))
@@ -138,7 +138,7 @@ class Encoder(ABC):
         self.require(TEXT)
         if not texts:
             return torch.empty(0, self.embed_dim)
-        with torch.inference_mode(), self._autocast():
+        with self._grad_mode(), self._autocast():
             out = self._text_forward(list(texts))
         return _normalise(out)
 
@@ -154,6 +154,12 @@ class Encoder(ABC):
     def _text_forward(self, texts: list[str]) -> torch.Tensor:
         """n strings -> [n, d] unnormalised."""
         raise MissingCapabilityError(TEXT, self.model_id)
+
+    def _grad_mode(self) -> contextlib.AbstractContextManager[Any]:
+        # inference_mode is the fastest; an encoder over a live training model overrides
+        # it with no_grad, because tensors a model caches under inference_mode (MiniLM's
+        # caption bank) cannot be updated in place by the training steps that follow.
+        return torch.inference_mode()
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         # bf16 on CUDA roughly doubles throughput; on the CPU fp32 is both exact and fast.

@@ -86,10 +86,16 @@ def timestamp(env: dict[str, Any]) -> str:
 
 def write_json(path: str | Path, result: dict[str, Any]) -> Path:
     """Write `result` atomically (a reader, or a run killed mid-write, never sees half)."""
+    return write_text(path, json.dumps(result, indent=2, default=str) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path` (atomic
+    on one file system), creating the folder first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
 
