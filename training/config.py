@@ -86,6 +86,9 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
     tensorboard: bool = True
     progress: bool = True
+    # CLIP runs from pretrained weights (--init-from): score the start and the end model
+    # on held-out data, side by side (training.engine.start_vs_end)
+    before_after: bool = True
     method_params: dict[str, Any] = field(default_factory=dict)
 
     # Where each default comes from (`--list-settings` prints it): a paper, a public
@@ -136,6 +139,7 @@ class TrainConfig:
         "deterministic": "engineering: off (slower kernels)",
         "tensorboard": "engineering",
         "progress": "engineering",
+        "before_after": "engineering: a fine-tuning run says whether it beat its start",
     }
 
     def to_dict(self) -> dict[str, Any]:

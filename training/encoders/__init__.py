@@ -5,6 +5,7 @@ open_clip:ARCH              an open_clip architecture; `pretrained` is a tag, a 
                             file, or None for random weights
 open_clip:hf-hub:ORG/NAME   an open_clip model on the Hugging Face Hub (config and
                             weights download on first use; `pretrained` must be None)
+open_clip:local-dir:DIR     a folder with open_clip_config.json and its weights (offline)
 PATH                        an export directory written by training.encoders.exported.format (with
                             runtime="onnx"/"auto": its ONNX graphs, when it has them)
 """
@@ -74,6 +75,9 @@ def check_reference(ref: str, device: str | None = None) -> None:
     if ref.startswith("open_clip:"):
         if hf_hub_repo(ref.split(":", 1)[1]) is not None:
             return
+        if ref.startswith(LOCAL_DIR):
+            _check_local_dir(ref)
+            return
         import open_clip
 
         if ref.split(":", 1)[1] in open_clip.list_models():
@@ -82,6 +86,18 @@ def check_reference(ref: str, device: str | None = None) -> None:
             f"unknown open_clip architecture in {ref!r}; see open_clip.list_models()"
         )
     raise UnknownModelError(_UNKNOWN.format(ref=ref))
+
+
+LOCAL_DIR = "open_clip:local-dir:"
+
+
+def _check_local_dir(ref: str) -> None:
+    folder = Path(ref.removeprefix(LOCAL_DIR)).expanduser()
+    if not (folder / "open_clip_config.json").is_file():
+        raise UnknownModelError(
+            f"{ref!r}: {folder} holds no open_clip_config.json (open_clip's local-dir "
+            "format: that file and the weights, e.g. open_clip_model.safetensors)"
+        )
 
 
 _UNKNOWN = (
@@ -109,6 +125,8 @@ def load_encoder(
         from training.encoders.builtin import BuiltinEncoder
 
         return BuiltinEncoder(dev)
+    if ref.startswith(LOCAL_DIR):
+        _check_local_dir(ref)
     if ref.startswith("open_clip:"):
         from training.encoders.openclip import from_name
 

@@ -81,7 +81,7 @@ def from_name(arch: str, pretrained: str | None, device: torch.device) -> OpenCL
     from training.encoders import hf_hub_repo
 
     # UnknownModelError is a ValueError: load_encoder reports it as a bad reference
-    if hf_hub_repo(arch) is not None:
+    if hf_hub_repo(arch) is not None or arch.startswith("local-dir:"):
         return _from_hf_hub(arch, pretrained, device)
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
@@ -101,9 +101,10 @@ def from_name(arch: str, pretrained: str | None, device: torch.device) -> OpenCL
 
 
 def _from_hf_hub(name: str, pretrained: str | None, device: torch.device) -> OpenCLIPEncoder:
-    """`hf-hub:ORG/NAME` as open_clip reads it: the repository's open_clip_config.json and
-    weights (downloaded once into the Hugging Face cache; offline, the cache must hold
-    them). The repository names its weights, so there is no pretrained tag to add."""
+    """`hf-hub:ORG/NAME` (or `local-dir:DIR`) as open_clip reads it: the repository's
+    open_clip_config.json and weights (downloaded once into the Hugging Face cache;
+    offline, the cache must hold them). The repository names its weights, so there is
+    no pretrained tag to add."""
     if pretrained not in (None, ""):
         raise ValueError(
             f"{name!r} brings its own weights from the Hub: drop pretrained={pretrained!r}"

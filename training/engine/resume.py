@@ -21,6 +21,7 @@ CHANGEABLE = frozenset({
     "out", "epochs", "steps", "device", "workers", "progress", "tensorboard", "compile",
     "channels_last", "deterministic", "log_every", "save_every", "checkpoint_every_steps",
     "knn_every", "knn_k", "knn_t", "knn_max_train", "max_nonfinite", "grad_checkpointing",
+    "before_after",
 })  # fmt: skip
 # Settings added later, with the behaviour that checkpoints written before them trained
 # with: a resumed old run keeps it (LARS was unclipped with eta 0.02 until then; colour

@@ -52,6 +52,7 @@ from training.engine.pretrained import load_backbone
 from training.engine.progress import Progress
 from training.engine.runstate import capture_rng, restore_rng, seed_all, train_device
 from training.engine.schedule import lr_at, scaled_lr
+from training.engine.start_vs_end import StartVsEnd
 from training.methods import MethodContext, Views, get_method
 from training.methods.base import Method, MethodParams, MomentumMethod, split_views
 from training.momentum import update_momentum
@@ -117,6 +118,7 @@ class Trainer:
             )
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer, self.peak_lr = self._build_optimizer()
+        self.start_vs_end = StartVsEnd(cfg, self.method, self.out)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._dtype() is torch.float16)
         norm = {}
         if self.start is not None:  # the pretrained model's own mean/std
@@ -228,6 +230,7 @@ class Trainer:
             if dist.is_main():
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "config.json").write_text(_json(self.cfg.to_dict()))
+            self.start_vs_end.at_start()
             while self.step < self.total_steps and not self._stopping:
                 self._run_epoch()
             stopped = "signal" if self._stopping else "done"
@@ -235,6 +238,8 @@ class Trainer:
                 self.last_knn = self.knn.maybe_run(self.method, self._autocast)
                 self._log_knn()
             self._save()
+            if stopped == "done":
+                self.start_vs_end.at_end()
             return self._result(stopped)
         finally:
             self.metrics.close()
