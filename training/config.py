@@ -73,6 +73,12 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False
     workers: int = 4  # decode workers for folder/pairs data
+    # pairs data: this fraction of the rows (chosen by `seed`) is held out of training,
+    # for evaluation on pairs the model never saw (training.evaluate.data.holdout_eval_data)
+    holdout: float = 0.1
+    # stop when more than this fraction of the samples (and more than 10) were skipped:
+    # missing files, empty captions, unreadable images
+    max_skipped: float = 0.01
     sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CUDA only)
     # bookkeeping
     log_every: int = 10  # steps between metric lines
@@ -127,6 +133,11 @@ class TrainConfig:
         "channels_last": "engineering: faster convolutions on CUDA",
         "compile": "engineering: off (compile time dominates short runs)",
         "workers": "engineering",
+        "holdout": "engineering: 10% of a user's own pairs kept for retrieval scores on "
+        "unseen pairs; the rest still trains",
+        "max_skipped": "engineering: a few bad rows (a deleted image, an empty caption, a "
+        "corrupt JPEG) are skipped; more than 1% usually means wrong paths or a broken "
+        "export, which training through would hide",
         "sync_bn": "paper: SimCLR/BYOL/SwAV (BN statistics over the global batch)",
         "log_every": "engineering",
         "save_every": "engineering",
@@ -302,3 +313,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("lars_eta must be positive (solo-learn's recipes use 0.02)")
     if cfg.lr is not None and cfg.lr <= 0:
         raise ConfigError("lr must be positive")
+    if not 0 <= cfg.holdout < 1:
+        raise ConfigError(f"holdout must be in [0, 1) (0: train on every row), got {cfg.holdout}")
+    if not 0 <= cfg.max_skipped <= 1:
+        raise ConfigError(f"max_skipped must be in [0, 1], got {cfg.max_skipped}")

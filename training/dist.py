@@ -137,6 +137,15 @@ def broadcast_(x: Tensor, src: int = 0) -> Tensor:
     return x
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order; [obj] on one process."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     """Wait for every rank; no-op on one process."""
     if is_dist():

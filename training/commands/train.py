@@ -183,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteError as e:
         print(f"contrastive train: {e}", file=sys.stderr)
         return 1
+    except DataError as e:  # too many samples skipped while decoding (max_skipped)
+        print(f"contrastive train: {e}", file=sys.stderr)
+        return 2
     finally:
         main_rank = dist.is_main()
         dist.cleanup()

@@ -6,7 +6,9 @@ Specs:
     mnist:DIR                idx files
     folder:DIR               images; one subfolder per class, or unlabelled;
                              DIR/train + DIR/val (or test) give the kNN bank and queries
-    pairs:FILE               CSV/JSONL of image path + caption (CLIP)
+    pairs:FILE               CSV/JSONL of image path + caption (CLIP); rows with a
+                             missing image or an empty caption are skipped and counted;
+                             `holdout` of the rows (chosen by seed) are not trained on
     shards:DIR|GLOB          webdataset-style .tar shards (KEY.jpg [+ KEY.txt] [+ KEY.cls]),
                              read in place (training.data.shards); no kNN split
     torchvision:NAME[:ROOT]  torchvision.datasets.NAME, downloaded into ROOT
@@ -26,7 +28,15 @@ from pathlib import Path
 
 from training.data.arrays import ArrayData, holdout_split, take
 from training.data.base import Batch, DataError, LabelledArrays, TrainData, dense_labels
-from training.data.files import load_size, read_pairs, scan_folder, split_dirs
+from training.data.files import (
+    PairScan,
+    holdout_rows,
+    load_size,
+    scan_folder,
+    scan_pairs,
+    split_dirs,
+    warn_skipped_rows,
+)
 from training.data.idx import (
     DIGIT_WORDS,
     FASHION_CLASSES,
@@ -35,6 +45,7 @@ from training.data.idx import (
     load_idx_split,
 )
 from training.data.loader import FileData, PathSource, decode_all
+from training.data.skips import check_skipped, describe_skips
 
 __all__ = [
     "Batch",
@@ -44,6 +55,7 @@ __all__ = [
     "TrainData",
     "load_data",
     "load_knn_data",
+    "pairs_split",
     "parse_spec",
 ]
 
@@ -103,8 +115,21 @@ def _torchvision_root(parsed: DataSpec) -> Path:
     return Path(parsed.path).expanduser() if parsed.path else default_root(parsed.name)
 
 
-def load_data(spec: str, *, image_size: int = 32, seed: int = 0, workers: int = 4) -> TrainData:
-    """The training set named by `spec` (see the module docstring); `seed` sets the order."""
+def load_data(
+    spec: str,
+    *,
+    image_size: int = 32,
+    seed: int = 0,
+    workers: int = 4,
+    holdout: float = 0.0,
+    max_skipped: float | None = None,
+) -> TrainData:
+    """The training set named by `spec` (see the module docstring); `seed` sets the order.
+
+    holdout: fraction of a pairs file's rows left out of training (pairs_split; other
+    specs ignore it). max_skipped: raise DataError when more samples than this fraction
+    of the set (and more than 10) were skipped while it was opened; None: no limit.
+    """
     parsed = parse_spec(spec)
     if parsed.kind == "digits":
         digits = load_digits_arrays()
@@ -128,21 +153,47 @@ def load_data(spec: str, *, image_size: int = 32, seed: int = 0, workers: int = 
         )  # fmt: skip
     if parsed.kind == "pairs":
         assert parsed.path is not None
-        paths, captions = read_pairs(Path(parsed.path).expanduser())
-        return FileData(
-            PathSource(paths), size=load_size(image_size), texts=captions,
-            seed=seed, workers=workers,
-        )  # fmt: skip
+        return _pair_data(parsed.path, image_size, seed, workers, holdout, max_skipped)
     if parsed.kind == "shards":
         assert parsed.path is not None
-        return _shard_data(parsed.path, image_size, seed, workers)
+        return _shard_data(parsed.path, image_size, seed, workers, max_skipped)
     from training.data.tv import load_train
 
     assert parsed.name is not None
     return load_train(parsed.name, _torchvision_root(parsed), load_size(image_size), seed, workers)
 
 
-def _shard_data(spec: str, image_size: int, seed: int, workers: int) -> TrainData:
+def pairs_split(path: str, holdout: float, seed: int) -> tuple[PairScan, PairScan]:
+    """pairs:FILE's path -> (training rows, held-out rows): `holdout` of the file's rows,
+    chosen by `seed` (holdout_rows); the held-out part is empty when holdout is 0."""
+    scan = scan_pairs(Path(path).expanduser())
+    train, held = holdout_rows(scan.total, holdout, seed)
+    return scan.select(train), scan.select(held)
+
+
+def _pair_data(
+    path: str, image_size: int, seed: int, workers: int, holdout: float, max_skipped: float | None
+) -> TrainData:
+    train, held = pairs_split(path, holdout, seed)
+    if not train.paths:
+        raise DataError(
+            f"{train.file}: none of its {train.total} training rows is usable "
+            f"({describe_skips(train.skipped, train.example)}); the {held.total} held-out "
+            f"rows (holdout={holdout:g}) are not trained on"
+        )
+    data = FileData(
+        PathSource(train.paths), size=load_size(image_size), texts=train.captions,
+        seed=seed, workers=workers, skipped=train.skipped, examples=train.example,
+    )  # fmt: skip
+    if max_skipped is not None:
+        check_skipped(data, max_skipped)  # before the warning: past the limit, one line only
+    warn_skipped_rows(train, "training rows" if held.total else "rows", stacklevel=3)
+    return data
+
+
+def _shard_data(
+    spec: str, image_size: int, seed: int, workers: int, max_skipped: float | None
+) -> TrainData:
     from training.data.shards import ShardSource, scan_shards, shard_paths
 
     scan = scan_shards(shard_paths(spec))
@@ -157,16 +208,20 @@ def _shard_data(spec: str, image_size: int, seed: int, workers: int) -> TrainDat
             "training without labels",
             stacklevel=3,
         )
-    if scan.skipped:
-        parts = [f"{n} ({why}, e.g. {scan.example[why]})" for why, n in scan.skipped.items()]
-        warnings.warn(
-            f"shards: skipped {sum(scan.skipped.values())} samples: {'; '.join(parts)}",
-            stacklevel=3,
-        )
-    return FileData(
+    data = FileData(
         ShardSource(scan), size=load_size(image_size), labels=labels, classes=classes,
         texts=scan.texts, seed=seed, workers=workers, skipped=scan.skipped,
+        examples=scan.example,
     )  # fmt: skip
+    if max_skipped is not None:
+        check_skipped(data, max_skipped)  # before the warning: past the limit, one line only
+    if scan.skipped:
+        warnings.warn(
+            f"shards: skipped {sum(scan.skipped.values())} samples: "
+            f"{describe_skips(scan.skipped, scan.example)}",
+            stacklevel=3,
+        )
+    return data
 
 
 def _folder_knn(

@@ -125,6 +125,14 @@ class TrainData(ABC):
         sets that cannot have any."""
         return {}
 
+    def skip_examples(self) -> dict[str, str]:
+        """One sample per reason of `skipped_samples` (a path, FILE:LINE or shard:key)."""
+        return {}
+
+    def source_size(self) -> int:
+        """Samples the source holds, those left out when it was opened included."""
+        return self.num_samples
+
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         """Full global batches per epoch (the last incomplete one is dropped)."""
         return check_batching(self.num_samples, batch_size, world_size)

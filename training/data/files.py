@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from training.data.base import DataError
+from training.data.skips import describe_skips
 from training.encoders.preprocess import clamp_aspect, ensure_rgb
 
 IMAGE_EXTENSIONS = frozenset(
@@ -129,47 +131,156 @@ def _pick(columns: list[str], wanted: tuple[str, ...], file: Path) -> str:
     raise DataError(f"{file}: no column named one of {list(wanted)} (found {columns})")
 
 
-def _read_rows(file: Path) -> list[dict[str, object]]:
+# Reasons a pairs row is left out (keys of PairScan.skipped).
+SKIP_MISSING_FILE = "missing file"
+SKIP_EMPTY_CAPTION = "empty caption"
+
+Row = tuple[int, dict[str, object]]  # (line number in the file, column -> value)
+
+
+def _read_rows(file: Path) -> tuple[list[str], list[Row]]:
+    """(columns, rows) of a JSONL file (the first object's keys) or a CSV with a header.
+
+    A CSV row's absent cells are dropped from its dict, so a row too short to reach a
+    column lacks it, as a JSON object without the key does.
+    """
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read pairs file {file}: {e}") from e
     if file.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        rows = []
+        rows: list[Row] = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(dict(json.loads(line)))
+                    rows.append((n, dict(json.loads(line))))
                 except (json.JSONDecodeError, TypeError, ValueError) as e:
                     raise DataError(f"{file}:{n}: not a JSON object: {e}") from e
-        return rows
-    return list(csv.DictReader(text.splitlines()))
+        return (list(rows[0][1]) if rows else []), rows
+    reader = csv.DictReader(text.splitlines())
+    rows = [(reader.line_num, {k: v for k, v in row.items() if k is not None and v is not None})
+            for row in reader]  # fmt: skip
+    return list(reader.fieldnames or []), rows
+
+
+@dataclass
+class PairScan:
+    """A pairs file read row by row: the usable rows and the rows left out.
+
+    total: data rows in the file. rows, paths, captions: the usable rows in file order,
+    `rows` holding their positions among the data rows (0-based). skips: (position,
+    reason, example) of each row left out; reason is a SKIP_* value, example the missing
+    path or FILE:LINE.
+    """
+
+    file: Path
+    total: int = 0
+    rows: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    skips: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """reason -> rows left out for it."""
+        counts: dict[str, int] = {}
+        for _, why, _ in self.skips:
+            counts[why] = counts.get(why, 0) + 1
+        return counts
+
+    @property
+    def example(self) -> dict[str, str]:
+        """reason -> the first row left out for it."""
+        first: dict[str, str] = {}
+        for _, why, example in self.skips:
+            first.setdefault(why, example)
+        return first
+
+    def select(self, positions: Tensor) -> PairScan:
+        """The rows at `positions` (int64 [K], positions among the data rows), usable or not."""
+        keep = set(positions.tolist())
+        usable = [i for i, row in enumerate(self.rows) if row in keep]
+        return PairScan(
+            self.file,
+            total=len(keep),
+            rows=[self.rows[i] for i in usable],
+            paths=[self.paths[i] for i in usable],
+            captions=[self.captions[i] for i in usable],
+            skips=[skip for skip in self.skips if skip[0] in keep],
+        )
+
+
+def _resolve(image: object, file: Path) -> Path:
+    """A row's image value -> its path; relative paths resolve against the file's folder."""
+    path = Path(str(image)).expanduser()
+    return path if path.is_absolute() else file.parent / path
+
+
+def _add_row(scan: PairScan, position: int, line: int, image: object, caption: object) -> None:
+    """Keep one row, or record why it is left out (a missing image before an empty caption)."""
+    path = _resolve(image, scan.file) if image not in (None, "") else None
+    if path is None or not path.is_file():
+        example = str(path) if path is not None else f"{scan.file}:{line} (no path)"
+        scan.skips.append((position, SKIP_MISSING_FILE, example))
+    elif caption is None or not str(caption).strip():  # JSON null: an exported NaN caption
+        scan.skips.append((position, SKIP_EMPTY_CAPTION, f"{scan.file}:{line}"))
+    else:
+        scan.rows.append(position)
+        scan.paths.append(str(path))
+        scan.captions.append(str(caption))
+
+
+def scan_pairs(file: Path) -> PairScan:
+    """Read a CSV with a header, or JSONL, of image paths and captions.
+
+    Rows whose image file is missing or whose caption is empty are left out and counted
+    (PairScan.skips); a file with no usable row, or a row without the image or caption
+    column at all (a malformed file, not a bad sample), is a DataError.
+    """
+    if not file.is_file():
+        raise DataError(f"pairs file {file} does not exist")
+    columns, rows = _read_rows(file)
+    if not rows:
+        raise DataError(f"{file} holds no image-caption pairs")
+    image_col, text_col = _pick(columns, IMAGE_COLUMNS, file), _pick(columns, TEXT_COLUMNS, file)
+    scan = PairScan(file, total=len(rows))
+    for position, (line, row) in enumerate(rows):
+        if image_col not in row or text_col not in row:
+            raise DataError(f"{file}:{line}: the row lacks {image_col!r} or {text_col!r}: {row}")
+        _add_row(scan, position, line, row[image_col], row[text_col])
+    if not scan.paths:
+        raise DataError(
+            f"{file}: none of its {scan.total} rows is usable: "
+            f"{describe_skips(scan.skipped, scan.example)}; relative paths resolve "
+            f"against {file.parent}"
+        )
+    return scan
+
+
+def holdout_rows(num_rows: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(training rows, held-out rows), each int64 sorted: a fixed permutation of the row
+    positions from `seed`, its first round(fraction * num_rows) held out, at most all
+    but one row. Chosen among all rows, usable or not, so an image that goes missing
+    later moves no other row between the two parts."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(num_rows, generator=gen)
+    held = min(round(fraction * num_rows), num_rows - 1) if fraction > 0 else 0
+    return perm[held:].sort().values, perm[:held].sort().values
+
+
+def warn_skipped_rows(scan: PairScan, what: str, stacklevel: int) -> None:
+    """One warning naming the rows `scan` left out, by reason with an example; none if none."""
+    if scan.skips:
+        warnings.warn(
+            f"pairs: skipped {len(scan.skips)} of the {scan.total} {what} of {scan.file}: "
+            f"{describe_skips(scan.skipped, scan.example)}",
+            stacklevel=stacklevel + 1,
+        )
 
 
 def read_pairs(file: Path) -> tuple[list[str], list[str]]:
-    """(image paths, captions) from a CSV with a header, or JSONL; relative paths
-    resolve against the file's folder."""
-    if not file.is_file():
-        raise DataError(f"pairs file {file} does not exist")
-    rows = _read_rows(file)
-    if not rows:
-        raise DataError(f"{file} holds no image-caption pairs")
-    columns = list(rows[0])
-    image_col, text_col = _pick(columns, IMAGE_COLUMNS, file), _pick(columns, TEXT_COLUMNS, file)
-    paths, captions, missing = [], [], []
-    for row in rows:
-        image, caption = row.get(image_col), row.get(text_col)
-        if not image or caption is None:
-            raise DataError(f"{file}: a row lacks {image_col!r} or {text_col!r}: {row}")
-        path = Path(str(image)).expanduser()
-        path = path if path.is_absolute() else file.parent / path
-        if not path.is_file():
-            missing.append(str(path))
-        paths.append(str(path))
-        captions.append(str(caption))
-    if missing:
-        raise DataError(
-            f"{file}: {len(missing)} of {len(rows)} image files are missing, e.g. "
-            f"{missing[:3]}; relative paths resolve against {file.parent}"
-        )
-    return paths, captions
+    """(image paths, captions) of the usable rows of a pairs file (see scan_pairs), with a
+    warning naming the rows left out."""
+    scan = scan_pairs(file)
+    warn_skipped_rows(scan, "rows", stacklevel=2)
+    return scan.paths, scan.captions

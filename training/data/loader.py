@@ -32,6 +32,7 @@ from training.data.files import decode, open_image
 
 MAX_TRIES = 16  # consecutive unreadable files before we give up on the data set
 MAX_WARNINGS = 10  # individual warnings; later failures are only counted
+UNREADABLE = "unreadable image"  # the reason skipped_samples() gives decode failures
 
 Bad = list[tuple[int, str]]  # (index, error) of unreadable files met while decoding
 
@@ -140,8 +141,10 @@ class FileData(TrainData):
         seed: int = 0,
         workers: int = 4,
         skipped: dict[str, int] | None = None,
+        examples: dict[str, str] | None = None,
     ) -> None:
-        """skipped: samples the source left out while it was opened, by reason."""
+        """skipped: samples the source left out while it was opened, by reason;
+        examples: one of them per reason."""
         if len(source) == 0:
             raise DataError("the data set is empty")
         # More decode processes than usable cores only adds contention.
@@ -152,6 +155,7 @@ class FileData(TrainData):
         self.seed = seed
         self.unreadable: dict[int, str] = {}
         self.skipped_at_load = dict(skipped or {})
+        self.examples_at_load = dict(examples or {})
         self._sampler = OrderSampler(self.num_samples, seed)
         self._loaders: dict[bool, DataLoader[tuple[Tensor | None, int, Bad]]] = {}
 
@@ -163,8 +167,24 @@ class FileData(TrainData):
     def skipped_samples(self) -> dict[str, int]:
         counts = {k: v for k, v in self.skipped_at_load.items() if v}
         if self.unreadable:
-            counts["unreadable image"] = len(self.unreadable)
+            counts[UNREADABLE] = len(self.unreadable)
         return counts
+
+    def skip_examples(self) -> dict[str, str]:
+        examples = dict(self.examples_at_load)
+        if self.unreadable:
+            index, error = next(iter(self.unreadable.items()))  # the first one met
+            first_line = error.partition("\n")[0]  # the message goes into a one-line error
+            examples[UNREADABLE] = f"{self.source.name(index)}: {first_line}"
+        return examples
+
+    def source_size(self) -> int:
+        return self.num_samples + sum(self.skipped_at_load.values())
+
+    def merge_unreadable(self, found: dict[int, str]) -> None:
+        """Count unreadable files that other ranks met (each rank decodes its own share)."""
+        for index, error in found.items():
+            self.unreadable.setdefault(index, error)
 
     def _loader(self, pin: bool) -> DataLoader[tuple[Tensor | None, int, Bad]]:
         if pin not in self._loaders:

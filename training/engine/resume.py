@@ -21,13 +21,15 @@ CHANGEABLE = frozenset({
     "out", "epochs", "steps", "device", "workers", "progress", "tensorboard", "compile",
     "channels_last", "deterministic", "log_every", "save_every", "checkpoint_every_steps",
     "knn_every", "knn_k", "knn_t", "knn_max_train", "max_nonfinite", "grad_checkpointing",
-    "before_after",
+    "before_after", "max_skipped",
 })  # fmt: skip
 # Settings added later, with the behaviour that checkpoints written before them trained
 # with: a resumed old run keeps it (LARS was unclipped with eta 0.02 until then; colour
-# jitter was 0.4/0.4/0.4/0.1, SimCLR's s = 0.5, at every image size).
+# jitter was 0.4/0.4/0.4/0.1, SimCLR's s = 0.5, at every image size; pairs data trained
+# on every row, and skipped samples had no limit).
 BEFORE_SETTINGS_EXISTED = {
     "lars_eta": 0.02, "lars_clip": False, "lr_scaling": "linear", "jitter_strength": 0.5,
+    "holdout": 0.0, "max_skipped": 1.0,
 }  # fmt: skip
 
 

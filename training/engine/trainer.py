@@ -26,12 +26,14 @@ from training import dist
 from training.augment import Augmenter
 from training.config import TrainConfig
 from training.data import Batch, load_data
+from training.data.loader import FileData
 from training.data.size import (
     CIFAR_STEM_MAX,
     recipe_line,
     settle_image_size,
     size_warning,
 )
+from training.data.skips import check_skipped
 from training.encoders.nets.backbones import (
     BackboneSpec,
     build_backbone,
@@ -101,8 +103,9 @@ class Trainer:
         # None follows the data; resolved (and written into cfg) before anything is built
         self.image_size = self._settle_image_size(resumed=resume is not None)
         self.data = load_data(
-            cfg.data, image_size=self.image_size, seed=cfg.seed, workers=cfg.workers
-        )
+            cfg.data, image_size=self.image_size, seed=cfg.seed, workers=cfg.workers,
+            holdout=cfg.holdout, max_skipped=cfg.max_skipped,
+        )  # fmt: skip
         self._warn_if_far_below()
         self.steps_per_epoch = self.data.steps_per_epoch(cfg.batch_size, self.world)
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
@@ -452,7 +455,15 @@ class Trainer:
                 callback(self)
 
     def _report_skipped(self) -> None:
-        """One log line after an epoch that met new bad samples: the running totals."""
+        """After an epoch: a DataError when more samples were skipped than max_skipped
+        allows (on every rank alike), else one log line if it met new bad samples: the
+        running totals."""
+        if isinstance(self.data, FileData):
+            # Each rank decodes its own share: pool what they met, so all stop together
+            # (one rank stopping alone would leave the others waiting in a collective).
+            for found in dist.all_gather_objects(self.data.unreadable):
+                self.data.merge_unreadable(found)
+        check_skipped(self.data, self.cfg.max_skipped)
         counts = self.data.skipped_samples()
         total = sum(counts.values())
         if total > self._skipped_reported:

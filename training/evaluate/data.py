@@ -3,7 +3,8 @@
 Every training.data spec with labels works (the bank and queries of kNN evaluation);
 `skimage-photos` adds nine real photos for zero-shot (queries only, no bank);
 `pairs:FILE` gives every image of the file with its caption, for retrieval only (no bank,
-no class labels).
+no class labels). `holdout_eval_data` gives what a training run did not train on: the
+held-out rows of its pairs file, or the test queries of a labelled set.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from training.data import DataError, load_knn_data, parse_spec
+from training.data import DataError, load_knn_data, pairs_split, parse_spec
+from training.data.files import warn_skipped_rows
 from training.evaluate import photos
 from training.evaluate.pairs import ImageFiles, read_pair_spec
 from training.evaluate.pixels import Images
@@ -61,9 +63,46 @@ def load_eval_data(spec: str, image_size: int, limit: int | None = None, seed: i
         return EvalData(spec, classes, shown, shown_labels)
     if parse_spec(spec).kind == "pairs":
         return _pairs_data(spec, limit, seed)
+    data = _labelled_data(spec, image_size, limit, seed)
+    if data is None:
+        raise DataError(f"--data {spec!r} has no class labels: evaluation needs labelled images")
+    return data
+
+
+def holdout_eval_data(
+    spec: str, *, holdout: float, seed: int, image_size: int, limit: int | None = 5000
+) -> EvalData | None:
+    """What a run trained on `spec` with this `holdout` and `seed` did not train on.
+
+    pairs: exactly the held-out rows (training.data.pairs_split), or a fixed random
+    `limit` of them, as images on disk with their captions (classes: the distinct
+    captions, query_labels index them); None when holdout is 0 or holds no row. Labelled
+    sets: load_eval_data's test queries with their classes (no bank, no captions).
+    None for unlabelled sets and shards (nothing is held out of them).
+    """
+    parsed = parse_spec(spec)
+    if parsed.kind == "shards":
+        return None
+    if parsed.kind != "pairs":
+        data = _labelled_data(spec, image_size, limit, seed)
+        if data is None:
+            return None
+        return EvalData(spec, data.classes, data.queries, data.query_labels)
+    assert parsed.path is not None
+    if holdout <= 0:
+        return None
+    held = pairs_split(parsed.path, holdout, seed)[1]
+    warn_skipped_rows(held, "held-out rows", stacklevel=2)
+    if not held.paths:
+        return None
+    return _pair_rows(spec, held.paths, held.captions, limit, seed)
+
+
+def _labelled_data(spec: str, image_size: int, limit: int | None, seed: int) -> EvalData | None:
+    """A labelled spec's bank and queries, each a fixed random `limit`; None if unlabelled."""
     pair = load_knn_data(spec, image_size=image_size)
     if pair is None:
-        raise DataError(f"--data {spec!r} has no class labels: evaluation needs labelled images")
+        return None
     bank, queries = pair
     bank_images, bank_labels = subset(bank.images, bank.labels, limit, seed)
     query_images, query_labels = subset(queries.images, queries.labels, limit, seed + 1)
@@ -75,6 +114,13 @@ def _pairs_data(spec: str, limit: int | None, seed: int) -> EvalData:
     path = parse_spec(spec).path
     assert path is not None
     paths, captions = read_pair_spec(path)
+    return _pair_rows(spec, paths, captions, limit, seed)
+
+
+def _pair_rows(
+    spec: str, paths: list[str], captions: list[str], limit: int | None, seed: int
+) -> EvalData:
+    """Image-caption rows -> retrieval EvalData, keeping a fixed random `limit` of them."""
     keep = subset(torch.empty(len(paths), 0), torch.arange(len(paths)), limit, seed)[1]
     paths = [paths[i] for i in keep.tolist()]
     captions = [captions[i] for i in keep.tolist()]

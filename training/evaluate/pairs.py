@@ -44,5 +44,6 @@ def _open(path: str) -> Image.Image:
 
 
 def read_pair_spec(path: str) -> tuple[list[str], list[str]]:
-    """pairs:FILE's path -> (image paths, captions), one per row of the file."""
+    """pairs:FILE's path -> (image paths, captions), one per usable row of the file; rows
+    with a missing image or an empty caption are left out, with a warning that counts them."""
     return read_pairs(Path(path).expanduser())

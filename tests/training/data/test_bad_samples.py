@@ -253,8 +253,11 @@ def test_a_gzipped_idx_is_read_no_further_than_its_header_says(tmp_path: Path) -
 
 def test_the_trainer_logs_new_skips_once_after_an_epoch(caplog: pytest.LogCaptureFixture) -> None:
     counts = {"image member over 64 MiB": 2}
+    data = SimpleNamespace(
+        skipped_samples=lambda: dict(counts), skip_examples=dict, source_size=lambda: 1000
+    )
     fake = SimpleNamespace(
-        data=SimpleNamespace(skipped_samples=lambda: dict(counts)), epoch=0, _skipped_reported=0
+        data=data, cfg=SimpleNamespace(max_skipped=0.01), epoch=0, _skipped_reported=0
     )
     with caplog.at_level(logging.WARNING, logger="contrastive.train"):
         Trainer._report_skipped(fake)  # type: ignore[arg-type]
