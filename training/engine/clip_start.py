@@ -60,6 +60,13 @@ class StartModel:
         return Preprocess.from_dict(self.description["preprocess"])
 
     @property
+    def visual(self) -> nn.Module:
+        """The image tower (projection included): [n, 3, S, S] -> [n, embed_dim]."""
+        tower = self.model.visual
+        assert isinstance(tower, nn.Module)
+        return tower
+
+    @property
     def embed_dim(self) -> int:
         return int(self.description["model_cfg"]["embed_dim"])
 

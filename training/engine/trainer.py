@@ -99,7 +99,7 @@ class Trainer:
         seed_all(cfg.seed)  # identical initial weights on every rank
         self._fresh = resume is None
         # a whole pretrained model to fine-tune fixes the image size and normalisation
-        self.start = start_model(cfg, resume.start if resume is not None else None)
+        self.start = start_model(cfg, resume)
         # None follows the data; resolved (and written into cfg) before anything is built
         self.image_size = self._settle_image_size(resumed=resume is not None)
         self.data = load_data(
@@ -169,7 +169,7 @@ class Trainer:
         cifar = cifar and "resnet" in cfg.backbone
         if self.start is not None:  # the pretrained model's image tower, shared
             self.backbone_spec = BackboneSpec(cfg.backbone, False, size)
-            backbone, feat_dim = self.start.model.visual, self.start.embed_dim
+            backbone, feat_dim = self.start.visual, self.start.embed_dim
         else:
             self.backbone_spec = BackboneSpec(cfg.backbone, cifar, size)
             backbone, feat_dim = build_backbone(self.backbone_spec)

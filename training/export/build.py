@@ -75,7 +75,7 @@ def load_method(path: str | Path) -> tuple[Method[Any], Checkpoint]:
         cfg, params = build_config(dict(ckpt.config), cls.Params)
         start = rebuild_start(ckpt.start) if ckpt.start is not None else None
         if start is not None:  # a fine-tuned open_clip model: its own towers
-            backbone, feat_dim = start.model.visual, start.embed_dim
+            backbone, feat_dim = start.visual, start.embed_dim
         else:
             backbone, feat_dim = build_backbone(ckpt.backbone)
         ctx = MethodContext(torch.device("cpu"), image_size_of(cfg), 1, 1, cfg.batch_size,
