@@ -32,6 +32,9 @@ BENCH = {
     "quality": table.Command(
         "every method: kNN per epoch, linear probe, LARS", "training.bench.quality"
     ),
+    "embed": table.Command(
+        "embed job end to end vs the encoder on pre-decoded tensors", "service.bench.embed"
+    ),
 }
 
 INDEX = {
@@ -57,6 +60,10 @@ COMMANDS: dict[str, table.Command] = {
     "serve": table.Command("start the REST service", "service.commands.serve"),
     "index": table.Command(
         "add folders of images to a collection; search, repair, export, import", table=INDEX
+    ),
+    "embed": table.Command(
+        "embed a whole data set (folder, tar shards, list) into parquet files; resumable",
+        "service.commands.embed",
     ),
     "bench": table.Command("benchmarks", table=BENCH),
     **table.TRAINING_COMMANDS,
