@@ -76,6 +76,8 @@ print(len(out.getvalue()))
         ["index", "--help"],
         ["index", "add", "--help"],  # its module takes MAX_ID_CHARS from the index, lightly
         ["index", "import", "--help"],
+        ["embed", "--help"],
+        ["bench", "embed", "--help"],
     ],
 )
 def test_help_imports_no_engine_torch_or_web_framework(argv: list[str]) -> None:

@@ -229,3 +229,33 @@ def test_vectors_equal_the_apis(export: Path, photos: Path, tmp_path: Path) -> N
     assert r.status_code == 200, r.text
     served = np.array(r.json()["embeddings"], np.float32)
     np.testing.assert_allclose(np.stack([got[i] for i in ids]), served, atol=1e-6)
+
+
+def test_also_into_a_collection(export: Path, photos: Path, tmp_path: Path) -> None:
+    """--collection: each part's rows are upserted in-process (the machinery of `index
+    add`) with the vectors written to the parquet parts, and the source as `path`."""
+    from service.index.factory import open_backend
+
+    out, cols = tmp_path / "out", tmp_path / "collections"
+    argv = [str(photos), "--out", str(out), "--collection", "photos"]
+    assert _run(export, *argv, "--collections-dir", str(cols), "--part-rows", "3") == 0
+    written = _vectors(out)
+    store = open_backend("faiss", cols)
+    try:
+        col = store.get("photos")
+        assert col.count() == 7
+        item = col.get("nested/img1.jpg")
+        assert item is not None and item.metadata["path"].endswith("img1.jpg")
+        np.testing.assert_allclose(item.vector, written["nested/img1.jpg"], atol=1e-6)
+    finally:
+        store.close()
+
+
+def test_bench_embed_reports_the_ratio(
+    export: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "embed", "--images", str(photos), "--model", str(export)]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "results")]) == 0
+    assert "ratio: " in capsys.readouterr().out
+    result = json.loads(next((tmp_path / "results").glob("embed-*.json")).read_text())
+    assert result["images"] == 7 and result["ratio"] > 0
