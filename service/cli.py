@@ -32,6 +32,10 @@ BENCH = {
     "quality": table.Command(
         "every method: kNN per epoch, linear probe, LARS", "training.bench.quality"
     ),
+    "finetune": table.Command(
+        "fine-tuning open_clip: our Trainer vs open_clip's own loop, img/s",
+        "training.bench.finetune",
+    ),
 }
 
 INDEX = {
