@@ -201,6 +201,8 @@ def run_ours(s: FinetuneSettings, model_dir: Path, pairs: Path, scratch: Path) -
 
 
 def _release(device: torch.device) -> None:
+    """Free the side that just ran (its model, optimiser state, loader workers) so the
+    next one starts with the device memory and the cores to itself."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
