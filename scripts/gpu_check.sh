@@ -23,7 +23,16 @@
 # plus gpu_check.log: everything printed, and each step's exit code and seconds.
 # Expected: about 7-8 minutes (9 at most), plus the machine's start and the transfers.
 #
-# One more step, only when STEPS names it (it cannot fit beside the others):
+# Two more steps, only when STEPS names them (neither fits beside the others):
+#   finetune contrastive bench finetune: fine-tuning open_clip ViT-B-32 (random weights
+#           from a fixed seed, local-dir format: nothing downloads) on Fashion-MNIST pairs,
+#           batch 256, bf16 (open_clip: amp_bf16), 20 untimed + FINETUNE_STEPS timed steps
+#           (400) with our Trainer and then with open_clip_train's train_one_epoch; img/s
+#           of each and ours/open_clip (goal >= 1.0x)                  -> finetune.json
+#   About 30-60 s a side, 2-3 minutes in all: STEPS=finetune BUDGET=300 bash scripts/gpu_check.sh
+#   open_clip_train.data imports pandas, webdataset and braceexpand: without their wheels
+#   (prepare.sh orjson pandas webdataset braceexpand; mind the 64 MiB) a stand-in of its
+#   CsvDataset does the same per-image work, and finetune.json's peer.data says so.
 #   quality contrastive bench quality: every registered method (ten with moco-tuned and the
 #           new barlow, vicreg, simsiam, dino) trained on Fashion-MNIST, ResNet-18, batch
 #           256, QUALITY_EPOCHS epochs, online kNN per epoch and a final linear probe; then
@@ -42,7 +51,8 @@
 # for quality: QUALITY_LIMIT (cap on the step's seconds, 3600; BUDGET still bounds it),
 # QUALITY_EPOCHS (20), QUALITY_METHODS (comma list; empty: every registered method),
 # QUALITY_LARS (methods of the LARS comparison, "byol,simclr"; empty skips it) and
-# QUALITY_RUN_LIMIT (wall seconds per method: it stops at the first epoch end past them).
+# QUALITY_RUN_LIMIT (wall seconds per method: it stops at the first epoch end past them);
+# for finetune: FINETUNE_STEPS (timed steps a side, 400).
 set -uo pipefail
 
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -57,6 +67,7 @@ QUALITY_EPOCHS=${QUALITY_EPOCHS:-20}
 QUALITY_METHODS=${QUALITY_METHODS:-}
 QUALITY_LARS=${QUALITY_LARS-byol,simclr}
 QUALITY_RUN_LIMIT=${QUALITY_RUN_LIMIT:-}
+FINETUNE_STEPS=${FINETUNE_STEPS:-400}
 DEADLINE=$((SECONDS + BUDGET))
 SUMMARY=()
 
@@ -128,6 +139,9 @@ main() {
     [[ -n $QUALITY_METHODS ]] && quality+=(--methods "$QUALITY_METHODS")
     [[ -n $QUALITY_RUN_LIMIT ]] && quality+=(--time-limit "$QUALITY_RUN_LIMIT")
     run quality "$QUALITY_LIMIT" "${quality[@]}" --json "$OUT/quality.json"
+    run finetune 280 python3 -m service bench finetune --device cuda --arch ViT-B-32 \
+        --batch-size 256 --precision bf16 --warmup 20 --steps "$FINETUNE_STEPS" \
+        --fashion-mnist .data/fashion-mnist --json "$OUT/finetune.json"
 
     echo "== summary ($SECONDS s in all)"
     printf '  %s\n' "${SUMMARY[@]}"
