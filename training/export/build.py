@@ -37,8 +37,8 @@ from training.encoders.exported.load import load_open_clip
 from training.encoders.exported.trained import describe_head, load_trained, packaged_minilm_sha256
 from training.encoders.nets.backbones import build_backbone
 from training.encoders.nets.text_towers import MiniLMTower, TextTower, TransformerTower
+from training.encoders.pretrained_clip import StartModel, rebuild_start
 from training.engine.checkpoint import LAST, Checkpoint, CheckpointError, load_checkpoint
-from training.engine.clip_start import StartModel, rebuild_start
 from training.methods.base import ExportParts, Method, MethodContext
 
 PARITY_ATOL = 1e-5  # max |difference| of unit embeddings between checkpoint and export

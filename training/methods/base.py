@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from training.config import TrainConfig
     from training.data import Batch
     from training.encoders.nets.text_towers import TextTower
-    from training.engine.clip_start import StartModel
+    from training.encoders.pretrained_clip import StartModel
 
 
 @dataclass
@@ -145,7 +145,7 @@ class MethodContext:
     classes: list[str] | None = None  # class names, when the data set has labels
     channels: int = 3
     has_texts: bool = False  # the data set carries captions (pairs data)
-    # a whole pretrained image-text model to fine-tune (training.engine.clip_start)
+    # a whole pretrained image-text model to fine-tune (training.encoders.pretrained_clip)
     start: StartModel | None = None
 
 
@@ -242,7 +242,7 @@ class Method(nn.Module, ABC, Generic[P]):
     def lr_scales(self) -> dict[str, float]:
         """{parameter name: multiplier on the scheduled lr}; names as in
         `named_parameters()`, unnamed parameters train at 1.0. What layer-wise lr decay
-        (training.engine.layer_decay) and a separate lr for a logit scale return."""
+        (training.methods.layer_decay) and a separate lr for a logit scale return."""
         return {}
 
     def export_parts(self) -> ExportParts:

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from training.config import TrainConfig
     from training.data import Batch
     from training.encoders.nets.text_towers import TextTower
-    from training.engine.clip_start import StartModel
+    from training.encoders.pretrained_clip import StartModel
 
 TEMPLATE_SETS = {"default": DEFAULT_TEMPLATES, "single": SINGLE_TEMPLATE}
 LOSSES = ("clip", "siglip")
@@ -251,7 +251,7 @@ class CLIP(Method[CLIPParams]):
         cls, cfg: TrainConfig
     ) -> tuple[tuple[str, float, float], dict[str, str]]:
         """From scratch: CLIP's recipe; from a pretrained model: WiSE-FT's fine-tuning."""
-        from training.engine.clip_start import is_clip_start
+        from training.encoders.pretrained_clip import is_clip_start
 
         if is_clip_start(cfg.init_from):
             return cls.FINETUNE, dict(cls.FINETUNE_SOURCES)
@@ -335,7 +335,7 @@ class CLIP(Method[CLIPParams]):
     def lr_scales(self) -> dict[str, float]:
         """Layer-wise lr decay over a pretrained model's towers (`layer_decay`) and the
         temperature's own multiplier (`logit_lr_scale`); names as named_parameters()."""
-        from training.engine.layer_decay import count_blocks, layer_decay_scales
+        from training.methods.layer_decay import count_blocks, layer_decay_scales
 
         p = self.params
         names = [n for n, _ in self.named_parameters()]

@@ -1,5 +1,5 @@
 """Per-parameter lr multipliers: layer-wise lr decay over real open_clip towers
-(training.engine.layer_decay) and the trainer applying a method's `lr_scales()`."""
+(training.methods.layer_decay) and the trainer applying a method's `lr_scales()`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from torch import nn
 
 from training.config import build_config
-from training.engine.layer_decay import count_blocks, layer_decay_scales
 from training.engine.trainer import Trainer
 from training.methods import get_method
+from training.methods.layer_decay import count_blocks, layer_decay_scales
 from training.methods.simclr import SimCLR
 
 VISION_LAYERS, TEXT_LAYERS = 3, 2  # unequal, so a count from the wrong tower shows

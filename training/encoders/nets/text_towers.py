@@ -78,7 +78,7 @@ class TransformerTower(TextTower):
 
 
 class OpenCLIPTextTower(TextTower):
-    """The text side of a whole open_clip model (training.engine.clip_start), sharing its
+    """The text side of a whole open_clip model (training.encoders.pretrained_clip), sharing its
     parameters: training this tower trains the model's own text modules in place.
 
     open_clip.CLIP keeps its text modules at the top level (token_embedding, transformer,
