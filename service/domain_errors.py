@@ -49,6 +49,7 @@ ErrorCode = Literal[
     "store_unavailable",
     "backend_unavailable",
     "collections_disabled",
+    "scan_too_large",
     # request contents
     "unsupported_media_type",
     "invalid_json",

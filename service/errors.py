@@ -57,6 +57,9 @@ STATUS: dict[ErrorCode, int] = {
     "store_unavailable": 503,
     "backend_unavailable": 503,
     "collections_disabled": 404,
+    # a near-duplicate scan past max_duplicate_scan items: the client narrows it (a filter,
+    # max_items), so a request error rather than 413, whose body is not what is large
+    "scan_too_large": 422,
     "unsupported_media_type": 415,
     "invalid_json": 422,
     "invalid_request": 422,

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     max_items: int = Field(1024, ge=1, description="items in one add request")
     max_k: int = Field(1000, ge=1, description="largest k in a search")
     max_queries: int = Field(256, ge=1, description="queries in one search request")
+    max_duplicate_scan: int = Field(
+        200_000, ge=2, description="items one near-duplicate scan compares, at most"
+    )
 
     @field_validator("api_keys", "admin_keys", "models", mode="before")
     @classmethod

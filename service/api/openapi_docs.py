@@ -267,6 +267,7 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "files": {"maxItems": s.max_queries},
         },
         "Query": {"text": text, "image": IMAGE, "vector": VECTOR},
+        "DuplicatesRequest": {"max_items": {"maximum": s.max_duplicate_scan}},
     }
 
 
@@ -337,12 +338,15 @@ def filter_schema() -> dict[str, Any]:
 
 
 def _add_filter(schemas: dict[str, Any]) -> None:
-    """The Filter component, and the `where` of searches pointing at it."""
+    """The Filter component, and the `where` of searches (and the `filter` of duplicate
+    scans) pointing at it."""
     if "SearchRequest" not in schemas:  # the collections are off
         return
     schemas["Filter"] = filter_schema()
-    where = schemas["SearchRequest"]["properties"]["where"]
-    where["anyOf"] = [{"$ref": REF.format(model="Filter")}, {"type": "null"}]
+    for component, name in (("SearchRequest", "where"), ("DuplicatesRequest", "filter")):
+        if component in schemas:
+            field = schemas[component]["properties"][name]
+            field["anyOf"] = [{"$ref": REF.format(model="Filter")}, {"type": "null"}]
 
 
 def _classify_product(schemas: dict[str, Any], limit: int) -> None:

@@ -477,6 +477,7 @@ async function search(panel) {
   const name = chosenCollection();
   const k = readK();
   $("search-results").replaceChildren(); // after a failure: no stale results
+  $("dups-results").replaceChildren();
   setStatus(panel.status, "");
   let data;
   if (searchState.queryFile) {
@@ -507,6 +508,51 @@ function hitCard(hit, rank) {
     el("span", { class: "hit-score", "data-testid": "hit-score", text: `score ${score}` }),
   ]);
   return el("figure", { class: "hit", "data-testid": "hit" }, [picture, caption]);
+}
+
+const DUPS_SHOWN = 50; // groups asked for and shown; each id's thumbnail is one GET
+
+function readThreshold() {
+  const t = Number.parseFloat($("dups-threshold").value);
+  return Number.isNaN(t) ? 0.95 : t; // out of range: the service says what is allowed
+}
+
+async function findDuplicates(panel) {
+  const name = chosenCollection();
+  $("search-results").replaceChildren();
+  $("dups-results").replaceChildren(); // after a failure: no stale groups
+  setStatus(panel.status, "");
+  const body = { threshold: readThreshold(), limit: DUPS_SHOWN };
+  const data = await request(collectionsPath(name, "/duplicates"), { method: "POST", json: body });
+  const rows = await Promise.all(data.groups.map((g) => groupRow(name, g)));
+  $("dups-results").replaceChildren(...rows);
+  const how = data.exact ? "every pair compared" : "nearest neighbours only";
+  const more = data.truncated ? ` (showing ${data.groups.length} of ${data.n_groups})` : "";
+  setStatus(panel.status, `${data.n_groups} group${data.n_groups === 1 ? "" : "s"} in ` +
+    `${data.n_items_scanned} items of “${name}”, ${how}${more}.`);
+}
+
+async function groupRow(name, group) {
+  const figures = await Promise.all(group.ids.map((id) => groupMember(name, id)));
+  const range = `${group.min_similarity.toFixed(3)}–${group.max_similarity.toFixed(3)}`;
+  const caption = el("p", { class: "dups-caption muted", text: `${group.ids.length} items · similarity ${range}` });
+  return el("div", { class: "dups-group", "data-testid": "dups-group" }, [caption, el("div", { class: "dups-members" }, figures)]);
+}
+
+async function groupMember(name, id) {
+  let thumb = null;
+  try { // the thumbnail stored at add time; without one (or on failure), the id alone
+    const item = await request(collectionsPath(name, `/items/${encodeURIComponent(id)}`));
+    const t = item.metadata?.thumbnail;
+    thumb = typeof t === "string" && THUMB_URL.test(t) ? t : null;
+  } catch {
+    thumb = null;
+  }
+  const picture = thumb
+    ? el("img", { class: "hit-thumb", src: thumb, alt: id })
+    : el("div", { class: "hit-placeholder", text: id });
+  const caption = el("figcaption", {}, [el("span", { class: "hit-id", "data-testid": "dups-id", title: id, text: id })]);
+  return el("figure", { class: "hit" }, [picture, caption]);
 }
 
 // ---- 7. Start ---------------------------------------------------------------------------
@@ -550,6 +596,7 @@ function start() {
   onSubmit($("create-form"), searchPanel, createCollection);
   onSubmit($("add-form"), searchPanel, addImages);
   onSubmit($("query-form"), searchPanel, search);
+  onSubmit($("dups-form"), searchPanel, findDuplicates);
 
   pollReadiness();
 }

@@ -285,3 +285,28 @@ def test_api_errors_are_shown_in_the_panel_that_caused_them(
     expect(search_alert).to_contain_text("invalid collection name")
     expect(search_alert).to_contain_text("invalid_name")
     screenshot(page, tmp_path, "web-errors.png")
+
+
+def test_duplicates_view_groups_a_photo_with_its_copy(
+    page: Any, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    copy = tmp_path / "chelsea-q60.jpg"  # the same photo re-encoded: cosine ~0.99
+    copy.write_bytes(image_bytes(skimage.data.chelsea(), "JPEG", quality=60))
+    enter_key(page)
+    page.get_by_label("New collection").fill("dups")
+    page.get_by_test_id("collection-create").click()
+    expect(page.get_by_test_id("collection-select")).to_have_value("dups")
+    picked = [photos["chelsea.jpg"], photos["coffee.jpg"], photos["rocket.jpg"], copy]
+    page.get_by_test_id("add-files").set_input_files(picked)
+    page.get_by_test_id("add-run").click()
+    expect(page.get_by_test_id("search-status")).to_contain_text("Added 4 of 4 images")
+
+    page.get_by_test_id("dups-threshold").fill("0.9")
+    page.get_by_test_id("dups-run").click()
+    groups = page.locator("#search-panel").get_by_test_id("dups-group")  # under its form
+    expect(groups).to_have_count(1)
+    expect(groups.first.get_by_test_id("dups-id")).to_have_text(["chelsea-q60.jpg", "chelsea.jpg"])
+    expect(groups.first.locator("img")).to_have_count(2)  # their stored thumbnails
+    expect(page.get_by_test_id("search-status")).to_contain_text("1 group in 4 items")
+    assert no_horizontal_overflow(page)
+    screenshot(page, tmp_path, "web-duplicates.png")

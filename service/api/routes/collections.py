@@ -25,6 +25,8 @@ from service.api.deps import (
 from service.api.openapi_docs import RESERVED_ITEM_PATH, error_responses
 from service.api.payload import require_json_dep
 from service.api.routes import refusing_router
+from service.index.duplicates import DuplicateQuery, find_duplicates
+from service.index.filters import parse_filter
 from service.index.types import CollectionError
 from service.responses import FastJSON
 from service.schemas.collections import (
@@ -38,6 +40,7 @@ from service.schemas.collections import (
     SearchResponse,
     UpsertResponse,
 )
+from service.schemas.duplicates import DuplicatesRequest, DuplicatesResponse
 
 router = APIRouter(
     prefix="/v1/collections", tags=["collections"], dependencies=[Depends(watch_disconnect)]
@@ -170,3 +173,31 @@ async def search(request: Request, col: CollectionDep, read: InputsDep, run: Ind
     hits = await run(col.search, queries, k, where)
     results = [[{"id": h.id, "score": h.score, "metadata": h.metadata} for h in q] for q in hits]
     return FastJSON({"results": results})
+
+
+@router.post(
+    "/{name}/duplicates",
+    response_model=DuplicatesResponse,
+    dependencies=JSON_ONLY,
+    summary="Groups of near-duplicate items (cosine similarity >= threshold)",
+    description="A group is a connected component of the pairs whose cosine similarity is "
+    "at least `threshold`: 2 or more ids, sorted; groups largest first, then by first id. "
+    "Exact (every pair) on a flat collection; otherwise each item's nearest neighbours "
+    "through the index (`exact: false`). More than `max_duplicate_scan` items to compare "
+    "(after the filter) is 422 `scan_too_large` unless `max_items` bounds the scan.",
+)
+async def duplicates(
+    body: DuplicatesRequest, col: CollectionDep, settings: SettingsDep, run: IndexDep
+) -> FastJSON:
+    if body.max_items is not None and body.max_items > settings.max_duplicate_scan:
+        raise CollectionError(
+            "scan_too_large",
+            f"max_items {body.max_items} is past max_duplicate_scan "
+            f"({settings.max_duplicate_scan}): ask for fewer, or narrow the scan with a filter",
+        )
+    where = parse_filter(body.filter)  # "invalid_filter" before anything is scanned
+    query = DuplicateQuery(
+        body.threshold, where, body.limit, body.max_items, settings.max_duplicate_scan
+    )
+    found = await run(find_duplicates, col, query)
+    return FastJSON(found.to_dict())
