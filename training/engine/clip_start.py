@@ -147,6 +147,10 @@ def _from_open_clip(ref: str, name: str, weights: str | None) -> StartModel:
     if not name.startswith(SCHEMAS) and name not in open_clip.list_models():
         raise ValueError(f"--init-from {ref}: unknown open_clip architecture {name!r}; "
                          "see open_clip.list_models()")  # fmt: skip
+    folder = name.removeprefix("local-dir:") if name.startswith("local-dir:") else None
+    if folder is not None and not (Path(folder) / "open_clip_config.json").is_file():
+        raise ValueError(f"--init-from {ref}: no open_clip_config.json in {folder} "
+                         "(a local-dir model is a folder of it and the weights)")  # fmt: skip
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ValueError(f"--init-from {ref}: open_clip has no config for {name!r}")
@@ -190,7 +194,11 @@ def _from_export(path: Path) -> StartModel:
     _load(model, state, str(path))
     tokenizer_spec = dict(meta.tokenizer or {"kind": "open_clip", "context_length": 77})
     name = meta.architecture.get("name")
-    start = _start(model, make_tokenizer(tokenizer_spec | {"name": name}), str(path), name, cfg)
+    # the export's own tokenizer entry wins, as when it is served (exported.load): ours
+    # names no source for CLIP's tokenizer, and the architecture's name may be a folder
+    # (local-dir:DIR) that is long gone
+    tokenizer = make_tokenizer({"name": name} | tokenizer_spec)
+    start = _start(model, tokenizer, str(path), name, cfg)
     start.description["preprocess"] = dict(meta.preprocess)
     return start
 

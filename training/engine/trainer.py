@@ -96,7 +96,7 @@ class Trainer:
         seed_all(cfg.seed)  # identical initial weights on every rank
         self._fresh = resume is None
         # a whole pretrained model to fine-tune fixes the image size and normalisation
-        self.start = start_model(cfg, resume.start if resume is not None else None)
+        self.start = start_model(cfg, resume)
         # None follows the data; resolved (and written into cfg) before anything is built
         self.image_size = self._settle_image_size(resumed=resume is not None)
         self.data = load_data(
