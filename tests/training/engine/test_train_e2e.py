@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,25 +81,41 @@ def test_every_method_trains_and_its_loss_falls(method: str, tmp_path: Path) -> 
 def test_resume_after_a_crash_repeats_the_uninterrupted_losses(
     method: str, extra: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
     common = ("checkpoint_every_steps=3", "knn_every=0", *extra)
-    assert train_main(argv(method, whole, *common, steps=7)) == 0
+    assert_crash_and_resume_repeat_the_run(
+        lambda out: argv(method, out, *common, steps=7), tmp_path, monkeypatch
+    )
+
+
+def assert_crash_and_resume_repeat_the_run(
+    args: Callable[[Path], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    crash_at: int = 5,
+    saved_at: int = 3,
+) -> None:
+    """`train_main(args(out))` run whole, and run again crashing at step `crash_at` (the
+    last checkpoint at step `saved_at`) then `--resume`d: the same losses and weights,
+    bit for bit."""
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert train_main(args(whole)) == 0
 
     real_step = Trainer._train_step
 
-    def crash_at_step_5(self: Trainer, batch: Any) -> Any:
-        if self.step == 5:
+    def crash(self: Trainer, batch: Any) -> Any:
+        if self.step == crash_at:
             raise RuntimeError("simulated crash")
         return real_step(self, batch)
 
-    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_5)
+    monkeypatch.setattr(Trainer, "_train_step", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_main(argv(method, broken, *common, steps=7))
+        train_main(args(broken))
     monkeypatch.setattr(Trainer, "_train_step", real_step)
-    assert load_checkpoint(broken).step == 3
-    assert train_main([*argv(method, broken, *common, steps=7), "--resume"]) == 0
+    assert load_checkpoint(broken).step == saved_at
+    assert train_main([*args(broken), "--resume"]) == 0
     assert losses(broken) == losses(whole)  # exact: same batches, views and updates
     a, b = load_checkpoint(whole).model, load_checkpoint(broken).model
+    assert sorted(a) == sorted(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 

@@ -11,6 +11,10 @@ afterwards (weights, EMA targets, MoCo's and SwAV's queues, extra state).
 Encoders are per-sample (the tiny GroupNorm backbone, LayerNorm heads, a transformer
 text tower), so only the methods' cross-rank logic can make the runs differ. MoCo, BYOL
 and SwAV cast to float32 in places, so they get float32-size tolerances.
+
+`clip_ft` is CLIP fine-tuning a whole open_clip model (`--init-from open_clip:...`,
+training.engine.clip_start): a tiny ViT + text transformer whose towers and temperature
+the method adopts, as the engine builds it from a checkpoint's recorded architecture.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from tests.helpers import free_port
+from tests.helpers import TINY_CLIP_CFG, free_port
 from training import dist
 from training.encoders.nets.backbones import BackboneSpec, build_backbone
+from training.engine.clip_start import rebuild_start
 from training.engine.optim import build_optimizer, param_groups
 from training.methods import Method, MethodContext, MomentumMethod, Views, get_method
 from training.methods.clip import CLIP
@@ -62,15 +67,18 @@ PARAMS: dict[str, dict[str, Any]] = {
 # CLIP with SigLIP's sigmoid loss; bias 0, not -10: each negative then weighs log 2, so a
 # rank that saw only its own texts gives a visibly different loss (test_half_batch...)
 PARAMS["siglip"] = PARAMS["clip"] | {"loss": "siglip", "init_logit_bias": 0.0}
-METHOD = {"siglip": "clip"}  # which registered method a case trains
+PARAMS["clip_ft"] = {}  # a pretrained open_clip model's own towers (see _build)
+METHOD = {"siglip": "clip", "clip_ft": "clip"}  # which registered method a case trains
+FT_SIZE = int(TINY_CLIP_CFG["vision_cfg"]["image_size"])  # the ViT takes only its own size
 METHODS = list(PARAMS)
 # SwAV stays float32: its Sinkhorn runs in float32 and cannot mix in a float64 queue.
 DTYPE = {name: torch.float32 if name == "swav" else torch.float64 for name in METHODS}
 # Relative tolerance (of the largest reference value): float64 end to end, or float32 casts.
 # Measured worst cases: simclr 4e-15, clip 4e-11 (AdamW divides tiny gradients by their
 # own size), moco/byol 2e-7 (loss), swav 1.2e-6 (gradients).
-REL = {"simclr": 1e-9, "clip": 1e-8, "siglip": 1e-8, "moco": 2e-5, "byol": 2e-5, "swav": 5e-5,
-       "dino": 1e-9, "barlow": 1e-8, "vicreg": 1e-8, "simsiam": 1e-8}  # fmt: skip
+REL = {"simclr": 1e-9, "clip": 1e-8, "siglip": 1e-8, "clip_ft": 1e-8, "moco": 2e-5,
+       "byol": 2e-5, "swav": 5e-5, "dino": 1e-9, "barlow": 1e-8, "vicreg": 1e-8,
+       "simsiam": 1e-8}  # fmt: skip
 # State that the steps must change (else comparing states after the steps proves little).
 MOVED = {
     "simclr": ["backbone.body.0.weight"],
@@ -80,6 +88,7 @@ MOVED = {
     "dino": ["center", "head.last.weight", "teacher_head.last.weight"],
     "clip": ["logit_scale", "text.model.token_embedding.weight"],
     "siglip": ["logit_scale", "logit_bias", "text.model.token_embedding.weight"],
+    "clip_ft": ["logit_scale", "backbone.conv1.weight", "text.token_embedding.weight"],
     "barlow": ["backbone.body.0.weight", "projector.0.weight"],
     "vicreg": ["backbone.body.0.weight", "projector.0.weight"],
     "simsiam": ["backbone.body.0.weight", "predictor.0.weight"],
@@ -92,8 +101,16 @@ Record = dict[str, Any]  # one step: {"loss": Tensor, "grads": {name: Tensor}, "
 def _build(name: str, world: int) -> Method:
     """The method in DTYPE, initialised identically in every process (fixed seed)."""
     torch.manual_seed(0)
-    backbone, feat_dim = build_backbone(BackboneSpec("tiny"))
-    ctx = MethodContext(torch.device("cpu"), SIZE, STEPS, 4, N, world_size=world)
+    start, size = None, SIZE
+    if name == "clip_ft":  # the architecture as a checkpoint records it, seeded weights
+        start = rebuild_start({"reference": "test", "name": None, "model_cfg": TINY_CLIP_CFG,
+                               "tokenizer": {"kind": "open_clip", "context_length": 16},
+                               "preprocess": {"size": FT_SIZE}})  # fmt: skip
+        backbone, feat_dim = start.model.get_submodule("visual"), start.embed_dim
+        size = FT_SIZE
+    else:
+        backbone, feat_dim = build_backbone(BackboneSpec("tiny"))
+    ctx = MethodContext(torch.device("cpu"), size, STEPS, 4, N, world_size=world, start=start)
     cls = get_method(METHOD.get(name, name))
     return cls(backbone, feat_dim, cls.Params(**PARAMS[name]), ctx).to(DTYPE[name])
 
@@ -102,7 +119,7 @@ def _views(method: Method, name: str, step: int) -> Views:
     """Step `step`'s views of the whole global batch (DTYPE crops, CLIP token ids)."""
     g = torch.Generator().manual_seed(100 + step)
     multi = [SIZE, SIZE, SMALL, SMALL]
-    sizes = {"swav": multi, "dino": multi, "clip": [SIZE], "siglip": [SIZE]}
+    sizes = {"swav": multi, "dino": multi, "clip": [SIZE], "siglip": [SIZE], "clip_ft": [FT_SIZE]}
     crops = [
         torch.randn(N, 3, s, s, generator=g, dtype=DTYPE[name])
         for s in sizes.get(name, [SIZE, SIZE])
@@ -248,7 +265,9 @@ def test_state_after_steps_equals_single_process(runs: Any, name: str) -> None:
         assert not torch.equal(first[key], last[key]), key
 
 
-@pytest.mark.parametrize("name", ["simclr", "moco", "swav", "clip", "siglip", "barlow", "vicreg"])
+@pytest.mark.parametrize(
+    "name", ["simclr", "moco", "swav", "clip", "siglip", "clip_ft", "barlow", "vicreg"]
+)
 def test_half_batch_alone_differs(runs: Any, name: str) -> None:
     """A rank that ignored the other rank's samples would give another loss: the loss
     comparison above can fail. (MoCo's step 0 negatives are the queue; step 1's queue
