@@ -39,6 +39,7 @@ from training.bench.finetune_setup import (
     write_model,
     write_pairs,
 )
+from training.bench.report import pick_default
 from training.config import ConfigError, build_config
 from training.data import DataError
 from training.data.idx import FASHION_MNIST_DIR
@@ -117,12 +118,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _pick(value: Any, cuda: Any, cpu: Any, quick: Any, on_cuda: bool, is_quick: bool) -> Any:
-    if value is not None:
-        return value
-    return quick if is_quick else cuda if on_cuda else cpu
-
-
 def settings_from_args(args: argparse.Namespace, device: torch.device) -> FinetuneSettings:
     """The run's settings: flags, else defaults for the device (or for --quick)."""
     gpu, q = device.type == "cuda", bool(args.quick)
@@ -131,18 +126,20 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> Finetu
     if precision not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"--precision {precision}: auto, bf16, fp16 or fp32")
     return FinetuneSettings(
-        arch=_pick(args.arch, "ViT-B-32", TINY, TINY, gpu, q),
-        batch_size=_pick(args.batch_size, 256, 32, 8, gpu, q),
-        warmup=_pick(args.warmup, 20, 3, 1, gpu, q),
-        steps=_pick(args.steps, 400, 20, 2, gpu, q),
+        arch=pick_default(args.arch, "ViT-B-32", TINY, TINY, gpu, q),
+        batch_size=pick_default(args.batch_size, 256, 32, 8, gpu, q),
+        warmup=pick_default(args.warmup, 20, 3, 1, gpu, q),
+        steps=pick_default(args.steps, 400, 20, 2, gpu, q),
         precision=precision,
         device=str(device),
-        workers=_pick(args.workers, min(15, max(1, cores - 1)), max(1, cores - 1), 1, gpu, q),
+        workers=pick_default(
+            args.workers, min(15, max(1, cores - 1)), max(1, cores - 1), 1, gpu, q
+        ),
         lr=args.lr,
         weight_decay=args.weight_decay,
         seed=args.seed,
         threads=torch.get_num_threads(),
-        rounds=_pick(args.rounds, 1, 2, 1, gpu, q),
+        rounds=pick_default(args.rounds, 1, 2, 1, gpu, q),
     )
 
 

@@ -21,6 +21,14 @@ TARGETS = {
 _OPS = {">=": operator.ge, "<=": operator.le}
 
 
+def pick_default(value: Any, cuda: Any, cpu: Any, quick: Any, on_cuda: bool, is_quick: bool) -> Any:
+    """A bench setting: the flag's value when given, else the default for --quick, for
+    CUDA, or for the CPU."""
+    if value is not None:
+        return value
+    return quick if is_quick else cuda if on_cuda else cpu
+
+
 def _comparison(
     name: str, label: str, figure: float, reference: float, unit: str, ref_label: str
 ) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from training.bench.pipelines import (
     build_trainer,
     measure,
 )
-from training.bench.report import comparisons, print_report
+from training.bench.report import comparisons, pick_default, print_report
 from training.bench.time_to_knn import knn_run
 from training.config import ConfigError
 from training.data import DataError
@@ -116,12 +116,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _pick(value: Any, cuda: Any, cpu: Any, quick: Any, on_cuda: bool, is_quick: bool) -> Any:
-    if value is not None:
-        return value
-    return quick if is_quick else cuda if on_cuda else cpu
-
-
 def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchSettings:
     """The run's settings: flags, else defaults for the device (or for --quick)."""
     gpu, q = device.type == "cuda", bool(args.quick)
@@ -129,19 +123,21 @@ def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchS
     cores = len(os.sched_getaffinity(0))
     methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "simclr"]
     return BenchSettings(
-        data=_pick(args.data, default_data, default_data, "digits", gpu, q),
-        backbone=_pick(args.backbone, "resnet18", "resnet18", "tiny", gpu, q),
-        batch_size=_pick(args.batch_size, 512, 32, 16, gpu, q),
+        data=pick_default(args.data, default_data, default_data, "digits", gpu, q),
+        backbone=pick_default(args.backbone, "resnet18", "resnet18", "tiny", gpu, q),
+        batch_size=pick_default(args.batch_size, 512, 32, 16, gpu, q),
         image_size=args.image_size,
         device=args.device,
         precision=args.precision,
         compile=bool(args.compile),
         clip_text_tower=args.clip_text_tower,
-        workers=_pick(args.workers, min(15, max(1, cores - 1)), max(1, cores - 1), 1, gpu, q),
-        rounds=_pick(args.rounds, 3, 4, 2, gpu, q),
-        warmup=_pick(args.warmup, 10, 1, 1, gpu, q),
-        iters=_pick(args.iters, 20, 4, 2, gpu, q),
-        e2e_iters=_pick(args.e2e_iters, 60, 6, 2, gpu, q),
+        workers=pick_default(
+            args.workers, min(15, max(1, cores - 1)), max(1, cores - 1), 1, gpu, q
+        ),
+        rounds=pick_default(args.rounds, 3, 4, 2, gpu, q),
+        warmup=pick_default(args.warmup, 10, 1, 1, gpu, q),
+        iters=pick_default(args.iters, 20, 4, 2, gpu, q),
+        e2e_iters=pick_default(args.e2e_iters, 60, 6, 2, gpu, q),
         view_pool=4 if gpu else 2,
         threads=torch.get_num_threads(),
         methods=methods,
@@ -202,7 +198,9 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         device = train_device(args.device)
         s = settings_from_args(args, device)
-        knn_epochs = _pick(args.knn_epochs, 20, 0, 0, device.type == "cuda", bool(args.quick))
+        knn_epochs = pick_default(
+            args.knn_epochs, 20, 0, 0, device.type == "cuda", bool(args.quick)
+        )
         env = environment(device)
         path = Path(args.json) if args.json else Path(args.out) / f"train-{timestamp(env)}.json"
         result: dict[str, Any] = {"benchmark": "train", **env, "settings": vars(s).copy()}

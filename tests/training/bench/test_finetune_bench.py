@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.training.bench.runner import run_bench
 from training.bench import finetune as bench
 from training.bench.finetune_setup import FinetuneSettings, StepClock, pooled
 from training.bench.peer_openclip import Feed, peer_args
@@ -98,19 +95,9 @@ def test_tiny_run_writes_both_sides_with_positive_throughput_and_finite_losses(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "finetune.json"
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
     # in-process loading (no worker start-up) and one thread: seconds on a busy 2-core box
     flags = "--quick --device cpu --workers 0 --threads 1 --rounds 1"
-    args = parser.parse_args([*flags.split(), "--json", str(path)])
-    threads = torch.get_num_threads()
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            assert bench.run(args) == 0
-    finally:
-        torch.set_num_threads(threads)
-    result = json.loads(path.read_text())
+    result, printed = run_bench(bench, flags, path)
     assert result["benchmark"] == "finetune" and result["device"] == "cpu"
     s = result["settings"]
     assert (s["arch"], s["batch_size"], s["warmup"], s["steps"]) == ("tiny", 8, 1, 2)
@@ -123,4 +110,4 @@ def test_tiny_run_writes_both_sides_with_positive_throughput_and_finite_losses(
         result["ours"]["images_per_s"] / result["peer"]["images_per_s"]
     )
     assert result["peer"]["loop"] == "open_clip_train.train.train_one_epoch"
-    assert "ours / open_clip" in out.getvalue()
+    assert "ours / open_clip" in printed

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.bench.runner import run_bench
 from training.bench import train as bench
 from training.bench.pipelines import BenchSettings, build_trainer, step_on_views
 from training.bench.report import comparisons
@@ -47,20 +44,10 @@ def _numpy_knn_top1(k: int = 200, t: float = 0.1) -> float:
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     """One in-process --quick run (moco and clip against simclr, one kNN epoch)."""
     path = tmp_path_factory.mktemp("bench") / "train.json"
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    flags = "--quick --device cpu --methods moco,clip --batch-size 32 --knn-epochs 1 --threads 1"
-    args = parser.parse_args([*flags.split(), "--json", str(path)])
     # One thread: two OpenMP threads on a 2-core machine that runs anything else stall
     # at every barrier (steps 30x slower), which would only make this test slow.
-    threads = torch.get_num_threads()
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            assert bench.run(args) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return json.loads(path.read_text()), out.getvalue()
+    flags = "--quick --device cpu --methods moco,clip --batch-size 32 --knn-epochs 1 --threads 1"
+    return run_bench(bench, flags, path)
 
 
 def test_quick_run_records_the_environment_and_settings(quick: tuple[dict[str, Any], str]) -> None:
