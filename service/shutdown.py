@@ -132,10 +132,11 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-def run(app: FastAPI, settings: Settings, exit_process: bool = True) -> None:
+def run(app: FastAPI, settings: Settings, exit_process: bool = True) -> bool:
     """Serve `app` (made by create_app) until a signal ends it as described above. After a
     clean shutdown the process exits 0 here, without the interpreter's teardown, unless
-    `exit_process` is false; a start-up that failed returns (the caller decides)."""
+    `exit_process` is false (then True); a start-up that failed returns False (the caller
+    decides)."""
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -155,10 +156,11 @@ def run(app: FastAPI, settings: Settings, exit_process: bool = True) -> None:
     server = GracefulServer(config, app.state.service)
     server.run()
     if not server.started:
-        return
+        return False
     log.info("stopped cleanly")
     if exit_process:
         _exit_now()
+    return True
 
 
 def _exit_now() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,61 @@ def test_every_command_in_the_table_has_help_and_runs_its_module() -> None:
     args = parser.parse_args(["export", "ckpt", "out", "--force"])
     assert args.command == "export" and args.force
     assert build_parser(["bench", "search"]).parse_args(["bench", "search"]).command == "bench"
+
+
+def test_a_second_server_on_the_same_collections_folder_says_how_out_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first server's store holds the folder's lock: the second stops before uvicorn
+    starts (no lifespan traceback), naming the folder and the ways out, exit 2."""
+    from service.index.factory import open_backend
+
+    first = open_backend("faiss", tmp_path)
+    try:
+        assert main(["serve", "--collections-dir", str(tmp_path), "--port", "0"]) == 2
+    finally:
+        first.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"another server already uses the collections folder {tmp_path.resolve()}" in err
+    assert "--collections-dir OTHER_DIR" in err and "CONTRASTIVE_COLLECTIONS=false" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "error"),
+    [
+        (
+            ["train", "--epohcs", "3"],
+            "usage: contrastive train ",
+            "contrastive train: error: unrecognized argument: --epohcs (did you mean --epochs?)",
+        ),
+        (  # the typo is named even where a positional is missing too
+            ["index", "add", "--colections-dir=x"],
+            "usage: contrastive index add ",
+            "contrastive index add: error: unrecognized argument: --colections-dir "
+            "(did you mean --collections-dir?)",
+        ),
+        (
+            ["serve", "--zzz"],
+            "usage: contrastive serve ",
+            "contrastive serve: error: unrecognized argument: --zzz",
+        ),
+    ],
+)
+def test_a_mistyped_flag_shows_its_commands_usage_and_the_closest_flag(
+    argv: list[str], usage: str, error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage)
+    assert err.rstrip("\n").splitlines()[-1] == error
+
+
+def test_abbreviations_and_values_after_a_double_dash_still_parse() -> None:
+    args = build_parser(["train"]).parse_args(["train", "--epoch", "3"])  # argparse's prefix
+    assert args.epochs == 3
+    argv = ["index", "search", "c", "--", "--not-a-flag"]
+    assert build_parser(argv).parse_args(argv).text == "--not-a-flag"

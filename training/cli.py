@@ -10,6 +10,7 @@ This module imports nothing heavy so the service's CLI can build on it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,42 @@ TRAINING_COMMANDS: dict[str, Command] = {
         "draw a run's training curves (loss, lr, kNN) as a PNG", "training.commands.plot"
     ),
 }
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose commands name the flag a mistyped one was meant to be.
+
+    Plain argparse reports an unknown flag from the top parser ("contrastive: error:
+    unrecognized arguments"), under the top usage, and a command's missing-positional
+    error can hide it. A command's own parser (one without subcommands) checks the long
+    flags it is given first, so the error shows that command's usage and a "did you mean"
+    from its own flags. Subparsers are of this class too (add_subparsers' default)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if args is not None and self._subparsers is None:
+            self._check_flags(args)
+        return super().parse_known_args(args, namespace)
+
+    def _check_flags(self, args: Sequence[str]) -> None:
+        """self.error (exit 2) at the first `--flag` that is neither one of this parser's
+        nor a prefix of one (argparse resolves abbreviations, or says they are ambiguous)."""
+        flags = [f for f in self._option_string_actions if f.startswith("--")]
+        for token in args:
+            if token == "--":  # what follows is positional
+                return
+            flag = token.split("=", 1)[0]
+            if not flag.startswith("--") or any(f.startswith(flag) for f in flags):
+                continue
+            self.error(f"unrecognized argument: {flag}{did_you_mean(flag, flags)}")
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """ " (did you mean X?)" for the closest of `choices` to `word`, or "" if none is close."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
 
 ALL = "*"  # build_parser(chosen=ALL): every command's flags (for tests and tools)
 
@@ -86,7 +123,7 @@ def build_parser(
     argv: Sequence[str] | None = None,
 ) -> argparse.ArgumentParser:
     """The parser for `table`; with argv given, only its chosen command is filled in."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = CommandParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_table(sub, table, argv, "command")
     return parser

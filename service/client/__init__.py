@@ -10,8 +10,9 @@
 Both classes are thin: every request is built and every response parsed by the one shared
 layer (`_requests`, whose functions give each method its signature and docstring), so the
 two behave identically. Any non-2xx answer raises `ServiceError` (status, the server's
-machine-readable code and its message); connection failures and timeouts propagate as
-httpx errors.
+machine-readable code and its message); a refused connection, a timeout or a connection
+lost before the answer raises `ServiceUnreachableError`, naming the URL and what happened
+(chained from the httpx error). Both are `ContrastiveError`s.
 """
 
 from service.client._transport import (
@@ -25,12 +26,14 @@ from service.client.sync import ContrastiveClient
 from service.client.types import (
     Classification,
     CollectionSummary,
+    ContrastiveError,
     Embeddings,
     ImageInput,
     Item,
     RankedLabel,
     SearchMatch,
     ServiceError,
+    ServiceUnreachableError,
     VectorInput,
 )
 
@@ -42,6 +45,7 @@ __all__ = [
     "Classification",
     "CollectionSummary",
     "ContrastiveClient",
+    "ContrastiveError",
     "Embeddings",
     "HttpClient",
     "ImageInput",
@@ -49,5 +53,6 @@ __all__ = [
     "RankedLabel",
     "SearchMatch",
     "ServiceError",
+    "ServiceUnreachableError",
     "VectorInput",
 ]

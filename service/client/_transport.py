@@ -4,20 +4,23 @@
 `_requests` build Calls and the two client classes only send them, so sync and async
 cannot drift apart. `Retry` is the one retry rule both follow: a 503 or 429 answer is
 sent again after the server's Retry-After (seconds) or an exponential backoff with jitter,
-within a number of retries and a total wait. Nothing else is retried: connection
-failures and timeouts propagate as httpx errors (the request may have run), and the
-timeout is the HTTP client's own.
+within a number of retries and a total wait. Nothing else is retried: a refused
+connection, a timeout or a broken connection raises ServiceUnreachableError (`unreachable`
+words httpx's error; the request may have run), and the timeout is the HTTP client's own.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from service.client.types import ServiceError
+import httpx
+
+from service.client.types import ServiceError, ServiceUnreachableError
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -33,6 +36,7 @@ __all__ = [
     "Retry",
     "auth_headers",
     "json_body",
+    "unreachable",
 ]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -206,3 +210,72 @@ def _error(response: Response) -> ServiceError:
         )
     text = response.text.strip() or response.reason_phrase
     return ServiceError(response.status_code, "http_error", text, body)
+
+
+def unreachable(e: httpx.TransportError) -> ServiceUnreachableError:
+    """httpx's error for a request that got no answer, as one message that stands alone:
+    the URL, what happened, and what to check (httpx's own text names neither the URL nor
+    the server, e.g. "[Errno 111] Connection refused")."""
+    url = _url_of(e)
+    if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
+        reason = _connect_reason(e)
+        origin = f"{url.scheme}://{url.netloc.decode()}" if url else "the server"
+        message = f"cannot connect to {origin}: {reason} (is `contrastive serve` running there?)"
+        return ServiceUnreachableError(str(url), reason, message)
+    what = f"{e.request.method} {url}" if url else "the request"
+    if isinstance(e, httpx.TimeoutException):
+        reason = _timeout_reason(e)
+        return ServiceUnreachableError(
+            str(url),
+            reason,
+            f"{what}: no answer in time ({reason}); the server may be overloaded or the "
+            "request long: pass a larger timeout= to the client. The request may have run.",
+        )
+    reason = str(e) or type(e).__name__
+    return ServiceUnreachableError(
+        str(url),
+        reason,
+        f"{what}: the connection broke before the answer ({reason}); did the server stop "
+        "or restart? The request may have run.",
+    )
+
+
+def _url_of(e: httpx.TransportError) -> httpx.URL | None:
+    try:
+        return e.request.url
+    except RuntimeError:  # an error raised outside a request has none
+        return None
+
+
+def _connect_reason(e: httpx.TransportError) -> str:
+    """The OS's words for a failed connect ("connection refused", "name or service not
+    known"), found on the socket error that httpx wraps; else httpx's own text."""
+    if isinstance(e, httpx.ConnectTimeout):
+        return _timeout_reason(e)
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+            # asyncio's strerror is "Connect call failed (...)": the errno's words are
+            # the same under both clients; a resolver error's errno (< 0) has none
+            errno = cause.errno or 0
+            words = os.strerror(errno) if errno > 0 else cause.strerror
+            return str(words)[:1].lower() + str(words)[1:]
+        cause = cause.__cause__ or cause.__context__
+    return str(e) or type(e).__name__
+
+
+_TIMEOUT_PHASES = {
+    httpx.ConnectTimeout: "connect",
+    httpx.ReadTimeout: "read",
+    httpx.WriteTimeout: "write",
+    httpx.PoolTimeout: "pool",
+}
+
+
+def _timeout_reason(e: httpx.TimeoutException) -> str:
+    """ "read timeout after 60 s": the phase that timed out and the client's limit for it."""
+    phase = _TIMEOUT_PHASES.get(type(e), "")
+    limits = e.request.extensions.get("timeout", {}) if _url_of(e) else {}
+    seconds = limits.get(phase) if isinstance(limits, dict) else None
+    after = f" after {seconds:g} s" if isinstance(seconds, int | float) else ""
+    return f"{phase or 'a'} timeout{after}".strip()

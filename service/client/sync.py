@@ -21,6 +21,7 @@ from service.client._transport import (
     Response,
     Retry,
     auth_headers,
+    unreachable,
 )
 
 P = ParamSpec("P")
@@ -88,14 +89,17 @@ class ContrastiveClient:
 
     def _send(self, call: Call[T]) -> Response:
         req = call.request
-        return self._http.request(
-            req.method,
-            req.path,
-            json=req.json,
-            data=req.data,
-            files=req.files,
-            headers=self._headers,
-        )
+        try:
+            return self._http.request(
+                req.method,
+                req.path,
+                json=req.json,
+                data=req.data,
+                files=req.files,
+                headers=self._headers,
+            )
+        except httpx.TransportError as e:  # no answer: say where, what, and what to check
+            raise unreachable(e) from e
 
     embed_texts = _method(ops.embed_texts)
     embed_images = _method(ops.embed_images)

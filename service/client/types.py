@@ -19,12 +19,14 @@ from PIL import Image
 __all__ = [
     "Classification",
     "CollectionSummary",
+    "ContrastiveError",
     "Embeddings",
     "ImageInput",
     "Item",
     "RankedLabel",
     "SearchMatch",
     "ServiceError",
+    "ServiceUnreachableError",
     "VectorInput",
 ]
 
@@ -111,7 +113,12 @@ class Item:
     vector: npt.NDArray[np.float32] | None = None
 
 
-class ServiceError(Exception):
+class ContrastiveError(Exception):
+    """Any failed call of the clients: the server's refusal (ServiceError) or no answer
+    from it (ServiceUnreachableError). Catch this to handle both."""
+
+
+class ServiceError(ContrastiveError):
     """A non-2xx answer: HTTP `status`, the server's `code` (e.g. "invalid_template"),
     its human `message`, and any structured `detail` (e.g. validation errors)."""
 
@@ -124,3 +131,16 @@ class ServiceError(Exception):
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
+
+
+class ServiceUnreachableError(ContrastiveError):
+    """No answer from the server: the connection was refused or timed out, the host name
+    did not resolve, or the connection broke before the answer. `url` is what was asked
+    (method and URL), `reason` what happened; the message says both and what to check,
+    and the HTTP library's own error is its `__cause__`. After a timeout or a broken
+    connection the request may have run."""
+
+    def __init__(self, url: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from service.settings import Settings
@@ -73,10 +74,32 @@ def run(args: argparse.Namespace) -> int:
     except (UnknownModelError, ValueError) as e:
         print(f"contrastive serve: {e}", file=sys.stderr)
         return 2
+    busy = collections_in_use(settings)
+    if busy is not None:
+        print(f"contrastive serve: {busy}", file=sys.stderr)
+        return 2
     try:
         app = create_app(settings)
     except tracing.TracingError as e:  # an exporter that OTEL_TRACES_EXPORTER names wrong
         print(f"contrastive serve: {e}", file=sys.stderr)
         return 2
-    shutdown.run(app, settings)
-    return 0
+    # A start-up that failed (the port taken, say) has been logged by uvicorn: not 0.
+    return 0 if shutdown.run(app, settings) else 1
+
+
+def collections_in_use(settings: Settings) -> str | None:
+    """What to do when another process holds the embedded store's folder lock, else None.
+
+    The store takes the lock in the app's lifespan, where a refusal would surface as a
+    traceback under uvicorn's start-up; probing it here first turns the usual case (a
+    second server started in the same folder) into one line that names the way out."""
+    from service.index.factory import folder_in_use
+
+    root = Path(settings.collections_dir)
+    if not settings.collections or not folder_in_use(settings.collections_backend, root):
+        return None
+    return (
+        f"another server already uses the collections folder {root.resolve()}: stop it, "
+        "or pass --collections-dir OTHER_DIR, or serve without collections "
+        "(--collections false, or CONTRASTIVE_COLLECTIONS=false)"
+    )

@@ -16,7 +16,7 @@ from service.index.backend import CollectionBackend
 # qdrant-client, so this import stays light.
 from service.index.qdrant.connection import QdrantConfig
 
-__all__ = ["BackendKind", "QdrantConfig", "open_backend"]
+__all__ = ["BackendKind", "QdrantConfig", "folder_in_use", "open_backend"]
 
 BackendKind = Literal["faiss", "qdrant"]
 
@@ -40,3 +40,18 @@ def open_backend(
     from service.index.embedded.backend import FaissBackend
 
     return FaissBackend.open(root, snapshot_every, device)
+
+
+def folder_in_use(kind: BackendKind, root: Path) -> bool:
+    """Whether another process (a running server) holds the embedded store's folder `root`:
+    the lock is taken and let go at once, importing neither FAISS nor torch, so a caller can
+    refuse before it loads anything. False for Qdrant, and for a folder not yet made."""
+    if kind != "faiss" or not root.is_dir():
+        return False
+    from service.index.embedded.folder_lock import StoreLockedError, lock_folder
+
+    try:
+        lock_folder(root).close()  # closing the handle releases the lock
+    except StoreLockedError:
+        return True
+    return False

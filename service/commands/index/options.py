@@ -27,7 +27,8 @@ not point it at a folder that a running server holds open (use --url for that). 
 the server embeds and stores; images travel base64 in batches.
 
 Without --url and without in-process flags (--model, --pretrained, --device,
---collections-dir), `add` and `search` first ask the local server
+--collections-dir), `add` and `search` use the server CONTRASTIVE_URL names (saying so on
+stderr); without that they first ask the local server
 (http://CONTRASTIVE_HOST:CONTRASTIVE_PORT, 127.0.0.1:8000 by default) for /readyz, waiting
 at most 0.5 s; when it answers, they use it (saying so on stderr) rather than load the
 model again and open the folder that server holds. --local always runs in-process.
@@ -83,8 +84,8 @@ def connection_flags(p: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--url",
         default=None,
-        help="a running server (e.g. http://127.0.0.1:8000); omit: the local server when "
-        "one answers, else in-process",
+        help="a running server (e.g. http://127.0.0.1:8000); omit: CONTRASTIVE_URL, else "
+        "the local server when one answers, else in-process",
     )
     where.add_argument(
         "--local",

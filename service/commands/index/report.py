@@ -19,7 +19,7 @@ def run_reported(
     """command(args), or the exit status of its error after a message on stderr."""
     import httpx
 
-    from service.client import ServiceError
+    from service.client import ServiceError, ServiceUnreachableError
     from service.index.transfer import TransferError
     from service.index.types import CollectionError
     from training.encoders import MissingCapabilityError
@@ -36,6 +36,9 @@ def run_reported(
         print(f"contrastive index {name}: {e}", file=sys.stderr)
         if e.code == "backend_unavailable":
             status = 1
+    except ServiceUnreachableError as e:  # the server --url names did not answer
+        print(f"contrastive index {name}: {e}", file=sys.stderr)
+        status = 1
     except (OSError, ValueError, MissingCapabilityError, httpx.HTTPError) as e:
         # ValueError covers bad JSON, an unknown model and a missing CUDA device
         print(f"contrastive index {name}: {e}", file=sys.stderr)

@@ -2,13 +2,14 @@
 
 Target is the protocol both implementations satisfy (LocalTarget in local.py, RemoteTarget
 in remote.py; mypy checks them against it where `open_target` returns them). Which one a
-command gets: --url names a server; else a local server that answers is used unless an
-in-process flag or --local says "here"; else here.
+command gets: --url names a server; else, unless an in-process flag or --local says
+"here", the server CONTRASTIVE_URL names, or a local server that answers; else here.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from service.commands.index.local import LocalTarget
 from service.commands.index.options import LOCAL_FLAGS
 from service.commands.index.remote import RemoteTarget
 
+URL_ENV = "CONTRASTIVE_URL"  # the --url of the environment
 PROBE_TIMEOUT_S = 0.5  # a local server answers /readyz in milliseconds; none: refused at once
 
 
@@ -53,16 +55,32 @@ class Target(Protocol):
 
 def open_target(args: argparse.Namespace, create: bool) -> Target:
     """The Target the flags ask for; the collection is created if missing and `create`."""
-    url = args.url or running_server(args)
+    url = args.url or (None if wants_here(args) else env_server() or running_server())
     return RemoteTarget(args, create, url) if url else LocalTarget(args, create)
 
 
-def running_server(args: argparse.Namespace) -> str | None:
-    """The local server's URL when one answers and nothing asks for in-process, else None.
-    Loading the model here takes seconds to a minute, and a FAISS folder is one process's:
-    a server already running is the better place for the work."""
-    if getattr(args, "local", False) or any(getattr(args, f, None) for f in LOCAL_FLAGS):
-        return None
+def wants_here(args: argparse.Namespace) -> bool:
+    """Whether --local or an in-process flag asks for the work in this process."""
+    return bool(getattr(args, "local", False)) or any(getattr(args, f, None) for f in LOCAL_FLAGS)
+
+
+def env_server() -> str | None:
+    """The server CONTRASTIVE_URL names, said on stderr: a variable set long ago must not
+    choose the server unseen."""
+    url = os.environ.get(URL_ENV, "").strip().rstrip("/")
+    if url:
+        print(
+            f"using the server at {url} ({URL_ENV}; pass --url for another, --local to load "
+            "the model here)",
+            file=sys.stderr,
+        )
+    return url or None
+
+
+def running_server() -> str | None:
+    """The local server's URL when one answers, else None. Loading the model here takes
+    seconds to a minute, and a FAISS folder is one process's: a server already running is
+    the better place for the work."""
     url = local_server_url()
     if not probe_server(url):
         return None

@@ -4,7 +4,8 @@ own write-ahead log and snapshots, in one folder that one process holds.
 Layers, bottom up: the log (`wal`) and `snapshot` files (written with service.index.fsutil),
 read back by `recovery` (or salvaged by `repair`); the search indexes (`faiss_index`,
 `block_flat`, `torch_flat`, saved by `index_file`); one `collection`; the folder of them
-(`store`); and `backend`, which puts the store behind the CollectionBackend interface.
+(`store`, one process's while it holds `folder_lock`); and `backend`, which puts the store
+behind the CollectionBackend interface.
 Outside this package only the backend factory (service.index.factory), the repair command
 and the store's own benchmarks import it.
 """

@@ -356,7 +356,7 @@ def _verify(folder: Path, count: int) -> None:
 
 def run_repair(name: str, collections_dir: str) -> int:
     """`contrastive index repair NAME [--dir DIR]` -> exit status (2: a server holds it)."""
-    from service.index.embedded.store import StoreLockedError, lock_folder
+    from service.index.embedded.folder_lock import StoreLockedError, lock_folder
 
     root = Path(collections_dir)
     prefix = "contrastive index repair"

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import shutil
 import threading
 import uuid
 from pathlib import Path
-from typing import TextIO
 
 from service.domain_errors import ErrorCode
 from service.index.embedded.collection import Collection
+from service.index.embedded.folder_lock import StoreLockedError as StoreLockedError
+from service.index.embedded.folder_lock import lock_folder
 from service.index.embedded.recovery import holds_collection
 from service.index.embedded.staging import remove_remnants
 from service.index.fsutil import fsync_dir, storage_error
 from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name, check_new
 
 log = logging.getLogger("contrastive.index")
-
-
-class StoreLockedError(OSError):
-    """Another process has the collections folder open."""
 
 
 class CollectionStore:
@@ -192,19 +188,3 @@ def _is_collection(folder: Path) -> bool:
     except CollectionError:  # e.g. ".deleted-<name>-<hex>": a delete cut short
         return False
     return folder.is_dir() and holds_collection(folder)
-
-
-def lock_folder(root: Path) -> TextIO:
-    """Hold an exclusive lock on `root/.lock` while the store is open: one process per
-    folder, since a second writer would interleave the logs. The kernel drops the lock
-    when the process dies, kill -9 included, so a crash never leaves the folder locked."""
-    handle = (root / ".lock").open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise StoreLockedError(
-            f"the collections folder {root} is open in another process (a running "
-            "server? talk to it over HTTP instead, e.g. `contrastive index ... --url`)"
-        ) from None
-    return handle

@@ -143,3 +143,23 @@ def test_probe_of_a_closed_port_is_quick(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(httpx, "get", spy)
     assert probe_server(f"http://127.0.0.1:{free_port()}") is False
     assert asked == [PROBE_TIMEOUT_S] and PROBE_TIMEOUT_S <= 1.0
+
+
+def test_contrastive_url_names_the_server_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+    targets: list[tuple[str, str | None]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    probed = _probe(monkeypatch, answers=True)
+    monkeypatch.setenv("CONTRASTIVE_URL", "http://gpu-box:8000/")
+    assert main(["index", "search", "pics", QUERY]) == 0
+    assert probed == [] and targets == [("remote", "http://gpu-box:8000")]
+    assert "using the server at http://gpu-box:8000 (CONTRASTIVE_URL; pass --url" in (
+        capsys.readouterr().err
+    )
+    # --url wins over it; --local and the in-process flags still mean here
+    assert main(["index", "search", "pics", QUERY, "--url", "http://other:1"]) == 0
+    assert main(["index", "search", "pics", QUERY, "--local"]) == 0
+    assert main(["index", "search", "pics", QUERY, "--model", "builtin"]) == 0
+    assert targets[1:] == [("remote", "http://other:1"), ("local", None), ("local", None)]
+    assert "CONTRASTIVE_URL" not in capsys.readouterr().err
