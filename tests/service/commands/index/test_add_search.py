@@ -265,7 +265,7 @@ def test_add_stores_sources_on_qdrant_and_alias_commands_work_in_process(
     """`index add` in-process into Qdrant's local mode keeps each file's path as its
     source; `index alias set|ls|rm` work on the same backend."""
     pytest.importorskip("qdrant_client")
-    from service.index.qdrant.connection import QdrantConfig
+    from service.index.factory import QdrantConfig
 
     monkeypatch.setenv("CONTRASTIVE_COLLECTIONS_BACKEND", "qdrant")
     cols = tmp_path / "cols"
