@@ -13,7 +13,17 @@ from starlette.types import ASGIApp
 
 from service.api import openapi_docs, openapi_rules
 from service.api.openapi_docs import error_responses
-from service.api.routes import admin, classify, collections, embed, health, models, openai, web
+from service.api.routes import (
+    admin,
+    aliases,
+    classify,
+    collections,
+    embed,
+    health,
+    models,
+    openai,
+    web,
+)
 from service.api.shedding import early_refusal
 from service.errors import install_handlers
 from service.metrics import Metrics
@@ -118,6 +128,7 @@ ADMIN_ERRORS = (400, 403, 404, 409, 413, 415, 422, 503)
 
 def _routers(settings: Settings) -> list[tuple[APIRouter, tuple[int, ...]]]:
     collection_router = collections.router if settings.collections else collections.disabled_router
+    alias_router = aliases.router if settings.collections else aliases.disabled_router
     admin_router = admin.router if settings.admin_access else admin.disabled_router
     return [
         (health.router, ()),
@@ -126,6 +137,7 @@ def _routers(settings: Settings) -> list[tuple[APIRouter, tuple[int, ...]]]:
         (classify.router, MODEL_ERRORS),
         (openai.router, MODEL_ERRORS),
         (collection_router, COLLECTION_ERRORS),
+        (alias_router, COLLECTION_ERRORS),
         (admin_router, ADMIN_ERRORS),
         (web.router, ()),
     ]

@@ -41,6 +41,17 @@ BENCH = {
     ),
 }
 
+ALIAS = {
+    "set": table.Command(
+        "point an alias at a collection (create, or switch atomically)",
+        "service.commands.index.alias.set",
+    ),
+    "rm": table.Command(
+        "remove an alias (its collection stays)", "service.commands.index.alias.rm"
+    ),
+    "ls": table.Command("list the aliases", "service.commands.index.alias.ls"),
+}
+
 INDEX = {
     "add": table.Command(
         "embed images (files or folders, recursive) into a collection; resumable",
@@ -58,12 +69,14 @@ INDEX = {
     "import": table.Command(
         "create a collection from a file written by `export`", "service.commands.index.import_"
     ),
+    "alias": table.Command("second names for collections, switched atomically", table=ALIAS),
 }
 
 COMMANDS: dict[str, table.Command] = {
     "serve": table.Command("start the REST service", "service.commands.serve"),
     "index": table.Command(
-        "add folders of images to a collection; search, repair, export, import", table=INDEX
+        "add folders of images to a collection; search, repair, export, import, alias",
+        table=INDEX,
     ),
     "embed": table.Command(
         "embed a whole data set (folder, tar shards, list) into parquet files; resumable",

@@ -44,6 +44,9 @@ ErrorCode = Literal[
     "collection_not_found",
     "collection_corrupt",
     "item_not_found",
+    "alias_not_found",
+    "alias_conflict",
+    "collection_aliased",
     "insufficient_storage",
     "storage_error",
     "store_unavailable",
@@ -69,6 +72,7 @@ ErrorCode = Literal[
     "invalid_k",
     "invalid_id",
     "invalid_metadata",
+    "invalid_source",
     "invalid_vector",
     "invalid_filter",
     # the edge itself (middleware, unknown paths, bugs)

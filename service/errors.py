@@ -52,6 +52,11 @@ STATUS: dict[ErrorCode, int] = {
     "collection_not_found": 404,
     "collection_corrupt": 503,
     "item_not_found": 404,
+    "alias_not_found": 404,
+    # an alias named as a collection (or a collection as an alias); a collection an alias
+    # points to cannot be dropped: both are resolved by changing the aliases first
+    "alias_conflict": 409,
+    "collection_aliased": 409,
     "insufficient_storage": 507,
     "storage_error": 503,
     "store_unavailable": 503,
@@ -80,6 +85,7 @@ STATUS: dict[ErrorCode, int] = {
     "invalid_k": 422,
     "invalid_id": 422,
     "invalid_metadata": 422,
+    "invalid_source": 422,
     "invalid_vector": 422,
     "invalid_filter": 422,
     "unauthorized": 401,

@@ -41,6 +41,13 @@ def check_metadata(value: Any, where: str) -> dict[str, Any]:
         return items.check_metadata(value, where)
 
 
+def check_source(value: Any, where: str) -> str | None:
+    """An item's source (None: none): 1-items.MAX_SOURCE_BYTES bytes of UTF-8, no NUL;
+    "invalid_source" naming its place otherwise."""
+    with _as_request_error():
+        return items.check_source(value, where)
+
+
 def check_vector(values: Sequence[float], col: CollectionHandle, where: str) -> np.ndarray:
     """Raw floats -> unit float32 [dim]: right length, finite, not all zeros."""
     with _as_request_error():

@@ -17,6 +17,7 @@ from service.api.collection_checks import (
     check_id,
     check_k,
     check_metadata,
+    check_source,
     check_space,
     check_vector,
     unit_rows,
@@ -52,7 +53,8 @@ from training.encoders import IMAGE, TEXT
 
 Kind = Literal["text", "image", "vector", "id"]
 Source = tuple[Kind, Any]  # ("text", str) | ("image", bytes) | ("vector", list) | ("id", str)
-Upsert = tuple[list[str], np.ndarray, list[dict[str, Any]]]  # ids, unit vectors, metadata
+# ids, unit vectors, metadata, sources (one per id; None: no item has one)
+Upsert = tuple[list[str], np.ndarray, list[dict[str, Any]], list[str | None] | None]
 
 
 def collection_space(models: ServedModels, body: CreateCollectionRequest) -> tuple[str, int]:
@@ -117,7 +119,8 @@ class CollectionInputs:
 
     # -- upsert -------------------------------------------------------------------------
     async def read_upsert(self, request: Request, col: CollectionHandle) -> Upsert:
-        """An upsert request (JSON items, or multipart files) -> (ids, unit vectors, metadata)."""
+        """An upsert request (JSON items, or multipart files) -> (ids, unit vectors,
+        metadata, sources). Sources come with JSON items only."""
         if is_multipart(request):
             return await self._upsert_form(request, col)
         s = self.settings
@@ -131,8 +134,10 @@ class CollectionInputs:
         metadata = [
             check_metadata(it.metadata, f"items[{i}].metadata") for i, it in enumerate(body.items)
         ]
+        origins = [check_source(it.source, f"items[{i}].source") for i, it in enumerate(body.items)]
         sources = [_item_source(it) for it in body.items]
-        return ids, await self.embed_sources(col, sources, "items"), metadata
+        vectors = await self.embed_sources(col, sources, "items")
+        return ids, vectors, metadata, origins if any(o is not None for o in origins) else None
 
     async def _upsert_form(self, request: Request, col: CollectionHandle) -> Upsert:
         s = self.settings
@@ -148,7 +153,7 @@ class CollectionInputs:
         ids = [check_id(id_, f"ids[{i}]") for i, id_ in enumerate(ids)]
         metadata = _form_metadata(json_parts(form.fields, "metadata"), len(ids))
         sources: list[Source] = [("image", blob) for blob in form.blobs]
-        return ids, await self.embed_sources(col, sources, "files"), metadata
+        return ids, await self.embed_sources(col, sources, "files"), metadata, None
 
     # -- search -------------------------------------------------------------------------
     async def read_search(

@@ -70,11 +70,12 @@ ERRORS: dict[int, str] = {
     400: "The loaded model lacks a capability the request needs (`missing_capability`)",
     401: "No API key, or a wrong one (`unauthorized`)",
     403: "An API key where an admin key is needed (`forbidden`)",
-    404: "No such model, collection or item",
+    404: "No such model, collection, alias or item",
     405: "The path is another operation's, with other methods (`Allow` lists them)",
     409: "The collection exists already, or holds vectors of another model or of one "
-    "unloaded (`model_unloaded`); a model operation is under way, the model is served "
-    "already or is the default",
+    "unloaded (`model_unloaded`); an alias and a collection would share a name "
+    "(`alias_conflict`), or an alias points to the collection (`collection_aliased`); "
+    "a model operation is under way, the model is served already or is the default",
     413: "The body or an image is too large",
     415: "The body's Content-Type is not one this operation reads",
     422: "The request is refused: the message says what to change",
@@ -300,7 +301,7 @@ def _constrain_path_parameters(doc: dict[str, Any]) -> None:
         for param in op.get("parameters", []):
             if param["in"] != "path":
                 continue
-            if param["name"] == "name":
+            if param["name"] in ("name", "alias"):
                 _constrain(param["schema"], name_param)
             elif param["name"] == "item_id":
                 param["schema"]["not"] = {"const": RESERVED_ITEM_PATH}

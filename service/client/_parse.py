@@ -83,15 +83,36 @@ def item(body: Any) -> Item:
         id=str(body["id"]),
         metadata=dict(body.get("metadata") or {}),
         vector=None if vector is None else np.asarray(vector, dtype=np.float32),
+        source=body.get("source"),
     )
 
 
 def matches(body: Any) -> list[list[SearchMatch]]:
-    """{"results": [[{"id", "score", "metadata"}...] per query]} -> matches per query."""
-    return [
-        [SearchMatch(str(h["id"]), float(h["score"]), dict(h.get("metadata") or {})) for h in hits]
-        for hits in body["results"]
-    ]
+    """{"results": [[{"id", "score", "metadata", "source"?}...] per query]} -> matches
+    per query."""
+    return [[_match(h) for h in hits] for hits in body["results"]]
+
+
+def _match(h: Any) -> SearchMatch:
+    return SearchMatch(
+        str(h["id"]), float(h["score"]), dict(h.get("metadata") or {}), h.get("source")
+    )
+
+
+def aliases(body: Any) -> dict[str, str]:
+    """{"aliases": [{"alias", "collection"}...]} -> alias -> collection."""
+    return {str(a["alias"]): str(a["collection"]) for a in body["aliases"]}
+
+
+def previous(body: Any) -> str | None:
+    """{"alias", "collection", "previous"} -> the collection it pointed to before."""
+    got = body.get("previous")
+    return None if got is None else str(got)
+
+
+def alias_removed(body: Any) -> str:
+    """{"deleted", "collection"} -> the collection the alias pointed to."""
+    return str(body["collection"])
 
 
 def first_matches(body: Any) -> list[SearchMatch]:

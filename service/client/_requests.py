@@ -40,11 +40,14 @@ __all__ = [
     "embed_images",
     "embed_texts",
     "get_item",
+    "list_aliases",
     "list_collections",
     "models",
     "ready",
+    "remove_alias",
     "search",
     "search_many",
+    "set_alias",
 ]
 
 _COLLECTIONS = "/v1/collections"
@@ -166,10 +169,12 @@ def add(
     images: Sequence[ImageInput] | None = None,
     vectors: Sequence[VectorInput] | npt.NDArray[Any] | None = None,
     metadata: Sequence[Mapping[str, Any]] | None = None,
+    sources: Sequence[str | None] | None = None,
 ) -> Call[int]:
     """Add or replace items -> how many were upserted (a repeated id counts once: the
     last wins). Give exactly one of texts, images (paths, bytes or PIL images, sent
-    base64) or vectors ([n, dim]); `metadata` holds one JSON object per id."""
+    base64) or vectors ([n, dim]); `metadata` holds one JSON object per id; `sources`
+    where each came from (a path, URI or text, at most 2048 bytes; None: none)."""
     given = [
         (k, v)
         for k, v in (("text", texts), ("image", images), ("vector", vectors))
@@ -190,11 +195,15 @@ def add(
         raise ValueError(f"add: {len(ids)} ids but {len(payload)} {kind}s")
     if metadata is not None and len(metadata) != len(ids):
         raise ValueError(f"add: {len(ids)} ids but {len(metadata)} metadata objects")
+    if sources is not None and len(sources) != len(ids):
+        raise ValueError(f"add: {len(ids)} ids but {len(sources)} sources")
     items: list[dict[str, Any]] = []
     for i, (id_, value) in enumerate(zip(ids, payload, strict=True)):
         item: dict[str, Any] = {"id": id_, kind: value}
         if metadata is not None:
             item["metadata"] = dict(metadata[i])
+        if sources is not None and sources[i] is not None:
+            item["source"] = sources[i]
         items.append(item)
     request = Request("POST", _collection_path(collection, "items"), json={"items": items})
     return Call(request, json_body(_parse.upserted))
@@ -264,6 +273,29 @@ def search_many(
     """Several queries in one request, each a dict with one of "text", "image",
     "vector" or "id" -> the matches of each, in order."""
     return Call(_search_request(collection, queries, k, where), json_body(_parse.matches))
+
+
+# -- aliases ------------------------------------------------------------------------------
+
+_ALIASES = "/v1/aliases"
+
+
+def list_aliases() -> Call[dict[str, str]]:
+    """Every alias -> the collection it points to."""
+    return Call(Request("GET", _ALIASES), json_body(_parse.aliases))
+
+
+def set_alias(alias: str, collection: str) -> Call[str | None]:
+    """Point `alias` at `collection` (create it, or switch it atomically) -> the collection
+    it pointed to before (None: new). Any collection route takes the alias as a name."""
+    path = f"{_ALIASES}/{quote(alias, safe='')}"
+    return Call(Request("PUT", path, json={"collection": collection}), json_body(_parse.previous))
+
+
+def remove_alias(alias: str) -> Call[str]:
+    """Remove an alias -> the collection it pointed to (which stays)."""
+    path = f"{_ALIASES}/{quote(alias, safe='')}"
+    return Call(Request("DELETE", path), json_body(_parse.alias_removed))
 
 
 # -- operations as methods ----------------------------------------------------------------

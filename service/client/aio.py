@@ -109,6 +109,9 @@ class AsyncContrastiveClient:
     get_item = _method(ops.get_item)
     search = _method(ops.search)
     search_many = _method(ops.search_many)
+    list_aliases = _method(ops.list_aliases)
+    set_alias = _method(ops.set_alias)
+    remove_alias = _method(ops.remove_alias)
 
     async def aclose(self) -> None:
         """Close the underlying httpx.AsyncClient, unless it was passed in as `http`."""

@@ -102,6 +102,7 @@ class SearchMatch:
     id: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # where the item came from, when stored with one
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,6 +112,7 @@ class Item:
     id: str
     metadata: dict[str, Any] = field(default_factory=dict)
     vector: npt.NDArray[np.float32] | None = None
+    source: str | None = None  # where the item came from, when stored with one
 
 
 class ContrastiveError(Exception):

@@ -17,12 +17,20 @@ What a backend promises:
   it); a search score is their inner product (the cosine similarity), the same number on
   every backend for the same data;
 - metadata is stored as given: any key, "_id" and "meta" included, comes back unchanged;
+- an item's optional `source` (a path, URI or text: what to embed it from again) is
+  stored beside its metadata, never in it; an upsert without one clears it;
 - `create_filled` makes a collection from items all or nothing: it is listed only once
   every item is stored (how import and copy_collection make theirs);
 - `where` is a `service.index.filters.Filter` (or the JSON object it is parsed from), with
   exactly the semantics of `Filter.matches`; a filtered search returns `k` hits whenever at
   least `k` items match (exactly on the embedded store; Qdrant's HNSW can miss a few);
 - every write is durable when the call returns;
+- aliases: a name that stands for a collection, switched atomically (`set_alias`);
+  `get` takes an alias wherever it takes a collection's name, resolving it once (a
+  handle keeps serving the collection it was opened on). The rules (service.index.aliases)
+  are the same on every backend: an alias is never a collection's name, nor a collection
+  an alias's; it points to a collection that serves; a collection an alias points to is
+  not dropped ("collection_aliased", naming the alias);
 - errors are `CollectionError`s with a stable code (service.errors maps it to a status),
   never an engine's own exception: an unreachable server is "backend_unavailable" (503),
   naming where it was looked for.
@@ -44,22 +52,25 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from service.index.filters import Filter, parse_filter
-from service.index.items import ItemError, check_id, check_metadata, unit_rows
+from service.index.items import ItemError, check_id, check_metadata, check_source, unit_rows
 from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
 
 MAX_PAGE = 10_000  # items per scroll page
 Where = Filter | Mapping[str, Any] | None
 # what one upsert takes: ids [n], vectors float32 [n, dim], metadata [n]
 Batch = tuple[list[str], np.ndarray, list[dict[str, Any]]]
+Sources = list[str | None] | None  # one per id (None: that item has none), or None: none has
 
 
 @dataclass
 class Item:
-    """One stored item; `vector` float32 [dim] when asked for, else None."""
+    """One stored item; `vector` float32 [dim] when asked for, else None; `source` where
+    it came from, when it was stored with one."""
 
     id: str
     metadata: dict[str, Any]
     vector: np.ndarray | None = None
+    source: str | None = None
 
 
 @dataclass
@@ -85,7 +96,13 @@ class CollectionHandle(Protocol):
     @property
     def dim(self) -> int: ...
 
-    def upsert(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> int:
+    def upsert(
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[dict[str, Any]],
+        sources: Sources = None,
+    ) -> int:
         """Add or replace; `vectors` float32 [n, dim], unit rows -> distinct ids written.
 
         A repeated id keeps its last occurrence. Durable on return."""
@@ -155,6 +172,20 @@ class CollectionBackend(Protocol):
         with the reason when it is listed in `problems`."""
         ...
 
+    def aliases(self) -> dict[str, str]:
+        """alias -> the name of the collection it points to."""
+        ...
+
+    def set_alias(self, alias: str, name: str) -> str | None:
+        """Point `alias` at collection `name`, atomically: a `get` of the alias opens the
+        old collection or the new one, never neither -> the collection it pointed to
+        before (None: a new alias). Durable on return."""
+        ...
+
+    def remove_alias(self, alias: str) -> str:
+        """Remove an alias ("alias_not_found" if there is none) -> the collection it named."""
+        ...
+
     @property
     def problems(self) -> dict[str, str]:
         """Collections kept out of service: name -> why (the service's /readyz shows them)."""
@@ -186,12 +217,16 @@ def require_conditions(where: Filter) -> Filter:
 
 
 def check_batch(
-    ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]], dim: int
+    ids: list[str],
+    vectors: np.ndarray,
+    metadata: list[dict[str, Any]],
+    dim: int,
+    sources: Sources = None,
 ) -> np.ndarray:
     """An upsert, checked by the item rules (service.index.items) -> its vectors as
     contiguous unit float32 [n, dim]. Every backend's upsert calls this, so no path into
-    a collection stores what those rules refuse (ItemError names `ids[i]`, `metadata[i]`
-    or `vectors[i]`)."""
+    a collection stores what those rules refuse (ItemError names `ids[i]`, `metadata[i]`,
+    `sources[i]` or `vectors[i]`)."""
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         raise CollectionError(
             "wrong_dimension", f"vectors must be [n, {dim}], not {list(vectors.shape)}"
@@ -201,6 +236,13 @@ def check_batch(
             "invalid_request",
             f"{len(ids)} ids, {len(vectors)} vectors and {len(metadata)} metadata: give one each",
         )
+    if sources is not None:
+        if len(sources) != len(ids):
+            raise CollectionError(
+                "invalid_request", f"{len(ids)} ids and {len(sources)} sources: give one each"
+            )
+        for i, src in enumerate(sources):
+            check_source(src, f"sources[{i}]")
     for i, (id_, meta) in enumerate(zip(ids, metadata, strict=True)):
         check_id(id_, f"ids[{i}]")
         if meta is None:  # the rules read None as {}, but a backend stores what it is given

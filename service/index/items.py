@@ -11,6 +11,9 @@ reaches a collection that these rules refuse.
 - metadata: a JSON object (None means {}) that reads back exactly as written: string keys,
   JSON values only, finite numbers, integers within 64 bits, valid Unicode, nested at most
   MAX_METADATA_DEPTH deep;
+- source (optional): where the item came from, a path, a URI or the text itself, so that
+  it can be embedded again by another model; a string of 1-MAX_SOURCE_BYTES bytes of
+  UTF-8, no NUL. None means the item has none;
 - vector: `dim` finite numbers, not all zero, stored at unit length. A vector within
   UNIT_TOLERANCE of unit length is kept as given (bit for bit: an export re-imports
   exactly); any other is scaled to unit length, as the API has always done. Scores are
@@ -33,6 +36,8 @@ from service.domain_errors import ErrorCode
 from service.index.types import MAX_ID_CHARS, CollectionError
 
 MAX_METADATA_DEPTH = 32
+# a path, a URI or a caption fits; a whole document does not belong in every search hit
+MAX_SOURCE_BYTES = 2048
 INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson writes back
 # |norm - 1| up to this is unit length already: a float32 vector normalised in float32
 # is off by ~1e-7, and re-normalising it would move its last bits for nothing.
@@ -41,8 +46,8 @@ _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 class ItemError(CollectionError):
-    """An item refused: code "invalid_id", "invalid_metadata", "invalid_vector" or
-    "wrong_dimension".
+    """An item refused: code "invalid_id", "invalid_metadata", "invalid_source",
+    "invalid_vector" or "wrong_dimension".
 
     `where` names the place ("items[0].metadata.size"), `reason` what is wrong with it
     ("is nan: JSON numbers must be finite"); the message is both."""
@@ -73,6 +78,29 @@ def unencodable_at(s: str) -> int | None:
     except UnicodeEncodeError as e:
         return e.start
     return None
+
+
+# -- sources ------------------------------------------------------------------------------
+def check_source(value: Any, where: str) -> str | None:
+    """An item's source as it will be stored (None: it has none); ItemError
+    ("invalid_source") otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ItemError("invalid_source", where, "must be a non-empty string or null")
+    if unencodable_at(value) is not None:
+        raise ItemError("invalid_source", where, "is not valid Unicode (a lone surrogate)")
+    if "\x00" in value:
+        raise ItemError("invalid_source", where, "contains a NUL character (U+0000)")
+    size = len(value.encode("utf-8"))
+    if size > MAX_SOURCE_BYTES:
+        raise ItemError(
+            "invalid_source",
+            where,
+            f"is {size} bytes of UTF-8: at most {MAX_SOURCE_BYTES} (store a path or URI "
+            "to a long text, not the text)",
+        )
+    return value
 
 
 # -- metadata -------------------------------------------------------------------------------

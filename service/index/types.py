@@ -84,6 +84,7 @@ class Hit:
     id: str
     score: float  # inner product of unit vectors = cosine similarity
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # where the item came from, when it was stored with one
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from service.index.items import MAX_SOURCE_BYTES
 from service.index.types import MAX_ID_CHARS, IndexSpec
 from service.schemas.embeddings import integral
 
@@ -96,6 +97,13 @@ def _exactly_one(model: BaseModel, fields: tuple[str, ...]) -> None:
         raise ValueError(f"give exactly one of {names} (got: {got})")
 
 
+SOURCE_DOC = (
+    "where the item came from: a path, a URI or the text itself, kept so that it can be "
+    f"embedded again by another model; 1-{MAX_SOURCE_BYTES} bytes of UTF-8, no NUL "
+    "(`invalid_source` otherwise); returned by search and item reads when present"
+)
+
+
 class ItemIn(_Strict):
     model_config = _one_given("text", "image", "vector")
     id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS, description="1-256 characters")
@@ -105,6 +113,7 @@ class ItemIn(_Strict):
         None, description="[dim] numbers; normalised on arrival"
     )
     metadata: dict[str, Any] | None = Field(None, description="a JSON object; default {}")
+    source: str | None = Field(None, description=SOURCE_DOC)
 
     @model_validator(mode="after")
     def _one_source(self) -> ItemIn:
@@ -134,6 +143,7 @@ class ItemOut(BaseModel):
     id: str
     metadata: dict[str, Any]
     vector: list[float] | None = Field(None, description="unit norm; with include_vector=true")
+    source: str | None = Field(None, description="where it came from, when stored with one")
 
 
 class Query(_Strict):
@@ -161,7 +171,33 @@ class SearchHit(BaseModel):
     id: str
     score: float = Field(..., description="cosine similarity of the query and the item")
     metadata: dict[str, Any]
+    source: str | None = Field(None, description="where it came from, when stored with one")
 
 
 class SearchResponse(BaseModel):
     results: list[list[SearchHit]] = Field(..., description="hits per query, best first")
+
+
+# -- aliases (/v1/aliases) -----------------------------------------------------------------
+class SetAliasRequest(_Strict):
+    collection: str = Field(..., description="the collection the alias is to point to")
+
+
+class AliasOut(BaseModel):
+    alias: str
+    collection: str = Field(..., description="the collection it points to")
+
+
+class SetAliasResponse(AliasOut):
+    previous: str | None = Field(
+        None, description="the collection it pointed to before; null for a new alias"
+    )
+
+
+class AliasList(BaseModel):
+    aliases: list[AliasOut] = Field(..., description="by alias")
+
+
+class DeletedAlias(BaseModel):
+    deleted: str = Field(..., description="the alias removed")
+    collection: str = Field(..., description="the collection it pointed to (left as it is)")

@@ -1,5 +1,9 @@
 """/v1/collections: named, durable collections of vectors, and similarity search over them.
 
+Every `{name}` of an item or search route may be an alias (/v1/aliases): the collection
+is resolved once, when the request starts (deps.named_collection), and the whole request
+is served by it, whatever an alias switch does meanwhile.
+
 Inputs become vectors in service.api.collection_inputs; the store (service.index) blocks on
 fsync, so every call into it runs in the index pool (IndexDep). Each route's signature
 says what it uses: the collection of the path, the store, the model only when asked.
@@ -8,7 +12,7 @@ says what it uses: the collection of the path, the store, the model only when as
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.convertors import PathConvertor, register_url_convertor
@@ -27,7 +31,7 @@ from service.api.payload import require_json_dep
 from service.api.routes import refusing_router
 from service.index.duplicates import DuplicateQuery, find_duplicates
 from service.index.filters import parse_filter
-from service.index.types import CollectionError
+from service.index.types import CollectionError, Hit
 from service.responses import FastJSON
 from service.schemas.collections import (
     CollectionInfoModel,
@@ -106,7 +110,13 @@ async def describe_collection(col: CollectionDep, run: IndexDep) -> FastJSON:
     return FastJSON((await run(col.info)).to_dict())
 
 
-@router.delete("/{name}", response_model=DeletedCollection, summary="Delete a collection")
+@router.delete(
+    "/{name}",
+    response_model=DeletedCollection,
+    summary="Delete a collection",
+    description="By its name, not an alias's (409 `alias_conflict`); refused while an "
+    "alias points to it (409 `collection_aliased`, naming the aliases).",
+)
 async def delete_collection(name: str, store: StoreDep, run: IndexDep) -> FastJSON:
     await run(store.drop, name)
     return FastJSON({"deleted": name})
@@ -121,8 +131,8 @@ async def delete_collection(name: str, store: StoreDep, run: IndexDep) -> FastJS
 async def upsert_items(
     request: Request, col: CollectionDep, read: InputsDep, run: IndexDep
 ) -> FastJSON:
-    ids, vectors, metadata = await read.read_upsert(request, col)
-    n = await run(col.upsert, ids, vectors, metadata)
+    ids, vectors, metadata, sources = await read.read_upsert(request, col)
+    n = await run(col.upsert, ids, vectors, metadata, sources)
     return FastJSON({"upserted": n, "count": await run(col.count)})
 
 
@@ -159,6 +169,8 @@ async def get_item(
     if item is None:
         raise CollectionError("item_not_found", f"no item {item_id!r} in collection {name!r}")
     body = {"id": item_id, "metadata": item.metadata}
+    if item.source is not None:
+        body["source"] = item.source
     return FastJSON({**body, "vector": item.vector} if include_vector else body)
 
 
@@ -171,8 +183,13 @@ async def get_item(
 async def search(request: Request, col: CollectionDep, read: InputsDep, run: IndexDep) -> FastJSON:
     queries, k, where = await read.read_search(request, col)
     hits = await run(col.search, queries, k, where)
-    results = [[{"id": h.id, "score": h.score, "metadata": h.metadata} for h in q] for q in hits]
-    return FastJSON({"results": results})
+    return FastJSON({"results": [[_hit(h) for h in q] for q in hits]})
+
+
+def _hit(h: Hit) -> dict[str, Any]:
+    """A hit as answered: its source only when it has one."""
+    out = {"id": h.id, "score": h.score, "metadata": h.metadata}
+    return out if h.source is None else {**out, "source": h.source}
 
 
 @router.post(

@@ -1,5 +1,6 @@
-"""`contrastive index add|search|repair|export|import`: one module per subcommand
-(`import` is a keyword: its module is `import_`), registered in service/cli.py's table.
+"""`contrastive index add|search|repair|export|import|alias`: one module per subcommand
+(`import` is a keyword: its module is `import_`; `alias` is a package of its own
+subcommands), registered in service/cli.py's table.
 
 add and search work on a Target (targets.py): a collection in this process (local.py) or
 on a running server (remote.py); images.py reads the files. options.py holds the flags and

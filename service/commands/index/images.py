@@ -52,6 +52,18 @@ class ImageFile:
     thumbnail: str | None = None  # a data: URL (--thumbnails)
 
     @property
+    def source(self) -> str | None:
+        """What the item is stored as coming from: the file's absolute path, so that it
+        can be embedded again (by another model); None for a path no collection can
+        store as a source (not UTF-8, or past items.MAX_SOURCE_BYTES)."""
+        from service.index.items import ItemError, check_source
+
+        try:
+            return check_source(os.path.abspath(self.path), "the path")
+        except ItemError:
+            return None
+
+    @property
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"path": os.path.abspath(self.path), "bytes": self.size}
         if self.thumbnail is not None:

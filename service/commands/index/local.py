@@ -71,7 +71,12 @@ class LocalTarget:
 
         pixels: torch.Tensor = torch.stack([f.payload for f in files])
         vectors = self.encoder.encode_image_tensors(pixels).numpy()
-        return self.col.upsert([f.id for f in files], vectors, [f.metadata for f in files])
+        return self.col.upsert(
+            [f.id for f in files],
+            vectors,
+            [f.metadata for f in files],
+            [f.source for f in files],
+        )
 
     def search(
         self, text: str, k: int, where: dict[str, Any] | None

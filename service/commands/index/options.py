@@ -38,7 +38,12 @@ Item ids are paths relative to the folder given (absolute for single files), so 
 skips what is already stored and resumes an interrupted run. Files that are not images are
 skipped with a warning; each stored item's metadata is {"path": absolute path, "bytes": size},
 plus {"thumbnail": "data:image/jpeg;base64,..."} with --thumbnails, which the web page shows
-in its search results.
+in its search results. Each item's source (what it can be embedded again from) is the
+file's absolute path.
+
+    contrastive index alias set photos photos-v2   # "photos" now answers from photos-v2
+    contrastive index alias ls
+    contrastive index alias rm photos
 """
 
 TRANSFER_HELP = """\

@@ -78,6 +78,7 @@ class RemoteTarget:
                 [f.id for f in files],
                 images=[f.payload for f in files],
                 metadata=[f.metadata for f in files],
+                sources=[f.source for f in files],
             )
         except ServiceError as e:
             if e.code not in _SKIPPABLE:

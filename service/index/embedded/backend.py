@@ -9,7 +9,8 @@ and a Collection does not offer yet is built here on its state:
   id selector), so `k` hits come back whenever `k` match;
 - delete by filter: the matching ids, deleted as one durable write;
 - scrolling: ids in sorted order, a cursor being the next id to return, so a scroll sees
-  every id present throughout exactly once whatever is written meanwhile.
+  every id present throughout exactly once whatever is written meanwhile;
+- aliases: the folder's alias file (aliases.AliasFile), checked by service.index.aliases.
 
 The Collection's in-memory state is read in one place, `_State`, under the collection's
 own lock: when the store gains queries of its own, only `_State` changes.
@@ -26,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from service.index import aliases as rules
 from service.index.backend import (
     Batch,
     Item,
     Page,
+    Sources,
     Where,
     as_filter,
     check_batch,
@@ -37,6 +40,7 @@ from service.index.backend import (
     check_queries,
     require_conditions,
 )
+from service.index.embedded.aliases import AliasFile
 from service.index.embedded.collection import Collection
 from service.index.embedded.staging import staging_folder
 from service.index.embedded.store import CollectionStore
@@ -62,6 +66,9 @@ class _State:
     def metadata(self) -> dict[str, dict[str, Any]]:
         return self.col._meta
 
+    def source(self, id_: str) -> str | None:
+        return self.col.source(id_)
+
     def vector(self, id_: str) -> np.ndarray:
         return self.col._vec[id_]
 
@@ -82,9 +89,15 @@ class FaissCollection:
         self._sorted: tuple[int, list[str]] = (-1, [])  # (version, ids sorted) for scroll
 
     # -- writes ---------------------------------------------------------------------------
-    def upsert(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> int:
-        vecs = check_batch(ids, vectors, metadata, self.dim)
-        return self.col.upsert(ids, vecs, metadata) if ids else 0
+    def upsert(
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[dict[str, Any]],
+        sources: Sources = None,
+    ) -> int:
+        vecs = check_batch(ids, vectors, metadata, self.dim, sources)
+        return self.col.upsert(ids, vecs, metadata, sources) if ids else 0
 
     def delete(self, ids: list[str]) -> int:
         return self.col.delete(ids)
@@ -96,8 +109,9 @@ class FaissCollection:
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, id_: str) -> Item | None:
-        got = self.col.get(id_)
-        return None if got is None else Item(id_, got[1], got[0])
+        with self._state.lock:  # the item and its source as of one moment
+            got = self.col.get(id_)
+            return None if got is None else Item(id_, got[1], got[0], self._state.source(id_))
 
     def scroll(self, cursor: str | None = None, limit: int = 100, vectors: bool = False) -> Page:
         check_page_limit(limit)
@@ -108,7 +122,12 @@ class FaissCollection:
             page = ids[start : start + limit]
             meta = self._state.metadata()
             items = [
-                Item(i, dict(meta[i]), self._state.vector(i).copy() if vectors else None)
+                Item(
+                    i,
+                    dict(meta[i]),
+                    self._state.vector(i).copy() if vectors else None,
+                    self._state.source(i),
+                )
                 for i in page
             ]
             after = start + limit
@@ -149,6 +168,11 @@ class FaissBackend:
         self.store = store
         self._lock = threading.Lock()
         self._handles: dict[str, FaissCollection] = {}
+        try:
+            self._aliases = AliasFile(store.root)
+        except BaseException:
+            store.close()  # release the folder's lock: the open failed
+            raise
 
     @classmethod
     def open(
@@ -161,7 +185,9 @@ class FaissBackend:
     def create(
         self, name: str, model_id: str, dim: int, spec: IndexSpec | None = None
     ) -> CollectionInfo:
-        return self.store.create(name, model_id, dim, spec)
+        with self._aliases.lock:  # no alias takes the name meanwhile
+            rules.check_new_collection(name, self._aliases.current)
+            return self.store.create(name, model_id, dim, spec)
 
     def create_filled(
         self, name: str, model_id: str, dim: int, spec: IndexSpec | None, batches: Iterable[Batch]
@@ -169,6 +195,7 @@ class FaissBackend:
         """Filled in a staging folder (staging.py), then renamed to `name`: all or nothing.
         On any failure the staging folder is removed; after a crash, the next open does."""
         spec = check_new(name, dim, spec)
+        rules.check_new_collection(name, self._aliases.current)
         taken = {c.name for c in self.store.list()} | set(self.store.problems)
         if name in taken or (self.store.root / name).exists():  # publish checks again
             raise CollectionError("collection_exists", f"collection {name!r} already exists")
@@ -183,7 +210,9 @@ class FaissBackend:
                 col.snapshot()  # the published folder then opens without replaying a log
             col.close()
             col = None
-            self.store.publish(folder, name)
+            with self._aliases.lock:  # checked again: an alias may have taken the name
+                rules.check_new_collection(name, self._aliases.current)
+                self.store.publish(folder, name)
         except BaseException:
             if col is not None:
                 col.close()
@@ -192,7 +221,9 @@ class FaissBackend:
         return written
 
     def drop(self, name: str) -> None:
-        self.store.delete(name)
+        with self._aliases.lock:  # no alias comes to point to it meanwhile
+            rules.check_drop(name, self._aliases.current)
+            self.store.delete(name)
         with self._lock:
             self._handles.pop(name, None)
 
@@ -200,12 +231,35 @@ class FaissBackend:
         return self.store.list()
 
     def get(self, name: str) -> FaissCollection:
-        col = self.store.get(name)
+        """The collection `name`, or the one alias `name` points to now (read once: one
+        dict lookup, so a switch meanwhile gives the old collection or the new one)."""
+        col = self.store.get(self._aliases.current.get(name, name))
         with self._lock:  # one handle per open Collection: it keeps the scroll order cached
             handle = self._handles.get(name)
             if handle is None or handle.col is not col:
                 handle = self._handles[name] = FaissCollection(col)
             return handle
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases.current)
+
+    def set_alias(self, alias: str, name: str) -> str | None:
+        with self._aliases.lock:
+            now = self._aliases.current
+            rules.check_set(alias, name, self._collection_names(), now)
+            self._aliases.replace({**now, alias: name})
+            return now.get(alias)
+
+    def remove_alias(self, alias: str) -> str:
+        with self._aliases.lock:
+            now = self._aliases.current
+            name = rules.check_remove(alias, now)
+            self._aliases.replace({a: c for a, c in now.items() if a != alias})
+            return name
+
+    def _collection_names(self) -> set[str]:
+        """Every collection's name, served or refused."""
+        return {c.name for c in self.store.list()} | set(self.store.problems)
 
     @property
     def problems(self) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""One collection: string ids, unit vectors, JSON metadata; durable and searchable.
+"""One collection: string ids, unit vectors, JSON metadata, optional sources; durable and
+searchable.
 
 State lives in memory (dicts by id) and on disk as the latest snapshot plus the log of
 changes since it. Every change is appended to the log and fsynced before it is applied
@@ -108,6 +109,7 @@ class Collection:
         self._lock = threading.RLock()
         self._vec: dict[str, np.ndarray] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._src: dict[str, str] = {}  # id -> source, only for the items that have one
         self._label: dict[str, int] = {}
         self._id_of: dict[int, str] = {}
         self._next_label = 0
@@ -381,6 +383,7 @@ class Collection:
     def _reset(self) -> None:
         self._vec.clear()
         self._meta.clear()
+        self._src.clear()
         self._label.clear()
         self._id_of.clear()
         self._seq = self._snap_seq = 0
@@ -393,6 +396,7 @@ class Collection:
         n = len(snap.ids)
         self._vec = dict(zip(snap.ids, snap.vectors, strict=True))  # read-only row views
         self._meta = dict(zip(snap.ids, snap.metadata, strict=True))
+        self._src = {i: s for i, s in snap.sources.items() if i in self._meta}
         self._label = dict(zip(snap.ids, range(n), strict=True))
         self._id_of = dict(zip(range(n), snap.ids, strict=True))
         if not len(self._vec) == n:  # the checksum matched, so this is a file we wrote
@@ -403,8 +407,14 @@ class Collection:
         self._snap_bytes = snap.vectors.nbytes
 
     # -- state changes ---------------------------------------------------------------
-    def _put(self, id_: str, vec: np.ndarray, meta: dict[str, Any]) -> tuple[int | None, int]:
+    def _put(
+        self, id_: str, vec: np.ndarray, meta: dict[str, Any], source: str | None
+    ) -> tuple[int | None, int]:
         old = self._label.get(id_)
+        if source is None:  # an upsert replaces the whole item, its source included
+            self._src.pop(id_, None)
+        else:
+            self._src[id_] = source
         if old is not None:
             del self._id_of[old]
         label = self._next_label
@@ -421,6 +431,7 @@ class Collection:
         label = self._label.pop(id_, None)
         if label is not None:
             del self._id_of[label], self._vec[id_], self._meta[id_]
+            self._src.pop(id_, None)
         return label
 
     def _apply_state(self, rec: Record) -> tuple[list[int], list[int]]:
@@ -428,8 +439,9 @@ class Collection:
         removed, added = [], []
         if rec.op == UPSERT:
             assert rec.vectors is not None
+            sources = rec.sources or [None] * len(rec.ids)
             for i, id_ in enumerate(rec.ids):
-                old, new = self._put(id_, rec.vectors[i], rec.metadata[i])
+                old, new = self._put(id_, rec.vectors[i], rec.metadata[i], sources[i])
                 if old is not None:
                     removed.append(old)
                 added.append(new)
@@ -438,7 +450,12 @@ class Collection:
         return removed, added
 
     def _write(
-        self, op: int, ids: list[str], meta: list[dict[str, Any]], vecs: np.ndarray | None
+        self,
+        op: int,
+        ids: list[str],
+        meta: list[dict[str, Any]],
+        vecs: np.ndarray | None,
+        sources: list[str | None] | None = None,
     ) -> None:
         with self._lock:
             if self.status == "refused" and self.refused is None:
@@ -446,7 +463,7 @@ class Collection:
             self._check_files()
             if self.status == "disk_full":  # read-only: first the writes recovery owes
                 self._finish_recovery()
-            rec = Record(op, self._seq + 1, ids, meta, vecs)
+            rec = Record(op, self._seq + 1, ids, meta, vecs, sources)
             self._wal.append(rec)  # durable before anything changes
             self._seq = rec.seq
             removed, added = self._apply_state(rec)
@@ -464,8 +481,15 @@ class Collection:
                 except CollectionError as e:  # the write above is durable: still a success
                     log.error("collection %s: snapshot failed (%s); will retry", self.name, e)
 
-    def upsert(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> int:
-        """Add or replace; `vectors` float32 [n, dim], unit norm. Durable on return.
+    def upsert(
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[dict[str, Any]],
+        sources: list[str | None] | None = None,
+    ) -> int:
+        """Add or replace; `vectors` float32 [n, dim], unit norm; `sources` one per id
+        (None: none has one). Durable on return, the sources too (they are in the log).
 
         Within one call a repeated id keeps its last occurrence."""
         last = {id_: i for i, id_ in enumerate(ids)}
@@ -475,6 +499,7 @@ class Collection:
             [ids[i] for i in keep],
             [metadata[i] for i in keep],
             np.ascontiguousarray(vectors[keep], np.float32),
+            None if sources is None else [sources[i] for i in keep],
         )
         return len(keep)
 
@@ -522,10 +547,11 @@ class Collection:
         worst from the previous snapshot and both logs)."""
         ids = list(self._vec)
         rows, meta = [self._vec[i] for i in ids], [self._meta[i] for i in ids]
+        sources = dict(self._src)
         snap_path, log_path, tmp = self.folder / SNAP, self.folder / LOG, self.folder / SNAP_TMP
         # a full disk fails here, before any rename
-        snap_bytes = write_parts(tmp, snapshot_parts(self._seq, self.dim, ids, meta, rows))
-        del rows, meta
+        snap_bytes = write_parts(tmp, snapshot_parts(self._seq, self.dim, ids, meta, rows, sources))
+        del rows, meta, sources
         self._wal.close()
         try:
             written = FileId.of(os.stat(tmp))
@@ -589,6 +615,10 @@ class Collection:
                 return None
             return self._vec[id_].copy(), dict(self._meta[id_])
 
+    def source(self, id_: str) -> str | None:
+        """The item's source, None when it has none (or there is no such item)."""
+        return self._src.get(id_)
+
     def search(self, queries: np.ndarray, k: int, where: Where | None = None) -> list[list[Hit]]:
         """queries float32 [q, dim] -> for each, up to k hits, best first.
 
@@ -615,7 +645,7 @@ class Collection:
             out = []
             for q, row in enumerate(top):
                 best = row[np.argsort(-sims[q, row], kind="stable")]
-                out.append([Hit(ids[j], float(sims[q, j]), dict(self._meta[ids[j]])) for j in best])
+                out.append([self._hit(ids[j], float(sims[q, j])) for j in best])
             return out
         allowed = np.fromiter((self._label[i] for i in ids), np.int64, len(ids))
         scores, labels = self._index_search(queries, k, allowed)
@@ -674,8 +704,11 @@ class Collection:
         for s, lb in zip(scores, labels, strict=True):
             id_ = self._id_of.get(int(lb))
             if lb >= 0 and id_ is not None:
-                out.append(Hit(id_, float(s), dict(self._meta[id_])))
+                out.append(self._hit(id_, float(s)))
         return out
+
+    def _hit(self, id_: str, score: float) -> Hit:
+        return Hit(id_, score, dict(self._meta[id_]), self._src.get(id_))
 
     @property
     def count(self) -> int:

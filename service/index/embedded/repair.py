@@ -174,9 +174,11 @@ def rebuild(salvage: Salvage, dim: int) -> Snapshot:
     """The base snapshot with every salvaged record applied -> the state at salvage.last."""
     vec: dict[str, np.ndarray] = {}
     meta: dict[str, dict[str, Any]] = {}
+    src: dict[str, str] = {}
     if salvage.base is not None:
         for i, id_ in enumerate(salvage.base.ids):
             vec[id_], meta[id_] = salvage.base.vectors[i], salvage.base.metadata[i]
+        src.update(salvage.base.sources)
     for scan, entry in salvage.records:
         try:
             rec = scan.record(entry, dim)
@@ -186,12 +188,19 @@ def rebuild(salvage: Salvage, dim: int) -> Snapshot:
             if rec.op == UPSERT:
                 assert rec.vectors is not None
                 vec[id_], meta[id_] = rec.vectors[i], rec.metadata[i]
+                source = rec.sources[i] if rec.sources else None
+                if source is None:  # an upsert replaces the item, its source included
+                    src.pop(id_, None)
+                else:
+                    src[id_] = source
             else:
                 vec.pop(id_, None)
                 meta.pop(id_, None)
+                src.pop(id_, None)
     ids = list(vec)
     vectors = np.stack([vec[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
-    return Snapshot(max(salvage.last, salvage.base_seq), ids, [meta[i] for i in ids], vectors)
+    seq = max(salvage.last, salvage.base_seq)
+    return Snapshot(seq, ids, [meta[i] for i in ids], vectors, sources=src)
 
 
 def replace_files(folder: Path, snap: Snapshot) -> Path:

@@ -1,6 +1,7 @@
 """Snapshot files: a collection's whole state, checksummed, written atomically.
 
-Layout: b"CSNAP1" | u32 header length | header JSON (seq, dim, ids, metadata), padded
+Layout: b"CSNAP1" | u32 header length | header JSON (seq, dim, ids, metadata, and
+"sources": {id: source} for the items that have one, absent when none has), padded
 with spaces so that the vectors start on a ROW_ALIGN-byte boundary | float32 vectors
 [n, dim] | sha256 of everything before it (32 bytes).
 
@@ -26,7 +27,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ class Snapshot:
     file: FileId | None = None
     mapped: MappedFile | None = None
     digest: bytes = b""  # the file's sha256 (its last 32 bytes) when read from one
+    sources: dict[str, str] = field(default_factory=dict)  # id -> source, for those with one
 
 
 def snapshot_parts(
@@ -125,13 +127,17 @@ def snapshot_parts(
     ids: list[str],
     metadata: list[dict[str, Any]],
     rows: Sequence[np.ndarray] | np.ndarray,
+    sources: dict[str, str] | None = None,
 ) -> Iterator[bytes | memoryview]:
     """The bytes of a snapshot of `rows` (float32 [dim] each, for ids[i]) in parts, the
     checksum last. The rows are stacked CHUNK bytes at a time into one reused buffer, so
     writing a snapshot never holds another copy of the state (at 1M x 384, stacking all
     rows at once and joining the file's bytes had cost 5.5 s in page faults alone). Each
     part is valid until the next is asked for: write it (or copy it) at once."""
-    header = json.dumps({"seq": seq, "dim": dim, "ids": ids, "metadata": metadata}).encode()
+    fields: dict[str, Any] = {"seq": seq, "dim": dim, "ids": ids, "metadata": metadata}
+    if sources:  # absent when none: such a snapshot is byte for byte what it always was
+        fields["sources"] = sources
+    header = json.dumps(fields).encode()
     header += b" " * (-(len(MAGIC) + _LEN.size + len(header)) % ROW_ALIGN)  # JSON ignores it
     digest = hashlib.sha256()
     head = MAGIC + _LEN.pack(len(header)) + header
@@ -152,7 +158,7 @@ def snapshot_parts(
 def encode_snapshot(snap: Snapshot) -> bytes:
     """The snapshot file's bytes in one piece (small snapshots: repair, tests)."""
     parts = snapshot_parts(
-        snap.seq, int(snap.vectors.shape[1]), snap.ids, snap.metadata, snap.vectors
+        snap.seq, int(snap.vectors.shape[1]), snap.ids, snap.metadata, snap.vectors, snap.sources
     )
     return b"".join(bytes(p) for p in parts)
 
@@ -203,6 +209,7 @@ def _checked(path: Path) -> tuple[mmap.mmap | bytes, FileId, memoryview, dict[st
         header = _loads(bytes(body[start : start + hlen]))
         header["seq"], header["ids"] = int(header["seq"]), list(header["ids"])
         header["metadata"] = list(header["metadata"])
+        header["sources"] = dict(header.get("sources") or {})  # older snapshots have none
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptSnapshotError(f"{path.name}: unreadable header ({e})") from e
     return data, file, body[start + hlen :], header
@@ -237,7 +244,7 @@ def read_snapshot(path: Path, dim: int) -> Snapshot:
         raise CorruptSnapshotError(
             f"{path.name}: {len(vectors)} vectors for {len(ids)} ids, {len(metadata)} metadata"
         )
-    return Snapshot(seq, ids, metadata, vectors, file, mapped, digest)
+    return Snapshot(seq, ids, metadata, vectors, file, mapped, digest, header["sources"])
 
 
 def snapshot_digest(path: Path) -> bytes:

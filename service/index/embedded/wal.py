@@ -3,6 +3,9 @@
 Each record: [u32 payload length][u32 crc32 of payload][payload]. A payload is
 [u8 op][u64 seq][u32 header length][header JSON][float32 vectors]; the header JSON always
 begins with `{"ids": ` (SIGNATURE), which lets a scan find the records after a damaged one.
+The header of an upsert whose items carry sources (service.index.items) also holds
+"sources", one per id (null: none); a header without it (every log written before there
+were sources, and every upsert without any) has none, so old logs replay as they did.
 Records carry consecutive sequence numbers. A write is acknowledged only after write +
 flush + fsync; one record holds a whole request (the fsync is per request, not per vector).
 
@@ -52,9 +55,13 @@ class Record:
     ids: list[str]
     metadata: list[dict[str, Any]] = field(default_factory=list)
     vectors: np.ndarray | None = None  # float32 [n, d] for UPSERT
+    sources: list[str | None] | None = None  # one per id for an UPSERT that has any
 
     def encode(self) -> bytes:
-        header = json.dumps({"ids": self.ids, "metadata": self.metadata}).encode()
+        head: dict[str, Any] = {"ids": self.ids, "metadata": self.metadata}  # ids first
+        if self.sources is not None and any(s is not None for s in self.sources):
+            head["sources"] = self.sources  # only then: a record without is as it always was
+        header = json.dumps(head).encode()
         body = b"" if self.vectors is None else np.ascontiguousarray(self.vectors, "<f4").tobytes()
         payload = _PAY.pack(self.op, self.seq, len(header)) + header + body
         return _REC.pack(len(payload), zlib.crc32(payload)) + payload
@@ -74,7 +81,7 @@ class Record:
             if len(raw) != 4 * dim * len(ids):
                 raise RecordShapeError(seq, len(ids), len(raw), dim)
             vectors = np.frombuffer(raw, "<f4").reshape(-1, dim).copy()
-        return cls(op, seq, ids, header["metadata"], vectors)
+        return cls(op, seq, ids, header["metadata"], vectors, header.get("sources"))
 
 
 class RecordShapeError(ValueError):

@@ -1,5 +1,10 @@
 """All collections under one prefix of one Qdrant, behind the CollectionBackend interface
-(service.index.backend); Qdrant's and httpx's errors become CollectionErrors here."""
+(service.index.backend); Qdrant's and httpx's errors become CollectionErrors here.
+
+Aliases are Qdrant's own (qname(alias) -> qname(collection)): one update_collection_aliases
+request deletes the old one and creates the new one, which Qdrant applies atomically.
+service.index.aliases checks each change first, as the embedded store does; a Qdrant alias
+outside this prefix is not ours and is neither listed nor touched."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from service.index import aliases as rules
 from service.index.backend import Batch
 from service.index.filters import Filter
 from service.index.qdrant.collection import QdrantCollection
@@ -54,6 +60,7 @@ class QdrantBackend:
             threading.RLock() if self.local else contextlib.nullcontext()
         )
         self._lock = threading.Lock()
+        self._alias_lock = threading.Lock()  # this replica's alias changes, one at a time
         self._configs_ready = False
         self._indexed: set[tuple[str, str, str]] = set()  # (collection, created_at, key)
 
@@ -277,6 +284,7 @@ class QdrantBackend:
     ) -> CollectionConfig:
         """Step 1 of a create: the Qdrant collection, without the config that lists it."""
         spec = check_new(name, dim, spec)
+        rules.check_new_collection(name, self.aliases())
         if self._config(name) is not None or self._exists(name):
             raise CollectionError("collection_exists", f"collection {name!r} already exists")
         flat = spec.kind == "flat"
@@ -302,6 +310,8 @@ class QdrantBackend:
 
     def drop(self, name: str) -> None:
         check_name(name)
+        # first: Qdrant takes an alias for its collection, and would drop that collection
+        rules.check_drop(name, self.aliases())
         try:
             has_config = self._config(name) is not None
         except CollectionError as e:  # an unreadable config is dropped all the same
@@ -333,6 +343,10 @@ class QdrantBackend:
     def get(self, name: str) -> QdrantCollection:
         check_name(name)
         cfg = self._config(name)
+        if cfg is None:  # an alias? (asked only then: a collection's name costs no request)
+            target = self.aliases().get(name)
+            if target is not None:
+                return self.get(target)
         exists = self._exists(name)
         if cfg is None and not exists:
             raise _not_found(name)
@@ -340,6 +354,41 @@ class QdrantBackend:
             why = self._survey()[1].get(name, f"collection {name!r} is incomplete")
             raise CollectionError("collection_corrupt", why)
         return QdrantCollection(self, cfg)
+
+    # -- aliases --------------------------------------------------------------------------------
+    def aliases(self) -> dict[str, str]:
+        ours = f"{self.config.prefix}-"
+        found = self.run(lambda c: c.get_aliases()).aliases
+        return {
+            a.alias_name[len(ours) :]: a.collection_name[len(ours) :]
+            for a in found
+            if a.alias_name.startswith(ours) and a.collection_name.startswith(ours)
+        }
+
+    def set_alias(self, alias: str, name: str) -> str | None:
+        with self._alias_lock:  # checked, then changed, with no change of ours between
+            now = self.aliases()
+            configs, problems = self._survey()
+            rules.check_set(alias, name, set(configs) | set(problems), now)
+            ops: list[models.AliasOperations] = []
+            if alias in now:  # in the same request: Qdrant switches it in one step
+                ops.append(_delete_alias(self.qname(alias)))
+            ops.append(
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(
+                        collection_name=self.qname(name), alias_name=self.qname(alias)
+                    )
+                )
+            )
+            self.run(lambda c: c.update_collection_aliases(change_aliases_operations=ops), name)
+            return now.get(alias)
+
+    def remove_alias(self, alias: str) -> str:
+        with self._alias_lock:
+            name = rules.check_remove(alias, self.aliases())
+            ops = [_delete_alias(self.qname(alias))]
+            self.run(lambda c: c.update_collection_aliases(change_aliases_operations=ops))
+            return name
 
     @property
     def problems(self) -> dict[str, str]:
@@ -366,6 +415,10 @@ def _quantization(spec: IndexSpec) -> models.QuantizationConfig | None:
             )
         )
     return None
+
+
+def _delete_alias(qalias: str) -> models.DeleteAliasOperation:
+    return models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=qalias))
 
 
 def _not_found(name: str) -> CollectionError:

@@ -13,6 +13,7 @@ from qdrant_client import QdrantClient, models
 from service.index.backend import (
     Item,
     Page,
+    Sources,
     Where,
     as_filter,
     check_batch,
@@ -49,8 +50,15 @@ class QdrantCollection:
         self._b.write(op, self.name)
 
     # -- writes ---------------------------------------------------------------------------
-    def upsert(self, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> int:
-        vecs = check_batch(ids, vectors, metadata, self.dim)
+    def upsert(
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[dict[str, Any]],
+        sources: Sources = None,
+    ) -> int:
+        vecs = check_batch(ids, vectors, metadata, self.dim, sources)
+        src = sources or [None] * len(ids)
         keep = last_occurrences(ids)
         # one request per upsert_batch points: a failure part-way leaves the earlier
         # batches written, and a retry of the same upsert converges (it is idempotent)
@@ -60,7 +68,7 @@ class QdrantCollection:
             batch = models.Batch(
                 ids=[point_id(ids[i]) for i in rows],
                 vectors=vecs[rows].tolist(),
-                payloads=[point_payload(ids[i], metadata[i]) for i in rows],
+                payloads=[point_payload(ids[i], metadata[i], src[i]) for i in rows],
             )
             self._write(
                 partial(QdrantClient.upsert, collection_name=self.qname, points=batch, wait=True)
@@ -177,7 +185,7 @@ class QdrantCollection:
 
 def _hit(p: models.ScoredPoint) -> Hit:
     item = item_of(p.payload)
-    return Hit(item.id, float(p.score), item.metadata)
+    return Hit(item.id, float(p.score), item.metadata, item.source)
 
 
 def _cursor(cursor: str | None) -> str | None:

@@ -116,6 +116,7 @@ def test_add_skips_non_images_and_resumes(
             assert got is not None, id_
             path = photos / id_
             assert got.metadata == {"path": os.path.abspath(path), "bytes": path.stat().st_size}
+            assert got.source == os.path.abspath(path)  # what it can be embedded again from
             assert np.linalg.norm(got.vector) == pytest.approx(1.0, abs=1e-5)
     finally:
         store.close()
@@ -202,6 +203,18 @@ def test_add_and_search_over_http(
 
         assert main(["index", "search", "pics", QUERY, "-k", "2", "--url", url]) == 0
         assert _table_ids(capsys.readouterr().out) == _expected_ranking(export, photos)[:2]
+
+        from service.client import ContrastiveClient
+
+        with ContrastiveClient(url) as client:
+            assert client.get_item("pics", "red.png").source == str((photos / "red.png").absolute())
+        # an alias, set over HTTP (the server holds the folder), serves search
+        assert main(["index", "alias", "set", "live", "pics", "--url", url]) == 0
+        assert "'live' -> 'pics'" in capsys.readouterr().out
+        assert main(["index", "search", "live", QUERY, "-k", "2", "--url", url]) == 0
+        assert _table_ids(capsys.readouterr().out) == _expected_ranking(export, photos)[:2]
+        assert main(["index", "alias", "ls", "--url", url]) == 0
+        assert "live  -> pics" in capsys.readouterr().out
     finally:
         proc.terminate()
         try:
@@ -240,3 +253,37 @@ def test_thumbnails_are_stored_as_small_jpegs_of_each_image(
     bad = ["index", "add", "pics", str(photos), "--thumbnails", "--thumbnail-size", "4"]
     assert main([*bad, *_local(export, cols)]) == 1
     assert "between 16 and 512" in capsys.readouterr().err
+
+
+def test_add_stores_sources_on_qdrant_and_alias_commands_work_in_process(
+    export: Path,
+    photos: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`index add` in-process into Qdrant's local mode keeps each file's path as its
+    source; `index alias set|ls|rm` work on the same backend."""
+    pytest.importorskip("qdrant_client")
+    from service.index.factory import QdrantConfig
+
+    monkeypatch.setenv("CONTRASTIVE_COLLECTIONS_BACKEND", "qdrant")
+    cols = tmp_path / "cols"
+    assert main(["index", "add", "pics", str(photos), *_local(export, cols)]) == 0
+    dirs = ["--collections-dir", str(cols), "--local"]
+    assert main(["index", "alias", "set", "live", "pics", *dirs]) == 0
+    assert main(["index", "alias", "set", "pics", "live", *dirs]) == 1
+    assert "'pics' is the name of a collection" in capsys.readouterr().err
+    store = open_backend("qdrant", cols, QdrantConfig(path=cols / "qdrant"))
+    try:
+        assert store.aliases() == {"live": "pics"}
+        col = store.get("live")
+        for id_ in IMAGES:
+            assert col.get(id_).source == os.path.abspath(photos / id_)  # type: ignore[union-attr]
+    finally:
+        store.close()
+    assert main(["index", "alias", "ls", *dirs]) == 0
+    assert "live  -> pics" in capsys.readouterr().out
+    assert main(["index", "alias", "rm", "live", *dirs]) == 0
+    assert main(["index", "alias", "rm", "live", *dirs]) == 1
+    assert "no alias named 'live'" in capsys.readouterr().err
