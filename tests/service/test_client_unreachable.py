@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
@@ -94,3 +96,13 @@ def test_a_connection_broken_before_the_answer_says_so() -> None:
         "GET http://svc:8000/readyz: the connection broke before the answer (Server "
         "disconnected); did the server stop or restart? The request may have run."
     )
+
+
+def test_the_client_imports_without_torch_or_the_web_framework() -> None:
+    """A script that only calls the service must not pay for torch (seconds, gigabytes)."""
+    code = (
+        "import sys, service.client; "
+        "print(sorted(m for m in ('torch', 'training', 'fastapi', 'faiss') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
