@@ -69,6 +69,10 @@ INDEX = {
     "import": table.Command(
         "create a collection from a file written by `export`", "service.commands.index.import_"
     ),
+    "migrate": table.Command(
+        "rebuild a collection with another model from its sources; switch an alias to it",
+        "service.commands.index.migrate",
+    ),
     "alias": table.Command("second names for collections, switched atomically", table=ALIAS),
 }
 

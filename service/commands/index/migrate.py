@@ -1,0 +1,113 @@
+"""`contrastive index migrate NAME --to-model MODEL [--alias ALIAS] [--new-name NEW]`: a
+collection rebuilt in another model's space from its items' sources, then an alias
+switched to it atomically (the work is in migration.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from service.commands.index.migration import Hooks, Migration, Outcome, plan, write_report
+from service.commands.index.report import run_reported
+
+HELP = """\
+Rebuild collection NAME in MODEL's space, from each item's source (the file path
+`index add` stored: images are decoded as `add` decodes them; other text sources are
+embedded as text when MODEL has a text tower), with the same ids and metadata, into NEW
+(default NAME-<model tag>); then point an alias at NEW, atomically. The old collection
+stays: to roll back, `contrastive index alias set ALIAS OLD`; when done, drop it.
+
+    contrastive index migrate photos --to-model open_clip:ViT-B-32 --alias photos-live
+    contrastive index migrate photos-live --to-model export/   # NAME an alias: it switches
+
+An alias may not shadow a collection's name, so when NAME is a collection, --alias names
+the alias to create (or switch) and NAME's users should search ALIAS from then on; when
+NAME is already an alias, NAME itself is switched.
+
+Items without a source, or whose source cannot be read, are printed and written to the
+report (--report, default ./NEW.migration.json) and counted; with any of them the alias
+is not switched (exit 3) unless --allow-missing.
+
+The old collection is only read: it keeps serving searches and writes while NEW is
+built. Before switching, migrate re-reads it and embeds what was added or changed
+meanwhile (and removes what was deleted), pass after pass until one finds nothing to do.
+A rerun (after a kill, say) resumes: items NEW holds with the same source and metadata
+are skipped. In-process: with FAISS, no server may hold the folder.
+
+Exit 0 switched; 1 on an error; 3 built but not switched (missing items).
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("collection", metavar="NAME", help="a collection, or an alias of one")
+    p.add_argument("--to-model", required=True, metavar="MODEL", help="the new model reference")
+    p.add_argument("--new-name", default=None, metavar="NEW", help="[NAME-<model tag>]")
+    p.add_argument("--alias", default=None, help="the alias to switch (NAME a collection)")
+    p.add_argument("--allow-missing", action="store_true", help="switch despite missing items")
+    p.add_argument("--report", default=None, type=Path, help="[./NEW.migration.json]")
+    p.add_argument("--batch", type=int, default=32, help="items per model batch [32]")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag/file")
+    p.add_argument("--device", default=None, help="[CONTRASTIVE_DEVICE or auto]")
+    p.add_argument(
+        "--collections-dir",
+        default=None,
+        help="collections folder [CONTRASTIVE_COLLECTIONS_DIR or ./collections]",
+    )
+
+
+def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
+    """0 switched; 3 built but not switched; 1 with a message on stderr on error."""
+    return run_reported("migrate", lambda a: migrate(a, hooks), args)
+
+
+def migrate(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
+    from service.commands.index.options import settings_of
+    from service.commands.index.reembed import Reembedder
+    from service.state import open_collections
+    from training.encoders import load_encoder
+
+    if args.batch < 1:
+        raise ValueError("--batch must be at least 1")
+    settings = settings_of(argparse.Namespace(**{**vars(args), "model": args.to_model}))
+    encoder = load_encoder(args.to_model, args.pretrained, settings.device)
+    store = open_collections(settings)
+    try:
+        p = plan(store, args.collection, args.alias, args.new_name, encoder.model_id)
+        job = Migration(store, Reembedder(encoder, settings.max_image_pixels), p, args.batch, hooks)
+        out = job.build()
+        report = args.report or Path(f"{p.new}.migration.json")
+        _list_missing(out)
+        if out.missing and not args.allow_missing:
+            write_report(report, p, encoder.model_id, out)
+            print(
+                f"contrastive index migrate: {len(out.missing)} items could not be embedded "
+                f"(listed in {report}); alias {p.alias!r} not switched (--allow-missing to "
+                "switch anyway)",
+                file=sys.stderr,
+            )
+            return 3
+        write_report(report, p, encoder.model_id, job.switch(out))
+    finally:
+        store.close()
+    print(_summary(p.alias, p.old, p.new, out))
+    return 0
+
+
+def _list_missing(out: Outcome, shown: int = 20) -> None:
+    """The first `shown` missing items on stderr (the report has them all)."""
+    for m in out.missing[:shown]:
+        print(f"missing: {m.id!r} ({m.source!r}): {m.reason}", file=sys.stderr)
+    if len(out.missing) > shown:
+        print(f"missing: ... and {len(out.missing) - shown} more", file=sys.stderr)
+
+
+def _summary(alias: str, old: str, new: str, out: Outcome) -> str:
+    was = f"was {out.previous!r}" if out.previous else "new alias"
+    return (
+        f"migrated {old!r} into {new!r} ({out.written} items written, {len(out.missing)} "
+        f"missing); alias {alias!r} -> {new!r} ({was}); roll back: contrastive index alias "
+        f"set {alias} {old}"
+    )
