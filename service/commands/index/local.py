@@ -20,14 +20,22 @@ if TYPE_CHECKING:
 def open_backend_here(settings: Settings, name: str, must_exist: bool) -> CollectionBackend:
     """The collection backend the settings select, opened in this process; with
     `must_exist`, "collection_not_found" for a FAISS collection `name` that is missing,
-    found out without opening (and so creating) the collections folder."""
+    found out without opening (and so creating) the collections folder. An alias `name`
+    is found in the opened folder: aliases are the backend's to read."""
     from service.index.types import CollectionError
     from service.state import open_collections
 
     folder = Path(settings.collections_dir)
-    if settings.collections_backend == "faiss" and must_exist and not (folder / name).is_dir():
-        raise CollectionError("collection_not_found", f"no collection named {name!r} in {folder}")
-    return open_collections(settings)
+    missing = CollectionError("collection_not_found", f"no collection named {name!r} in {folder}")
+    if settings.collections_backend != "faiss" or not must_exist or (folder / name).is_dir():
+        return open_collections(settings)
+    if not folder.is_dir():
+        raise missing
+    store = open_collections(settings)
+    if name not in store.aliases():
+        store.close()
+        raise missing
+    return store
 
 
 class LocalTarget:

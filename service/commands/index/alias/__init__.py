@@ -60,7 +60,7 @@ def open_aliases(args: argparse.Namespace) -> Aliases:
     """The aliases the flags point to: a server's when one is named or answers."""
     from service.commands.index.targets import running_server
 
-    url = args.url or running_server(args)
+    url = args.url or (None if args.local else running_server())
     return Remote(args, url) if url else Local(args)
 
 
