@@ -16,7 +16,7 @@ from service.cli import main
 from service.commands.index import migrate
 from service.commands.index.images import read_image
 from service.commands.index.migration import Hooks
-from service.index.backend import CollectionHandle
+from service.index.backend import CollectionBackend, CollectionHandle
 from service.settings import Settings
 from service.state import open_collections
 from tests.helpers import tiny_clip, write_tiny_clip_export
@@ -54,7 +54,7 @@ def _migrate(cols: Path, model: str, tmp: Path, *extra: str, hooks: Hooks | None
     return migrate.run(p.parse_args(argv), hooks)
 
 
-def _store(cols: Path):  # type: ignore[no-untyped-def]
+def _store(cols: Path) -> CollectionBackend:
     return open_collections(Settings(collections_dir=str(cols)))
 
 
@@ -169,3 +169,48 @@ def test_a_collection_name_needs_an_alias(
     _, cols = setup
     argv = ["index", "migrate", "photos", "--to-model", models[1]]
     assert main([*argv, "--collections-dir", str(cols), "--device", "cpu"]) == 1
+
+
+def test_text_sources_are_embedded_as_text_and_deletions_follow(
+    setup: tuple[Path, Path], models: tuple[str, str], tmp_path: Path
+) -> None:
+    """A text source is embedded with the new model's text tower; an item deleted from the
+    old collection between passes is not in the new one."""
+    _, cols = setup
+    store = _store(cols)
+    old = store.get("photos")
+    old.upsert(["caption"], np.eye(1, old.dim, dtype=np.float32), [{}], ["a red bicycle"])
+    store.close()
+
+    def delete(old: CollectionHandle) -> None:
+        old.delete(["p0.png"])
+
+    assert _migrate(cols, models[1], tmp_path, hooks=Hooks(between_passes=delete)) == 0
+    store = _store(cols)
+    new = store.get("live")
+    caption = new.get("caption")
+    assert new.get("p0.png") is None and new.count() == 8
+    store.close()
+    want = load_encoder(models[1], device="cpu").encode_texts(["a red bicycle"]).numpy()[0]
+    assert caption is not None and caption.vector is not None
+    np.testing.assert_allclose(caption.vector, want, atol=1e-5)
+
+
+def test_progress_and_a_resumed_run_skip_what_is_done(
+    setup: tuple[Path, Path],
+    models: tuple[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, cols = setup
+
+    def crash(pass_no: int) -> None:
+        raise KeyboardInterrupt("killed")  # after the first batch of 3
+
+    with pytest.raises(KeyboardInterrupt):
+        _migrate(cols, models[1], tmp_path, hooks=Hooks(after_batch=crash))
+    capsys.readouterr()
+    assert _migrate(cols, models[1], tmp_path) == 0
+    out = capsys.readouterr()
+    assert "(5 items written, 0 missing)" in out.out
+    assert "resuming into" in out.err and "pass 1: 5/5 items" in out.err and "ETA" in out.err
