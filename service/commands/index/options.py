@@ -44,6 +44,9 @@ file's absolute path.
     contrastive index alias set photos photos-v2   # "photos" now answers from photos-v2
     contrastive index alias ls
     contrastive index alias rm photos
+
+    contrastive index migrate photos --to-model open_clip:ViT-B-32 --alias photos-live
+        # rebuild from the items' sources with another model, then switch photos-live to it
 """
 
 TRANSFER_HELP = """\
