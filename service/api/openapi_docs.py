@@ -249,6 +249,7 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "name": {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_CHARS},
             "dim": {"maximum": MAX_DIM},
         },
+        "SetAliasRequest": {"collection": {"pattern": NAME_PATTERN, "maxLength": MAX_NAME_CHARS}},
         "IndexSpecModel": {
             name: index_param
             for name in ("auto_threshold", "nlist", "nprobe", "ef_construction", "ef_search")
