@@ -58,6 +58,8 @@ _LAST = rf"(?:{_B64}){{2}}\s*=\s*=|(?:{_B64}){{3}}\s*="
 _DATA_URL = r"[Dd][Aa][Tt][Aa]:(?:[^,/][^,]*)?;[Bb][Aa][Ss][Ee]64,"
 IMAGE_PATTERN = rf"^\s*(?:{_DATA_URL})?(?:{_QUAD})*(?:{_LAST}|{_QUAD})\s*$"
 IMAGE = {"minLength": 1, "pattern": IMAGE_PATTERN}
+# an item's source: non-empty, no NUL (its 2048-byte UTF-8 limit is no JSON Schema keyword)
+SOURCE = {"minLength": 1, "pattern": r"^[^\x00]+$"}
 # A raw vector (collection_checks.check_vector): its length is the collection's dimension,
 # at most MAX_DIM, and it must not be all zeros (it would have no direction).
 VECTOR = {"minItems": 1, "maxItems": MAX_DIM, "not": {"items": {"const": 0}}}
@@ -260,7 +262,7 @@ def _limits(s: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "ids": {"maxItems": s.max_items, "items": ITEM_ID},
             "metadata": {"maxItems": s.max_items},
         },
-        "ItemIn": {"text": text, "image": IMAGE, "vector": VECTOR},
+        "ItemIn": {"text": text, "image": IMAGE, "vector": VECTOR, "source": SOURCE},
         "DeleteItemsRequest": {"ids": some(s.max_items)},
         "SearchRequest": {"queries": some(s.max_queries), "k": {"minimum": 1, "maximum": s.max_k}},
         "SearchForm": {

@@ -102,6 +102,9 @@ INEXPRESSIBLE: dict[str, tuple[Rule, ...]] = {
         Rule("wrong_dimension"),
         Rule("invalid_request", " ids for ", MULTIPART),
         Rule("invalid_metadata", " objects for ", MULTIPART),
+        # a source's limit is in UTF-8 bytes, and a lone surrogate has no UTF-8 at all
+        Rule("invalid_source", " bytes of UTF-8"),
+        Rule("invalid_source", "lone surrogate"),
     ),
     # texts and files together are at most max_queries: a sum of two lengths
     "/v1/collections/{name}/search": (
