@@ -130,5 +130,10 @@ def test_the_alias_routes_are_documented(client: TestClient) -> None:
 
 
 def test_with_collections_off_the_aliases_are_refused(fake_app_factory: Make) -> None:
+    """With collections off, listing and setting aliases are 404 collections_disabled."""
     c = fake_app_factory(Settings(collections=False))
-    _error(c.get(A), 404, "collections_disabled")
+    listed = c.get(A)
+    assert listed.status_code == 404
+    assert listed.json()["error"]["code"] == "collections_disabled"
+    put = c.put(f"{A}/live", json={"collection": "photos"})
+    assert (put.status_code, put.json()["error"]["code"]) == (404, "collections_disabled")
