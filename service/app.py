@@ -20,6 +20,7 @@ from service.api.routes import (
     collections,
     embed,
     health,
+    migrations,
     models,
     openai,
     web,
@@ -130,6 +131,7 @@ def _routers(settings: Settings) -> list[tuple[APIRouter, tuple[int, ...]]]:
     collection_router = collections.router if settings.collections else collections.disabled_router
     alias_router = aliases.router if settings.collections else aliases.disabled_router
     admin_router = admin.router if settings.admin_access else admin.disabled_router
+    migration_router = migrations.router if settings.collections else migrations.disabled_router
     return [
         (health.router, ()),
         (models.router, (503,)),
@@ -139,5 +141,6 @@ def _routers(settings: Settings) -> list[tuple[APIRouter, tuple[int, ...]]]:
         (collection_router, COLLECTION_ERRORS),
         (alias_router, COLLECTION_ERRORS),
         (admin_router, ADMIN_ERRORS),
+        *([(migration_router, ADMIN_ERRORS)] if settings.admin_access else []),
         (web.router, ()),
     ]

@@ -52,6 +52,11 @@ ErrorCode = Literal[
     "store_unavailable",
     "backend_unavailable",
     "collections_disabled",
+    # a write through an alias switched while it was read (retry it), and migrations
+    "alias_switched",
+    "migration_running",
+    "migration_refused",
+    "migration_not_found",
     "scan_too_large",
     # request contents
     "unsupported_media_type",

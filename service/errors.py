@@ -62,6 +62,12 @@ STATUS: dict[ErrorCode, int] = {
     "store_unavailable": 503,
     "backend_unavailable": 503,
     "collections_disabled": 404,
+    # a write through an alias that a migration switched while the write was read: not
+    # written; sent again, it reaches the collection the alias names now
+    "alias_switched": 409,
+    "migration_running": 409,
+    "migration_refused": 409,
+    "migration_not_found": 404,
     # a near-duplicate scan past max_duplicate_scan items: the client narrows it (a filter,
     # max_items), so a request error rather than 413, whose body is not what is large
     "scan_too_large": 422,

@@ -21,10 +21,12 @@ from typing import Any, TypeVar
 
 from service.index.backend import CollectionBackend
 from service.index.factory import open_backend
+from service.index.gate import WriteGate
 from service.metrics import Metrics
 from service.observability.tracing import Tracing
 from service.runtime.batcher import Batcher
 from service.runtime.lifecycle import ModelLifecycle
+from service.runtime.migrations import Migrations
 from service.runtime.served import Pools, ServedModel, ServedModels
 from service.settings import Settings
 from training.encoders import Encoder, resolve_device
@@ -61,9 +63,13 @@ class ServiceState:
     index_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="index")
     )
+    # Item writes pass this gate; a migration's switch holds its collection there alone.
+    gate: WriteGate = field(default_factory=WriteGate)
+    migrations: Migrations = field(init=False)
 
     def __post_init__(self) -> None:
         self.decode_pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        self.migrations = Migrations(self.gate)
         s = self.settings
         models = ServedModels(
             tuple(
@@ -171,6 +177,7 @@ class ServiceState:
             await asyncio.get_running_loop().run_in_executor(None, self.tracing.close)
 
     def _close_store(self) -> None:
+        self.migrations.close()  # each stops after its batch; a new start resumes it
         self.index_pool.shutdown(wait=True)
         if self.store is not None:
             self.store.close()

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 from fastapi import Depends, Request
 
+from service.api.writes import GatedWrite
 from service.index.backend import CollectionBackend, CollectionHandle
 from service.index.types import CollectionError
 from service.metrics import Metrics
@@ -127,3 +128,13 @@ async def named_collection(name: str, store: StoreDep, run: IndexDep) -> Collect
 
 
 CollectionDep = Annotated[CollectionHandle, Depends(named_collection)]
+
+
+async def gated_write(
+    name: str, state: State, store: StoreDep, col: CollectionDep, run: IndexDep
+) -> GatedWrite:
+    """Writes to the path's collection, through the write gate (service.api.writes)."""
+    return GatedWrite(state.gate, store, name, col, run)
+
+
+WriteDep = Annotated[GatedWrite, Depends(gated_write)]

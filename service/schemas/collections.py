@@ -21,6 +21,7 @@ from pydantic import (
 from service.index.items import MAX_SOURCE_BYTES
 from service.index.types import MAX_ID_CHARS, IndexSpec
 from service.schemas.embeddings import integral
+from service.schemas.migrations import MigrationStatus
 
 # JSON integers, strictly (not "8" or true) but 8.0 included, as JSON Schema's `integer`
 # counts it. The bounds go before the validator, so that the schema states them.
@@ -72,6 +73,11 @@ class CollectionInfoModel(BaseModel):
     created_at: str
     status: str = Field("ok", description="ok, or how it was recovered (rebuilt_from_log)")
     log_records: int = Field(0, description="records in the log since the last snapshot")
+    migration: MigrationStatus | None = Field(
+        None,
+        description="the latest migration from or into this collection since the server "
+        "started (POST /v1/admin/migrations); absent when none",
+    )
 
 
 class CollectionList(BaseModel):

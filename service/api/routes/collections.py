@@ -23,7 +23,9 @@ from service.api.deps import (
     IndexDep,
     ModelsDep,
     SettingsDep,
+    State,
     StoreDep,
+    WriteDep,
     watch_disconnect,
 )
 from service.api.openapi_docs import RESERVED_ITEM_PATH, error_responses
@@ -106,8 +108,10 @@ async def list_collections(store: StoreDep, run: IndexDep) -> FastJSON:
 
 
 @router.get("/{name}", response_model=CollectionInfoModel, summary="Describe a collection")
-async def describe_collection(col: CollectionDep, run: IndexDep) -> FastJSON:
-    return FastJSON((await run(col.info)).to_dict())
+async def describe_collection(col: CollectionDep, state: State, run: IndexDep) -> FastJSON:
+    info = (await run(col.info)).to_dict()
+    migration = state.migrations.about(col.name)
+    return FastJSON(info if migration is None else {**info, "migration": migration.to_dict()})
 
 
 @router.delete(
@@ -129,10 +133,10 @@ async def delete_collection(name: str, store: StoreDep, run: IndexDep) -> FastJS
     summary="Add or replace items (texts, images or raw vectors); durable when answered",
 )
 async def upsert_items(
-    request: Request, col: CollectionDep, read: InputsDep, run: IndexDep
+    request: Request, col: CollectionDep, read: InputsDep, write: WriteDep, run: IndexDep
 ) -> FastJSON:
     ids, vectors, metadata, sources = await read.read_upsert(request, col)
-    n = await run(col.upsert, ids, vectors, metadata, sources)
+    n = await write(col.upsert, ids, vectors, metadata, sources)
     return FastJSON({"upserted": n, "count": await run(col.count)})
 
 
@@ -146,9 +150,10 @@ async def delete_items(
     body: DeleteItemsRequest,
     col: CollectionDep,
     settings: SettingsDep,
+    write: WriteDep,
     run: IndexDep,
 ) -> FastJSON:
-    n = await run(col.delete, inputs.check_delete(body, settings))
+    n = await write(col.delete, inputs.check_delete(body, settings))
     return FastJSON({"deleted": n, "count": await run(col.count)})
 
 

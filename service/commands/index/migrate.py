@@ -77,11 +77,11 @@ def migrate(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     try:
         p = plan(store, args.collection, args.alias, args.new_name, encoder.model_id)
         job = Migration(store, Reembedder(encoder, settings.max_image_pixels), p, args.batch, hooks)
-        out = job.build()
+        out = job.finish(job.build(), args.allow_missing)
         report = args.report or Path(f"{p.new}.migration.json")
+        write_report(report, p, encoder.model_id, out)
         _list_missing(out)
-        if out.missing and not args.allow_missing:
-            write_report(report, p, encoder.model_id, out)
+        if not out.switched:
             print(
                 f"contrastive index migrate: {len(out.missing)} items could not be embedded "
                 f"(listed in {report}); alias {p.alias!r} not switched (--allow-missing to "
@@ -89,7 +89,6 @@ def migrate(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
                 file=sys.stderr,
             )
             return 3
-        write_report(report, p, encoder.model_id, job.switch(out))
     finally:
         store.close()
     print(_summary(p.alias, p.old, p.new, out))

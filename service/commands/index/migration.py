@@ -17,6 +17,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from service.index.backend import CollectionBackend, CollectionHandle, Item
 
 MAX_CATCH_UP = 5  # catch-up passes before giving up on a collection that never settles
+LAST_PASS = 0  # the pass number of the last pass, the one before the switch
 
 
 @dataclass
@@ -41,10 +43,13 @@ class Plan:
 @dataclass
 class Hooks:
     """Called after each batch (with the pass number) and between passes (with the old
-    collection): tests interrupt, or write as a user would, here."""
+    collection): tests interrupt, or write as a user would, here; a server cancels a
+    migration by raising from `after_batch`. `progress(pass_no, done, total)` follows
+    each pass (default: a line on stderr at most once a second)."""
 
     after_batch: Callable[[int], None] = lambda pass_no: None
     between_passes: Callable[[CollectionHandle], None] = lambda old: None
+    progress: Callable[[int, int, int], None] | None = None
 
 
 @dataclass
@@ -145,10 +150,23 @@ class Migration:
                 return out
         raise RuntimeError(f"{self.plan.old!r} kept changing: {MAX_CATCH_UP} catch-up passes")
 
-    def switch(self, out: Outcome) -> Outcome:
-        """Point the alias at the new collection, atomically."""
-        out.previous = self.store.set_alias(self.plan.alias, self.plan.new)
-        out.switched = True
+    def finish(
+        self,
+        out: Outcome,
+        allow_missing: bool,
+        hold: Callable[[str], AbstractContextManager[object]] = lambda name: nullcontext(),
+    ) -> Outcome:
+        """A last pass and the switch, inside `hold(old)` (a server holds the old
+        collection's writes there: none can land between this pass and the switch); the
+        alias is not switched when items are missing, unless `allow_missing`."""
+        with hold(self.plan.old):
+            new = self.store.get(self.plan.new)
+            written, out.missing = self.sync(new, LAST_PASS)
+            out.written += written
+            if out.missing and not allow_missing:
+                return out
+            out.previous = self.store.set_alias(self.plan.alias, self.plan.new)
+            out.switched = True
         return out
 
     def sync(self, new: CollectionHandle, pass_no: int) -> tuple[int, list[Missing]]:
@@ -161,11 +179,13 @@ class Migration:
         gone = set(have) - {it.id for it in old}
         changed = new.delete(sorted(gone)) if gone else 0
         missing: list[Missing] = []
-        bar = Progress(f"pass {pass_no}", len(todo))
+        label = "last pass" if pass_no == LAST_PASS else f"pass {pass_no}"
+        report = self.hooks.progress or Progress(label, len(todo)).report
+        report(pass_no, 0, len(todo))
         for start in range(0, len(todo), self.batch):
             chunk = todo[start : start + self.batch]
             changed += self._store(new, chunk, have, missing)
-            bar.update(len(chunk))
+            report(pass_no, start + len(chunk), len(todo))
             self.hooks.after_batch(pass_no)
         return changed, missing
 
@@ -193,6 +213,11 @@ class Progress:
     def __init__(self, label: str, total: int) -> None:
         self.label, self.total, self.done = label, total, 0
         self.start = self.last = time.monotonic()
+
+    def report(self, pass_no: int, done: int, total: int) -> None:
+        """A Hooks.progress: `done` of `total` items of pass `pass_no` are through."""
+        if done:
+            self.update(done - self.done)
 
     def update(self, n: int) -> None:
         self.done += n
