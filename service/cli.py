@@ -35,6 +35,10 @@ BENCH = {
     "embed": table.Command(
         "embed job end to end vs the encoder on pre-decoded tensors", "service.bench.embed"
     ),
+    "migrate": table.Command(
+        "index migrate vs rebuilding by hand with the new model, items/s",
+        "service.bench.migrate",
+    ),
     "finetune": table.Command(
         "fine-tuning open_clip: our Trainer vs open_clip's own loop, img/s",
         "training.bench.finetune",

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,6 +69,7 @@ class Status:
     missing: list[dict[str, Any]] = field(default_factory=list)
     previous: str | None = None
     error: str | None = None
+    held_seconds: float | None = None  # how long the last pass held the old one's writes
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -152,7 +155,7 @@ class Migrations:
     def _run(self, run: _Run) -> None:
         s, job = run.status, run.job
         try:
-            out = job.finish(job.build(), run.request.allow_missing, self.gate.alone)
+            out = job.finish(job.build(), run.request.allow_missing, self._held(s))
         except CancelledError:
             s.state = "cancelled"
         except Exception as e:
@@ -165,6 +168,20 @@ class Migrations:
             s.state = "switched" if out.switched else "built"
             log.info("migration of %r into %r: %s", s.collection, s.new, s.state)
         s.finished_at = time.time()
+
+    def _held(self, s: Status) -> Callable[[str], AbstractContextManager[object]]:
+        """The gate's `alone`, timed into `s.held_seconds` (how long writes waited)."""
+
+        @contextmanager
+        def hold(name: str) -> Iterator[None]:
+            start = time.monotonic()
+            try:
+                with self.gate.alone(name):
+                    yield
+            finally:
+                s.held_seconds = round(time.monotonic() - start, 3)
+
+        return hold
 
 
 def _checked_plan(store: CollectionBackend, req: MigrationRequest, encoder: Encoder) -> Plan:

@@ -67,6 +67,9 @@ class MigrationStatus(BaseModel):
     missing: list[MissingItem] = Field(..., description="the first 100 of them")
     previous: str | None = Field(None, description="where the alias pointed before")
     error: str | None = Field(None, description="why it failed")
+    held_seconds: float | None = Field(
+        None, description="how long the last pass and the switch held writes to the old one"
+    )
     started_at: float = Field(..., description="Unix time")
     finished_at: float | None = Field(None, description="Unix time; null while running")
 

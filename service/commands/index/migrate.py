@@ -33,7 +33,9 @@ The old collection is only read: it keeps serving searches and writes while NEW 
 built. Before switching, migrate re-reads it and embeds what was added or changed
 meanwhile (and removes what was deleted), pass after pass until one finds nothing to do.
 A rerun (after a kill, say) resumes: items NEW holds with the same source and metadata
-are skipped. In-process: with FAISS, no server may hold the folder.
+are skipped. In-process: with FAISS, no server may hold the folder. With a server
+running, ask it instead (it serves and takes writes throughout, and holds writes for the
+last pass so that none is missed): POST /v1/admin/migrations (see the README).
 
 Exit 0 switched; 1 on an error; 3 built but not switched (missing items).
 """

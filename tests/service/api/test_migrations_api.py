@@ -125,6 +125,7 @@ def test_a_migration_rebuilds_in_the_new_space_and_switches_the_alias(
     done = _ended(client)
     assert done["state"] == "switched", done
     assert (done["missing_count"], done["previous"]) == (0, "photos")
+    assert 0 <= done["held_seconds"] < 30  # writes waited only for the last pass
     assert _ok(client.get("/v1/aliases"))["aliases"] == [
         {"alias": "live", "collection": done["new"]}
     ]
