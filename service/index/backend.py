@@ -57,9 +57,9 @@ from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
 
 MAX_PAGE = 10_000  # items per scroll page
 Where = Filter | Mapping[str, Any] | None
-# what one upsert takes: ids [n], vectors float32 [n, dim], metadata [n]
-Batch = tuple[list[str], np.ndarray, list[dict[str, Any]]]
 Sources = list[str | None] | None  # one per id (None: that item has none), or None: none has
+# what one upsert takes: ids [n], vectors float32 [n, dim], metadata [n], sources
+Batch = tuple[list[str], np.ndarray, list[dict[str, Any]], Sources]
 
 
 @dataclass
@@ -300,6 +300,7 @@ def copy_collection(
             [it.id for it in chunk],
             np.stack([_vector(it) for it in chunk]),
             [it.metadata for it in chunk],
+            [it.source for it in chunk],
         )
         for chunk in _chunks(iter_items(source, batch), batch)
     )

@@ -8,7 +8,11 @@ The file is JSON Lines, UTF-8. The first line is a header:
 
 then one line per item:
 
-    {"id": "a.png", "metadata": {...}, "vector": "<base64 of dim float32, little-endian>"}
+    {"id": "a.png", "metadata": {...}, "vector": "<base64 of dim float32, little-endian>",
+     "source": "/photos/a.png"}
+
+(`source` only for an item stored with one: what `contrastive index migrate` embeds the
+item again from. A version without sources refuses such a line, naming the field.)
 
 The vectors are the stored bytes, so a round trip through a file is exact. (A Qdrant
 collection re-normalises every vector it is given, which can move the last bit of a float:
@@ -112,6 +116,7 @@ class Record:
     id: str
     metadata: dict[str, Any]
     vector: np.ndarray  # float32 [dim]
+    source: str | None = None
 
 
 # -- encoding -------------------------------------------------------------------------------
@@ -146,9 +151,13 @@ def _base64_chars(dim: int) -> int:
     return 4 * -(-4 * dim // 3)
 
 
-def encode_record(id_: str, metadata: dict[str, Any], vector: np.ndarray) -> str:
+def encode_record(
+    id_: str, metadata: dict[str, Any], vector: np.ndarray, source: str | None = None
+) -> str:
     """One item line (without its newline)."""
-    line = {"id": id_, "metadata": metadata, "vector": encode_vector(vector)}
+    line: dict[str, Any] = {"id": id_, "metadata": metadata, "vector": encode_vector(vector)}
+    if source is not None:
+        line["source"] = source
     return json.dumps(line, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -199,7 +208,7 @@ def parse_record(text: str, dim: int) -> Record:
         raise ValueError(f"not JSON ({e})") from e
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
-    extra = set(obj) - {"id", "metadata", "vector"}
+    extra = set(obj) - {"id", "metadata", "vector", "source"}
     if extra:
         raise ValueError(f"unknown fields {sorted(extra)}")
     id_ = items.check_id(obj.get("id"), "id")
@@ -207,7 +216,8 @@ def parse_record(text: str, dim: int) -> Record:
     if "vector" not in obj:
         raise ValueError('no "vector"')
     vector = decode_vector(obj["vector"], dim)
-    return Record(id_, metadata, items.unit_rows(vector[None, :], lambda _: "vector")[0])
+    source = items.check_source(obj.get("source"), "source")
+    return Record(id_, metadata, items.unit_rows(vector[None, :], lambda _: "vector")[0], source)
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -244,7 +254,7 @@ def export_collection(
                     raise CollectionError(
                         "storage_error", f"item {item.id!r} came without its vector"
                     )
-                f.write(encode_record(item.id, item.metadata, item.vector) + "\n")
+                f.write(encode_record(item.id, item.metadata, item.vector, item.source) + "\n")
                 written += 1
                 if progress is not None and written % every == 0:
                     progress(written, header.count)
@@ -382,7 +392,12 @@ def _batches(
 
 
 def _batch(chunk: list[Record]) -> Batch:
-    return [r.id for r in chunk], np.stack([r.vector for r in chunk]), [r.metadata for r in chunk]
+    return (
+        [r.id for r in chunk],
+        np.stack([r.vector for r in chunk]),
+        [r.metadata for r in chunk],
+        [r.source for r in chunk],
+    )
 
 
 def import_collection(

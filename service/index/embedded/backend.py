@@ -205,7 +205,7 @@ class FaissBackend:
             Collection.create(folder, name, model_id, dim, spec)
             col = Collection(folder, self.store.snapshot_every, self.store.device)
             handle = FaissCollection(col)  # its upsert checks every item (check_batch)
-            written = sum(handle.upsert(ids, vecs, meta) for ids, vecs, meta in batches)
+            written = sum(handle.upsert(*batch) for batch in batches)
             if col.log_records:
                 col.snapshot()  # the published folder then opens without replaying a log
             col.close()

@@ -271,7 +271,7 @@ class QdrantBackend:
         cfg = self._create_unlisted(name, model_id, dim, spec)
         try:
             handle = QdrantCollection(self, cfg)  # its upsert checks every item (check_batch)
-            written = sum(handle.upsert(ids, vecs, meta) for ids, vecs, meta in batches)
+            written = sum(handle.upsert(*batch) for batch in batches)
             self._list(cfg)
         except BaseException:
             with contextlib.suppress(Exception):  # unreachable now: `problems` will say so

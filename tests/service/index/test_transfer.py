@@ -59,19 +59,27 @@ def meta(i: int) -> dict[str, Any]:
     }
 
 
-def snapshot(backend: CollectionBackend, name: str) -> dict[str, tuple[Any, bytes]]:
-    """id -> (metadata, the vector's bytes): what must be identical after a round trip."""
-    out: dict[str, tuple[Any, bytes]] = {}
+def source(i: int) -> str | None:
+    """Every other item has a source (a path; unicode too), the others none."""
+    return f"/photos/ü-{i}.jpg" if i % 2 else None
+
+
+def snapshot(backend: CollectionBackend, name: str) -> dict[str, tuple[Any, bytes, str | None]]:
+    """id -> (metadata, the vector's bytes, the source): what a round trip must keep."""
+    out: dict[str, tuple[Any, bytes, str | None]] = {}
     for it in iter_items(backend.get(name), 333):
         assert it.vector is not None and it.vector.dtype == np.float32
-        out[it.id] = (it.metadata, it.vector.tobytes())
+        out[it.id] = (it.metadata, it.vector.tobytes(), it.source)
     return out
 
 
 def fill(backend: CollectionBackend, name: str, vectors: np.ndarray) -> None:
     backend.create(name, "test:model", DIM, SPEC)
     ids = [f"item/{i:05d}" for i in range(len(vectors))]
-    backend.get(name).upsert(ids, vectors, [meta(i) for i in range(len(vectors))])
+    n = len(vectors)
+    backend.get(name).upsert(
+        ids, vectors, [meta(i) for i in range(n)], [source(i) for i in range(n)]
+    )
 
 
 def item_lines(path: Path) -> list[str]:
@@ -107,6 +115,7 @@ def test_faiss_to_file_to_qdrant_and_back_is_identical(
     info = qdrant_backend.get("photos").info()
     assert (info.model_id, info.dim, info.count, info.index) == ("test:model", DIM, 2345, SPEC)
     assert snapshot(qdrant_backend, "photos") == want
+    assert sum(1 for _, _, src in want.values() if src) == 2345 // 2  # sources travel too
 
     export_collection(qdrant_backend, "photos", tmp_path / "b.jsonl")
     assert item_lines(tmp_path / "b.jsonl") == item_lines(tmp_path / "a.jsonl")
@@ -165,6 +174,7 @@ def _bad_vector(line: str) -> str:
         (lambda line: line.replace('"id":', '"di":'), "unknown fields ['di']"),
         (lambda line: '{"id": 5, "metadata": {}, "vector": ""}', "id must be a string"),
         (lambda line: "", "an empty line inside the file"),
+        (lambda line: line[:-1] + ',"source":"a\\u0000b"}', "source contains a NUL"),
     ],
 )
 def test_a_corrupted_line_stops_the_import_naming_the_line(
