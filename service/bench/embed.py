@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     encoder = load_encoder(args.model, device=args.device)
     batch = args.batch or (256 if encoder.device.type == "cuda" else 64)
-    options = Options(batch=batch, workers=args.workers or min(8, os.cpu_count() or 1))
+    workers = args.workers or min(8, os.cpu_count() or 1)
+    # as `contrastive embed` runs by default: plain JPEGs decoded on the GPU when there is one
+    options = Options(batch=batch, workers=workers, device_decode=encoder.device.type == "cuda")
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
         folder = Path(args.images) if args.images else write_fashion(Path(tmp) / "images", args.n)
         items = list_input(str(folder), "folder", {}).items
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "model": encoder.model_id,
         "batch": batch,
         "workers": options.workers,
+        "device_decode": options.device_decode,
         "reference_images_per_s": round(ref, 2),
         "reference_before_after": [round(before, 2), round(after, 2)],
         "job_images_per_s": round(end_to_end, 2),

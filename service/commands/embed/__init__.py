@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--part-rows", type=int, default=10_000, help="rows per part file [10000]")
     p.add_argument("--workers", type=int, default=None,
                    help="decode threads [the CPU count, at most 8]")  # fmt: skip
+    p.add_argument("--device-decode", choices=["auto", "on", "off"], default="auto",
+                   help="decode plain JPEGs on the model's device, batched (nvJPEG on "
+                   "CUDA), as the service's device_decode [auto: on with CUDA]")  # fmt: skip
     p.add_argument("--max-image-pixels", type=int, default=None,
                    help="larger images are skipped [as the service: 40000000]")  # fmt: skip
     p.add_argument("--max-parts", type=int, default=None,

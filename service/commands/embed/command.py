@@ -82,6 +82,8 @@ def _options(args: argparse.Namespace, encoder: Encoder) -> Options:
         workers=args.workers or min(8, os.cpu_count() or 1),
         max_pixels=args.max_image_pixels or DEFAULT_PIXELS,
         max_parts=args.max_parts,
+        device_decode=args.device_decode == "on"
+        or (args.device_decode == "auto" and encoder.device.type == "cuda"),
     )
 
 

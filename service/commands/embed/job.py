@@ -42,21 +42,26 @@ class Options:
     workers: int = 2
     max_pixels: int = 40_000_000
     max_parts: int | None = None
+    device_decode: bool = False  # plain JPEGs decoded on the model's device, batched
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """One image ready for the model: uint8 [3, S, S] pixels, and its metadata."""
+    """One image ready for the model: uint8 [3, S, S] pixels (or, for the device decoder,
+    the JPEG file itself as uint8 [nbytes]), and its metadata."""
 
     pixels: torch.Tensor
     metadata: dict[str, Any]
 
 
-def prepare(item: Item, encoder: Encoder, max_pixels: int) -> Decoded | Skip:
-    """An item -> its pixels (as the service prepares an upload) or why it was skipped.
-    Runs in the decode pool."""
+def prepare(
+    item: Item, encoder: Encoder, max_pixels: int, device_decode: bool = False
+) -> Decoded | Skip:
+    """An item -> its pixels (as the service prepares an upload, device decoding
+    included) or why it was skipped. Runs in the decode pool."""
     from PIL import Image
 
+    from service.runtime.device_decode import as_jpeg_item, wants_device
     from service.runtime.images import ImageError, decode_image
 
     try:
@@ -67,7 +72,11 @@ def prepare(item: Item, encoder: Encoder, max_pixels: int) -> Decoded | Skip:
         return Skip(item.id, "unreadable file", f"{item.source}: {e}")
     size = encoder.info.preprocess.size
     try:
-        image = decode_image(data, max_pixels, draft_size=size, name="it")
+        if device_decode and wants_device(data, max_pixels):
+            pixels = as_jpeg_item(data)  # decoded with its batch, on the device
+        else:
+            image = decode_image(data, max_pixels, draft_size=size, name="it")
+            pixels = encoder.preprocess_image(image)
     except ImageError as e:
         reason = "too many pixels" if e.code == "image_too_large" else "not a readable image"
         return Skip(item.id, reason, f"{item.source}: {e.message}")
@@ -76,7 +85,7 @@ def prepare(item: Item, encoder: Encoder, max_pixels: int) -> Decoded | Skip:
     meta: dict[str, Any] = {"width": width, "height": height, "bytes": len(data)}
     if item.caption is not None:
         meta["caption"] = item.caption
-    return Decoded(encoder.preprocess_image(image), meta)
+    return Decoded(pixels, meta)
 
 
 def decoded(
@@ -145,10 +154,12 @@ class Job:
             self.seconds += time.perf_counter() - start
 
     def _prepare(self, item: Item) -> Decoded | Skip:
-        return prepare(item, self.encoder, self.options.max_pixels)
+        o = self.options
+        return prepare(item, self.encoder, o.max_pixels, o.device_decode)
 
     def _embed(self, batch: list[tuple[Item, Decoded]]) -> None:
         """A batch -> float32 [b, d] unit vectors, queued for the next part."""
+        batch = self._decode_on_device(batch)
         if not batch:
             return
         pixels = torch.stack([d.pixels for _, d in batch])
@@ -160,6 +171,28 @@ class Job:
         self.embedded += len(batch)
         if self.bar is not None:
             self.bar.update(len(batch))
+
+    def _decode_on_device(self, batch: list[tuple[Item, Decoded]]) -> list[tuple[Item, Decoded]]:
+        """The batch with its JPEG files (uint8 [nbytes]) decoded in one device call, as
+        the service's device decoder does (service.runtime.device_decode); a file that
+        neither the device nor PIL can decode becomes a Skip."""
+        if not any(d.pixels.dim() == 1 for _, d in batch):
+            return batch
+        from service.runtime.device_decode import DevicePixels
+
+        pixels, failed = DevicePixels(self.encoder, self.options.max_pixels).pixels(
+            [d.pixels for _, d in batch]
+        )
+        kept: list[tuple[Item, Decoded]] = []
+        for i, (item, d) in enumerate(batch):
+            if i in failed:
+                detail = f"{item.source}: neither the device nor PIL could decode it"
+                self.skips.append(Skip(item.id, "not a readable image", detail))
+                if self.bar is not None:
+                    self.bar.update(1)
+            else:
+                kept.append((item, Decoded(pixels[i], d.metadata)))
+        return kept
 
     def _flush(self, final: bool) -> bool:
         """Commit every full part (at the end, what is left too) -> False once max_parts

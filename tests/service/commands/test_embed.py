@@ -211,15 +211,20 @@ def test_without_pyarrow_it_says_which_extra(
     assert "install contrastive[embed]" in capsys.readouterr().err
 
 
-def test_vectors_equal_the_apis(export: Path, photos: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("device_decode", ["off", "on"])
+def test_vectors_equal_the_apis(
+    export: Path, photos: Path, tmp_path: Path, device_decode: str
+) -> None:
     """Exactly the service's preprocessing: /v1/embed/image on the same files gives the
-    same vectors to 1e-6."""
+    same vectors to 1e-6, with the device decoder (here on the CPU: torchvision's
+    decode_jpeg; nvJPEG on CUDA) as without."""
     out = tmp_path / "out"
-    assert _run(export, str(photos), "--out", str(out)) == 0
+    argv = ["--out", str(out), "--device-decode", device_decode, "--batch", "3"]
+    assert _run(export, str(photos), *argv) == 0
     got = _vectors(out)
     settings = Settings(
         model=str(export), device="cpu", runtime="torch", auto_onnx=False,
-        collections_dir=str(tmp_path / "collections"),
+        collections_dir=str(tmp_path / "collections"), device_decode=device_decode,
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
@@ -229,6 +234,24 @@ def test_vectors_equal_the_apis(export: Path, photos: Path, tmp_path: Path) -> N
     assert r.status_code == 200, r.text
     served = np.array(r.json()["embeddings"], np.float32)
     np.testing.assert_allclose(np.stack([got[i] for i in ids]), served, atol=1e-6)
+
+
+def test_a_jpeg_that_no_decoder_reads_is_skipped_on_the_device_path(
+    export: Path, photos: Path, tmp_path: Path
+) -> None:
+    """A file with a JPEG's header and end marker but garbage between: the header check
+    sends it to the device decoder, which refuses it, and so does PIL: one skip, counted,
+    and the rest of its batch embedded."""
+    good = (photos / "nested" / "img1.jpg").read_bytes()
+    (photos / "broken.jpg").write_bytes(good[:200] + bytes(range(256)) * 2 + b"\xff\xd9")
+    out = tmp_path / "out"
+    assert _run(export, str(photos), "--out", str(out), "--device-decode", "on") == 0
+    assert sorted(_vectors(out)) == sorted(
+        str(p.relative_to(photos)) for p in photos.rglob("img*")
+    )
+    summary = _summary(out)
+    assert summary["rows"] == 7 and summary["skipped"] == 2  # broken.jpg and notes.txt
+    assert summary["skipped_by_reason"]["not a readable image"]["count"] == 2
 
 
 def test_also_into_a_collection(export: Path, photos: Path, tmp_path: Path) -> None:
