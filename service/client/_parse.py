@@ -118,3 +118,10 @@ def alias_removed(body: Any) -> str:
 def first_matches(body: Any) -> list[SearchMatch]:
     """A one-query search's body -> that query's matches."""
     return matches(body)[0]
+
+
+def anything(body: Any) -> dict[str, Any]:
+    """A JSON object, as it came (the admin API's statuses)."""
+    if not isinstance(body, dict):
+        raise TypeError(f"expected a JSON object, got {type(body).__name__}")
+    return body

@@ -32,6 +32,7 @@ from service.client.types import (
 # Every one of these is a method of both client classes (tests/service/test_client_parity.py).
 __all__ = [
     "add",
+    "cancel_migration",
     "classify",
     "create_collection",
     "delete_collection",
@@ -42,12 +43,15 @@ __all__ = [
     "get_item",
     "list_aliases",
     "list_collections",
+    "load_model",
+    "migration",
     "models",
     "ready",
     "remove_alias",
     "search",
     "search_many",
     "set_alias",
+    "start_migration",
 ]
 
 _COLLECTIONS = "/v1/collections"
@@ -296,6 +300,52 @@ def remove_alias(alias: str) -> Call[str]:
     """Remove an alias -> the collection it pointed to (which stays)."""
     path = f"{_ALIASES}/{quote(alias, safe='')}"
     return Call(Request("DELETE", path), json_body(_parse.alias_removed))
+
+
+# -- the admin API (a client made with an admin key) ---------------------------------------
+_ADMIN = "/v1/admin"
+
+
+def load_model(reference: str, wait: float = 0) -> Call[dict[str, Any]]:
+    """Load another model into the server (admin) -> the load operation (`status`
+    loading, done or failed); `wait`: seconds to wait for it to end (at most 600)."""
+    path = f"{_ADMIN}/models" + (f"?wait={wait:g}" if wait else "")
+    return Call(Request("POST", path, json={"reference": reference}), json_body(_parse.anything))
+
+
+def start_migration(
+    collection: str,
+    model: str,
+    alias: str | None = None,
+    new_name: str | None = None,
+    allow_missing: bool = False,
+    batch: int = 32,
+) -> Call[dict[str, Any]]:
+    """Move `collection` (or an alias) to `model`, a model the server serves (admin):
+    rebuilt from the items' sources while it serves, then `alias` switched -> the
+    migration's status (`state` running). Follow it with `migration(collection)`."""
+    body: dict[str, Any] = {"collection": collection, "model": model, "batch": batch}
+    if alias is not None:
+        body["alias"] = alias
+    if new_name is not None:
+        body["new_name"] = new_name
+    if allow_missing:
+        body["allow_missing"] = True
+    return Call(Request("POST", f"{_ADMIN}/migrations", json=body), json_body(_parse.anything))
+
+
+def migration(name: str) -> Call[dict[str, Any]]:
+    """The latest migration from or into collection `name`, or switching alias `name`
+    (admin) -> its status: state, pass, done, total, missing, ..."""
+    path = f"{_ADMIN}/migrations/{quote(name, safe='')}"
+    return Call(Request("GET", path), json_body(_parse.anything))
+
+
+def cancel_migration(name: str) -> Call[dict[str, Any]]:
+    """Stop that migration after its current batch (admin) -> its status; starting it
+    again resumes."""
+    path = f"{_ADMIN}/migrations/{quote(name, safe='')}"
+    return Call(Request("DELETE", path), json_body(_parse.anything))
 
 
 # -- operations as methods ----------------------------------------------------------------

@@ -112,6 +112,10 @@ class AsyncContrastiveClient:
     list_aliases = _method(ops.list_aliases)
     set_alias = _method(ops.set_alias)
     remove_alias = _method(ops.remove_alias)
+    load_model = _method(ops.load_model)
+    start_migration = _method(ops.start_migration)
+    migration = _method(ops.migration)
+    cancel_migration = _method(ops.cancel_migration)
 
     async def aclose(self) -> None:
         """Close the underlying httpx.AsyncClient, unless it was passed in as `http`."""

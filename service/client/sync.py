@@ -118,6 +118,10 @@ class ContrastiveClient:
     list_aliases = _method(ops.list_aliases)
     set_alias = _method(ops.set_alias)
     remove_alias = _method(ops.remove_alias)
+    load_model = _method(ops.load_model)
+    start_migration = _method(ops.start_migration)
+    migration = _method(ops.migration)
+    cancel_migration = _method(ops.cancel_migration)
 
     def close(self) -> None:
         """Close the underlying httpx.Client, unless it was passed in as `http`."""

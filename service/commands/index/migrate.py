@@ -33,9 +33,15 @@ The old collection is only read: it keeps serving searches and writes while NEW 
 built. Before switching, migrate re-reads it and embeds what was added or changed
 meanwhile (and removes what was deleted), pass after pass until one finds nothing to do.
 A rerun (after a kill, say) resumes: items NEW holds with the same source and metadata
-are skipped. In-process: with FAISS, no server may hold the folder. With a server
-running, ask it instead (it serves and takes writes throughout, and holds writes for the
-last pass so that none is missed): POST /v1/admin/migrations (see the README).
+are skipped.
+
+Where it runs: with --url, CONTRASTIVE_URL, or a local server that answers (as `add`
+finds one), the server does it (POST /v1/admin/migrations, with the admin key: --admin-key
+or CONTRASTIVE_ADMIN_KEY): it serves and takes writes throughout, holds writes for the
+last pass so that none is missed, and loads MODEL first when it does not serve it; this
+command follows the progress, and Ctrl-C cancels (run it again to resume). Otherwise, or
+with --local or an in-process flag, it runs here (with FAISS, no server may hold the
+folder; items missing are also written to --report).
 
 Exit 0 switched; 1 on an error; 3 built but not switched (missing items).
 """
@@ -58,11 +64,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="collections folder [CONTRASTIVE_COLLECTIONS_DIR or ./collections]",
     )
+    p.add_argument("--url", default=None,
+                   help="ask this server to migrate [CONTRASTIVE_URL, else the local server "
+                   "when one answers, else in-process]")  # fmt: skip
+    p.add_argument("--local", action="store_true", help="in-process even with a server running")
+    p.add_argument("--admin-key", default=None,
+                   help="the server's admin key [CONTRASTIVE_ADMIN_KEY]")  # fmt: skip
 
 
 def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     """0 switched; 3 built but not switched; 1 with a message on stderr on error."""
+    url = _server(args)
+    if url is not None:
+        from service.commands.index.migrate_remote import migrate_remote
+
+        return run_reported("migrate", lambda a: migrate_remote(a, url), args)
     return run_reported("migrate", lambda a: migrate(a, hooks), args)
+
+
+def _server(args: argparse.Namespace) -> str | None:
+    """The server to ask, as `add` and `search` find one: --url; else, unless --local or
+    an in-process flag (--collections-dir, --device, --pretrained), CONTRASTIVE_URL or a
+    local server that answers; else None (in-process)."""
+    from service.commands.index.targets import env_server, running_server
+
+    if args.url:
+        return str(args.url).rstrip("/")
+    here = args.local or any((args.collections_dir, args.device, args.pretrained))
+    return None if here else env_server() or running_server()
 
 
 def migrate(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
