@@ -116,7 +116,11 @@ class Migrations:
             hooks = Hooks(after_batch=lambda _: _check_stop(stop), progress=_progress(status))
             job = Migration(store, Reembedder(encoder, max_pixels), p, req.batch, hooks)
             run = self._runs[p.old] = _Run(status, job, req, stop)
-        run.thread = threading.Thread(target=self._run, args=(run,), name=f"migrate-{p.old}")
+        # daemon: a process that exits without close() is like a kill (resumable), and
+        # must not wait for a migration to finish first
+        run.thread = threading.Thread(
+            target=self._run, args=(run,), name=f"migrate-{p.old}", daemon=True
+        )
         run.thread.start()
         return run.status
 
