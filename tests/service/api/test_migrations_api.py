@@ -51,13 +51,18 @@ def photos(tmp_path: Path) -> list[Path]:
     return files
 
 
-@pytest.fixture
-def client(tmp_path: Path, models: tuple[str, str], photos: list[Path]) -> Iterator[TestClient]:
+@pytest.fixture(params=["faiss"])
+def client(
+    request: pytest.FixtureRequest, tmp_path: Path, models: tuple[str, str], photos: list[Path]
+) -> Iterator[TestClient]:
     """Both models served (the old the default), `photos` filled with the old one: the
-    texts and the images, each with its source; alias `live` -> `photos`."""
+    texts and the images, each with its source; alias `live` -> `photos`. The backend:
+    FAISS, or what a test parametrizes `client` with."""
+    if request.param == "qdrant":
+        pytest.importorskip("qdrant_client")
     settings = Settings(
         model=models[0], models=[models[1]], device="cpu", admin_keys=["boss"],
-        collections_dir=str(tmp_path / "cols"),
+        collections_dir=str(tmp_path / "cols"), collections_backend=request.param,
     )  # fmt: skip
     with TestClient(create_app(settings), headers=BOSS) as c:
         wait_ready(c)
@@ -114,6 +119,7 @@ class Gate:
         monkeypatch.setattr(Reembedder, "embed", embed)
 
 
+@pytest.mark.parametrize("client", ["faiss", "qdrant"], indirect=True)
 def test_a_migration_rebuilds_in_the_new_space_and_switches_the_alias(
     client: TestClient, models: tuple[str, str], photos: list[Path]
 ) -> None:
@@ -173,6 +179,7 @@ def test_searches_by_alias_answer_throughout_and_never_mix_spaces(
     assert min(score for _, _, score in answers) > 0.999
 
 
+@pytest.mark.parametrize("client", ["faiss", "qdrant"], indirect=True)
 def test_writes_during_a_migration_are_in_the_new_collection(
     client: TestClient, models: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
