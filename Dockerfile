@@ -4,6 +4,7 @@
 #
 #   docker build -t contrastive:0.1.0 .                                  # CPU (default)
 #   docker build -t contrastive:0.1.0-cuda --build-arg VARIANT=cuda .    # NVIDIA GPUs
+#   docker build ... --build-arg EXTRAS=embed,ray .    # `contrastive embed --ray` (deploy/k8s/ray)
 #   docker run --rm -p 8000:8000 -v contrastive-data:/data contrastive:0.1.0
 #
 # Two stages: `build` installs the project into a virtual environment; the runtime stage
@@ -106,6 +107,10 @@ RUN groupadd --system --gid 10001 contrastive \
  && chown -R 10001:10001 /data
 
 COPY --from=build /opt/venv /opt/venv
+
+# A login shell (bash -l: KubeRay starts `ray start` and its init containers that way, see
+# deploy/k8s/ray) takes PATH from /etc/profile, which drops /opt/venv/bin; put it back.
+RUN echo 'export PATH=/opt/venv/bin:$PATH' > /etc/profile.d/venv.sh
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

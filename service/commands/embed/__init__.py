@@ -1,4 +1,5 @@
-"""`contrastive embed INPUT --out DIR`: embed a whole data set of images on one machine.
+"""`contrastive embed INPUT --out DIR`: embed a whole data set of images, on one machine
+or (--ray) on a Ray cluster.
 
 Imports nothing heavy: `contrastive embed --help` builds its parser from here; the work is
 in service.commands.embed.command.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+CPU_ACTORS = 2  # --actors on a Ray cluster without GPUs
+
 HELP = """\
 Embed every image of INPUT into numbered parquet files in DIR (and/or a collection).
 
@@ -15,6 +18,7 @@ Embed every image of INPUT into numbered parquet files in DIR (and/or a collecti
     contrastive embed shards/ --out vectors/                    # tar shards: KEY.jpg [KEY.txt]
     contrastive embed list.csv --out vectors/ --path-column file   # CSV, JSONL or parquet
     contrastive embed photos/ --out vectors/ --collection photos   # also into a collection
+    contrastive embed shards/ --out vectors/ --ray                 # on the Ray cluster
 
 INPUT is a folder of images (walked as `index add` walks it; ids are paths relative to
 it), webdataset-style tar shards (a .tar, a glob, or a folder of .tar files; ids are
@@ -30,6 +34,14 @@ Resumable: a part counts once its file is renamed into place and listed in
 DIR/manifest.jsonl; run the same command again after a stop or a kill and it skips what
 is done. Images that cannot be read are skipped and counted, one line per reason with an
 example, also in DIR/embed-summary.json. Needs pyarrow: install contrastive[embed].
+
+Many machines (--ray; install contrastive[ray]): the same job on Ray Data. This process
+lists INPUT and writes DIR as above; a pool of --actors actors (one GPU each when the
+cluster has GPUs) decodes and embeds, one model per actor. Every worker reads the input
+files at the paths this process lists, so INPUT must be on a filesystem that every node
+mounts at the same path (NFS, a shared volume, an object-store mount). The output is the
+same (resume included) but for the order of the rows across parts. Write --ray after
+INPUT (or --ray=ADDRESS): its ADDRESS is optional.
 """
 
 
@@ -42,12 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what INPUT is [auto: by its name and contents]")  # fmt: skip
     p.add_argument("--model", default="builtin", help="model reference [builtin]")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or file")
-    p.add_argument("--device", default=None, help="auto (CUDA when present), cpu, cuda...")
+    p.add_argument("--device", default=None,
+                   help="auto (CUDA when present), cpu, cuda... (the actors')")  # fmt: skip
     p.add_argument("--batch", type=int, default=None,
                    help="images per model batch [64 on the CPU, 256 on CUDA]")  # fmt: skip
     p.add_argument("--part-rows", type=int, default=10_000, help="rows per part file [10000]")
     p.add_argument("--workers", type=int, default=None,
-                   help="decode threads [the CPU count, at most 8]")  # fmt: skip
+                   help="decode threads (per actor) [the CPU count, at most 8]")  # fmt: skip
     p.add_argument("--device-decode", choices=["auto", "on", "off"], default="auto",
                    help="decode plain JPEGs on the model's device, batched (nvJPEG on "
                    "CUDA), as the service's device_decode [auto: on with CUDA]")  # fmt: skip
@@ -63,6 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(created if missing)")  # fmt: skip
     p.add_argument("--collections-dir", default=None,
                    help="the collections folder for --collection [./collections]")  # fmt: skip
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="run on Ray Data; ADDRESS as ray.init takes it [auto: the cluster "
+                   "of RAY_ADDRESS or this machine's head; local: start one here; "
+                   "ray://HOST:10001]; INPUT must be at the same path on every node")  # fmt: skip
+    p.add_argument("--actors", type=int, default=None, metavar="N",
+                   help="with --ray: encoder actors [one per GPU of the cluster; "
+                   f"{CPU_ACTORS} without GPUs]")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from service.commands.embed.sources import InputError
 
 if TYPE_CHECKING:
-    from service.commands.embed.job import Options, PartHook
-    from service.commands.embed.parquet import Rows
+    from service.commands.embed.job import Job, Options, PartHook
+    from service.commands.embed.parquet import PartWriter, Rows
     from training.encoders import Encoder
 
 DEFAULT_PIXELS = 40_000_000  # the service's max_image_pixels default
@@ -34,18 +34,36 @@ def embed(args: argparse.Namespace, on_part: PartHook | None = None) -> int:
 def _embed(args: argparse.Namespace, on_part: PartHook | None) -> int:
     # as `serve` does: idle OpenMP threads sleep rather than spin against the decode pool
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from tqdm import tqdm
-
-    from service.commands.embed.job import Job
-    from service.commands.embed.parquet import PartWriter, pyarrow_parquet
-    from service.commands.embed.report import lines, summarise, write_summary
-    from service.commands.embed.sources import list_input
+    from service.commands.embed.parquet import pyarrow_parquet
 
     pyarrow_parquet()  # before the model loads: say now that the extra is missing
     _check_positive(args)
+    if args.ray is None:
+        if args.actors is not None:
+            raise InputError("--actors needs --ray")
+        return _run(args, on_part)
+    from service.commands.embed.ray_job import ray_session
+
+    # joined (or started) before the model loads, so that a missing extra or a wrong
+    # address is said at once; a Ray started here is shut down at the end
+    with ray_session(args.ray):
+        return _run(args, on_part)
+
+
+def _run(args: argparse.Namespace, on_part: PartHook | None) -> int:
+    """List, load, embed what is not done yet, report."""
+    from tqdm import tqdm
+
+    from service.commands.embed.parquet import PartWriter
+    from service.commands.embed.report import lines, summarise, write_summary
+    from service.commands.embed.sources import list_input
+
     columns = {"path": args.path_column, "id": args.id_column, "caption": args.caption_column}
     listing = list_input(args.input, args.kind, columns)
-    encoder, sink, close = _model_and_sink(args)
+    # with --ray the actors embed; this process's copy of the model only names it (and
+    # fills --collection), so it stays on the CPU, off any GPU that an actor may need
+    here = args if args.ray is None else argparse.Namespace(**{**vars(args), "device": "cpu"})
+    encoder, sink, close = _model_and_sink(here)
     try:
         out = Path(args.out)
         writer = PartWriter(out, encoder.model_id, encoder.embed_dim, sink)
@@ -55,7 +73,7 @@ def _embed(args: argparse.Namespace, on_part: PartHook | None) -> int:
             total=len(listing.items), initial=len(listing.items) - len(todo), unit="img",
             desc="embed", file=sys.stderr, dynamic_ncols=True, disable=None,
         ) as bar:  # fmt: skip
-            job = Job(encoder, writer, options, bar, on_part)
+            job = _job(args, encoder, writer, options, bar, on_part)
             finished = job.run(todo)
     finally:
         close()
@@ -65,8 +83,35 @@ def _embed(args: argparse.Namespace, on_part: PartHook | None) -> int:
     return 0
 
 
+def _job(
+    args: argparse.Namespace,
+    encoder: Encoder,
+    writer: PartWriter,
+    options: Options,
+    bar: Any,
+    on_part: PartHook | None,
+) -> Job:
+    """The one-machine Job, or with --ray the RayJob (same writer, same parts)."""
+    from service.commands.embed.job import Job
+
+    if args.ray is None:
+        return Job(encoder, writer, options, bar, on_part)
+    from service.commands.embed.ray_job import RayJob, RayPlan
+
+    plan = RayPlan(
+        actors=args.actors,
+        batch=args.batch,
+        model=args.model,
+        pretrained=args.pretrained,
+        device=args.device,
+        max_pixels=options.max_pixels,
+        workers=args.workers,
+    )
+    return RayJob(encoder, writer, options, plan, bar, on_part)
+
+
 def _check_positive(args: argparse.Namespace) -> None:
-    for flag in ("batch", "part_rows", "workers", "max_image_pixels", "max_parts"):
+    for flag in ("batch", "part_rows", "workers", "max_image_pixels", "max_parts", "actors"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 1")
