@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import free_port, tiny_clip, wait_server_ready, wait_until, write_tiny_clip_export
+from tests.helpers import (
+    free_port,
+    tiny_clip,
+    wait_server_ready,
+    wait_until,
+    write_tiny_clip_export,
+)
 
 N = 1500  # items: enough that a migration one item per batch takes seconds
 BOSS = {"Authorization": "Bearer boss"}

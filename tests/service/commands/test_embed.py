@@ -246,9 +246,7 @@ def test_a_jpeg_that_no_decoder_reads_is_skipped_on_the_device_path(
     (photos / "broken.jpg").write_bytes(good[:200] + bytes(range(256)) * 2 + b"\xff\xd9")
     out = tmp_path / "out"
     assert _run(export, str(photos), "--out", str(out), "--device-decode", "on") == 0
-    assert sorted(_vectors(out)) == sorted(
-        str(p.relative_to(photos)) for p in photos.rglob("img*")
-    )
+    assert sorted(_vectors(out)) == sorted(str(p.relative_to(photos)) for p in photos.rglob("img*"))
     summary = _summary(out)
     assert summary["rows"] == 7 and summary["skipped"] == 2  # broken.jpg and notes.txt
     assert summary["skipped_by_reason"]["not a readable image"]["count"] == 2
