@@ -106,6 +106,7 @@ def _job(
         device=args.device,
         max_pixels=options.max_pixels,
         workers=args.workers,
+        device_decode=args.device_decode,
     )
     return RayJob(encoder, writer, options, plan, bar, on_part)
 

@@ -88,6 +88,29 @@ def prepare(
     return Decoded(pixels, meta)
 
 
+def decode_on_device(
+    encoder: Encoder, max_pixels: int, batch: list[tuple[Item, Decoded]]
+) -> tuple[list[tuple[Item, Decoded]], list[Skip]]:
+    """The batch with its JPEG files (uint8 [nbytes], see prepare) decoded in one call on
+    the encoder's device, as the service's device decoder does
+    (service.runtime.device_decode) -> (the items with uint8 [3, S, S] pixels, on the
+    device; Skips for the files that neither the device nor PIL could decode)."""
+    if not any(d.pixels.dim() == 1 for _, d in batch):
+        return batch, []
+    from service.runtime.device_decode import DevicePixels
+
+    pixels, failed = DevicePixels(encoder, max_pixels).pixels([d.pixels for _, d in batch])
+    kept: list[tuple[Item, Decoded]] = []
+    skips: list[Skip] = []
+    for i, (item, d) in enumerate(batch):
+        if i in failed:
+            detail = f"{item.source}: neither the device nor PIL could decode it"
+            skips.append(Skip(item.id, "not a readable image", detail))
+        else:
+            kept.append((item, Decoded(pixels[i], d.metadata)))
+    return kept, skips
+
+
 def decoded(
     items: Sequence[Item], fn: Callable[[Item], Decoded | Skip], workers: int, window: int
 ) -> Iterator[tuple[Item, Decoded | Skip]]:
@@ -173,25 +196,11 @@ class Job:
             self.bar.update(len(batch))
 
     def _decode_on_device(self, batch: list[tuple[Item, Decoded]]) -> list[tuple[Item, Decoded]]:
-        """The batch with its JPEG files (uint8 [nbytes]) decoded in one device call, as
-        the service's device decoder does (service.runtime.device_decode); a file that
-        neither the device nor PIL can decode becomes a Skip."""
-        if not any(d.pixels.dim() == 1 for _, d in batch):
-            return batch
-        from service.runtime.device_decode import DevicePixels
-
-        pixels, failed = DevicePixels(self.encoder, self.options.max_pixels).pixels(
-            [d.pixels for _, d in batch]
-        )
-        kept: list[tuple[Item, Decoded]] = []
-        for i, (item, d) in enumerate(batch):
-            if i in failed:
-                detail = f"{item.source}: neither the device nor PIL could decode it"
-                self.skips.append(Skip(item.id, "not a readable image", detail))
-                if self.bar is not None:
-                    self.bar.update(1)
-            else:
-                kept.append((item, Decoded(pixels[i], d.metadata)))
+        """decode_on_device, its skips counted with the others."""
+        kept, skips = decode_on_device(self.encoder, self.options.max_pixels, batch)
+        self.skips += skips
+        if self.bar is not None and skips:
+            self.bar.update(len(skips))
         return kept
 
     def _flush(self, final: bool) -> bool:

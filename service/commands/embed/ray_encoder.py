@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.commands.embed.job import Decoded, decoded, prepare
+from service.commands.embed.job import Decoded, decode_on_device, decoded, prepare
 from service.commands.embed.sources import Item, Skip
 
 # the columns of an item (input) and of a result (output); "" where a value is absent, so
@@ -64,6 +64,7 @@ class EncodeBatch:
         model_id: str,
         max_pixels: int,
         workers: int | None,
+        device_decode: str = "auto",
     ) -> None:
         from training.encoders import load_encoder
 
@@ -76,6 +77,9 @@ class EncodeBatch:
                 "every node must see the same model files"
             )
         self.max_pixels = max_pixels
+        # as on one machine: plain JPEGs decoded on this actor's GPU (auto), batched
+        cuda = self.encoder.device.type == "cuda"
+        self.device_decode = device_decode == "on" or (device_decode == "auto" and cuda)
         # decode threads in this actor (PIL releases the GIL), as --workers on one machine
         self.workers = workers or min(8, os.cpu_count() or 1)
 
@@ -88,12 +92,13 @@ class EncodeBatch:
         return self.columns(items, results)
 
     def _prepare(self, item: Item) -> Decoded | Skip:
-        return prepare(item, self.encoder, self.max_pixels)
+        return prepare(item, self.encoder, self.max_pixels, self.device_decode)
 
     def columns(
         self, items: Sequence[Item], results: Sequence[Decoded | Skip]
     ) -> dict[str, np.ndarray]:
         """The output columns of one batch (see __call__); one model call for the batch."""
+        results = self._on_device(items, results)
         vectors = np.zeros((len(items), self.encoder.embed_dim), np.float32)
         good = [i for i, r in enumerate(results) if isinstance(r, Decoded)]
         if good:
@@ -111,6 +116,25 @@ class EncodeBatch:
             "skip_reason": _strings(s.reason if s else "" for s in skips),
             "skip_detail": _strings(s.detail if s else "" for s in skips),
         }
+
+    def _on_device(
+        self, items: Sequence[Item], results: Sequence[Decoded | Skip]
+    ) -> list[Decoded | Skip]:
+        """The results with their JPEG files decoded on the device (job.decode_on_device),
+        a file that no decoder reads turned into its Skip, in place."""
+        good = [i for i, r in enumerate(results) if isinstance(r, Decoded)]
+        pairs = [(items[i], _decoded(results[i])) for i in good]
+        kept, skips = decode_on_device(self.encoder, self.max_pixels, pairs)
+        out = list(results)
+        done = {item.id: d for item, d in kept} | {s.id: s for s in skips}
+        for i in good:
+            out[i] = done[items[i].id]
+        return out
+
+
+def _decoded(result: Decoded | Skip) -> Decoded:
+    assert isinstance(result, Decoded)
+    return result
 
 
 def _pixels(result: Decoded | Skip) -> torch.Tensor:

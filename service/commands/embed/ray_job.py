@@ -69,7 +69,7 @@ class RayPlan:
     """The Ray side of a run: how many encoder actors (None: one per GPU of the cluster,
     else CPU_ACTORS), images per model batch (None: 256 on GPUs, else 64), and what each
     actor loads (model, pretrained, device) and how it decodes (pixel limit, decode
-    threads per actor; None: the node's CPU count, at most 8)."""
+    threads per actor; None: the node's CPU count, at most 8; JPEGs on the device)."""
 
     actors: int | None
     batch: int | None
@@ -78,6 +78,7 @@ class RayPlan:
     device: str | None
     max_pixels: int
     workers: int | None
+    device_decode: str = "auto"  # as --device-decode, decided by each actor's device
 
 
 class RayJob(Job):
@@ -139,6 +140,7 @@ class RayJob(Job):
                 "model_id": self.encoder.model_id,
                 "max_pixels": self.plan.max_pixels,
                 "workers": self.plan.workers,
+                "device_decode": self.plan.device_decode,
             },
             batch_size=batch,
             batch_format="pyarrow",

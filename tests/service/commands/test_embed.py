@@ -280,3 +280,32 @@ def test_bench_embed_reports_the_ratio(
     assert "ratio: " in capsys.readouterr().out
     result = json.loads(next((tmp_path / "results").glob("embed-*.json")).read_text())
     assert result["images"] == 7 and result["ratio"] > 0
+
+
+def test_ray_actors_decode_on_the_device_as_one_machine_does(
+    export: Path, photos: Path, tmp_path: Path
+) -> None:
+    """The Ray actor's batch function (no Ray needed to call it) with --device-decode on
+    gives the one-machine job's vectors with it on, and the same skips."""
+    import pyarrow as pa
+
+    from service.commands.embed.ray_encoder import EncodeBatch, item_columns
+    from service.commands.embed.sources import list_input
+    from training.encoders import load_encoder
+
+    (photos / "broken.jpg").write_bytes(
+        (photos / "nested" / "img1.jpg").read_bytes()[:200] + bytes(512) + b"\xff\xd9"
+    )
+    out = tmp_path / "out"
+    assert _run(export, str(photos), "--out", str(out), "--device-decode", "on") == 0
+    want = _vectors(out)
+    items = [i for i in list_input(str(photos), "folder", {}).items]
+    model_id = load_encoder(str(export), device="cpu").model_id
+    actor = EncodeBatch(str(export), None, "cpu", model_id, 10**8, 2, device_decode="on")
+    got = actor(pa.Table.from_pylist([item_columns(i) for i in items]))
+    by_id = dict(zip(got["id"], got["vector"], strict=True))
+    skipped = {i for i, why in zip(got["id"], got["skip_reason"], strict=True) if why}
+    assert skipped == {"broken.jpg", "nested/notes.txt"}
+    assert set(by_id) - skipped == set(want)
+    for id_, vector in want.items():
+        np.testing.assert_allclose(by_id[id_], vector, atol=1e-6)
