@@ -2,4 +2,5 @@ import sys
 
 from service.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing it (documentation tools do) runs nothing
+    sys.exit(main())

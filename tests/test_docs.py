@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-TOP_FOLDERS = ("service", "training", "tests", "docs", "deploy", "scripts", ".ci")
+TOP_FOLDERS = ("service", "training", "tests", "docs", "deploy", "scripts", ".ci", "examples")
 
 # Named in backticks but made by the user, not shipped: the API-key files of the
 # Kubernetes and compose examples (git-ignored).
