@@ -1,4 +1,4 @@
-"""The one-way data flow, as the README's "Architecture" section draws it.
+"""The one-way data flow, as the user guide's "Architecture" page (docs/guide/architecture.md) draws it.
 
 - `training.encoders` is the model library: it imports nothing else of `training`.
 - `service` imports only `training.encoders` from `training`; its command table
@@ -197,9 +197,10 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
 
 
 def _readme_tree() -> list[str]:
-    """The paths the README's Architecture tree names: ["service/", "service/app.py", ...]."""
-    text = (ROOT / "README.md").read_text()
-    block = text.split("## Architecture", 1)[1].split("```", 2)[1]
+    """The paths the user guide's Architecture tree names: ["service/", "service/app.py",
+    ...]."""
+    text = (ROOT / "docs" / "guide" / "architecture.md").read_text()
+    block = text.split("# Architecture", 1)[1].split("```", 2)[1]
     paths: list[str] = []
     parents: list[str] = []  # the folder at each indentation level
     for line in block.splitlines():
@@ -232,4 +233,4 @@ def test_the_readme_tree_is_true() -> None:
     named = _readme_tree()
     assert "training/encoders/exported/" in named and "service/api/routes/" in named
     assert [p for p in named if not (ROOT / p).exists()] == []
-    assert _packages() - set(named) == set(), "a package the README's tree does not show"
+    assert _packages() - set(named) == set(), "a package the guide's tree does not show"
