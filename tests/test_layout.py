@@ -1,4 +1,5 @@
-"""The one-way data flow, as the user guide's "Architecture" page (docs/guide/architecture.md) draws it.
+"""The one-way data flow, as the user guide's "Architecture" page draws it
+(docs/guide/architecture.md).
 
 - `training.encoders` is the model library: it imports nothing else of `training`.
 - `service` imports only `training.encoders` from `training`; its command table
