@@ -118,6 +118,15 @@ def write_tiny_clip_export(out: Path, model: torch.nn.Module | None = None) -> P
     return write_export(out, model.state_dict(), meta)
 
 
+def old_and_new_exports(root: Path) -> tuple[Path, Path]:
+    """Two tiny CLIP exports with different weights, in root/old and root/new: the old
+    model of a collection and the new one it moves to (migrations)."""
+    return (
+        write_tiny_clip_export(root / "old", tiny_clip(0)),
+        write_tiny_clip_export(root / "new", tiny_clip(1)),
+    )
+
+
 def write_tiny_timm_export(out: Path) -> Path:
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=0)

@@ -15,10 +15,9 @@ import pytest
 
 from tests.helpers import (
     free_port,
-    tiny_clip,
+    old_and_new_exports,
     wait_server_ready,
     wait_until,
-    write_tiny_clip_export,
 )
 
 N = 1500  # items: enough that a migration one item per batch takes seconds
@@ -63,8 +62,7 @@ def servers(tmp_path: Path) -> Iterator[list[Server]]:
 def test_kill_9_mid_migration_leaves_the_old_serving_and_the_migration_resumes(
     tmp_path: Path, servers: list[Server]
 ) -> None:
-    old = write_tiny_clip_export(tmp_path / "old", tiny_clip(0))
-    new = write_tiny_clip_export(tmp_path / "new", tiny_clip(1))
+    old, new = old_and_new_exports(tmp_path)
     servers.append(first := Server(tmp_path, old, new))
     first.ok("POST", "/v1/collections", 201, json={"name": "docs", "index": {"kind": "flat"}})
     for start in range(0, N, 500):

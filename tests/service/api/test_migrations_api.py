@@ -25,7 +25,11 @@ from service.app import create_app
 from service.commands.index.images import read_image
 from service.commands.index.reembed import Reembedder
 from service.settings import Settings
-from tests.helpers import tiny_clip, wait_ready, wait_until, write_tiny_clip_export
+from tests.helpers import (
+    old_and_new_exports,
+    wait_ready,
+    wait_until,
+)
 from training.encoders import load_encoder
 
 BOSS = {"Authorization": "Bearer boss"}
@@ -36,8 +40,7 @@ TEXTS = [f"item number {i}" for i in range(12)]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     root = tmp_path_factory.mktemp("models")
-    old = write_tiny_clip_export(root / "old", tiny_clip(0))
-    new = write_tiny_clip_export(root / "new", tiny_clip(1))
+    old, new = old_and_new_exports(root)
     return str(old), str(new)
 
 

@@ -11,14 +11,13 @@ import pytest
 from PIL import Image
 
 from service.cli import main
-from tests.helpers import tiny_clip, write_tiny_clip_export
+from tests.helpers import old_and_new_exports
 
 
 def test_bench_migrate_times_both_ways_and_reports_the_ratio(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    old = write_tiny_clip_export(tmp_path / "old", tiny_clip(0))
-    new = write_tiny_clip_export(tmp_path / "new", tiny_clip(1))
+    old, new = old_and_new_exports(tmp_path)
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ import uvicorn
 from service.app import create_app
 from service.cli import main
 from service.settings import Settings
-from tests.helpers import tiny_clip, wait_until, write_tiny_clip_export
+from tests.helpers import old_and_new_exports, wait_until
 
 BOSS = {"Authorization": "Bearer boss"}
 
@@ -25,8 +25,7 @@ BOSS = {"Authorization": "Bearer boss"}
 def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A real server on the old model only (admin key `boss`), collection `docs` of text
     items whose sources are their texts -> (its URL, the new model's export)."""
-    old = write_tiny_clip_export(tmp_path / "old", tiny_clip(0))
-    new = write_tiny_clip_export(tmp_path / "new", tiny_clip(1))
+    old, new = old_and_new_exports(tmp_path)
     settings = Settings(
         model=str(old), device="cpu", admin_keys=["boss"], collections_dir=str(tmp_path / "c")
     )
