@@ -21,6 +21,13 @@ DEFAULT_PIXELS = 40_000_000  # the service's max_image_pixels default
 
 def embed(args: argparse.Namespace, on_part: PartHook | None = None) -> int:
     """The command (see service.commands.embed's help); `on_part` is for tests."""
+    from service.commands.embed.parquet import pyarrow_parquet
+
+    try:
+        pyarrow_parquet()  # before torch and the model load: say now that the extra is missing
+    except InputError as e:
+        print(f"contrastive embed: {e}", file=sys.stderr)
+        return 2
     from training.encoders import MissingCapabilityError
 
     try:
@@ -37,11 +44,10 @@ def _embed(args: argparse.Namespace, on_part: PartHook | None) -> int:
     from tqdm import tqdm
 
     from service.commands.embed.job import Job
-    from service.commands.embed.parquet import PartWriter, pyarrow_parquet
+    from service.commands.embed.parquet import PartWriter
     from service.commands.embed.report import lines, summarise, write_summary
     from service.commands.embed.sources import list_input
 
-    pyarrow_parquet()  # before the model loads: say now that the extra is missing
     _check_positive(args)
     columns = {"path": args.path_column, "id": args.id_column, "caption": args.caption_column}
     listing = list_input(args.input, args.kind, columns)
