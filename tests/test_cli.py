@@ -55,42 +55,6 @@ def test_python_dash_m_service_help() -> None:
         assert flag in out.stdout
 
 
-HELP_IMPORTS = """
-import contextlib, io, sys
-from service.cli import main
-with contextlib.redirect_stdout(io.StringIO()) as out:
-    try:
-        main(sys.argv[1:])
-    except SystemExit:
-        pass
-heavy = ("torch", "fastapi", "faiss", "training.engine.trainer")
-print(sorted(m for m in heavy if m in sys.modules))
-print(len(out.getvalue()))
-"""
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--help"],
-        ["serve", "--help"],
-        ["index", "--help"],
-        ["index", "add", "--help"],  # its module takes MAX_ID_CHARS from the index, lightly
-        ["index", "import", "--help"],
-        ["embed", "--help"],
-        ["bench", "embed", "--help"],
-    ],
-)
-def test_help_imports_no_engine_torch_or_web_framework(argv: list[str]) -> None:
-    """The command table imports only the command that runs: help answers at once."""
-    out = subprocess.run(
-        [sys.executable, "-c", HELP_IMPORTS, *argv], capture_output=True, text=True, check=True
-    )
-    imported, printed = out.stdout.splitlines()
-    assert imported == "[]"
-    assert int(printed) > 200  # and it did print the help
-
-
 def test_every_command_in_the_table_has_help_and_runs_its_module() -> None:
     from service.cli import COMMANDS
 

@@ -1,6 +1,6 @@
 """The documents point at things that exist: every relative link and in-page anchor of
-the README and docs/, and every repository path they name in backticks (a file or
-folder of the project: `service/...`, `tests/...`, `docs/...`)."""
+the README, CONTRIBUTING.md, SECURITY.md and docs/. The repository paths they name (and
+the code's comments and docstrings name) are checked by tests/test_referenced_files.py."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-TOP_FOLDERS = ("service", "training", "tests", "docs", "deploy", "scripts", ".ci", "examples")
-
-# Named in backticks but made by the user, not shipped: the API-key files of the
-# Kubernetes and compose examples (git-ignored).
-USER_FILES = {"deploy/k8s/api-keys.env", "deploy/prometheus/contrastive-api-key"}
+DOCUMENTS = [
+    ROOT / "README.md",
+    ROOT / "CONTRIBUTING.md",
+    ROOT / "SECURITY.md",
+    *sorted((ROOT / "docs").rglob("*.md")),
+]
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-# `path` in backticks that starts with a top folder; stops at a space, `:` or `::`
-# (so `tests/x.py::test` and `service/x.py:12` name the file)
-PATH = re.compile(r"`((?:" + "|".join(map(re.escape, TOP_FOLDERS)) + r")/[\w./-]*?)(?:::?[^`]*)?`")
 
 
 def _slug(heading: str) -> str:
@@ -65,19 +62,6 @@ def test_every_link_resolves(doc: Path) -> None:
     assert broken == []
 
 
-@pytest.mark.parametrize("doc", DOCUMENTS, ids=_relative)
-def test_every_named_repository_path_exists(doc: Path) -> None:
-    named = {m.rstrip(".") for m in PATH.findall(doc.read_text())}
-    # a file (NAME.EXT) or a folder (NAME/); `service/contrastive-index` is a Kubernetes name
-    paths = {p for p in named if p.endswith("/") or "." in p.rsplit("/", 1)[-1]}
-    missing = sorted(p for p in paths - USER_FILES if "*" not in p and not (ROOT / p).exists())
-    assert missing == []
-
-
 def test_the_checks_can_fail(tmp_path: Path) -> None:
     text = "# A title\n```\n# not a heading\n```\nsee [x](#a-title) [y](#not-a-heading)\n"
     assert _anchors(text) == {"a-title"}
-    assert PATH.findall("`tests/x.py::test_y` `service/app.py:12` `pip install`") == [
-        "tests/x.py",
-        "service/app.py",
-    ]

@@ -10,11 +10,13 @@ This module imports nothing heavy so the service's CLI can build on it.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from training.catalog import method_names
+from training.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,7 @@ class Command:
 
 # `python -m training ...` and the training half of `contrastive ...`.
 TRAINING_COMMANDS: dict[str, Command] = {
-    "train": Command(
-        "train a contrastive method (--method; see train --help)", "training.commands.train"
-    ),
+    "train": Command(f"train a method: {', '.join(method_names())}", "training.commands.train"),
     "export": Command(
         "write a run's checkpoint as an export directory", "training.commands.export"
     ),
@@ -74,12 +74,6 @@ class CommandParser(argparse.ArgumentParser):
             if not flag.startswith("--") or any(f.startswith(flag) for f in flags):
                 continue
             self.error(f"unrecognized argument: {flag}{did_you_mean(flag, flags)}")
-
-
-def did_you_mean(word: str, choices: Sequence[str]) -> str:
-    """ " (did you mean X?)" for the closest of `choices` to `word`, or "" if none is close."""
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 ALL = "*"  # build_parser(chosen=ALL): every command's flags (for tests and tools)

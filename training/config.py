@@ -3,7 +3,8 @@
 Precedence (last wins): dataclass defaults < the method's own defaults < YAML file <
 command-line flags < `--set`. Method hyper-parameters (temperature, queue size, ...)
 live in each method's `Params` dataclass and are set with the same `--set key=value`;
-a key that names neither the run nor the method is an error that lists the valid keys.
+a key that names neither the run nor the method is an error that names the closest
+valid key and lists them all.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, overload
+
+from training.suggest import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -165,6 +169,13 @@ class TrainConfig:
         return cls(**d)
 
 
+def unknown_setting(key: str, valid: Sequence[str]) -> ConfigError:
+    """The error for a setting key that names nothing: the closest key, and every key."""
+    return ConfigError(
+        f"unknown setting {key!r}{did_you_mean(key, valid)}; valid settings: {', '.join(valid)}"
+    )
+
+
 def setting_sources(cls: type) -> dict[str, str]:
     """{field: where its default comes from} for a settings dataclass: a `SOURCES`
     class dict, overridden by any field's `metadata={"source": ...}`; fields with
@@ -276,7 +287,7 @@ def build_config(
             params[key] = coerce(value, param_types[key], key)
         else:
             valid = sorted(set(run_types) - {"method_params"}) + sorted(param_types)
-            raise ConfigError(f"unknown setting {key!r}; valid settings: {', '.join(valid)}")
+            raise unknown_setting(key, valid)
     cfg = TrainConfig(**run)
     method_params = params_cls(**params) if params_cls is not None else None
     if method_params is not None:

@@ -17,12 +17,11 @@ import argparse
 import sys
 import time
 from dataclasses import asdict
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from training.commands.eval_options import (
     BANK_TASKS,
+    TEMPLATE_CHOICES,
     EvalError,
     add_arguments,
     captions_of,
@@ -34,15 +33,13 @@ from training.commands.eval_options import (
     parse_tasks,
     pretrained_per_model,
 )
-from training.encoders import Encoder
-from training.evaluate.compare import verdict
-from training.evaluate.data import EvalData, load_eval_data
-from training.evaluate.models import CheckpointLoader, resolve_model
-from training.evaluate.pixels import extract_features
-from training.evaluate.report import markdown, write_report
-from training.evaluate.retrieval import retrieval
-from training.evaluate.tasks import few_shot, knn_task, linear_probe
-from training.evaluate.zeroshot import TEMPLATE_CHOICES, zero_shot
+
+if TYPE_CHECKING:
+    import torch
+
+    from training.encoders import Encoder
+    from training.evaluate.data import EvalData
+    from training.evaluate.models import CheckpointLoader
 
 
 def evaluate(
@@ -53,7 +50,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the command line's tasks for `model` (default: the first --model); returns the
     report (what the JSON file holds)."""
+    import torch
+
     from training.encoders.environment import environment
+    from training.evaluate.data import load_eval_data
+    from training.evaluate.models import resolve_model
+    from training.evaluate.pixels import extract_features
+    from training.evaluate.retrieval import retrieval
 
     model = model or args.model[0]
     requested = parse_tasks(args.task)
@@ -110,6 +113,9 @@ def _run_task(
     task: str, args: argparse.Namespace, encoder: Encoder, data: EvalData, names: list[str],
     bank: torch.Tensor, queries: torch.Tensor, shots: list[int],
 ) -> Any:  # fmt: skip
+    from training.evaluate.tasks import few_shot, knn_task, linear_probe
+    from training.evaluate.zeroshot import zero_shot
+
     n_cls = len(data.classes)
     if task == "zeroshot":
         sets = TEMPLATE_CHOICES[args.templates]
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = N
     from training.encoders import MissingCapabilityError, UnknownModelError
     from training.encoders.exported.format import ExportError
     from training.engine.checkpoint import CheckpointError
+    from training.evaluate.report import markdown, write_report
 
     try:
         report = evaluate_all(args, checkpoint_loader)
@@ -151,6 +158,8 @@ def evaluate_all(
 ) -> dict[str, Any]:
     """One model: its report. Several: {"models": [report per model], "verdict", "date"};
     the same --seed and --limit give every model the same images."""
+    from training.evaluate.compare import verdict
+
     models = list(args.model)
     tags = pretrained_per_model(models, args.pretrained)
     check_command_line(args, models)

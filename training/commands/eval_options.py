@@ -1,20 +1,30 @@
 """The options of `contrastive eval`: its flags, and the checks of their values that
-need no model (which tasks, which numbers, which --pretrained for which model)."""
+need no model (which tasks, which numbers, which --pretrained for which model).
+
+Imports nothing heavy: `contrastive eval --help` builds its parser from here."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from training.encoders import TEXT, Encoder
-from training.evaluate.data import EvalData
-from training.evaluate.tasks import FEWSHOT_L2
-from training.evaluate.zeroshot import TEMPLATE_CHOICES, TEMPLATE_SETS, fill
+from training.evaluate.defaults import FEWSHOT_L2
+
+if TYPE_CHECKING:
+    from training.encoders import Encoder
+    from training.evaluate.data import EvalData
 
 TASKS = ("knn", "linear", "zeroshot", "fewshot", "retrieval")
 BANK_TASKS = ("knn", "linear", "fewshot")  # those that learn from the train images
 TEXT_TASKS = ("zeroshot", "retrieval")
-# labelled data: each image's caption for retrieval is its class name in this template
-RETRIEVAL_TEMPLATE = TEMPLATE_SETS["single"][0]
+# --templates value -> the template sets (training.evaluate.zeroshot.TEMPLATE_SETS) it scores
+TEMPLATE_CHOICES: dict[str, tuple[str, ...]] = {
+    "default": ("ensemble",),
+    "single": ("single",),
+    "both": ("ensemble", "single"),
+}
+# labelled data: each image's caption for retrieval is its class name in this template set
+RETRIEVAL_TEMPLATE_SET = "single"
 
 
 class EvalError(ValueError):
@@ -103,6 +113,8 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 def choose_tasks(requested: list[str] | None, encoder: Encoder, captions: bool) -> list[str]:
     """The tasks to run; `captions`: the data is image-caption pairs (no class labels)."""
+    from training.encoders import TEXT
+
     has_text = TEXT in encoder.capabilities
     if requested is None:
         if captions:
@@ -154,9 +166,12 @@ def class_names(args: argparse.Namespace, data: EvalData) -> list[str]:
 
 def captions_of(data: EvalData, names: list[str]) -> list[str]:
     """One caption per query image: its own (pairs:), else its class name in the template."""
+    from training.evaluate.zeroshot import TEMPLATE_SETS, fill
+
     if data.captions is not None:
         return data.captions
-    return [fill(RETRIEVAL_TEMPLATE, names[i]) for i in data.query_labels.tolist()]
+    template = TEMPLATE_SETS[RETRIEVAL_TEMPLATE_SET][0]
+    return [fill(template, names[i]) for i in data.query_labels.tolist()]
 
 
 def is_caption_data(spec: str) -> bool:

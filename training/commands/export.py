@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 ONNX_MODULE = "training.export.onnx"
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")  # the `onnx` extra: trace, then check
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,12 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """-> 0 on success, 2 for a bad checkpoint / OUT_DIR / option, 1 if ONNX export fails."""
+    problem = check_command_line(args)
+    if problem:
+        return _fail(problem)
     from training.encoders.exported.format import ExportError, read_meta
     from training.engine.checkpoint import CheckpointError
     from training.export.build import export_checkpoint
 
-    if args.onnx and importlib.util.find_spec(ONNX_MODULE) is None:
-        return _fail("--onnx needs training/export/onnx.py, which this installation lacks")
     try:
         out = export_checkpoint(
             args.checkpoint, args.out_dir, projector=args.projector, overwrite=args.force
@@ -47,6 +49,20 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx:
         return _onnx(out)
     return 0
+
+
+def check_command_line(args: argparse.Namespace) -> str | None:
+    """What is wrong before torch loads (a missing checkpoint, --onnx without the `onnx`
+    extra), or None; the export itself checks the rest."""
+    if not args.checkpoint.exists():
+        return f"no checkpoint at {args.checkpoint}: pass a run folder or its last.pt"
+    if args.onnx:
+        if importlib.util.find_spec(ONNX_MODULE) is None:
+            return "--onnx needs training/export/onnx.py, which this installation lacks"
+        missing = [m for m in ONNX_PACKAGES if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"--onnx needs {', '.join(missing)}: pip install 'contrastive[onnx]'"
+    return None
 
 
 def _onnx(out: Path) -> int:

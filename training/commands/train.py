@@ -16,13 +16,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training import catalog
 from training.commands.logs import log_to_stderr
 from training.config import ConfigError, TrainConfig, build_config, load_yaml, parse_overrides
-from training.engine.checkpoint import LAST, Checkpoint, CheckpointError, load_checkpoint
-from training.engine.resume import refuse_changes, with_old_defaults
 
 if TYPE_CHECKING:
+    from training.engine.checkpoint import Checkpoint
     from training.methods import MethodParams
+
+# `--init-from open_clip:...` names a whole open_clip model, not a file
+# (training.encoders.pretrained_clip.PREFIX, which imports torch)
+OPEN_CLIP_START = "open_clip:"
 
 # Flags mapped onto config keys (default None = "not given").
 FLAGS: dict[str, tuple[str, type, str]] = {
@@ -56,9 +60,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from training.methods import method_names
-
-    methods = " | ".join(method_names())
+    methods = " | ".join(catalog.method_names())
     for flag, (_, typ, help_) in FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=help_.format(methods=methods))
     p.add_argument("--config", type=Path, help="YAML file of settings (key: value)")
@@ -87,6 +89,8 @@ def resolve(
     args: argparse.Namespace,
 ) -> tuple[TrainConfig, MethodParams, Checkpoint | None]:
     """Command line (+ checkpoint when resuming) -> (TrainConfig, Params, checkpoint)."""
+    from training.engine.checkpoint import LAST, load_checkpoint
+    from training.engine.resume import refuse_changes, with_old_defaults
     from training.methods import get_method
 
     given = requested_values(args)
@@ -161,11 +165,32 @@ def _chosen_method_row(row: tuple[str, str], method: str) -> tuple[str, str]:
     return f"method = {method!r}", f"chosen with --method (default {default}: {source})"
 
 
+def check_command_line(args: argparse.Namespace) -> None:
+    """ConfigError for what the command line gets wrong that needs no torch to see: an
+    unknown method or setting key (with the closest valid one), a --config or --init-from
+    file that is not there. Runs before the engine is imported, so it answers at once."""
+    given = requested_values(args)
+    method = given.get("method")
+    if method is None and not args.resume:  # resuming: the checkpoint names the method
+        method = TrainConfig.method
+    catalog.check_settings(given, None if method is None else str(method))
+    init_from = given.get("init_from")
+    is_model = str(init_from).startswith(OPEN_CLIP_START)  # a model to load, not a file
+    if init_from is not None and not is_model and not Path(str(init_from)).exists():
+        raise ConfigError(f"--init-from {init_from}: no such file or export directory")
+
+
 def run(args: argparse.Namespace) -> int:
+    log_to_stderr()
+    try:
+        check_command_line(args)
+    except ConfigError as e:
+        print(f"contrastive train: {e}", file=sys.stderr)
+        return 2
     from training.data import DataError
+    from training.engine.checkpoint import CheckpointError
     from training.engine.trainer import NonFiniteError, Trainer
 
-    log_to_stderr()
     try:
         if args.list_settings:
             # the method named anywhere on the command line (--config, --method, --set)

@@ -12,14 +12,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from training.evaluate.defaults import FEWSHOT_L2
 from training.evaluate.knn import knn_accuracy
 from training.evaluate.logreg import L2_GRID, fit_logreg, select_l2, standardiser
-
-# Few-shot has too few examples to hold out a validation split, so its penalty is fixed.
-# 1e-3 was best, or within 0.035 of the best, of 1e-5..1e-1 at 1, 5 and 10 shots on three
-# feature sets (the built-in model on digits and on Fashion-MNIST, a 3-step SimCLR run on
-# digits); stronger penalties underfit 10 shots; weaker ones gained at most 0.033.
-FEWSHOT_L2 = 1e-3
 
 
 @dataclass

@@ -20,12 +20,6 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "ensemble": DEFAULT_TEMPLATES,
     "single": SINGLE_TEMPLATE,
 }
-# --templates value -> the sets it scores
-TEMPLATE_CHOICES: dict[str, tuple[str, ...]] = {
-    "default": ("ensemble",),
-    "single": ("single",),
-    "both": ("ensemble", "single"),
-}
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Method registry. Each module in this package registers its class with `@register`;
-modules are discovered automatically, so a sixth method is one new file."""
+modules are discovered automatically, so a new method is one new file, plus its row in
+training.catalog (the names and setting keys the command line checks without importing
+torch; a test says when the two differ)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import importlib
 import pkgutil
 from typing import Any, TypeVar
 
+from training.catalog import unknown_method
 from training.methods.base import (
     ExportParts,
     Method,
@@ -58,11 +61,10 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str) -> type[Method[Any]]:
-    """Method name -> class; ValueError naming the choices when unknown."""
+    """Method name -> class; ValueError (a ConfigError) naming the closest name and every
+    choice when unknown."""
     _discover()
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}"
-        ) from None
+        raise unknown_method(name, METHODS) from None

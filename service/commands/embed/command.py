@@ -21,6 +21,13 @@ DEFAULT_PIXELS = 40_000_000  # the service's max_image_pixels default
 
 def embed(args: argparse.Namespace, on_part: PartHook | None = None) -> int:
     """The command (see service.commands.embed's help); `on_part` is for tests."""
+    from service.commands.embed.parquet import pyarrow_parquet
+
+    try:
+        pyarrow_parquet()  # before torch and the model load: say now that the extra is missing
+    except InputError as e:
+        print(f"contrastive embed: {e}", file=sys.stderr)
+        return 2
     from training.encoders import MissingCapabilityError
 
     try:
@@ -34,9 +41,7 @@ def embed(args: argparse.Namespace, on_part: PartHook | None = None) -> int:
 def _embed(args: argparse.Namespace, on_part: PartHook | None) -> int:
     # as `serve` does: idle OpenMP threads sleep rather than spin against the decode pool
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from service.commands.embed.parquet import pyarrow_parquet
 
-    pyarrow_parquet()  # before the model loads: say now that the extra is missing
     _check_positive(args)
     if args.ray is None:
         if args.actors is not None:

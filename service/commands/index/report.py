@@ -22,7 +22,6 @@ def run_reported(
     from service.client import ServiceError, ServiceUnreachableError
     from service.index.transfer import TransferError
     from service.index.types import CollectionError
-    from training.encoders import MissingCapabilityError
 
     status = 2 if name in ("export", "import") else 1
     try:
@@ -39,10 +38,23 @@ def run_reported(
     except ServiceUnreachableError as e:  # the server --url names did not answer
         print(f"contrastive index {name}: {e}", file=sys.stderr)
         status = 1
-    except (OSError, ValueError, MissingCapabilityError, httpx.HTTPError) as e:
+    except (OSError, ValueError, httpx.HTTPError) as e:
         # ValueError covers bad JSON, an unknown model and a missing CUDA device
         print(f"contrastive index {name}: {e}", file=sys.stderr)
+    except Exception as e:
+        if not _is_missing_capability(e):
+            raise
+        print(f"contrastive index {name}: {e}", file=sys.stderr)
     return status
+
+
+def _is_missing_capability(error: Exception) -> bool:
+    """Whether `error` is the encoders' MissingCapabilityError (an image-only model asked
+    for text, in this process). Over HTTP the encoders are never loaded, and importing
+    them only to name their error would load torch: an error of a module this process
+    never imported cannot have been raised."""
+    base = sys.modules.get("training.encoders.base")
+    return base is not None and isinstance(error, base.MissingCapabilityError)
 
 
 def progress(verb: str) -> Callable[[int, int], None]:

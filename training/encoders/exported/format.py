@@ -50,7 +50,7 @@ class ExportMeta:
     preprocess: training.encoders.base.Preprocess as a dict (size, mean, std, ...).
     tokenizer: {"kind": "open_clip", "context_length": 77}, {"kind": "minilm", ...} (the
         packaged MiniLM's own tokenizer), or None for image-only.
-    method: the training method (simclr, moco, byol, swav, clip) for our runs.
+    method: for our runs, the training method's `--method` name (training.catalog lists them).
     training: run metadata (step, epoch, data, config, checkpoint sha256...).
     templates: default zero-shot prompt templates (CLIP: those it trained with), or None.
     """
