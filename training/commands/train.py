@@ -164,6 +164,7 @@ def _chosen_method_row(row: tuple[str, str], method: str) -> tuple[str, str]:
 def run(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.engine.trainer import NonFiniteError, Trainer
+    from training.extras import MissingExtraError, require_data
 
     log_to_stderr()
     try:
@@ -172,8 +173,9 @@ def run(args: argparse.Namespace) -> int:
             print(list_settings(str(requested_values(args).get("method", "simclr"))))
             return 0
         cfg, params, checkpoint = resolve(args)
+        require_data(cfg.data)  # e.g. digits without scikit-learn: before any model is built
         trainer = Trainer(cfg, params, resume=checkpoint)
-    except (ConfigError, DataError, CheckpointError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, ValueError, MissingExtraError) as e:
         print(f"contrastive train: {e}", file=sys.stderr)
         return 2
     from training import dist
