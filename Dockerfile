@@ -5,6 +5,7 @@
 #   docker build -t contrastive:0.1.0 .                                  # CPU (default)
 #   docker build -t contrastive:0.1.0-cuda --build-arg VARIANT=cuda .    # NVIDIA GPUs
 #   docker build ... --build-arg EXTRAS=embed,ray .    # `contrastive embed --ray` (deploy/k8s/ray)
+#   docker build -t contrastive:0.1.0-train --build-arg EXTRAS=train .   # + training's libraries
 #   docker run --rm -p 8000:8000 -v contrastive-data:/data contrastive:0.1.0
 #
 # Two stages: `build` installs the project into a virtual environment; the runtime stage
@@ -19,12 +20,15 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 
 # cpu: torch + torchvision from the PyTorch CPU wheel index (hundreds of MB instead of
-#      several GB of CUDA libraries that a CPU machine never uses);
+#      several GB of CUDA libraries that a CPU machine never uses), plus the project's
+#      `cpu` extra (faiss-cpu);
 # cuda: PyPI's default Linux torch wheels (built for CUDA, the CUDA runtime libraries come
 #      as pip packages; the host needs only the NVIDIA driver and container toolkit), plus
 #      the project's `gpu` extra (faiss-gpu).
 ARG VARIANT=cpu
-# More extras, comma-separated, e.g. --build-arg EXTRAS=onnx (onnxruntime for --runtime onnx).
+# More extras, comma-separated, e.g. --build-arg EXTRAS=onnx (onnxruntime for --runtime onnx),
+# EXTRAS=train (scikit-learn, tensorboard: `train --data digits` in the container); not
+# `dev`, which carries faiss-cpu.
 ARG EXTRAS=
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -48,18 +52,15 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY training ./training
 
-# The README's install (`pip install -e .`), not editable: the runtime stage gets the
-# installed package, not this source tree. Extras: `gpu` for VARIANT=cuda, then EXTRAS.
-# faiss-cpu (a dependency) and faiss-gpu (the extra) both install the `faiss` module;
-# for cuda, faiss-cpu goes and faiss-gpu is installed again, so its files are the ones left.
+# The README's install (`pip install -e '.[cpu]'`), not editable: the runtime stage gets
+# the installed package, not this source tree. The FAISS build is the variant's extra
+# (`cpu`: faiss-cpu; `gpu`: faiss-gpu; never both, as both install the module `faiss`),
+# then EXTRAS.
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eu; \
-    extras="$EXTRAS"; \
-    if [ "$VARIANT" = cuda ]; then extras="gpu${extras:+,$extras}"; fi; \
-    pip install ".${extras:+[$extras]}"; \
+    if [ "$VARIANT" = cuda ]; then faiss=gpu; else faiss=cpu; fi; \
+    pip install ".[$faiss${EXTRAS:+,$EXTRAS}]"; \
     if [ "$VARIANT" = cuda ]; then \
-      pip uninstall -y faiss-cpu; \
-      pip install --force-reinstall --no-deps "faiss-gpu>=1.7"; \
       python -c "import faiss; assert hasattr(faiss, 'StandardGpuResources'), 'faiss is not the GPU build'"; \
     fi; \
     python -c "import sys, torch; sys.exit(0 if (torch.version.cuda is None) == ('$VARIANT' == 'cpu') else 'torch ' + torch.__version__ + ' is not the $VARIANT build: a dependency replaced it')"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.index.backend import CollectionBackend
-from service.index.factory import open_backend
+from service.index.factory import FaissMissingError, open_backend
 from service.index.gate import WriteGate
 from service.metrics import Metrics
 from service.observability.tracing import Tracing
@@ -59,6 +59,9 @@ class ServiceState:
     _batchers: dict[str, weakref.WeakSet[Batcher[Any]]] = field(default_factory=dict)
 
     store: CollectionBackend | None = None
+    # why `store` is None with collections on: FAISS is not installed (collection calls
+    # answer 503 backend_unavailable with this; the models are served all the same)
+    store_missing: str | None = None
     # Index writes block on fsync: they get threads of their own, off the event loop.
     index_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="index")
@@ -115,10 +118,16 @@ class ServiceState:
 
     def open_store(self) -> None:
         """Open (and recover) every collection; runs once at start-up, in a thread.
-        A replica with `collections` off opens nothing (its collection routes answer 404)."""
+        A replica with `collections` off opens nothing (its collection routes answer 404).
+        Without FAISS (neither the `cpu` nor the `gpu` extra) the server starts all the
+        same: embeddings are served, collection calls answer why (`store_missing`)."""
         if not self.settings.collections:
             return
-        self.store = open_collections(self.settings)
+        try:
+            self.store = open_collections(self.settings)
+        except FaissMissingError as e:
+            self.store_missing = e.message
+            log.warning("collections unavailable: %s", e.message)
 
     async def run_index(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call in the index pool, in the request's context (so that

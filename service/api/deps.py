@@ -114,6 +114,8 @@ async def index_runner(state: State) -> IndexRunner:
 
 async def collection_store(state: State) -> CollectionBackend:
     if state.store is None:
+        if state.store_missing is not None:  # FAISS not installed: 503, and what to install
+            raise CollectionError("backend_unavailable", state.store_missing)
         raise CollectionError("store_unavailable", "the collection store is not open")
     return state.store
 

@@ -3,6 +3,11 @@
 The callers choose everything (the service from its Settings, in `service.state`); nothing
 here reads the environment. Each engine's package, and qdrant-client with it, is imported
 only when that engine is opened, so a FAISS service never loads qdrant-client.
+
+FAISS is not a base dependency: the `cpu` extra installs faiss-cpu, the `gpu` extra
+faiss-gpu (both provide the module `faiss`; pip cannot swap one base dependency for
+another through an extra). Without it the embedded store is FaissMissingError, a
+"backend_unavailable" that says what to install; Qdrant needs no FAISS.
 """
 
 from __future__ import annotations
@@ -15,10 +20,43 @@ from service.index.backend import CollectionBackend
 # QdrantConfig is what a caller builds to choose a Qdrant; its module imports nothing of
 # qdrant-client, so this import stays light.
 from service.index.qdrant.connection import QdrantConfig
+from service.index.types import CollectionError
 
-__all__ = ["BackendKind", "QdrantConfig", "folder_in_use", "open_backend"]
+__all__ = [
+    "FAISS_INSTALL",
+    "BackendKind",
+    "FaissMissingError",
+    "QdrantConfig",
+    "folder_in_use",
+    "open_backend",
+    "require_faiss",
+]
 
 BackendKind = Literal["faiss", "qdrant"]
+
+FAISS_INSTALL = (
+    "pip install 'contrastive[cpu]' (or 'contrastive[gpu]' on CUDA), "
+    "or use collections_backend=qdrant"
+)
+
+
+class FaissMissingError(CollectionError):
+    """The embedded store cannot open: the module `faiss` is not installed (or does not
+    import). "backend_unavailable" (503 over HTTP), naming the extra to install."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("backend_unavailable", message)
+
+
+def require_faiss() -> None:
+    """FaissMissingError unless `import faiss` works (it is imported now, once)."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name == "faiss":
+            raise FaissMissingError(f"FAISS is not installed: {FAISS_INSTALL}") from e
+        why = f"FAISS is installed but does not import ({e}): reinstall it, {FAISS_INSTALL}"
+        raise FaissMissingError(why) from e
 
 
 def open_backend(
@@ -30,13 +68,15 @@ def open_backend(
 ) -> CollectionBackend:
     """The backend of `kind`: the embedded store (FAISS) in the folder `root`, with a
     snapshot every `snapshot_every` log records and exact search on `device`; or the Qdrant
-    that `qdrant` names (required for that kind)."""
+    that `qdrant` names (required for that kind). FaissMissingError for the embedded store
+    without FAISS installed."""
     if kind == "qdrant":
         if qdrant is None:
             raise ValueError("the qdrant backend needs a QdrantConfig: a url, or a local path")
         from service.index.qdrant.backend import QdrantBackend
 
         return QdrantBackend(qdrant)
+    require_faiss()
     from service.index.embedded.backend import FaissBackend
 
     return FaissBackend.open(root, snapshot_every, device)

@@ -491,38 +491,38 @@ def test_dockerfile_stages_install_and_variants() -> None:
     labels = " ".join(final_stage("LABEL"))
     assert f'org.opencontainers.image.version="{project["version"]}"' in labels
 
-    # The README's install command, and the image's: run the build stage's RUN lines in sh
+    # The README's install commands, and the image's: run the build stage's RUN lines in sh
     # with pip and python replaced by echo, for each variant.
     readme = (ROOT / "README.md").read_text()
-    first_bash = re.search(r"```bash\n(.*?)```", readme, re.S)
-    assert first_bash is not None
-    readme_install = shlex.split(first_bash.group(1).split("&&")[0])
-    assert readme_install == ["pip", "install", "-e", "."]
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    cpu_torch, serve = blocks[0], blocks[1]  # the top: CPU-only torch, then the project
+    assert shlex.split(cpu_torch.split("#")[0]) == [
+        "pip", "install", "torch", "torchvision", "--index-url",
+        "https://download.pytorch.org/whl/cpu",
+    ]  # fmt: skip
+    assert "contrastive serve" in serve
+    readme_install = shlex.split(serve.split("&&")[0])
+    assert readme_install == ["pip", "install", "-e", ".[cpu]"]
 
     build_runs = [re.sub(r"^(--\S+\s+)*", "", rest) for w, rest in stages()[0] if w == "RUN"]
     stub = 'pip() { echo "pip $*"; }; python() { :; }; '
     pip_calls = {}
-    for variant in ("cpu", "cuda"):
+    for variant, extras in [("cpu", ""), ("cuda", ""), ("cuda", "onnx,otel")]:
         calls = []
         for run in build_runs:
-            script = f"{stub}VARIANT={variant}; EXTRAS=; {run}"
+            script = f"{stub}VARIANT={variant}; EXTRAS={extras}; {run}"
             done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
             calls += done.stdout.splitlines()
-        pip_calls[variant] = calls
+        pip_calls[variant + (f"+{extras}" if extras else "")] = calls
     requirements = {r.split(">=")[0]: r for r in project["dependencies"]}
     torch_specs = f"{requirements['torch']} {requirements['torchvision']}"
     assert pip_calls["cpu"] == [
         f"pip install --index-url https://download.pytorch.org/whl/cpu {torch_specs}",
-        "pip install .",  # = the README's `pip install -e .`, not editable
+        "pip install .[cpu]",  # = the README's `pip install -e '.[cpu]'`, not editable
     ]
-    gpu_faiss = project["optional-dependencies"]["gpu"]
-    assert pip_calls["cuda"] == [
-        f"pip install {torch_specs}",
-        "pip install .[gpu]",
-        # faiss-cpu and faiss-gpu share the `faiss` module: the GPU build must be the one left
-        "pip uninstall -y faiss-cpu",
-        f"pip install --force-reinstall --no-deps {gpu_faiss[0]}",
-    ]
+    # faiss-gpu instead of faiss-cpu: no FAISS in the base, so nothing to remove by hand
+    assert pip_calls["cuda"] == [f"pip install {torch_specs}", "pip install .[gpu]"]
+    assert pip_calls["cuda+onnx,otel"][1] == "pip install .[gpu,onnx,otel]"
     # ... and the sources it installs are copied in, and not excluded by .dockerignore
     copied = {p for w, rest in stages()[0] if w == "COPY" for p in rest.split()[:-1]}
     ignore = (ROOT / ".dockerignore").read_text().split()

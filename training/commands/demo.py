@@ -25,9 +25,17 @@ def run(args: argparse.Namespace) -> int:
     from training.commands.logs import log_to_stderr
     from training.data import DataError
     from training.demo import figures, pipeline, summary
+    from training.extras import MissingExtraError, require
 
     log_to_stderr()
     out: Path = args.out
+    try:
+        # the figures (matplotlib) and the t-SNE maps and digits (scikit-learn): the `demo`
+        # extra, checked before a minute of training rather than after it
+        require("matplotlib", "sklearn", extra="demo")
+    except MissingExtraError as e:
+        print(f"contrastive demo: {e}", file=sys.stderr)
+        return 2
     try:
         out.mkdir(parents=True, exist_ok=True)
         demo = pipeline.run(args.data, out, args.seconds, args.seed)

@@ -140,11 +140,12 @@ def run(args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = N
     from training.encoders.exported.format import ExportError
     from training.engine.checkpoint import CheckpointError
     from training.evaluate.report import markdown, write_report
+    from training.extras import MissingExtraError
 
     try:
         report = evaluate_all(args, checkpoint_loader)
     except (EvalError, DataError, UnknownModelError, MissingCapabilityError,
-            CheckpointError, ExportError, ValueError) as e:  # fmt: skip
+            CheckpointError, ExportError, ValueError, MissingExtraError) as e:  # fmt: skip
         print(f"contrastive eval: {e}", file=sys.stderr)
         return 2
     json_path, md_path = write_report(report, args.out)

@@ -187,11 +187,13 @@ def check_command_line(args: argparse.Namespace, models: list[str]) -> None:
     (so the third --model's typo does not surface after two models' evaluations)."""
     from training.encoders import check_reference
     from training.evaluate.models import is_checkpoint_ref
+    from training.extras import require_data
 
     parse_tasks(args.task)
     parse_ints(args.shots, "--shots")
     parse_ints(args.recall_at, "--recall-at")
     is_caption_data(args.data)
+    require_data(args.data)  # MissingExtraError: e.g. digits without scikit-learn
     for ref in models:
         if not is_checkpoint_ref(ref):
             check_reference(ref)

@@ -20,7 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from training.demo.curves import plot_curves
+    from training.extras import MissingExtraError, require
 
+    try:
+        require("matplotlib", extra="demo")
+    except MissingExtraError as e:
+        print(f"contrastive plot: {e}", file=sys.stderr)
+        return 2
     run_path: Path = args.run
     folder = run_path if run_path.is_dir() else run_path.parent
     out: Path = args.out if args.out is not None else folder

@@ -190,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.engine.checkpoint import CheckpointError
     from training.engine.trainer import NonFiniteError, Trainer
+    from training.extras import MissingExtraError, require_data
 
     try:
         if args.list_settings:
@@ -197,8 +198,9 @@ def run(args: argparse.Namespace) -> int:
             print(list_settings(str(requested_values(args).get("method", "simclr"))))
             return 0
         cfg, params, checkpoint = resolve(args)
+        require_data(cfg.data)  # e.g. digits without scikit-learn: before any model is built
         trainer = Trainer(cfg, params, resume=checkpoint)
-    except (ConfigError, DataError, CheckpointError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, ValueError, MissingExtraError) as e:
         print(f"contrastive train: {e}", file=sys.stderr)
         return 2
     from training import dist

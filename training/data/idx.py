@@ -146,7 +146,9 @@ def load_digits_arrays() -> LabelledArrays:
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        raise DataError("--data digits needs scikit-learn: pip install scikit-learn") from e
+        from training.extras import install_hint
+
+        raise DataError(f"--data digits {install_hint('sklearn')}") from e
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     return LabelledArrays(

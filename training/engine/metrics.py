@@ -33,8 +33,12 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                log.info("tensorboard not installed; metrics go to %s only", self.path)
+            except ImportError:  # the `train` extra installs it
+                log.info(
+                    "no tensorboard logs: tensorboard is not installed (pip install "
+                    "'contrastive[train]'); metrics go to %s",
+                    self.path,
+                )
 
     def truncate_after(self, step: int) -> None:
         """Drop records with step > `step` (written after the checkpoint we resume from)."""

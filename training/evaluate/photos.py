@@ -37,9 +37,10 @@ def load_photos() -> tuple[list[Image.Image], torch.Tensor, list[str]]:
         import skimage.data
         from sklearn.datasets import load_sample_images
     except ImportError as e:
-        raise DataError(
-            f"--data {SPEC} needs scikit-image (pip install scikit-image, or the dev extra)"
-        ) from e
+        from training.extras import install_hint
+
+        missing = "skimage" if e.name and e.name.startswith("skimage") else "sklearn"
+        raise DataError(f"--data {SPEC} {install_hint(missing)}") from e
     samples = load_sample_images().images
     images, labels = [], []
     for label, loader in _SKIMAGE.items():

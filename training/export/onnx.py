@@ -10,8 +10,9 @@ they are shared Python code (training.encoders.preprocess, the tokenizers), so t
 onnxruntime are fed identical inputs and one implementation serves both.
 
 Parity: the graphs are opened with onnxruntime exactly as the service would open them,
-and the embeddings of random and real inputs (two photos that ship with scikit-learn,
-captions, an empty and an over-long text) must equal the torch encoder's within 1e-4
+and the embeddings of random and real inputs (two photos that ship with scikit-learn, or
+two drawn pictures where it is not installed, as in a serving install; captions, an empty
+and an over-long text) must equal the torch encoder's within 1e-4
 (max abs difference, fp32); otherwise OnnxParityError and no file is kept. The files and
 their sha256 go into onnx.json (encoders.exported.onnx_runtime.Manifest), beside encoder.json.
 """
@@ -25,6 +26,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,6 +40,9 @@ from training.encoders.exported.onnx_runtime import (
     open_graphs,
 )
 from training.export.graphs import TextSource, image_module, text_module, text_source
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 PARITY_ATOL = 1e-4
 CAPTIONS = [
@@ -201,17 +206,47 @@ def check_parity(
 
 
 def parity_pixels(encoder: Encoder, n_random: int = 3) -> torch.Tensor:
-    """uint8 [n_random + 3, 3, S, S]: seeded noise, two real photos, a flat grey image."""
+    """uint8 [n_random + 3, 3, S, S]: seeded noise, two photos, a flat grey image."""
     from PIL import Image
-    from sklearn.datasets import load_sample_images  # china.jpg, flower.jpg, shipped offline
 
     size = encoder.info.preprocess.size
     gen = torch.Generator().manual_seed(0)
     noise = torch.randint(0, 256, (n_random, 3, size, size), generator=gen, dtype=torch.uint8)
-    photos = [Image.fromarray(a) for a in load_sample_images().images]
+    photos = parity_photos(size)
     photos.append(Image.new("RGB", (size, size), (127, 127, 127)))
     real = torch.stack([encoder.preprocess_image(p) for p in photos])
     return torch.cat([noise, real])
+
+
+def parity_photos(size: int) -> list[Image.Image]:
+    """Two real photos, scikit-learn's china.jpg and flower.jpg (shipped offline), when it
+    is installed (the `train` extra); else two drawn pictures of the same shape (landscape,
+    larger than `size`) with what photos have and noise lacks: smooth shading, sharp edges,
+    saturated colour and fine texture. The ONNX upgrade checks parity in the service too,
+    whose install carries no scikit-learn."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError:
+        pass
+    else:
+        return [Image.fromarray(a) for a in load_sample_images().images]
+    h, w = size + size // 2, 2 * size
+    y, x = np.mgrid[0 : 1 : complex(0, h), 0 : 1 : complex(0, w)]
+    # a sky over a striped field, with a sun
+    scene = np.stack([0.3 + 0.6 * y, 0.5 + 0.4 * np.sin(6 * np.pi * x) * y, 0.9 - 0.7 * y], -1)
+    scene[(x - 0.3) ** 2 + (y - 0.3) ** 2 < 0.02] = (0.95, 0.8, 0.2)
+    # a colour wheel fading out, over a fine checkerboard
+    angle = np.arctan2(y - 0.5, x - 0.5)
+    fade = 1 - np.hypot(x - 0.5, y - 0.5)
+    wheel = np.stack([0.5 + 0.5 * np.cos(angle + k * 2.094) for k in range(3)], -1)
+    checker = ((x * 24).astype(int) + (y * 24).astype(int)) % 2
+    pattern = 0.8 * wheel * fade[..., None] + 0.2 * checker[..., None]
+    return [
+        Image.fromarray((np.clip(p, 0, 1) * 255).round().astype(np.uint8)) for p in (scene, pattern)
+    ]
 
 
 def _image_diff(a: Encoder, b: Encoder) -> float:

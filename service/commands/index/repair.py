@@ -41,5 +41,7 @@ def run(args: argparse.Namespace) -> int:
 def repair(args: argparse.Namespace) -> int:
     # repair works on the embedded store's own files, below the backend interface
     from service.index.embedded.repair import run_repair
+    from service.index.factory import require_faiss
 
+    require_faiss()  # the repaired collection is opened to check it: say so before any work
     return run_repair(args.collection, settings_of(args).collections_dir)
