@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import free_port, tiny_clip, wait_server_ready, wait_until, write_tiny_clip_export
+from tests.helpers import (
+    free_port,
+    tiny_clip,
+    wait_server_ready,
+    wait_until,
+    write_tiny_clip_export,
+)
 
 N = 1500  # items: enough that a migration one item per batch takes seconds
 BOSS = {"Authorization": "Bearer boss"}
@@ -75,7 +81,7 @@ def test_kill_9_mid_migration_leaves_the_old_serving_and_the_migration_resumes(
         assert status["state"] == "running", status  # killed before it could end
         return int(status["done"]) >= 20
 
-    wait_until(progressed, what="the migration under way")
+    wait_until(progressed, 120, "the migration under way")
     first.kill()
 
     servers.append(second := Server(tmp_path, old, new))
