@@ -3,8 +3,10 @@ unit vectors."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import os
 import socket
 import subprocess
 import time
@@ -169,6 +171,12 @@ def wait_server_ready(
     raise AssertionError(f"the server never became ready:\n{output()}")
 
 
+def timing_scale() -> float:
+    """The multiplier of every wall-clock bound a `timing` test asserts: 1 on a quiet
+    machine, more on a busy one (.ci/run sets CONTRASTIVE_TIMING_SCALE=3)."""
+    return float(os.environ.get("CONTRASTIVE_TIMING_SCALE", "1"))
+
+
 def wait_until(done: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
     """Poll `done` until true; fail the test after `timeout` s (a readiness wait, generous
     so that a busy machine only makes it slower, never red)."""
@@ -176,6 +184,16 @@ def wait_until(done: Callable[[], bool], timeout: float = 60.0, what: str = "con
     while not done():
         assert time.monotonic() < deadline, f"{what} never met in {timeout:g} s"
         time.sleep(0.01)
+
+
+async def wait_until_async(
+    done: Callable[[], bool], timeout: float = 60.0, what: str = "condition"
+) -> None:
+    """wait_until for a coroutine: polls `done` on the event loop, which runs meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"{what} never met in {timeout:g} s"
+        await asyncio.sleep(0.005)
 
 
 def item_rows(items: list[int]) -> torch.Tensor:

@@ -57,9 +57,14 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _worker(host: str, port: int, request: bytes, stop_at: float, res: LoadResult) -> None:
+    """Requests back to back on one connection until `stop_at`; the first is sent however
+    late the connection opened (on a busy machine, after a short run's end), so every
+    connection measures something."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        while time.perf_counter() < stop_at:
+        first = True
+        while first or time.perf_counter() < stop_at:
+            first = False
             t0 = time.perf_counter()
             writer.write(request)
             status = await _read_response(reader)

@@ -455,7 +455,7 @@ def test_compose_qdrant_overlay_configures_the_service_for_its_qdrant(
         script = test[3].replace("127.0.0.1/6333", f"127.0.0.1/{port}")
 
         def check() -> int:
-            return subprocess.run([bash, "-c", script], capture_output=True, timeout=20).returncode
+            return subprocess.run([bash, "-c", script], capture_output=True, timeout=60).returncode
 
         assert check() == 0
         server.status = 503  # type: ignore[attr-defined]
@@ -464,7 +464,7 @@ def test_compose_qdrant_overlay_configures_the_service_for_its_qdrant(
         server.shutdown()
         server.server_close()
         thread.join(5)
-    assert subprocess.run([bash, "-c", script], capture_output=True, timeout=20).returncode != 0
+    assert subprocess.run([bash, "-c", script], capture_output=True, timeout=60).returncode != 0
 
     docker = shutil.which("docker")
     found = docker and subprocess.run([docker, "compose", "version"], capture_output=True)

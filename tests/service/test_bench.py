@@ -69,9 +69,10 @@ def test_bench_serve_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def _stub_peer(model: str = "stub/minilm", dim: int = 384) -> Iterator[tuple[str, list[Any]]]:
     """A tiny OpenAI-style embeddings server on loopback -> (its API base, request bodies).
     It answers `model` for texts and `model + '-image'` for images (modality 'image'), and
-    refuses every third request of 32 items with 503, as a shedding server would."""
+    refuses the second request of 32 items on each connection with 503, as a shedding
+    server would (the first is answered: every connection of a run gets an answer)."""
     seen: list[Any] = []
-    big: list[int] = []  # requests of 32 items so far
+    big: dict[Any, int] = {}  # connection (client address) -> its requests of 32 items
 
     async def models(request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": model, "object": "model"}]})
@@ -83,9 +84,9 @@ def _stub_peer(model: str = "stub/minilm", dim: int = 384) -> Iterator[tuple[str
         if body.get("model") != want:
             return JSONResponse({"error": "unknown model"}, status_code=400)
         if len(body["input"]) == 32:
-            big.append(1)
-        if len(body["input"]) == 32 and len(big) % 3 == 0:
-            return JSONResponse({"error": "overloaded"}, status_code=503)
+            big[request.client] = big.get(request.client, 0) + 1
+            if big[request.client] == 2:
+                return JSONResponse({"error": "overloaded"}, status_code=503)
         data = [
             {"object": "embedding", "index": i, "embedding": [0.0] * dim}
             for i, _ in enumerate(body["input"])
@@ -99,7 +100,7 @@ def _stub_peer(model: str = "stub/minilm", dim: int = 384) -> Iterator[tuple[str
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not server.started:
         assert time.monotonic() < deadline, "the stub peer did not start"
         time.sleep(0.02)

@@ -236,7 +236,7 @@ def test_close_leaves_a_passed_client_open(server: TestClient) -> None:
 # -- async client ---------------------------------------------------------------------------
 
 
-async def _async_ready(client: AsyncContrastiveClient, timeout: float = 30.0) -> None:
+async def _async_ready(client: AsyncContrastiveClient, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not await client.ready():
         assert time.monotonic() < deadline, "not ready"

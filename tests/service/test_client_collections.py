@@ -170,7 +170,7 @@ def test_async_round_trip(encoder: FakeEncoder) -> None:
         async with app.router.lifespan_context(app):
             http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
             async with http, AsyncContrastiveClient(http=http) as client:
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + 120
                 while not await client.ready():
                     assert time.monotonic() < deadline, "not ready"
                     await asyncio.sleep(0.02)

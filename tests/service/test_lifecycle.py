@@ -13,6 +13,7 @@ import torch
 from service.domain_errors import ModelError
 from service.runtime.batcher import Batcher
 from service.runtime.served import ServedModel, ServedModels
+from tests.helpers import wait_until_async
 
 
 def _rows(items: list[int]) -> torch.Tensor:
@@ -30,12 +31,12 @@ def test_a_retired_batcher_finishes_its_queue_then_stops_and_serves_a_late_job()
         b.retire()
         out = await asyncio.gather(*queued)  # served in chunks of 2, all of them
         assert [o[:, 0].tolist() for o in out] == [[0, 1, 2], [10, 11, 12]]
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: not b.running, what="the retired loop's end")
         assert not b.running  # idle and retired: the loop has ended
         # a request that resolved the model before it was retired submits only now
-        late = await asyncio.wait_for(b.submit([7]), 5)
+        late = await asyncio.wait_for(b.submit([7]), 60)
         assert late.tolist() == [[7.0]]
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: not b.running, what="the late job's loop's end")
         assert not b.running and b.pending == 0
         await b.stop()  # stopping a stopped batcher is harmless
 

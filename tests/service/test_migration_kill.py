@@ -79,7 +79,7 @@ def test_kill_9_mid_migration_leaves_the_old_serving_and_the_migration_resumes(
         assert status["state"] == "running", status  # killed before it could end
         return int(status["done"]) >= 20
 
-    wait_until(progressed, what="the migration under way")
+    wait_until(progressed, 120, "the migration under way")
     first.kill()
 
     servers.append(second := Server(tmp_path, old, new))

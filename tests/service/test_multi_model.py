@@ -17,7 +17,7 @@ from service.app import create_app
 from service.commands.serve import add_arguments, settings_from_args
 from service.runtime.served import LoadedModel, module_bytes
 from service.settings import Settings
-from tests.helpers import FakeEncoder, wait_ready
+from tests.helpers import FakeEncoder, wait_ready, wait_until
 
 
 class OtherEncoder(FakeEncoder):
@@ -115,10 +115,11 @@ def test_the_default_serves_while_another_model_still_loads(
     gate = threading.Event()
     with _client(tmp_path, monkeypatch, gate) as client:
         try:
-            deadline = 200
-            while client.get("/readyz").json()["models"][0]["status"] != "ready" and deadline:
-                deadline -= 1
-                threading.Event().wait(0.05)
+            wait_until(
+                lambda: client.get("/readyz").json()["models"][0]["status"] == "ready",
+                120,
+                "the default model ready",
+            )
             ready = client.get("/readyz")
             assert ready.status_code == 503
             rows = ready.json()["models"]

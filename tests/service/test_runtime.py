@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.runtime.batcher import Batcher, QueueFullError
 from service.settings import Settings
-from tests.helpers import FakeEncoder, wait_ready
+from tests.helpers import FakeEncoder, wait_ready, wait_until
 
 Factory = Callable[..., TestClient]
 
@@ -135,7 +135,7 @@ def test_readyz_503_until_loaded_then_200(monkeypatch: pytest.MonkeyPatch) -> No
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready"
         assert client.get("/healthz").status_code == 200
         release.set()
-        wait_ready(client, timeout=10)
+        wait_ready(client)
         assert client.post("/v1/embed/text", json={"texts": ["hi"]}).status_code == 200
 
 
@@ -151,28 +151,31 @@ def test_model_load_is_logged_and_readyz_says_for_how_long(
     monkeypatch.setattr("service.runtime.served.load_encoder", slow_load)
     monkeypatch.setattr("service.runtime.served.PROGRESS_EVERY_S", 0.05)
     caplog.set_level(logging.INFO, logger="contrastive.service")
+    progress = re.compile(r"loading model anything \(\d+ s\)…")
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "contrastive.service"]
+
     with TestClient(create_app(Settings(model="anything", device="cpu"))) as client:
-        time.sleep(0.2)  # long enough for a progress line or more
+        # the load is held: wait for its first progress line, however late it comes
+        wait_until(lambda: any(progress.fullmatch(m) for m in messages()), what="progress")
         body = client.get("/readyz").json()
         assert body["status"] == "loading"
         assert re.fullmatch(r"loading model anything \(\d+ s\)", body["reason"]), body
-        assert body["loading_seconds"] >= 0.2
+        assert body["loading_seconds"] >= 0.05  # a progress line comes after 0.05 s
         r = client.post("/v1/embed/text", json={"texts": ["hi"]})
         assert r.json()["error"]["message"].startswith("loading model anything (")
         release.set()
-        wait_ready(client, timeout=10)
+        wait_ready(client)
         assert "loading_seconds" not in client.get("/readyz").json()
-    messages = [r.getMessage() for r in caplog.records if r.name == "contrastive.service"]
-    assert messages[0] == "loading model anything on cpu…"
-    assert any(re.fullmatch(r"loading model anything \(\d+ s\)…", m) for m in messages)
-    assert any(re.fullmatch(r"model anything loaded in \d+\.\d s", m) for m in messages)
+    assert messages()[0] == "loading model anything on cpu…"
+    assert any(progress.fullmatch(m) for m in messages())
+    assert any(re.fullmatch(r"model anything loaded in \d+\.\d s", m) for m in messages())
 
 
 def test_readyz_reports_a_failed_load() -> None:
     with TestClient(create_app(Settings(model="open_clip:no-such-arch"))) as client:
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").json()["status"] == "loading" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: client.get("/readyz").json()["status"] != "loading", 120, "the load")
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "failed"
         assert "no-such-arch" in r.json()["reason"]
@@ -188,20 +191,32 @@ class SlowEncoder(FakeEncoder):
 
     def _text_forward(self, texts: list[str]) -> torch.Tensor:
         if self.gate is not None:
-            self.gate.wait(30)
+            self.gate.wait(60)
         time.sleep(self.delay)
         return super()._text_forward(texts)
 
 
+def _text_batcher(client: TestClient) -> Batcher[Any]:
+    """The default model's text batcher (to know when requests are queued)."""
+    state = client.app.state.service  # type: ignore[attr-defined]
+    batcher: Batcher[Any] = state.models.default.require().texts.batcher
+    return batcher
+
+
 def test_concurrent_requests_are_batched_and_routed(fake_app_factory: Factory) -> None:
-    enc = SlowEncoder()
+    """24 one-text requests, the model held until all are queued: they go in batches of
+    at most 16, and each caller gets its own row."""
+    enc = SlowEncoder(delay=0.0)
     client = fake_app_factory(Settings(max_batch_size=16, max_wait_ms=20), encoder=enc)
+    gate = enc.gate = threading.Event()  # armed after warm-up
     enc.calls.clear()
     texts = [f"text number {i}" for i in range(24)]
+    queued = _text_batcher(client)
     with ThreadPoolExecutor(24) as pool:
-        replies = list(
-            pool.map(lambda t: client.post("/v1/embed/text", json={"texts": [t]}), texts)
-        )
+        sent = [pool.submit(client.post, "/v1/embed/text", json={"texts": [t]}) for t in texts]
+        wait_until(lambda: queued.pending == 24, what="24 requests queued")
+        gate.set()
+        replies = [f.result() for f in sent]
     expected = FakeEncoder().encode_texts(texts).numpy()
     got = np.array([r.json()["embeddings"][0] for r in replies])
     np.testing.assert_allclose(got, expected, atol=1e-6)  # each caller got its own row
@@ -217,7 +232,8 @@ def test_full_queue_answers_503_with_retry_after(fake_app_factory: Factory) -> N
         busy = [
             pool.submit(client.post, "/v1/embed/text", json={"texts": ["a", "b"]}) for _ in range(2)
         ]
-        time.sleep(0.3)  # the queue now holds 4 items and the model is stuck on the first 2
+        # the queue holds 4 items, and the model is stuck on the first 2
+        wait_until(lambda: _text_batcher(client).pending == 4, what="4 items queued")
         r = client.post("/v1/embed/text", json={"texts": ["c"]})
         gate.set()
         assert all(f.result().status_code == 200 for f in busy)

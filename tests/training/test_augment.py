@@ -7,6 +7,7 @@ functions in Python loops, pooling/interpolation closed forms, and per-channel l
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
+from tests.helpers import timing_scale
 from training.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -371,6 +373,19 @@ def test_augmenter_jitter_strength_replaces_only_size_ruled_jitter() -> None:
 def test_view_spec_validation(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         ViewSpec(**{"size": 8, **bad})  # type: ignore[arg-type]
+
+
+@pytest.mark.timing
+def test_cpu_throughput_is_reasonable() -> None:
+    """256 SimCLR views of 32 px in well under 2 s (x CONTRASTIVE_TIMING_SCALE) on CPU:
+    about 15 ms on 2 quiet cores; a slip back to per-image Python loops takes seconds."""
+    img = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8)
+    aug, spec = Augmenter("cpu"), simclr_view(32)
+    aug(img, spec)  # warm-up
+    start = time.perf_counter()
+    aug(img, spec)
+    took = time.perf_counter() - start
+    assert took < 2.0 * timing_scale(), f"{took:.2f} s for 256 views"
 
 
 @pytest.mark.gpu

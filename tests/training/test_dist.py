@@ -141,11 +141,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """Run `_worker` on 2 gloo processes (60 s guard) and load what each rank saved."""
+    """Run `_worker` on 2 gloo processes (a 300-s guard against a hang, generous for a busy
+    machine) and load what each rank saved."""
     out = tmp_path_factory.mktemp("dist")
     ctx = mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=False)
     assert ctx is not None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     while not ctx.join(timeout=1):  # raises if a rank raised
         if time.monotonic() > deadline:
             for p in ctx.processes:

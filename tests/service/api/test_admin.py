@@ -47,7 +47,7 @@ class NamedEncoder(FakeEncoder):
         if self.gates:
             gate = self.gates.pop(0)
             self.entered.set()
-            gate.wait(30)
+            gate.wait(60)
         return super()._text_forward(texts)
 
 
@@ -70,7 +70,7 @@ class Loader:
         self.made: list[weakref.ref[NamedEncoder]] = []
 
     def __call__(self, ref: str, *_: object) -> NamedEncoder:
-        self.hold.wait(30)
+        self.hold.wait(60)
         if ref.startswith("broken-warm-up"):
             failing = WarmUpFails("fake:" + ref)
             self.made.append(weakref.ref(failing))
@@ -299,7 +299,7 @@ def test_a_replacement_answers_what_was_sent_before_it_on_the_old_model(
             sent: list[Future[tuple[int, Any]]] = []
             for i in range(3):
                 sent.append(pool.submit(_embed, admin, "m", f"before {i}"))
-            assert encoder.entered.wait(10)  # one batch holds the model thread; two wait
+            assert encoder.entered.wait(60)  # one batch holds the model thread; two wait
             _until(lambda: _pending(texts) == 3)
             r = admin.put("/v1/admin/models/m", json={"reference": "fake-new"}, headers=BOSS)
             assert r.status_code == 202 and r.json()["replaces"] == "fake:old"
@@ -318,7 +318,7 @@ def test_a_replacement_answers_what_was_sent_before_it_on_the_old_model(
             found = re.search(r"(\d+) queued items finish on it", note)
             assert found is not None and int(found.group(1)) > s.max_batch_size, note
             second.set()
-            answers = [f.result(timeout=10) for f in sent]
+            answers = [f.result(timeout=60) for f in sent]
     finally:
         first.set()
         second.set()
@@ -559,7 +559,7 @@ def test_requests_to_a_loading_model_are_404_while_the_others_serve(
         _until(lambda: admin.get(location, headers=BOSS).json()["status"] == "done")
         _until(lambda: ("fake-c", 200, "fake:c") in seen)
         stop.set()
-        traffic.result(timeout=30)
+        traffic.result(timeout=60)
     for name, status, model in seen:
         if name == "fake-c":
             assert (status, model) in ((404, "model_not_found"), (200, "fake:c")), (name, status)
@@ -613,14 +613,14 @@ def test_an_unload_lets_the_requests_queued_on_the_model_finish_on_it(
     pool = ThreadPoolExecutor(4)  # not `with`: a request never answered fails, not hangs
     try:
         sent = [pool.submit(_embed, admin, "fake:b", f"queued {i}") for i in range(3)]
-        assert encoder.entered.wait(10)
+        assert encoder.entered.wait(60)
         _until(lambda: _pending(texts) == 3)
         r = admin.delete("/v1/admin/models/fake:b", headers=BOSS)
         assert r.status_code == 200 and r.json()["queued"] == 3
         status, body = _embed(admin, "fake:b")
         assert status == 404 and "'fake:b' was unloaded" in body["error"]["message"]
         gate.set()
-        answers = [f.result(timeout=10) for f in sent]
+        answers = [f.result(timeout=60) for f in sent]
     finally:
         gate.set()
         pool.shutdown(wait=False, cancel_futures=True)
@@ -644,7 +644,7 @@ def test_a_load_that_fails_while_others_serve_fails_alone(
         _until(lambda: len(seen) > 0)
         r = admin.post("/v1/admin/models?wait=30", json={"reference": reference}, headers=BOSS)
         stop.set()
-        traffic.result(timeout=30)
+        traffic.result(timeout=60)
     assert r.status_code == 422, r.json()
     err = r.json()["error"]
     assert err["code"] == "model_load_failed" and "\n" not in err["message"]
@@ -671,7 +671,7 @@ def test_an_unload_while_a_requests_images_decode_answers_it_on_the_model(
 
     def slow_decode(*args: Any, **kwargs: Any) -> Any:
         decoding.set()
-        assert resume.wait(20)
+        assert resume.wait(60)
         return real(*args, **kwargs)
 
     admin = fake_app_factory(Settings(admin_keys=["boss"], collections_dir=str(tmp_path)))
@@ -685,10 +685,10 @@ def test_an_unload_while_a_requests_images_decode_answers_it_on_the_model(
                 "/v1/embed/image", data={"model": "fake:b"}, files=files, headers=BOSS
             )
         )
-        assert decoding.wait(20)
+        assert decoding.wait(60)
         r = admin.delete("/v1/admin/models/fake:b", headers=BOSS)
         assert r.status_code == 200
         resume.set()
-        answer = sent.result(timeout=20)
+        answer = sent.result(timeout=60)
     assert answer.status_code == 200, answer.json()
     assert answer.json()["model"] == "fake:b"

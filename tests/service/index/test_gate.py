@@ -12,6 +12,7 @@ import pytest
 from service.api.writes import GatedWrite
 from service.index.gate import WriteGate
 from service.index.types import CollectionError
+from tests.helpers import wait_until
 
 
 def test_writers_share_a_collection_and_a_holder_waits_for_them() -> None:
@@ -25,14 +26,16 @@ def test_writers_share_a_collection_and_a_holder_waits_for_them() -> None:
 
     holder = threading.Thread(target=hold)
     holder.start()
-    assert not held.wait(0.2)  # writers inside: the holder waits
+    # the holder is waiting (the gate's private set, read only to know when) ...
+    wait_until(lambda: "a" in gate._held, what="the holder waiting")
+    assert not held.is_set()  # ... while writers are inside
     assert not gate.try_enter("a")  # and no new writer gets past it meanwhile
     assert gate.try_enter("b")  # other collections are not held
     gate.leave("a")
     assert not held.wait(0.1)
     gate.leave("a")
-    assert held.wait(5)
-    holder.join(5)
+    assert held.wait(60)
+    holder.join(60)
     assert gate.try_enter("a")  # released
 
 
@@ -80,19 +83,19 @@ def test_a_write_waits_while_the_collection_is_held() -> None:
     def hold() -> None:
         with gate.alone("photos"):
             holding.set()
-            release.wait(5)
+            release.wait(60)
 
     holder = threading.Thread(target=hold)
     holder.start()
-    assert holding.wait(5)
+    assert holding.wait(60)
 
     async def main() -> None:
         task = asyncio.create_task(write(written.append, "x"))
         await asyncio.sleep(0.1)
         assert written == []  # held: not written yet
         release.set()
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, 60)
 
     asyncio.run(main())
-    holder.join(5)
+    holder.join(60)
     assert written == ["x"]

@@ -117,7 +117,10 @@ def test_a_server_with_json_logs_writes_only_json_lines_with_request_ids(
     try:
         wait_server_ready(url, proc, out.read_text)
         r = httpx.post(
-            f"{url}/v1/embed/text", json={"texts": ["x"]}, headers={"X-Request-ID": "json-1"}
+            f"{url}/v1/embed/text",
+            json={"texts": ["x"]},
+            headers={"X-Request-ID": "json-1"},
+            timeout=60,
         )
         assert r.status_code == 200 and r.headers["x-request-id"] == "json-1"
         proc.send_signal(signal.SIGTERM)

@@ -93,7 +93,7 @@ MOVED = {
     "vicreg": ["backbone.body.0.weight", "projector.0.weight"],
     "simsiam": ["backbone.body.0.weight", "predictor.0.weight"],
 }
-TIMEOUT_S = 120
+TIMEOUT_S = 300  # a guard against a hang, generous for a busy machine
 
 Record = dict[str, Any]  # one step: {"loss": Tensor, "grads": {name: Tensor}, "state": {...}}
 

@@ -188,7 +188,7 @@ def _handler(fake: FakeQdrant) -> type[BaseHTTPRequestHandler]:
         def _break(self, fault: str) -> None:
             if fault == "stall":
                 fake.stalled.set()
-                fake._release.wait(60)
+                fake._release.wait(600)  # the test ends it (close) long before
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
 

@@ -1,7 +1,9 @@
 """The API over a Qdrant server that misbehaves (tests/service/index/qdrant/fake_qdrant.py):
 one that stalls, drops the connection mid-request, or answers garbage or errors. Each is
 a 503 `backend_unavailable` with Retry-After, naming the server, within the configured
-timeout (the client's, 1 s here: a stall is seen as its timeout); never a 500. A write
+timeout (the client's: 1 s where the fault is a stall, which is seen as its timeout; a
+minute elsewhere, so that a busy machine never turns an answer into a timeout); never a
+500. A write
 that Qdrant did not confirm is never acknowledged, and the service serves again as soon
 as the server does.
 """
@@ -40,14 +42,19 @@ def fake() -> Iterator[FakeQdrant]:
     server.close()
 
 
-def _client(make: MakeClient, fake: FakeQdrant, timeout: int = 1) -> TestClient:
+def _client(make: MakeClient, fake: FakeQdrant, timeout: int) -> TestClient:
     s = Settings(collections_backend="qdrant", qdrant_url=fake.url, qdrant_timeout=timeout)
     return make(s)
 
 
 @pytest.fixture
-def client(fake_app_factory: MakeClient, fake: FakeQdrant) -> TestClient:
-    return _client(fake_app_factory, fake)
+def client(
+    fake_app_factory: MakeClient, fake: FakeQdrant, request: pytest.FixtureRequest
+) -> TestClient:
+    """The client's timeout expires only where the test waits for it: a stall."""
+    callspec = getattr(request.node, "callspec", None)
+    stall = callspec is not None and callspec.params.get("fault") == "stall"
+    return _client(fake_app_factory, fake, timeout=1 if stall else 60)
 
 
 def _unavailable(r: Any, fake: FakeQdrant) -> str:
@@ -146,12 +153,12 @@ def test_a_stalled_readiness_check_holds_no_other_request(
     """/readyz asks Qdrant which collections it refuses; that request stalls (under a long
     client timeout). Meanwhile /healthz and a text embedding are answered: the question
     was not asked from the event loop."""
-    client = _client(fake_app_factory, fake, timeout=60)
+    client = _client(fake_app_factory, fake, timeout=600)
     fake.fault = on(*SCROLL_CONFIGS, "stall")
     ready: list[Any] = []
     probe = threading.Thread(target=lambda: ready.append(client.get("/readyz")), daemon=True)
     probe.start()
-    assert fake.stalled.wait(20)
+    assert fake.stalled.wait(120)
     others: list[int] = []
 
     def meanwhile() -> None:
@@ -160,9 +167,9 @@ def test_a_stalled_readiness_check_holds_no_other_request(
 
     side = threading.Thread(target=meanwhile, daemon=True)
     side.start()
-    side.join(20)  # generous: blocked behind the stall, these would wait its 60 s
+    side.join(120)  # generous: blocked behind the stall, these would wait its 600 s
     held = side.is_alive()
     fake.close()  # ends the stall: the probe's request fails, /readyz answers
-    probe.join(20)
+    probe.join(120)
     assert not held and others == [200, 200]
     assert ready and ready[0].status_code == 503

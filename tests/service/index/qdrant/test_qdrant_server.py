@@ -115,7 +115,7 @@ def test_a_server_answering_errors_is_backend_unavailable(
     answering: Callable[[int], str], status: int, says: str
 ) -> None:
     url = answering(status)
-    b = QdrantBackend(QdrantConfig(url=url, timeout=2))
+    b = QdrantBackend(QdrantConfig(url=url, timeout=60))
     for call in _calls(b):
         with pytest.raises(CollectionError) as err:
             call()
@@ -127,7 +127,7 @@ def test_a_server_answering_errors_is_backend_unavailable(
 def test_a_server_answering_404_for_a_collection_is_not_found(
     answering: Callable[[int], str],
 ) -> None:
-    b = QdrantBackend(QdrantConfig(url=answering(404), timeout=2))
+    b = QdrantBackend(QdrantConfig(url=answering(404), timeout=60))
     b._configs_ready = True  # skip the sidecar check: every path answers 404 here
     with pytest.raises(CollectionError) as err:
         b.info_of(CollectionConfig("gone", "m", 3, IndexSpec(), "2025-01-01T00:00:00+00:00"))
