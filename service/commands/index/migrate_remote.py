@@ -80,12 +80,13 @@ def _follow(client: ContrastiveClient, name: str) -> dict[str, Any]:
         status = client.migration(name)
         if status["state"] != "running":
             return status
-        print(
-            f"contrastive index migrate: pass {status['pass']}: "
-            f"{status['done']}/{status['total']} items",
-            file=sys.stderr,
-            flush=True,
-        )
+        if status["total"]:  # 0: the pass is still reading what to do
+            print(
+                f"contrastive index migrate: pass {status['pass']}: "
+                f"{status['done']}/{status['total']} items",
+                file=sys.stderr,
+                flush=True,
+            )
         time.sleep(POLL_S)
 
 
