@@ -35,3 +35,13 @@ def pool() -> Iterator[ThreadPoolExecutor]:
     executor = ThreadPoolExecutor(1)
     yield executor
     executor.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Two tiny CLIP exports with different weights: a collection's old model and the new
+    one it moves to (the migration tests)."""
+    from tests.helpers import old_and_new_exports
+
+    old, new = old_and_new_exports(tmp_path_factory.mktemp("models"))
+    return str(old), str(new)

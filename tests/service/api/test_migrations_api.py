@@ -25,7 +25,6 @@ from service.commands.index.images import read_image
 from service.commands.index.reembed import Reembedder
 from service.settings import Settings
 from tests.helpers import (
-    old_and_new_exports,
     wait_ready,
     wait_until,
 )
@@ -34,13 +33,6 @@ from training.encoders import load_encoder
 BOSS = {"Authorization": "Bearer boss"}
 M, C = "/v1/admin/migrations", "/v1/collections"
 TEXTS = [f"item number {i}" for i in range(12)]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    root = tmp_path_factory.mktemp("models")
-    old, new = old_and_new_exports(root)
-    return str(old), str(new)
 
 
 @pytest.fixture

@@ -19,16 +19,7 @@ from service.commands.index.migration import Hooks
 from service.index.backend import CollectionBackend, CollectionHandle
 from service.settings import Settings
 from service.state import open_collections
-from tests.helpers import old_and_new_exports
 from training.encoders import load_encoder
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Two tiny CLIP exports with different weights: the old model and the new one."""
-    root = tmp_path_factory.mktemp("models")
-    old, new = old_and_new_exports(root)
-    return str(old), str(new)
 
 
 @pytest.fixture
