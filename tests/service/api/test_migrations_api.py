@@ -267,4 +267,7 @@ def test_a_second_migration_of_the_same_collection_is_refused_while_one_runs(
 def test_without_admin_keys_migrations_are_off(tmp_path: Path, models: tuple[str, str]) -> None:
     settings = Settings(model=models[0], device="cpu", collections_dir=str(tmp_path / "c"))
     with TestClient(create_app(settings)) as c:
-        _error(c.post(M, json={"collection": "a", "model": "b"}), 403, "admin_disabled")
+        r = c.post(M, json={"collection": "a", "model": "b"})
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["code"] == "admin_disabled"
+        assert "admin API is off" in r.json()["error"]["message"]
