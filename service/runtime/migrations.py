@@ -20,7 +20,14 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from service.commands.index.migration import LAST_PASS, Hooks, Migration, Plan, plan
+from service.commands.index.migration import (
+    LAST_PASS,
+    Hooks,
+    Migration,
+    Plan,
+    check_spaces,
+    plan,
+)
 from service.commands.index.reembed import Reembedder
 from service.domain_errors import RequestError
 from service.index.gate import WriteGate
@@ -190,18 +197,9 @@ class Migrations:
 
 def _checked_plan(store: CollectionBackend, req: MigrationRequest, encoder: Encoder) -> Plan:
     """The plan, or RequestError `migration_refused` with what to send instead."""
-    from service.index.types import CollectionError
-
     try:
         p = plan(store, req.collection, req.alias, req.new_name, encoder.model_id)
-        if store.get(p.old).model_id == encoder.model_id:
-            raise ValueError(f"{p.old!r} already holds {encoder.model_id!r} embeddings")
-        try:
-            there = store.get(p.new).model_id
-        except CollectionError:
-            there = encoder.model_id  # not there yet: it is created
-        if there != encoder.model_id:
-            raise ValueError(f"{p.new!r} exists and holds {there!r}: send another new_name")
+        check_spaces(store, p, encoder.model_id)
     except ValueError as e:
         raise RequestError("migration_refused", str(e)) from None
     return p

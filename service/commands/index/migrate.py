@@ -8,7 +8,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.commands.index.migration import Hooks, Migration, Outcome, plan, write_report
+from service.commands.index.migration import (
+    Hooks,
+    Migration,
+    missing_lines,
+    plan,
+    summary,
+    write_report,
+)
 from service.commands.index.report import run_reported
 
 HELP = """\
@@ -111,7 +118,8 @@ def migrate(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
         out = job.finish(job.build(), args.allow_missing)
         report = args.report or Path(f"{p.new}.migration.json")
         write_report(report, p, encoder.model_id, out)
-        _list_missing(out)
+        for line in missing_lines([m.to_json() for m in out.missing], len(out.missing)):
+            print(line, file=sys.stderr)
         if not out.switched:
             print(
                 f"contrastive index migrate: {len(out.missing)} items could not be embedded "
@@ -122,22 +130,5 @@ def migrate(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
             return 3
     finally:
         store.close()
-    print(_summary(p.alias, p.old, p.new, out))
+    print(summary(p, out.written, len(out.missing), out.previous))
     return 0
-
-
-def _list_missing(out: Outcome, shown: int = 20) -> None:
-    """The first `shown` missing items on stderr (the report has them all)."""
-    for m in out.missing[:shown]:
-        print(f"missing: {m.id!r} ({m.source!r}): {m.reason}", file=sys.stderr)
-    if len(out.missing) > shown:
-        print(f"missing: ... and {len(out.missing) - shown} more", file=sys.stderr)
-
-
-def _summary(alias: str, old: str, new: str, out: Outcome) -> str:
-    was = f"was {out.previous!r}" if out.previous else "new alias"
-    return (
-        f"migrated {old!r} into {new!r} ({out.written} items written, {len(out.missing)} "
-        f"missing); alias {alias!r} -> {new!r} ({was}); roll back: contrastive index alias "
-        f"set {alias} {old}"
-    )

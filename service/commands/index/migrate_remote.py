@@ -91,16 +91,13 @@ def _follow(client: ContrastiveClient, name: str) -> dict[str, Any]:
 
 
 def _outcome(s: dict[str, Any]) -> int:
-    for m in s["missing"][:20]:
-        print(f"missing: {m['id']!r} ({m['source']!r}): {m['reason']}", file=sys.stderr)
+    from service.commands.index.migration import Plan, missing_lines, summary
+
+    for line in missing_lines(s["missing"], s["missing_count"]):
+        print(line, file=sys.stderr)
     if s["state"] == "switched":
-        was = f"was {s['previous']!r}" if s["previous"] else "new alias"
-        print(
-            f"migrated {s['collection']!r} into {s['new']!r} ({s['written']} items written, "
-            f"{s['missing_count']} missing); alias {s['alias']!r} -> {s['new']!r} ({was}); "
-            f"writes held {s['held_seconds']} s; roll back: contrastive index alias set "
-            f"{s['alias']} {s['collection']}"
-        )
+        p = Plan(s["collection"], s["new"], s["alias"])
+        print(summary(p, s["written"], s["missing_count"], s["previous"], s["held_seconds"]))
         return 0
     if s["state"] == "built":
         print(

@@ -102,9 +102,26 @@ def plan(
     return Plan(old, new, alias)
 
 
+def check_spaces(store: CollectionBackend, p: Plan, model_id: str) -> None:
+    """ValueError unless the old collection holds another model's vectors and the new one
+    is missing or holds `model_id`'s (a stopped migration's, to resume)."""
+    from service.index.types import CollectionError
+
+    if store.get(p.old).model_id == model_id:
+        raise ValueError(f"{p.old!r} already holds {model_id!r} embeddings")
+    try:
+        there = store.get(p.new).model_id
+    except CollectionError as e:
+        if e.code != "collection_not_found":
+            raise
+        return
+    if there != model_id:
+        raise ValueError(f"{p.new!r} exists and holds {there!r}: choose another new name")
+
+
 def open_new(store: CollectionBackend, p: Plan, model_id: str, dim: int) -> CollectionHandle:
-    """The new collection: created with the old one's index spec, or the one a stopped
-    migration left (resumed; refused if another model filled it)."""
+    """The new collection (check_spaces first): created with the old one's index spec,
+    or the one a stopped migration left, resumed."""
     from service.index.types import CollectionError
 
     try:
@@ -114,8 +131,6 @@ def open_new(store: CollectionBackend, p: Plan, model_id: str, dim: int) -> Coll
             raise
         store.create(p.new, model_id, dim, store.get(p.old).info().index)
         return store.get(p.new)
-    if col.model_id != model_id:
-        raise ValueError(f"{p.new!r} exists and holds {col.model_id!r}: pass another --new-name")
     print(f"resuming into {p.new!r} ({col.count()} items there)", file=sys.stderr)
     return col
 
@@ -137,8 +152,7 @@ class Migration:
     def build(self) -> Outcome:
         """Bring the new collection level with the old one; the alias is not touched."""
         enc = self.reembedder.encoder
-        if self.store.get(self.plan.old).model_id == enc.model_id:
-            raise ValueError(f"{self.plan.old!r} already holds {enc.model_id!r} embeddings")
+        check_spaces(self.store, self.plan, enc.model_id)
         new = open_new(self.store, self.plan, enc.model_id, enc.embed_dim)
         out = Outcome()
         for pass_no in range(1, MAX_CATCH_UP + 2):
@@ -233,6 +247,28 @@ class Progress:
             file=sys.stderr,
             flush=True,
         )
+
+
+def missing_lines(missing: list[dict[str, Any]], total: int, shown: int = 20) -> list[str]:
+    """What stderr says of the items that could not be embedded (Missing.to_json()s): the
+    first `shown` of `total`, one per line."""
+    lines = [f"missing: {m['id']!r} ({m['source']!r}): {m['reason']}" for m in missing[:shown]]
+    if total > shown:
+        lines.append(f"missing: ... and {total - shown} more")
+    return lines
+
+
+def summary(
+    p: Plan, written: int, missing: int, previous: str | None, held_s: float | None = None
+) -> str:
+    """The line a switched migration ends with (`held_s`: how long writes were held)."""
+    was = f"was {previous!r}" if previous else "new alias"
+    held = f"; writes held {held_s} s" if held_s is not None else ""
+    return (
+        f"migrated {p.old!r} into {p.new!r} ({written} items written, {missing} missing); "
+        f"alias {p.alias!r} -> {p.new!r} ({was}){held}; roll back: contrastive index alias "
+        f"set {p.alias} {p.old}"
+    )
 
 
 def write_report(path: Path, p: Plan, model_id: str, out: Outcome) -> None:
