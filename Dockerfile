@@ -48,7 +48,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     esac
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY service ./service
 COPY training ./training
 
@@ -79,7 +79,7 @@ RUN set -eu; \
 # From /, so that Python imports the installed package, not the sources in /src.
 RUN --network=none \
     cd / && HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-    python -c "from training.encoders import load_encoder; load_encoder('builtin', None, 'cpu')"
+    python -c "from contrastkit.training.encoders import load_encoder; load_encoder('builtin', None, 'cpu')"
 
 # ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

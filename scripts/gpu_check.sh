@@ -117,29 +117,29 @@ main() {
     echo "== gpu_check $(date -u +%FT%TZ), commit ${CONTRASTIVE_GIT_COMMIT:-unknown}, steps $STEPS"
     preflight || { echo "== preflight failed: nothing run"; return 3; }
     # `contrastive bench train` once service/cli.py wires it; the module's own entry otherwise
-    local train=(python3 -m service bench train)
-    "${train[@]}" --help >/dev/null 2>&1 || train=(python3 -m training.bench.train)
+    local train=(python3 -m contrastkit.service bench train)
+    "${train[@]}" --help >/dev/null 2>&1 || train=(python3 -m contrastkit.training.bench.train)
 
     run train 240 "${train[@]}" --device cuda --data fashion-mnist:.data/fashion-mnist \
         --knn-epochs "$KNN_EPOCHS" --knn-time-limit "$KNN_LIMIT" --json "$OUT/train.json"
     run tests 75 python3 -m pytest -m gpu -q -rs -p no:cacheprovider \
         --junitxml="$OUT/gpu-tests.xml" tests
-    run serve 110 python3 -m service bench serve --model open_clip:ViT-B-32 --device cuda \
+    run serve 110 python3 -m contrastkit.service bench serve --model open_clip:ViT-B-32 --device cuda \
         --batch 256 --seconds "$SERVE_SECONDS" --out "$OUT"
     # the same image load with the JPEGs decoded by PIL on the CPU: the device decoder's
     # gain, HTTP 640x480 uploads against the raw tower, in one run (target >= 5k img/s)
-    run serve-cpu-decode 60 python3 -m service bench serve --model open_clip:ViT-B-32 \
+    run serve-cpu-decode 60 python3 -m contrastkit.service bench serve --model open_clip:ViT-B-32 \
         --device cuda --batch 256 --seconds "$SERVE_SECONDS" --modalities image \
         --concurrency 32 --device-decode off --out "$OUT/cpu-decode"
-    run search 110 python3 -m service bench search --device cuda --model open_clip:ViT-B-32 \
+    run search 110 python3 -m contrastkit.service bench search --device cuda --model open_clip:ViT-B-32 \
         --n "$SEARCH_N" --seconds 2 --add-n 20000 --no-reopen --out "$OUT"
-    local quality=(python3 -m service bench quality --device cuda
+    local quality=(python3 -m contrastkit.service bench quality --device cuda
         --data fashion-mnist:.data/fashion-mnist --backbone resnet18
         --epochs "$QUALITY_EPOCHS" --batch-size 256 --lars-methods "$QUALITY_LARS")
     [[ -n $QUALITY_METHODS ]] && quality+=(--methods "$QUALITY_METHODS")
     [[ -n $QUALITY_RUN_LIMIT ]] && quality+=(--time-limit "$QUALITY_RUN_LIMIT")
     run quality "$QUALITY_LIMIT" "${quality[@]}" --json "$OUT/quality.json"
-    run finetune 280 python3 -m service bench finetune --device cuda --arch ViT-B-32 \
+    run finetune 280 python3 -m contrastkit.service bench finetune --device cuda --arch ViT-B-32 \
         --batch-size 256 --precision bf16 --warmup 20 --steps "$FINETUNE_STEPS" \
         --fashion-mnist .data/fashion-mnist --json "$OUT/finetune.json"
 

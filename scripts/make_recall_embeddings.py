@@ -109,7 +109,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    from training.encoders import load_encoder
+    from contrastkit.training.encoders import load_encoder
 
     encoder = load_encoder("builtin", device="cpu")
     assert encoder.model_id == MODEL_ID, encoder.model_id

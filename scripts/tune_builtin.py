@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.runtime.zeroshot import classifier_from_embeddings, fill
-from training.encoders.builtin import BuiltinEncoder
-from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
+from contrastkit.service.runtime.zeroshot import classifier_from_embeddings, fill
+from contrastkit.training.encoders.builtin import BuiltinEncoder
+from contrastkit.training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_NAMES = [
@@ -91,7 +91,7 @@ def logits(enc: BuiltinEncoder, images: list[Image.Image]) -> torch.Tensor:
     out = []
     for i in range(0, len(images), 64):
         px = torch.stack([enc.preprocess_image(im) for im in images[i : i + 64]])
-        from training.encoders.preprocess import normalize
+        from contrastkit.training.encoders.preprocess import normalize
 
         out.append(enc.vision(normalize(px, enc.info.preprocess)).float())
     return torch.cat(out)

@@ -11,9 +11,9 @@ from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
-from service.api import openapi_docs, openapi_rules
-from service.api.openapi_docs import error_responses
-from service.api.routes import (
+from contrastkit.service.api import openapi_docs, openapi_rules
+from contrastkit.service.api.openapi_docs import error_responses
+from contrastkit.service.api.routes import (
     admin,
     aliases,
     classify,
@@ -25,10 +25,10 @@ from service.api.routes import (
     openai,
     web,
 )
-from service.api.shedding import early_refusal
-from service.errors import install_handlers
-from service.metrics import Metrics
-from service.middleware import (
+from contrastkit.service.api.shedding import early_refusal
+from contrastkit.service.errors import install_handlers
+from contrastkit.service.metrics import Metrics
+from contrastkit.service.middleware import (
     AllowMiddleware,
     ApiKeyMiddleware,
     BodyLimitMiddleware,
@@ -37,11 +37,11 @@ from service.middleware import (
     ShedMiddleware,
     is_open,
 )
-from service.observability import tracing
-from service.observability.request_id import RequestIdMiddleware
-from service.settings import Settings, get_settings
-from service.state import ServiceState
-from training.encoders import Encoder
+from contrastkit.service.observability import tracing
+from contrastkit.service.observability.request_id import RequestIdMiddleware
+from contrastkit.service.settings import Settings, get_settings
+from contrastkit.service.state import ServiceState
+from contrastkit.training.encoders import Encoder
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -121,7 +121,7 @@ def _wrap_stack(app: FastAPI, middleware: Callable[[ASGIApp], ASGIApp]) -> None:
 
 
 # The error statuses each router's operations may answer (500, a bug, goes to all of them;
-# 401 to the protected ones when API keys are set, service.api.openapi_docs).
+# 401 to the protected ones when API keys are set, contrastkit.service.api.openapi_docs).
 MODEL_ERRORS = (400, 404, 413, 415, 422, 502, 503)
 COLLECTION_ERRORS = (400, 404, 409, 413, 415, 422, 502, 503, 507)
 ADMIN_ERRORS = (400, 403, 404, 409, 413, 415, 422, 503)

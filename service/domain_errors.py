@@ -1,7 +1,7 @@
 """The service's errors without HTTP: a stable code, a message, nothing about statuses.
 
 The runtime (images, batchers), the collection store and the request checks raise these;
-`service.errors` is the one place that turns a code into an HTTP status, and
+`contrastkit.service.errors` is the one place that turns a code into an HTTP status, and
 `contrastive index` prints the message as it is. No third-party import here: the CLI and
 the store import this module without loading the web stack.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-# Every code a DomainError may carry. The HTTP table (service.errors.STATUS) has an entry
+# Every code a DomainError may carry. The HTTP table (contrastkit.service.errors.STATUS) has an entry
 # for each: tests/service/test_errors.py checks that, and that every code raised in
 # service/ is listed here. Clients key on these strings: never rename one.
 ErrorCode = Literal[
-    # image bytes (service.runtime.images)
+    # image bytes (contrastkit.service.runtime.images)
     "image_decode_failed",
     "image_too_large",
     "url_not_supported",
@@ -26,7 +26,7 @@ ErrorCode = Literal[
     "model_mismatch",
     "unsupported_dimensions",
     "model_output_invalid",
-    # changing the served models (the admin API: service.runtime.lifecycle)
+    # changing the served models (the admin API: contrastkit.service.runtime.lifecycle)
     "model_unloaded",
     "model_busy",
     "model_exists",
@@ -37,7 +37,7 @@ ErrorCode = Literal[
     "overloaded",
     "out_of_memory",
     "client_closed_request",
-    # collections (service.index)
+    # collections (contrastkit.service.index)
     "invalid_name",
     "invalid_dimension",
     "collection_exists",

@@ -4,7 +4,7 @@ for every 4xx and 5xx:
 {"error": {"code": "image_decode_failed", "message": "...", "detail": ...}}
 
 Nothing below the API layer knows a status: the runtime, the store and the request checks
-raise a DomainError (service.domain_errors) with a code, and STATUS below is the only
+raise a DomainError (contrastkit.service.domain_errors) with a code, and STATUS below is the only
 table that maps a code to a status.
 """
 
@@ -17,8 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.domain_errors import DomainError, ErrorCode
-from service.responses import FastJSON
+from contrastkit.service.domain_errors import DomainError, ErrorCode
+from contrastkit.service.responses import FastJSON
 
 log = logging.getLogger("contrastive.service")
 

@@ -11,13 +11,13 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.domain_errors import DomainError, ErrorCode
-from service.errors import domain_error_response, error_response
-from service.metrics import Metrics
+from contrastkit.service.domain_errors import DomainError, ErrorCode
+from contrastkit.service.errors import domain_error_response, error_response
+from contrastkit.service.metrics import Metrics
 
 # The API docs are open too: they show the schema only (no collection, item or model
 # output), and every call made from them still needs the key, sent through the page's
-# Authorize button. FastAPI's default docs URLs (service.app).
+# Authorize button. FastAPI's default docs URLs (contrastkit.service.app).
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"}) | DOCS_PATHS
 OPEN_PREFIXES = (
@@ -36,7 +36,7 @@ async def _reply(
     msg: str,
     headers: dict[str, str] | None = None,
 ) -> None:
-    """Answer with the error shape before the app runs (its status: service.errors)."""
+    """Answer with the error shape before the app runs (its status: contrastkit.service.errors)."""
     await error_response(code, msg, headers=headers)(scope, receive, send)
 
 
@@ -221,7 +221,7 @@ class AllowMiddleware:
 
 class ShedMiddleware:
     """A POST that `refusal(path)` refuses is answered with that error before anything of
-    it is read (service.api.shedding says when). Metrics count it under its path, which
+    it is read (contrastkit.service.api.shedding says when). Metrics count it under its path, which
     for these routes is their template."""
 
     def __init__(self, app: ASGIApp, refusal: Callable[[str], DomainError | None]) -> None:
@@ -260,7 +260,7 @@ def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
     FastAPI resolves lazily) answer for their routes. Mounts are left out: they match any
     method, and their apps answer 405s themselves. The answer is what the server does
     (e.g. /v1/collections/{name}/items/delete allows POST only: its item route never
-    matches that path, service.api.routes.collections).
+    matches that path, contrastkit.service.api.routes.collections).
     """
     found = []
     for method in METHOD_ORDER:

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
-from service.domain_errors import ModelError
+from contrastkit.service.domain_errors import ModelError
 
 log = logging.getLogger("contrastive.service")
 
@@ -31,7 +31,7 @@ def finite_output(values: Any, model_id: str) -> np.ndarray:
     `model_output_invalid` when any value is NaN or infinite.
 
     That is the model's fault (broken weights, an fp16 overflow), not the request's, and
-    retrying will not help: the status says so (service.errors), and the body says which
+    retrying will not help: the status says so (contrastkit.service.errors), and the body says which
     rows, so that the operator can reproduce it.
     """
     arr = np.asarray(values.numpy() if hasattr(values, "numpy") else values)

@@ -45,8 +45,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.config import LOGGING_CONFIG
 
-from service.settings import Settings
-from service.state import ServiceState
+from contrastkit.service.settings import Settings
+from contrastkit.service.state import ServiceState
 
 log = logging.getLogger("contrastive.service")
 
@@ -144,7 +144,7 @@ def run(app: FastAPI, settings: Settings, exit_process: bool = True) -> bool:
         log_level=settings.log_level,
         access_log=settings.access_log,
         # json: no logging config of uvicorn's own, so its records go to the root logger's
-        # JSON handler (service.observability.logs) rather than to its text handlers
+        # JSON handler (contrastkit.service.observability.logs) rather than to its text handlers
         log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         # uvicorn types it int, but uses it as asyncio.wait_for's timeout: a float works
         timeout_graceful_shutdown=settings.graceful_timeout,  # type: ignore[arg-type]

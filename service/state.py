@@ -1,9 +1,9 @@
 """Everything the running service holds: settings, the models (each, once loaded, with its
-embedders and their batchers: service.runtime.served; the set and its changes:
-service.runtime.lifecycle), the collection store, thread pools.
+embedders and their batchers: contrastkit.service.runtime.served; the set and its changes:
+contrastkit.service.runtime.lifecycle), the collection store, thread pools.
 
 Created in the app's lifespan and kept on `app.state.service`; routes reach it via
-`service.api.deps`.
+`contrastkit.service.api.deps`.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.index.backend import CollectionBackend
-from service.index.factory import FaissMissingError, open_backend
-from service.index.gate import WriteGate
-from service.metrics import Metrics
-from service.observability.tracing import Tracing
-from service.runtime.batcher import Batcher
-from service.runtime.lifecycle import ModelLifecycle
-from service.runtime.migrations import Migrations
-from service.runtime.served import Pools, ServedModel, ServedModels
-from service.settings import Settings
-from training.encoders import Encoder, resolve_device
+from contrastkit.service.index.backend import CollectionBackend
+from contrastkit.service.index.factory import FaissMissingError, open_backend
+from contrastkit.service.index.gate import WriteGate
+from contrastkit.service.metrics import Metrics
+from contrastkit.service.observability.tracing import Tracing
+from contrastkit.service.runtime.batcher import Batcher
+from contrastkit.service.runtime.lifecycle import ModelLifecycle
+from contrastkit.service.runtime.migrations import Migrations
+from contrastkit.service.runtime.served import Pools, ServedModel, ServedModels
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import Encoder, resolve_device
 
 log = logging.getLogger("contrastive.service")
 T = TypeVar("T")
@@ -41,7 +41,7 @@ class ServiceState:
     metrics: Metrics
     draining: bool = False
     tracing: Tracing | None = None  # None: tracing is off, and no span is made
-    # the served models and every change to them (service.runtime.lifecycle); the set
+    # the served models and every change to them (contrastkit.service.runtime.lifecycle); the set
     # itself is `models`; set in __post_init__
     lifecycle: ModelLifecycle = field(init=False)
     # One model thread: torch parallelises inside an op; two would only fight over cores.
@@ -204,7 +204,7 @@ def open_collections(s: Settings) -> CollectionBackend:
     root = Path(s.collections_dir)
     qdrant = None
     if s.collections_backend == "qdrant":
-        from service.index.factory import QdrantConfig
+        from contrastkit.service.index.factory import QdrantConfig
 
         qdrant = QdrantConfig(
             url=s.qdrant_url,

@@ -22,8 +22,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from training.encoders.base import Encoder, EncoderInfo, Preprocess
-from training.encoders.exported.format import ExportMeta, write_export
+from contrastkit.training.encoders.base import Encoder, EncoderInfo, Preprocess
+from contrastkit.training.encoders.exported.format import ExportMeta, write_export
 
 TINY_CLIP_CFG: dict[str, Any] = {
     "embed_dim": 32,

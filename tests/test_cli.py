@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser, main
-from service.commands.serve import settings_from_args
+from contrastkit.service.cli import build_parser, main
+from contrastkit.service.commands.serve import settings_from_args
 
 
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,7 +40,9 @@ def test_cuda_without_cuda_fails_fast(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_python_dash_m_service_help() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "contrastkit.service", "serve", "--help"],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0
     for flag in (
@@ -56,7 +58,7 @@ def test_python_dash_m_service_help() -> None:
 
 
 def test_every_command_in_the_table_has_help_and_runs_its_module() -> None:
-    from service.cli import COMMANDS
+    from contrastkit.service.cli import COMMANDS
 
     names = set(COMMANDS)
     assert {"serve", "index", "bench", "train", "export", "eval", "demo", "plot"} <= names
@@ -71,7 +73,7 @@ def test_a_second_server_on_the_same_collections_folder_says_how_out_in_one_line
 ) -> None:
     """The first server's store holds the folder's lock: the second stops before uvicorn
     starts (no lifespan traceback), naming the folder and the ways out, exit 2."""
-    from service.index.factory import open_backend
+    from contrastkit.service.index.factory import open_backend
 
     first = open_backend("faiss", tmp_path)
     try:

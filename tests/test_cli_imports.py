@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from training.catalog import method_names
+from contrastkit.training.catalog import method_names
 
 ROOT = Path(__file__).resolve().parents[1]
 # Imported only by work that needs a model: never by help, a refused command line or HTTP.
@@ -33,7 +33,7 @@ HEAVY = ("torch", "torchvision", "open_clip", "timm", "faiss", "fastapi")
 SCRIPT = """
 import contextlib, io, json, sys
 {prelude}
-from service.cli import main
+from contrastkit.service.cli import main
 out, err = io.StringIO(), io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     try:
@@ -170,9 +170,9 @@ def test_missing_init_weights_are_refused_before_torch(tmp_path: Path) -> None:
 
 
 def test_init_from_an_open_clip_model_is_not_taken_for_a_missing_file() -> None:
-    from training.cli import build_training_parser
-    from training.commands.train import OPEN_CLIP_START, check_command_line
-    from training.encoders.pretrained_clip import PREFIX
+    from contrastkit.training.cli import build_training_parser
+    from contrastkit.training.commands.train import OPEN_CLIP_START, check_command_line
+    from contrastkit.training.encoders.pretrained_clip import PREFIX
 
     assert OPEN_CLIP_START == PREFIX
     argv = ["train", "--method", "clip", "--init-from", "open_clip:ViT-B-32:laion2b_s34b_b79k"]
@@ -303,10 +303,10 @@ def test_index_commands_that_cannot_reach_the_server_import_no_torch() -> None:
 
 
 def test_the_evaluate_package_gives_its_functions_on_first_use() -> None:
-    """training.evaluate imports its modules when a name is asked for (so that `eval
-    --help` reads training.evaluate.defaults without torch); every name still comes."""
-    import training.evaluate as evaluate
-    from training.evaluate.tasks import knn_task
+    """contrastkit.training.evaluate imports its modules when a name is asked for (so that `eval
+    --help` reads contrastkit.training.evaluate.defaults without torch); every name still comes."""
+    import contrastkit.training.evaluate as evaluate
+    from contrastkit.training.evaluate.tasks import knn_task
 
     assert sorted(evaluate.__all__) == sorted(evaluate._EXPORTS)
     assert all(callable(getattr(evaluate, name)) for name in evaluate.__all__)

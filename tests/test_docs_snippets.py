@@ -8,7 +8,7 @@ the pages in PAGES runs, in order, against a live `contrastive serve` on the bui
 - A block must exit 0; each `# prints: TEXT` comment line in it is checked: TEXT must be in
   what the block printed.
 - Blocks run in a temporary folder where `examples/` is the repository's, with a
-  `contrastive` command on PATH that runs this checkout (`python -m service`).
+  `contrastive` command on PATH that runs this checkout (`python -m contrastkit.service`).
 
 Set CONTRASTIVE_DOCS_SERVER=http://127.0.0.1:PORT to run them against a server already
 running (a quicker loop while writing the pages).
@@ -77,7 +77,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = folder / "server.log"
-    cmd = [sys.executable, "-m", "service", "serve", "--model=builtin", "--device=cpu"]
+    cmd = [sys.executable, "-m", "contrastkit.service", "serve", "--model=builtin", "--device=cpu"]
     cmd += [f"--port={port}", f"--collections-dir={folder / 'collections'}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTRASTIVE_")}
     env |= {"CONTRASTIVE_AUTO_ONNX": "false", "PYTHONPATH": str(ROOT)}
@@ -99,7 +99,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bin_ = folder / "bin"
     bin_.mkdir()
     command = bin_ / "contrastive"
-    command.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m service "$@"\n')
+    command.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m contrastkit.service "$@"\n')
     command.chmod(0o755)
     return folder
 

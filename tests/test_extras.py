@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.cli import main
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.cli import main
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,9 +58,9 @@ def test_the_base_install_is_the_service_and_the_extras_split_the_rest() -> None
 
 SERVING_IMPORTS = """
 import contextlib, io, sys
-from service.app import create_app
-from service.cli import main
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.cli import main
+from contrastkit.service.settings import Settings
 
 create_app(Settings(collections_dir=sys.argv[1]))
 for argv in (["serve", "--help"], ["index", "--help"], ["index", "add", "--help"],
@@ -84,8 +84,8 @@ def test_serving_imports_no_training_or_demo_library(tmp_path: Path) -> None:
 SERVED_IMPORTS = """
 import sys, time
 from fastapi.testclient import TestClient
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 
 app = create_app(Settings(model="builtin", device="cpu", collections_dir=sys.argv[1]))
 with TestClient(app) as client:
@@ -123,7 +123,9 @@ def test_train_without_scikit_learn_says_which_extra_before_building_anything(
 ) -> None:
     _missing(monkeypatch, "sklearn")
     built = []
-    monkeypatch.setattr("training.engine.trainer.Trainer", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(
+        "contrastkit.training.engine.trainer.Trainer", lambda *a, **k: built.append(a)
+    )
     out = tmp_path / "run"
     argv = ["train", "--method", "simclr", "--data", "digits", "--backbone", "tiny"]
     assert main([*argv, "--epochs", "1", "--out", str(out)]) == 2
@@ -151,7 +153,7 @@ def test_demo_and_plot_without_matplotlib_say_which_extra(
 
 
 def test_the_digits_loader_names_the_extra_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    from training.data import DataError, load_digits_arrays
+    from contrastkit.training.data import DataError, load_digits_arrays
 
     for name in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -163,7 +165,7 @@ def test_the_digits_loader_names_the_extra_too(monkeypatch: pytest.MonkeyPatch) 
 def test_onnx_parity_photos_without_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ONNX upgrade checks parity in a serving install: drawn pictures stand in for
     scikit-learn's two photos, landscape and larger than the model's input, as they are."""
-    from training.export.onnx import parity_photos
+    from contrastkit.training.export.onnx import parity_photos
 
     _missing(monkeypatch, "sklearn")
     monkeypatch.delitem(sys.modules, "sklearn.datasets", raising=False)
@@ -205,7 +207,9 @@ def test_without_faiss_the_index_commands_say_what_to_install_in_one_line(
 ) -> None:
     _missing(monkeypatch, "faiss")
     loaded = []
-    monkeypatch.setattr("training.encoders.load_encoder", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(
+        "contrastkit.training.encoders.load_encoder", lambda *a, **k: loaded.append(a)
+    )
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (8, 8)).save(photos / "a.png")

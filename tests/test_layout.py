@@ -1,22 +1,22 @@
 """The one-way data flow, as the user guide's "Architecture" page draws it
 (docs/guide/architecture.md).
 
-- `training.encoders` is the model library: it imports nothing else of `training`.
-- `service` imports only `training.encoders` from `training`; its command table
-  (`service/cli.py`) builds on `training.cli`, which names the training commands and
+- `contrastkit.training.encoders` is the model library: it imports nothing else of `training`.
+- `service` imports only `contrastkit.training.encoders` from `training`; its command table
+  (`service/cli.py`) builds on `contrastkit.training.cli`, which names the training commands and
   imports them only when they run.
 - `training` never imports `service`.
 - Inside `training`: methods and their building blocks (losses, heads, momentum, augment,
   dist) know nothing of the engine; the engine and export reach methods only through the
-  contract (`training.methods`, `training.methods.base`), never a method's own module.
+  contract (`contrastkit.training.methods`, `contrastkit.training.methods.base`), never a method's own module.
 
-Inside the service, `service.index` (collections) is layered: the interface and what every
+Inside the service, `contrastkit.service.index` (collections) is layered: the interface and what every
 engine shares at its top, an engine per sub-package (`embedded/`, `qdrant/`).
 
-- `service.index` imports neither the web framework nor pydantic (pydantic-settings, so
-  service.settings, included): of the rest of the service only service.domain_errors,
+- `contrastkit.service.index` imports neither the web framework nor pydantic (pydantic-settings, so
+  contrastkit.service.settings, included): of the rest of the service only contrastkit.service.domain_errors,
   whose error base class its CollectionError extends. The HTTP models of collections are
-  in service.schemas, and the service hands the index what its Settings say.
+  in contrastkit.service.schemas, and the service hands the index what its Settings say.
 - Only the backend factory (service/index/factory.py) reaches into an engine's package;
   the few other doors are listed in ENGINE_DOORS with their reasons. Tests do the same
   except those of the engines themselves (tests/service/index/).
@@ -32,17 +32,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = "training.encoders"
+LIBRARY = "contrastkit.training.encoders"
 WEB_AND_MODELS = ("fastapi", "starlette", "pydantic", "pydantic_settings")
-ENGINES = ("service.index.embedded", "service.index.qdrant")
+ENGINES = ("contrastkit.service.index.embedded", "contrastkit.service.index.qdrant")
 # The code besides an engine's own package that may import it, and why.
 ENGINE_DOORS: dict[str, tuple[str, ...]] = {
     "service/index/factory.py": ENGINES,  # opens an engine: the door for everyone else
     # the repair command salvages the embedded store's own files, below the interface
-    "service/commands/index/repair.py": ("service.index.embedded",),
+    "service/commands/index/repair.py": ("contrastkit.service.index.embedded",),
     # benchmarks of the embedded store itself (bench search: "our store" against raw FAISS)
-    "service/bench/search.py": ("service.index.embedded",),
-    "service/bench/search_scale.py": ("service.index.embedded",),
+    "service/bench/search.py": ("contrastkit.service.index.embedded",),
+    "service/bench/search_scale.py": ("contrastkit.service.index.embedded",),
 }
 ENGINE_TESTS = "tests/service/index/"
 
@@ -72,41 +72,45 @@ def _violations(folder: str, bad: Callable[[Path, str], bool]) -> list[tuple[str
 
 
 def test_training_never_imports_service() -> None:
-    assert _violations("training", lambda p, m: _within(m, "service")) == []
+    assert _violations("training", lambda p, m: _within(m, "contrastkit.service")) == []
 
 
 def test_the_encoder_library_stands_alone() -> None:
     def bad(p: Path, m: str) -> bool:
-        return _within(m, "service") or (_within(m, "training") and not _within(m, LIBRARY))
+        return _within(m, "contrastkit.service") or (
+            _within(m, "contrastkit.training") and not _within(m, LIBRARY)
+        )
 
     assert _violations("training/encoders", bad) == []
 
 
-ONNX_CACHE = "training.export.onnx_cache"
+ONNX_CACHE = "contrastkit.training.export.onnx_cache"
 EMBED_JOB = ROOT / "service" / "commands" / "embed"
 EMBED_BENCH = ROOT / "service" / "bench" / "embed.py"
 
 
 def test_service_imports_only_the_encoder_library_from_training() -> None:
     def bad(p: Path, m: str) -> bool:
-        if p == ROOT / "service" / "cli.py" and m == "training":
-            return False  # `from training import cli`: the command table
+        if p == ROOT / "service" / "cli.py" and m == "contrastkit.training":
+            return False  # `from contrastkit.training import cli`: the command table
         if p == ROOT / "service" / "runtime" / "onnx_upgrade.py" and m == ONNX_CACHE:
             return False  # the service traces the ONNX graphs of a model it serves
-        if _within(m, "training.data") and (EMBED_JOB in p.parents or p == EMBED_BENCH):
+        if _within(m, "contrastkit.training.data") and (EMBED_JOB in p.parents or p == EMBED_BENCH):
             return False  # `contrastive embed` reads the training data formats (shards, idx)
-        return _within(m, "training") and not _within(m, LIBRARY)
+        return _within(m, "contrastkit.training") and not _within(m, LIBRARY)
 
     assert _violations("service", bad) == []
 
 
 BLOCKS = ("losses", "heads", "momentum", "augment", "dist")
-METHOD_API = ("training.methods", "training.methods.base")
+METHOD_API = ("contrastkit.training.methods", "contrastkit.training.methods.base")
 
 
 def test_methods_and_their_blocks_know_nothing_of_the_engine() -> None:
     def bad(p: Path, m: str) -> bool:
-        return _within(m, "training.engine") or _within(m, "training.commands")
+        return _within(m, "contrastkit.training.engine") or _within(
+            m, "contrastkit.training.commands"
+        )
 
     blocks = {f"training/{block}.py" for block in BLOCKS}
     found = _violations("training/methods", bad)
@@ -116,7 +120,7 @@ def test_methods_and_their_blocks_know_nothing_of_the_engine() -> None:
 
 def test_engine_and_export_use_methods_only_through_the_contract() -> None:
     def bad(p: Path, m: str) -> bool:
-        return _within(m, "training.methods") and m not in METHOD_API
+        return _within(m, "contrastkit.training.methods") and m not in METHOD_API
 
     assert _violations("training/engine", bad) + _violations("training/export", bad) == []
 
@@ -124,8 +128,8 @@ def test_engine_and_export_use_methods_only_through_the_contract() -> None:
 def _index_layer_violation(p: Path, m: str) -> bool:
     if any(_within(m, package) for package in WEB_AND_MODELS):
         return True
-    outside = _within(m, "service") and not _within(m, "service.index")
-    return outside and m != "service.domain_errors"
+    outside = _within(m, "contrastkit.service") and not _within(m, "contrastkit.service.index")
+    return outside and m != "contrastkit.service.domain_errors"
 
 
 def test_the_index_imports_no_web_framework_and_no_pydantic() -> None:
@@ -133,10 +137,14 @@ def test_the_index_imports_no_web_framework_and_no_pydantic() -> None:
 
 
 def test_the_index_loads_no_web_framework_and_no_pydantic() -> None:
-    """What the rule above keeps out stays out at run time too (through service.domain_errors
+    """What the rule above keeps out stays out at run time too (through contrastkit.service.domain_errors
     or a library): the interface, the factory and the embedded store, imported, load none
     of it, nor qdrant-client (a FAISS service never does)."""
-    modules = ["service.index.factory", "service.index.transfer", "service.index.embedded.backend"]
+    modules = [
+        "contrastkit.service.index.factory",
+        "contrastkit.service.index.transfer",
+        "contrastkit.service.index.embedded.backend",
+    ]
     unwanted = (*WEB_AND_MODELS, "qdrant_client")
     code = (
         f"import sys\nfor m in {modules!r}: __import__(m)\n"
@@ -151,7 +159,7 @@ def _engine_violation(p: Path, m: str) -> bool:
     rel = p.relative_to(ROOT).as_posix()
     for engine in ENGINES:
         if _within(m, engine):
-            home = engine.replace(".", "/") + "/"
+            home = engine.removeprefix("contrastkit.").replace(".", "/") + "/"  # its folder
             return not rel.startswith(home) and engine not in ENGINE_DOORS.get(rel, ())
     return False
 
@@ -168,33 +176,41 @@ def test_the_index_rules_can_fail(tmp_path: Path) -> None:
     assert _index_layer_violation(tmp_path, "pydantic")
     assert _index_layer_violation(tmp_path, "pydantic_settings")
     assert _index_layer_violation(tmp_path, "fastapi.responses")
-    assert _index_layer_violation(tmp_path, "service.settings")
-    assert _index_layer_violation(tmp_path, "service.schemas.collections")
-    assert not _index_layer_violation(tmp_path, "service.domain_errors")
-    assert not _index_layer_violation(tmp_path, "service.index.types")
+    assert _index_layer_violation(tmp_path, "contrastkit.service.settings")
+    assert _index_layer_violation(tmp_path, "contrastkit.service.schemas.collections")
+    assert not _index_layer_violation(tmp_path, "contrastkit.service.domain_errors")
+    assert not _index_layer_violation(tmp_path, "contrastkit.service.index.types")
     assert not _index_layer_violation(tmp_path, "numpy")
 
     def engine_use(rel: str, module: str) -> bool:
         return _engine_violation(ROOT / rel, module)
 
-    assert engine_use("service/api/deps.py", "service.index.embedded.store")
-    assert engine_use("service/state.py", "service.index.qdrant.connection")
-    assert engine_use("service/index/qdrant/backend.py", "service.index.embedded.collection")
-    assert engine_use("service/commands/index/repair.py", "service.index.qdrant.backend")
-    assert engine_use("tests/service/test_graceful_shutdown.py", "service.index.embedded")
-    assert not engine_use("service/index/factory.py", "service.index.qdrant.backend")
-    assert not engine_use("service/index/embedded/store.py", "service.index.embedded.collection")
-    assert not engine_use("service/state.py", "service.index.factory")
-    assert not engine_use("service/api/deps.py", "service.index.backend")
+    assert engine_use("service/api/deps.py", "contrastkit.service.index.embedded.store")
+    assert engine_use("service/state.py", "contrastkit.service.index.qdrant.connection")
+    assert engine_use(
+        "service/index/qdrant/backend.py", "contrastkit.service.index.embedded.collection"
+    )
+    assert engine_use(
+        "service/commands/index/repair.py", "contrastkit.service.index.qdrant.backend"
+    )
+    assert engine_use(
+        "tests/service/test_graceful_shutdown.py", "contrastkit.service.index.embedded"
+    )
+    assert not engine_use("service/index/factory.py", "contrastkit.service.index.qdrant.backend")
+    assert not engine_use(
+        "service/index/embedded/store.py", "contrastkit.service.index.embedded.collection"
+    )
+    assert not engine_use("service/state.py", "contrastkit.service.index.factory")
+    assert not engine_use("service/api/deps.py", "contrastkit.service.index.backend")
     assert all((ROOT / door).is_file() for door in ENGINE_DOORS), "a door that is gone"
 
 
 def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
     f.write_text(
-        "def f():\n    from training.engine.trainer import Trainer\n    import service.app\n"
+        "def f():\n    from contrastkit.training.engine.trainer import Trainer\n    import contrastkit.service.app\n"
     )
-    assert _imports(f) == ["training.engine.trainer", "service.app"]
+    assert _imports(f) == ["contrastkit.training.engine.trainer", "contrastkit.service.app"]
 
 
 def _readme_tree() -> list[str]:

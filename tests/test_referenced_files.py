@@ -5,7 +5,7 @@ A repository path is one under a top folder of the project (`service/`, `trainin
 README, CONTRIBUTING.md, SECURITY.md and docs/ (prose, tables and code blocks alike), in
 the comments and docstrings of the Python sources, and in the scripts, CI, Dockerfile,
 deployment files and pyproject.toml. The Python comments and docstrings also name modules
-(`training.engine.checkpoint`, `service.client.ServiceError`): each names a module of
+(`contrastkit.training.engine.checkpoint`, `contrastkit.service.client.ServiceError`): each names a module of
 the project, or a name that module defines. Links and anchors: tests/test_docs.py.
 
 A path that is named but not shipped is in NOT_OURS, with the reason.
@@ -23,7 +23,8 @@ from pathlib import Path
 from tests.test_docs import DOCUMENTS, ROOT
 
 TOP_FOLDERS = ("service", "training", "tests", "docs", "deploy", "scripts", ".ci", "examples")
-PACKAGES = ("service", "training", "tests")  # what a dotted module name starts with
+# What a dotted module name starts with: the import names of the two folders (setup.py), tests
+PACKAGES = ("contrastkit.service", "contrastkit.training", "tests")
 
 SKIP_DIRS = {"__pycache__", ".ruff_cache", ".mypy_cache", ".pytest_cache", "node_modules"}
 
@@ -38,14 +39,16 @@ NOT_OURS: dict[str, str] = {
     "scripts/pretrain/": "solo-learn's recipes, in solo-learn's repository",
 }
 # Dotted names in Python prose that stand for any module (a placeholder).
-PLACEHOLDER_MODULES = {"training.engine.X"}
+PLACEHOLDER_MODULES = {"contrastkit.training.engine.X"}
 
 # A path under a top folder, not inside a longer path or a URL. `*`, `<...>`, `{...}` and
 # `$` are taken in so that a pattern or a placeholder is seen whole (and not checked).
 PATH = re.compile(
     r"(?<![\w./~$-])((?:" + "|".join(map(re.escape, TOP_FOLDERS)) + r")/[\w./*<>{}$-]*)"
 )
-MODULE = re.compile(r"(?<![\w./-])((?:" + "|".join(PACKAGES) + r")(?:\.[A-Za-z_]\w*)+)")
+MODULE = re.compile(
+    r"(?<![\w./-])((?:" + "|".join(map(re.escape, PACKAGES)) + r")(?:\.[A-Za-z_]\w*)+)"
+)
 
 
 def _files(folder: Path, *patterns: str) -> list[Path]:
@@ -135,7 +138,7 @@ def _defines(module_file: Path) -> set[str]:
 
 def resolves(dotted: str) -> bool:
     """Whether `dotted` is a module of the project, or a name its longest module defines."""
-    parts = dotted.split(".")
+    parts = dotted.removeprefix("contrastkit.").split(".")  # the folder's name: setup.py
     for n in range(len(parts), 0, -1):
         base = ROOT.joinpath(*parts[:n])
         module = base.with_suffix(".py") if base.with_suffix(".py").is_file() else None
@@ -167,11 +170,15 @@ def test_the_checks_can_fail() -> None:
     assert named_paths(text) == {"docs/nowhere.md", "tests/x.py", "service/app.py", ".ci/run"}
     assert not (ROOT / "docs/nowhere.md").exists()
     assert _not_ours("scripts/pretrain/cifar/simclr.yaml") and not _not_ours("scripts/x.sh")
-    assert resolves("training.catalog.METHOD_SETTINGS") and resolves("service.client")
-    assert not resolves("training.no_such_module") and not resolves("training.catalog.NOPE")
-    assert MODULE.findall("from training.cli (see service.cli.main).") == [
-        "training.cli",
-        "service.cli.main",
+    assert resolves("contrastkit.training.catalog.METHOD_SETTINGS") and resolves(
+        "contrastkit.service.client"
+    )
+    assert not resolves("contrastkit.training.no_such_module") and not resolves(
+        "contrastkit.training.catalog.NOPE"
+    )
+    assert MODULE.findall("from contrastkit.training.cli (see contrastkit.service.cli.main).") == [
+        "contrastkit.training.cli",
+        "contrastkit.service.cli.main",
     ]
     source = '"""Module: docs/a.md."""\n# a comment: tests/b.py\nx = "service/c.py"\n'
     assert named_paths(python_prose(source)) == {"docs/a.md", "tests/b.py"}

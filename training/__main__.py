@@ -1,7 +1,7 @@
-"""`python -m training ...`: the training subcommands without the service."""
+"""`python -m contrastkit.training ...`: the training subcommands without the service."""
 
 import sys
 
-from training.cli import main
+from contrastkit.training.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """The training methods by name, and the settings each takes, without importing them.
 
-The method registry (training.methods) imports every method module, and with them torch:
+The method registry (contrastkit.training.methods) imports every method module, and with them torch:
 seconds before a command line can be answered. The command line needs only the names
 (`--method`, the help texts) and the setting keys (`--set`, a YAML file), so they are
 kept here as well, in a module that imports nothing heavy; tests/training/test_catalog.py
@@ -17,8 +17,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from training.config import ConfigError, TrainConfig, unknown_setting
-from training.suggest import did_you_mean
+from contrastkit.training.config import ConfigError, TrainConfig, unknown_setting
+from contrastkit.training.suggest import did_you_mean
 
 # `--method` name -> the fields of its Params dataclass (its `--set` keys), in field order
 METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -65,7 +65,7 @@ NESTED = "method_params"  # a checkpoint's (and a YAML file's) mapping of the me
 
 
 def method_names() -> list[str]:
-    """Every method's `--method` name, sorted (as training.methods.method_names)."""
+    """Every method's `--method` name, sorted (as contrastkit.training.methods.method_names)."""
     return sorted(METHOD_SETTINGS)
 
 

@@ -1,4 +1,4 @@
-"""The command table behind `contrastive` and `python -m training`.
+"""The command table behind `contrastive` and `python -m contrastkit.training`.
 
 Each command is a row: its name, its one-line help, and the module that implements it
 (`add_arguments(parser)` and `run(args) -> int`), or a nested table (`bench serve|...`).
@@ -15,8 +15,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from training.catalog import method_names
-from training.suggest import did_you_mean
+from contrastkit.training.catalog import method_names
+from contrastkit.training.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -28,21 +28,25 @@ class Command:
     table: Mapping[str, Command] = field(default_factory=dict)
 
 
-# `python -m training ...` and the training half of `contrastive ...`.
+# `python -m contrastkit.training ...` and the training half of `contrastive ...`.
 TRAINING_COMMANDS: dict[str, Command] = {
-    "train": Command(f"train a method: {', '.join(method_names())}", "training.commands.train"),
+    "train": Command(
+        f"train a method: {', '.join(method_names())}", "contrastkit.training.commands.train"
+    ),
     "export": Command(
-        "write a run's checkpoint as an export directory", "training.commands.export"
+        "write a run's checkpoint as an export directory", "contrastkit.training.commands.export"
     ),
     "eval": Command(
         "kNN, linear probe, zero-shot, few-shot, retrieval; compare models",
-        "training.commands.eval",
+        "contrastkit.training.commands.eval",
     ),
     "demo": Command(
-        "train a tiny SimCLR for a minute and draw what it learns", "training.commands.demo"
+        "train a tiny SimCLR for a minute and draw what it learns",
+        "contrastkit.training.commands.demo",
     ),
     "plot": Command(
-        "draw a run's training curves (loss, lr, kNN) as a PNG", "training.commands.plot"
+        "draw a run's training curves (loss, lr, kNN) as a PNG",
+        "contrastkit.training.commands.plot",
     ),
 }
 
@@ -144,10 +148,14 @@ def dispatch(
 
 
 def build_training_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """`python -m training`'s parser (every command's flags when argv is None)."""
-    return build_parser("python -m training", "Contrastive training.", TRAINING_COMMANDS, argv)
+    """`python -m contrastkit.training`'s parser (every command's flags when argv is None)."""
+    return build_parser(
+        "python -m contrastkit.training", "Contrastive training.", TRAINING_COMMANDS, argv
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m training COMMAND ...`: the training commands without the service."""
-    return dispatch("python -m training", "Contrastive training.", TRAINING_COMMANDS, argv)
+    """`python -m contrastkit.training COMMAND ...`: the training commands without the service."""
+    return dispatch(
+        "python -m contrastkit.training", "Contrastive training.", TRAINING_COMMANDS, argv
+    )

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, overload
 
-from training.suggest import did_you_mean
+from contrastkit.training.suggest import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -45,10 +45,10 @@ class TrainConfig:
     # encoder
     backbone: str = "resnet18"  # resnet18|resnet50|tiny|timm:NAME|torchvision:NAME|open_clip:ARCH
     cifar_stem: bool | None = None  # None: on when image_size <= 64
-    # backbone weights to start from (training.engine.pretrained): an export directory, a
+    # backbone weights to start from (contrastkit.training.engine.pretrained): an export directory, a
     # .safetensors file or a torch checkpoint; None: a fresh initialisation
     init_from: str | None = None
-    # side of the training views (px); None: follow the data (training.data.size: native
+    # side of the training views (px); None: follow the data (contrastkit.training.data.size: native
     # size for small-image sets, 32 for digits, 224 for photos), resolved before loading
     image_size: int | None = None
     # SimCLR's colour strength s for the recipes that size it (SimCLR, SwAV, moco-tuned):
@@ -78,7 +78,7 @@ class TrainConfig:
     compile: bool = False
     workers: int = 4  # decode workers for folder/pairs data
     # pairs data: this fraction of the rows (chosen by `seed`) is held out of training,
-    # for evaluation on pairs the model never saw (training.evaluate.data.holdout_eval_data)
+    # for evaluation on pairs the model never saw (contrastkit.training.evaluate.data.holdout_eval_data)
     holdout: float = 0.1
     # stop when more than this fraction of the samples (and more than 10) were skipped:
     # missing files, empty captions, unreadable images
@@ -97,7 +97,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     # CLIP runs from pretrained weights (--init-from): score the start and the end model
-    # on held-out data, side by side (training.engine.start_vs_end)
+    # on held-out data, side by side (contrastkit.training.engine.start_vs_end)
     before_after: bool = True
     method_params: dict[str, Any] = field(default_factory=dict)
 

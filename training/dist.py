@@ -1,6 +1,6 @@
 """Distributed helpers: rank, world size and collectives that are no-ops on one process.
 
-Every loss in `training.losses` calls these unconditionally, so the same code runs on a
+Every loss in `contrastkit.training.losses` calls these unconditionally, so the same code runs on a
 laptop CPU (no process group: identities) and under `torchrun` (gloo or NCCL).
 
 Gathers assume every rank holds the same shape (DDP with `drop_last` batches), as

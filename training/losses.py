@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from training import dist
+from contrastkit.training import dist
 
 
 def _check_positive(value: float, name: str) -> None:

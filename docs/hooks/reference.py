@@ -6,12 +6,12 @@ the code says now, so the published reference cannot go stale:
 
 - `cli`: every command's `--help`, from the argparse parsers of `service/cli.py`'s table
   (built in this process, no subprocess per command);
-- `settings`: a table of every field of `service.settings.Settings`;
+- `settings`: a table of every field of `contrastkit.service.settings.Settings`;
 - `http-api`: every operation and schema of the OpenAPI document that
-  `service.app.create_app(...).openapi()` returns (no model is loaded), which is also
+  `contrastkit.service.app.create_app(...).openapi()` returns (no model is loaded), which is also
   published beside the page as `reference/openapi.json`.
 
-The Python client's page uses mkdocstrings instead (`::: service.client...`).
+The Python client's page uses mkdocstrings instead (`::: contrastkit.service.client...`).
 Everything is computed once per process (mkdocs serve rebuilds reuse it).
 """
 
@@ -71,7 +71,7 @@ def _commands(parser: argparse.ArgumentParser, path: list[str]) -> Iterator[tupl
 
 @functools.cache
 def cli_markdown() -> str:
-    from service.cli import build_parser
+    from contrastkit.service.cli import build_parser
 
     with _clean_environment():
         parser = build_parser()  # argv None: every command's flags
@@ -113,8 +113,8 @@ def _default(field: Any) -> str:
 
 @functools.cache
 def settings_markdown() -> str:
-    from service.commands.serve import add_arguments
-    from service.settings import Settings
+    from contrastkit.service.commands.serve import add_arguments
+    from contrastkit.service.settings import Settings
 
     serve = argparse.ArgumentParser()
     add_arguments(serve)
@@ -137,8 +137,8 @@ def settings_markdown() -> str:
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    from service.app import create_app
-    from service.settings import Settings
+    from contrastkit.service.app import create_app
+    from contrastkit.service.settings import Settings
 
     with _clean_environment():  # an admin key, so that the admin routes are documented
         app = create_app(Settings(admin_keys=["documentation"], collections_dir="unused"))

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from service.api.request_checks import bad
-from service.index import items
-from service.index.backend import CollectionHandle
-from service.index.types import CollectionError
-from service.settings import Settings
-from training.encoders import Encoder
+from contrastkit.service.api.request_checks import bad
+from contrastkit.service.index import items
+from contrastkit.service.index.backend import CollectionHandle
+from contrastkit.service.index.types import CollectionError
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import Encoder
 
 MAX_INDEX_PARAM = 2**31 - 1  # FAISS takes its index parameters as C ints
 
@@ -25,7 +25,7 @@ def check_k(k: int, s: Settings) -> int:
     return k
 
 
-# The item rules are service.index.items, shared with every other path into a collection;
+# The item rules are contrastkit.service.index.items, shared with every other path into a collection;
 # here their refusals become request errors (422), with the same codes and messages.
 def check_id(id_: Any, where: str) -> str:
     """A valid item id (1-256 characters, valid Unicode, no NUL); "invalid_id" otherwise."""

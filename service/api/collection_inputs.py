@@ -1,6 +1,6 @@
 """Request -> vectors for the collections API: the space of a new collection, upsert and
 search bodies (JSON or multipart), and embedding their texts and images with the loaded
-model. Checks on single values are in service.api.collection_checks; every failure is a
+model. Checks on single values are in contrastkit.service.api.collection_checks; every failure is a
 domain error, so the routes stay thin.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import Request
 
-from service.api.collection_checks import (
+from contrastkit.service.api.collection_checks import (
     MAX_INDEX_PARAM,
     check_id,
     check_k,
@@ -22,9 +22,9 @@ from service.api.collection_checks import (
     check_vector,
     unit_rows,
 )
-from service.api.deps import IndexRunner
-from service.api.openapi_docs import REF, STRINGS, Form, json_or_multipart
-from service.api.payload import (
+from contrastkit.service.api.deps import IndexRunner
+from contrastkit.service.api.openapi_docs import REF, STRINGS, Form, json_or_multipart
+from contrastkit.service.api.payload import (
     holds_rounded_ints,
     is_multipart,
     json_field,
@@ -33,14 +33,14 @@ from service.api.payload import (
     read_form,
     read_json,
 )
-from service.api.request_checks import bad, check_count, check_text
-from service.domain_errors import ModelError
-from service.index.backend import CollectionHandle
-from service.index.filters import Filter, parse_filter
-from service.index.types import MAX_DIM, CollectionError, IndexSpec, check_name
-from service.responses import finite_output
-from service.runtime.served import LoadedModel, ServedModels
-from service.schemas.collections import (
+from contrastkit.service.api.request_checks import bad, check_count, check_text
+from contrastkit.service.domain_errors import ModelError
+from contrastkit.service.index.backend import CollectionHandle
+from contrastkit.service.index.filters import Filter, parse_filter
+from contrastkit.service.index.types import MAX_DIM, CollectionError, IndexSpec, check_name
+from contrastkit.service.responses import finite_output
+from contrastkit.service.runtime.served import LoadedModel, ServedModels
+from contrastkit.service.schemas.collections import (
     CreateCollectionRequest,
     DeleteItemsRequest,
     ItemIn,
@@ -48,8 +48,8 @@ from service.schemas.collections import (
     SearchRequest,
     UpsertRequest,
 )
-from service.settings import Settings
-from training.encoders import IMAGE, TEXT
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import IMAGE, TEXT
 
 Kind = Literal["text", "image", "vector", "id"]
 Source = tuple[Kind, Any]  # ("text", str) | ("image", bytes) | ("vector", list) | ("id", str)

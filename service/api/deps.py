@@ -6,7 +6,7 @@ A model route declares a dependency of its own that reads what the request sent 
 body, declared there so that FastAPI validates and documents it as before, or a
 multipart upload) and resolves the model it names with `ServedModels.resolve`; the route
 receives a `ModelRequest`, ready to embed with. FastAPI resolves each dependency once per
-request. The checks raise domain errors; service.errors answers them.
+request. The checks raise domain errors; contrastkit.service.errors answers them.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 from fastapi import Depends, Request
 
-from service.api.writes import GatedWrite
-from service.index.backend import CollectionBackend, CollectionHandle
-from service.index.types import CollectionError
-from service.metrics import Metrics
-from service.runtime import disconnect
-from service.runtime.served import LoadedModel, ServedModels
-from service.settings import Settings
-from service.state import ServiceState
+from contrastkit.service.api.writes import GatedWrite
+from contrastkit.service.index.backend import CollectionBackend, CollectionHandle
+from contrastkit.service.index.types import CollectionError
+from contrastkit.service.metrics import Metrics
+from contrastkit.service.runtime import disconnect
+from contrastkit.service.runtime.served import LoadedModel, ServedModels
+from contrastkit.service.settings import Settings
+from contrastkit.service.state import ServiceState
 
 T = TypeVar("T")
 S = TypeVar("S")  # what a model route was sent
@@ -53,7 +53,7 @@ MetricsDep = Annotated[Metrics, Depends(service_metrics)]
 # -- a client that leaves -------------------------------------------------------------------
 async def watch_disconnect(request: Request) -> None:
     """Router dependency of every router whose routes embed: the embeddings of a request
-    whose client disconnects are cancelled (service.runtime.disconnect).
+    whose client disconnects are cancelled (contrastkit.service.runtime.disconnect).
 
     The channel is read only while an embedding runs, after the route has read the whole
     body; what comes then is the disconnect (or, once the answer is sent, nothing)."""
@@ -135,7 +135,7 @@ CollectionDep = Annotated[CollectionHandle, Depends(named_collection)]
 async def gated_write(
     name: str, state: State, store: StoreDep, col: CollectionDep, run: IndexDep
 ) -> GatedWrite:
-    """Writes to the path's collection, through the write gate (service.api.writes)."""
+    """Writes to the path's collection, through the write gate (contrastkit.service.api.writes)."""
     return GatedWrite(state.gate, store, name, col, run)
 
 

@@ -22,7 +22,7 @@ import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from service.api.payload import holds_rounded_ints
+from contrastkit.service.api.payload import holds_rounded_ints
 
 _LONG_DIGITS = re.compile(rb"\d{19}")
 

@@ -4,7 +4,7 @@
   `json_or_multipart`; the models and forms it names are added as components.
 - Limits that come from the settings (items per request, characters per text, k) are
   written into the schemas, so the document says what the running server accepts; so are
-  the rules that depend on the models served (service.api.openapi_rules), and the
+  the rules that depend on the models served (contrastkit.service.api.openapi_rules), and the
   document is built again when they change.
 - Every error answer has the one error body (`error_responses`). The bearer scheme is
   always declared, so the docs page's Authorize button works; the protected operations
@@ -26,29 +26,29 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from service.api.collection_checks import MAX_INDEX_PARAM
-from service.api.openapi_rules import (
+from contrastkit.service.api.collection_checks import MAX_INDEX_PARAM
+from contrastkit.service.api.openapi_rules import (
     ModelSpace,
     add_model_rules,
     add_token_rules,
     token_encodings,
 )
-from service.index.filters import MAX_CONDITIONS, MAX_IN_VALUES, RANGE_OPS
-from service.index.types import MAX_DIM, MAX_ID_CHARS
-from service.schemas.status import ErrorResponse
-from service.settings import Settings
+from contrastkit.service.index.filters import MAX_CONDITIONS, MAX_IN_VALUES, RANGE_OPS
+from contrastkit.service.index.types import MAX_DIM, MAX_ID_CHARS
+from contrastkit.service.schemas.status import ErrorResponse
+from contrastkit.service.settings import Settings
 
 REF = "#/components/schemas/{model}"
 FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
 STRINGS = {"type": "array", "items": {"type": "string"}}
-# A text the checks accept (service.api.request_checks.check_text): not blank, no NUL.
+# A text the checks accept (contrastkit.service.api.request_checks.check_text): not blank, no NUL.
 TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 TEMPLATE_PATTERN = r"^[^\x00]*\{\}[^\x00]*$"
-# Collection names (service.index.types.check_name): a letter or digit, then letters,
+# Collection names (contrastkit.service.index.types.check_name): a letter or digit, then letters,
 # digits, '_', '.', '-', never two dots in a row; written without look-arounds.
 NAME_PATTERN = r"^[A-Za-z0-9](\.?[A-Za-z0-9_-])*\.?$"
 MAX_NAME_CHARS = 64
-# An image in JSON (service.runtime.images.decode_base64_image): standard base64 (RFC 4648,
+# An image in JSON (contrastkit.service.runtime.images.decode_base64_image): standard base64 (RFC 4648,
 # padded; spaces and line breaks anywhere), after an optional data: URL head, and never a
 # URL, which the server would not fetch. Whether its bytes are a decodable image, no JSON
 # Schema can say.
@@ -65,7 +65,7 @@ SOURCE = {"minLength": 1, "pattern": r"^[^\x00]+$"}
 VECTOR = {"minItems": 1, "maxItems": MAX_DIM, "not": {"items": {"const": 0}}}
 ITEM_ID = {"minLength": 1, "maxLength": MAX_ID_CHARS}
 # What `item_id` may not be in GET /v1/collections/{name}/items/{item_id}: that path is the
-# delete operation's (service.api.routes.collections says why).
+# delete operation's (contrastkit.service.api.routes.collections says why).
 RESERVED_ITEM_PATH = "delete"
 
 ERRORS: dict[int, str] = {
@@ -310,7 +310,7 @@ def _constrain_path_parameters(doc: dict[str, Any]) -> None:
                 param["schema"]["not"] = {"const": RESERVED_ITEM_PATH}
 
 
-# -- the metadata filter (service.index.filters) ------------------------------------------
+# -- the metadata filter (contrastkit.service.index.filters) ------------------------------------------
 _SCALAR = {"type": ["string", "number", "boolean"]}
 
 

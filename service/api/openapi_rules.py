@@ -1,5 +1,5 @@
 """Rules of the OpenAPI document that tie one field to another: the ones that depend on the
-models served, and those of token-id inputs. service.api.openapi_docs adds them to the
+models served, and those of token-id inputs. contrastkit.service.api.openapi_docs adds them to the
 components it has built; each is a JSON Schema `if`/`then`, so that the document refuses
 what the server refuses and no more (a fuzzer holds it to both).
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from service.runtime.served import ServedModels
+from contrastkit.service.runtime.served import ServedModels
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def token_encodings() -> list[str] | None:
 
 def add_token_rules(schemas: dict[str, Any], encodings: list[str] | None) -> None:
     """Token ids are text: `modality` must be "text" with them, and `token_encoding`, when
-    given, one of tiktoken's encodings (service.api.token_ids). Without tiktoken the server
+    given, one of tiktoken's encodings (contrastkit.service.api.token_ids). Without tiktoken the server
     reads no token ids at all (`tokens_not_supported`): the document then refuses them."""
     openai = schemas.get("OpenAIEmbeddingRequest")
     if openai is None:

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from service.api.request_checks import bad
-from service.domain_errors import RequestError
+from contrastkit.service.api.request_checks import bad
+from contrastkit.service.domain_errors import RequestError
 
 M = TypeVar("M", bound=BaseModel)
 

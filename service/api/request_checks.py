@@ -1,13 +1,13 @@
 """Checks on request contents that pydantic cannot express; each failure is a RequestError
-(a 422, service.errors says)."""
+(a 422, contrastkit.service.errors says)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.domain_errors import ErrorCode, RequestError
-from service.index.items import unencodable_at  # one rule for texts and items alike
-from service.settings import Settings
+from contrastkit.service.domain_errors import ErrorCode, RequestError
+from contrastkit.service.index.items import unencodable_at  # one rule for texts and items alike
+from contrastkit.service.settings import Settings
 
 
 def bad(code: ErrorCode, message: str) -> RequestError:

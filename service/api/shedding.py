@@ -16,9 +16,9 @@ several, the body names the model, and nothing can be known before reading it.
 
 from __future__ import annotations
 
-from service.domain_errors import CapacityError
-from service.runtime.served import LoadedModel, ServedModels
-from training.encoders import IMAGE, TEXT
+from contrastkit.service.domain_errors import CapacityError
+from contrastkit.service.runtime.served import LoadedModel, ServedModels
+from contrastkit.training.encoders import IMAGE, TEXT
 
 # What a request to each route embeds at least one item of: any one of the modalities
 # (/v1/embeddings holds texts, images or both: it is refused only when neither has room).

@@ -27,10 +27,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from service.api.request_checks import bad, check_count, check_text
-from service.domain_errors import RequestError
-from service.schemas.embeddings import OpenAIInput, TokenIds
-from service.settings import Settings
+from contrastkit.service.api.request_checks import bad, check_count, check_text
+from contrastkit.service.domain_errors import RequestError
+from contrastkit.service.schemas.embeddings import OpenAIInput, TokenIds
+from contrastkit.service.settings import Settings
 
 log = logging.getLogger("contrastive.service")
 

@@ -1,4 +1,4 @@
-"""Item writes through the gate (service.index.gate), so that a migration's switch never
+"""Item writes through the gate (contrastkit.service.index.gate), so that a migration's switch never
 misses one.
 
 A request is served by the collection its `{name}` named when it started (an alias is
@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from service.domain_errors import CapacityError
-from service.index.types import CollectionError
+from contrastkit.service.domain_errors import CapacityError
+from contrastkit.service.index.types import CollectionError
 
 if TYPE_CHECKING:
-    from service.api.deps import IndexRunner
-    from service.index.backend import CollectionBackend, CollectionHandle
-    from service.index.gate import WriteGate
+    from contrastkit.service.api.deps import IndexRunner
+    from contrastkit.service.index.backend import CollectionBackend, CollectionHandle
+    from contrastkit.service.index.gate import WriteGate
 
 T = TypeVar("T")
 WAIT_S = 0.01  # how often a write held at the gate looks again

@@ -1,6 +1,6 @@
 """Benchmark: the FAISS backend against the Qdrant backend on the same random unit vectors.
 
-    python -m service.bench.backends --n 20000 --dim 384
+    python -m contrastkit.service.bench.backends --n 20000 --dim 384
 
 Times, per backend: upserting N vectors in batches, reopening (close, open, first count),
 batched search of Q queries unfiltered and with a filter matching about a tenth of the
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from service.index.backend import CollectionBackend
-from service.index.types import IndexSpec
+from contrastkit.service.index.backend import CollectionBackend
+from contrastkit.service.index.types import IndexSpec
 
 LABELS = 10  # the filter keeps label == 0: about 1/LABELS of the items
 NAME = "bench"
@@ -106,7 +106,7 @@ def bench_backends(
 ) -> dict[str, Any]:
     """Both backends on the same N x dim unit vectors -> figures per backend and ratios
     (qdrant / faiss; above 1: Qdrant takes longer)."""
-    from service.index.factory import QdrantConfig, open_backend
+    from contrastkit.service.index.factory import QdrantConfig, open_backend
 
     rng = np.random.default_rng(seed)
     vecs = _unit(n, dim, rng)

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from service.runtime.device_decode import DevicePixels, as_jpeg_item
-from service.runtime.images import decode_image
+from contrastkit.service.runtime.device_decode import DevicePixels, as_jpeg_item
+from contrastkit.service.runtime.images import decode_image
 
 
 def _rate(fn: Any, items: int, min_seconds: float) -> float:

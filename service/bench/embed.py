@@ -38,7 +38,7 @@ def write_fashion(folder: Path, n: int) -> Path:
     """The first n Fashion-MNIST test images as files, PNG and JPEG alternately."""
     from PIL import Image
 
-    from training.data.idx import find_idx, read_idx
+    from contrastkit.training.data.idx import find_idx, read_idx
 
     images = read_idx(str(find_idx(Path(FASHION), "t10k", "images-idx3")))[:n]
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `contrastive embed` runs
     import torch
 
-    from service.bench.serve import environment, write_result
-    from service.commands.embed.job import Decoded, Job, Options, prepare
-    from service.commands.embed.parquet import PartWriter
-    from service.commands.embed.sources import list_input
-    from training.encoders import load_encoder
+    from contrastkit.service.bench.serve import environment, write_result
+    from contrastkit.service.commands.embed.job import Decoded, Job, Options, prepare
+    from contrastkit.service.commands.embed.parquet import PartWriter
+    from contrastkit.service.commands.embed.sources import list_input
+    from contrastkit.training.encoders import load_encoder
 
     encoder = load_encoder(args.model, device=args.device)
     batch = args.batch or (256 if encoder.device.type == "cuda" else 64)

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _timed(argv: list[str]) -> float:
     """Seconds `contrastive ARGV` took in-process; raises if it did not exit 0."""
-    from service.cli import main
+    from contrastkit.service.cli import main
 
     start = time.perf_counter()
     code = main(argv)
@@ -46,8 +46,8 @@ def _timed(argv: list[str]) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.bench.embed import write_fashion
-    from service.bench.serve import environment, write_result
+    from contrastkit.service.bench.embed import write_fashion
+    from contrastkit.service.bench.serve import environment, write_result
 
     with tempfile.TemporaryDirectory(prefix="bench-migrate-") as tmp:
         folder = Path(args.images) if args.images else write_fashion(Path(tmp) / "img", args.n)

@@ -1,6 +1,6 @@
 """An open-loop load generator: requests go out at their due times whatever the answers.
 
-Clients that wait for each answer before sending again (a closed loop, service.bench.
+Clients that wait for each answer before sending again (a closed loop, contrastkit.service.bench.
 loadgen) slow down with the server, so they never show what overload does: the offered
 rate stays what they can get. Here the due times are fixed in advance (a Poisson process
 at the offered rate, seeded), each request takes an idle keep-alive connection or opens a

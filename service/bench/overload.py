@@ -6,7 +6,7 @@ In one run on one machine:
    capacity: the answered requests/s of a closed loop of `--concurrency` clients (at most
    `always_admit_requests`, 32, so that none is refused);
 3. an open loop at `--factor` x that capacity (or `--rate`) for `--seconds`: requests due
-   at Poisson arrival times, sent whatever the answers (service.bench.openloop);
+   at Poisson arrival times, sent whatever the answers (contrastkit.service.bench.openloop);
 4. the answers by status (200, 503, other) and the requests with none, by cause; p50 and
    p99 of the 200s and of the 503s, timed from when each request was due; the server's
    `max_queue_wait_ms` and its mean batch time under the load (/metrics,
@@ -30,9 +30,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from service.bench.loadgen import run_load
-from service.bench.openloop import Outcome, offer
-from service.bench.serve import (
+from contrastkit.service.bench.loadgen import run_load
+from contrastkit.service.bench.openloop import Outcome, offer
+from contrastkit.service.bench.serve import (
     environment,
     free_port,
     photo_jpeg,
@@ -185,7 +185,7 @@ def measure(args: argparse.Namespace, port: int, modality: str, request: bytes) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.encoders import resolve_device
+    from contrastkit.training.encoders import resolve_device
 
     if args.quick:
         args.seconds, args.capacity_seconds = 3.0, 2.0

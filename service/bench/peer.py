@@ -2,7 +2,7 @@
 counting what users get.
 
 Both get the same OpenAI `/v1/embeddings` requests from the same closed-loop load
-generator (service.bench.loadgen: c connections, each sending its next request when the
+generator (contrastkit.service.bench.loadgen: c connections, each sending its next request when the
 last is answered, refusals retried at once as impatient clients do). A cell is one
 workload (text or image, 1 or 32 items a request) at one concurrency; each cell is run
 `rounds` times, the two servers alternating which goes first, because on a shared machine
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from service.bench.loadgen import LoadResult, build_request, run_load
+from contrastkit.service.bench.loadgen import LoadResult, build_request, run_load
 
 TEXT = "a photo of a cat sitting on a wooden table"
 IMAGE, TEXT_KIND = "image", "text"
@@ -212,14 +212,14 @@ def _workloads(args: argparse.Namespace, peer_models: dict[str, str]) -> list[Wo
 def run(args: argparse.Namespace) -> int:
     """Start ours (unless --ours names a running server), check both answer every workload
     with vectors of one size, then measure; write the JSON and print the table."""
-    from service.bench.serve import (
+    from contrastkit.service.bench.serve import (
         environment,
         free_port,
         photo_jpeg,
         start_server,
         write_result,
     )
-    from training.encoders.base import resolve_device
+    from contrastkit.training.encoders.base import resolve_device
 
     peer_models = {TEXT_KIND: args.peer_model or peer_model(args.peer)}
     if args.peer_image_model:

@@ -4,15 +4,15 @@ In one run on one machine, over the same N vectors and the same queries:
 1. raw FAISS: an IndexFlatIP alone, no ids, no metadata -> queries/s at batch 1 and 256;
 2. in-process: our Collection (kind flat: ids, metadata, locking, hits as objects), as
    filled and again reopened from its snapshot (searched over the mapped file in place);
-3. HTTP: `python -m service serve` on loopback over the same collection, pre-built here
+3. HTTP: `python -m contrastkit.service serve` on loopback over the same collection, pre-built here
    and closed before the server opens it; POST /v1/collections/NAME/search with raw
-   vectors through service.bench.loadgen's client (one connection, requests back to back);
+   vectors through contrastkit.service.bench.loadgen's client (one connection, requests back to back);
 4. the ratios in-process / raw and HTTP / raw at each batch size;
 5. recall@k and queries/s of IVF and HNSW collections at their default parameters, against
    exact search (IVF as trained while the vectors arrived, and again after a reopen, when
    it is rebuilt for the final count);
 6. added vectors/s with durability on: upserts of 1,000 vectors, each fsynced;
-7. scale (service.bench.search_scale): restart with the saved index against a rebuild,
+7. scale (contrastkit.service.bench.search_scale): restart with the saved index against a rebuild,
    the cost of one 1,000-vector upsert at 10k items against N, filtered search against
    unfiltered, and the Qdrant backend (local mode, or --qdrant-url) against FAISS.
 
@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from service.bench.loadgen import build_request, run_load
-from service.bench.serve import environment, free_port, wait_ready, write_result
-from service.index.embedded.store import CollectionStore
-from service.index.types import IndexKind, IndexSpec
+from contrastkit.service.bench.loadgen import build_request, run_load
+from contrastkit.service.bench.serve import environment, free_port, wait_ready, write_result
+from contrastkit.service.index.embedded.store import CollectionStore
+from contrastkit.service.index.types import IndexKind, IndexSpec
 
 NAME = "bench"
 BATCHES = (1, 64, 256)
@@ -153,7 +153,7 @@ def _index_params(col: Any) -> dict[str, Any]:
 
 # -- HTTP ---------------------------------------------------------------------------------
 def _start_server(args: argparse.Namespace, port: int, folder: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "service", "serve", "--model", args.model]
+    cmd = [sys.executable, "-m", "contrastkit.service", "serve", "--model", args.model]
     cmd += ["--device", args.device, "--port", str(port), "--log-level", "warning"]
     env = {**os.environ, "CONTRASTIVE_API_KEYS": "", "CONTRASTIVE_COLLECTIONS_DIR": str(folder)}
     return wait_ready(subprocess.Popen(cmd, env=env), port, 600)
@@ -192,7 +192,7 @@ def http_queries_per_s(
 
 # -- the run ------------------------------------------------------------------------------
 def _resolve(args: argparse.Namespace) -> tuple[str, int, int]:
-    from training.encoders.base import resolve_device
+    from contrastkit.training.encoders.base import resolve_device
 
     device = str(resolve_device(args.device))
     gpu = device.startswith("cuda")
@@ -320,7 +320,7 @@ def _scale(
     k: int,
     seconds: float,
 ) -> dict[str, Any]:
-    from service.bench import search_scale
+    from contrastkit.service.bench import search_scale
 
     small = min(10_000, len(base))
     out: dict[str, Any] = {
@@ -330,7 +330,7 @@ def _scale(
     }
     backend_n = min(args.backend_n, len(base))
     if backend_n:
-        from service.bench.backends import bench_backends
+        from contrastkit.service.bench.backends import bench_backends
 
         print(f"Qdrant against FAISS on {backend_n:,} vectors ...", flush=True)
         out["backends"] = bench_backends(backend_n, base.shape[1], qdrant_url=args.qdrant_url)

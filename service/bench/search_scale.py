@@ -11,7 +11,7 @@ Over the run's N vectors, in one process, each against a reference from the same
    matches 50% of the items, against unfiltered search of the same collection (exact
    truth computed over the matching vectors);
 4. the Qdrant backend (qdrant-client's local mode, or a server with --qdrant-url)
-   against the FAISS backend on `backend_n` of the vectors (service.bench.backends).
+   against the FAISS backend on `backend_n` of the vectors (contrastkit.service.bench.backends).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from service.index.embedded.collection import Collection
-from service.index.embedded.index_file import INDEX
-from service.index.types import IndexSpec
+from contrastkit.service.index.embedded.collection import Collection
+from contrastkit.service.index.embedded.index_file import INDEX
+from contrastkit.service.index.types import IndexSpec
 
 UPSERT = 1000
 UPSERTS = 30  # 1,000-vector upserts timed per size at least, and through one snapshot
@@ -132,7 +132,7 @@ def filtered_rows(
         "10%": ({"bucket": 3}, bucket == 3),
         "50%": ({"bucket": {"$in": [0, 1, 2, 3, 4]}}, bucket < 5),
     }
-    from service.index.filters import parse_filter
+    from contrastkit.service.index.filters import parse_filter
 
     out: dict[str, Any] = {}
     for name, (where, mask) in cases.items():

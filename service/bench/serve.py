@@ -7,7 +7,7 @@ In one run on one machine:
    requests at each concurrency -> requests/s, p50 and p99 latency;
 3. the ratios HTTP / in-process, and p50 at concurrency 1 minus the single-item time.
 
-With `--peer URL` it measures against another embedding server instead (service.bench.peer:
+With `--peer URL` it measures against another embedding server instead (contrastkit.service.bench.peer:
 the same OpenAI /v1/embeddings requests to both, texts and images, 1 and 32 items a
 request, alternating over rounds -> answered requests/s, p50/p99 and 503s of each). The
 peer runs the same model and is started by the user (e.g. infinity-emb, docs/benchmarks.md).
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from service.bench.loadgen import LoadResult, build_request, run_load
+from contrastkit.service.bench.loadgen import LoadResult, build_request, run_load
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -161,7 +161,7 @@ def start_server(
     cmd = [
         sys.executable,
         "-m",
-        "service",
+        "contrastkit.service",
         "serve",
         "--model",
         args.model,
@@ -253,17 +253,17 @@ def write_result(out: str, stem: str, result: dict[str, Any]) -> Path:
 
 def environment(device: str) -> dict[str, Any]:
     """The machine and software a figure was measured on (shared with `bench train`)."""
-    from training.encoders import environment as env
+    from contrastkit.training.encoders import environment as env
 
     return env.environment(device)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.peer:
-        from service.bench import peer
+        from contrastkit.service.bench import peer
 
         return peer.run(args)
-    from training.encoders import load_encoder
+    from contrastkit.training.encoders import load_encoder
 
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     refs = {m: in_process(encoder, m, args.batch, jpeg) for m in modalities}
     decode = None
     if "image" in modalities:  # the decode-only row: PIL in threads vs the device path
-        from service.bench.decode import decode_only
+        from contrastkit.service.bench.decode import decode_only
 
         decode = decode_only(encoder, jpeg, batch=args.batch)
         print(

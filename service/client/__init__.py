@@ -15,15 +15,15 @@ lost before the answer raises `ServiceUnreachableError`, naming the URL and what
 (chained from the httpx error). Both are `ContrastiveError`s.
 """
 
-from service.client._transport import (
+from contrastkit.service.client._transport import (
     DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT,
     AsyncHttpClient,
     HttpClient,
 )
-from service.client.aio import AsyncContrastiveClient
-from service.client.sync import ContrastiveClient
-from service.client.types import (
+from contrastkit.service.client.aio import AsyncContrastiveClient
+from contrastkit.service.client.sync import ContrastiveClient
+from contrastkit.service.client.types import (
     Classification,
     CollectionSummary,
     ContrastiveError,

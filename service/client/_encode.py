@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.client._transport import Files
-from service.client.types import ImageInput, VectorInput
+from contrastkit.service.client._transport import Files
+from contrastkit.service.client.types import ImageInput, VectorInput
 
 QUERY_KINDS = ("text", "image", "vector", "id")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from service.client.types import (
+from contrastkit.service.client.types import (
     Classification,
     CollectionSummary,
     Embeddings,

@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 import numpy.typing as npt
 
-from service.client import _encode, _parse
-from service.client._transport import Call, Request, Response, json_body
-from service.client.types import (
+from contrastkit.service.client import _encode, _parse
+from contrastkit.service.client._transport import Call, Request, Response, json_body
+from contrastkit.service.client.types import (
     Classification,
     CollectionSummary,
     Embeddings,
@@ -89,7 +89,7 @@ def classify(
         _encode.reject_scalar(templates, "templates")
     files = _encode.image_files(images)
     if files:
-        # List fields travel as one JSON-array string each (service.api.payload.list_field).
+        # List fields travel as one JSON-array string each (contrastkit.service.api.payload.list_field).
         data = {"labels": json.dumps(list(labels))}
         if templates is not None:
             data["templates"] = json.dumps(list(templates))

@@ -20,7 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 
-from service.client.types import ServiceError, ServiceUnreachableError
+from contrastkit.service.client.types import ServiceError, ServiceUnreachableError
 
 __all__ = [
     "DEFAULT_BASE_URL",

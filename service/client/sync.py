@@ -10,8 +10,8 @@ from typing import Concatenate, ParamSpec, Self, TypeVar
 
 import httpx
 
-from service.client import _requests as ops
-from service.client._transport import (
+from contrastkit.service.client import _requests as ops
+from contrastkit.service.client._transport import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_WAIT,
     DEFAULT_RETRIES,

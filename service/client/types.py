@@ -1,7 +1,7 @@
 """What the clients take and return: input aliases, result types and ServiceError.
 
-The result types are named apart from the server's own (`service.index.types.CollectionInfo`
-and `Hit`, `service.schemas.collections.SearchHit`, `service.schemas.embeddings.LabelScore`),
+The result types are named apart from the server's own (`contrastkit.service.index.types.CollectionInfo`
+and `Hit`, `contrastkit.service.schemas.collections.SearchHit`, `contrastkit.service.schemas.embeddings.LabelScore`),
 so code that touches both sides never has to alias one of them on import.
 """
 
@@ -78,7 +78,7 @@ class Classification:
 
 @dataclass(frozen=True)
 class CollectionSummary:
-    """A collection as the server describes it (see service.index.types.CollectionInfo).
+    """A collection as the server describes it (see contrastkit.service.index.types.CollectionInfo).
 
     `index` is the index spec ({"kind": "auto"|"flat"|"ivf"|"hnsw", ...}); `active_index`
     is what serves searches now; `status` is "ok" or how the collection was recovered.

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.settings import Settings
+from contrastkit.service.settings import Settings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
     # infinity-emb's req/s on a loaded 2-core VM spinning, 0.57-0.89 passive).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = settings_from_args(args)
-    from service import shutdown
-    from service.app import create_app
-    from service.observability import logs, tracing
-    from training.encoders import UnknownModelError, check_reference
-    from training.encoders.exported.onnx_runtime import choose_runtime
+    from contrastkit.service import shutdown
+    from contrastkit.service.app import create_app
+    from contrastkit.service.observability import logs, tracing
+    from contrastkit.training.encoders import UnknownModelError, check_reference
+    from contrastkit.training.encoders.exported.onnx_runtime import choose_runtime
 
     try:  # before anything is loaded: one line that says what to install
         if settings.tracing:
@@ -93,7 +93,7 @@ def collections_in_use(settings: Settings) -> str | None:
     The store takes the lock in the app's lifespan, where a refusal would surface as a
     traceback under uvicorn's start-up; probing it here first turns the usual case (a
     second server started in the same folder) into one line that names the way out."""
-    from service.index.factory import folder_in_use
+    from contrastkit.service.index.factory import folder_in_use
 
     root = Path(settings.collections_dir)
     if not settings.collections or not folder_in_use(settings.collections_backend, root):

@@ -1,9 +1,9 @@
-"""The rules of collection aliases, the same for every backend (service.index.backend).
+"""The rules of collection aliases, the same for every backend (contrastkit.service.index.backend).
 
 An alias is a second name for a collection, switched atomically from one collection to
 another: clients search "photos" while "photos-v1" is served, then "photos-v2", without
 a request in between answering 404. The backends store them (the embedded store in a
-file of its folder, service.index.embedded.aliases; Qdrant as its native aliases) and
+file of its folder, contrastkit.service.index.embedded.aliases; Qdrant as its native aliases) and
 call the checks below, so that both refuse exactly the same things:
 
 - an alias is named as a collection is (check_name) and is never the name of a
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from service.index.types import CollectionError, check_name
+from contrastkit.service.index.types import CollectionError, check_name
 
 
 def check_set(

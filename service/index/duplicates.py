@@ -1,6 +1,6 @@
 """Near-duplicate groups of a collection: the connected components of "cosine >= threshold".
 
-Written once, on the backend interface (service.index.backend): the items are scrolled with
+Written once, on the backend interface (contrastkit.service.index.backend): the items are scrolled with
 their vectors, then the similar pairs are found in one of two ways.
 
 - exact, when a flat index serves the collection: every pair, scored in blocks of rows
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from service.index.backend import CollectionHandle, iter_items
-from service.index.filters import Filter
-from service.index.types import CollectionError
+from contrastkit.service.index.backend import CollectionHandle, iter_items
+from contrastkit.service.index.filters import Filter
+from contrastkit.service.index.types import CollectionError
 
 BLOCK_BYTES = 64 << 20  # one [block, n] float32 similarity matrix at most
 NEIGHBOURS = 32  # approximate path: neighbours asked for per item

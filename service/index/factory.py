@@ -1,6 +1,6 @@
 """Opening a collection backend: the one door from the rest of the service to the engines.
 
-The callers choose everything (the service from its Settings, in `service.state`); nothing
+The callers choose everything (the service from its Settings, in `contrastkit.service.state`); nothing
 here reads the environment. Each engine's package, and qdrant-client with it, is imported
 only when that engine is opened, so a FAISS service never loads qdrant-client.
 
@@ -15,12 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from service.index.backend import CollectionBackend
+from contrastkit.service.index.backend import CollectionBackend
 
 # QdrantConfig is what a caller builds to choose a Qdrant; its module imports nothing of
 # qdrant-client, so this import stays light.
-from service.index.qdrant.connection import QdrantConfig
-from service.index.types import CollectionError
+from contrastkit.service.index.qdrant.connection import QdrantConfig
+from contrastkit.service.index.types import CollectionError
 
 __all__ = [
     "FAISS_INSTALL",
@@ -73,11 +73,11 @@ def open_backend(
     if kind == "qdrant":
         if qdrant is None:
             raise ValueError("the qdrant backend needs a QdrantConfig: a url, or a local path")
-        from service.index.qdrant.backend import QdrantBackend
+        from contrastkit.service.index.qdrant.backend import QdrantBackend
 
         return QdrantBackend(qdrant)
     require_faiss()
-    from service.index.embedded.backend import FaissBackend
+    from contrastkit.service.index.embedded.backend import FaissBackend
 
     return FaissBackend.open(root, snapshot_every, device)
 
@@ -88,7 +88,7 @@ def folder_in_use(kind: BackendKind, root: Path) -> bool:
     refuse before it loads anything. False for Qdrant, and for a folder not yet made."""
     if kind != "faiss" or not root.is_dir():
         return False
-    from service.index.embedded.folder_lock import StoreLockedError, lock_folder
+    from contrastkit.service.index.embedded.folder_lock import StoreLockedError, lock_folder
 
     try:
         lock_folder(root).close()  # closing the handle releases the lock

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from service.index.types import CollectionError
+from contrastkit.service.index.types import CollectionError
 
 Operator = Literal["$eq", "$in", "$gt", "$gte", "$lt", "$lte", "$exists"]
 RANGE_OPS: tuple[Operator, ...] = ("$gt", "$gte", "$lt", "$lte")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.index.types import CollectionError
+from contrastkit.service.index.types import CollectionError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 

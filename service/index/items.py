@@ -1,9 +1,9 @@
 """What an item may be: the one set of rules for every way data enters a collection.
 
-The HTTP API (service.api.collection_checks), the client (through the API), `contrastive
+The HTTP API (contrastkit.service.api.collection_checks), the client (through the API), `contrastive
 index add`, `contrastive index import` and a copy between backends all come through here:
 the API and import check each item up front to name its place in their input, and
-every backend checks each upsert again (`service.index.backend.check_batch`), so nothing
+every backend checks each upsert again (`contrastkit.service.index.backend.check_batch`), so nothing
 reaches a collection that these rules refuse.
 
 - id: a string of 1-MAX_ID_CHARS characters, valid Unicode (no lone surrogate), no NUL
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.domain_errors import ErrorCode
-from service.index.types import MAX_ID_CHARS, CollectionError
+from contrastkit.service.domain_errors import ErrorCode
+from contrastkit.service.index.types import MAX_ID_CHARS, CollectionError
 
 MAX_METADATA_DEPTH = 32
 # a path, a URI or a caption fits; a whole document does not belong in every search hit

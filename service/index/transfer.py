@@ -25,7 +25,7 @@ An import is all or nothing, in two passes over the file:
 
 1. check: the header (a `dim` above MAX_DIM is refused before anything is sized by it),
    then every line, by the item rules every path into a collection obeys
-   (service.index.items: the API's rules), and the count. This pass keeps a count and
+   (contrastkit.service.index.items: the API's rules), and the count. This pass keeps a count and
    nothing else, and no line may be longer than one item can be, so memory stays bounded
    whatever the file. A bad line is a TransferError naming it; nothing has been created.
 2. write: the backend's `create_filled` stores the items where no one sees them and lists
@@ -49,10 +49,16 @@ from typing import Any, BinaryIO, TypeGuard, get_args
 
 import numpy as np
 
-from service.index import items
-from service.index.backend import Batch, CollectionBackend, iter_items
-from service.index.fsutil import fsync_dir
-from service.index.types import MAX_DIM, CollectionError, IndexKind, IndexSpec, check_new
+from contrastkit.service.index import items
+from contrastkit.service.index.backend import Batch, CollectionBackend, iter_items
+from contrastkit.service.index.fsutil import fsync_dir
+from contrastkit.service.index.types import (
+    MAX_DIM,
+    CollectionError,
+    IndexKind,
+    IndexSpec,
+    check_new,
+)
 
 FORMAT = "contrastive-collection"
 VERSION = 1

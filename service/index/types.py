@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from service.domain_errors import DomainError
+from contrastkit.service.domain_errors import DomainError
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq", "hnsw_sq8"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
@@ -16,7 +16,7 @@ MAX_DIM = 65_536  # the largest collection dimension (real embedding models: 32 
 
 
 class CollectionError(DomainError):
-    """A store error: a stable code and a message (service.errors gives it a status)."""
+    """A store error: a stable code and a message (contrastkit.service.errors gives it a status)."""
 
 
 def check_name(name: str) -> str:

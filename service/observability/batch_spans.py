@@ -1,4 +1,4 @@
-"""The batcher's spans (service.runtime.batcher): how long a request's items waited in the
+"""The batcher's spans (contrastkit.service.runtime.batcher): how long a request's items waited in the
 queue, each batch, and the model's forward call in it. Imported only when tracing is on.
 
 A batch mixes requests, and a big request's items go into several batches, so neither can

@@ -1,5 +1,5 @@
 """How `contrastive serve` logs: readable lines (`text`) or one JSON object a line (`json`),
-each record with the id of the request it was emitted for (service.observability.request_id)
+each record with the id of the request it was emitted for (contrastkit.service.observability.request_id)
 and, when tracing is on, the ids of the trace and span it was emitted in.
 
 The standard library's logging and orjson: no logging package to install.
@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
-from service.observability.request_id import RequestIdFilter
+from contrastkit.service.observability.request_id import RequestIdFilter
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -92,10 +92,10 @@ def handler(log_format: LogFormat, extra: list[logging.Filter] | None = None) ->
 def configure(level: str, log_format: LogFormat, tracing: bool = False) -> None:
     """The root logger writes `log_format` at `level` to stderr (what logging.basicConfig
     did, with our formatters). With `tracing`, records carry the current trace and span ids
-    (the otel extra must be installed: service.observability.tracing checks it first)."""
+    (the otel extra must be installed: contrastkit.service.observability.tracing checks it first)."""
     extra: list[logging.Filter] = []
     if tracing:
-        from service.observability.tracing import TraceIdsFilter
+        from contrastkit.service.observability.tracing import TraceIdsFilter
 
         extra.append(TraceIdsFilter())
     root = logging.getLogger()

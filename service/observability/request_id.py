@@ -47,7 +47,7 @@ def choose(sent: bytes | None) -> str:
 class RequestIdMiddleware:
     """Pure ASGI: sets the request id for the request and answers it in `X-Request-ID`.
 
-    service.app puts it outside Starlette's ServerErrorMiddleware, so that a 500 from an
+    contrastkit.service.app puts it outside Starlette's ServerErrorMiddleware, so that a 500 from an
     unhandled error carries the id too, and the error's log record names it."""
 
     def __init__(self, app: ASGIApp) -> None:

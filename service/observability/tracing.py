@@ -22,13 +22,13 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from service.observability import request_id
+from contrastkit.service.observability import request_id
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
-    from service.observability.batch_spans import BatchSpans
+    from contrastkit.service.observability.batch_spans import BatchSpans
 
 INSTALL = "pip install 'contrastive[otel]'"
 # What `require` imports: the packages of the otel extra.
@@ -80,7 +80,7 @@ class Tracing:
 
     def batcher(self, modality: str, model_id: str) -> BatchSpans:
         """The spans of one batcher (a model's texts or images)."""
-        from service.observability.batch_spans import BatchSpans
+        from contrastkit.service.observability.batch_spans import BatchSpans
 
         return BatchSpans(self.tracer, modality, model_id)
 

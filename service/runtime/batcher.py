@@ -31,7 +31,7 @@ nothing but the requests still using it keeps the batcher (and the model its fun
 holds) alive. A request that resolved the model before the swap and submits only later
 starts the loop again: nothing it was promised is dropped.
 
-Tracing. With `spans` (service.observability.batch_spans, when tracing is on) each job
+Tracing. With `spans` (contrastkit.service.observability.batch_spans, when tracing is on) each job
 records its wait in the queue, and each batch and model call is a span; without, the
 loop pays one `is None` test per job and per batch.
 """
@@ -52,7 +52,7 @@ import torch
 if TYPE_CHECKING:  # imported only when tracing is on (it imports OpenTelemetry)
     from opentelemetry.trace import Span
 
-    from service.observability.batch_spans import BatchSpans, JobTrace
+    from contrastkit.service.observability.batch_spans import BatchSpans, JobTrace
 
 T = TypeVar("T")
 

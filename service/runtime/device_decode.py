@@ -38,10 +38,10 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
-from service.runtime.images import ImageError, decode_image
-from training.encoders import Encoder
-from training.encoders.base import Preprocess
-from training.encoders.preprocess import MAX_ASPECT
+from contrastkit.service.runtime.images import ImageError, decode_image
+from contrastkit.training.encoders import Encoder
+from contrastkit.training.encoders.base import Preprocess
+from contrastkit.training.encoders.preprocess import MAX_ASPECT
 
 log = logging.getLogger("contrastive.decode")
 
@@ -89,7 +89,7 @@ def as_jpeg_item(blob: bytes) -> torch.Tensor:
 
 
 def resize_crop(image: torch.Tensor, cfg: Preprocess) -> torch.Tensor:
-    """uint8 [3, H, W] (any device) -> uint8 [3, S, S]: training.encoders.preprocess's
+    """uint8 [3, H, W] (any device) -> uint8 [3, S, S]: contrastkit.training.encoders.preprocess's
     clamp_aspect, resize and centre crop, on tensors."""
     _, h, w = image.shape
     if w >= h * MAX_ASPECT:  # same rounding as clamp_aspect, so the same pixels survive

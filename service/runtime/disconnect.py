@@ -4,7 +4,7 @@ runs one piece of work (an embedding) that is cancelled when the client leaves f
 the batcher then drops the job's queued chunks.
 
 Nothing HTTP here: the API layer hands in a coroutine function that returns when the
-client has gone (service.api.deps.watch_disconnect reads the ASGI channel for it).
+client has gone (contrastkit.service.api.deps.watch_disconnect reads the ASGI channel for it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TypeVar
 
-from service.domain_errors import DomainError
+from contrastkit.service.domain_errors import DomainError
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 
 A full batcher or a device out of memory becomes a CapacityError
 (retryable, with a retry-after); the HTTP edge picks its status. Work whose client has
-gone is cancelled (service.runtime.disconnect).
+gone is cancelled (contrastkit.service.runtime.disconnect).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from concurrent.futures import Executor
 
 import torch
 
-from service.domain_errors import CapacityError
-from service.runtime.batcher import Batcher, QueueFullError, Reservation, ServiceRate
-from service.runtime.device_decode import as_jpeg_item, wants_device
-from service.runtime.disconnect import while_client_waits
-from service.runtime.images import ImageError, decode_base64_image, decode_image
-from training.encoders import Encoder
+from contrastkit.service.domain_errors import CapacityError
+from contrastkit.service.runtime.batcher import Batcher, QueueFullError, Reservation, ServiceRate
+from contrastkit.service.runtime.device_decode import as_jpeg_item, wants_device
+from contrastkit.service.runtime.disconnect import while_client_waits
+from contrastkit.service.runtime.images import ImageError, decode_base64_image, decode_image
+from contrastkit.training.encoders import Encoder
 
 
 class TextEmbedder:
@@ -36,7 +36,7 @@ class TextEmbedder:
 
     def refuse_when_full(self) -> None:
         """CapacityError `overloaded` when even one more text would be refused (before a
-        request is read: service.api.shedding)."""
+        request is read: contrastkit.service.api.shedding)."""
         with capacity_errors():
             self.batcher.check(1)
 
@@ -126,7 +126,7 @@ class ImageEmbedder:
         self.max_pixels = max_pixels
         self.gate = DecodeGate(max_decoding)
         # plain JPEGs travel undecoded to the batcher, whose function (a DevicePixels)
-        # decodes them on the model's device: service.runtime.device_decode
+        # decodes them on the model's device: contrastkit.service.runtime.device_decode
         self.device_decode = device_decode
         self.decode_workers = max(1, decode_workers)
         self.decode_rate = ServiceRate()  # images per second of one decode thread
@@ -144,7 +144,7 @@ class ImageEmbedder:
 
     def refuse_when_full(self) -> None:
         """CapacityError `overloaded` when even one more image would be refused: asked
-        before a request's body is read (service.api.shedding), so that overload is shed
+        before a request's body is read (contrastkit.service.api.shedding), so that overload is shed
         without reading, let alone decoding, an upload."""
         with capacity_errors():
             self.batcher.check(1, before=self.decode_wait(1))

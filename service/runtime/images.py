@@ -15,8 +15,8 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from service.domain_errors import DomainError
-from training.encoders.preprocess import ensure_rgb
+from contrastkit.service.domain_errors import DomainError
+from contrastkit.training.encoders.preprocess import ensure_rgb
 
 # We enforce our own pixel limit (settings.max_image_pixels) before decoding; PIL's
 # global one would raise at an unrelated size.

@@ -1,5 +1,5 @@
 """The served models over the server's life: the start-up loads, then what the admin API
-(service.api.routes.admin) asks for: load another model, replace one, unload one, make
+(contrastkit.service.api.routes.admin) asks for: load another model, replace one, unload one, make
 one the default.
 
 The set is a value (ServedModels) that each change replaces whole, on the event loop, in
@@ -28,13 +28,13 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.domain_errors import ModelError, RequestError
-from service.metrics import Metrics
-from service.runtime.batcher import Batcher
-from service.runtime.onnx_upgrade import cache_dir, onnx_twin, wants_onnx
-from service.runtime.served import Pools, ServedModel, ServedModels
-from service.settings import Settings
-from training.encoders import Encoder, UnknownModelError, check_reference
+from contrastkit.service.domain_errors import ModelError, RequestError
+from contrastkit.service.metrics import Metrics
+from contrastkit.service.runtime.batcher import Batcher
+from contrastkit.service.runtime.onnx_upgrade import cache_dir, onnx_twin, wants_onnx
+from contrastkit.service.runtime.served import Pools, ServedModel, ServedModels
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import Encoder, UnknownModelError, check_reference
 
 log = logging.getLogger("contrastive.service")
 
@@ -86,7 +86,7 @@ class Operation:
         return loading or f"waiting to load {self.reference}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The operation as the admin API answers it (service.schemas.admin.ModelOperation)."""
+        """The operation as the admin API answers it (contrastkit.service.schemas.admin.ModelOperation)."""
         return {
             "id": self.id,
             "operation": self.kind,
@@ -257,7 +257,7 @@ class ModelLifecycle:
 
     def _maybe_upgrade(self, model: ServedModel) -> None:
         """runtime=auto on the CPU: move a warm torch model to onnxruntime in the background
-        (service.runtime.onnx_upgrade)."""
+        (contrastkit.service.runtime.onnx_upgrade)."""
         if model.loaded is None:
             return
         if not wants_onnx(model.loaded.encoder, self.settings, model.runtime):
@@ -406,7 +406,7 @@ def _names(spec: ModelSpec) -> frozenset[str]:
 
 
 def _check_spec(ref: str, device: str, runtime: str) -> None:
-    from training.encoders.exported.onnx_runtime import choose_runtime
+    from contrastkit.training.encoders.exported.onnx_runtime import choose_runtime
 
     check_reference(ref, device)
     choose_runtime(ref, runtime, device)

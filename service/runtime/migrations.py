@@ -2,9 +2,9 @@
 space of another served model, in a thread of its own, while the old collection keeps
 serving searches and writes; then an alias switched to the new one.
 
-The work is `contrastive index migrate`'s (service.commands.index.migration): passes
+The work is `contrastive index migrate`'s (contrastkit.service.commands.index.migration): passes
 that bring the new collection level with the old one, then a last pass and the switch
-with the old collection's writes held at the gate (service.index.gate), so that no write
+with the old collection's writes held at the gate (contrastkit.service.index.gate), so that no write
 acknowledged by the old collection is missing from the new one. A migration cancelled,
 failed, or cut short by a stop leaves the old collection as it was and the new one
 partly filled: starting it again resumes (items already there are skipped).
@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from service.commands.index.migration import (
+from contrastkit.service.commands.index.migration import (
     LAST_PASS,
     Hooks,
     Migration,
@@ -28,13 +28,13 @@ from service.commands.index.migration import (
     check_spaces,
     plan,
 )
-from service.commands.index.reembed import Reembedder
-from service.domain_errors import RequestError
-from service.index.gate import WriteGate
+from contrastkit.service.commands.index.reembed import Reembedder
+from contrastkit.service.domain_errors import RequestError
+from contrastkit.service.index.gate import WriteGate
 
 if TYPE_CHECKING:
-    from service.index.backend import CollectionBackend
-    from training.encoders import Encoder
+    from contrastkit.service.index.backend import CollectionBackend
+    from contrastkit.training.encoders import Encoder
 
 log = logging.getLogger("contrastive.service")
 State = Literal["running", "switched", "built", "failed", "cancelled"]

@@ -3,7 +3,7 @@
 After a model is warm (at start-up or loaded by the admin API), when it runs on the CPU
 with torch, `runtime` is `auto`, `auto_onnx` is on and onnxruntime is installed, the
 load thread traces the served encoder's graphs (or finds them in the cache:
-training.export.onnx_cache) and the lifecycle swaps the onnxruntime encoder in,
+contrastkit.training.export.onnx_cache) and the lifecycle swaps the onnxruntime encoder in,
 as a replacement: requests queued on the torch encoder finish on it, new ones go to the
 graphs. The model keeps its id, names and collections; its vectors stay the torch
 encoder's to 1e-4 (checked on every open).
@@ -22,8 +22,8 @@ import logging
 import time
 from pathlib import Path
 
-from service.settings import Settings
-from training.encoders import Encoder
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import Encoder
 
 log = logging.getLogger("contrastive.service")
 _NEEDS = ("onnxruntime", "onnxscript", "onnx")  # the `onnx` extra: run, and trace, graphs
@@ -42,14 +42,14 @@ def wants_onnx(encoder: Encoder, settings: Settings, runtime: str | None) -> boo
 
 def cache_dir(settings: Settings) -> Path:
     """The `onnx_cache_dir` setting, or the default cache folder."""
-    from training.export.onnx_cache import default_cache_dir
+    from contrastkit.training.export.onnx_cache import default_cache_dir
 
     return Path(settings.onnx_cache_dir) if settings.onnx_cache_dir else default_cache_dir()
 
 
 def onnx_twin(encoder: Encoder, folder: Path) -> Encoder:
     """The encoder's graphs, cached or traced now (blocking: run it in the load thread)."""
-    from training.export.onnx_cache import cached_onnx
+    from contrastkit.training.export.onnx_cache import cached_onnx
 
     started = time.monotonic()
     log.info("model %s: preparing its ONNX graphs in %s…", encoder.model_id, folder)

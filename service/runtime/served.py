@@ -4,10 +4,10 @@ first is the default, and a request picks another by `model` (its id or referenc
 `ServedModel` is one of them over its life (loading, failed, warm); once warm it holds a
 `LoadedModel`, its encoder with its own embedders (each with a batcher), made together
 and never changed. `ServedModels` finds the one a request names. It is a value: the admin
-API (service.runtime.lifecycle) changes the set by putting a new one in its place, so a
+API (contrastkit.service.runtime.lifecycle) changes the set by putting a new one in its place, so a
 request that resolved a model keeps it, whatever happens to the set meanwhile.
 
-All models share the one model thread (service.state): on one device, two threads
+All models share the one model thread (contrastkit.service.state): on one device, two threads
 would only fight over it; each model batches its own requests.
 """
 
@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from service.domain_errors import ModelError
-from service.runtime.batcher import Batcher
-from service.runtime.device_decode import DevicePixels
-from service.runtime.embedding import ImageEmbedder, TextEmbedder
-from service.runtime.zeroshot import ClassifierCache
-from service.settings import Settings
-from training.encoders import IMAGE, TEXT, Encoder, load_encoder, resolve_device
+from contrastkit.service.domain_errors import ModelError
+from contrastkit.service.runtime.batcher import Batcher
+from contrastkit.service.runtime.device_decode import DevicePixels
+from contrastkit.service.runtime.embedding import ImageEmbedder, TextEmbedder
+from contrastkit.service.runtime.zeroshot import ClassifierCache
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import IMAGE, TEXT, Encoder, load_encoder, resolve_device
 
 log = logging.getLogger("contrastive.service")
 
@@ -45,7 +45,7 @@ MakeBatcher = Callable[[Callable[[list[Any]], torch.Tensor], str, str], Batcher[
 
 @dataclass(frozen=True)
 class Pools:
-    """What every model shares (service.state owns them)."""
+    """What every model shares (contrastkit.service.state owns them)."""
 
     model: Executor  # the one model thread
     load: Executor  # loads run here, so the models already loaded keep serving
@@ -222,7 +222,7 @@ class ServedModels:
 
     `unloaded`: each name of a model the admin API unloaded or replaced (reference, id,
     alias) -> what became of it, so that a request or a collection naming it is told.
-    The methods that change the set return a new one (service.runtime.lifecycle).
+    The methods that change the set return a new one (contrastkit.service.runtime.lifecycle).
     """
 
     all: tuple[ServedModel, ...]

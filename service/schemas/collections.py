@@ -1,7 +1,7 @@
 """Request and response models of the collections API (/v1/collections; also the OpenAPI docs).
 
 Checks that need the collection or the settings (dimension, finiteness, limits, k) live in
-service.api.collection_inputs, where they get their own error codes.
+contrastkit.service.api.collection_inputs, where they get their own error codes.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pydantic import (
     model_validator,
 )
 
-from service.index.items import MAX_SOURCE_BYTES
-from service.index.types import MAX_ID_CHARS, IndexSpec
-from service.schemas.embeddings import integral
-from service.schemas.migrations import MigrationStatus
+from contrastkit.service.index.items import MAX_SOURCE_BYTES
+from contrastkit.service.index.types import MAX_ID_CHARS, IndexSpec
+from contrastkit.service.schemas.embeddings import integral
+from contrastkit.service.schemas.migrations import MigrationStatus
 
 # JSON integers, strictly (not "8" or true) but 8.0 included, as JSON Schema's `integer`
 # counts it. The bounds go before the validator, so that the schema states them.

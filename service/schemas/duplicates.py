@@ -1,5 +1,5 @@
 """Request and response models of near-duplicate search (POST /v1/collections/{name}/duplicates;
-the algorithm is service.index.duplicates)."""
+the algorithm is contrastkit.service.index.duplicates)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
-from service.schemas.collections import PositiveInt
+from contrastkit.service.schemas.collections import PositiveInt
 
 MAX_GROUPS = 1000  # the largest `limit`
 

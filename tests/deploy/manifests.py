@@ -23,8 +23,8 @@ import pytest
 import yaml
 from starlette.routing import Match
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -563,8 +563,8 @@ def probe_paths(objs: list[dict[str, Any]], label: str) -> dict[str, str]:
 def check_command_lines(objs: list[dict[str, Any]], label: str) -> None:
     """Every service container keeps the image's ENTRYPOINT and runs `serve` with
     arguments that the contrastive CLI accepts."""
-    from service.cli import build_parser
-    from service.commands.serve import settings_from_args
+    from contrastkit.service.cli import build_parser
+    from contrastkit.service.commands.serve import settings_from_args
 
     parser = build_parser()
     for name, container in deployment_containers(objs):
@@ -748,7 +748,7 @@ def check_qdrant_mode(
 ) -> None:
     """Qdrant mode with its own Qdrant: the service's URL and key lead to the StatefulSet
     (one node, storage on a claim, locked down, probes on Qdrant's health routes)."""
-    from service.index.factory import QdrantConfig
+    from contrastkit.service.index.factory import QdrantConfig
 
     (dep,) = named(objs, "Deployment").values()
     (container,) = pod_template(dep)["spec"]["containers"]

@@ -26,7 +26,7 @@ import jsonschema
 import pytest
 import yaml
 
-from service.settings import Settings
+from contrastkit.service.settings import Settings
 from tests.deploy.manifests import (
     CHART,
     COMPONENTS,

@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.deploy.manifests import (
     AUTOSCALING_COMPONENTS,
     COMPONENTS,
@@ -130,7 +130,7 @@ def test_every_contrastive_env_name_is_a_setting_and_every_value_parses(
     sources["k8s train"] = {**image, **container_env(objects(TRAIN), trainer)}
 
     used = {n for env in sources.values() for n in env if n.startswith(PREFIX)}
-    assert used - SETTING_ENV_NAMES == set(), "not a field of service.settings.Settings"
+    assert used - SETTING_ENV_NAMES == set(), "not a field of contrastkit.service.settings.Settings"
     for label, env in sources.items():
         settings = settings_from(monkeypatch, env)  # raises on a value that does not parse
         assert settings.host == "0.0.0.0", label
@@ -179,13 +179,13 @@ def test_probes_healthcheck_and_scrape_paths_are_routes_of_the_app() -> None:
 
 
 def test_service_command_lines_parse_with_the_contrastive_cli() -> None:
-    from service.cli import build_parser
+    from contrastkit.service.cli import build_parser
 
     parser = build_parser()
     (entrypoint,) = final_stage("ENTRYPOINT")
     (cmd,) = final_stage("CMD")
     assert json.loads(entrypoint) == ["tini", "--", "contrastive"]  # tini: PID 1, forwards signals
-    assert pyproject()["project"]["scripts"]["contrastive"] == "service.cli:main"
+    assert pyproject()["project"]["scripts"]["contrastive"] == "contrastkit.service.cli:main"
     assert parser.parse_args(json.loads(cmd)).command == "serve"
 
     service = compose()["services"]["contrastive"]
@@ -202,9 +202,9 @@ def test_training_job_command_line_parses_with_torchrun_and_the_training_cli(
 ) -> None:
     from torch.distributed.run import get_args_parser
 
-    from service.cli import build_parser as contrastive_parser
-    from training.cli import build_training_parser as training_parser
-    from training.commands.train import resolve
+    from contrastkit.service.cli import build_parser as contrastive_parser
+    from contrastkit.training.cli import build_training_parser as training_parser
+    from contrastkit.training.commands.train import resolve
 
     job, container = the_job()
     spec = job["spec"]
@@ -218,7 +218,7 @@ def test_training_job_command_line_parses_with_torchrun_and_the_training_cli(
     run = get_args_parser().parse_args(expand(container["args"]))
     # torchrun's wait for its workers after SIGTERM ends within the pod's grace period
     assert 30 <= int(run.shutdown_timeout) < pod["terminationGracePeriodSeconds"]
-    assert run.module and run.training_script == "training"
+    assert run.module and run.training_script == "contrastkit.training"
     # one pod per node, rank = completion index, rendezvous at pod 0's DNS name
     assert spec["completionMode"] == "Indexed"
     assert int(run.nnodes) == spec["completions"] == spec["parallelism"]
@@ -527,7 +527,7 @@ def test_dockerfile_stages_install_and_variants() -> None:
     copied = {p for w, rest in stages()[0] if w == "COPY" for p in rest.split()[:-1]}
     ignore = (ROOT / ".dockerignore").read_text().split()
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    assert {"pyproject.toml", "README.md", "service", "training"} <= copied <= allowed
+    assert {"pyproject.toml", "setup.py", "README.md", "service", "training"} <= copied <= allowed
 
     checks = [rest for w, rest in stages()[0] if w == "RUN" and "load_encoder" in rest]
     assert len(checks) == 1 and checks[0].startswith("--network=none")
@@ -542,13 +542,14 @@ def test_the_images_non_editable_install_carries_every_data_file() -> None:
     # reaches the image only as package data.
     package_data = pyproject()["tool"]["setuptools"]["package-data"]
     missing = []
-    for package in ("service", "training"):
-        for path in sorted((ROOT / package).rglob("*")):
+    for folder in ("service", "training"):
+        globs = package_data.get(f"contrastkit.{folder}", [])  # the folder's import name
+        for path in sorted((ROOT / folder).rglob("*")):
             if not path.is_file() or path.suffix in (".py", ".pyc", ".pyo"):
                 continue
-            name = path.relative_to(ROOT / package).as_posix()
-            if not any(fnmatch.fnmatch(name, g) for g in package_data.get(package, [])):
-                missing.append(f"{package}/{name}")
+            name = path.relative_to(ROOT / folder).as_posix()
+            if not any(fnmatch.fnmatch(name, g) for g in globs):
+                missing.append(f"{folder}/{name}")
     assert missing == [], "add them to [tool.setuptools.package-data] in pyproject.toml"
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from service.cli import build_parser
+from contrastkit.service.cli import build_parser
 from tests.deploy.manifests import K8S, load
 
 RAY = K8S / "ray"

@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from service import shutdown
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service import shutdown
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder
 
 

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from service import shutdown
-from service.app import create_app
-from service.observability import logs
-from service.settings import Settings
+from contrastkit.service import shutdown
+from contrastkit.service.app import create_app
+from contrastkit.service.observability import logs
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder
 
 GIVE_UP_S = 600.0  # a wait for a file the test never makes ends here (the test failed)

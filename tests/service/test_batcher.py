@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.domain_errors import CapacityError
-from service.runtime import disconnect
-from service.runtime.batcher import Batcher, QueueFullError, ServiceRate
-from service.runtime.disconnect import ClientGoneError, while_client_waits
-from service.runtime.embedding import ImageEmbedder
-from service.runtime.images import ImageError
+from contrastkit.service.domain_errors import CapacityError
+from contrastkit.service.runtime import disconnect
+from contrastkit.service.runtime.batcher import Batcher, QueueFullError, ServiceRate
+from contrastkit.service.runtime.disconnect import ClientGoneError, while_client_waits
+from contrastkit.service.runtime.embedding import ImageEmbedder
+from contrastkit.service.runtime.images import ImageError
 from tests.helpers import FakeEncoder, image_bytes, item_rows
 from tests.helpers import wait_until_async as until
 
@@ -248,7 +248,9 @@ def test_work_stops_when_its_client_leaves(pool: ThreadPoolExecutor) -> None:
     model = Model()
 
     async def request(b: Batcher[int], items: list[int], left: asyncio.Event) -> torch.Tensor:
-        disconnect.watch(left.wait)  # what service.api.deps.watch_disconnect does for a request
+        disconnect.watch(
+            left.wait
+        )  # what contrastkit.service.api.deps.watch_disconnect does for a request
         return await while_client_waits(b.submit(items))
 
     async def main() -> None:

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.bench import peer
-from service.cli import main
+from contrastkit.service.bench import peer
+from contrastkit.service.cli import main
 from tests.helpers import free_port, write_tiny_clip_export
 
 

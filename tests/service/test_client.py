@@ -1,4 +1,4 @@
-"""service.client against the real app over a tiny deterministic fake encoder (no real model).
+"""contrastkit.service.client against the real app over a tiny deterministic fake encoder (no real model).
 
 The sync client drives the app through FastAPI's TestClient (an httpx.Client); the async
 client through httpx.ASGITransport, with the app's lifespan run on the test's own event loop
@@ -19,8 +19,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.client import (
+from contrastkit.service.app import create_app
+from contrastkit.service.client import (
     AsyncContrastiveClient,
     Classification,
     ContrastiveClient,
@@ -28,7 +28,7 @@ from service.client import (
     RankedLabel,
     ServiceError,
 )
-from service.settings import Settings
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder as _Fake
 from tests.helpers import image_bytes, wait_ready
 
@@ -354,7 +354,7 @@ def test_429_is_retried_but_other_errors_and_ready_are_not() -> None:
 
 def test_a_retry_after_beyond_max_wait_is_not_slept(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("service.client.sync.time.sleep", slept.append)
+    monkeypatch.setattr("contrastkit.service.client.sync.time.sleep", slept.append)
     transport, calls = _flaky([503], {"Retry-After": "30"})
     with (
         ContrastiveClient("http://svc", transport=transport, retries=5, max_wait=10) as c,
@@ -368,7 +368,7 @@ def test_backoff_without_retry_after_grows_and_stays_within_max_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("service.client.sync.time.sleep", slept.append)
+    monkeypatch.setattr("contrastkit.service.client.sync.time.sleep", slept.append)
     transport, calls = _flaky([503] * 20, {})
     with (
         ContrastiveClient("http://svc", transport=transport, retries=10, max_wait=2.0) as c,

@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.client import (
+from contrastkit.service.app import create_app
+from contrastkit.service.client import (
     AsyncContrastiveClient,
     CollectionSummary,
     ContrastiveClient,
@@ -27,7 +27,7 @@ from service.client import (
     SearchMatch,
     ServiceError,
 )
-from service.settings import Settings
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, image_bytes, wait_ready
 
 

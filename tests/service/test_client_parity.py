@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from service.client import AsyncContrastiveClient, ContrastiveClient, _requests
+from contrastkit.service.client import AsyncContrastiveClient, ContrastiveClient, _requests
 
 # Named after their httpx counterparts, so these two differ in name (and docstring) only.
 CLOSERS = {"close": "aclose"}

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.client import (
+from contrastkit.service.client import (
     AsyncContrastiveClient,
     ContrastiveClient,
     ContrastiveError,
@@ -101,8 +101,8 @@ def test_a_connection_broken_before_the_answer_says_so() -> None:
 def test_the_client_imports_without_torch_or_the_web_framework() -> None:
     """A script that only calls the service must not pay for torch (seconds, gigabytes)."""
     code = (
-        "import sys, service.client; "
-        "print(sorted(m for m in ('torch', 'training', 'fastapi', 'faiss') if m in sys.modules))"
+        "import sys, contrastkit.service.client; "
+        "print(sorted(m for m in ('torch', 'contrastkit.training', 'fastapi', 'faiss') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Device JPEG decoding (service.runtime.device_decode), run on the CPU: torchvision's CPU
+"""Device JPEG decoding (contrastkit.service.runtime.device_decode), run on the CPU: torchvision's CPU
 decode_jpeg has the same code shape as nvJPEG's batched call, so the pixels, the
 fall-backs and the errors are checked here; the speed only on a GPU (scripts/gpu_check.sh).
 """
@@ -17,12 +17,12 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.runtime.device_decode import DevicePixels, as_jpeg_item, wants_device
-from service.runtime.images import ImageError, decode_image
-from service.settings import Settings
+from contrastkit.service.runtime.device_decode import DevicePixels, as_jpeg_item, wants_device
+from contrastkit.service.runtime.images import ImageError, decode_image
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders.base import Preprocess
+from contrastkit.training.encoders.preprocess import to_pixels
 from tests.helpers import FakeEncoder, image_bytes
-from training.encoders.base import Preprocess
-from training.encoders.preprocess import to_pixels
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 MakeClient = Callable[..., TestClient]

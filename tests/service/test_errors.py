@@ -8,9 +8,9 @@ from typing import get_args
 
 import pytest
 
-from service.domain_errors import DomainError, ErrorCode, ModelError
-from service.errors import _CODE_OF_STATUS, STATUS, domain_error_response, http_status
-from service.index.types import CollectionError
+from contrastkit.service.domain_errors import DomainError, ErrorCode, ModelError
+from contrastkit.service.errors import _CODE_OF_STATUS, STATUS, domain_error_response, http_status
+from contrastkit.service.index.types import CollectionError
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 

@@ -27,8 +27,8 @@ import httpx
 import pytest
 import torch
 
-from service.index.factory import open_backend
-from service.settings import Settings
+from contrastkit.service.index.factory import open_backend
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, free_port, timing_scale, wait_server_ready, wait_until
 
 SCRIPT = Path(__file__).with_name("slow_server.py")

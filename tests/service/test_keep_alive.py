@@ -9,8 +9,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from service import shutdown
-from service.settings import Settings
+from contrastkit.service import shutdown
+from contrastkit.service.settings import Settings
 
 # httpx's default expiry of idle pooled connections (httpx.Limits.keepalive_expiry)
 HTTPX_IDLE_EXPIRY_S = 5.0

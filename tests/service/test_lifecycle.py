@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from service.domain_errors import ModelError
-from service.runtime.batcher import Batcher
-from service.runtime.served import ServedModel, ServedModels
+from contrastkit.service.domain_errors import ModelError
+from contrastkit.service.runtime.batcher import Batcher
+from contrastkit.service.runtime.served import ServedModel, ServedModels
 from tests.helpers import wait_until_async
 
 

@@ -30,7 +30,13 @@ class Server:
     def __init__(self, tmp: Path, old: Path, new: Path) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = tmp / "server.log"
-        cmd = [sys.executable, "-m", "service", "serve", f"--port={self.url.rsplit(':', 1)[1]}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "contrastkit.service",
+            "serve",
+            f"--port={self.url.rsplit(':', 1)[1]}",
+        ]
         cmd += [f"--model={old}", f"--models={new}", "--device=cpu", "--admin-key=boss"]
         cmd += [f"--collections-dir={tmp / 'cols'}"]
         with self.log.open("ab") as log:

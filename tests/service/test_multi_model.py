@@ -13,10 +13,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.commands.serve import add_arguments, settings_from_args
-from service.runtime.served import LoadedModel, module_bytes
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.commands.serve import add_arguments, settings_from_args
+from contrastkit.service.runtime.served import LoadedModel, module_bytes
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, wait_ready, wait_until
 
 
@@ -42,7 +42,7 @@ def _client(
             gate.wait(30)
         return OtherEncoder()
 
-    monkeypatch.setattr("service.runtime.served.load_encoder", load)
+    monkeypatch.setattr("contrastkit.service.runtime.served.load_encoder", load)
     s = Settings(model="fake", models=["other-ref"], collections_dir=str(tmp_path / "c"))
     return TestClient(create_app(s, encoder=FakeEncoder()))
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.runtime.onnx_upgrade import wants_onnx
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.runtime.onnx_upgrade import wants_onnx
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import load_encoder
+from contrastkit.training.encoders.exported.onnx_runtime import OnnxEncoder
+from contrastkit.training.export import onnx as export_mod
+from contrastkit.training.export import onnx_cache
 from tests.helpers import FakeEncoder, wait_ready, write_tiny_clip_export
-from training.encoders import load_encoder
-from training.encoders.exported.onnx_runtime import OnnxEncoder
-from training.export import onnx as export_mod
-from training.export import onnx_cache
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

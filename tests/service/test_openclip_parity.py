@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from PIL import Image
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.helpers import image_bytes, tiny_clip, wait_ready, write_tiny_clip_export
 
 LABELS = ["cat", "dog", "car", "airplane", "cup of coffee"]
@@ -58,7 +58,7 @@ def test_classify_matches_open_clip(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_open_clip_reference_with_random_weights() -> None:
-    from training.encoders import load_encoder
+    from contrastkit.training.encoders import load_encoder
 
     enc = load_encoder("open_clip:RN50", pretrained=None, device="cpu")
     assert enc.model_id == "open_clip:RN50:random-seed0" and enc.embed_dim == 1024

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.settings import Settings
+from contrastkit.service.settings import Settings
 from tests.helpers import free_port, image_bytes, timing_scale, wait_server_ready, wait_until
 
 Factory = Callable[..., TestClient]

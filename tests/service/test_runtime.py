@@ -17,9 +17,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.runtime.batcher import Batcher, QueueFullError
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.runtime.batcher import Batcher, QueueFullError
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, wait_ready, wait_until
 
 Factory = Callable[..., TestClient]
@@ -127,7 +127,7 @@ def test_readyz_503_until_loaded_then_200(monkeypatch: pytest.MonkeyPatch) -> No
         release.wait(30)
         return FakeEncoder()
 
-    monkeypatch.setattr("service.runtime.served.load_encoder", slow_load)
+    monkeypatch.setattr("contrastkit.service.runtime.served.load_encoder", slow_load)
     with TestClient(create_app(Settings(model="anything"))) as client:
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "loading"
@@ -148,8 +148,8 @@ def test_model_load_is_logged_and_readyz_says_for_how_long(
         release.wait(30)
         return FakeEncoder()
 
-    monkeypatch.setattr("service.runtime.served.load_encoder", slow_load)
-    monkeypatch.setattr("service.runtime.served.PROGRESS_EVERY_S", 0.05)
+    monkeypatch.setattr("contrastkit.service.runtime.served.load_encoder", slow_load)
+    monkeypatch.setattr("contrastkit.service.runtime.served.PROGRESS_EVERY_S", 0.05)
     caplog.set_level(logging.INFO, logger="contrastive.service")
     progress = re.compile(r"loading model anything \(\d+ s\)…")
 

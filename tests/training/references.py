@@ -1,4 +1,4 @@
-"""Loop-by-loop references for the losses, written independently of training.losses:
+"""Loop-by-loop references for the losses, written independently of contrastkit.training.losses:
 plain Python floats, one anchor at a time, as the papers define them."""
 
 from __future__ import annotations

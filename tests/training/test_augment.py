@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
-from tests.helpers import timing_scale
-from training.augment import (
+from contrastkit.training.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Augmenter,
@@ -36,6 +35,7 @@ from training.augment import (
     simsiam_view,
     small_crop_side,
 )
+from tests.helpers import timing_scale
 
 ZERO = (0.0, 0.0, 0.0)
 ONE = (1.0, 1.0, 1.0)

@@ -1,4 +1,4 @@
-"""training.catalog, the torch-free copy of the method registry's names and setting keys,
+"""contrastkit.training.catalog, the torch-free copy of the method registry's names and setting keys,
 and the texts that list the methods: they take the list from it, or name no subset."""
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from training import catalog
-from training.cli import TRAINING_COMMANDS
-from training.config import ConfigError
-from training.methods import METHODS, get_method, method_names
+from contrastkit.training import catalog
+from contrastkit.training.cli import TRAINING_COMMANDS
+from contrastkit.training.config import ConfigError
+from contrastkit.training.methods import METHODS, get_method, method_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_catalog_equals_the_registry() -> None:
-    """A new method file needs its row in training.catalog.METHOD_SETTINGS: this is it."""
+    """A new method file needs its row in contrastkit.training.catalog.METHOD_SETTINGS: this is it."""
     names = method_names()  # imports every method module: METHODS is complete
     registry = {
         name: tuple(f.name for f in dataclasses.fields(cls.Params))
@@ -69,7 +69,7 @@ def test_another_methods_setting_says_whose_it_is() -> None:
 
 
 def test_build_config_suggests_too() -> None:
-    from training.config import build_config
+    from contrastkit.training.config import build_config
 
     with pytest.raises(ConfigError, match="unknown setting 'epoch' \\(did you mean epochs\\?\\)"):
         build_config({"epoch": "2"}, get_method("simclr").Params)

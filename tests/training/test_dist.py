@@ -1,4 +1,4 @@
-"""training.dist: no-ops on one process; on 2 gloo CPU processes the losses equal one process.
+"""contrastkit.training.dist: no-ops on one process; on 2 gloo CPU processes the losses equal one process.
 
 The 2-process run spawns once per module (a fixture); each rank holds half of one
 float64 batch, computes every loss the DDP way and saves loss values and input
@@ -18,9 +18,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.helpers import free_port
-from training import dist
-from training.losses import (
+from contrastkit.training import dist
+from contrastkit.training.losses import (
     byol_loss,
     clip_loss,
     info_nce,
@@ -29,6 +28,7 @@ from training.losses import (
     sinkhorn,
     swav_loss,
 )
+from tests.helpers import free_port
 
 WORLD = 2
 N = 8  # global batch; each rank holds N // WORLD rows

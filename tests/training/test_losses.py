@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.training.references import neg_log_softmax_at, nt_xent_reference
-from training.losses import (
+from contrastkit.training.losses import (
     byol_loss,
     clip_loss,
     info_nce,
@@ -19,6 +18,7 @@ from training.losses import (
     sinkhorn,
     swav_loss,
 )
+from tests.training.references import neg_log_softmax_at, nt_xent_reference
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -44,14 +44,21 @@ TIMEOUT_MS = 90_000  # the first request of each kind runs on a cold, shared CPU
 
 
 class Server:
-    """`python -m service serve` on a free port; killed by stop()."""
+    """`python -m contrastkit.service serve` on a free port; killed by stop()."""
 
     def __init__(self, folder: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / "server.log"
         self.model_id = ""
-        cmd = [sys.executable, "-m", "service", "serve", "--model=builtin", "--device=cpu"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "contrastkit.service",
+            "serve",
+            "--model=builtin",
+            "--device=cpu",
+        ]
         cmd += [f"--port={self.port}", f"--collections-dir={folder / 'collections'}"]
         env = {**os.environ, "CONTRASTIVE_API_KEYS": KEY}
         with self.log.open("wb") as log:

@@ -6,7 +6,7 @@ batch, precision, lr schedule and number of steps:
 
 - ours: the Trainer (`contrastive train --method clip --init-from open_clip:local-dir:DIR
   --data pairs:CSV`), with before_after, kNN and held-out rows off;
-- open_clip's: open_clip_train.train.train_one_epoch (training.bench.peer_openclip).
+- open_clip's: open_clip_train.train.train_one_epoch (contrastkit.training.bench.peer_openclip).
 
 Both are timed alike (finetune_setup.StepClock): images/s = timed steps x batch / the
 wall time from the end of optimiser step `warmup` to the end of step `warmup + steps`,
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from training.bench.finetune_setup import (
+from contrastkit.training.bench.finetune_setup import (
     TINY,
     FinetuneSettings,
     StepClock,
@@ -39,12 +39,17 @@ from training.bench.finetune_setup import (
     write_model,
     write_pairs,
 )
-from training.bench.report import pick_default
-from training.config import ConfigError, build_config
-from training.data import DataError
-from training.data.idx import FASHION_MNIST_DIR
-from training.encoders.environment import environment, markdown_table, timestamp, write_json
-from training.engine.runstate import train_device
+from contrastkit.training.bench.report import pick_default
+from contrastkit.training.config import ConfigError, build_config
+from contrastkit.training.data import DataError
+from contrastkit.training.data.idx import FASHION_MNIST_DIR
+from contrastkit.training.encoders.environment import (
+    environment,
+    markdown_table,
+    timestamp,
+    write_json,
+)
+from contrastkit.training.engine.runstate import train_device
 
 GOAL = 1.0  # ours / open_clip's images per second, at least
 # Where the two loops do different work for the same step (the JSON's "differences").
@@ -150,8 +155,8 @@ def say(message: str) -> None:
 def run_ours(s: FinetuneSettings, model_dir: Path, pairs: Path, scratch: Path) -> dict[str, Any]:
     """Fine-tune with our Trainer (its own fit loop) for s.total_steps steps -> images/s
     over the timed steps and the first and last step's loss."""
-    from training.engine.trainer import Trainer
-    from training.methods import get_method
+    from contrastkit.training.engine.trainer import Trainer
+    from contrastkit.training.methods import get_method
 
     values: dict[str, Any] = {
         "method": "clip",
@@ -186,7 +191,7 @@ def run_ours(s: FinetuneSettings, model_dir: Path, pairs: Path, scratch: Path) -
     # the trainer (its loader's workers, the model) goes at the caller's gc.collect():
     # the clock's hook and the trainer refer to each other
     return {
-        "loop": "training.engine.trainer.Trainer.fit",
+        "loop": "contrastkit.training.engine.trainer.Trainer.fit",
         "data": "pairs: FileData (decode workers) + batched device augmentation",
         "precision": s.precision,
         "workers": s.workers,
@@ -226,7 +231,7 @@ def run_round(
     s: FinetuneSettings, r: int, inputs: tuple[Path, Path, Path], tmp: Path
 ) -> dict[str, Any]:
     """Round r: each side once, in s.order(r) -> {"ours": ..., "peer": ...}."""
-    from training.bench.peer_openclip import run_peer
+    from contrastkit.training.bench.peer_openclip import run_peer
 
     model_dir, pairs, peer_csv = inputs
     out: dict[str, Any] = {}
@@ -310,8 +315,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.bench.finetune` (the same as `contrastive bench finetune`)."""
-    parser = argparse.ArgumentParser(prog="python -m training.bench.finetune", description=__doc__)
+    """`python -m contrastkit.training.bench.finetune` (the same as `contrastive bench finetune`)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m contrastkit.training.bench.finetune", description=__doc__
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

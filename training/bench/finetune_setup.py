@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from training.data.files import scan_pairs
-from training.data.idx import FASHION_CLASSES, load_idx_split
+from contrastkit.training.data.files import scan_pairs
+from contrastkit.training.data.idx import FASHION_CLASSES, load_idx_split
 
 # The tutorial's small ViT CLIP (docs/finetune-clip.md): 32 px, 4+4 layers of width 128.
 TINY = "tiny"

@@ -30,15 +30,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.encoders import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess, load_encoder
-from training.encoders.environment import environment, markdown_table, timestamp, write_json
-from training.encoders.exported.onnx_runtime import (
+from contrastkit.training.encoders import (
+    IMAGE,
+    TEXT,
+    Encoder,
+    EncoderInfo,
+    Preprocess,
+    load_encoder,
+)
+from contrastkit.training.encoders.environment import (
+    environment,
+    markdown_table,
+    timestamp,
+    write_json,
+)
+from contrastkit.training.encoders.exported.onnx_runtime import (
     has_onnx,
     load_onnx_encoder,
     open_graphs,
     read_manifest,
 )
-from training.export.onnx import export_graphs
+from contrastkit.training.export.onnx import export_graphs
 
 PRESETS = ("resnet18-cifar", "vit-b-32", "minilm", "builtin")
 NOUNS = ["dog", "cat", "red car", "bowl of soup", "mountain lake at dawn", "tabby kitten"]
@@ -68,18 +80,18 @@ class TowersEncoder(Encoder):
 
 def preset(name: str) -> tuple[Encoder, tuple[str, ...]]:
     """Preset name -> (torch encoder on the CPU, modalities to time)."""
-    from training.encoders.nets.backbones import BackboneSpec, build_backbone
+    from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
 
     torch.manual_seed(0)
     if name == "resnet18-cifar":
         net, dim = build_backbone(BackboneSpec("resnet18", cifar_stem=True))
         return TowersEncoder(net, 32, None, dim), (IMAGE,)
     if name == "vit-b-32":
-        from training.encoders.openclip import from_name
+        from contrastkit.training.encoders.openclip import from_name
 
         return from_name("ViT-B-32", None, torch.device("cpu")), (IMAGE, TEXT)
     if name == "minilm":
-        from training.encoders.nets.text_towers import MiniLMTower
+        from contrastkit.training.encoders.nets.text_towers import MiniLMTower
 
         net, _ = build_backbone(BackboneSpec("tiny"))
         # unlocked: no caption cache, so torch runs MiniLM on every call, as onnx does

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from training.augment import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, simclr_view
-from training.bench.pipelines import BenchSettings, step_on_views
-from training.data import DataError
-from training.engine.trainer import Trainer
-from training.methods.base import Views
+from contrastkit.training.augment import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, simclr_view
+from contrastkit.training.bench.pipelines import BenchSettings, step_on_views
+from contrastkit.training.data import DataError
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.methods.base import Views
 
 PREFETCH = 2  # the DataLoader's default prefetch_factor: batches queued per worker
 

@@ -3,10 +3,10 @@
 Run in the peer's own environment (scripts/peer-lightly-env.sh makes it), with the repo
 on PYTHONPATH; the quality bench starts it as a subprocess:
 
-    PYTHONPATH=$PWD /tmp/lightlyenv/bin/python -m training.bench.peer_lightly \\
+    PYTHONPATH=$PWD /tmp/lightlyenv/bin/python -m contrastkit.training.bench.peer_lightly \\
         --method simclr --epochs 3 --out peer-simclr.json
 
-The recipe is OURS, read from our resolved config (training.config.build_config and the
+The recipe is OURS, read from our resolved config (contrastkit.training.config.build_config and the
 method's defaults), never restated here: optimiser, lr per 256 scaled to the batch,
 weight decay, momentum, LARS eta and clipping, warm-up epochs and cosine to
 min_lr_ratio, the method's Params, the views our method draws (peer_lightly_methods).
@@ -35,15 +35,20 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from training.augment import Augmenter
-from training.bench.peer_lightly_methods import PEERS, PeerMethod, lightly_transform, our_view_specs
-from training.bench.time_to_knn import KNN_K, KNN_T
-from training.config import build_config, parse_overrides
-from training.data import LabelledArrays, load_knn_data
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.evaluate.knn import embed, knn_accuracy
-from training.methods import get_method
-from training.methods.base import MethodContext
+from contrastkit.training.augment import Augmenter
+from contrastkit.training.bench.peer_lightly_methods import (
+    PEERS,
+    PeerMethod,
+    lightly_transform,
+    our_view_specs,
+)
+from contrastkit.training.bench.time_to_knn import KNN_K, KNN_T
+from contrastkit.training.config import build_config, parse_overrides
+from contrastkit.training.data import LabelledArrays, load_knn_data
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.evaluate.knn import embed, knn_accuracy
+from contrastkit.training.methods import get_method
+from contrastkit.training.methods.base import MethodContext
 
 
 class LARC(torch.optim.SGD):
@@ -234,7 +239,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.bench.peer_lightly", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m contrastkit.training.bench.peer_lightly", description=__doc__
+    )
     p.add_argument("--method", required=True, choices=sorted(PEERS))
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--backbone", default="tiny")

@@ -1,7 +1,7 @@
 """The peer's methods for `bench quality --quick`: lightly's own losses, heads, momentum
 helpers and transforms, sized by OUR resolved recipe (our method's Params, our views).
 
-Imported only by training.bench.peer_lightly, in the peer's environment (lightly
+Imported only by contrastkit.training.bench.peer_lightly, in the peer's environment (lightly
 installed: scripts/peer-lightly-env.sh). What comes from our code is the recipe (the
 Params values and the ViewSpecs our methods draw) and the backbone; what is lightly's is
 the method: a broken loss, head or EMA of ours then shows as a gap to this peer.
@@ -36,10 +36,10 @@ from lightly.transforms.multi_view_transform import MultiViewTransform
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
-from training.augment import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
-from training.data import Batch
-from training.methods import get_method
-from training.methods.base import MethodContext
+from contrastkit.training.augment import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
+from contrastkit.training.data import Batch
+from contrastkit.training.methods import get_method
+from contrastkit.training.methods.base import MethodContext
 
 PEER_METHODS = (
     "simclr", "moco", "moco-tuned", "byol", "simsiam", "barlow", "vicreg", "swav", "dino",
@@ -256,7 +256,7 @@ def _same_size_backbone(backbone: nn.Module, views: list[Tensor]) -> list[Tensor
 
 class SwAV(PeerMethod):
     def __init__(self, backbone: nn.Module, feat: int, p: Any, ctx: MethodContext) -> None:
-        from training.methods.swav import AUTO_QUEUE_LENGTH, AUTO_QUEUE_MAX_BATCH
+        from contrastkit.training.methods.swav import AUTO_QUEUE_LENGTH, AUTO_QUEUE_MAX_BATCH
 
         super().__init__(backbone, feat, p, ctx)
         frozen = p.freeze_prototypes_steps
@@ -265,7 +265,7 @@ class SwAV(PeerMethod):
         self.head = lmod.SwaVProjectionHead(feat, p.proj_hidden, p.proj_dim)
         self.prototypes = lmod.SwaVPrototypes(p.proj_dim, p.n_prototypes, frozen)
         self.criterion = lloss.SwaVLoss(p.temperature, p.sinkhorn_iterations, p.epsilon)
-        # our queue rule (training.methods.swav): automatic at small batches, one epoch max
+        # our queue rule (contrastkit.training.methods.swav): automatic at small batches, one epoch max
         length = p.queue_length
         if length is None:
             small = ctx.global_batch <= AUTO_QUEUE_MAX_BATCH

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from training.bench.finetune_setup import FinetuneSettings, StepClock
-from training.data import DataError
+from contrastkit.training.bench.finetune_setup import FinetuneSettings, StepClock
+from contrastkit.training.data import DataError
 
 GET_DATA = "open_clip_train.data.get_data (CsvDataset)"
 

@@ -4,7 +4,7 @@ Three ways to feed the engine's one optimiser step (Trainer._train_step):
 
 - StepOnly: views made once, before timing, and cycled: the model step alone (figure a/d);
 - EndToEnd: our loop: batches indexed on the device + batched augmentation + step (b);
-- Peer (training.bench.peer): a DataLoader with CPU workers and per-image torchvision
+- Peer (contrastkit.training.bench.peer): a DataLoader with CPU workers and per-image torchvision
   transforms, then the same step (c).
 
 `measure` runs them in interleaved rounds (a window of each in turn), so a machine whose
@@ -22,11 +22,11 @@ from typing import Any, Protocol
 
 import torch
 
-from training.config import build_config
-from training.data import Batch
-from training.engine.trainer import Trainer
-from training.methods import get_method
-from training.methods.base import Views
+from contrastkit.training.config import build_config
+from contrastkit.training.data import Batch
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.methods import get_method
+from contrastkit.training.methods.base import Views
 
 
 @dataclass

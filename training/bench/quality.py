@@ -4,7 +4,7 @@ Every registered method (or --methods) trains through the real Trainer on one da
 with one backbone, and for each the run records, in one process on one device:
 
 - kNN (k = 200, t = 0.1) of the untrained encoder: the reference each method must beat;
-- kNN after every epoch (training.bench.time_to_knn.knn_run, the figure PERFORMANCE.md quotes);
+- kNN after every epoch (contrastkit.training.bench.time_to_knn.knn_run, the figure PERFORMANCE.md quotes);
 - a linear probe on the frozen backbone features after the last epoch (the evaluate
   package's probe: logistic regression, its L2 strength chosen on a validation split),
   and the same probe of the untrained encoder, its reference;
@@ -12,11 +12,11 @@ with one backbone, and for each the run records, in one process on one device:
 
 Then --lars-methods (BYOL and SimCLR) train again at --lars-batch with the LARS this
 project used before clipping existed (unclipped, eta 0.02:
-training.engine.resume.BEFORE_SETTINGS_EXISTED)
+contrastkit.training.engine.resume.BEFORE_SETTINGS_EXISTED)
 and the clipped one it uses now (solo-learn's LARC, eta 0.02), so the two are compared at
 the large batch where their difference shows, in the same run.
 
---quick is the CPU benchmark with pass criteria (training.bench.quality_quick): every
+--quick is the CPU benchmark with pass criteria (contrastkit.training.bench.quality_quick): every
 method's default recipe on Fashion-MNIST at 16 px, against the untrained encoder and
 lightly's implementation of the same recipe; it exits 1 when a method fails.
 
@@ -38,20 +38,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.bench import quality_quick
-from training.bench.pipelines import BenchSettings
-from training.bench.quality_quick import PEER_PYTHON
-from training.bench.time_to_knn import KNN_K, KNN_T, knn_run, raw_pixel_knn
-from training.config import ConfigError, TrainConfig
-from training.data import DataError, LabelledArrays, load_knn_data
-from training.data.idx import FASHION_MNIST_DIR
-from training.encoders.environment import environment, timestamp, write_json
-from training.engine.resume import BEFORE_SETTINGS_EXISTED
-from training.engine.runstate import train_device
-from training.engine.trainer import Trainer
-from training.evaluate.knn import embed
-from training.evaluate.tasks import linear_probe
-from training.methods import METHODS, get_method
+from contrastkit.training.bench import quality_quick
+from contrastkit.training.bench.pipelines import BenchSettings
+from contrastkit.training.bench.quality_quick import PEER_PYTHON
+from contrastkit.training.bench.time_to_knn import KNN_K, KNN_T, knn_run, raw_pixel_knn
+from contrastkit.training.config import ConfigError, TrainConfig
+from contrastkit.training.data import DataError, LabelledArrays, load_knn_data
+from contrastkit.training.data.idx import FASHION_MNIST_DIR
+from contrastkit.training.encoders.environment import environment, timestamp, write_json
+from contrastkit.training.engine.resume import BEFORE_SETTINGS_EXISTED
+from contrastkit.training.engine.runstate import train_device
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.evaluate.knn import embed
+from contrastkit.training.evaluate.tasks import linear_probe
+from contrastkit.training.methods import METHODS, get_method
 
 DEFAULT_LARS_METHODS = "byol,simclr"
 # The two LARS forms side by side: the old one exactly as old checkpoints resume with it,
@@ -69,7 +69,7 @@ Data = tuple[LabelledArrays, LabelledArrays]
 
 def registered_methods() -> list[str]:
     """Every method in the registry. Asking for one imports every module of
-    training.methods, so methods added since this file was written are included."""
+    contrastkit.training.methods, so methods added since this file was written are included."""
     get_method("simclr")
     return sorted(METHODS)
 
@@ -469,8 +469,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.bench.quality` (the same as `contrastive bench quality`)."""
-    parser = argparse.ArgumentParser(prog="python -m training.bench.quality", description=__doc__)
+    """`python -m contrastkit.training.bench.quality` (the same as `contrastive bench quality`)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m contrastkit.training.bench.quality", description=__doc__
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -7,10 +7,10 @@ Fashion-MNIST (60,000 train images, 10,000 test), the `tiny` backbone at 16 px, 
 the last LOSS_WINDOW steps of every epoch, the final kNN top-1 (k = 200, t = 0.1, cosine,
 every test image against every train image) and the wall seconds. References, measured
 in the same run: kNN on raw pixels (once); the untrained encoder at seeds 0, 1 and 2;
-lightly (training.bench.peer_lightly, in its own environment) trained with the same
+lightly (contrastkit.training.bench.peer_lightly, in its own environment) trained with the same
 recipe, where lightly has the method (not CLIP/SigLIP).
 
-Criteria (training.bench.criteria says the formulas): (a) kNN more than 3 standard
+Criteria (contrastkit.training.bench.criteria says the formulas): (a) kNN more than 3 standard
 errors above the best untrained seed; (b) final-epoch loss within max(10%, 0.05) of the
 peer's; (c) kNN no more than 2 standard errors below the peer's. The command exits 1
 when any criterion of any method fails (or a run fails), 0 when all pass, 130 when a
@@ -36,19 +36,19 @@ from typing import Any
 
 import torch
 
-from training.bench import criteria
-from training.bench.pipelines import BenchSettings, build_trainer
-from training.bench.time_to_knn import KNN_K, KNN_T, knn_run, raw_pixel_knn
-from training.data import DataError, load_knn_data
-from training.encoders.environment import environment, timestamp, write_json
-from training.engine.trainer import Trainer
+from contrastkit.training.bench import criteria
+from contrastkit.training.bench.pipelines import BenchSettings, build_trainer
+from contrastkit.training.bench.time_to_knn import KNN_K, KNN_T, knn_run, raw_pixel_knn
+from contrastkit.training.data import DataError, load_knn_data
+from contrastkit.training.encoders.environment import environment, timestamp, write_json
+from contrastkit.training.engine.trainer import Trainer
 
 QUICK_DATA, QUICK_BACKBONE, QUICK_IMAGE_SIZE, QUICK_BATCH, QUICK_EPOCHS = (
     "fashion-mnist", "tiny", 16, 256, 3,
 )  # fmt: skip
 UNTRAINED_SEEDS = (0, 1, 2)
 PEER_PYTHON = "/tmp/lightlyenv/bin/python"  # what scripts/peer-lightly-env.sh makes
-# lightly's methods (training.bench.peer_lightly_methods.PEER_METHODS; not imported here:
+# lightly's methods (contrastkit.training.bench.peer_lightly_methods.PEER_METHODS; not imported here:
 # that module needs lightly, which our own environment does not have)
 PEER_METHODS = (
     "simclr", "moco", "moco-tuned", "byol", "simsiam", "barlow", "vicreg", "swav", "dino",
@@ -126,7 +126,7 @@ def ours(s: BenchSettings, epochs: int, method: str) -> dict[str, Any]:
 
 
 def peer(s: BenchSettings, epochs: int, method: str, python: str, folder: Path) -> dict[str, Any]:
-    """lightly's run of `method` (training.bench.peer_lightly in the peer's python) ->
+    """lightly's run of `method` (contrastkit.training.bench.peer_lightly in the peer's python) ->
     its result JSON; {"n/a": why} without the method or the environment."""
     if method not in PEER_METHODS:
         return {"n/a": "lightly has no implementation of this method"}
@@ -134,7 +134,7 @@ def peer(s: BenchSettings, epochs: int, method: str, python: str, folder: Path) 
         return {"n/a": f"no peer environment at {python} (scripts/peer-lightly-env.sh)"}
     out, log = folder / f"peer-{method}.json", folder / f"peer-{method}.log"
     cmd = [
-        python, "-m", "training.bench.peer_lightly", "--method", method, "--epochs", str(epochs),
+        python, "-m", "contrastkit.training.bench.peer_lightly", "--method", method, "--epochs", str(epochs),
         "--data", s.data, "--backbone", s.backbone, "--image-size", str(s.image_size),
         "--batch-size", str(s.batch_size), "--seed", str(s.seed),
         "--threads", str(torch.get_num_threads()), "--out", str(out),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from training.encoders.environment import markdown_table
+from contrastkit.training.encoders.environment import markdown_table
 
 # name -> (relation, bound) for the targets PERFORMANCE.md sets (on a GPU)
 TARGETS = {

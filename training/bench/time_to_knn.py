@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from training.bench.pipelines import BenchSettings, build_trainer
-from training.data import load_knn_data
-from training.engine.trainer import Trainer
-from training.evaluate.knn import knn_accuracy
+from contrastkit.training.bench.pipelines import BenchSettings, build_trainer
+from contrastkit.training.data import load_knn_data
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.evaluate.knn import knn_accuracy
 
 KNN_K, KNN_T = 200, 0.1
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from training.bench.peer import Peer
-from training.bench.pipelines import (
+from contrastkit.training.bench.peer import Peer
+from contrastkit.training.bench.pipelines import (
     BenchSettings,
     EndToEnd,
     Pipeline,
@@ -36,13 +36,13 @@ from training.bench.pipelines import (
     build_trainer,
     measure,
 )
-from training.bench.report import comparisons, pick_default, print_report
-from training.bench.time_to_knn import knn_run
-from training.config import ConfigError
-from training.data import DataError
-from training.data.idx import FASHION_MNIST_DIR
-from training.encoders.environment import environment, timestamp, write_json
-from training.engine.runstate import train_device
+from contrastkit.training.bench.report import comparisons, pick_default, print_report
+from contrastkit.training.bench.time_to_knn import knn_run
+from contrastkit.training.config import ConfigError
+from contrastkit.training.data import DataError
+from contrastkit.training.data.idx import FASHION_MNIST_DIR
+from contrastkit.training.encoders.environment import environment, timestamp, write_json
+from contrastkit.training.engine.runstate import train_device
 
 ALL_METHODS = ("moco", "byol", "swav", "clip")
 
@@ -227,8 +227,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.bench.train` (the same as `contrastive bench train`)."""
-    parser = argparse.ArgumentParser(prog="python -m training.bench.train", description=__doc__)
+    """`python -m contrastkit.training.bench.train` (the same as `contrastive bench train`)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m contrastkit.training.bench.train", description=__doc__
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

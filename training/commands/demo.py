@@ -22,10 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.commands.logs import log_to_stderr
-    from training.data import DataError
-    from training.demo import figures, pipeline, summary
-    from training.extras import MissingExtraError, require
+    from contrastkit.training.commands.logs import log_to_stderr
+    from contrastkit.training.data import DataError
+    from contrastkit.training.demo import figures, pipeline, summary
+    from contrastkit.training.extras import MissingExtraError, require
 
     log_to_stderr()
     out: Path = args.out

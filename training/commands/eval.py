@@ -8,7 +8,7 @@
 Writes eval-<date>.json (every number, the model, data, settings, date and device) and
 eval-<date>.md (the table, also printed) into --out. Several --model: every task runs
 for each on the same images; one table, a column per model, and the better model with
-the command that serves it (training.evaluate.compare states the rule).
+the command that serves it (contrastkit.training.evaluate.compare states the rule).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from training.commands.eval_options import (
+from contrastkit.training.commands.eval_options import (
     BANK_TASKS,
     TEMPLATE_CHOICES,
     EvalError,
@@ -37,9 +37,9 @@ from training.commands.eval_options import (
 if TYPE_CHECKING:
     import torch
 
-    from training.encoders import Encoder
-    from training.evaluate.data import EvalData
-    from training.evaluate.models import CheckpointLoader
+    from contrastkit.training.encoders import Encoder
+    from contrastkit.training.evaluate.data import EvalData
+    from contrastkit.training.evaluate.models import CheckpointLoader
 
 
 def evaluate(
@@ -52,11 +52,11 @@ def evaluate(
     report (what the JSON file holds)."""
     import torch
 
-    from training.encoders.environment import environment
-    from training.evaluate.data import load_eval_data
-    from training.evaluate.models import resolve_model
-    from training.evaluate.pixels import extract_features
-    from training.evaluate.retrieval import retrieval
+    from contrastkit.training.encoders.environment import environment
+    from contrastkit.training.evaluate.data import load_eval_data
+    from contrastkit.training.evaluate.models import resolve_model
+    from contrastkit.training.evaluate.pixels import extract_features
+    from contrastkit.training.evaluate.retrieval import retrieval
 
     model = model or args.model[0]
     requested = parse_tasks(args.task)
@@ -113,8 +113,8 @@ def _run_task(
     task: str, args: argparse.Namespace, encoder: Encoder, data: EvalData, names: list[str],
     bank: torch.Tensor, queries: torch.Tensor, shots: list[int],
 ) -> Any:  # fmt: skip
-    from training.evaluate.tasks import few_shot, knn_task, linear_probe
-    from training.evaluate.zeroshot import zero_shot
+    from contrastkit.training.evaluate.tasks import few_shot, knn_task, linear_probe
+    from contrastkit.training.evaluate.zeroshot import zero_shot
 
     n_cls = len(data.classes)
     if task == "zeroshot":
@@ -135,12 +135,12 @@ def _run_task(
 
 def run(args: argparse.Namespace, checkpoint_loader: CheckpointLoader | None = None) -> int:
     """The `contrastive eval` command: 0 on success, 2 for a bad command line or input."""
-    from training.data import DataError
-    from training.encoders import MissingCapabilityError, UnknownModelError
-    from training.encoders.exported.format import ExportError
-    from training.engine.checkpoint import CheckpointError
-    from training.evaluate.report import markdown, write_report
-    from training.extras import MissingExtraError
+    from contrastkit.training.data import DataError
+    from contrastkit.training.encoders import MissingCapabilityError, UnknownModelError
+    from contrastkit.training.encoders.exported.format import ExportError
+    from contrastkit.training.engine.checkpoint import CheckpointError
+    from contrastkit.training.evaluate.report import markdown, write_report
+    from contrastkit.training.extras import MissingExtraError
 
     try:
         report = evaluate_all(args, checkpoint_loader)
@@ -159,7 +159,7 @@ def evaluate_all(
 ) -> dict[str, Any]:
     """One model: its report. Several: {"models": [report per model], "verdict", "date"};
     the same --seed and --limit give every model the same images."""
-    from training.evaluate.compare import verdict
+    from contrastkit.training.evaluate.compare import verdict
 
     models = list(args.model)
     tags = pretrained_per_model(models, args.pretrained)

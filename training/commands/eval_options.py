@@ -8,16 +8,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from training.evaluate.defaults import FEWSHOT_L2
+from contrastkit.training.evaluate.defaults import FEWSHOT_L2
 
 if TYPE_CHECKING:
-    from training.encoders import Encoder
-    from training.evaluate.data import EvalData
+    from contrastkit.training.encoders import Encoder
+    from contrastkit.training.evaluate.data import EvalData
 
 TASKS = ("knn", "linear", "zeroshot", "fewshot", "retrieval")
 BANK_TASKS = ("knn", "linear", "fewshot")  # those that learn from the train images
 TEXT_TASKS = ("zeroshot", "retrieval")
-# --templates value -> the template sets (training.evaluate.zeroshot.TEMPLATE_SETS) it scores
+# --templates value -> the template sets (contrastkit.training.evaluate.zeroshot.TEMPLATE_SETS) it scores
 TEMPLATE_CHOICES: dict[str, tuple[str, ...]] = {
     "default": ("ensemble",),
     "single": ("single",),
@@ -113,7 +113,7 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 def choose_tasks(requested: list[str] | None, encoder: Encoder, captions: bool) -> list[str]:
     """The tasks to run; `captions`: the data is image-caption pairs (no class labels)."""
-    from training.encoders import TEXT
+    from contrastkit.training.encoders import TEXT
 
     has_text = TEXT in encoder.capabilities
     if requested is None:
@@ -166,7 +166,7 @@ def class_names(args: argparse.Namespace, data: EvalData) -> list[str]:
 
 def captions_of(data: EvalData, names: list[str]) -> list[str]:
     """One caption per query image: its own (pairs:), else its class name in the template."""
-    from training.evaluate.zeroshot import TEMPLATE_SETS, fill
+    from contrastkit.training.evaluate.zeroshot import TEMPLATE_SETS, fill
 
     if data.captions is not None:
         return data.captions
@@ -176,8 +176,8 @@ def captions_of(data: EvalData, names: list[str]) -> list[str]:
 
 def is_caption_data(spec: str) -> bool:
     """True for `pairs:FILE`; raises DataError for a bad spec before any model loads."""
-    from training.data import parse_spec
-    from training.evaluate import photos
+    from contrastkit.training.data import parse_spec
+    from contrastkit.training.evaluate import photos
 
     return spec != photos.SPEC and parse_spec(spec).kind == "pairs"
 
@@ -185,9 +185,9 @@ def is_caption_data(spec: str) -> bool:
 def check_command_line(args: argparse.Namespace, models: list[str]) -> None:
     """Raise for a bad task, number, data spec or model reference before any model loads
     (so the third --model's typo does not surface after two models' evaluations)."""
-    from training.encoders import check_reference
-    from training.evaluate.models import is_checkpoint_ref
-    from training.extras import require_data
+    from contrastkit.training.encoders import check_reference
+    from contrastkit.training.evaluate.models import is_checkpoint_ref
+    from contrastkit.training.extras import require_data
 
     parse_tasks(args.task)
     parse_ints(args.shots, "--shots")

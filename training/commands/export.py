@@ -10,7 +10,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-ONNX_MODULE = "training.export.onnx"
+ONNX_MODULE = "contrastkit.training.export.onnx"
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")  # the `onnx` extra: trace, then check
 
 
@@ -30,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
     problem = check_command_line(args)
     if problem:
         return _fail(problem)
-    from training.encoders.exported.format import ExportError, read_meta
-    from training.engine.checkpoint import CheckpointError
-    from training.export.build import export_checkpoint
+    from contrastkit.training.encoders.exported.format import ExportError, read_meta
+    from contrastkit.training.engine.checkpoint import CheckpointError
+    from contrastkit.training.export.build import export_checkpoint
 
     try:
         out = export_checkpoint(
@@ -66,7 +66,7 @@ def check_command_line(args: argparse.Namespace) -> str | None:
 
 
 def _onnx(out: Path) -> int:
-    from training.export.onnx import export_onnx  # type: ignore[import-not-found,unused-ignore]
+    from contrastkit.training.export.onnx import export_onnx  # type: ignore[import-not-found,unused-ignore]
 
     try:
         result = export_onnx(out)

@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.demo.curves import plot_curves
-    from training.extras import MissingExtraError, require
+    from contrastkit.training.demo.curves import plot_curves
+    from contrastkit.training.extras import MissingExtraError, require
 
     try:
         require("matplotlib", extra="demo")

@@ -1,4 +1,4 @@
-"""`contrastive train` (also `python -m training train`): add_arguments(parser), run(args).
+"""`contrastive train` (also `python -m contrastkit.training train`): add_arguments(parser), run(args).
 
 Settings come from, last wins: defaults < `--config FILE.yaml` < flags < `--set k=v`.
 With `--resume`, the run folder's checkpoint supplies the settings and flags may only
@@ -16,16 +16,22 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training import catalog
-from training.commands.logs import log_to_stderr
-from training.config import ConfigError, TrainConfig, build_config, load_yaml, parse_overrides
+from contrastkit.training import catalog
+from contrastkit.training.commands.logs import log_to_stderr
+from contrastkit.training.config import (
+    ConfigError,
+    TrainConfig,
+    build_config,
+    load_yaml,
+    parse_overrides,
+)
 
 if TYPE_CHECKING:
-    from training.engine.checkpoint import Checkpoint
-    from training.methods import MethodParams
+    from contrastkit.training.engine.checkpoint import Checkpoint
+    from contrastkit.training.methods import MethodParams
 
 # `--init-from open_clip:...` names a whole open_clip model, not a file
-# (training.encoders.pretrained_clip.PREFIX, which imports torch)
+# (contrastkit.training.encoders.pretrained_clip.PREFIX, which imports torch)
 OPEN_CLIP_START = "open_clip:"
 
 # Flags mapped onto config keys (default None = "not given").
@@ -89,9 +95,9 @@ def resolve(
     args: argparse.Namespace,
 ) -> tuple[TrainConfig, MethodParams, Checkpoint | None]:
     """Command line (+ checkpoint when resuming) -> (TrainConfig, Params, checkpoint)."""
-    from training.engine.checkpoint import LAST, load_checkpoint
-    from training.engine.resume import refuse_changes, with_old_defaults
-    from training.methods import get_method
+    from contrastkit.training.engine.checkpoint import LAST, load_checkpoint
+    from contrastkit.training.engine.resume import refuse_changes, with_old_defaults
+    from contrastkit.training.methods import get_method
 
     given = requested_values(args)
     out = Path(str(given.get("out", "runs/run")))
@@ -124,8 +130,8 @@ def list_settings(method: str) -> str:
     row shows `method` itself (the run's choice), with the source of the default."""
     import dataclasses
 
-    from training.config import TrainConfig, setting_sources
-    from training.methods import get_method
+    from contrastkit.training.config import TrainConfig, setting_sources
+    from contrastkit.training.methods import get_method
 
     def rows(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
         sources = setting_sources(cls)
@@ -187,10 +193,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"contrastive train: {e}", file=sys.stderr)
         return 2
-    from training.data import DataError
-    from training.engine.checkpoint import CheckpointError
-    from training.engine.trainer import NonFiniteError, Trainer
-    from training.extras import MissingExtraError, require_data
+    from contrastkit.training.data import DataError
+    from contrastkit.training.engine.checkpoint import CheckpointError
+    from contrastkit.training.engine.trainer import NonFiniteError, Trainer
+    from contrastkit.training.extras import MissingExtraError, require_data
 
     try:
         if args.list_settings:
@@ -203,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, CheckpointError, ValueError, MissingExtraError) as e:
         print(f"contrastive train: {e}", file=sys.stderr)
         return 2
-    from training import dist
+    from contrastkit.training import dist
 
     try:
         result = trainer.fit()

@@ -10,7 +10,7 @@ Specs:
                              missing image or an empty caption are skipped and counted;
                              `holdout` of the rows (chosen by seed) are not trained on
     shards:DIR|GLOB          webdataset-style .tar shards (KEY.jpg [+ KEY.txt] [+ KEY.cls]),
-                             read in place (training.data.shards); no kNN split
+                             read in place (contrastkit.training.data.shards); no kNN split
     torchvision:NAME[:ROOT]  torchvision.datasets.NAME, downloaded into ROOT
                              (default ~/.cache/contrastive/NAME)
 
@@ -26,9 +26,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data.arrays import ArrayData, holdout_split, take
-from training.data.base import Batch, DataError, LabelledArrays, TrainData, dense_labels
-from training.data.files import (
+from contrastkit.training.data.arrays import ArrayData, holdout_split, take
+from contrastkit.training.data.base import Batch, DataError, LabelledArrays, TrainData, dense_labels
+from contrastkit.training.data.files import (
     PairScan,
     holdout_rows,
     load_size,
@@ -37,15 +37,15 @@ from training.data.files import (
     split_dirs,
     warn_skipped_rows,
 )
-from training.data.idx import (
+from contrastkit.training.data.idx import (
     DIGIT_WORDS,
     FASHION_CLASSES,
     FASHION_MNIST_DIR,
     load_digits_arrays,
     load_idx_split,
 )
-from training.data.loader import FileData, PathSource, decode_all
-from training.data.skips import check_skipped, describe_skips
+from contrastkit.training.data.loader import FileData, PathSource, decode_all
+from contrastkit.training.data.skips import check_skipped, describe_skips
 
 __all__ = [
     "Batch",
@@ -109,7 +109,7 @@ def _classes_for(kind: str) -> list[str]:
 
 
 def _torchvision_root(parsed: DataSpec) -> Path:
-    from training.data.tv import default_root
+    from contrastkit.training.data.tv import default_root
 
     assert parsed.name is not None
     return Path(parsed.path).expanduser() if parsed.path else default_root(parsed.name)
@@ -157,7 +157,7 @@ def load_data(
     if parsed.kind == "shards":
         assert parsed.path is not None
         return _shard_data(parsed.path, image_size, seed, workers, max_skipped)
-    from training.data.tv import load_train
+    from contrastkit.training.data.tv import load_train
 
     assert parsed.name is not None
     return load_train(parsed.name, _torchvision_root(parsed), load_size(image_size), seed, workers)
@@ -194,7 +194,7 @@ def _pair_data(
 def _shard_data(
     spec: str, image_size: int, seed: int, workers: int, max_skipped: float | None
 ) -> TrainData:
-    from training.data.shards import ShardSource, scan_shards, shard_paths
+    from contrastkit.training.data.shards import ShardSource, scan_shards, shard_paths
 
     scan = scan_shards(shard_paths(spec))
     ids = scan.labels
@@ -271,7 +271,7 @@ def load_knn_data(
         return _folder_knn(Path(parsed.path).expanduser(), image_size, workers)
     if parsed.kind in ("pairs", "shards"):
         return None
-    from training.data.tv import load_knn
+    from contrastkit.training.data.tv import load_knn
 
     assert parsed.name is not None
     return load_knn(

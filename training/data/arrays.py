@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.data.base import (
+from contrastkit.training.data.base import (
     Batch,
     DataError,
     LabelledArrays,

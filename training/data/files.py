@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from training.data.base import DataError
-from training.data.skips import describe_skips
-from training.encoders.preprocess import clamp_aspect, ensure_rgb
+from contrastkit.training.data.base import DataError
+from contrastkit.training.data.skips import describe_skips
+from contrastkit.training.encoders.preprocess import clamp_aspect, ensure_rgb
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from training.data.base import DataError, LabelledArrays
+from contrastkit.training.data.base import DataError, LabelledArrays
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 FASHION_CLASSES = [
@@ -146,7 +146,7 @@ def load_digits_arrays() -> LabelledArrays:
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        from training.extras import install_hint
+        from contrastkit.training.extras import install_hint
 
         raise DataError(f"--data digits {install_hint('sklearn')}") from e
     digits = load_digits()

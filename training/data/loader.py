@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training.data.base import (
+from contrastkit.training.data.base import (
     Batch,
     DataError,
     LabelledArrays,
@@ -28,7 +28,7 @@ from training.data.base import (
     epoch_permutation,
     rank_chunks,
 )
-from training.data.files import decode, open_image
+from contrastkit.training.data.files import decode, open_image
 
 MAX_TRIES = 16  # consecutive unreadable files before we give up on the data set
 MAX_WARNINGS = 10  # individual warnings; later failures are only counted

@@ -6,7 +6,7 @@ the first '.' of the file name): one image (.jpg, .png, ...), and optionally a c
 
 Nothing is unpacked and no image is held in memory: opening the data reads only the tar
 headers (the member offsets), and each image is read at its offset when a batch needs it.
-That random access keeps the data contract of training.data.base: the batch order is the
+That random access keeps the data contract of contrastkit.training.data.base: the batch order is the
 seeded permutation of every sample, so exact resume and multi-GPU batching work as for
 any other set. The index (three integers a sample, plus its caption) is what stays in
 memory: about 100 bytes a sample, so 10 million samples take about a gigabyte.
@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from training.data.base import DataError
-from training.data.files import IMAGE_EXTENSIONS, check_pixels
+from contrastkit.training.data.base import DataError
+from contrastkit.training.data.files import IMAGE_EXTENSIONS, check_pixels
 
 CAPTION_EXTENSIONS = (".txt", ".caption")
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from training.augment import BLUR_MIN_SIZE, blur_applies, jitter_strength
-from training.config import ConfigError, TrainConfig
-from training.data import parse_spec
-from training.data.arrays import ArrayData
-from training.data.base import TrainData
-from training.data.loader import FileData, PathSource
+from contrastkit.training.augment import BLUR_MIN_SIZE, blur_applies, jitter_strength
+from contrastkit.training.config import ConfigError, TrainConfig
+from contrastkit.training.data import parse_spec
+from contrastkit.training.data.arrays import ArrayData
+from contrastkit.training.data.base import TrainData
+from contrastkit.training.data.loader import FileData, PathSource
 
 PHOTO_SIZE = 224  # SimCLR/MoCo/BYOL/SwAV/CLIP train ImageNet-like photos at 224 px
 DIGITS_SIZE = 32  # the CIFAR recipes' size: room for crops of an upsampled 8x8 digit
@@ -109,7 +109,7 @@ def image_size_of(cfg: TrainConfig) -> int:
     if cfg.image_size is None:
         raise ConfigError(
             "image_size is not resolved yet (None = follow the data): call "
-            "training.data.size.settle_image_size(cfg) before using it"
+            "contrastkit.training.data.size.settle_image_size(cfg) before using it"
         )
     return cfg.image_size
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from training.data.base import DataError, TrainData
+from contrastkit.training.data.base import DataError, TrainData
 
 # Below this many skipped samples a run never stops: a handful of bad files in a small set
 # is a fraction well over any sensible max_skipped, and still worth training through.

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from training.data.arrays import ArrayData, to_nchw
-from training.data.base import DataError, LabelledArrays, TrainData
-from training.data.loader import FileData, decode_all
+from contrastkit.training.data.arrays import ArrayData, to_nchw
+from contrastkit.training.data.base import DataError, LabelledArrays, TrainData
+from contrastkit.training.data.loader import FileData, decode_all
 
 EXAMPLES = "CIFAR10, CIFAR100, MNIST, FashionMNIST, KMNIST, STL10, SVHN"
 # Classes a set without names may number (its names are then "0".."K-1"); torchvision's

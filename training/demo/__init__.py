@@ -10,6 +10,6 @@ embedding space changes from the random initialisation to the trained encoder.
 Modules: style (matplotlib set-up), model (rebuild a run's model before/after),
 analysis (what is measured of each model), pairs, temperature, embeddings, curves (the
 figures), pipeline (the demo's steps), figures (draws all five), summary (summary.md
-and summary.json). The two commands are training.commands.demo and .plot.
+and summary.json). The two commands are contrastkit.training.commands.demo and .plot.
 matplotlib is imported only when a figure is drawn, so the CLI starts fast.
 """

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.augment import Augmenter, simclr_view
-from training.config import TrainConfig
-from training.data import LabelledArrays, load_knn_data
-from training.data.size import image_size_of
-from training.demo.embeddings import class_sorted_batch, project_2d
-from training.demo.model import features, projections
-from training.demo.temperature import LOSS_TAUS, loss_curve
-from training.engine.knn_monitor import OnlineKNN
-from training.evaluate.knn import knn_accuracy
+from contrastkit.training.augment import Augmenter, simclr_view
+from contrastkit.training.config import TrainConfig
+from contrastkit.training.data import LabelledArrays, load_knn_data
+from contrastkit.training.data.size import image_size_of
+from contrastkit.training.demo.embeddings import class_sorted_batch, project_2d
+from contrastkit.training.demo.model import features, projections
+from contrastkit.training.demo.temperature import LOSS_TAUS, loss_curve
+from contrastkit.training.engine.knn_monitor import OnlineKNN
+from contrastkit.training.evaluate.knn import knn_accuracy
 
 HEATMAP_PER_CLASS = 8
 

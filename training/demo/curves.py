@@ -1,4 +1,4 @@
-"""Figure 5: a run's training curves from RUN/metrics.jsonl (training.engine.metrics).
+"""Figure 5: a run's training curves from RUN/metrics.jsonl (contrastkit.training.engine.metrics).
 
 Records of kind "train" carry the mean loss over the logging window, the learning rate
 and method logs; records of kind "knn" carry the online kNN top-1 accuracy. A null
@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training.demo.style import AFTER, BEFORE, pyplot, save
-from training.engine.metrics import read_metrics
+from contrastkit.training.demo.style import AFTER, BEFORE, pyplot, save
+from contrastkit.training.engine.metrics import read_metrics
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

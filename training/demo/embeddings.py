@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from training.demo.model import cosine_matrix
-from training.demo.style import class_colors, pyplot, save
+from contrastkit.training.demo.model import cosine_matrix
+from contrastkit.training.demo.style import class_colors, pyplot, save
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

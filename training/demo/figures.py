@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.demo.analysis import anchor_similarities, median_anchor
-from training.demo.curves import plot_curves
-from training.demo.embeddings import BlockStats, plot_heatmaps, plot_maps
-from training.demo.pairs import pair_rows, plot_pairs
-from training.demo.pipeline import DemoRun
-from training.demo.temperature import TemperatureData, plot_temperature, temperature_data
+from contrastkit.training.demo.analysis import anchor_similarities, median_anchor
+from contrastkit.training.demo.curves import plot_curves
+from contrastkit.training.demo.embeddings import BlockStats, plot_heatmaps, plot_maps
+from contrastkit.training.demo.pairs import pair_rows, plot_pairs
+from contrastkit.training.demo.pipeline import DemoRun
+from contrastkit.training.demo.temperature import (
+    TemperatureData,
+    plot_temperature,
+    temperature_data,
+)
 
 FILES = {
     "pairs": "1_pairs.png",

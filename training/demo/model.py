@@ -12,14 +12,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.augment import Augmenter
-from training.config import TrainConfig, build_config
-from training.data.size import CIFAR_STEM_MAX, image_size_of
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.engine.checkpoint import Checkpoint
-from training.engine.runstate import seed_all
-from training.evaluate.knn import embed
-from training.methods import MethodContext, get_method
+from contrastkit.training.augment import Augmenter
+from contrastkit.training.config import TrainConfig, build_config
+from contrastkit.training.data.size import CIFAR_STEM_MAX, image_size_of
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.engine.checkpoint import Checkpoint
+from contrastkit.training.engine.runstate import seed_all
+from contrastkit.training.evaluate.knn import embed
+from contrastkit.training.methods import MethodContext, get_method
 
 
 def run_config(checkpoint: Checkpoint) -> tuple[TrainConfig, Any]:

@@ -1,7 +1,7 @@
 """Figure 1: SimCLR's positive and negative pairs, on real images.
 
 Each row is one anchor: view 1 of an image. Its positive is view 2 of the same image
-(another random crop/jitter/grey made by training.augment's SimCLR view); its negatives
+(another random crop/jitter/grey made by contrastkit.training.augment's SimCLR view); its negatives
 are the views of every other image in the batch. The loss for the anchor is
 -log softmax(s/τ)[positive] over all 2B-1 candidates. Labels play no part, so the most
 similar negative is often an image of the same class: a "false negative".
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from training.augment import IMAGENET_MEAN, IMAGENET_STD
-from training.demo.style import NEGATIVE, POSITIVE, pyplot, save
+from contrastkit.training.augment import IMAGENET_MEAN, IMAGENET_STD
+from contrastkit.training.demo.style import NEGATIVE, POSITIVE, pyplot, save
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

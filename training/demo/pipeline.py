@@ -1,5 +1,5 @@
 """The demo's steps: measure the initial model, train within the time budget through
-`contrastive train` (training.cli.main), measure the trained model (figures.py draws,
+`contrastive train` (contrastkit.training.cli.main), measure the trained model (figures.py draws,
 summary.py summarises).
 
 The number of training steps is chosen from the time left: a timed step of the real
@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from training.config import TrainConfig, build_config
-from training.data import Batch, load_data, parse_spec
-from training.data.size import image_size_of
-from training.demo.analysis import Analysis, DemoData, analyse, prepare
-from training.demo.model import backbone_spec, build_method, rebuild
-from training.engine.checkpoint import load_checkpoint
-from training.methods import get_method
+from contrastkit.training.config import TrainConfig, build_config
+from contrastkit.training.data import Batch, load_data, parse_spec
+from contrastkit.training.data.size import image_size_of
+from contrastkit.training.demo.analysis import Analysis, DemoData, analyse, prepare
+from contrastkit.training.demo.model import backbone_spec, build_method, rebuild
+from contrastkit.training.engine.checkpoint import load_checkpoint
+from contrastkit.training.methods import get_method
 
 log = logging.getLogger("contrastive.demo")
 RUN_FILES = ("last.pt", "metrics.jsonl", "config.json")
@@ -99,7 +99,7 @@ def step_seconds(method: Any, data: DemoData, cfg: TrainConfig) -> float:
     """Seconds of one training step (views, forward, backward, update) at the run's
     batch size, timed on a copy of the model: the fastest of 3 steps after a warm-up one,
     i.e. what the machine can do, not what a burst of load from elsewhere left of it."""
-    from training.augment import Augmenter
+    from contrastkit.training.augment import Augmenter
 
     model = copy.deepcopy(method).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
@@ -148,7 +148,7 @@ def log_every(steps: int, cfg: TrainConfig) -> int:
 
 def train(cfg: TrainConfig, steps: int) -> float:
     """Run `contrastive train` for `steps` steps; returns the wall seconds it took."""
-    from training.cli import main
+    from contrastkit.training.cli import main
 
     args = ["train", "--method", "simclr", "--backbone", cfg.backbone, "--data", cfg.data,
             "--batch-size", str(cfg.batch_size), "--steps", str(steps), "--out", cfg.out,

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.demo.figures import Drawn
-from training.demo.pipeline import DemoRun
-from training.demo.temperature import LOSS_TAUS, TAUS
+from contrastkit.training.demo.figures import Drawn
+from contrastkit.training.demo.pipeline import DemoRun
+from contrastkit.training.demo.temperature import LOSS_TAUS, TAUS
 
 
 def numbers(demo: DemoRun, drawn: Drawn) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from training.demo.style import AFTER, BEFORE, POSITIVE, pyplot, save
-from training.losses import nt_xent
+from contrastkit.training.demo.style import AFTER, BEFORE, POSITIVE, pyplot, save
+from contrastkit.training.losses import nt_xent
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -49,7 +49,7 @@ def hard_share(neg_sims: torch.Tensor, tau: float, fraction: float = HARD_FRACTI
 
 @torch.no_grad()
 def loss_curve(z1: torch.Tensor, z2: torch.Tensor, taus: list[float]) -> list[float]:
-    """NT-Xent (training.losses.nt_xent) of fixed projections [B, d] at each τ."""
+    """NT-Xent (contrastkit.training.losses.nt_xent) of fixed projections [B, d] at each τ."""
     return [float(nt_xent(z1, z2, t)) for t in taus]
 
 

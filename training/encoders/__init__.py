@@ -6,7 +6,7 @@ open_clip:ARCH              an open_clip architecture; `pretrained` is a tag, a 
 open_clip:hf-hub:ORG/NAME   an open_clip model on the Hugging Face Hub (config and
                             weights download on first use; `pretrained` must be None)
 open_clip:local-dir:DIR     a folder with open_clip_config.json and its weights (offline)
-PATH                        an export directory written by training.encoders.exported.format (with
+PATH                        an export directory written by contrastkit.training.encoders.exported.format (with
                             runtime="onnx"/"auto": its ONNX graphs, when it has them)
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from training.encoders.base import (
+from contrastkit.training.encoders.base import (
     IMAGE,
     TEXT,
     Encoder,
@@ -23,7 +23,7 @@ from training.encoders.base import (
     MissingCapabilityError,
     Preprocess,
 )
-from training.encoders.base import resolve_device as resolve_device
+from contrastkit.training.encoders.base import resolve_device as resolve_device
 
 __all__ = [
     "IMAGE",
@@ -113,29 +113,32 @@ def load_encoder(
 
     runtime: "torch"; "onnx" (an export directory's ONNX files with onnxruntime on the
     CPU); "auto" (onnx where it applies and is the faster one, else torch; see
-    training.encoders.exported.onnx_runtime.choose_runtime).
+    contrastkit.training.encoders.exported.onnx_runtime.choose_runtime).
     """
     if runtime != "torch":
-        from training.encoders.exported.onnx_runtime import choose_runtime, load_onnx_encoder
+        from contrastkit.training.encoders.exported.onnx_runtime import (
+            choose_runtime,
+            load_onnx_encoder,
+        )
 
         if choose_runtime(ref, runtime, device) == "onnx":
             return load_onnx_encoder(ref)
     dev = resolve_device(device)
     if ref == "builtin":
-        from training.encoders.builtin import BuiltinEncoder
+        from contrastkit.training.encoders.builtin import BuiltinEncoder
 
         return BuiltinEncoder(dev)
     if ref.startswith(LOCAL_DIR):
         _check_local_dir(ref)
     if ref.startswith("open_clip:"):
-        from training.encoders.openclip import from_name
+        from contrastkit.training.encoders.openclip import from_name
 
         try:
             return from_name(ref.split(":", 1)[1], pretrained, dev)
         except ValueError as e:
             raise UnknownModelError(str(e)) from e
     if Path(ref).is_dir():
-        from training.encoders.exported.load import load_export
+        from contrastkit.training.encoders.exported.load import load_export
 
         return load_export(ref, dev)
     raise UnknownModelError(_UNKNOWN.format(ref=ref))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from training.encoders import preprocess as pp
+from contrastkit.training.encoders import preprocess as pp
 
 IMAGE = "image"
 TEXT = "text"

@@ -20,12 +20,12 @@ import timm
 import torch
 from timm.data import ImageNetInfo
 
-from training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
-from training.encoders.nets.minilm import MAX_TOKENS, MiniLM
-from training.encoders.templates import DEFAULT_TEMPLATES
+from contrastkit.training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
+from contrastkit.training.encoders.nets.minilm import MAX_TOKENS, MiniLM
+from contrastkit.training.encoders.templates import DEFAULT_TEMPLATES
 
 if TYPE_CHECKING:
-    from training.encoders.exported.onnx_runtime import TextSource
+    from contrastkit.training.encoders.exported.onnx_runtime import TextSource
 
 ARCH = "tf_efficientnet_lite0"
 # The package's input convention is (x - 127) / 128 on 0..255 pixels.
@@ -137,8 +137,10 @@ class BuiltinEncoder(Encoder):
         return emb - self.centre
 
     def onnx_text_source(self) -> TextSource:
-        """The text path split at the tokens, for an ONNX graph (training.export.graphs)."""
-        from training.encoders.exported.onnx_runtime import TextSource  # onnxruntime-free
+        """The text path split at the tokens, for an ONNX graph (contrastkit.training.export.graphs)."""
+        from contrastkit.training.encoders.exported.onnx_runtime import (
+            TextSource,  # onnxruntime-free
+        )
 
         spec = {"kind": "minilm", "max_length": MAX_TOKENS}
         inputs = ["input_ids", "attention_mask"]

@@ -9,9 +9,9 @@ import open_clip
 import torch
 from safetensors.torch import load_file
 
-from training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
-from training.encoders.exported.format import sha256_file
-from training.encoders.templates import DEFAULT_TEMPLATES
+from contrastkit.training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
+from contrastkit.training.encoders.exported.format import sha256_file
+from contrastkit.training.encoders.templates import DEFAULT_TEMPLATES
 
 
 class OpenCLIPEncoder(Encoder):
@@ -78,7 +78,7 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
 def from_name(arch: str, pretrained: str | None, device: torch.device) -> OpenCLIPEncoder:
     """`open_clip:ARCH` with a pretrained tag (downloads), a local file, or random weights;
     or `open_clip:hf-hub:ORG/NAME`, whose config and weights come from the Hub."""
-    from training.encoders import hf_hub_repo
+    from contrastkit.training.encoders import hf_hub_repo
 
     # UnknownModelError is a ValueError: load_encoder reports it as a bad reference
     if hf_hub_repo(arch) is not None or arch.startswith("local-dir:"):

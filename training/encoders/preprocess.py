@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageOps
 
 if TYPE_CHECKING:
-    from training.encoders.base import Preprocess
+    from contrastkit.training.encoders.base import Preprocess
 
 # An image longer than this aspect ratio is centre-cropped to it before resizing: the
 # final centre crop would discard those pixels anyway, and resizing a 1 x 100000 strip

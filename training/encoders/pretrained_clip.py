@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.encoders.base import Preprocess
+from contrastkit.training.encoders.base import Preprocess
 
 log = logging.getLogger("contrastive.train")
 
@@ -81,7 +81,7 @@ def is_clip_start(ref: str | None) -> bool:
 
 
 def _export_family(path: Path) -> str | None:
-    from training.encoders.exported.format import META_FILE
+    from contrastkit.training.encoders.exported.format import META_FILE
 
     meta = path / META_FILE
     if not meta.is_file():
@@ -107,7 +107,7 @@ def load_start(ref: str) -> StartModel:
 
 def rebuild_start(description: dict[str, Any]) -> StartModel:
     """The architecture a checkpoint recorded, with random weights (the caller loads them)."""
-    from training.encoders.openclip import build_model, make_tokenizer
+    from contrastkit.training.encoders.openclip import build_model, make_tokenizer
 
     model = build_model(description["model_cfg"])
     return StartModel(model, make_tokenizer(description["tokenizer"]), dict(description))
@@ -116,7 +116,7 @@ def rebuild_start(description: dict[str, Any]) -> StartModel:
 def _from_open_clip(ref: str, name: str, weights: str | None) -> StartModel:
     import open_clip
 
-    from training.encoders.openclip import load_state_file
+    from contrastkit.training.encoders.openclip import load_state_file
 
     if not name.startswith(SCHEMAS) and name not in open_clip.list_models():
         raise ValueError(f"--init-from {ref}: unknown open_clip architecture {name!r}; "
@@ -156,8 +156,8 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def _from_export(path: Path) -> StartModel:
-    from training.encoders.exported.format import read_export
-    from training.encoders.openclip import build_model, make_tokenizer
+    from contrastkit.training.encoders.exported.format import read_export
+    from contrastkit.training.encoders.openclip import build_model, make_tokenizer
 
     meta, state = read_export(path)
     if meta.family != "open_clip":
@@ -189,7 +189,7 @@ def _start(
 ) -> StartModel:
     from open_clip import SimpleTokenizer
 
-    from training.encoders.openclip import openclip_preprocess
+    from contrastkit.training.encoders.openclip import openclip_preprocess
 
     context = int(getattr(model, "context_length", 0) or cfg["text_cfg"].get("context_length", 77))
     # CLIP's byte-pair tokenizer ships with open_clip: name no source for it, so an export

@@ -11,7 +11,7 @@
     metrics       metrics.jsonl and TensorBoard
     progress      the progress bar
 
-Methods (training.methods) know nothing of this package: the engine calls them only
-through the `Method` contract. Nothing is imported here, so `from training.engine.X`
+Methods (contrastkit.training.methods) know nothing of this package: the engine calls them only
+through the `Method` contract. Nothing is imported here, so `from contrastkit.training.engine.X`
 loads only X.
 """

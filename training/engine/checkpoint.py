@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from training.encoders.nets.backbones import BackboneSpec
+    from contrastkit.training.encoders.nets.backbones import BackboneSpec
 
 LAST = "last.pt"
 CHECKSUM = "checksum"  # {"algorithm": "sha256", "digest": hex} beside the state's keys
@@ -55,7 +55,7 @@ class Checkpoint:
     it); model: the Method's state_dict; backbone, feat_dim: how to rebuild the backbone
     (None in checkpoints of early versions, which cannot be exported); optimizer, scaler:
     their state_dicts; step, epoch, step_in_epoch: where the run stands (the next batch is
-    `step_in_epoch` of `epoch`); rng: every random stream (training.engine.runstate);
+    `step_in_epoch` of `epoch`); rng: every random stream (contrastkit.training.engine.runstate);
     world_size: the processes that trained it.
     """
 
@@ -127,7 +127,7 @@ class Checkpoint:
 def _backbone_spec(saved: dict[str, Any]) -> BackboneSpec:
     # imported here: the model library pulls in torchvision, which `contrastive train
     # --help` (this module's importer) does not need
-    from training.encoders.nets.backbones import BackboneSpec
+    from contrastkit.training.encoders.nets.backbones import BackboneSpec
 
     return BackboneSpec(str(saved["name"]), bool(saved.get("cifar_stem")), saved.get("image_size"))
 

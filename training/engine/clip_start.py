@@ -1,12 +1,12 @@
 """Start a CLIP run from a whole pretrained image-text model (`--init-from open_clip:...`):
-which model (training.encoders.pretrained_clip), and what it fixes in the run's config.
+which model (contrastkit.training.encoders.pretrained_clip), and what it fixes in the run's config.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from training.encoders.pretrained_clip import (
+from contrastkit.training.encoders.pretrained_clip import (
     StartModel,
     is_clip_start,
     load_start,
@@ -14,8 +14,8 @@ from training.encoders.pretrained_clip import (
 )
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
-    from training.engine.checkpoint import Checkpoint
+    from contrastkit.training.config import TrainConfig
+    from contrastkit.training.engine.checkpoint import Checkpoint
 
 
 def start_model(cfg: TrainConfig, resume: Checkpoint | None = None) -> StartModel | None:

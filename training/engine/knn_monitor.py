@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
-from training import dist
-from training.augment import Augmenter
-from training.config import TrainConfig
-from training.data import LabelledArrays, load_knn_data
-from training.data.size import image_size_of
-from training.evaluate.knn import embed, knn_accuracy
-from training.methods.base import Method
+from contrastkit.training import dist
+from contrastkit.training.augment import Augmenter
+from contrastkit.training.config import TrainConfig
+from contrastkit.training.data import LabelledArrays, load_knn_data
+from contrastkit.training.data.size import image_size_of
+from contrastkit.training.evaluate.knn import embed, knn_accuracy
+from contrastkit.training.methods.base import Method
 
 log = logging.getLogger("contrastive.train")
 _UNLOADED: Any = object()

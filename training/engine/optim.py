@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
-    from training.methods.base import Method
+    from contrastkit.training.config import TrainConfig
+    from contrastkit.training.methods.base import Method
 
 
 def param_groups(

@@ -27,7 +27,7 @@ PREFIXES = ("image.backbone.", "backbone.", "module.", "visual.", "")
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of an export directory or a weights file (see the module docstring)."""
     if path.is_dir():
-        from training.encoders.exported.format import read_export
+        from contrastkit.training.encoders.exported.format import read_export
 
         return read_export(path)[1]
     if not path.is_file():

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
-from training import dist
+from contrastkit.training import dist
 
 if TYPE_CHECKING:
-    from training.engine.trainer import Trainer
+    from contrastkit.training.engine.trainer import Trainer
 
 
 class Progress:

@@ -12,8 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.config import ConfigError, TrainConfig, coerce
-from training.methods import get_method
+from contrastkit.training.config import ConfigError, TrainConfig, coerce
+from contrastkit.training.methods import get_method
 
 # What a resumed run may change: how long, where and how fast it runs, and what it logs.
 # Everything else (method settings, lr, temperature, data, ...) defines the run.

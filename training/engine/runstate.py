@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training import dist
-from training.encoders.base import resolve_device
+from contrastkit.training import dist
+from contrastkit.training.encoders.base import resolve_device
 
 
 def train_device(name: str) -> torch.device:

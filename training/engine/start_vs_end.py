@@ -2,7 +2,7 @@
 (`--init-from`) scores its starting model before the first step and itself after the
 last one, on the same held-out data, and writes the two side by side.
 
-Held-out data (training.evaluate.data.holdout_eval_data): the pairs the run holds out
+Held-out data (contrastkit.training.evaluate.data.holdout_eval_data): the pairs the run holds out
 (`holdout`), scored by image-to-text and text-to-image recall@1/5/10; or a labelled
 set's test queries, scored by zero-shot top-1 with the prompt-template ensemble.
 
@@ -18,14 +18,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training import dist
-from training.augment import IMAGENET_MEAN, IMAGENET_STD
-from training.encoders.base import Preprocess
+from contrastkit.training import dist
+from contrastkit.training.augment import IMAGENET_MEAN, IMAGENET_STD
+from contrastkit.training.encoders.base import Preprocess
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
-    from training.evaluate.data import EvalData
-    from training.methods.base import Method
+    from contrastkit.training.config import TrainConfig
+    from contrastkit.training.evaluate.data import EvalData
+    from contrastkit.training.methods.base import Method
 
 log = logging.getLogger("contrastive.train")
 
@@ -63,7 +63,7 @@ class StartVsEnd:
         if not self.enabled:
             return
         if dist.is_main() and path.is_file():
-            from training.evaluate.before_after import (
+            from contrastkit.training.evaluate.before_after import (
                 before_after_lines,
                 before_after_report,
                 write_before_after,
@@ -81,7 +81,7 @@ class StartVsEnd:
         dist.barrier()
 
     def _score(self) -> dict[str, float] | None:
-        from training.evaluate.before_after import MethodEncoder, evaluate_heldout
+        from contrastkit.training.evaluate.before_after import MethodEncoder, evaluate_heldout
 
         data = self._heldout()
         if data is None:
@@ -91,7 +91,7 @@ class StartVsEnd:
 
     def _heldout(self) -> EvalData | None:
         if self._data is None:
-            from training.evaluate.data import holdout_eval_data
+            from contrastkit.training.evaluate.data import holdout_eval_data
 
             cfg = self.cfg
             assert cfg.image_size is not None

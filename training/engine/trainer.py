@@ -22,42 +22,42 @@ from typing import Any
 import torch
 from torch import nn
 
-from training import dist
-from training.augment import Augmenter
-from training.config import TrainConfig
-from training.data import Batch, load_data
-from training.data.loader import FileData
-from training.data.size import (
+from contrastkit.training import dist
+from contrastkit.training.augment import Augmenter
+from contrastkit.training.config import TrainConfig
+from contrastkit.training.data import Batch, load_data
+from contrastkit.training.data.loader import FileData
+from contrastkit.training.data.size import (
     CIFAR_STEM_MAX,
     recipe_line,
     settle_image_size,
     size_warning,
 )
-from training.data.skips import check_skipped
-from training.encoders.nets.backbones import (
+from contrastkit.training.data.skips import check_skipped
+from contrastkit.training.encoders.nets.backbones import (
     BackboneSpec,
     build_backbone,
     enable_grad_checkpointing,
 )
-from training.engine.checkpoint import LAST, Checkpoint, all_finite, save_checkpoint
-from training.engine.clip_start import start_model
-from training.engine.knn_monitor import OnlineKNN
-from training.engine.metrics import MetricsLogger
-from training.engine.optim import (
+from contrastkit.training.engine.checkpoint import LAST, Checkpoint, all_finite, save_checkpoint
+from contrastkit.training.engine.clip_start import start_model
+from contrastkit.training.engine.knn_monitor import OnlineKNN
+from contrastkit.training.engine.metrics import MetricsLogger
+from contrastkit.training.engine.optim import (
     apply_lr,
     build_optimizer,
     optimizer_line,
     param_groups,
     resolve_optimizer_defaults,
 )
-from training.engine.pretrained import load_backbone
-from training.engine.progress import Progress
-from training.engine.runstate import capture_rng, restore_rng, seed_all, train_device
-from training.engine.schedule import lr_at, scaled_lr
-from training.engine.start_vs_end import StartVsEnd
-from training.methods import MethodContext, Views, get_method
-from training.methods.base import Method, MethodParams, MomentumMethod, split_views
-from training.momentum import update_momentum
+from contrastkit.training.engine.pretrained import load_backbone
+from contrastkit.training.engine.progress import Progress
+from contrastkit.training.engine.runstate import capture_rng, restore_rng, seed_all, train_device
+from contrastkit.training.engine.schedule import lr_at, scaled_lr
+from contrastkit.training.engine.start_vs_end import StartVsEnd
+from contrastkit.training.methods import MethodContext, Views, get_method
+from contrastkit.training.methods.base import Method, MethodParams, MomentumMethod, split_views
+from contrastkit.training.momentum import update_momentum
 
 log = logging.getLogger("contrastive.train")
 

@@ -5,7 +5,7 @@ Any Encoder works (the built-in model, open_clip, export directories, training
 checkpoints); images become features through the encoder's own preprocessing
 (`pixels.extract_features`), and every task scores those features. `knn` is the
 weighted kNN classifier that training's online evaluation uses too; the command
-`contrastive eval` is training.commands.eval.
+`contrastive eval` is contrastkit.training.commands.eval.
 """
 
 from __future__ import annotations
@@ -14,16 +14,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.evaluate.logreg import LinearModel, fit_logreg, select_l2
-    from training.evaluate.pixels import extract_features, to_model_pixels
-    from training.evaluate.retrieval import recall_at_k
-    from training.evaluate.tasks import few_shot, knn_task, linear_probe, sample_shots
-    from training.evaluate.zeroshot import zero_shot, zero_shot_accuracy, zero_shot_classifier
+    from contrastkit.training.evaluate.logreg import LinearModel, fit_logreg, select_l2
+    from contrastkit.training.evaluate.pixels import extract_features, to_model_pixels
+    from contrastkit.training.evaluate.retrieval import recall_at_k
+    from contrastkit.training.evaluate.tasks import few_shot, knn_task, linear_probe, sample_shots
+    from contrastkit.training.evaluate.zeroshot import (
+        zero_shot,
+        zero_shot_accuracy,
+        zero_shot_classifier,
+    )
 
 # name -> its module; imported on first use, so that a light submodule (`defaults`, which
 # `contrastive eval --help` reads) does not bring in torch with the package. The
-# `retrieval` function is not among them: `training.evaluate.retrieval` is its module (an
-# import of the module binds that name here), so it is training.evaluate.retrieval.retrieval.
+# `retrieval` function is not among them: `contrastkit.training.evaluate.retrieval` is its module (an
+# import of the module binds that name here), so it is contrastkit.training.evaluate.retrieval.retrieval.
 _EXPORTS = {
     "LinearModel": "logreg",
     "extract_features": "pixels",

@@ -16,13 +16,13 @@ import statistics
 from pathlib import Path
 from typing import Any, cast
 
-from training.encoders import Encoder
-from training.encoders.environment import markdown_table, write_json, write_text
-from training.evaluate.data import EvalData
-from training.evaluate.method_encoder import MethodEncoder
-from training.evaluate.pixels import extract_features
-from training.evaluate.retrieval import retrieval
-from training.evaluate.zeroshot import zero_shot
+from contrastkit.training.encoders import Encoder
+from contrastkit.training.encoders.environment import markdown_table, write_json, write_text
+from contrastkit.training.evaluate.data import EvalData
+from contrastkit.training.evaluate.method_encoder import MethodEncoder
+from contrastkit.training.evaluate.pixels import extract_features
+from contrastkit.training.evaluate.retrieval import retrieval
+from contrastkit.training.evaluate.zeroshot import zero_shot
 
 __all__ = [
     "JSON_NAME",

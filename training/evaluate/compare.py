@@ -15,9 +15,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from training.encoders.environment import markdown_table
-from training.evaluate.models import is_checkpoint_ref
-from training.evaluate.report import TEMPLATE_NAMES, captions_note, retrieval_rows
+from contrastkit.training.encoders.environment import markdown_table
+from contrastkit.training.evaluate.models import is_checkpoint_ref
+from contrastkit.training.evaluate.report import TEMPLATE_NAMES, captions_note, retrieval_rows
 
 Metric = tuple[str, str, float]  # (task, setting, value)
 

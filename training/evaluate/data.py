@@ -1,6 +1,6 @@
 """`--data SPEC` -> the labelled images evaluation scores: a bank (train) and queries (test).
 
-Every training.data spec with labels works (the bank and queries of kNN evaluation);
+Every contrastkit.training.data spec with labels works (the bank and queries of kNN evaluation);
 `skimage-photos` adds nine real photos for zero-shot (queries only, no bank);
 `pairs:FILE` gives every image of the file with its caption, for retrieval only (no bank,
 no class labels). `holdout_eval_data` gives what a training run did not train on: the
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from training.data import DataError, load_knn_data, pairs_split, parse_spec
-from training.data.files import warn_skipped_rows
-from training.evaluate import photos
-from training.evaluate.pairs import ImageFiles, read_pair_spec
-from training.evaluate.pixels import Images
-from training.evaluate.retrieval import caption_ids
+from contrastkit.training.data import DataError, load_knn_data, pairs_split, parse_spec
+from contrastkit.training.data.files import warn_skipped_rows
+from contrastkit.training.evaluate import photos
+from contrastkit.training.evaluate.pairs import ImageFiles, read_pair_spec
+from contrastkit.training.evaluate.pixels import Images
+from contrastkit.training.evaluate.retrieval import caption_ids
 
 
 @dataclass
@@ -74,7 +74,7 @@ def holdout_eval_data(
 ) -> EvalData | None:
     """What a run trained on `spec` with this `holdout` and `seed` did not train on.
 
-    pairs: exactly the held-out rows (training.data.pairs_split), or a fixed random
+    pairs: exactly the held-out rows (contrastkit.training.data.pairs_split), or a fixed random
     `limit` of them, as images on disk with their captions (classes: the distinct
     captions, query_labels index them); None when holdout is 0 or holds no row. Labelled
     sets: load_eval_data's test queries with their classes (no bank, no captions).

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
+from contrastkit.training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
 
 if TYPE_CHECKING:
-    from training.methods.clip import CLIP
+    from contrastkit.training.methods.clip import CLIP
 
 
 @contextlib.contextmanager
@@ -42,7 +42,7 @@ class MethodEncoder(Encoder):
     [n, 3, S, S] -> [n, d]) and `encode_text` (n strings -> [n, d]).
 
     `preprocess` is the normalisation the method trained with (ImageNet mean/std at the
-    run's image size, as training.export.build writes it). `info.logit_scale` is the
+    run's image size, as contrastkit.training.export.build writes it). `info.logit_scale` is the
     method's capped multiplier when the encoder is made: evaluation ranks by cosine and
     never reads it.
     """

@@ -1,7 +1,7 @@
 """`--model REF` -> Encoder, for every kind of model evaluation accepts.
 
-builtin, open_clip:ARCH, an export directory    training.encoders.load_encoder
-a training checkpoint file, or a run folder     training.export.build.encoder_from_checkpoint
+builtin, open_clip:ARCH, an export directory    contrastkit.training.encoders.load_encoder
+a training checkpoint file, or a run folder     contrastkit.training.export.build.encoder_from_checkpoint
   (a folder holding last.pt but no encoder.json)
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from training.encoders import Encoder, load_encoder
-from training.engine.checkpoint import LAST
+from contrastkit.training.encoders import Encoder, load_encoder
+from contrastkit.training.engine.checkpoint import LAST
 
 CheckpointLoader = Callable[[Path, str | None], Encoder]
 
@@ -25,8 +25,8 @@ def is_checkpoint_ref(ref: str) -> bool:
 
 
 def default_checkpoint_loader() -> CheckpointLoader:
-    """training.export.build's `encoder_from_checkpoint(path, device)`."""
-    from training.export.build import encoder_from_checkpoint
+    """contrastkit.training.export.build's `encoder_from_checkpoint(path, device)`."""
+    from contrastkit.training.export.build import encoder_from_checkpoint
 
     return encoder_from_checkpoint
 

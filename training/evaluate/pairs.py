@@ -12,8 +12,8 @@ from typing import overload
 
 from PIL import Image
 
-from training.data import DataError
-from training.data.files import read_pairs
+from contrastkit.training.data import DataError
+from contrastkit.training.data.files import read_pairs
 
 
 class ImageFiles(Sequence[Image.Image]):

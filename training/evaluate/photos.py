@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.data import DataError
+from contrastkit.training.data import DataError
 
 SPEC = "skimage-photos"
 LABELS = [
@@ -37,7 +37,7 @@ def load_photos() -> tuple[list[Image.Image], torch.Tensor, list[str]]:
         import skimage.data
         from sklearn.datasets import load_sample_images
     except ImportError as e:
-        from training.extras import install_hint
+        from contrastkit.training.extras import install_hint
 
         missing = "skimage" if e.name and e.name.startswith("skimage") else "sklearn"
         raise DataError(f"--data {SPEC} {install_hint(missing)}") from e

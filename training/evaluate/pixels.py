@@ -1,6 +1,6 @@
 """Image arrays -> the encoder's input pixels -> features, in batches.
 
-The service turns each PIL image into model pixels with `training.encoders.preprocess`
+The service turns each PIL image into model pixels with `contrastkit.training.encoders.preprocess`
 (torchvision's resize on PIL, then a centre crop). Evaluation has whole uint8 arrays, so
 it resizes batches of tensors instead, the same way: PIL resamples the width first, then
 the height, rounding to 8 bits in between, and doing the same in torch gives the pixels
@@ -18,8 +18,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
-from training.encoders import Encoder, Preprocess
-from training.encoders.preprocess import MAX_ASPECT
+from contrastkit.training.encoders import Encoder, Preprocess
+from contrastkit.training.encoders.preprocess import MAX_ASPECT
 
 Images = torch.Tensor | Sequence[Image.Image]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.encoders.environment import markdown_table, timestamp, write_json
+from contrastkit.training.encoders.environment import markdown_table, timestamp, write_json
 
 TEMPLATE_NAMES = {"ensemble": "template ensemble", "single": "single template"}
 
@@ -52,7 +52,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
 def markdown(report: dict[str, Any]) -> str:
     """A heading line naming model, data and sizes, then the table."""
     if "models" in report:  # several --model: one table, a column per model
-        from training.evaluate.compare import comparison_markdown
+        from contrastkit.training.evaluate.compare import comparison_markdown
 
         return comparison_markdown(report)
     head = (

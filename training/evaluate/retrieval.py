@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from training.encoders import TEXT, Encoder
+from contrastkit.training.encoders import TEXT, Encoder
 
 ROW_CHUNK = 1024  # query rows per step: bounds the [rows, gallery] masks' memory
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from training.evaluate.defaults import FEWSHOT_L2
-from training.evaluate.knn import knn_accuracy
-from training.evaluate.logreg import L2_GRID, fit_logreg, select_l2, standardiser
+from contrastkit.training.evaluate.defaults import FEWSHOT_L2
+from contrastkit.training.evaluate.knn import knn_accuracy
+from contrastkit.training.evaluate.logreg import L2_GRID, fit_logreg, select_l2, standardiser
 
 
 @dataclass
@@ -49,7 +49,7 @@ def knn_task(
     bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,
     query_labels: torch.Tensor, num_classes: int, k: int = 200, t: float = 0.1,
 ) -> KnnResult:  # fmt: skip
-    """Weighted kNN (training.evaluate.knn): each of the k nearest votes exp(cos / t)."""
+    """Weighted kNN (contrastkit.training.evaluate.knn): each of the k nearest votes exp(cos / t)."""
     acc = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k=k, t=t)
     return KnnResult(acc, k, t)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from training.encoders import TEXT, Encoder
-from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
+from contrastkit.training.encoders import TEXT, Encoder
+from contrastkit.training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "ensemble": DEFAULT_TEMPLATES,

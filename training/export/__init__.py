@@ -1,5 +1,5 @@
 """Writing exports: a training checkpoint -> an export directory (build.py), and its
-towers as ONNX graphs (onnx.py, graphs.py). `contrastive export` is training.commands.export.
+towers as ONNX graphs (onnx.py, graphs.py). `contrastive export` is contrastkit.training.commands.export.
 
-The format itself, and reading it, live in training.encoders.exported.
+The format itself, and reading it, live in contrastkit.training.encoders.exported.
 """

@@ -6,7 +6,7 @@
 
 Both routes share `build_export`, so evaluating a checkpoint (encoder_from_checkpoint)
 and serving its export give the same embeddings. What is exported is what the method's
-`export_parts()` gives (the Method contract, training.methods.base):
+`export_parts()` gives (the Method contract, contrastkit.training.methods.base):
 - image-only methods: the backbone (the online / query / student one), optionally
   followed by the projector (`--projector`); capabilities {"image"}.
 - image-text methods (clip): backbone + image head, the text tower, the logit multiplier
@@ -24,22 +24,31 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.augment import IMAGENET_MEAN, IMAGENET_STD
-from training.encoders.base import Encoder, Preprocess, resolve_device
-from training.encoders.exported.format import (
+from contrastkit.training.augment import IMAGENET_MEAN, IMAGENET_STD
+from contrastkit.training.encoders.base import Encoder, Preprocess, resolve_device
+from contrastkit.training.encoders.exported.format import (
     META_FILE,
     ExportError,
     ExportMeta,
     sha256_file,
     write_export,
 )
-from training.encoders.exported.load import load_open_clip
-from training.encoders.exported.trained import describe_head, load_trained, packaged_minilm_sha256
-from training.encoders.nets.backbones import build_backbone
-from training.encoders.nets.text_towers import MiniLMTower, TextTower, TransformerTower
-from training.encoders.pretrained_clip import StartModel, rebuild_start
-from training.engine.checkpoint import LAST, Checkpoint, CheckpointError, load_checkpoint
-from training.methods.base import ExportParts, Method, MethodContext
+from contrastkit.training.encoders.exported.load import load_open_clip
+from contrastkit.training.encoders.exported.trained import (
+    describe_head,
+    load_trained,
+    packaged_minilm_sha256,
+)
+from contrastkit.training.encoders.nets.backbones import build_backbone
+from contrastkit.training.encoders.nets.text_towers import MiniLMTower, TextTower, TransformerTower
+from contrastkit.training.encoders.pretrained_clip import StartModel, rebuild_start
+from contrastkit.training.engine.checkpoint import (
+    LAST,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+)
+from contrastkit.training.methods.base import ExportParts, Method, MethodContext
 
 PARITY_ATOL = 1e-5  # max |difference| of unit embeddings between checkpoint and export
 _PROBE_TEXTS = ["a photo of a cat.", "zero", "an origami three."]
@@ -61,9 +70,9 @@ def checkpoint_file(path: str | Path) -> Path:
 
 def load_method(path: str | Path) -> tuple[Method[Any], Checkpoint]:
     """Checkpoint -> (its Method on the CPU in eval mode, the Checkpoint)."""
-    from training.config import ConfigError, build_config
-    from training.data.size import image_size_of
-    from training.methods import get_method
+    from contrastkit.training.config import ConfigError, build_config
+    from contrastkit.training.data.size import image_size_of
+    from contrastkit.training.methods import get_method
 
     ckpt = load_checkpoint(checkpoint_file(path))
     if ckpt.backbone is None:
@@ -205,7 +214,7 @@ def _head_weights(head: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _preprocess(size: int) -> dict[str, Any]:
     # Bicubic with the shorter side to `size` and a centre crop: how training decodes
-    # image files (training.data.files.decode), minus its 8/7 margin - the random crops
+    # image files (contrastkit.training.data.files.decode), minus its 8/7 margin - the random crops
     # covered up to the whole image, so the whole image is what the encoder should see.
     return Preprocess(size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       interpolation="bicubic", resize_mode="shortest").to_dict()  # fmt: skip
@@ -247,8 +256,8 @@ def _is_packaged(tower: MiniLMTower) -> bool:
     """True when the checkpoint's MiniLM weights are exactly the installed package's."""
     from safetensors.torch import load_file
 
-    from training.encoders.exported.trained import PACKAGE_WEIGHTS
-    from training.encoders.nets.minilm import package_path
+    from contrastkit.training.encoders.exported.trained import PACKAGE_WEIGHTS
+    from contrastkit.training.encoders.nets.minilm import package_path
 
     packaged = load_file(Path(package_path()) / PACKAGE_WEIGHTS)
     ours = tower.minilm.model.state_dict()

@@ -1,4 +1,4 @@
-"""The traceable forward of an Encoder's towers: what training.export.onnx hands the exporter.
+"""The traceable forward of an Encoder's towers: what contrastkit.training.export.onnx hands the exporter.
 
 Image: `Encoder._image_forward` itself, whatever the family, followed by the L2
 normalisation that `Encoder.encode_image_tensors` applies; so the graph is, by
@@ -8,7 +8,7 @@ Text: `_text_forward` takes strings, which no graph can, so the tensor part is f
 family and split from its tokenizer (`TextSource`):
   - an encoder with an `onnx_text_source()` method (the hook for a new family) -> its answer;
   - an open_clip model with open_clip's BPE tokenizer -> `model.encode_text(input_ids)`;
-  - an encoder holding one training text tower (training.encoders.nets.text_towers):
+  - an encoder holding one training text tower (contrastkit.training.encoders.nets.text_towers):
     TransformerTower -> its forward on input_ids; MiniLMTower -> its forward on
     input_ids + attention_mask (the tokens path, also for a locked tower: locked only
     means cached, the function is the same).
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.encoders.base import Encoder
-from training.encoders.exported.onnx_runtime import TensorFn, TextSource
-from training.encoders.nets.minilm import MAX_TOKENS
+from contrastkit.training.encoders.base import Encoder
+from contrastkit.training.encoders.exported.onnx_runtime import TensorFn, TextSource
+from contrastkit.training.encoders.nets.minilm import MAX_TOKENS
 
 
 class _Graph(nn.Module):
@@ -85,7 +85,11 @@ def text_source(encoder: Encoder) -> tuple[TextSource | None, str]:
 
 
 def _tower_source(encoder: Encoder) -> tuple[TextSource | None, str]:
-    from training.encoders.nets.text_towers import MiniLMTower, TextTower, TransformerTower
+    from contrastkit.training.encoders.nets.text_towers import (
+        MiniLMTower,
+        TextTower,
+        TransformerTower,
+    )
 
     towers = {
         id(m): m for part in modules_of(encoder) for m in part.modules() if isinstance(m, TextTower)

@@ -2,11 +2,11 @@
 
     export_onnx(export_dir) -> [image.onnx, (text.onnx,) onnx.json]
 
-The torch encoder (training.encoders.load_encoder) is traced with the torch.export-based
+The torch encoder (contrastkit.training.encoders.load_encoder) is traced with the torch.export-based
 exporter, batch (and MiniLM's token) dimension dynamic. Each graph ends in the L2
 normalisation, so its output is the embedding the service returns, usable as it is by
 anyone who loads the file. Pixel normalisation and tokenising stay outside the graph:
-they are shared Python code (training.encoders.preprocess, the tokenizers), so torch and
+they are shared Python code (contrastkit.training.encoders.preprocess, the tokenizers), so torch and
 onnxruntime are fed identical inputs and one implementation serves both.
 
 Parity: the graphs are opened with onnxruntime exactly as the service would open them,
@@ -30,16 +30,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from training.encoders import IMAGE, TEXT, Encoder, load_encoder
-from training.encoders.exported.format import read_meta, sha256_file
-from training.encoders.exported.onnx_runtime import (
+from contrastkit.training.encoders import IMAGE, TEXT, Encoder, load_encoder
+from contrastkit.training.encoders.exported.format import read_meta, sha256_file
+from contrastkit.training.encoders.exported.onnx_runtime import (
     MANIFEST_FILE,
     Graph,
     Manifest,
     info_to_dict,
     open_graphs,
 )
-from training.export.graphs import TextSource, image_module, text_module, text_source
+from contrastkit.training.export.graphs import TextSource, image_module, text_module, text_source
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -1,7 +1,7 @@
 """ONNX graphs of a loaded torch encoder, traced once and kept in a cache folder.
 
 The service's `runtime=auto` serves a CPU model with torch at once, then asks for this
-(service.runtime.onnx_upgrade): a cache hit opens the graphs in about a second, a miss
+(contrastkit.service.runtime.onnx_upgrade): a cache hit opens the graphs in about a second, a miss
 traces them (a minute for ViT-B/32 on 2 cores) and keeps them for the next start.
 
 One folder per weights, named `<model id>-<key>`:
@@ -11,7 +11,7 @@ One folder per weights, named `<model id>-<key>`:
 
 so a different checkpoint, a random initialisation, or an upgrade of the code that traces
 the graphs never meets another's graphs. The folder is an ordinary ONNX set (onnx.json
-with each graph's sha256, see training.encoders.exported.onnx_runtime), written under a
+with each graph's sha256, see contrastkit.training.encoders.exported.onnx_runtime), written under a
 temporary name and renamed into place, so a crash or a second server building the same
 key leaves either nothing or a whole set. Every open re-checks the graphs against the
 torch encoder they replace (check_parity: max abs difference of unit vectors <= 1e-4), so
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from training.encoders.base import Encoder
-from training.encoders.exported.format import ExportError
-from training.encoders.exported.onnx_runtime import (
+from contrastkit.training.encoders.base import Encoder
+from contrastkit.training.encoders.exported.format import ExportError
+from contrastkit.training.encoders.exported.onnx_runtime import (
     MANIFEST_FILE,
     Manifest,
     OnnxEncoder,
@@ -64,7 +64,7 @@ def cached_onnx(encoder: Encoder, cache_dir: Path, threads: int | None = None) -
     Raises ExportError / OnnxParityError when the graphs cannot be made or disagree with
     `encoder` (a cached set that fails its hashes or the parity check is moved aside as
     `<folder>.damaged` and traced again, once)."""
-    from training.export import onnx as export  # late: tests count its traces
+    from contrastkit.training.export import onnx as export  # late: tests count its traces
 
     key = weights_key(encoder)
     folder = cache_dir / f"{_safe(encoder.model_id)}-{key[:20]}"

@@ -1,6 +1,6 @@
 """Method registry. Each module in this package registers its class with `@register`;
 modules are discovered automatically, so a new method is one new file, plus its row in
-training.catalog (the names and setting keys the command line checks without importing
+contrastkit.training.catalog (the names and setting keys the command line checks without importing
 torch; a test says when the two differ)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import importlib
 import pkgutil
 from typing import Any, TypeVar
 
-from training.catalog import unknown_method
-from training.methods.base import (
+from contrastkit.training.catalog import unknown_method
+from contrastkit.training.methods.base import (
     ExportParts,
     Method,
     MethodContext,

@@ -17,11 +17,17 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from training.heads import ProjectionHead
-from training.losses import barlow_twins_loss
-from training.methods import register
-from training.methods.base import MethodContext, MethodParams, StepOutput, Views, solo_learn_sources
-from training.methods.twoview import TwoViewMethod
+from contrastkit.training.heads import ProjectionHead
+from contrastkit.training.losses import barlow_twins_loss
+from contrastkit.training.methods import register
+from contrastkit.training.methods.base import (
+    MethodContext,
+    MethodParams,
+    StepOutput,
+    Views,
+    solo_learn_sources,
+)
+from contrastkit.training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
     pass
@@ -57,7 +63,7 @@ class BarlowTwins(TwoViewMethod[BarlowTwinsParams]):
     """Barlow Twins with a `proj_layers`-layer MLP projector (Linear, norm, ReLU blocks).
 
     Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/barlow.yaml):
-    LARS (training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.3
+    LARS (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.3
     per 256 images, weight decay 1e-4. The paper uses LARS with lr 0.2 per 256 for the
     weights (0.0048 for biases and norms), weight decay 1.5e-6, batch 2048 and 1000
     ImageNet epochs. LARS

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
-from training.momentum import cosine_momentum
+from contrastkit.training.momentum import cosine_momentum
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.config import TrainConfig
-    from training.data import Batch
-    from training.encoders.nets.text_towers import TextTower
-    from training.encoders.pretrained_clip import StartModel
+    from contrastkit.training.augment import Augmenter
+    from contrastkit.training.config import TrainConfig
+    from contrastkit.training.data import Batch
+    from contrastkit.training.encoders.nets.text_towers import TextTower
+    from contrastkit.training.encoders.pretrained_clip import StartModel
 
 
 @dataclass
@@ -145,7 +145,7 @@ class MethodContext:
     classes: list[str] | None = None  # class names, when the data set has labels
     channels: int = 3
     has_texts: bool = False  # the data set carries captions (pairs data)
-    # a whole pretrained image-text model to fine-tune (training.encoders.pretrained_clip)
+    # a whole pretrained image-text model to fine-tune (contrastkit.training.encoders.pretrained_clip)
     start: StartModel | None = None
 
 
@@ -209,7 +209,7 @@ class Method(nn.Module, ABC, Generic[P]):
 
     @abstractmethod
     def loss(self, views: Views) -> StepOutput:
-        """Views -> loss. Under DDP, negatives/assignments span all ranks (training.dist)."""
+        """Views -> loss. Under DDP, negatives/assignments span all ranks (contrastkit.training.dist)."""
 
     def forward(self, views: Views) -> StepOutput:
         """DDP hooks gradient sync onto `forward`, so the engine calls the loss through it."""
@@ -242,7 +242,7 @@ class Method(nn.Module, ABC, Generic[P]):
     def lr_scales(self) -> dict[str, float]:
         """{parameter name: multiplier on the scheduled lr}; names as in
         `named_parameters()`, unnamed parameters train at 1.0. What layer-wise lr decay
-        (training.methods.layer_decay) and a separate lr for a logit scale return."""
+        (contrastkit.training.methods.layer_decay) and a separate lr for a logit scale return."""
         return {}
 
     def export_parts(self) -> ExportParts:

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.augment import byol_views
-from training.heads import ProjectionHead
-from training.losses import byol_loss
-from training.methods import register
-from training.methods.base import (
+from contrastkit.training.augment import byol_views
+from contrastkit.training.heads import ProjectionHead
+from contrastkit.training.losses import byol_loss
+from contrastkit.training.methods import register
+from contrastkit.training.methods.base import (
     MethodContext,
     MomentumMethod,
     MomentumParams,
@@ -30,11 +30,11 @@ from training.methods.base import (
     Views,
     solo_learn_sources,
 )
-from training.momentum import make_target
+from contrastkit.training.momentum import make_target
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.data import Batch
+    from contrastkit.training.augment import Augmenter
+    from contrastkit.training.data import Batch
 
 
 @dataclass
@@ -66,7 +66,7 @@ class BYOL(MomentumMethod[BYOLParams]):
     """BYOL with an MLP projector and predictor (Linear, norm, ReLU, Linear each).
 
     Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml): LARS
-    (training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 1.0 per
+    (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 1.0 per
     256 images, weight decay 1e-5. The paper's unclipped LARS (eta 0.001) with lr 0.2 and
     wd 1.5e-6 is for 1000 ImageNet epochs at batch 4096.
     LARS's per-layer trust ratio is what BYOL was tuned with: without negatives, the loss's

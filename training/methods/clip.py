@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.augment import ViewSpec
-from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
-from training.losses import clip_loss, siglip_loss
-from training.methods import register
-from training.methods.base import (
+from contrastkit.training.augment import ViewSpec
+from contrastkit.training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
+from contrastkit.training.losses import clip_loss, siglip_loss
+from contrastkit.training.methods import register
+from contrastkit.training.methods.base import (
     ExportParts,
     Method,
     MethodContext,
@@ -54,11 +54,11 @@ from training.methods.base import (
 )
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.config import TrainConfig
-    from training.data import Batch
-    from training.encoders.nets.text_towers import TextTower
-    from training.encoders.pretrained_clip import StartModel
+    from contrastkit.training.augment import Augmenter
+    from contrastkit.training.config import TrainConfig
+    from contrastkit.training.data import Batch
+    from contrastkit.training.encoders.nets.text_towers import TextTower
+    from contrastkit.training.encoders.pretrained_clip import StartModel
 
 TEMPLATE_SETS = {"default": DEFAULT_TEMPLATES, "single": SINGLE_TEMPLATE}
 LOSSES = ("clip", "siglip")
@@ -251,7 +251,7 @@ class CLIP(Method[CLIPParams]):
         cls, cfg: TrainConfig
     ) -> tuple[tuple[str, float, float], dict[str, str]]:
         """From scratch: CLIP's recipe; from a pretrained model: WiSE-FT's fine-tuning."""
-        from training.encoders.pretrained_clip import is_clip_start
+        from contrastkit.training.encoders.pretrained_clip import is_clip_start
 
         if is_clip_start(cfg.init_from):
             return cls.FINETUNE, dict(cls.FINETUNE_SOURCES)
@@ -283,7 +283,7 @@ class CLIP(Method[CLIPParams]):
         linear image projection, a new temperature (and SigLIP bias)."""
         # imported here: MiniLM's tokenizer stack costs ~2 s, which listing methods
         # (`contrastive train --help`) should not pay
-        from training.encoders.nets.text_towers import build_text_tower
+        from contrastkit.training.encoders.nets.text_towers import build_text_tower
 
         p = self.params
         self.text: TextTower = build_text_tower(
@@ -310,7 +310,7 @@ class CLIP(Method[CLIPParams]):
         """Fine-tune a whole pretrained open_clip model: its image tower is the backbone
         (projection included), its text modules the text tower, its temperature and bias
         ours - the same parameters, so the model itself is what trains."""
-        from training.encoders.nets.text_towers import OpenCLIPTextTower
+        from contrastkit.training.encoders.nets.text_towers import OpenCLIPTextTower
 
         p, model = self.params, start.model
         self.embed_dim = start.embed_dim
@@ -335,7 +335,7 @@ class CLIP(Method[CLIPParams]):
     def lr_scales(self) -> dict[str, float]:
         """Layer-wise lr decay over a pretrained model's towers (`layer_decay`) and the
         temperature's own multiplier (`logit_lr_scale`); names as named_parameters()."""
-        from training.methods.layer_decay import count_blocks, layer_decay_scales
+        from contrastkit.training.methods.layer_decay import count_blocks, layer_decay_scales
 
         p = self.params
         names = [n for n, _ in self.named_parameters()]

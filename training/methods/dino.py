@@ -16,7 +16,7 @@ it and a resumed run continues exactly. The teacher is an EMA of the student who
 momentum follows a cosine schedule from 0.996 to 1 (the engine applies it through
 `momentum_pairs` and `momentum_at`, as for BYOL).
 
-Views: DINO's own (training.augment.dino_views, after the official DataAugmentationDINO):
+Views: DINO's own (contrastkit.training.augment.dino_views, after the official DataAugmentationDINO):
 2 global crops (scale 0.14-1) + `n_small_crops` local ones (scale 0.05-0.14), the scales
 the official README gives for ResNets (ViTs use 0.4-1 / 0.05-0.4). Every crop gets BYOL's
 jitter 0.4/0.4/0.2/0.1 (p 0.8) and grayscale 0.2 at every image size; blur p 1.0 on global
@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import dist
-from training.augment import dino_views, multicrop_views
-from training.heads import norm_layer
-from training.losses import dino_loss
-from training.methods import register
-from training.methods.base import (
+from contrastkit.training import dist
+from contrastkit.training.augment import dino_views, multicrop_views
+from contrastkit.training.heads import norm_layer
+from contrastkit.training.losses import dino_loss
+from contrastkit.training.methods import register
+from contrastkit.training.methods.base import (
     MethodContext,
     MomentumMethod,
     MomentumParams,
@@ -48,14 +48,14 @@ from training.methods.base import (
     Views,
     solo_learn_sources,
 )
-from training.methods.swav import same_size_runs
-from training.momentum import make_target
+from contrastkit.training.methods.swav import same_size_runs
+from contrastkit.training.momentum import make_target
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from training.augment import Augmenter, ViewSpec
-    from training.data import Batch
+    from contrastkit.training.augment import Augmenter, ViewSpec
+    from contrastkit.training.data import Batch
 
 # "dino": the paper's views; "swav": SwAV's multi-crop (this project's DINO views before)
 VIEW_RECIPES: dict[str, Callable[[int, int, int | None], list[ViewSpec]]] = {

@@ -5,7 +5,7 @@ and should move least: with L residual blocks, a parameter's layer id is 0 for t
 (embeddings, conv1, ln_pre), i + 1 for block i and L + 1 for what follows the blocks
 (ln_post, proj, ln_final, text_projection), and its multiplier on the scheduled lr is
 decay ** (L + 1 - layer_id), as in BEiT / ELECTRA fine-tuning. The result is what a
-method's `lr_scales()` returns (see training.engine.optim.param_groups).
+method's `lr_scales()` returns (see contrastkit.training.engine.optim.param_groups).
 """
 
 from __future__ import annotations

@@ -31,17 +31,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import dist
-from training.augment import ViewSpec, moco_v2_view, simclr_view
-from training.heads import ProjectionHead
-from training.losses import info_nce
-from training.methods import register
-from training.methods.base import MethodContext, MomentumMethod, MomentumParams, StepOutput, Views
-from training.momentum import make_target
+from contrastkit.training import dist
+from contrastkit.training.augment import ViewSpec, moco_v2_view, simclr_view
+from contrastkit.training.heads import ProjectionHead
+from contrastkit.training.losses import info_nce
+from contrastkit.training.methods import register
+from contrastkit.training.methods.base import (
+    MethodContext,
+    MomentumMethod,
+    MomentumParams,
+    StepOutput,
+    Views,
+)
+from contrastkit.training.momentum import make_target
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.data import Batch
+    from contrastkit.training.augment import Augmenter
+    from contrastkit.training.data import Batch
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
     x -> view 1, view 2 -> backbone -> projector -> z1, z2 -> nt_xent(z1, z2, T)
 
-Under DDP the loss takes its negatives from every rank (training.losses.nt_xent
+Under DDP the loss takes its negatives from every rank (contrastkit.training.losses.nt_xent
 gathers the projections with gradients), so the global batch is one softmax.
 """
 
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.augment import simclr_view
-from training.heads import ProjectionHead
-from training.losses import nt_xent
-from training.methods import register
-from training.methods.base import (
+from contrastkit.training.augment import simclr_view
+from contrastkit.training.heads import ProjectionHead
+from contrastkit.training.losses import nt_xent
+from contrastkit.training.methods import register
+from contrastkit.training.methods.base import (
     Method,
     MethodContext,
     MethodParams,
@@ -29,8 +29,8 @@ from training.methods.base import (
 )
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.data import Batch
+    from contrastkit.training.augment import Augmenter
+    from contrastkit.training.data import Batch
 
 
 @dataclass
@@ -61,7 +61,7 @@ class SimCLR(Method[SimCLRParams]):
     """SimCLR with a `proj_layers`-layer projection head over the backbone features.
 
     Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/simclr.yaml):
-    LARS (training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.4
+    LARS (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.4
     per 256 images, weight decay 1e-4. The trust ratio normalises each layer's step by its
     gradient norm, so the learning rate does not have to be retuned when the temperature
     (which scales the gradient by 1/T) changes. The paper's own recipe is unclipped LARS

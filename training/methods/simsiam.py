@@ -8,7 +8,7 @@ BYOL without the EMA target: the paper shows the stop-gradient alone (with the
 predictor) prevents collapse. Per sample, so DDP needs nothing across ranks.
 
 Views: the paper's (and its code's), MoCo v2's augmentation on both views alike
-(training.augment.simsiam_view: crop 0.2-1, jitter 0.4/0.4/0.4/0.1 p 0.8, grayscale
+(contrastkit.training.augment.simsiam_view: crop 0.2-1, jitter 0.4/0.4/0.4/0.1 p 0.8, grayscale
 0.2, blur p 0.5 from 64 px, no solarize). `views=byol` gives BYOL's asymmetric pair, what
 this project used before `views` existed (checkpoints from then resume with it).
 """
@@ -22,15 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.augment import byol_views, simsiam_view
-from training.heads import ProjectionHead
-from training.losses import simsiam_loss
-from training.methods import register
-from training.methods.base import MethodContext, MethodParams, StepOutput, Views, solo_learn_sources
-from training.methods.twoview import TwoViewMethod
+from contrastkit.training.augment import byol_views, simsiam_view
+from contrastkit.training.heads import ProjectionHead
+from contrastkit.training.losses import simsiam_loss
+from contrastkit.training.methods import register
+from contrastkit.training.methods.base import (
+    MethodContext,
+    MethodParams,
+    StepOutput,
+    Views,
+    solo_learn_sources,
+)
+from contrastkit.training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
-    from training.augment import ViewSpec
+    from contrastkit.training.augment import ViewSpec
 
 VIEW_RECIPES = ("simsiam", "byol")
 

@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.augment import multicrop_views
-from training.dist import gather_no_grad, rank, world_size
-from training.heads import ProjectionHead, Prototypes
-from training.losses import sinkhorn, swav_loss
-from training.methods import register
-from training.methods.base import (
+from contrastkit.training.augment import multicrop_views
+from contrastkit.training.dist import gather_no_grad, rank, world_size
+from contrastkit.training.heads import ProjectionHead, Prototypes
+from contrastkit.training.losses import sinkhorn, swav_loss
+from contrastkit.training.methods import register
+from contrastkit.training.methods.base import (
     Method,
     MethodContext,
     MethodParams,
@@ -53,8 +53,8 @@ from training.methods.base import (
 )
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.data import Batch
+    from contrastkit.training.augment import Augmenter
+    from contrastkit.training.data import Batch
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from training.augment import byol_views
-from training.methods.base import Method, P, Views
+from contrastkit.training.augment import byol_views
+from contrastkit.training.methods.base import Method, P, Views
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter, ViewSpec
-    from training.data import Batch
+    from contrastkit.training.augment import Augmenter, ViewSpec
+    from contrastkit.training.data import Batch
 
 
 class TwoViewMethod(Method[P]):

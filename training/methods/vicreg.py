@@ -16,11 +16,17 @@ from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
 
-from training.heads import ProjectionHead
-from training.losses import vicreg_terms
-from training.methods import register
-from training.methods.base import MethodContext, MethodParams, StepOutput, Views, solo_learn_sources
-from training.methods.twoview import TwoViewMethod
+from contrastkit.training.heads import ProjectionHead
+from contrastkit.training.losses import vicreg_terms
+from contrastkit.training.methods import register
+from contrastkit.training.methods.base import (
+    MethodContext,
+    MethodParams,
+    StepOutput,
+    Views,
+    solo_learn_sources,
+)
+from contrastkit.training.methods.twoview import TwoViewMethod
 
 if TYPE_CHECKING:
     pass
@@ -62,7 +68,7 @@ class VICReg(TwoViewMethod[VICRegParams]):
     """VICReg with a `proj_layers`-layer MLP expander (Linear, norm, ReLU blocks).
 
     Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/vicreg.yaml):
-    LARS (training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.3
+    LARS (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.3
     per 256 images, weight decay 1e-4. The paper uses LARS with a base lr of 0.2 per 256,
     weight decay 1e-6, batch 2048 and 1000 ImageNet epochs.
     """

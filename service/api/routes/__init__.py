@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from fastapi import APIRouter
 
-from service.domain_errors import ErrorCode, RequestError
+from contrastkit.service.domain_errors import ErrorCode, RequestError
 
 
 def refusing_router(prefix: str, code: ErrorCode, message: str) -> APIRouter:

@@ -1,10 +1,10 @@
-"""/v1/admin: change the served models of a running server (service.runtime.lifecycle):
+"""/v1/admin: change the served models of a running server (contrastkit.service.runtime.lifecycle):
 load another, replace one, unload one, choose the default, follow the loads.
 
 Every route needs an admin key: one of `admin_keys`, or of `api_keys` when there are no
 admin keys. A server with neither mounts `disabled_router` instead, which refuses every
 admin path (403 `admin_disabled`): the admin API is never open. The API-key middleware
-checks the key before anything is read (service.middleware); this router checks it
+checks the key before anything is read (contrastkit.service.middleware); this router checks it
 again, so that it holds however the middleware is set up.
 
 Loads and replacements answer 202 with an operation to poll at once, or, given `wait`,
@@ -18,14 +18,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.exceptions import HTTPException
 
-from service.api.deps import SettingsDep, State
-from service.api.payload import require_json_dep
-from service.api.routes import refusing_router
-from service.domain_errors import ModelError, RequestError
-from service.middleware import has_key
-from service.responses import FastJSON
-from service.runtime.lifecycle import ModelLifecycle, ModelSpec, Operation
-from service.schemas.admin import (
+from contrastkit.service.api.deps import SettingsDep, State
+from contrastkit.service.api.payload import require_json_dep
+from contrastkit.service.api.routes import refusing_router
+from contrastkit.service.domain_errors import ModelError, RequestError
+from contrastkit.service.middleware import has_key
+from contrastkit.service.responses import FastJSON
+from contrastkit.service.runtime.lifecycle import ModelLifecycle, ModelSpec, Operation
+from contrastkit.service.schemas.admin import (
     DefaultModel,
     DefaultModelRequest,
     LoadModelRequest,

@@ -5,18 +5,18 @@ description) wherever a collection's name is; it is resolved once per request. S
 one (PUT again with another collection) moves every request that starts afterwards to
 the new collection; a request under way finishes on the one it began with. The rules
 (no alias named as a collection, none pointing to a missing one, no collection dropped
-while an alias points to it) are service.index.aliases, the same on every backend.
+while an alias points to it) are contrastkit.service.index.aliases, the same on every backend.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.api.deps import IndexDep, StoreDep
-from service.api.payload import require_json_dep
-from service.api.routes import refusing_router
-from service.responses import FastJSON
-from service.schemas.collections import (
+from contrastkit.service.api.deps import IndexDep, StoreDep
+from contrastkit.service.api.payload import require_json_dep
+from contrastkit.service.api.routes import refusing_router
+from contrastkit.service.responses import FastJSON
+from contrastkit.service.schemas.collections import (
     AliasList,
     DeletedAlias,
     SetAliasRequest,

@@ -7,28 +7,34 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from service.api.deps import ModelRequest, ModelsDep, SettingsDep, precheck, watch_disconnect
-from service.api.openapi_docs import CLASSIFY_FORM, json_or_multipart
-from service.api.payload import (
+from contrastkit.service.api.deps import (
+    ModelRequest,
+    ModelsDep,
+    SettingsDep,
+    precheck,
+    watch_disconnect,
+)
+from contrastkit.service.api.openapi_docs import CLASSIFY_FORM, json_or_multipart
+from contrastkit.service.api.payload import (
     first_value,
     is_multipart,
     list_field,
     read_form,
     read_json,
 )
-from service.api.request_checks import (
+from contrastkit.service.api.request_checks import (
     bad,
     check_classify_size,
     check_image_count,
     check_labels,
     check_templates,
 )
-from service.responses import FastJSON, finite_output
-from service.runtime.embedding import ImageSource
-from service.runtime.zeroshot import probabilities
-from service.schemas.embeddings import ClassifyRequest, ClassifyResponse
-from service.settings import Settings
-from training.encoders import IMAGE, TEXT
+from contrastkit.service.responses import FastJSON, finite_output
+from contrastkit.service.runtime.embedding import ImageSource
+from contrastkit.service.runtime.zeroshot import probabilities
+from contrastkit.service.schemas.embeddings import ClassifyRequest, ClassifyResponse
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import IMAGE, TEXT
 
 router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[Depends(watch_disconnect)])
 Sent = tuple[ClassifyRequest, Sequence[ImageSource]]  # the fields, and the images

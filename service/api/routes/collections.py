@@ -4,7 +4,7 @@ Every `{name}` of an item or search route may be an alias (/v1/aliases): the col
 is resolved once, when the request starts (deps.named_collection), and the whole request
 is served by it, whatever an alias switch does meanwhile.
 
-Inputs become vectors in service.api.collection_inputs; the store (service.index) blocks on
+Inputs become vectors in contrastkit.service.api.collection_inputs; the store (contrastkit.service.index) blocks on
 fsync, so every call into it runs in the index pool (IndexDep). Each route's signature
 says what it uses: the collection of the path, the store, the model only when asked.
 """
@@ -17,8 +17,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from starlette.convertors import PathConvertor, register_url_convertor
 
-from service.api import collection_inputs as inputs
-from service.api.deps import (
+from contrastkit.service.api import collection_inputs as inputs
+from contrastkit.service.api.deps import (
     CollectionDep,
     IndexDep,
     ModelsDep,
@@ -28,14 +28,14 @@ from service.api.deps import (
     WriteDep,
     watch_disconnect,
 )
-from service.api.openapi_docs import RESERVED_ITEM_PATH, error_responses
-from service.api.payload import require_json_dep
-from service.api.routes import refusing_router
-from service.index.duplicates import DuplicateQuery, find_duplicates
-from service.index.filters import parse_filter
-from service.index.types import CollectionError, Hit
-from service.responses import FastJSON
-from service.schemas.collections import (
+from contrastkit.service.api.openapi_docs import RESERVED_ITEM_PATH, error_responses
+from contrastkit.service.api.payload import require_json_dep
+from contrastkit.service.api.routes import refusing_router
+from contrastkit.service.index.duplicates import DuplicateQuery, find_duplicates
+from contrastkit.service.index.filters import parse_filter
+from contrastkit.service.index.types import CollectionError, Hit
+from contrastkit.service.responses import FastJSON
+from contrastkit.service.schemas.collections import (
     CollectionInfoModel,
     CollectionList,
     CreateCollectionRequest,
@@ -46,7 +46,7 @@ from service.schemas.collections import (
     SearchResponse,
     UpsertResponse,
 )
-from service.schemas.duplicates import DuplicatesRequest, DuplicatesResponse
+from contrastkit.service.schemas.duplicates import DuplicatesRequest, DuplicatesResponse
 
 router = APIRouter(
     prefix="/v1/collections", tags=["collections"], dependencies=[Depends(watch_disconnect)]

@@ -7,29 +7,33 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from service.api.deps import (
+from contrastkit.service.api.deps import (
     ModelRequest,
     ModelsDep,
     SettingsDep,
     precheck,
     watch_disconnect,
 )
-from service.api.json_route import OrjsonRoute
-from service.api.openapi_docs import IMAGE_FORM, json_or_multipart
-from service.api.payload import (
+from contrastkit.service.api.json_route import OrjsonRoute
+from contrastkit.service.api.openapi_docs import IMAGE_FORM, json_or_multipart
+from contrastkit.service.api.payload import (
     first_value,
     is_multipart,
     read_form,
     read_json,
     require_json_dep,
 )
-from service.api.request_checks import check_image_count, check_texts
-from service.responses import FastJSON, finite_output
-from service.runtime.embedding import ImageSource
-from service.runtime.served import LoadedModel
-from service.schemas.embeddings import EmbeddingResponse, EmbedImageRequest, EmbedTextRequest
-from service.settings import Settings
-from training.encoders import IMAGE, TEXT
+from contrastkit.service.api.request_checks import check_image_count, check_texts
+from contrastkit.service.responses import FastJSON, finite_output
+from contrastkit.service.runtime.embedding import ImageSource
+from contrastkit.service.runtime.served import LoadedModel
+from contrastkit.service.schemas.embeddings import (
+    EmbeddingResponse,
+    EmbedImageRequest,
+    EmbedTextRequest,
+)
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import IMAGE, TEXT
 
 router = APIRouter(
     prefix="/v1/embed",

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import PlainTextResponse, Response
 
-from service.api.deps import MetricsDep, State
-from service.index.types import CollectionError
-from service.middleware import has_key
-from service.responses import FastJSON
-from service.schemas.status import Health, Readiness
-from service.state import ServiceState
+from contrastkit.service.api.deps import MetricsDep, State
+from contrastkit.service.index.types import CollectionError
+from contrastkit.service.middleware import has_key
+from contrastkit.service.responses import FastJSON
+from contrastkit.service.schemas.status import Health, Readiness
+from contrastkit.service.state import ServiceState
 
 router = APIRouter(tags=["health"])
 

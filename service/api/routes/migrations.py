@@ -1,5 +1,5 @@
 """/v1/admin/migrations: a collection rebuilt in another served model's space while it
-keeps serving, then an alias switched to the new one (service.runtime.migrations).
+keeps serving, then an alias switched to the new one (contrastkit.service.runtime.migrations).
 
 An admin operation (it reads the files the items' sources name, on the server's disk):
 mounted under the admin API's prefix, so it takes the admin key and is off where the
@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.api.deps import ModelsDep, SettingsDep, State, StoreDep
-from service.api.payload import require_json_dep
-from service.api.routes import refusing_router
-from service.api.routes.admin import PREFIX, admin_key
-from service.domain_errors import RequestError
-from service.responses import FastJSON
-from service.runtime.migrations import MigrationRequest
-from service.schemas.migrations import MigrationList, MigrationStatus, StartMigrationRequest
+from contrastkit.service.api.deps import ModelsDep, SettingsDep, State, StoreDep
+from contrastkit.service.api.payload import require_json_dep
+from contrastkit.service.api.routes import refusing_router
+from contrastkit.service.api.routes.admin import PREFIX, admin_key
+from contrastkit.service.domain_errors import RequestError
+from contrastkit.service.responses import FastJSON
+from contrastkit.service.runtime.migrations import MigrationRequest
+from contrastkit.service.schemas.migrations import (
+    MigrationList,
+    MigrationStatus,
+    StartMigrationRequest,
+)
 
 router = APIRouter(prefix=f"{PREFIX}/migrations", tags=["admin"], dependencies=[Depends(admin_key)])
 # with `collections` off (and the admin API on): refused before anything is read

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import DefaultModel, ModelsDep
-from service.runtime.served import LoadedModel, ServedModel
-from service.schemas.embeddings import ModelCard, ModelList
+from contrastkit.service.api.deps import DefaultModel, ModelsDep
+from contrastkit.service.runtime.served import LoadedModel, ServedModel
+from contrastkit.service.schemas.embeddings import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

@@ -3,7 +3,7 @@
 Texts as OpenAI sends them; images too, in the shapes other embedding servers accept:
 strings with `"modality": "image"` (each a `data:image/...;base64,...` URL or plain
 base64), or input objects `{"image": ...}` / `{"text": ...}`, mixed in one request. Texts
-may also come as token ids, as OpenAI takes them (service.api.token_ids says how they are
+may also come as token ids, as OpenAI takes them (contrastkit.service.api.token_ids says how they are
 read). The vectors come back in input order; texts and images of one model share its space.
 """
 
@@ -15,26 +15,26 @@ from typing import Annotated, cast
 import numpy as np
 from fastapi import APIRouter, Depends
 
-from service.api.deps import ModelRequest, ModelsDep, SettingsDep, watch_disconnect
-from service.api.json_route import OrjsonRoute
-from service.api.payload import require_json_dep
-from service.api.request_checks import bad, check_count, check_image_count, check_text
-from service.api.token_ids import (
+from contrastkit.service.api.deps import ModelRequest, ModelsDep, SettingsDep, watch_disconnect
+from contrastkit.service.api.json_route import OrjsonRoute
+from contrastkit.service.api.payload import require_json_dep
+from contrastkit.service.api.request_checks import bad, check_count, check_image_count, check_text
+from contrastkit.service.api.token_ids import (
     check_token_arrays,
     decode_token_arrays,
     encoding_name,
     token_arrays,
 )
-from service.responses import FastJSON, finite_output
-from service.runtime.served import LoadedModel
-from service.schemas.embeddings import (
+from contrastkit.service.responses import FastJSON, finite_output
+from contrastkit.service.runtime.served import LoadedModel
+from contrastkit.service.schemas.embeddings import (
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     OpenAIImageInput,
     OpenAITextInput,
 )
-from service.settings import Settings
-from training.encoders import IMAGE, TEXT
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import IMAGE, TEXT
 
 router = APIRouter(
     prefix="/v1",

@@ -14,7 +14,7 @@ from importlib import resources
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.domain_errors import RequestError
+from contrastkit.service.domain_errors import RequestError
 
 router = APIRouter(include_in_schema=False)
 
@@ -44,7 +44,7 @@ class Asset:
 def _load() -> dict[str, Asset]:
     """Every file of service/web with a known type, by name (the folder is flat)."""
     assets: dict[str, Asset] = {}
-    folder = resources.files("service").joinpath("web")
+    folder = resources.files("contrastkit.service").joinpath("web")
     if not folder.is_dir():
         return assets
     for entry in folder.iterdir():

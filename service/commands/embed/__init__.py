@@ -2,7 +2,7 @@
 or (--ray) on a Ray cluster.
 
 Imports nothing heavy: `contrastive embed --help` builds its parser from here; the work is
-in service.commands.embed.command.
+in contrastkit.service.commands.embed.command.
 """
 
 from __future__ import annotations
@@ -88,6 +88,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """0 when every item was embedded or skipped (or --max-parts stopped it); 2 with a
     message on stderr for a bad input, model or option."""
-    from service.commands.embed.command import embed
+    from contrastkit.service.commands.embed.command import embed
 
     return embed(args)

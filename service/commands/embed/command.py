@@ -9,26 +9,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.commands.embed.sources import InputError
+from contrastkit.service.commands.embed.sources import InputError
 
 if TYPE_CHECKING:
-    from service.commands.embed.job import Job, Options, PartHook
-    from service.commands.embed.parquet import PartWriter, Rows
-    from training.encoders import Encoder
+    from contrastkit.service.commands.embed.job import Job, Options, PartHook
+    from contrastkit.service.commands.embed.parquet import PartWriter, Rows
+    from contrastkit.training.encoders import Encoder
 
 DEFAULT_PIXELS = 40_000_000  # the service's max_image_pixels default
 
 
 def embed(args: argparse.Namespace, on_part: PartHook | None = None) -> int:
-    """The command (see service.commands.embed's help); `on_part` is for tests."""
-    from service.commands.embed.parquet import pyarrow_parquet
+    """The command (see contrastkit.service.commands.embed's help); `on_part` is for tests."""
+    from contrastkit.service.commands.embed.parquet import pyarrow_parquet
 
     try:
         pyarrow_parquet()  # before torch and the model load: say now that the extra is missing
     except InputError as e:
         print(f"contrastive embed: {e}", file=sys.stderr)
         return 2
-    from training.encoders import MissingCapabilityError
+    from contrastkit.training.encoders import MissingCapabilityError
 
     try:
         return _embed(args, on_part)
@@ -47,7 +47,7 @@ def _embed(args: argparse.Namespace, on_part: PartHook | None) -> int:
         if args.actors is not None:
             raise InputError("--actors needs --ray")
         return _run(args, on_part)
-    from service.commands.embed.ray_job import ray_session
+    from contrastkit.service.commands.embed.ray_job import ray_session
 
     # joined (or started) before the model loads, so that a missing extra or a wrong
     # address is said at once; a Ray started here is shut down at the end
@@ -59,9 +59,9 @@ def _run(args: argparse.Namespace, on_part: PartHook | None) -> int:
     """List, load, embed what is not done yet, report."""
     from tqdm import tqdm
 
-    from service.commands.embed.parquet import PartWriter
-    from service.commands.embed.report import lines, summarise, write_summary
-    from service.commands.embed.sources import list_input
+    from contrastkit.service.commands.embed.parquet import PartWriter
+    from contrastkit.service.commands.embed.report import lines, summarise, write_summary
+    from contrastkit.service.commands.embed.sources import list_input
 
     columns = {"path": args.path_column, "id": args.id_column, "caption": args.caption_column}
     listing = list_input(args.input, args.kind, columns)
@@ -97,11 +97,11 @@ def _job(
     on_part: PartHook | None,
 ) -> Job:
     """The one-machine Job, or with --ray the RayJob (same writer, same parts)."""
-    from service.commands.embed.job import Job
+    from contrastkit.service.commands.embed.job import Job
 
     if args.ray is None:
         return Job(encoder, writer, options, bar, on_part)
-    from service.commands.embed.ray_job import RayJob, RayPlan
+    from contrastkit.service.commands.embed.ray_job import RayJob, RayPlan
 
     plan = RayPlan(
         actors=args.actors,
@@ -124,7 +124,7 @@ def _check_positive(args: argparse.Namespace) -> None:
 
 
 def _options(args: argparse.Namespace, encoder: Encoder) -> Options:
-    from service.commands.embed.job import Options
+    from contrastkit.service.commands.embed.job import Options
 
     batch = args.batch or (256 if encoder.device.type == "cuda" else 64)
     return Options(
@@ -144,10 +144,10 @@ def _model_and_sink(
     """(the encoder, what receives each part's rows, what closes it): with --collection,
     the LocalTarget of `index add` loads the model and opens the collection."""
     if args.collection is None:
-        from training.encoders import load_encoder
+        from contrastkit.training.encoders import load_encoder
 
         return load_encoder(args.model, args.pretrained, args.device), None, lambda: None
-    from service.commands.index.local import LocalTarget
+    from contrastkit.service.commands.index.local import LocalTarget
 
     target = LocalTarget(args, create=True)
 

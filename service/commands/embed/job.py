@@ -1,13 +1,13 @@
 """The embed job: decode in a thread pool, embed in batches on one model, write parts.
 
-Images go the way /v1/embed/image takes them (service.runtime.embedding.ImageEmbedder):
+Images go the way /v1/embed/image takes them (contrastkit.service.runtime.embedding.ImageEmbedder):
 the file's bytes -> decode_image (same pixel limit, same JPEG draft size) ->
 encoder.preprocess_image -> encoder.encode_image_tensors. So a vector written here is the
 one the service returns for the same file.
 
 Decoding (PIL, which releases the GIL) runs in `workers` threads, a bounded window of
 images ahead of the model; the model runs in this thread. Nothing does torch arithmetic
-in the decode threads (see training.encoders.preprocess.to_pixels).
+in the decode threads (see contrastkit.training.encoders.preprocess.to_pixels).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from service.commands.embed.parquet import PartWriter, Rows
-from service.commands.embed.sources import Item, Skip
+from contrastkit.service.commands.embed.parquet import PartWriter, Rows
+from contrastkit.service.commands.embed.sources import Item, Skip
 
 if TYPE_CHECKING:
-    from training.encoders import Encoder
+    from contrastkit.training.encoders import Encoder
 
 PartHook = Callable[[str | None], None]  # called after each committed part (its file)
 
@@ -61,8 +61,8 @@ def prepare(
     included) or why it was skipped. Runs in the decode pool."""
     from PIL import Image
 
-    from service.runtime.device_decode import as_jpeg_item, wants_device
-    from service.runtime.images import ImageError, decode_image
+    from contrastkit.service.runtime.device_decode import as_jpeg_item, wants_device
+    from contrastkit.service.runtime.images import ImageError, decode_image
 
     try:
         data = item.read()
@@ -93,11 +93,11 @@ def decode_on_device(
 ) -> tuple[list[tuple[Item, Decoded]], list[Skip]]:
     """The batch with its JPEG files (uint8 [nbytes], see prepare) decoded in one call on
     the encoder's device, as the service's device decoder does
-    (service.runtime.device_decode) -> (the items with uint8 [3, S, S] pixels, on the
+    (contrastkit.service.runtime.device_decode) -> (the items with uint8 [3, S, S] pixels, on the
     device; Skips for the files that neither the device nor PIL could decode)."""
     if not any(d.pixels.dim() == 1 for _, d in batch):
         return batch, []
-    from service.runtime.device_decode import DevicePixels
+    from contrastkit.service.runtime.device_decode import DevicePixels
 
     pixels, failed = DevicePixels(encoder, max_pixels).pixels([d.pixels for _, d in batch])
     kept: list[tuple[Item, Decoded]] = []

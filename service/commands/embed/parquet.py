@@ -5,7 +5,7 @@ makes a job resumable.
     OUT/part-00000.parquet  id: string, vector: list<float32> (unit L2), source: string,
                             metadata: string (a JSON object: width, height, bytes, caption)
     OUT/manifest.jsonl      one line per committed part: its file, ids, and skipped items
-    OUT/embed-summary.json  written at the end (service.commands.embed.report)
+    OUT/embed-summary.json  written at the end (contrastkit.service.commands.embed.report)
 
 A part is written to a temporary name, fsynced and renamed into place; only then is its
 manifest line appended. So a kill at any moment leaves each part either counted (its line
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from service.commands.embed.sources import InputError, Skip
+from contrastkit.service.commands.embed.sources import InputError, Skip
 
 MANIFEST = "manifest.jsonl"
 JOB = "job.json"

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.commands.embed.job import Decoded, decode_on_device, decoded, prepare
-from service.commands.embed.sources import Item, Skip
+from contrastkit.service.commands.embed.job import Decoded, decode_on_device, decoded, prepare
+from contrastkit.service.commands.embed.sources import Item, Skip
 
 # the columns of an item (input) and of a result (output); "" where a value is absent, so
 # that every column has one type (no nulls: offsets stay integers); caption keeps None
@@ -66,7 +66,7 @@ class EncodeBatch:
         workers: int | None,
         device_decode: str = "auto",
     ) -> None:
-        from training.encoders import load_encoder
+        from contrastkit.training.encoders import load_encoder
 
         self.encoder = load_encoder(model, pretrained, device)
         if self.encoder.model_id != model_id:

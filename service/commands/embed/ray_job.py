@@ -3,7 +3,7 @@
 The driver (this process) lists the input and drops the ids already committed, exactly as
 the one-machine job does; the remaining items become a Ray Dataset of plain columns, and
 `map_batches` runs them through a pool of actors, one encoder each (one GPU each when the
-cluster has GPUs; see service.commands.embed.ray_encoder). The driver takes the results
+cluster has GPUs; see contrastkit.service.commands.embed.ray_encoder). The driver takes the results
 as they stream back and commits them through the same PartWriter (Job._flush), so parts,
 manifest, summary, skips and resume are those of the one-machine job; only the order of
 the items within and across parts may differ.
@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.commands.embed import CPU_ACTORS
-from service.commands.embed.job import Job, Options, PartHook
-from service.commands.embed.parquet import PartWriter
-from service.commands.embed.sources import InputError, Item, Skip
+from contrastkit.service.commands.embed import CPU_ACTORS
+from contrastkit.service.commands.embed.job import Job, Options, PartHook
+from contrastkit.service.commands.embed.parquet import PartWriter
+from contrastkit.service.commands.embed.sources import InputError, Item, Skip
 
 if TYPE_CHECKING:
-    from training.encoders import Encoder
+    from contrastkit.training.encoders import Encoder
 
 NEEDS_RAY = "--ray needs Ray Data: pip install 'contrastive[ray]'"
 
@@ -120,7 +120,7 @@ class RayJob(Job):
 
     def _dataset(self, ray: Any, items: Sequence[Item]) -> Any:
         """The items (as ray_encoder.ITEM_COLUMNS) mapped through the encoder actors."""
-        from service.commands.embed.ray_encoder import EncodeBatch, item_columns
+        from contrastkit.service.commands.embed.ray_encoder import EncodeBatch, item_columns
 
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = self.plan.actors or gpus or CPU_ACTORS

@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from service.commands.embed.job import Job
-from service.commands.embed.parquet import PartWriter, write_atomic
-from service.commands.embed.sources import Skip
+from contrastkit.service.commands.embed.job import Job
+from contrastkit.service.commands.embed.parquet import PartWriter, write_atomic
+from contrastkit.service.commands.embed.sources import Skip
 
 SUMMARY = "embed-summary.json"
 

@@ -92,7 +92,7 @@ def list_input(spec: str, kind: str, columns: dict[str, str | None]) -> Listing:
 
 def _folder(spec: str) -> Listing:
     """Every file under the folder (as `index add` walks it); ids relative to it."""
-    from service.commands.index.add import collect
+    from contrastkit.service.commands.index.add import collect
 
     if not Path(spec).is_dir():
         raise InputError(f"{spec} is not a folder")
@@ -105,8 +105,8 @@ def _folder(spec: str) -> Listing:
 def _shards(spec: str) -> Listing:
     """The samples of tar shards (KEY.jpg + optional KEY.txt); ids SHARD/KEY with SHARD
     relative to the folder given (its name for a file or a glob)."""
-    from training.data.base import DataError
-    from training.data.shards import scan_shards, shard_paths
+    from contrastkit.training.data.base import DataError
+    from contrastkit.training.data.shards import scan_shards, shard_paths
 
     try:
         paths = [spec] if spec.endswith(".tar") and Path(spec).is_file() else shard_paths(spec)
@@ -183,7 +183,7 @@ def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
         with open(path, newline="", encoding="utf-8") as f:
             yield from csv.DictReader(f)
     elif suffix == ".parquet":
-        from service.commands.embed.parquet import pyarrow_parquet
+        from contrastkit.service.commands.embed.parquet import pyarrow_parquet
 
         yield from pyarrow_parquet().read_table(path).to_pylist()
     else:

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from service.commands.index.images import ImageFile, NotAnImageError
-from service.commands.index.options import OVERVIEW, connection_flags, describe
-from service.commands.index.report import run_reported
-from service.commands.index.targets import open_target
+from contrastkit.service.commands.index.images import ImageFile, NotAnImageError
+from contrastkit.service.commands.index.options import OVERVIEW, connection_flags, describe
+from contrastkit.service.commands.index.report import run_reported
+from contrastkit.service.commands.index.targets import open_target
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,7 +84,7 @@ def collect(paths: Sequence[str], warn: Callable[[str], None]) -> list[tuple[str
 def _refused_id(id_: str) -> str | None:
     """Why the item rules (the API's) refuse `id_` as an id, or None. A file name that is
     not UTF-8 reads as lone surrogates, which no collection can store."""
-    from service.index.items import ItemError, check_id  # numpy: not needed for --help
+    from contrastkit.service.index.items import ItemError, check_id  # numpy: not needed for --help
 
     try:
         check_id(id_, "its id")
@@ -116,7 +116,7 @@ def add(args: argparse.Namespace) -> int:
         payload, image = target.load(path)
         if thumb_size is None:
             return payload, None
-        from service.runtime.thumbnails import thumbnail_data_url
+        from contrastkit.service.runtime.thumbnails import thumbnail_data_url
 
         return payload, thumbnail_data_url(image, thumb_size)
 

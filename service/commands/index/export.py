@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.commands.index.local import open_backend_here
-from service.commands.index.options import settings_of, transfer_arguments
-from service.commands.index.report import progress, run_reported
+from contrastkit.service.commands.index.local import open_backend_here
+from contrastkit.service.commands.index.options import settings_of, transfer_arguments
+from contrastkit.service.commands.index.report import progress, run_reported
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     """Write the collection to FILE; print what was written."""
-    from service.index.transfer import export_collection
+    from contrastkit.service.index.transfer import export_collection
 
     store = open_backend_here(settings_of(args), args.collection, must_exist=True)
     try:

@@ -21,7 +21,7 @@ def read_image(path: Path, max_pixels: int, draft_size: int | None) -> tuple[byt
     decodes it, including the pixel limit)."""
     from PIL import Image, UnidentifiedImageError
 
-    from service.runtime.images import ImageError, decode_image
+    from contrastkit.service.runtime.images import ImageError, decode_image
 
     with open(path, "rb") as f:
         try:
@@ -56,7 +56,7 @@ class ImageFile:
         """What the item is stored as coming from: the file's absolute path, so that it
         can be embedded again (by another model); None for a path no collection can
         store as a source (not UTF-8, or past items.MAX_SOURCE_BYTES)."""
-        from service.index.items import ItemError, check_source
+        from contrastkit.service.index.items import ItemError, check_source
 
         try:
             return check_source(os.path.abspath(self.path), "the path")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.commands.index.local import open_backend_here
-from service.commands.index.options import settings_of, transfer_arguments
-from service.commands.index.report import progress, run_reported
+from contrastkit.service.commands.index.local import open_backend_here
+from contrastkit.service.commands.index.options import settings_of, transfer_arguments
+from contrastkit.service.commands.index.report import progress, run_reported
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
 def import_file(args: argparse.Namespace) -> int:
     """Create the collection from FILE; print what was imported."""
-    from service.index.transfer import import_collection, read_file_header
+    from contrastkit.service.index.transfer import import_collection, read_file_header
 
     header = read_file_header(Path(args.file))  # a bad file is refused before opening
     store = open_backend_here(settings_of(args), args.collection, must_exist=False)

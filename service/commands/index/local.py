@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.commands.index.images import ImageFile, read_image
-from service.commands.index.options import settings_of
+from contrastkit.service.commands.index.images import ImageFile, read_image
+from contrastkit.service.commands.index.options import settings_of
 
 if TYPE_CHECKING:
-    from service.index.backend import CollectionBackend, CollectionHandle
-    from service.settings import Settings
-    from training.encoders import Encoder
+    from contrastkit.service.index.backend import CollectionBackend, CollectionHandle
+    from contrastkit.service.settings import Settings
+    from contrastkit.training.encoders import Encoder
 
 
 def open_backend_here(settings: Settings, name: str, must_exist: bool) -> CollectionBackend:
@@ -22,8 +22,8 @@ def open_backend_here(settings: Settings, name: str, must_exist: bool) -> Collec
     `must_exist`, "collection_not_found" for a FAISS collection `name` that is missing,
     found out without opening (and so creating) the collections folder. An alias `name`
     is found in the opened folder: aliases are the backend's to read."""
-    from service.index.types import CollectionError
-    from service.state import open_collections
+    from contrastkit.service.index.types import CollectionError
+    from contrastkit.service.state import open_collections
 
     folder = Path(settings.collections_dir)
     missing = CollectionError("collection_not_found", f"no collection named {name!r} in {folder}")
@@ -42,8 +42,8 @@ class LocalTarget:
     """In-process: the encoder and the collection backend the settings name, here."""
 
     def __init__(self, args: argparse.Namespace, create: bool) -> None:
-        from service.index.types import CollectionError
-        from training.encoders import load_encoder
+        from contrastkit.service.index.types import CollectionError
+        from contrastkit.training.encoders import load_encoder
 
         settings = settings_of(args)
         self.max_pixels = settings.max_image_pixels

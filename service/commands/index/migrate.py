@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.commands.index.migration import (
+from contrastkit.service.commands.index.migration import (
     Hooks,
     Migration,
     missing_lines,
@@ -16,7 +16,7 @@ from service.commands.index.migration import (
     summary,
     write_report,
 )
-from service.commands.index.report import run_reported
+from contrastkit.service.commands.index.report import run_reported
 
 HELP = """\
 Rebuild collection NAME in MODEL's space, from each item's source (the file path
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     """0 switched; 3 built but not switched; 1 with a message on stderr on error."""
     url = _server(args)
     if url is not None:
-        from service.commands.index.migrate_remote import migrate_remote
+        from contrastkit.service.commands.index.migrate_remote import migrate_remote
 
         return run_reported("migrate", lambda a: migrate_remote(a, url), args)
     return run_reported("migrate", lambda a: migrate(a, hooks), args)
@@ -93,7 +93,7 @@ def _server(args: argparse.Namespace) -> str | None:
     """The server to ask, as `add` and `search` find one: --url; else, unless --local or
     an in-process flag (--collections-dir, --device, --pretrained), CONTRASTIVE_URL or a
     local server that answers; else None (in-process)."""
-    from service.commands.index.targets import env_server, running_server
+    from contrastkit.service.commands.index.targets import env_server, running_server
 
     if args.url:
         return str(args.url).rstrip("/")
@@ -102,10 +102,10 @@ def _server(args: argparse.Namespace) -> str | None:
 
 
 def migrate(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
-    from service.commands.index.options import settings_of
-    from service.commands.index.reembed import Reembedder
-    from service.state import open_collections
-    from training.encoders import load_encoder
+    from contrastkit.service.commands.index.options import settings_of
+    from contrastkit.service.commands.index.reembed import Reembedder
+    from contrastkit.service.state import open_collections
+    from contrastkit.training.encoders import load_encoder
 
     if args.batch < 1:
         raise ValueError("--batch must be at least 1")

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.client import ContrastiveClient
+    from contrastkit.service.client import ContrastiveClient
 
 POLL_S = 1.0
 ADMIN_KEY_ENV = "CONTRASTIVE_ADMIN_KEY"
@@ -24,7 +24,7 @@ LOAD_WAIT_S = 600  # a model load on the server, at most
 
 def migrate_remote(args: argparse.Namespace, url: str) -> int:
     """0 switched; 3 built but not switched (items missing); 1 failed or cancelled."""
-    from service.client import ContrastiveClient
+    from contrastkit.service.client import ContrastiveClient
 
     with ContrastiveClient(url, api_key=_admin_key(args)) as client:
         status = _start(client, args)
@@ -49,14 +49,14 @@ def _admin_key(args: argparse.Namespace) -> str | None:
         return str(args.admin_key)
     if os.environ.get(ADMIN_KEY_ENV):
         return os.environ[ADMIN_KEY_ENV]
-    from service.settings import Settings
+    from contrastkit.service.settings import Settings
 
     return next(iter(Settings().admin_access), None)
 
 
 def _start(client: ContrastiveClient, args: argparse.Namespace) -> dict[str, Any]:
     """Start the migration; a model the server does not serve is loaded there first."""
-    from service.client import ServiceError
+    from contrastkit.service.client import ServiceError
 
     start = dict(
         collection=args.collection, model=args.to_model, alias=args.alias,
@@ -91,7 +91,7 @@ def _follow(client: ContrastiveClient, name: str) -> dict[str, Any]:
 
 
 def _outcome(s: dict[str, Any]) -> int:
-    from service.commands.index.migration import Plan, missing_lines, summary
+    from contrastkit.service.commands.index.migration import Plan, missing_lines, summary
 
     for line in missing_lines(s["missing"], s["missing_count"]):
         print(line, file=sys.stderr)

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.commands.index.reembed import Missing, Reembedder
+from contrastkit.service.commands.index.reembed import Missing, Reembedder
 
 if TYPE_CHECKING:
-    from service.index.backend import CollectionBackend, CollectionHandle, Item
+    from contrastkit.service.index.backend import CollectionBackend, CollectionHandle, Item
 
 MAX_CATCH_UP = 5  # catch-up passes before giving up on a collection that never settles
 LAST_PASS = 0  # the pass number of the last pass, the one before the switch
@@ -73,7 +73,7 @@ def plan(
     store: CollectionBackend, name: str, alias: str | None, new: str | None, model_id: str
 ) -> Plan:
     """Check the names -> the Plan; CollectionError/ValueError with what to pass instead."""
-    from service.index.types import check_name
+    from contrastkit.service.index.types import check_name
 
     aliases = store.aliases()
     collections = {c.name for c in store.list()}
@@ -105,7 +105,7 @@ def plan(
 def check_spaces(store: CollectionBackend, p: Plan, model_id: str) -> None:
     """ValueError unless the old collection holds another model's vectors and the new one
     is missing or holds `model_id`'s (a stopped migration's, to resume)."""
-    from service.index.types import CollectionError
+    from contrastkit.service.index.types import CollectionError
 
     if store.get(p.old).model_id == model_id:
         raise ValueError(f"{p.old!r} already holds {model_id!r} embeddings")
@@ -122,7 +122,7 @@ def check_spaces(store: CollectionBackend, p: Plan, model_id: str) -> None:
 def open_new(store: CollectionBackend, p: Plan, model_id: str, dim: int) -> CollectionHandle:
     """The new collection (check_spaces first): created with the old one's index spec,
     or the one a stopped migration left, resumed."""
-    from service.index.types import CollectionError
+    from contrastkit.service.index.types import CollectionError
 
     try:
         col = store.get(p.new)
@@ -185,7 +185,7 @@ class Migration:
 
     def sync(self, new: CollectionHandle, pass_no: int) -> tuple[int, list[Missing]]:
         """One pass -> (items written or deleted in `new`, items that could not be embedded)."""
-        from service.index.backend import iter_items
+        from contrastkit.service.index.backend import iter_items
 
         have = {it.id: (it.source, it.metadata) for it in iter_items(new, vectors=False)}
         old = list(iter_items(self.store.get(self.plan.old), vectors=False))

@@ -10,7 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from contrastkit.service.settings import Settings
 
 OVERVIEW = """\
 `contrastive index`: fill a collection from folders of images, and search it by text.
@@ -130,6 +130,6 @@ def transfer_arguments(p: argparse.ArgumentParser) -> None:
 def settings_of(args: argparse.Namespace) -> Settings:
     """The service's Settings with the flags that name one of them (--model, --pretrained,
     --device, --collections-dir) over the environment, as `contrastive serve` reads them."""
-    from service.commands.serve import settings_from_args
+    from contrastkit.service.commands.serve import settings_from_args
 
     return settings_from_args(args)

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.commands.index.images import NotAnImageError, read_image
+from contrastkit.service.commands.index.images import NotAnImageError, read_image
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from service.index.backend import Item
-    from training.encoders import Encoder
+    from contrastkit.service.index.backend import Item
+    from contrastkit.training.encoders import Encoder
 
 # URIs that name something elsewhere: fetching is not this version's business.
 REMOTE_SCHEMES = ("http://", "https://", "s3://", "gs://")

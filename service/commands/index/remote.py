@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.commands.index.images import ImageFile, read_image
+from contrastkit.service.commands.index.images import ImageFile, read_image
 
 if TYPE_CHECKING:
-    from service.client import ContrastiveClient
+    from contrastkit.service.client import ContrastiveClient
 
 REQUEST_BYTES = 8 * 1024 * 1024  # raw image bytes per HTTP request (base64 adds a third)
 _SKIPPABLE = {"image_decode_failed", "image_too_large", "payload_too_large", "invalid_base64"}
@@ -23,8 +23,8 @@ class RemoteTarget:
     """Over HTTP: a running server embeds and stores."""
 
     def __init__(self, args: argparse.Namespace, create: bool, url: str) -> None:
-        from service.client import ContrastiveClient, ServiceError
-        from service.commands.index.options import settings_of
+        from contrastkit.service.client import ContrastiveClient, ServiceError
+        from contrastkit.service.commands.index.options import settings_of
 
         self.name = args.collection
         # the key this machine's server is configured with, when none is given
@@ -40,7 +40,7 @@ class RemoteTarget:
             self.client.create_collection(self.name)
 
     def _has(self, id_: str) -> bool:
-        from service.client import ServiceError
+        from contrastkit.service.client import ServiceError
 
         try:
             self.client.get_item(self.name, id_)
@@ -70,7 +70,7 @@ class RemoteTarget:
         return added + (self._send(group, warn) if group else 0)
 
     def _send(self, files: list[ImageFile], warn: Callable[[str], None]) -> int:
-        from service.client import ServiceError
+        from contrastkit.service.client import ServiceError
 
         try:
             return self.client.add(

@@ -1,13 +1,13 @@
 """`contrastive index repair NAME [--dir DIR]`: salvage a collection of the embedded store
-refused as corrupt (service.index.embedded.repair does the work and says what it does;
+refused as corrupt (contrastkit.service.index.embedded.repair does the work and says what it does;
 for a collection.json it cannot trust, what the files hold and how to restore it)."""
 
 from __future__ import annotations
 
 import argparse
 
-from service.commands.index.options import settings_of
-from service.commands.index.report import run_reported
+from contrastkit.service.commands.index.options import settings_of
+from contrastkit.service.commands.index.report import run_reported
 
 DESCRIPTION = (
     "Salvage a collection refused as corrupt: every readable record of its snapshots and "
@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
 def repair(args: argparse.Namespace) -> int:
     # repair works on the embedded store's own files, below the backend interface
-    from service.index.embedded.repair import run_repair
-    from service.index.factory import require_faiss
+    from contrastkit.service.index.embedded.repair import run_repair
+    from contrastkit.service.index.factory import require_faiss
 
     require_faiss()  # the repaired collection is opened to check it: say so before any work
     return run_repair(args.collection, settings_of(args).collections_dir)

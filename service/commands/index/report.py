@@ -19,9 +19,9 @@ def run_reported(
     """command(args), or the exit status of its error after a message on stderr."""
     import httpx
 
-    from service.client import ServiceError, ServiceUnreachableError
-    from service.index.transfer import TransferError
-    from service.index.types import CollectionError
+    from contrastkit.service.client import ServiceError, ServiceUnreachableError
+    from contrastkit.service.index.transfer import TransferError
+    from contrastkit.service.index.types import CollectionError
 
     status = 2 if name in ("export", "import") else 1
     try:
@@ -53,7 +53,7 @@ def _is_missing_capability(error: Exception) -> bool:
     for text, in this process). Over HTTP the encoders are never loaded, and importing
     them only to name their error would load torch: an error of a module this process
     never imported cannot have been raised."""
-    base = sys.modules.get("training.encoders.base")
+    base = sys.modules.get("contrastkit.training.encoders.base")
     return base is not None and isinstance(error, base.MissingCapabilityError)
 
 

@@ -7,9 +7,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from service.commands.index.options import connection_flags
-from service.commands.index.report import run_reported
-from service.commands.index.targets import open_target
+from contrastkit.service.commands.index.options import connection_flags
+from contrastkit.service.commands.index.report import run_reported
+from contrastkit.service.commands.index.targets import open_target
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

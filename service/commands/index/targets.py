@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.commands.index.images import ImageFile
-from service.commands.index.local import LocalTarget
-from service.commands.index.options import LOCAL_FLAGS
-from service.commands.index.remote import RemoteTarget
+from contrastkit.service.commands.index.images import ImageFile
+from contrastkit.service.commands.index.local import LocalTarget
+from contrastkit.service.commands.index.options import LOCAL_FLAGS
+from contrastkit.service.commands.index.remote import RemoteTarget
 
 URL_ENV = "CONTRASTIVE_URL"  # the --url of the environment
 PROBE_TIMEOUT_S = 0.5  # a local server answers /readyz in milliseconds; none: refused at once
@@ -93,7 +93,7 @@ def running_server() -> str | None:
 
 def local_server_url() -> str:
     """Where `contrastive serve` listens with these settings (env CONTRASTIVE_HOST/PORT)."""
-    from service.settings import Settings
+    from contrastkit.service.settings import Settings
 
     s = Settings()
     # a server bound to every address is reached on loopback

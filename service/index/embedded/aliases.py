@@ -1,4 +1,4 @@
-"""The embedded store's aliases (service.index.aliases): one small JSON file in the
+"""The embedded store's aliases (contrastkit.service.index.aliases): one small JSON file in the
 collections folder, `.aliases.json`, {"version": 1, "aliases": {alias: collection}}.
 
 Written whole on every change, atomically (a temp file fsynced, renamed over the old one,
@@ -14,8 +14,8 @@ import json
 import threading
 from pathlib import Path
 
-from service.index.fsutil import atomic_write
-from service.index.types import CollectionError
+from contrastkit.service.index.fsutil import atomic_write
+from contrastkit.service.index.types import CollectionError
 
 FILE = ".aliases.json"
 VERSION = 1

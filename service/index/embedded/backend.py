@@ -1,5 +1,5 @@
 """FaissBackend: the embedded store (store.CollectionStore) behind the CollectionBackend
-interface (service.index.backend).
+interface (contrastkit.service.index.backend).
 
 An adapter: CollectionStore and Collection are used as they are. What the interface asks
 and a Collection does not offer yet is built here on its state:
@@ -10,7 +10,7 @@ and a Collection does not offer yet is built here on its state:
 - delete by filter: the matching ids, deleted as one durable write;
 - scrolling: ids in sorted order, a cursor being the next id to return, so a scroll sees
   every id present throughout exactly once whatever is written meanwhile;
-- aliases: the folder's alias file (aliases.AliasFile), checked by service.index.aliases.
+- aliases: the folder's alias file (aliases.AliasFile), checked by contrastkit.service.index.aliases.
 
 The Collection's in-memory state is read in one place, `_State`, under the collection's
 own lock: when the store gains queries of its own, only `_State` changes.
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from service.index import aliases as rules
-from service.index.backend import (
+from contrastkit.service.index import aliases as rules
+from contrastkit.service.index.backend import (
     Batch,
     Item,
     Page,
@@ -40,12 +40,18 @@ from service.index.backend import (
     check_queries,
     require_conditions,
 )
-from service.index.embedded.aliases import AliasFile
-from service.index.embedded.collection import Collection
-from service.index.embedded.staging import staging_folder
-from service.index.embedded.store import CollectionStore
-from service.index.filters import Filter
-from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec, check_new
+from contrastkit.service.index.embedded.aliases import AliasFile
+from contrastkit.service.index.embedded.collection import Collection
+from contrastkit.service.index.embedded.staging import staging_folder
+from contrastkit.service.index.embedded.store import CollectionStore
+from contrastkit.service.index.filters import Filter
+from contrastkit.service.index.types import (
+    CollectionError,
+    CollectionInfo,
+    Hit,
+    IndexSpec,
+    check_new,
+)
 
 
 class _State:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.index.embedded.faiss_index import choose_kind
-from service.index.types import IndexSpec
+from contrastkit.service.index.embedded.faiss_index import choose_kind
+from contrastkit.service.index.types import IndexSpec
 
 BLOCK = 65_536  # rows per appended block (25 MB at 384 dims; pages are touched as filled)
 STEP = 65_536  # rows scored per matrix product: bounds the [q, STEP] score matrix

@@ -4,10 +4,10 @@ searchable.
 State lives in memory (dicts by id) and on disk as the latest snapshot plus the log of
 changes since it. Every change is appended to the log and fsynced before it is applied
 or acknowledged. The files, and how they are read back, are described in
-service.index.embedded.recovery; a collection whose files hold no complete state is refused
+contrastkit.service.index.embedded.recovery; a collection whose files hold no complete state is refused
 (CollectionError "collection_corrupt"), never served short. So is one whose collection.json
 (what the data is: its dimension, model and index) is missing, fails its checksum, or
-disagrees with the snapshot or the log (service.index.embedded.meta): refused before
+disagrees with the snapshot or the log (contrastkit.service.index.embedded.meta): refused before
 recovery writes anything.
 
 If the disk is full while recovery writes what it owes (cutting a torn log tail, writing
@@ -36,11 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.index.embedded.block_flat import BlockFlatIndex
-from service.index.embedded.faiss_index import COMPRESSED, VectorIndex, choose_kind, faiss_gpus
-from service.index.embedded.index_file import INDEX, SavedIndex, load_index, save_index
-from service.index.embedded.meta import CollectionMeta, read_meta, write_meta
-from service.index.embedded.recovery import (
+from contrastkit.service.index.embedded.block_flat import BlockFlatIndex
+from contrastkit.service.index.embedded.faiss_index import (
+    COMPRESSED,
+    VectorIndex,
+    choose_kind,
+    faiss_gpus,
+)
+from contrastkit.service.index.embedded.index_file import INDEX, SavedIndex, load_index, save_index
+from contrastkit.service.index.embedded.meta import CollectionMeta, read_meta, write_meta
+from contrastkit.service.index.embedded.recovery import (
     LOG,
     META,
     PREV_LOG,
@@ -52,9 +57,9 @@ from service.index.embedded.recovery import (
     RecoveryRefusedError,
     plan,
 )
-from service.index.embedded.snapshot import FileId, MappedFile, Snapshot, snapshot_parts
-from service.index.embedded.torch_flat import TorchFlatIndex
-from service.index.embedded.wal import (
+from contrastkit.service.index.embedded.snapshot import FileId, MappedFile, Snapshot, snapshot_parts
+from contrastkit.service.index.embedded.torch_flat import TorchFlatIndex
+from contrastkit.service.index.embedded.wal import (
     DELETE,
     UPSERT,
     Record,
@@ -62,15 +67,15 @@ from service.index.embedded.wal import (
     WriteAheadLog,
     cut_torn_tail,
 )
-from service.index.filters import Filter
-from service.index.fsutil import (
+from contrastkit.service.index.filters import Filter
+from contrastkit.service.index.fsutil import (
     fsync_dir,
     is_disk_full,
     storage_error,
     unused_path,
     write_parts,
 )
-from service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
+from contrastkit.service.index.types import CollectionError, CollectionInfo, Hit, IndexSpec
 
 __all__ = ["LOG", "META", "PREV_LOG", "PREV_SNAP", "SNAP", "Collection"]
 

@@ -16,7 +16,7 @@ import math
 import faiss
 import numpy as np
 
-from service.index.types import IndexSpec
+from contrastkit.service.index.types import IndexSpec
 
 MIN_TRAIN_PER_LIST = 39  # FAISS warns below 39 training points per IVF list
 PQ_MIN_TRAIN = 39 * 256  # the same for the 256 centroids of each PQ sub-quantiser

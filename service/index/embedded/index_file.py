@@ -38,11 +38,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from service.index.embedded.faiss_index import INVERTED, VectorIndex
-from service.index.embedded.recovery import SNAP
-from service.index.embedded.snapshot import snapshot_digest
-from service.index.fsutil import fsync_dir, storage_error, unused_path
-from service.index.types import IndexSpec
+from contrastkit.service.index.embedded.faiss_index import INVERTED, VectorIndex
+from contrastkit.service.index.embedded.recovery import SNAP
+from contrastkit.service.index.embedded.snapshot import snapshot_digest
+from contrastkit.service.index.fsutil import fsync_dir, storage_error, unused_path
+from contrastkit.service.index.types import IndexSpec
 
 INDEX = "index.faiss"
 MAGIC = b"CTRIDX1\n"

@@ -33,10 +33,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from service.index.embedded.recovery import DATA_FILES, META, MetaError
-from service.index.embedded.staging import PREFIX as STAGING_PREFIX
-from service.index.fsutil import atomic_write
-from service.index.types import INDEX_KINDS, CollectionError, IndexSpec, check_new
+from contrastkit.service.index.embedded.recovery import DATA_FILES, META, MetaError
+from contrastkit.service.index.embedded.staging import PREFIX as STAGING_PREFIX
+from contrastkit.service.index.fsutil import atomic_write
+from contrastkit.service.index.types import INDEX_KINDS, CollectionError, IndexSpec, check_new
 
 FORMAT_VERSION = 2  # sealed by "sha256"
 UNSEALED_VERSION = 1  # written before the checksum: accepted, checked against the data

@@ -3,7 +3,7 @@
 Files in a collection's folder:
 
     collection.json        name, model_id, dim, index spec, created_at; sealed by a
-                           checksum of its own (service.index.embedded.meta)
+                           checksum of its own (contrastkit.service.index.embedded.meta)
     snapshot.bin           state up to log sequence S (checksummed, atomic)
     snapshot.prev.bin      the snapshot before it, kept for recovery
     log.prev.wal           records between the two snapshots
@@ -16,7 +16,7 @@ snapshot.bin, then snapshot.prev.bin, then an empty start, and refuses
 (`RecoveryRefusedError`) when none is complete. So a corrupt or stale snapshot.bin (one that
 the logs have outrun) is rebuilt from the previous snapshot and the logs, or refused;
 never served short. A corrupt log.wal (damage that valid records follow, see
-service.index.embedded.wal) is refused outright: nothing is cut, the files stay as they are.
+contrastkit.service.index.embedded.wal) is refused outright: nothing is cut, the files stay as they are.
 
 A snapshot whose checksum holds but whose dimension is not collection.json's refuses the
 collection at once (`MetaError`), rather than being passed over as damaged: the file is
@@ -30,13 +30,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.index.embedded.snapshot import (
+from contrastkit.service.index.embedded.snapshot import (
     CorruptSnapshotError,
     Snapshot,
     SnapshotDimError,
     read_snapshot,
 )
-from service.index.embedded.wal import Entry, LogScan, scan_log
+from contrastkit.service.index.embedded.wal import Entry, LogScan, scan_log
 
 META, SNAP, PREV_SNAP, LOG, PREV_LOG = (
     "collection.json",

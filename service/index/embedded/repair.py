@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from service.index.embedded.meta import (
+from contrastkit.service.index.embedded.meta import (
     CHECKSUM,
     UNSEALED_VERSION,
     CollectionMeta,
@@ -42,7 +42,7 @@ from service.index.embedded.meta import (
     read_meta,
     write_meta,
 )
-from service.index.embedded.recovery import (
+from contrastkit.service.index.embedded.recovery import (
     LOG,
     META,
     PREV_LOG,
@@ -54,7 +54,7 @@ from service.index.embedded.recovery import (
     holds_collection,
     plan,
 )
-from service.index.embedded.snapshot import (
+from contrastkit.service.index.embedded.snapshot import (
     CorruptSnapshotError,
     Snapshot,
     SnapshotDimError,
@@ -62,7 +62,7 @@ from service.index.embedded.snapshot import (
     read_header,
     read_snapshot,
 )
-from service.index.embedded.wal import (
+from contrastkit.service.index.embedded.wal import (
     UPSERT,
     Entry,
     LogScan,
@@ -70,8 +70,8 @@ from service.index.embedded.wal import (
     scan_log,
     vector_width,
 )
-from service.index.fsutil import fsync_dir, unused_path, write_file
-from service.index.types import CollectionError, check_name
+from contrastkit.service.index.fsutil import fsync_dir, unused_path, write_file
+from contrastkit.service.index.types import CollectionError, check_name
 
 Say = Callable[[str], None]
 EXIT_OK, EXIT_ERROR, EXIT_LOCKED = 0, 1, 2
@@ -349,7 +349,9 @@ def explain_meta(folder: Path, e: MetaError) -> str:
 
 
 def _verify(folder: Path, count: int) -> None:
-    from service.index.embedded.collection import Collection  # faiss and torch: only once needed
+    from contrastkit.service.index.embedded.collection import (
+        Collection,  # faiss and torch: only once needed
+    )
 
     col = Collection(folder)
     try:
@@ -365,7 +367,7 @@ def _verify(folder: Path, count: int) -> None:
 
 def run_repair(name: str, collections_dir: str) -> int:
     """`contrastive index repair NAME [--dir DIR]` -> exit status (2: a server holds it)."""
-    from service.index.embedded.folder_lock import StoreLockedError, lock_folder
+    from contrastkit.service.index.embedded.folder_lock import StoreLockedError, lock_folder
 
     root = Path(collections_dir)
     prefix = "contrastive index repair"

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.index.fsutil import atomic_write
+from contrastkit.service.index.fsutil import atomic_write
 
 MAGIC = b"CSNAP1"
 CHUNK = 64 << 20  # bytes of vectors per write call and per hash update

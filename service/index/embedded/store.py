@@ -8,14 +8,20 @@ import threading
 import uuid
 from pathlib import Path
 
-from service.domain_errors import ErrorCode
-from service.index.embedded.collection import Collection
-from service.index.embedded.folder_lock import StoreLockedError as StoreLockedError
-from service.index.embedded.folder_lock import lock_folder
-from service.index.embedded.recovery import holds_collection
-from service.index.embedded.staging import remove_remnants
-from service.index.fsutil import fsync_dir, storage_error
-from service.index.types import CollectionError, CollectionInfo, IndexSpec, check_name, check_new
+from contrastkit.service.domain_errors import ErrorCode
+from contrastkit.service.index.embedded.collection import Collection
+from contrastkit.service.index.embedded.folder_lock import StoreLockedError as StoreLockedError
+from contrastkit.service.index.embedded.folder_lock import lock_folder
+from contrastkit.service.index.embedded.recovery import holds_collection
+from contrastkit.service.index.embedded.staging import remove_remnants
+from contrastkit.service.index.fsutil import fsync_dir, storage_error
+from contrastkit.service.index.types import (
+    CollectionError,
+    CollectionInfo,
+    IndexSpec,
+    check_name,
+    check_new,
+)
 
 log = logging.getLogger("contrastive.index")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from service.index.types import IndexSpec
+from contrastkit.service.index.types import IndexSpec
 
 
 class TorchFlatIndex:

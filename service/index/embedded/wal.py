@@ -3,7 +3,7 @@
 Each record: [u32 payload length][u32 crc32 of payload][payload]. A payload is
 [u8 op][u64 seq][u32 header length][header JSON][float32 vectors]; the header JSON always
 begins with `{"ids": ` (SIGNATURE), which lets a scan find the records after a damaged one.
-The header of an upsert whose items carry sources (service.index.items) also holds
+The header of an upsert whose items carry sources (contrastkit.service.index.items) also holds
 "sources", one per id (null: none); a header without it (every log written before there
 were sources, and every upsert without any) has none, so old logs replay as they did.
 Records carry consecutive sequence numbers. A write is acknowledged only after write +
@@ -37,8 +37,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from service.index.fsutil import atomic_write, storage_error, unused_path
-from service.index.types import CollectionError
+from contrastkit.service.index.fsutil import atomic_write, storage_error, unused_path
+from contrastkit.service.index.types import CollectionError
 
 UPSERT, DELETE = 1, 2
 _REC = struct.Struct("<II")

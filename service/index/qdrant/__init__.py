@@ -1,6 +1,6 @@
-"""Collections in Qdrant, behind the CollectionBackend interface (service.index.backend).
+"""Collections in Qdrant, behind the CollectionBackend interface (contrastkit.service.index.backend).
 
-Only the backend factory (service.index.factory) imports this package: QdrantConfig
+Only the backend factory (contrastkit.service.index.factory) imports this package: QdrantConfig
 (connection.py, which needs no qdrant-client) as it loads, the rest, and qdrant-client, only
 when a Qdrant backend is opened.
 
@@ -24,7 +24,7 @@ How collections map onto Qdrant (prefix "contrastive" by default):
   "_keys": [METADATA's keys]}: user keys live under "meta", so none can collide with ours;
 - a filter becomes a Qdrant filter on "meta.FIELD" ("$exists" tests "_keys", which is
   exact where Qdrant's is-empty test would also count null and []). Qdrant matches an
-  array by any element and service.index.filters never does, so what comes back is
+  array by any element and contrastkit.service.index.filters never does, so what comes back is
   checked once more with `Filter.matches`, fetching more until k hits pass. Payload
   indexes are created for the fields filtered on (keyword, float or bool, from the value).
 

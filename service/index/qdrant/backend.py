@@ -1,9 +1,9 @@
 """All collections under one prefix of one Qdrant, behind the CollectionBackend interface
-(service.index.backend); Qdrant's and httpx's errors become CollectionErrors here.
+(contrastkit.service.index.backend); Qdrant's and httpx's errors become CollectionErrors here.
 
 Aliases are Qdrant's own (qname(alias) -> qname(collection)): one update_collection_aliases
 request deletes the old one and creates the new one, which Qdrant applies atomically.
-service.index.aliases checks each change first, as the embedded store does; a Qdrant alias
+contrastkit.service.index.aliases checks each change first, as the embedded store does; a Qdrant alias
 outside this prefix is not ours and is neither listed nor touched."""
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from service.index import aliases as rules
-from service.index.backend import Batch
-from service.index.filters import Filter
-from service.index.qdrant.collection import QdrantCollection
-from service.index.qdrant.connection import QdrantConfig
-from service.index.qdrant.filters import index_schemas
-from service.index.qdrant.points import point_id, scroll_all
-from service.index.qdrant.sidecar import CollectionConfig
-from service.index.types import (
+from contrastkit.service.index import aliases as rules
+from contrastkit.service.index.backend import Batch
+from contrastkit.service.index.filters import Filter
+from contrastkit.service.index.qdrant.collection import QdrantCollection
+from contrastkit.service.index.qdrant.connection import QdrantConfig
+from contrastkit.service.index.qdrant.filters import index_schemas
+from contrastkit.service.index.qdrant.points import point_id, scroll_all
+from contrastkit.service.index.qdrant.sidecar import CollectionConfig
+from contrastkit.service.index.types import (
     CollectionError,
     CollectionInfo,
     IndexSpec,

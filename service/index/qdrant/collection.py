@@ -1,4 +1,4 @@
-"""One Qdrant collection behind the CollectionHandle interface (service.index.backend)."""
+"""One Qdrant collection behind the CollectionHandle interface (contrastkit.service.index.backend)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from service.index.backend import (
+from contrastkit.service.index.backend import (
     Item,
     Page,
     Sources,
@@ -22,13 +22,19 @@ from service.index.backend import (
     last_occurrences,
     require_conditions,
 )
-from service.index.qdrant.filters import can_match, to_qdrant
-from service.index.qdrant.points import PAGE, item_of, point_id, point_payload, scroll_all
-from service.index.qdrant.sidecar import CollectionConfig
-from service.index.types import CollectionError, CollectionInfo, Hit
+from contrastkit.service.index.qdrant.filters import can_match, to_qdrant
+from contrastkit.service.index.qdrant.points import (
+    PAGE,
+    item_of,
+    point_id,
+    point_payload,
+    scroll_all,
+)
+from contrastkit.service.index.qdrant.sidecar import CollectionConfig
+from contrastkit.service.index.types import CollectionError, CollectionInfo, Hit
 
 if TYPE_CHECKING:
-    from service.index.qdrant.backend import QdrantBackend
+    from contrastkit.service.index.qdrant.backend import QdrantBackend
 
 T = TypeVar("T")
 

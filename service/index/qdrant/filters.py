@@ -1,4 +1,4 @@
-"""Our filter language (service.index.filters) as Qdrant filters, and the payload indexes
+"""Our filter language (contrastkit.service.index.filters) as Qdrant filters, and the payload indexes
 they need. A Qdrant filter may pass more than ours (Qdrant matches an array by any element):
 the collection checks what comes back with `Filter.matches`."""
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from qdrant_client import models
 
-from service.index.filters import Condition, Filter, is_number
-from service.index.qdrant.points import KEYS_KEY, META_KEY
+from contrastkit.service.index.filters import Condition, Filter, is_number
+from contrastkit.service.index.qdrant.points import KEYS_KEY, META_KEY
 
 PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")  # payload keys Qdrant's path syntax takes unquoted
 
@@ -55,7 +55,7 @@ def _value_condition(path: str, c: Condition) -> models.Condition:
 
 def _equals(path: str, value: Any) -> models.FieldCondition:
     # Qdrant's exact match takes no floats and never equates 2 with 2.0; a closed range
-    # does, as service.index.filters does
+    # does, as contrastkit.service.index.filters does
     if is_number(value):
         return models.FieldCondition(key=path, range=models.Range(gte=value, lte=value))
     return models.FieldCondition(key=path, match=models.MatchValue(value=value))

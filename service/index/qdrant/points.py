@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from service.index.backend import Item
+from contrastkit.service.index.backend import Item
 
 ID_NAMESPACE = uuid.UUID("7d1f5a3e-3c49-5f0b-9a64-5b0c2f6a8e11")  # never change: maps stored ids
 ID_KEY, META_KEY, KEYS_KEY = "_id", "meta", "_keys"

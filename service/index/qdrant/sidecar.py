@@ -8,7 +8,7 @@ from typing import Any
 
 from qdrant_client import models
 
-from service.index.types import IndexSpec
+from contrastkit.service.index.types import IndexSpec
 
 FORMAT_VERSION = 1
 

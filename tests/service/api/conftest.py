@@ -9,8 +9,8 @@ import pytest
 import skimage.data
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.helpers import image_bytes, wait_ready
 
 

@@ -21,13 +21,13 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.middleware import ApiKeyMiddleware
-from service.runtime.batcher import Batcher
-from service.settings import Settings
-from service.state import ServiceState
+from contrastkit.service.app import create_app
+from contrastkit.service.middleware import ApiKeyMiddleware
+from contrastkit.service.runtime.batcher import Batcher
+from contrastkit.service.settings import Settings
+from contrastkit.service.state import ServiceState
+from contrastkit.training.encoders import check_reference
 from tests.helpers import FakeEncoder, image_bytes, unit_rows, wait_ready, wait_until
-from training.encoders import check_reference
 
 BOSS = {"Authorization": "Bearer boss"}  # the admin key
 USER = {"Authorization": "Bearer user"}  # an API key
@@ -91,8 +91,8 @@ def _check(ref: str, device: str | None = None) -> None:
 @pytest.fixture
 def loader(monkeypatch: pytest.MonkeyPatch) -> Loader:
     stand_in = Loader()
-    monkeypatch.setattr("service.runtime.served.load_encoder", stand_in)
-    monkeypatch.setattr("service.runtime.lifecycle.check_reference", _check)
+    monkeypatch.setattr("contrastkit.service.runtime.served.load_encoder", stand_in)
+    monkeypatch.setattr("contrastkit.service.runtime.lifecycle.check_reference", _check)
     return stand_in
 
 
@@ -664,7 +664,7 @@ def test_an_unload_while_a_requests_images_decode_answers_it_on_the_model(
 ) -> None:
     """The request has the model and its images are in the decode pool (admitted to the
     batcher, not yet queued) when the model is unloaded: it is still answered by it."""
-    import service.runtime.embedding as embedding
+    import contrastkit.service.runtime.embedding as embedding
 
     decoding, resume = threading.Event(), threading.Event()
     real = embedding.decode_image

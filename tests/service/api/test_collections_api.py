@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, image_bytes, wait_ready
 
 Make = Callable[..., TestClient]

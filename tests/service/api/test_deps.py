@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from starlette.requests import Request
 
-from service.api.deps import watch_disconnect
-from service.api.routes import classify, collections, embed, openai
-from service.app import create_app
-from service.runtime.disconnect import ClientGoneError, while_client_waits
-from service.settings import Settings
+from contrastkit.service.api.deps import watch_disconnect
+from contrastkit.service.api.routes import classify, collections, embed, openai
+from contrastkit.service.app import create_app
+from contrastkit.service.runtime.disconnect import ClientGoneError, while_client_waits
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, image_bytes, wait_until
 
 Factory = Callable[..., TestClient]
@@ -130,7 +130,7 @@ def test_a_failed_load_is_the_reason_every_model_route_gives(
     def fails(*_: object) -> FakeEncoder:
         raise OSError("no weights")
 
-    monkeypatch.setattr("service.runtime.served.load_encoder", fails)
+    monkeypatch.setattr("contrastkit.service.runtime.served.load_encoder", fails)
     with TestClient(create_app(Settings(model=REF))) as client:
         wait_until(lambda: client.get("/readyz").json()["status"] != "loading", 120, "the load")
         assert client.get("/readyz").json()["reason"] == "OSError: no weights"

@@ -14,7 +14,7 @@ import skimage.data
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.settings import Settings
+from contrastkit.service.settings import Settings
 from tests.helpers import image_bytes
 
 C = "/v1/collections"

@@ -22,12 +22,12 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import EpsImagePlugin, Image
 
-from service.runtime.device_decode import DevicePixels, as_jpeg_item, wants_device
-from service.runtime.images import ImageError, decode_image
-from service.settings import Settings
+from contrastkit.service.runtime.device_decode import DevicePixels, as_jpeg_item, wants_device
+from contrastkit.service.runtime.images import ImageError, decode_image
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders.base import Preprocess
+from contrastkit.training.encoders.preprocess import to_pixels
 from tests.helpers import FakeEncoder, image_bytes
-from training.encoders.base import Preprocess
-from training.encoders.preprocess import to_pixels
 
 MakeClient = Callable[..., TestClient]
 CAT = Image.fromarray(skimage.data.chelsea())

@@ -1,5 +1,5 @@
 """The embedding routes with a declared body read it with orjson (the image and collection
-routes read theirs with service.api.payload.read_json, orjson too), and answer what orjson refuses
+routes read theirs with contrastkit.service.api.payload.read_json, orjson too), and answer what orjson refuses
 or would round exactly as the standard library's reading did."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.json_route import OrjsonRequest
+from contrastkit.service.api.json_route import OrjsonRequest
 
 
 def _read(body: bytes) -> Any:

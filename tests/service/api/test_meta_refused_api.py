@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, fill_collections, unit_rows, wait_ready
 
 C = "/v1/collections"

@@ -20,15 +20,15 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
 
-from service.app import create_app
-from service.commands.index.images import read_image
-from service.commands.index.reembed import Reembedder
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.commands.index.images import read_image
+from contrastkit.service.commands.index.reembed import Reembedder
+from contrastkit.service.settings import Settings
+from contrastkit.training.encoders import load_encoder
 from tests.helpers import (
     wait_ready,
     wait_until,
 )
-from training.encoders import load_encoder
 
 BOSS = {"Authorization": "Bearer boss"}
 M, C = "/v1/admin/migrations", "/v1/collections"

@@ -105,7 +105,7 @@ def test_bad_image_inputs_are_4xx(
 
 
 def test_too_many_images_is_refused_before_decoding(fake_app_factory: Make) -> None:
-    from service.settings import Settings
+    from contrastkit.service.settings import Settings
 
     client = fake_app_factory(Settings(max_images=2))
     inputs = [_data_url(_png(i)) for i in range(3)]

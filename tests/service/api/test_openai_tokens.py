@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api import token_ids
-from service.api.token_ids import decode, utf8_text
-from service.domain_errors import RequestError
-from service.settings import Settings
+from contrastkit.service.api import token_ids
+from contrastkit.service.api.token_ids import decode, utf8_text
+from contrastkit.service.domain_errors import RequestError
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder
 
 Make = Callable[..., TestClient]

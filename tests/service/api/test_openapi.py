@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.settings import Settings
+from contrastkit.service.settings import Settings
 
 Factory = Callable[..., TestClient]
 

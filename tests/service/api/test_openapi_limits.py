@@ -21,15 +21,15 @@ from fastapi.testclient import TestClient
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
 
-from service.api import openapi_docs, openapi_rules
-from service.api.openapi_rules import ModelSpace
-from service.app import create_app
-from service.domain_errors import DomainError
-from service.index.filters import OPERATORS, parse_filter
-from service.index.types import MAX_ID_CHARS, check_name
-from service.runtime.images import ImageError, decode_base64_image
-from service.schemas.collections import IndexSpecModel, ItemIn, Query
-from service.settings import Settings
+from contrastkit.service.api import openapi_docs, openapi_rules
+from contrastkit.service.api.openapi_rules import ModelSpace
+from contrastkit.service.app import create_app
+from contrastkit.service.domain_errors import DomainError
+from contrastkit.service.index.filters import OPERATORS, parse_filter
+from contrastkit.service.index.types import MAX_ID_CHARS, check_name
+from contrastkit.service.runtime.images import ImageError, decode_base64_image
+from contrastkit.service.schemas.collections import IndexSpecModel, ItemIn, Query
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder
 
 Factory = Callable[..., TestClient]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.settings import Settings
+from contrastkit.service.settings import Settings
 
 Factory = Callable[..., TestClient]
 WHY = "corrupt: snapshot.bin (mapped since the open) changed under the server"

@@ -27,8 +27,8 @@ import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder
 
 pytestmark = pytest.mark.slow
@@ -186,7 +186,7 @@ def _load_nothing(ref: str, *_: object) -> object:
 @pytest.fixture(scope="module")
 def admin_url() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("service.runtime.served.load_encoder", _load_nothing)
+        patch.setattr("contrastkit.service.runtime.served.load_encoder", _load_nothing)
         server, base = _serve(ADMIN_APP)
         yield base
         server.should_exit = True

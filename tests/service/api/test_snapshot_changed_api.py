@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, fill_collections, wait_ready
 
 C = "/v1/collections"
@@ -26,8 +26,8 @@ ROWS = 600  # 8-d rows: a snapshot of ~30 KB, its rows past the first 4096 bytes
 CHILD = """
 import json, os, sys
 from fastapi.testclient import TestClient
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, wait_ready
 
 snap = sys.argv[1]

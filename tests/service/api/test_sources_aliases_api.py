@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from service.app import create_app
-from service.index.items import MAX_SOURCE_BYTES
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.index.items import MAX_SOURCE_BYTES
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, wait_ready
 
 Make = Callable[..., TestClient]

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from service.api.routes import web
-from service.settings import Settings
+from contrastkit.service.api.routes import web
+from contrastkit.service.settings import Settings
 
 Make = Callable[..., TestClient]
 WEB_DIR = Path(web.__file__).resolve().parents[2] / "web"

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("qdrant_client")
 
-from service.bench.backends import bench_backends
+from contrastkit.service.bench.backends import bench_backends
 
 
 def test_bench_backends_reports_times_recall_and_ratios() -> None:

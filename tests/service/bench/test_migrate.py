@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import main
+from contrastkit.service.cli import main
 from tests.helpers import old_and_new_exports
 
 

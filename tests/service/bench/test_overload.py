@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from service.bench.openloop import Outcome, arrivals, offer
-from service.bench.overload import metric_sum_count, percentile, summarize
-from service.cli import main
+from contrastkit.service.bench.openloop import Outcome, arrivals, offer
+from contrastkit.service.bench.overload import metric_sum_count, percentile, summarize
+from contrastkit.service.cli import main
 from tests.helpers import write_tiny_clip_export
 
 

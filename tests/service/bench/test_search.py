@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bench import search as bench_search
+from contrastkit.service.bench import search as bench_search
 
 
 @pytest.mark.slow

@@ -15,11 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.cli import build_parser, main
-from service.commands.embed.command import embed
-from service.commands.embed.parquet import read_parts
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.cli import build_parser, main
+from contrastkit.service.commands.embed.command import embed
+from contrastkit.service.commands.embed.parquet import read_parts
+from contrastkit.service.settings import Settings
 from tests.helpers import wait_ready, write_tiny_clip_export
 
 pa = pytest.importorskip("pyarrow")
@@ -255,7 +255,7 @@ def test_a_jpeg_that_no_decoder_reads_is_skipped_on_the_device_path(
 def test_also_into_a_collection(export: Path, photos: Path, tmp_path: Path) -> None:
     """--collection: each part's rows are upserted in-process (the machinery of `index
     add`) with the vectors written to the parquet parts, and the source as `path`."""
-    from service.index.factory import open_backend
+    from contrastkit.service.index.factory import open_backend
 
     out, cols = tmp_path / "out", tmp_path / "collections"
     argv = [str(photos), "--out", str(out), "--collection", "photos"]
@@ -289,9 +289,9 @@ def test_ray_actors_decode_on_the_device_as_one_machine_does(
     gives the one-machine job's vectors with it on, and the same skips."""
     import pyarrow as pa
 
-    from service.commands.embed.ray_encoder import EncodeBatch, item_columns
-    from service.commands.embed.sources import list_input
-    from training.encoders import load_encoder
+    from contrastkit.service.commands.embed.ray_encoder import EncodeBatch, item_columns
+    from contrastkit.service.commands.embed.sources import list_input
+    from contrastkit.training.encoders import load_encoder
 
     (photos / "broken.jpg").write_bytes(
         (photos / "nested" / "img1.jpg").read_bytes()[:200] + bytes(512) + b"\xff\xd9"

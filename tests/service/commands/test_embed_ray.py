@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import main
-from service.commands.embed.parquet import read_parts
+from contrastkit.service.cli import main
+from contrastkit.service.commands.embed.parquet import read_parts
 from tests.helpers import write_tiny_clip_export
 
 pytestmark = pytest.mark.slow  # two Ray runs of two actors each: 40-60 s on 2 busy cores

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from service.cli import build_parser, main
-from service.commands.serve import settings_from_args
+from contrastkit.service.cli import build_parser, main
+from contrastkit.service.commands.serve import settings_from_args
 
 
 def test_tracing_without_the_extra_fails_fast_naming_it(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.index.embedded.backend import FaissBackend
+from contrastkit.service.index.embedded.backend import FaissBackend
 
 
 @pytest.fixture
@@ -23,8 +23,8 @@ def faiss_backend(tmp_path: Path) -> Iterator[FaissBackend]:
 def qdrant_backend(tmp_path: Path) -> Iterator[Any]:
     """A QdrantBackend in tmp_path/qdrant (the test is skipped without qdrant-client)."""
     pytest.importorskip("qdrant_client")
-    from service.index.qdrant.backend import QdrantBackend
-    from service.index.qdrant.connection import QdrantConfig
+    from contrastkit.service.index.qdrant.backend import QdrantBackend
+    from contrastkit.service.index.qdrant.connection import QdrantConfig
 
     b = QdrantBackend(QdrantConfig(path=tmp_path / "qdrant"))
     yield b

@@ -13,20 +13,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.index.backend import (
+from contrastkit.service.index.backend import (
     CollectionBackend,
     CollectionHandle,
     copy_collection,
     iter_items,
 )
-from service.index.embedded import collection
-from service.index.embedded.backend import FaissBackend
-from service.index.filters import parse_filter
-from service.index.types import CollectionError, Hit, IndexSpec
+from contrastkit.service.index.embedded import collection
+from contrastkit.service.index.embedded.backend import FaissBackend
+from contrastkit.service.index.filters import parse_filter
+from contrastkit.service.index.types import CollectionError, Hit, IndexSpec
 
 pytest.importorskip("qdrant_client")
-from service.index.qdrant.backend import QdrantBackend
-from service.index.qdrant.connection import QdrantConfig
+from contrastkit.service.index.qdrant.backend import QdrantBackend
+from contrastkit.service.index.qdrant.connection import QdrantConfig
 from tests.helpers import unit_rows
 
 DIM = 16

@@ -1,4 +1,4 @@
-"""service.index.duplicates on every backend: the same groups as a brute-force comparison,
+"""contrastkit.service.index.duplicates on every backend: the same groups as a brute-force comparison,
 exactly (flat) and through each engine's own nearest-neighbour search (HNSW, Qdrant)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.index import duplicates
-from service.index.backend import CollectionBackend
-from service.index.duplicates import DuplicateQuery, find_duplicates
-from service.index.filters import parse_filter
-from service.index.types import CollectionError, IndexSpec
+from contrastkit.service.index import duplicates
+from contrastkit.service.index.backend import CollectionBackend
+from contrastkit.service.index.duplicates import DuplicateQuery, find_duplicates
+from contrastkit.service.index.filters import parse_filter
+from contrastkit.service.index.types import CollectionError, IndexSpec
 
 DIM = 32
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from service.index.filters import Condition, Filter, parse_filter
-from service.index.types import CollectionError
+from contrastkit.service.index.filters import Condition, Filter, parse_filter
+from contrastkit.service.index.types import CollectionError
 
 ITEMS: list[dict[str, Any]] = [
     {"label": "cat", "year": 2001, "ok": True},

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from service.api.writes import GatedWrite
-from service.index.gate import WriteGate
-from service.index.types import CollectionError
+from contrastkit.service.api.writes import GatedWrite
+from contrastkit.service.index.gate import WriteGate
+from contrastkit.service.index.types import CollectionError
 from tests.helpers import wait_until
 
 

@@ -1,5 +1,5 @@
 """Item sources and collection aliases on every backend: the embedded store and Qdrant's
-local mode (the rules: service.index.items, service.index.aliases); and what the embedded
+local mode (the rules: contrastkit.service.index.items, contrastkit.service.index.aliases); and what the embedded
 store keeps of both across a restart and a crash."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index.backend import CollectionBackend, iter_items
-from service.index.embedded.aliases import FILE
-from service.index.embedded.backend import FaissBackend
-from service.index.embedded.wal import Record
-from service.index.items import MAX_SOURCE_BYTES
-from service.index.types import CollectionError, IndexSpec
+from contrastkit.service.index.backend import CollectionBackend, iter_items
+from contrastkit.service.index.embedded.aliases import FILE
+from contrastkit.service.index.embedded.backend import FaissBackend
+from contrastkit.service.index.embedded.wal import Record
+from contrastkit.service.index.items import MAX_SOURCE_BYTES
+from contrastkit.service.index.types import CollectionError, IndexSpec
 
 DIM = 8
 FLAT = IndexSpec(kind="flat")
@@ -38,8 +38,8 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Maker]:
             b: CollectionBackend = FaissBackend.open(tmp_path / "faiss", device="cpu")
         else:
             pytest.importorskip("qdrant_client")
-            from service.index.qdrant.backend import QdrantBackend
-            from service.index.qdrant.connection import QdrantConfig
+            from contrastkit.service.index.qdrant.backend import QdrantBackend
+            from contrastkit.service.index.qdrant.connection import QdrantConfig
 
             b = QdrantBackend(QdrantConfig(path=tmp_path / "qdrant"))
         opened.append(b)

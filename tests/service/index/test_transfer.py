@@ -1,4 +1,4 @@
-"""`service.index.transfer`: a collection to a JSON Lines file and back, on FAISS and on
+"""`contrastkit.service.index.transfer`: a collection to a JSON Lines file and back, on FAISS and on
 Qdrant's local mode, and the `contrastive index export|import` commands over it."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.index.backend import CollectionBackend, iter_items
-from service.index.embedded.backend import FaissBackend
-from service.index.transfer import (
+from contrastkit.service.cli import main
+from contrastkit.service.index.backend import CollectionBackend, iter_items
+from contrastkit.service.index.embedded.backend import FaissBackend
+from contrastkit.service.index.transfer import (
     FORMAT,
     TransferError,
     decode_vector,
@@ -23,12 +23,12 @@ from service.index.transfer import (
     import_collection,
     read_file_header,
 )
-from service.index.types import CollectionError, IndexSpec
+from contrastkit.service.index.types import CollectionError, IndexSpec
 from tests.helpers import free_port, unit_rows
 
 pytest.importorskip("qdrant_client")
-from service.index.qdrant.backend import QdrantBackend
-from service.index.qdrant.connection import QdrantConfig
+from contrastkit.service.index.qdrant.backend import QdrantBackend
+from contrastkit.service.index.qdrant.connection import QdrantConfig
 
 DIM = 16
 SPEC = IndexSpec(kind="hnsw", m=12, ef_construction=40, ef_search=64)

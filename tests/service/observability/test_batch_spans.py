@@ -1,4 +1,4 @@
-"""The batcher's spans (service.observability.batch_spans) where batches mix requests: a
+"""The batcher's spans (contrastkit.service.observability.batch_spans) where batches mix requests: a
 batch links to every request it serves, a request's queue wait to every batch its items
 went into, and the model's call is a child of its batch."""
 
@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from service.observability.tracing import Tracing
-from service.runtime.batcher import Batcher
+from contrastkit.service.observability.tracing import Tracing
+from contrastkit.service.runtime.batcher import Batcher
 from tests.helpers import item_rows
 from tests.service.observability.conftest import Spans
 

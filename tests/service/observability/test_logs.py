@@ -1,4 +1,4 @@
-"""Log formats (service.observability.logs): `json` writes one JSON object a line with the
+"""Log formats (contrastkit.service.observability.logs): `json` writes one JSON object a line with the
 request id, also for uvicorn's own records in a real server; `text` keeps its lines."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.observability import logs
-from service.observability.request_id import RequestIdFilter
+from contrastkit.service.observability import logs
+from contrastkit.service.observability.request_id import RequestIdFilter
 from tests.helpers import free_port, wait_server_ready
 
 SERVER = Path(__file__).resolve().parents[1] / "slow_server.py"

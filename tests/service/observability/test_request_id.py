@@ -1,4 +1,4 @@
-"""The request id (service.observability.request_id): the client's `X-Request-ID` when it is
+"""The request id (contrastkit.service.observability.request_id): the client's `X-Request-ID` when it is
 usable, else a new one; answered on every response, errors included; on the log records
 emitted while the request is handled."""
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.observability import request_id
-from service.observability.request_id import RequestIdFilter
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.observability import request_id
+from contrastkit.service.observability.request_id import RequestIdFilter
+from contrastkit.service.settings import Settings
 from tests.helpers import wait_ready
 from tests.service.observability.conftest import BreakableEncoder, kept_records
 

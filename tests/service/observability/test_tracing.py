@@ -1,4 +1,4 @@
-"""Tracing (service.observability.tracing): FastAPI's server span with our spans inside
+"""Tracing (contrastkit.service.observability.tracing): FastAPI's server span with our spans inside
 it when the setting is on; nothing of it, not even a middleware, when it is off; one clear
 line when the otel extra is missing."""
 
@@ -12,11 +12,11 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from service.app import create_app
-from service.observability import tracing
-from service.observability.request_id import RequestIdFilter
-from service.observability.tracing import TraceIdsFilter
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.observability import tracing
+from contrastkit.service.observability.request_id import RequestIdFilter
+from contrastkit.service.observability.tracing import TraceIdsFilter
+from contrastkit.service.settings import Settings
 from tests.service.observability.conftest import (
     BreakableEncoder,
     Spans,
@@ -143,8 +143,8 @@ import sys
 import fastapi  # recent FastAPI imports opentelemetry's API itself: that is not ours
 before = {m for m in sys.modules if m.startswith("opentelemetry")}
 from fastapi.testclient import TestClient
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
 from tests.helpers import FakeEncoder, wait_ready
 
 app = create_app(Settings(collections_dir=sys.argv[1]), encoder=FakeEncoder())
@@ -157,7 +157,7 @@ while stack is not None:
     names.append(type(stack).__module__ + "." + type(stack).__name__)
     stack = getattr(stack, "app", None)
 print(sorted({m for m in sys.modules if m.startswith("opentelemetry")} - before))
-print(sorted(m for m in sys.modules if m.startswith("service.observability")))
+print(sorted(m for m in sys.modules if m.startswith("contrastkit.service.observability")))
 print(names)
 """
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import torch
 
+from contrastkit.training.bench import finetune as bench
+from contrastkit.training.bench.finetune_setup import FinetuneSettings, StepClock, pooled
+from contrastkit.training.bench.peer_openclip import Feed, peer_args
+from contrastkit.training.data import DataError
+from contrastkit.training.data.idx import FASHION_MNIST_DIR
 from tests.training.bench.runner import run_bench
-from training.bench import finetune as bench
-from training.bench.finetune_setup import FinetuneSettings, StepClock, pooled
-from training.bench.peer_openclip import Feed, peer_args
-from training.data import DataError
-from training.data.idx import FASHION_MNIST_DIR
 
 
 def _settings(**kw: Any) -> FinetuneSettings:

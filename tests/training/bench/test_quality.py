@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-from service.cli import build_parser
-from training.bench import quality
-from training.config import TrainConfig
-from training.data import LabelledArrays
-from training.engine.resume import BEFORE_SETTINGS_EXISTED
+from contrastkit.service.cli import build_parser
+from contrastkit.training.bench import quality
+from contrastkit.training.config import TrainConfig
+from contrastkit.training.data import LabelledArrays
+from contrastkit.training.engine.resume import BEFORE_SETTINGS_EXISTED
 
 METHODS = ("simclr", "moco")  # two of the fastest steps on the CPU
 EPOCHS = 2

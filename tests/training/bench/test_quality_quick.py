@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from training.bench import criteria, quality, quality_quick
+from contrastkit.training.bench import criteria, quality, quality_quick
 
 N = 10_000
 
@@ -152,7 +152,7 @@ def test_a_signal_ends_the_whole_benchmark(monkeypatch: pytest.MonkeyPatch, tmp_
 )
 def test_peer_runner_takes_two_steps(tmp_path: Path) -> None:
     out = tmp_path / "peer.json"
-    cmd = [quality_quick.PEER_PYTHON, "-m", "training.bench.peer_lightly", "--method", "simclr",
+    cmd = [quality_quick.PEER_PYTHON, "-m", "contrastkit.training.bench.peer_lightly", "--method", "simclr",
            "--steps", "2", "--workers", "0", "--threads", "1", "--out", str(out)]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(quality_quick.REPO)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

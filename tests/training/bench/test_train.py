@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from contrastkit.training.bench import train as bench
+from contrastkit.training.bench.pipelines import BenchSettings, build_trainer, step_on_views
+from contrastkit.training.bench.report import comparisons
+from contrastkit.training.bench.time_to_knn import time_to_target
+from contrastkit.training.data import load_knn_data
 from tests.training.bench.runner import run_bench
-from training.bench import train as bench
-from training.bench.pipelines import BenchSettings, build_trainer, step_on_views
-from training.bench.report import comparisons
-from training.bench.time_to_knn import time_to_target
-from training.data import load_knn_data
 
 
 def _numpy_knn_top1(k: int = 200, t: float = 0.1) -> float:
@@ -168,8 +168,8 @@ def test_peer_views_are_normalised_rgb_of_the_image() -> None:
     """A flat grey 1-channel image stays flat under any crop, flip or grayscale (jitter
     off), so every output pixel is exactly (v/255 - mean) / std of its channel: the
     image was widened to RGB, scaled and normalised as our own views are."""
-    from training.augment import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
-    from training.bench.peer import PeerDataset, peer_transform
+    from contrastkit.training.augment import IMAGENET_MEAN, IMAGENET_STD, ViewSpec
+    from contrastkit.training.bench.peer import PeerDataset, peer_transform
 
     spec = ViewSpec(16, jitter=(0.0, 0.0, 0.0, 0.0))
     images = torch.full((2, 1, 28, 28), 128, dtype=torch.uint8)

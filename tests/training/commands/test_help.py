@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from training.cli import build_training_parser
-from training.methods import METHODS, method_names
+from contrastkit.training.cli import build_training_parser
+from contrastkit.training.methods import METHODS, method_names
 
 
 def test_method_help_lists_exactly_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,7 +25,7 @@ def test_method_help_lists_exactly_the_registry(capsys: pytest.CaptureFixture[st
 
 LISTING_IMPORTS = """
 import contextlib, io, sys
-from training.cli import main
+from contrastkit.training.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     with contextlib.suppress(SystemExit):
         main(["train", "--help"])

@@ -1,5 +1,5 @@
 """Bad sample-level values in the data files: refused with one clear line, or skipped and
-counted, and never sizing an allocation by what a file claims (training.data)."""
+counted, and never sizing an allocation by what a file claims (contrastkit.training.data)."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ import pytest
 import torch
 from PIL import Image
 
+from contrastkit.training.cli import main
+from contrastkit.training.data import files as data_files
+from contrastkit.training.data import load_data
+from contrastkit.training.data import shards as data_shards
+from contrastkit.training.data.base import DataError
+from contrastkit.training.data.idx import read_idx
+from contrastkit.training.data.loader import FileData
+from contrastkit.training.data.shards import ShardSource, scan_shards, shard_paths
+from contrastkit.training.engine.trainer import Trainer
 from tests.training.data.test_shards import _add, _png
-from training.cli import main
-from training.data import files as data_files
-from training.data import load_data
-from training.data import shards as data_shards
-from training.data.base import DataError
-from training.data.idx import read_idx
-from training.data.loader import FileData
-from training.data.shards import ShardSource, scan_shards, shard_paths
-from training.engine.trainer import Trainer
 
 
 def write_shard(
@@ -286,7 +286,7 @@ def test_unreadable_images_count_in_skipped_samples(tmp_path: Path) -> None:
 
 
 def test_torchvision_ids_beyond_the_numbered_class_limit_are_refused() -> None:
-    from training.data.tv import _classes
+    from contrastkit.training.data.tv import _classes
 
     # Just past the limit: code without it builds 200,001 names, not billions.
     with pytest.raises(DataError, match=r"class ids 0\.\.200000 are outside 0\.\.99999"):

@@ -1,4 +1,4 @@
-"""training.data: spec parsing, every source, and the batch order contract."""
+"""contrastkit.training.data: spec parsing, every source, and the batch order contract."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import (
+from contrastkit.training.data import (
     Batch,
     DataError,
     DataSpec,
@@ -23,10 +23,10 @@ from training.data import (
     load_knn_data,
     parse_spec,
 )
-from training.data.arrays import ArrayData
-from training.data.files import decode, load_size
-from training.data.idx import parse_idx, read_idx
-from training.data.loader import FileData, PathSource
+from contrastkit.training.data.arrays import ArrayData
+from contrastkit.training.data.files import decode, load_size
+from contrastkit.training.data.idx import parse_idx, read_idx
+from contrastkit.training.data.loader import FileData, PathSource
 
 CPU = torch.device("cpu")
 FASHION = Path("/usr/share/datasets/fashion-mnist")

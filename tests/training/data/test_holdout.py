@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from training.config import ConfigError, TrainConfig, build_config
-from training.data import load_data
-from training.data.files import holdout_rows
-from training.data.loader import FileData
-from training.engine.resume import CHANGEABLE, refuse_changes, with_old_defaults
-from training.evaluate.data import holdout_eval_data, load_eval_data
-from training.evaluate.pairs import ImageFiles
+from contrastkit.training.config import ConfigError, TrainConfig, build_config
+from contrastkit.training.data import load_data
+from contrastkit.training.data.files import holdout_rows
+from contrastkit.training.data.loader import FileData
+from contrastkit.training.engine.resume import CHANGEABLE, refuse_changes, with_old_defaults
+from contrastkit.training.evaluate.data import holdout_eval_data, load_eval_data
+from contrastkit.training.evaluate.pairs import ImageFiles
 
 ROWS = 40
 BAD = {3: "missing", 17: "missing", 25: "empty"}  # row -> what is wrong with it

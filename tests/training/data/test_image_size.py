@@ -1,4 +1,4 @@
-"""image_size None follows the data (training.data.size): the size each data kind gets,
+"""image_size None follows the data (contrastkit.training.data.size): the size each data kind gets,
 the run's first lines that say it, the far-below warning, and the int in checkpoints."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from training.config import ConfigError, TrainConfig, build_config
-from training.data import load_data
-from training.data.arrays import ArrayData
-from training.data.size import (
+from contrastkit.training.config import ConfigError, TrainConfig, build_config
+from contrastkit.training.data import load_data
+from contrastkit.training.data.arrays import ArrayData
+from contrastkit.training.data.size import (
     FAR_BELOW,
     PHOTO_SIZE,
     default_image_size,
@@ -24,9 +24,9 @@ from training.data.size import (
     resolve_image_size,
     size_warning,
 )
-from training.engine.checkpoint import load_checkpoint
-from training.engine.trainer import Trainer
-from training.methods import get_method
+from contrastkit.training.engine.checkpoint import load_checkpoint
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.methods import get_method
 
 LOGGER = "contrastive.train"
 
@@ -170,8 +170,8 @@ def test_unreadable_files_never_fail_the_check(tmp_path: Path) -> None:
 def test_checkpoint_holds_the_resolved_int_and_resume_keeps_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from training.cli import build_training_parser
-    from training.commands.train import resolve
+    from contrastkit.training.cli import build_training_parser
+    from contrastkit.training.commands.train import resolve
 
     out = tmp_path / "run"
     trainer("digits", out, batch_size=16).fit()

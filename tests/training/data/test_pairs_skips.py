@@ -1,6 +1,6 @@
 """Pairs files with bad rows: missing images and empty captions are skipped and counted by
-reason, and past `max_skipped` a run stops with one line (training.data.files,
-training.data.skips, the trainer's per-epoch check and the CLI)."""
+reason, and past `max_skipped` a run stops with one line (contrastkit.training.data.files,
+contrastkit.training.data.skips, the trainer's per-epoch check and the CLI)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.cli import main
-from training.data import load_data
-from training.data.base import DataError
-from training.data.files import SKIP_EMPTY_CAPTION, SKIP_MISSING_FILE
-from training.data.loader import UNREADABLE, FileData
-from training.data.skips import fraction_to_allow, skip_limit
-from training.evaluate.data import load_eval_data
-from training.evaluate.pairs import read_pair_spec
+from contrastkit.training.cli import main
+from contrastkit.training.data import load_data
+from contrastkit.training.data.base import DataError
+from contrastkit.training.data.files import SKIP_EMPTY_CAPTION, SKIP_MISSING_FILE
+from contrastkit.training.data.loader import UNREADABLE, FileData
+from contrastkit.training.data.skips import fraction_to_allow, skip_limit
+from contrastkit.training.evaluate.data import load_eval_data
+from contrastkit.training.evaluate.pairs import read_pair_spec
 
 
 def write_images(root: Path, n: int) -> list[str]:

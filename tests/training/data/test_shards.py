@@ -1,4 +1,4 @@
-"""`--data shards:...`: webdataset-style tar shards read in place (training.data.shards)."""
+"""`--data shards:...`: webdataset-style tar shards read in place (contrastkit.training.data.shards)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import load_data
-from training.data.base import DataError
-from training.data.files import decode
-from training.data.shards import ShardSource, scan_shards, shard_paths
+from contrastkit.training.data import load_data
+from contrastkit.training.data.base import DataError
+from contrastkit.training.data.files import decode
+from contrastkit.training.data.shards import ShardSource, scan_shards, shard_paths
 
 
 def _png(seed: int) -> bytes:
@@ -113,9 +113,9 @@ def test_bad_shards_are_refused_with_what_to_do(tmp_path: Path) -> None:
 
 
 def test_a_run_trains_on_shards_and_checkpoints(tmp_path: Path) -> None:
-    from training.config import build_config
-    from training.engine.trainer import Trainer
-    from training.methods import get_method
+    from contrastkit.training.config import build_config
+    from contrastkit.training.engine.trainer import Trainer
+    from contrastkit.training.methods import get_method
 
     _write_shards(tmp_path / "s", per_shard=8)
     values = {

@@ -13,16 +13,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from contrastkit.training.commands import demo as demo_cli
+from contrastkit.training.commands import plot as plot_cli
+from contrastkit.training.demo.analysis import anchor_similarities, median_anchor
+from contrastkit.training.demo.curves import series
+from contrastkit.training.demo.embeddings import block_stats
+from contrastkit.training.demo.pairs import pair_rows
+from contrastkit.training.demo.pipeline import MAX_EPOCHS, MIN_STEPS, OVERHEAD, choose_steps
+from contrastkit.training.demo.style import DPI
+from contrastkit.training.demo.temperature import temperature_data
 from tests.training.references import nt_xent_reference
-from training.commands import demo as demo_cli
-from training.commands import plot as plot_cli
-from training.demo.analysis import anchor_similarities, median_anchor
-from training.demo.curves import series
-from training.demo.embeddings import block_stats
-from training.demo.pairs import pair_rows
-from training.demo.pipeline import MAX_EPOCHS, MIN_STEPS, OVERHEAD, choose_steps
-from training.demo.style import DPI
-from training.demo.temperature import temperature_data
 
 
 def _args(module: object, argv: list[str]) -> argparse.Namespace:
@@ -71,7 +71,7 @@ def test_plot_reports_a_folder_without_metrics(
 
 def test_series_skips_null_values_and_other_kinds(tmp_path: Path) -> None:
     _write_metrics(tmp_path / "run")
-    from training.engine.metrics import read_metrics
+    from contrastkit.training.engine.metrics import read_metrics
 
     steps, loss = series(read_metrics(tmp_path / "run"), "train", "loss")
     assert steps == [1, 2, 3, 5, 6, 7, 8, 9, 10]
@@ -152,9 +152,9 @@ def test_choose_steps_fills_the_budget_with_steps_and_knn_evaluations() -> None:
 
 
 def test_the_before_model_is_the_runs_initial_model(tmp_path: Path) -> None:
-    from training.demo.model import backbone_spec, build_method
-    from training.demo.pipeline import planned_config
-    from training.engine.trainer import Trainer
+    from contrastkit.training.demo.model import backbone_spec, build_method
+    from contrastkit.training.demo.pipeline import planned_config
+    from contrastkit.training.engine.trainer import Trainer
 
     cfg, params = planned_config("digits", tmp_path / "run", seed=3)
     trainer = Trainer(cfg, params)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,12 @@ import open_clip
 import pytest
 import torch
 
-from training.encoders import UnknownModelError, check_reference, hf_hub_repo, load_encoder
+from contrastkit.training.encoders import (
+    UnknownModelError,
+    check_reference,
+    hf_hub_repo,
+    load_encoder,
+)
 
 REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
 

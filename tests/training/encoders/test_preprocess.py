@@ -9,8 +9,8 @@ import skimage.data
 import torch
 from PIL import Image
 
-from training.encoders.base import Preprocess
-from training.encoders.preprocess import clamp_aspect, ensure_rgb, to_tensor
+from contrastkit.training.encoders.base import Preprocess
+from contrastkit.training.encoders.preprocess import clamp_aspect, ensure_rgb, to_tensor
 
 CAT = Image.fromarray(skimage.data.chelsea())
 

@@ -1,4 +1,4 @@
-"""Gradient accumulation and gradient checkpointing (training.engine.trainer, TrainConfig).
+"""Gradient accumulation and gradient checkpointing (contrastkit.training.engine.trainer, TrainConfig).
 
 Accumulation sums the gradients of micro-batches before one step: for per-sample losses
 (BYOL, SimSiam, DINO) that is the large batch's gradient exactly, given a backbone and heads
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from training.config import ConfigError, build_config
-from training.engine.trainer import Trainer
-from training.methods import get_method
+from contrastkit.training.config import ConfigError, build_config
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.methods import get_method
 
 HEAD = {"proj_hidden": 16, "proj_dim": 8, "head_norm": "layer"}
 PARAMS: dict[str, dict[str, Any]] = {

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.cli import main as cli_main
-from training.encoders.nets.backbones import BackboneSpec
-from training.engine.checkpoint import (
+from contrastkit.training.cli import main as cli_main
+from contrastkit.training.encoders.nets.backbones import BackboneSpec
+from contrastkit.training.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKSUM,
     Checkpoint,

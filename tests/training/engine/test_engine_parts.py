@@ -10,18 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import ConfigError, TrainConfig, build_config, parse_overrides
-from training.engine.checkpoint import (
+from contrastkit.training.config import ConfigError, TrainConfig, build_config, parse_overrides
+from contrastkit.training.engine.checkpoint import (
     Checkpoint,
     CheckpointError,
     all_finite,
     load_checkpoint,
     save_checkpoint,
 )
-from training.engine.metrics import MetricsLogger, read_metrics
-from training.engine.optim import LARS, apply_lr, build_optimizer, param_groups
-from training.engine.schedule import lr_at, scaled_lr
-from training.evaluate.knn import knn_accuracy, knn_predict
+from contrastkit.training.engine.metrics import MetricsLogger, read_metrics
+from contrastkit.training.engine.optim import LARS, apply_lr, build_optimizer, param_groups
+from contrastkit.training.engine.schedule import lr_at, scaled_lr
+from contrastkit.training.evaluate.knn import knn_accuracy, knn_predict
 
 
 @dataclasses.dataclass
@@ -215,7 +215,7 @@ def test_clipped_trust_ratio_never_exceeds_eta(lr: float) -> None:
 
 
 def test_lr_scaling_rules() -> None:
-    from training.engine.schedule import scaled_lr
+    from contrastkit.training.engine.schedule import scaled_lr
 
     assert scaled_lr(0.3, 4096) == pytest.approx(4.8)
     assert scaled_lr(0.3, 4096, "sqrt") == pytest.approx(1.2)

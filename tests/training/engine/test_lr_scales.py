@@ -1,5 +1,5 @@
 """Per-parameter lr multipliers: layer-wise lr decay over real open_clip towers
-(training.methods.layer_decay) and the trainer applying a method's `lr_scales()`."""
+(contrastkit.training.methods.layer_decay) and the trainer applying a method's `lr_scales()`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import open_clip
 import pytest
 from torch import nn
 
-from training.config import build_config
-from training.engine.trainer import Trainer
-from training.methods import get_method
-from training.methods.layer_decay import count_blocks, layer_decay_scales
-from training.methods.simclr import SimCLR
+from contrastkit.training.config import build_config
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.methods import get_method
+from contrastkit.training.methods.layer_decay import count_blocks, layer_decay_scales
+from contrastkit.training.methods.simclr import SimCLR
 
 VISION_LAYERS, TEXT_LAYERS = 3, 2  # unequal, so a count from the wrong tower shows
 

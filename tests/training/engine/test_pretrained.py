@@ -1,4 +1,4 @@
-"""Starting a run from pretrained backbone weights (`init_from`, training.engine.pretrained)."""
+"""Starting a run from pretrained backbone weights (`init_from`, contrastkit.training.engine.pretrained)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from training.config import build_config
-from training.encoders.base import Preprocess
-from training.encoders.exported.format import ExportMeta, write_export
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.engine.pretrained import load_backbone
-from training.engine.trainer import Trainer
-from training.methods import get_method
+from contrastkit.training.config import build_config
+from contrastkit.training.encoders.base import Preprocess
+from contrastkit.training.encoders.exported.format import ExportMeta, write_export
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.engine.pretrained import load_backbone
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.methods import get_method
 
 
 def _source(seed: int = 3) -> dict[str, torch.Tensor]:

@@ -14,11 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from training.config import TrainConfig
-from training.engine.optim import build_optimizer, param_groups, resolve_optimizer_defaults
-from training.engine.resume import with_old_defaults
-from training.engine.schedule import scaled_lr
-from training.methods import get_method
+from contrastkit.training.config import TrainConfig
+from contrastkit.training.engine.optim import (
+    build_optimizer,
+    param_groups,
+    resolve_optimizer_defaults,
+)
+from contrastkit.training.engine.resume import with_old_defaults
+from contrastkit.training.engine.schedule import scaled_lr
+from contrastkit.training.methods import get_method
 
 # method -> (optimizer, lr per 256 images, weight decay), as the yaml files state them
 SOLO_LEARN_CIFAR = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from training.engine.checkpoint import LAST, Checkpoint, load_checkpoint
+from contrastkit.training.engine.checkpoint import LAST, Checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 TIMEOUT_S = 180  # per torchrun call; a hang fails the test instead of blocking CI
@@ -54,11 +54,11 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 
 
 def _torchrun(out: Path, *args: str) -> str:
-    """`python -m torch.distributed.run --nproc_per_node 2 ... -m training train ARGS`;
+    """`python -m torch.distributed.run --nproc_per_node 2 ... -m contrastkit.training train ARGS`;
     fails the test unless it exits 0 within TIMEOUT_S. Returns the combined output."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-        "-m", "training", "train", *args, "--device", "cpu", "--out", str(out),
+        "-m", "contrastkit.training", "train", *args, "--device", "cpu", "--out", str(out),
         "--set", "progress=false", "--set", "knn_every=0",
     ]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -141,7 +141,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-        "-m", "training", "train", *FIRST, "--steps", "100000", "--device", "cpu",
+        "-m", "contrastkit.training", "train", *FIRST, "--steps", "100000", "--device", "cpu",
         "--out", str(run), "--set", "progress=false", "--set", "knn_every=0",
         "--set", "log_every=1",
     ]  # fmt: skip

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-from training.cli import main as train_main
-from training.engine.checkpoint import load_checkpoint
-from training.engine.metrics import read_metrics
-from training.engine.trainer import Trainer
-from training.methods import method_names
+from contrastkit.training.cli import main as train_main
+from contrastkit.training.engine.checkpoint import load_checkpoint
+from contrastkit.training.engine.metrics import read_metrics
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.methods import method_names
 
 METHODS = ["simclr", "moco", "byol", "swav", "clip", "barlow", "vicreg", "simsiam", "dino"]
 # Small and fast: the GroupNorm toy backbone, 16x16 crops, small heads.
@@ -141,7 +141,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(
 
 def make_simclr_losses_nan(monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on every SimCLR loss is NaN (as a diverged run's)."""
-    from training.methods.simclr import SimCLR
+    from contrastkit.training.methods.simclr import SimCLR
 
     real_loss = SimCLR.loss
 
@@ -254,7 +254,7 @@ def test_yaml_config_and_list_settings(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_contrastive_entry_point_dispatches_train(tmp_path: Path) -> None:
-    from service.cli import main as contrastive
+    from contrastkit.service.cli import main as contrastive
 
     out = tmp_path / "r"
     assert contrastive(argv("simclr", out, "knn_every=0", steps=1)) == 0
@@ -264,9 +264,9 @@ def test_contrastive_entry_point_dispatches_train(tmp_path: Path) -> None:
 def test_a_checkpoint_from_before_larc_resumes_with_the_lars_it_trained_with(
     tmp_path: Path,
 ) -> None:
-    from training.cli import build_training_parser
-    from training.commands.train import resolve
-    from training.engine.checkpoint import save_checkpoint
+    from contrastkit.training.cli import build_training_parser
+    from contrastkit.training.commands.train import resolve
+    from contrastkit.training.engine.checkpoint import save_checkpoint
 
     out = tmp_path / "run"
     assert train_main(argv("simclr", out, "knn_every=0", steps=1)) == 0
@@ -288,9 +288,9 @@ def test_a_checkpoint_from_before_the_jitter_size_rule_keeps_its_jitter(
 ) -> None:
     """Before `jitter_strength` existed every size had SimCLR's s = 0.5: such a checkpoint
     resumes with it (and the Trainer's augmenter applies it); a new run sizes it."""
-    from training.cli import build_training_parser
-    from training.commands.train import resolve
-    from training.engine.checkpoint import save_checkpoint
+    from contrastkit.training.cli import build_training_parser
+    from contrastkit.training.commands.train import resolve
+    from contrastkit.training.engine.checkpoint import save_checkpoint
 
     out = tmp_path / "run"
     assert train_main(argv("simclr", out, "knn_every=0", steps=1)) == 0
@@ -310,7 +310,7 @@ def test_a_checkpoint_from_before_the_jitter_size_rule_keeps_its_jitter(
 
 def _as_before(out: Path, drop_params: tuple[str, ...], params: dict[str, Any]) -> None:
     """Rewrite the run's checkpoint as a version before `drop_params` existed wrote it."""
-    from training.engine.checkpoint import save_checkpoint
+    from contrastkit.training.engine.checkpoint import save_checkpoint
 
     state = load_checkpoint(out)
     saved = state.config["method_params"]
@@ -327,8 +327,8 @@ def test_a_moco_checkpoint_from_before_v2_defaults_resumes_with_its_tuned_recipe
 ) -> None:
     """`moco` was the tuned variant (LARS 0.4 / 1e-5, scale 0.08) until crop_min_scale
     existed: such a checkpoint resumes with it; a new run gets MoCo v2's SGD recipe."""
-    from training.cli import build_training_parser
-    from training.commands.train import resolve
+    from contrastkit.training.cli import build_training_parser
+    from contrastkit.training.commands.train import resolve
 
     out = tmp_path / "run"
     assert train_main(argv("moco", out, "knn_every=0", steps=1)) == 0
@@ -356,8 +356,8 @@ def test_a_moco_checkpoint_from_before_v2_defaults_resumes_with_its_tuned_recipe
 def test_a_swav_checkpoint_from_before_epoch_freeze_resumes_unchanged(tmp_path: Path) -> None:
     """Old SwAV checkpoints saved freeze_prototypes_steps=313 and queue_length=0, and no
     freeze_prototypes_epochs: the explicit values still win on resume."""
-    from training.cli import build_training_parser
-    from training.commands.train import resolve
+    from contrastkit.training.cli import build_training_parser
+    from contrastkit.training.commands.train import resolve
 
     out = tmp_path / "run"
     assert train_main(argv("swav", out, "knn_every=0", "queue_length=0", steps=1)) == 0
@@ -390,8 +390,8 @@ def test_list_settings_names_the_method_and_a_source_for_every_setting(
     'simclr'), and every run setting and method setting says where its default is from."""
     import dataclasses
 
-    from training.config import TrainConfig, setting_sources
-    from training.methods import get_method
+    from contrastkit.training.config import TrainConfig, setting_sources
+    from contrastkit.training.methods import get_method
 
     params_cls = get_method(method).Params
     names = {f.name for f in dataclasses.fields(params_cls)}
@@ -414,7 +414,7 @@ def test_list_settings_names_the_method_and_a_source_for_every_setting(
 
 @pytest.mark.parametrize("method", method_names())
 def test_list_settings_names_a_source_for_every_optimiser_default(method: str) -> None:
-    from training.commands.train import list_settings
+    from contrastkit.training.commands.train import list_settings
 
     listing = list_settings(method)
     assert "source not recorded" not in listing, listing
@@ -436,7 +436,7 @@ def test_list_settings_takes_the_method_from_a_config_file(
 def test_simsiam_and_dino_checkpoints_from_before_views_resume_with_their_old_views() -> None:
     """SimSiam trained on BYOL's views and DINO on SwAV's multi-crop until `views` existed:
     such checkpoints keep them; checkpoints that saved `views` keep what they saved."""
-    from training.engine.resume import with_old_defaults
+    from contrastkit.training.engine.resume import with_old_defaults
 
     for method, old in (("simsiam", "byol"), ("dino", "swav")):
         before = with_old_defaults({"method": method, "method_params": {"proj_dim": 8}})
@@ -455,7 +455,7 @@ def test_clip_with_siglip_loss_trains(tmp_path: Path) -> None:
 
 
 def test_a_clip_checkpoint_from_before_multi_positive_keeps_one_positive_per_row() -> None:
-    from training.engine.resume import with_old_defaults
+    from contrastkit.training.engine.resume import with_old_defaults
 
     before = with_old_defaults({"method": "clip", "method_params": {"loss": "siglip"}})
     assert before["method_params"] == {"loss": "siglip", "multi_positive": False}

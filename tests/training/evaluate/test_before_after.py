@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.training.methods.test_swav_clip import clip, make_batch
-from training.augment import IMAGENET_MEAN, IMAGENET_STD, Augmenter
-from training.encoders import Encoder, EncoderInfo, Preprocess
-from training.encoders import preprocess as pp
-from training.evaluate.before_after import (
+from contrastkit.training.augment import IMAGENET_MEAN, IMAGENET_STD, Augmenter
+from contrastkit.training.encoders import Encoder, EncoderInfo, Preprocess
+from contrastkit.training.encoders import preprocess as pp
+from contrastkit.training.evaluate.before_after import (
     JSON_NAME,
     MARKDOWN_NAME,
     MethodEncoder,
@@ -26,8 +25,9 @@ from training.evaluate.before_after import (
     evaluate_heldout,
     write_before_after,
 )
-from training.evaluate.data import EvalData
-from training.evaluate.method_encoder import eval_mode
+from contrastkit.training.evaluate.data import EvalData
+from contrastkit.training.evaluate.method_encoder import eval_mode
+from tests.training.methods.test_swav_clip import clip, make_batch
 
 RECALLS = [f"{side}_recall@{k}" for side in ("i2t", "t2i") for k in (1, 5, 10)]
 RUN_PREPROCESS = Preprocess(size=16, mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -14,18 +14,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from contrastkit.training.commands import eval as cli
+from contrastkit.training.encoders import Encoder, EncoderInfo, Preprocess
+from contrastkit.training.encoders import preprocess as pp
+from contrastkit.training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
+from contrastkit.training.evaluate.data import load_eval_data
+from contrastkit.training.evaluate.knn import knn_accuracy
+from contrastkit.training.evaluate.logreg import fit_logreg, select_l2, split_train_val
+from contrastkit.training.evaluate.models import default_checkpoint_loader, resolve_model
+from contrastkit.training.evaluate.pixels import extract_features, to_model_pixels
+from contrastkit.training.evaluate.tasks import few_shot, knn_task, linear_probe, sample_shots
+from contrastkit.training.evaluate.zeroshot import zero_shot, zero_shot_classifier
 from tests.helpers import FakeEncoder, write_tiny_timm_export
-from training.commands import eval as cli
-from training.encoders import Encoder, EncoderInfo, Preprocess
-from training.encoders import preprocess as pp
-from training.encoders.templates import DEFAULT_TEMPLATES, SINGLE_TEMPLATE
-from training.evaluate.data import load_eval_data
-from training.evaluate.knn import knn_accuracy
-from training.evaluate.logreg import fit_logreg, select_l2, split_train_val
-from training.evaluate.models import default_checkpoint_loader, resolve_model
-from training.evaluate.pixels import extract_features, to_model_pixels
-from training.evaluate.tasks import few_shot, knn_task, linear_probe, sample_shots
-from training.evaluate.zeroshot import zero_shot, zero_shot_classifier
 
 
 def _pil(image: torch.Tensor) -> Image.Image:
@@ -231,7 +231,7 @@ def test_checkpoint_refs_go_to_the_checkpoint_loader(tmp_path: Path) -> None:
     (tmp_path / "run" / "last.pt").write_bytes(b"")
     resolve_model(str(tmp_path / "run"), checkpoint_loader=loader)
     assert seen == [(ckpt, "cpu"), (tmp_path / "run", None)]
-    from training.export.build import encoder_from_checkpoint
+    from contrastkit.training.export.build import encoder_from_checkpoint
 
     assert default_checkpoint_loader() is encoder_from_checkpoint
 
@@ -315,7 +315,7 @@ def test_cli_builtin_on_digits(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_on_a_clip_run_folder(tmp_path: Path) -> None:
-    from training.cli import main as train_main
+    from contrastkit.training.cli import main as train_main
 
     run = tmp_path / "run"
     sets = ["image_size=16", "progress=false", "tensorboard=false", "knn_every=0",

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from contrastkit.training.commands import eval as cli
+from contrastkit.training.encoders import Encoder
+from contrastkit.training.evaluate.compare import headline, serve_command
+from contrastkit.training.evaluate.retrieval import caption_ids, recall_at_k
 from tests.helpers import FakeEncoder
 from tests.training.evaluate.test_evaluate import NAMES, ArrangedEncoder, _args, _report
-from training.commands import eval as cli
-from training.encoders import Encoder
-from training.evaluate.compare import headline, serve_command
-from training.evaluate.retrieval import caption_ids, recall_at_k
 
 
 # -- the metric -------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from contrastkit.training.encoders import load_encoder
+from contrastkit.training.encoders.exported.format import ExportError, read_export
+from contrastkit.training.encoders.preprocess import to_tensor
 from tests.helpers import tiny_clip, write_tiny_clip_export, write_tiny_timm_export
-from training.encoders import load_encoder
-from training.encoders.exported.format import ExportError, read_export
-from training.encoders.preprocess import to_tensor
 
 
 def test_round_trip_open_clip(tmp_export: Path) -> None:
@@ -70,7 +70,7 @@ def test_pickle_payload_is_refused_and_never_run(tmp_export: Path, tmp_path: Pat
     weights.write_bytes(pickle.dumps({"x": _Payload(marker)}))
     # even with the hash updated to match, the file is not parsed as a pickle
     meta = json.loads((tmp_export / "encoder.json").read_text())
-    from training.encoders.exported.format import sha256_file
+    from contrastkit.training.encoders.exported.format import sha256_file
 
     meta["weights_sha256"] = sha256_file(weights)
     (tmp_export / "encoder.json").write_text(json.dumps(meta))

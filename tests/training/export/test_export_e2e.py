@@ -20,21 +20,21 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
+from contrastkit.training.augment import IMAGENET_MEAN, IMAGENET_STD
+from contrastkit.training.cli import main as train_main
+from contrastkit.training.commands import export as export_cli
+from contrastkit.training.config import build_config
+from contrastkit.training.data import load_knn_data
+from contrastkit.training.encoders import load_encoder
+from contrastkit.training.encoders.base import Preprocess
+from contrastkit.training.encoders.exported.format import ExportError, read_meta
+from contrastkit.training.encoders.preprocess import to_tensor
+from contrastkit.training.engine.checkpoint import LAST, load_checkpoint
+from contrastkit.training.export.build import encoder_from_checkpoint
+from contrastkit.training.methods import get_method
 from tests.helpers import image_bytes, wait_ready
-from training.augment import IMAGENET_MEAN, IMAGENET_STD
-from training.cli import main as train_main
-from training.commands import export as export_cli
-from training.config import build_config
-from training.data import load_knn_data
-from training.encoders import load_encoder
-from training.encoders.base import Preprocess
-from training.encoders.exported.format import ExportError, read_meta
-from training.encoders.preprocess import to_tensor
-from training.engine.checkpoint import LAST, load_checkpoint
-from training.export.build import encoder_from_checkpoint
-from training.methods import get_method
 
 ATOL = 1e-5
 # name -> (method, --set overrides): small heads; CLIP with both text towers.
@@ -69,7 +69,7 @@ def _export(checkpoint: Path, out: Path, *flags: str) -> int:
 
 def _engine_method(run: Path) -> Any:
     """The Method exactly as `contrastive train --resume` rebuilds it."""
-    from training.engine.trainer import Trainer
+    from contrastkit.training.engine.trainer import Trainer
 
     state = load_checkpoint(run)
     cfg, params = build_config(dict(state.config), get_method(state.method).Params)
@@ -318,7 +318,7 @@ def test_onnx_flag_writes_graphs_next_to_the_export(
     train_once: Callable[[str], Trained], tmp_path: Path
 ) -> None:
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("training.export.onnx")
+    pytest.importorskip("contrastkit.training.export.onnx")
     out = tmp_path / "out"
     assert _export(train_once("simclr").run, out, "--onnx") == 0
     assert (out / "image.onnx").is_file() and read_meta(out).family == "trained"

@@ -23,8 +23,24 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
+from contrastkit.training.bench.onnx import TowersEncoder, bench_onnx, time_cell
+from contrastkit.training.encoders import load_encoder
+from contrastkit.training.encoders.exported import onnx_runtime as ortm
+from contrastkit.training.encoders.exported.format import ExportError
+from contrastkit.training.encoders.exported.onnx_runtime import (
+    OnnxEncoder,
+    open_graphs,
+    read_manifest,
+)
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.export.onnx import (
+    OnnxParityError,
+    check_parity,
+    export_graphs,
+    export_onnx,
+)
 from tests.helpers import (
     FakeEncoder,
     image_bytes,
@@ -32,13 +48,6 @@ from tests.helpers import (
     write_tiny_clip_export,
     write_tiny_timm_export,
 )
-from training.bench.onnx import TowersEncoder, bench_onnx, time_cell
-from training.encoders import load_encoder
-from training.encoders.exported import onnx_runtime as ortm
-from training.encoders.exported.format import ExportError
-from training.encoders.exported.onnx_runtime import OnnxEncoder, open_graphs, read_manifest
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.export.onnx import OnnxParityError, check_parity, export_graphs, export_onnx
 
 ort = pytest.importorskip("onnxruntime")  # the `onnx` extra
 pytest.importorskip("onnxscript")  # torch's ONNX exporter needs it
@@ -253,7 +262,7 @@ def test_failed_parity_keeps_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def refuse(*_: object) -> None:
         raise OnnxParityError("forced")
 
-    monkeypatch.setattr("training.export.onnx.check_parity", refuse)
+    monkeypatch.setattr("contrastkit.training.export.onnx.check_parity", refuse)
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(OnnxParityError):
         export_graphs(enc, tmp_path)
@@ -264,7 +273,7 @@ def test_failed_parity_keeps_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("tower", ["transformer", "minilm"])
 def test_training_text_towers_export(tower: str, tmp_path: Path) -> None:
     """A trained CLIP's text tower (open_clip transformer, or MiniLM) exports and matches."""
-    from training.encoders.nets.text_towers import build_text_tower
+    from contrastkit.training.encoders.nets.text_towers import build_text_tower
 
     torch.manual_seed(0)
     net, dim = build_backbone(BackboneSpec("tiny"))

@@ -1,7 +1,7 @@
 """SimCLR, MoCo v2 and BYOL on a tiny backbone, one process, CPU.
 
 Each loss is checked against a recomputation written here with loops over samples
-(not the vectorised code in training.losses), from the method's own networks.
+(not the vectorised code in contrastkit.training.losses), from the method's own networks.
 """
 
 from __future__ import annotations
@@ -16,15 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contrastkit.training.augment import Augmenter
+from contrastkit.training.data import Batch
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.methods import Method, MethodContext, Views, get_method
+from contrastkit.training.methods.byol import BYOL
+from contrastkit.training.methods.moco import (
+    MoCo,
+    MoCoParams,
+    MoCoTuned,
+    MoCoTunedParams,
+    queue_length,
+)
+from contrastkit.training.methods.simclr import SimCLR
+from contrastkit.training.momentum import update_momentum
 from tests.training.references import nt_xent_reference
-from training.augment import Augmenter
-from training.data import Batch
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.methods import Method, MethodContext, Views, get_method
-from training.methods.byol import BYOL
-from training.methods.moco import MoCo, MoCoParams, MoCoTuned, MoCoTunedParams, queue_length
-from training.methods.simclr import SimCLR
-from training.momentum import update_momentum
 
 B, SIZE, DIM = 16, 16, 32
 
@@ -224,7 +230,7 @@ def test_moco_skips_non_finite_keys() -> None:
 
 
 def test_queue_length_clamps_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="training.methods.moco"):
+    with caplog.at_level(logging.WARNING, logger="contrastkit.training.methods.moco"):
         assert queue_length(64, 16, 1000) == 64
         assert not caplog.records
         assert queue_length(1000, 16, 48) == 48  # one epoch of keys at most

@@ -1,5 +1,5 @@
 """Fine-tuning a whole pretrained open_clip model (`train --method clip --init-from
-open_clip:...`, training.engine.clip_start) end to end on the CPU.
+open_clip:...`, contrastkit.training.engine.clip_start) end to end on the CPU.
 
 The "pretrained" model is a tiny ViT + text transformer CLIP with random weights, saved as
 open_clip's local-dir folder (open_clip_config.json + open_clip_model.safetensors), so
@@ -33,22 +33,22 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from service.app import create_app
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.settings import Settings
+from contrastkit.training.cli import main as train_main
+from contrastkit.training.config import TrainConfig
+from contrastkit.training.encoders import load_encoder
+from contrastkit.training.encoders.base import Encoder, Preprocess
+from contrastkit.training.encoders.exported.format import ExportMeta, read_export, write_export
+from contrastkit.training.encoders.preprocess import normalize
+from contrastkit.training.engine.clip_start import StartModel, load_start, start_model
+from contrastkit.training.evaluate.before_after import MethodEncoder, evaluate_heldout
+from contrastkit.training.evaluate.data import load_eval_data
+from contrastkit.training.export.build import load_method
+from contrastkit.training.methods import MethodContext
+from contrastkit.training.methods.clip import CLIP, CLIPParams
 from tests.helpers import image_bytes, wait_ready, write_tiny_timm_export
 from tests.training.engine.test_train_e2e import assert_crash_and_resume_repeat_the_run, losses
-from training.cli import main as train_main
-from training.config import TrainConfig
-from training.encoders import load_encoder
-from training.encoders.base import Encoder, Preprocess
-from training.encoders.exported.format import ExportMeta, read_export, write_export
-from training.encoders.preprocess import normalize
-from training.engine.clip_start import StartModel, load_start, start_model
-from training.evaluate.before_after import MethodEncoder, evaluate_heldout
-from training.evaluate.data import load_eval_data
-from training.export.build import load_method
-from training.methods import MethodContext
-from training.methods.clip import CLIP, CLIPParams
 
 REPO = Path(__file__).resolve().parents[3]
 SIZE = 32
@@ -362,9 +362,9 @@ def test_the_export_reproduces_the_training_model(
 
 _FRESH_PROCESS = """
 import json, sys, torch
-from training.encoders import load_encoder
+from contrastkit.training.encoders import load_encoder
 enc = load_encoder(sys.argv[1], device="cpu")
-assert "training.engine.trainer" not in sys.modules, "loading an export imported the trainer"
+assert "contrastkit.training.engine.trainer" not in sys.modules, "loading an export imported the trainer"
 pixels = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(0),
                        dtype=torch.uint8)
 print(json.dumps({"image": enc.encode_image_tensors(pixels).tolist(),

@@ -1,4 +1,4 @@
-"""The Method contract (training.methods.base) is all the engine and export need: a toy
+"""The Method contract (contrastkit.training.methods.base) is all the engine and export need: a toy
 method written only against it trains, resumes exactly and exports; its declarations
 (DEFAULT_SOURCES, Params' SOURCES, allows_sync_bn, export_parts) are what the engine,
 `--list-settings` and export read."""
@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.augment import ViewSpec
-from training.commands.train import list_settings
-from training.config import build_config
-from training.encoders import load_encoder
-from training.engine.checkpoint import load_checkpoint
-from training.engine.trainer import Trainer
-from training.export.build import export_checkpoint
-from training.methods import (
+from contrastkit.training.augment import ViewSpec
+from contrastkit.training.commands.train import list_settings
+from contrastkit.training.config import build_config
+from contrastkit.training.encoders import load_encoder
+from contrastkit.training.engine.checkpoint import load_checkpoint
+from contrastkit.training.engine.trainer import Trainer
+from contrastkit.training.export.build import export_checkpoint
+from contrastkit.training.methods import (
     METHODS,
     MethodContext,
     MomentumMethod,
@@ -33,8 +33,8 @@ from training.methods import (
 )
 
 if TYPE_CHECKING:
-    from training.augment import Augmenter
-    from training.data import Batch
+    from contrastkit.training.augment import Augmenter
+    from contrastkit.training.data import Batch
 
 NAME = "toy-contract"
 

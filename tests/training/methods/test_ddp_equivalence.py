@@ -13,7 +13,7 @@ text tower), so only the methods' cross-rank logic can make the runs differ. MoC
 and SwAV cast to float32 in places, so they get float32-size tolerances.
 
 `clip_ft` is CLIP fine-tuning a whole open_clip model (`--init-from open_clip:...`,
-training.engine.clip_start): a tiny ViT + text transformer whose towers and temperature
+contrastkit.training.engine.clip_start): a tiny ViT + text transformer whose towers and temperature
 the method adopts, as the engine builds it from a checkpoint's recorded architecture.
 """
 
@@ -31,14 +31,14 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from contrastkit.training import dist
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.engine.clip_start import rebuild_start
+from contrastkit.training.engine.optim import build_optimizer, param_groups
+from contrastkit.training.methods import Method, MethodContext, MomentumMethod, Views, get_method
+from contrastkit.training.methods.clip import CLIP
+from contrastkit.training.momentum import update_momentum
 from tests.helpers import TINY_CLIP_CFG, free_port
-from training import dist
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.engine.clip_start import rebuild_start
-from training.engine.optim import build_optimizer, param_groups
-from training.methods import Method, MethodContext, MomentumMethod, Views, get_method
-from training.methods.clip import CLIP
-from training.momentum import update_momentum
 
 WORLD, B = 2, 4  # processes, samples per process
 N = WORLD * B  # the global batch

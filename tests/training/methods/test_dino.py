@@ -9,13 +9,19 @@ from typing import Any
 import pytest
 import torch
 
-from training.augment import Augmenter, dino_views, multicrop_views
-from training.data import Batch
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.losses import dino_loss
-from training.methods import MethodContext, Views, get_method
-from training.methods.dino import DINO, DINOHead, DINOParams, teacher_temp_at, updated_center
-from training.momentum import update_momentum
+from contrastkit.training.augment import Augmenter, dino_views, multicrop_views
+from contrastkit.training.data import Batch
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.losses import dino_loss
+from contrastkit.training.methods import MethodContext, Views, get_method
+from contrastkit.training.methods.dino import (
+    DINO,
+    DINOHead,
+    DINOParams,
+    teacher_temp_at,
+    updated_center,
+)
+from contrastkit.training.momentum import update_momentum
 
 B, SIZE, SMALL, K = 6, 16, 8, 12
 

@@ -1,6 +1,6 @@
 """Barlow Twins, VICReg and SimSiam: their losses against closed forms and against
 references written here with loops over samples and dimensions (not the vectorised code
-in training.losses), float64 gradchecks, SimSiam's stop-gradient, and each method's
+in contrastkit.training.losses), float64 gradchecks, SimSiam's stop-gradient, and each method's
 wiring (views, loss of its own networks, registry). Multi-process equality with one
 process is in test_ddp_equivalence.py."""
 
@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import torch
 
-from training.augment import Augmenter, byol_views, simsiam_view
-from training.data import Batch
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.losses import barlow_twins_loss, simsiam_loss, vicreg_loss, vicreg_terms
-from training.methods import Method, MethodContext, MomentumMethod, Views, get_method
-from training.methods.barlow import BarlowTwins
-from training.methods.simsiam import SimSiam
-from training.methods.vicreg import VICReg
+from contrastkit.training.augment import Augmenter, byol_views, simsiam_view
+from contrastkit.training.data import Batch
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.losses import barlow_twins_loss, simsiam_loss, vicreg_loss, vicreg_terms
+from contrastkit.training.methods import Method, MethodContext, MomentumMethod, Views, get_method
+from contrastkit.training.methods.barlow import BarlowTwins
+from contrastkit.training.methods.simsiam import SimSiam
+from contrastkit.training.methods.vicreg import VICReg
 
 B, SIZE = 8, 16
 

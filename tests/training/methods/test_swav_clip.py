@@ -13,16 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.augment import Augmenter
-from training.data import Batch
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.encoders.nets.minilm import MiniLM
-from training.encoders.nets.text_towers import MiniLMTower
-from training.encoders.templates import DEFAULT_TEMPLATES
-from training.methods import clip as clip_module
-from training.methods.base import MethodContext, Views, split_views
-from training.methods.clip import CLIP, CLIPParams, caption_keys
-from training.methods.swav import SwAV, SwAVParams
+from contrastkit.training.augment import Augmenter
+from contrastkit.training.data import Batch
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.encoders.nets.minilm import MiniLM
+from contrastkit.training.encoders.nets.text_towers import MiniLMTower
+from contrastkit.training.encoders.templates import DEFAULT_TEMPLATES
+from contrastkit.training.methods import clip as clip_module
+from contrastkit.training.methods.base import MethodContext, Views, split_views
+from contrastkit.training.methods.clip import CLIP, CLIPParams, caption_keys
+from contrastkit.training.methods.swav import SwAV, SwAVParams
 
 CLASSES = ["cat", "dog", "golden_retriever", "truck"]
 B, SIZE = 8, 16
@@ -457,7 +457,9 @@ def minilm_clip(minilm: MiniLM, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         model = minilm if lock else copy.deepcopy(minilm)
         return MiniLMTower(embed_dim or MiniLM.dim, lock=lock, minilm=model)
 
-    monkeypatch.setattr("training.encoders.nets.text_towers.build_text_tower", build_tower)
+    monkeypatch.setattr(
+        "contrastkit.training.encoders.nets.text_towers.build_text_tower", build_tower
+    )
 
     def make(**overrides: Any) -> CLIP:
         settings: dict[str, Any] = dict(text_tower="minilm", embed_dim=0)

@@ -1,4 +1,4 @@
-"""The export directory: the one format that carries an encoder from training to serving.
+"""The export directory: the one format that carries an encoder from contrastkit.training to serving.
 
     OUT_DIR/
       encoder.json          what to build and how to feed it (see `ExportMeta`)
@@ -8,7 +8,7 @@ Loading never unpickles: weights are read with safetensors only, after their has
 been checked, so a tampered or foreign file is refused before any of it is parsed.
 Writing is atomic: the directory is assembled under a temporary name and renamed.
 
-From a training run: `training.export.build.export_checkpoint` writes one.
+From a training run: `contrastkit.training.export.build.export_checkpoint` writes one.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ class ExportMeta:
         projector) and "trained_clip" (CLIP: image tower + text tower), architecture =
         {"name", "backbone": BackboneSpec fields, "feat_dim", "head": layer list or None,
         "text": text tower config (trained_clip)} - see training/encoders/exported/trained.py.
-    preprocess: training.encoders.base.Preprocess as a dict (size, mean, std, ...).
+    preprocess: contrastkit.training.encoders.base.Preprocess as a dict (size, mean, std, ...).
     tokenizer: {"kind": "open_clip", "context_length": 77}, {"kind": "minilm", ...} (the
         packaged MiniLM's own tokenizer), or None for image-only.
-    method: for our runs, the training method's `--method` name (training.catalog lists them).
+    method: for our runs, the training method's `--method` name (contrastkit.training.catalog lists them).
     training: run metadata (step, epoch, data, config, checkpoint sha256...).
     templates: default zero-shot prompt templates (CLIP: those it trained with), or None.
     """

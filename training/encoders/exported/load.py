@@ -1,4 +1,4 @@
-"""Encoders rebuilt from an export directory (training.encoders.exported.format)."""
+"""Encoders rebuilt from an export directory (contrastkit.training.encoders.exported.format)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ from pathlib import Path
 import timm
 import torch
 
-from training.encoders.base import IMAGE, Encoder, EncoderInfo, Preprocess
-from training.encoders.exported.format import TRAINED_FAMILIES, ExportError, ExportMeta, read_export
-from training.encoders.openclip import OpenCLIPEncoder, build_model, make_tokenizer
-from training.encoders.templates import DEFAULT_TEMPLATES
+from contrastkit.training.encoders.base import IMAGE, Encoder, EncoderInfo, Preprocess
+from contrastkit.training.encoders.exported.format import (
+    TRAINED_FAMILIES,
+    ExportError,
+    ExportMeta,
+    read_export,
+)
+from contrastkit.training.encoders.openclip import OpenCLIPEncoder, build_model, make_tokenizer
+from contrastkit.training.encoders.templates import DEFAULT_TEMPLATES
 
 
 class TimmEncoder(Encoder):
@@ -39,7 +44,7 @@ def load_export(path: str | Path, device: torch.device) -> Encoder:
     meta, state = read_export(path)
     model_id = f"export:{meta.family}:{_arch_name(meta)}:{meta.weights_sha256[:12]}"
     if meta.family in TRAINED_FAMILIES:
-        from training.encoders.exported.trained import load_trained
+        from contrastkit.training.encoders.exported.trained import load_trained
 
         return load_trained(meta, state, model_id, device)
     if meta.family == "timm":

@@ -1,6 +1,6 @@
 """An export directory's ONNX graphs run with onnxruntime on the CPU, behind the Encoder API.
 
-`training.export.onnx.export_onnx` adds to an export directory:
+`contrastkit.training.export.onnx.export_onnx` adds to an export directory:
 
     image.onnx   float32 pixel_values [N, 3, S, S] (normalised as `Preprocess` says)
                  -> float32 image_embeds [N, d], L2-normalised
@@ -30,8 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.encoders.base import TEXT, Encoder, EncoderInfo, Preprocess, resolve_device
-from training.encoders.exported.format import ExportError, read_meta
+from contrastkit.training.encoders.base import (
+    TEXT,
+    Encoder,
+    EncoderInfo,
+    Preprocess,
+    resolve_device,
+)
+from contrastkit.training.encoders.exported.format import ExportError, read_meta
 
 MANIFEST_FILE = "onnx.json"
 MANIFEST_VERSION = 1
@@ -127,7 +133,7 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not path.is_file():
         raise ExportError(
             f"{folder} has no ONNX files ({MANIFEST_FILE} not found): add them with "
-            f"`contrastive export ... --onnx` (training.export.onnx.export_onnx), "
+            f"`contrastive export ... --onnx` (contrastkit.training.export.onnx.export_onnx), "
             "or serve with runtime=torch"
         )
     try:
@@ -231,7 +237,7 @@ def make_tokenizer(spec: dict[str, Any]) -> Tokenize:
     if kind == "minilm":
         from transformers import AutoTokenizer
 
-        from training.encoders.nets.minilm import MAX_TOKENS, package_path
+        from contrastkit.training.encoders.nets.minilm import MAX_TOKENS, package_path
 
         hf = AutoTokenizer.from_pretrained(str(package_path()), local_files_only=True)
         limit = int(spec.get("max_length", MAX_TOKENS))

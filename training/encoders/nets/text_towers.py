@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.encoders.nets.minilm import MiniLM
+from contrastkit.training.encoders.nets.minilm import MiniLM
 
 CACHE_ROWS = 65536  # cached caption embeddings (384 floats each: ~100 MB at most)
 _EMBED_CHUNK = 256  # captions per frozen MiniLM call when filling the cache
@@ -78,7 +78,7 @@ class TransformerTower(TextTower):
 
 
 class OpenCLIPTextTower(TextTower):
-    """The text side of a whole open_clip model (training.encoders.pretrained_clip), sharing its
+    """The text side of a whole open_clip model (contrastkit.training.encoders.pretrained_clip), sharing its
     parameters: training this tower trains the model's own text modules in place.
 
     open_clip.CLIP keeps its text modules at the top level (token_embedding, transformer,

@@ -1,4 +1,4 @@
-"""`contrastive index alias set|rm|ls`: the aliases of collections (service.index.aliases),
+"""`contrastive index alias set|rm|ls`: the aliases of collections (contrastkit.service.index.aliases),
 one module per subcommand, registered in service/cli.py's nested table.
 
 Each works where `add` and `search` do (targets.py): on a running server over HTTP (--url,
@@ -13,8 +13,8 @@ import argparse
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from service.client import ContrastiveClient
-    from service.index.backend import CollectionBackend
+    from contrastkit.service.client import ContrastiveClient
+    from contrastkit.service.index.backend import CollectionBackend
 
 HELP = """\
 An alias is a second name for a collection, switched atomically: every collection
@@ -58,7 +58,7 @@ def alias_flags(p: argparse.ArgumentParser) -> None:
 
 def open_aliases(args: argparse.Namespace) -> Aliases:
     """The aliases the flags point to: a server's when one is named or answers."""
-    from service.commands.index.targets import running_server
+    from contrastkit.service.commands.index.targets import running_server
 
     url = args.url or (None if args.local else running_server())
     return Remote(args, url) if url else Local(args)
@@ -68,8 +68,8 @@ class Local:
     """In-process: the backend the settings select."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from service.commands.index.options import settings_of
-        from service.state import open_collections
+        from contrastkit.service.commands.index.options import settings_of
+        from contrastkit.service.state import open_collections
 
         self.store: CollectionBackend = open_collections(settings_of(args))
 
@@ -90,8 +90,8 @@ class Remote:
     """Over HTTP: the server's aliases (the client has the same three methods)."""
 
     def __init__(self, args: argparse.Namespace, url: str) -> None:
-        from service.client import ContrastiveClient
-        from service.commands.index.options import settings_of
+        from contrastkit.service.client import ContrastiveClient
+        from contrastkit.service.commands.index.options import settings_of
 
         key = args.api_key or next(iter(settings_of(args).api_keys), None)
         self.client: ContrastiveClient = ContrastiveClient(url, api_key=key)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from service.commands.index.alias import alias_flags, open_aliases
-from service.commands.index.report import run_reported
+from contrastkit.service.commands.index.alias import alias_flags, open_aliases
+from contrastkit.service.commands.index.report import run_reported
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

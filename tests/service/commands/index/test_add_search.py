@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import main
-from service.commands.index.images import NotAnImageError, read_image
-from service.index.factory import open_backend
+from contrastkit.service.cli import main
+from contrastkit.service.commands.index.images import NotAnImageError, read_image
+from contrastkit.service.index.factory import open_backend
+from contrastkit.training.encoders import load_encoder
 from tests.helpers import free_port, wait_server_ready, write_tiny_clip_export
-from training.encoders import load_encoder
 
 QUERY = "a photo of a red square"
 IMAGES = {  # id -> colour; ids are paths relative to the folder
@@ -73,7 +73,7 @@ def test_an_unusable_image_is_refused_in_the_decoders_words(tmp_path: Path) -> N
 def test_add_skips_a_file_whose_name_is_no_valid_id(tmp_path: Path) -> None:
     """A file name that is not UTF-8 reads as a lone surrogate, which the item rules (the
     API's) refuse as an id: the file is skipped, named, before anything is embedded."""
-    from service.commands.index.add import collect
+    from contrastkit.service.commands.index.add import collect
 
     (tmp_path / "ok.png").write_bytes(b"x")
     (tmp_path / os.fsdecode(b"bad\xff.png")).write_bytes(b"x")
@@ -184,7 +184,16 @@ def test_add_and_search_over_http(
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "service", "serve", "--model", str(export), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "contrastkit.service",
+        "serve",
+        "--model",
+        str(export),
+        "--device",
+        "cpu",
+    ]
     cmd += ["--port", str(port), "--collections-dir", str(tmp_path / "server-cols")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -204,7 +213,7 @@ def test_add_and_search_over_http(
         assert main(["index", "search", "pics", QUERY, "-k", "2", "--url", url]) == 0
         assert _table_ids(capsys.readouterr().out) == _expected_ranking(export, photos)[:2]
 
-        from service.client import ContrastiveClient
+        from contrastkit.service.client import ContrastiveClient
 
         with ContrastiveClient(url) as client:
             assert client.get_item("pics", "red.png").source == str((photos / "red.png").absolute())
@@ -265,7 +274,7 @@ def test_add_stores_sources_on_qdrant_and_alias_commands_work_in_process(
     """`index add` in-process into Qdrant's local mode keeps each file's path as its
     source; `index alias set|ls|rm` work on the same backend."""
     pytest.importorskip("qdrant_client")
-    from service.index.factory import QdrantConfig
+    from contrastkit.service.index.factory import QdrantConfig
 
     monkeypatch.setenv("CONTRASTIVE_COLLECTIONS_BACKEND", "qdrant")
     cols = tmp_path / "cols"

@@ -18,20 +18,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.index import transfer
-from service.index.backend import (
+from contrastkit.service.cli import main
+from contrastkit.service.index import transfer
+from contrastkit.service.index.backend import (
     Batch,
     CollectionBackend,
     Item,
     Page,
     copy_collection,
 )
-from service.index.factory import open_backend
-from service.index.items import ItemError
-from service.index.transfer import TransferError, encode_vector, import_collection
-from service.index.types import CollectionError, CollectionInfo, IndexSpec
-from service.settings import Settings
+from contrastkit.service.index.factory import open_backend
+from contrastkit.service.index.items import ItemError
+from contrastkit.service.index.transfer import TransferError, encode_vector, import_collection
+from contrastkit.service.index.types import CollectionError, CollectionInfo, IndexSpec
+from contrastkit.service.settings import Settings
 from tests.helpers import unit_rows
 
 DIM = 8  # the FakeEncoder's, for the API's side of the comparison
@@ -85,7 +85,7 @@ def cols(tmp_path: Path) -> Path:
 
 def opened(cols: Path, kind: str = "faiss") -> CollectionBackend:
     if kind == "qdrant":
-        from service.state import open_collections
+        from contrastkit.service.state import open_collections
 
         return open_collections(Settings(collections_backend="qdrant", collections_dir=str(cols)))
     return open_backend("faiss", cols, device="cpu")
@@ -220,9 +220,9 @@ def test_a_line_longer_than_an_item_can_be_is_refused_unread(
 KILL_HALF_WAY = """
 import os, signal, sys
 from pathlib import Path
-from service.index.transfer import import_collection
-from service.settings import Settings
-from service.state import open_collections
+from contrastkit.service.index.transfer import import_collection
+from contrastkit.service.settings import Settings
+from contrastkit.service.state import open_collections
 
 kind, cols, path = sys.argv[1:]
 backend = open_collections(Settings(collections_backend=kind, collections_dir=cols))

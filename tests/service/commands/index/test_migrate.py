@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import main
-from service.commands.index import migrate
-from service.commands.index.images import read_image
-from service.commands.index.migration import Hooks
-from service.index.backend import CollectionBackend, CollectionHandle
-from service.settings import Settings
-from service.state import open_collections
-from training.encoders import load_encoder
+from contrastkit.service.cli import main
+from contrastkit.service.commands.index import migrate
+from contrastkit.service.commands.index.images import read_image
+from contrastkit.service.commands.index.migration import Hooks
+from contrastkit.service.index.backend import CollectionBackend, CollectionHandle
+from contrastkit.service.settings import Settings
+from contrastkit.service.state import open_collections
+from contrastkit.training.encoders import load_encoder
 
 
 @pytest.fixture

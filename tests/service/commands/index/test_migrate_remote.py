@@ -13,9 +13,9 @@ import httpx
 import pytest
 import uvicorn
 
-from service.app import create_app
-from service.cli import main
-from service.settings import Settings
+from contrastkit.service.app import create_app
+from contrastkit.service.cli import main
+from contrastkit.service.settings import Settings
 from tests.helpers import old_and_new_exports, wait_until
 
 BOSS = {"Authorization": "Bearer boss"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service.cli import main
+from contrastkit.service.cli import main
 from tests.helpers import free_port
 
 QUERY = "a photo of a red square"
@@ -29,7 +29,7 @@ class _StubTarget:
 def targets(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
     """LocalTarget and RemoteTarget replaced by stubs; the list of what was opened, in order."""
     opened: list[tuple[str, str | None]] = []
-    module = "service.commands.index.targets"
+    module = "contrastkit.service.commands.index.targets"
     monkeypatch.setattr(
         f"{module}.LocalTarget", lambda args, create: _StubTarget(opened, "local", None)
     )
@@ -47,7 +47,7 @@ def _probe(monkeypatch: pytest.MonkeyPatch, answers: bool) -> list[str]:
         probed.append(url)
         return answers
 
-    monkeypatch.setattr("service.commands.index.targets.probe_server", probe)
+    monkeypatch.setattr("contrastkit.service.commands.index.targets.probe_server", probe)
     return probed
 
 
@@ -101,7 +101,7 @@ def test_an_explicit_url_is_used_as_given(
 
 def test_probe_counts_only_our_readiness_answer(monkeypatch: pytest.MonkeyPatch) -> None:
 
-    from service.commands.index.targets import probe_server
+    from contrastkit.service.commands.index.targets import probe_server
 
     def answering(status: int, **kwargs: object) -> object:
         def get(url: str, timeout: float) -> httpx.Response:
@@ -130,7 +130,7 @@ def test_probe_counts_only_our_readiness_answer(monkeypatch: pytest.MonkeyPatch)
 def test_probe_of_a_closed_port_is_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     """A closed port is refused at once; what bounds a silent one is the probe's own
     timeout, checked by what it asks of httpx (not by a stopwatch)."""
-    from service.commands.index.targets import PROBE_TIMEOUT_S, probe_server
+    from contrastkit.service.commands.index.targets import PROBE_TIMEOUT_S, probe_server
 
     assert probe_server(f"http://127.0.0.1:{free_port()}") is False
     asked: list[float] = []

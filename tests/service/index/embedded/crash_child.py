@@ -51,7 +51,7 @@ def request(b: int, first: int) -> list[str]:
 
 
 def main() -> None:
-    from service.index.embedded.store import CollectionStore
+    from contrastkit.service.index.embedded.store import CollectionStore
 
     root, first = Path(sys.argv[1]), int(sys.argv[2])
     store = CollectionStore(root, snapshot_every=SNAPSHOT_EVERY)

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index.embedded import block_flat, snapshot
-from service.index.embedded.block_flat import BlockFlatIndex
-from service.index.embedded.collection import Collection
-from service.index.embedded.faiss_index import VectorIndex
-from service.index.types import IndexSpec
+from contrastkit.service.index.embedded import block_flat, snapshot
+from contrastkit.service.index.embedded.block_flat import BlockFlatIndex
+from contrastkit.service.index.embedded.collection import Collection
+from contrastkit.service.index.embedded.faiss_index import VectorIndex
+from contrastkit.service.index.types import IndexSpec
 from tests.helpers import unit_rows
 
 SPEC = IndexSpec(kind="flat")

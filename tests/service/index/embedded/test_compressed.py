@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index.embedded.collection import Collection
-from service.index.embedded.faiss_index import PQ_MIN_TRAIN, SQ_MIN_TRAIN, pq_bytes
-from service.index.types import CollectionError, IndexSpec, check_new
+from contrastkit.service.index.embedded.collection import Collection
+from contrastkit.service.index.embedded.faiss_index import PQ_MIN_TRAIN, SQ_MIN_TRAIN, pq_bytes
+from contrastkit.service.index.types import CollectionError, IndexSpec, check_new
 
 DIM, N, K = 32, 12_000, 10
 SPECS = {

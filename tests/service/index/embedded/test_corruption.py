@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-import service.index.embedded.wal as walmod
-import service.index.fsutil as fsutil
-from service.cli import main
-from service.errors import http_status
-from service.index.embedded.collection import LOG, PREV_LOG, PREV_SNAP, SNAP
-from service.index.embedded.store import CollectionStore
-from service.index.embedded.wal import scan_log
-from service.index.types import CollectionError
+import contrastkit.service.index.embedded.wal as walmod
+import contrastkit.service.index.fsutil as fsutil
+from contrastkit.service.cli import main
+from contrastkit.service.errors import http_status
+from contrastkit.service.index.embedded.collection import LOG, PREV_LOG, PREV_SNAP, SNAP
+from contrastkit.service.index.embedded.store import CollectionStore
+from contrastkit.service.index.embedded.wal import scan_log
+from contrastkit.service.index.types import CollectionError
 from tests.helpers import unit_rows
 from tests.service.index.embedded.test_crash import NAME, Writer
 

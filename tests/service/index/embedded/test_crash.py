@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-import service.index.embedded.wal as walmod
-import service.index.fsutil as fsutil
-from service.errors import http_status
-from service.index.embedded.collection import LOG, PREV_SNAP, SNAP, Collection
-from service.index.embedded.store import CollectionStore
-from service.index.types import CollectionError, IndexSpec
+import contrastkit.service.index.embedded.wal as walmod
+import contrastkit.service.index.fsutil as fsutil
+from contrastkit.service.errors import http_status
+from contrastkit.service.index.embedded.collection import LOG, PREV_SNAP, SNAP, Collection
+from contrastkit.service.index.embedded.store import CollectionStore
+from contrastkit.service.index.types import CollectionError, IndexSpec
 from tests.helpers import unit_rows
 from tests.service.index.embedded.crash_child import (
     DIM,

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index.embedded.collection import Collection
-from service.index.embedded.index_file import INDEX
-from service.index.types import IndexSpec
+from contrastkit.service.index.embedded.collection import Collection
+from contrastkit.service.index.embedded.index_file import INDEX
+from contrastkit.service.index.types import IndexSpec
 from tests.helpers import unit_rows
 
 DIM = 16

@@ -20,9 +20,9 @@ import faiss
 import numpy as np
 import pytest
 
-from service.index.embedded.collection import Collection
-from service.index.embedded.index_file import INDEX, MAGIC
-from service.index.types import IndexSpec
+from contrastkit.service.index.embedded.collection import Collection
+from contrastkit.service.index.embedded.index_file import INDEX, MAGIC
+from contrastkit.service.index.types import IndexSpec
 from tests.helpers import unit_rows
 
 DIM = 16

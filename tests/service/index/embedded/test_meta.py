@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.errors import http_status
-from service.index.embedded.collection import LOG, META, SNAP
-from service.index.embedded.meta import CHECKSUM, FORMAT_VERSION, checksum, read_meta
-from service.index.embedded.store import CollectionStore
-from service.index.embedded.wal import UPSERT, Record, RecordShapeError
-from service.index.types import INDEX_KINDS, CollectionError, IndexSpec
+from contrastkit.service.cli import main
+from contrastkit.service.errors import http_status
+from contrastkit.service.index.embedded.collection import LOG, META, SNAP
+from contrastkit.service.index.embedded.meta import CHECKSUM, FORMAT_VERSION, checksum, read_meta
+from contrastkit.service.index.embedded.store import CollectionStore
+from contrastkit.service.index.embedded.wal import UPSERT, Record, RecordShapeError
+from contrastkit.service.index.types import INDEX_KINDS, CollectionError, IndexSpec
 from tests.helpers import unit_rows
 from tests.service.index.embedded.test_crash import NAME, Writer
 

@@ -25,8 +25,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from service.index.embedded.store import CollectionStore
-from service.index.types import IndexKind, IndexSpec
+from contrastkit.service.index.embedded.store import CollectionStore
+from contrastkit.service.index.types import IndexKind, IndexSpec
 from tests.helpers import unit_rows
 
 K = 10
@@ -82,7 +82,7 @@ def large_set(shipped: np.ndarray) -> np.ndarray:
 @pytest.mark.slow
 def test_shipped_embeddings_are_the_live_models(recipe: ModuleType, shipped: np.ndarray) -> None:
     """A sample of originals and variants, embedded now, matches the file."""
-    from training.encoders import load_encoder
+    from contrastkit.training.encoders import load_encoder
 
     encoder = load_encoder("builtin", device="cpu")
     assert encoder.model_id == recipe.MODEL_ID

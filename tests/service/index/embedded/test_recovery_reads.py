@@ -1,5 +1,5 @@
 """What an open reads: log.prev.wal only when snapshot.bin and log.wal do not stand alone
-(service.index.embedded.recovery.plan). After a bulk load the previous log can be as large as the
+(contrastkit.service.index.embedded.recovery.plan). After a bulk load the previous log can be as large as the
 collection, so the usual open must not read it; every other case still must."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import service.index.embedded.recovery as recovery
-from service.index.embedded.recovery import LOG, PREV_LOG
-from service.index.embedded.store import CollectionStore
-from service.index.types import IndexSpec
+import contrastkit.service.index.embedded.recovery as recovery
+from contrastkit.service.index.embedded.recovery import LOG, PREV_LOG
+from contrastkit.service.index.embedded.store import CollectionStore
+from contrastkit.service.index.types import IndexSpec
 from tests.helpers import unit_rows
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from service.index.embedded.backend import FaissBackend
-from service.index.embedded.collection import PREV_LOG, PREV_SNAP, SNAP
+from contrastkit.service.index.embedded.backend import FaissBackend
+from contrastkit.service.index.embedded.collection import PREV_LOG, PREV_SNAP, SNAP
 from tests.helpers import unit_rows
 
 DIM = 32
@@ -35,8 +35,8 @@ CHILD = """
 import json, os, sys
 from pathlib import Path
 import numpy as np
-from service.index.embedded.backend import FaissBackend
-from service.index.types import CollectionError
+from contrastkit.service.index.embedded.backend import FaissBackend
+from contrastkit.service.index.types import CollectionError
 
 root, how, dim = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 backend = FaissBackend.open(root, snapshot_every=1, device="cpu")

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.index.embedded import collection as collection_mod
-from service.index.embedded.collection import Collection
-from service.index.embedded.recovery import PREV_LOG
-from service.index.types import IndexSpec
+from contrastkit.service.index.embedded import collection as collection_mod
+from contrastkit.service.index.embedded.collection import Collection
+from contrastkit.service.index.embedded.recovery import PREV_LOG
+from contrastkit.service.index.types import IndexSpec
 from tests.helpers import unit_rows
 
 DIM = 16
@@ -80,7 +80,7 @@ def test_a_snapshot_written_in_parts_reads_back(
 ) -> None:
     """Rows stacked a few at a time into one reused buffer make the same file, whatever
     the chunk size, and its checksum holds."""
-    from service.index.embedded import snapshot as snapmod
+    from contrastkit.service.index.embedded import snapshot as snapmod
 
     vecs = unit_rows(37, DIM, 5)
     snap = snapmod.Snapshot(9, [str(i) for i in range(37)], [{"i": i} for i in range(37)], vecs)

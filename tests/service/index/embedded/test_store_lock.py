@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from service.index.embedded.store import CollectionStore, StoreLockedError
+from contrastkit.service.cli import main
+from contrastkit.service.index.embedded.store import CollectionStore, StoreLockedError
 from tests.helpers import wait_until
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from service.index.embedded.store import CollectionStore
+from contrastkit.service.index.embedded.store import CollectionStore
 store = CollectionStore(Path(sys.argv[1]))
 store.create("c", "raw", 4)
 print("open", flush=True)

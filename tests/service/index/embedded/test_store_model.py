@@ -24,9 +24,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from service.index.embedded.collection import Collection
-from service.index.embedded.store import CollectionStore
-from service.index.types import IndexSpec
+from contrastkit.service.index.embedded.collection import Collection
+from contrastkit.service.index.embedded.store import CollectionStore
+from contrastkit.service.index.types import IndexSpec
 from tests.helpers import unit_rows
 
 DIM = 8

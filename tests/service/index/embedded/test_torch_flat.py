@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from service.index.embedded.faiss_index import VectorIndex
-from service.index.embedded.torch_flat import TorchFlatIndex
-from service.index.types import IndexSpec
+from contrastkit.service.index.embedded.faiss_index import VectorIndex
+from contrastkit.service.index.embedded.torch_flat import TorchFlatIndex
+from contrastkit.service.index.types import IndexSpec
 from tests.helpers import unit_rows
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from service.index.qdrant.points import point_id
-from service.index.qdrant.sidecar import CollectionConfig
-from service.index.types import IndexSpec
+from contrastkit.service.index.qdrant.points import point_id
+from contrastkit.service.index.qdrant.sidecar import CollectionConfig
+from contrastkit.service.index.types import IndexSpec
 
 # What a fault does to the request it is put on:
 #   stall           read the request, then answer nothing until the test ends

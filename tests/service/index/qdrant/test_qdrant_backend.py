@@ -13,16 +13,16 @@ import pytest
 pytest.importorskip("qdrant_client")
 from qdrant_client import models
 
-from service.index.embedded.backend import FaissBackend
-from service.index.factory import open_backend
-from service.index.filters import parse_filter
-from service.index.qdrant.backend import QdrantBackend
-from service.index.qdrant.connection import QdrantConfig
-from service.index.qdrant.filters import index_schemas, to_qdrant
-from service.index.qdrant.points import point_id
-from service.index.types import CollectionError
-from service.settings import Settings
-from service.state import open_collections
+from contrastkit.service.index.embedded.backend import FaissBackend
+from contrastkit.service.index.factory import open_backend
+from contrastkit.service.index.filters import parse_filter
+from contrastkit.service.index.qdrant.backend import QdrantBackend
+from contrastkit.service.index.qdrant.connection import QdrantConfig
+from contrastkit.service.index.qdrant.filters import index_schemas, to_qdrant
+from contrastkit.service.index.qdrant.points import point_id
+from contrastkit.service.index.types import CollectionError
+from contrastkit.service.settings import Settings
+from contrastkit.service.state import open_collections
 
 F = models.FieldCondition
 KW, FLOAT, BOOL = (

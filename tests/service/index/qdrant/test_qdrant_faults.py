@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("qdrant_client")
 from fastapi.testclient import TestClient
 
-from service.settings import Settings
+from contrastkit.service.settings import Settings
 from tests.helpers import unit_rows
 from tests.service.index.qdrant.fake_qdrant import APPLIED, FAULTS, FakeQdrant, on
 

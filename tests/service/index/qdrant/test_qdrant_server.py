@@ -26,11 +26,11 @@ import pytest
 
 pytest.importorskip("qdrant_client")
 
-from service.errors import STATUS
-from service.index.qdrant.backend import QdrantBackend
-from service.index.qdrant.connection import QdrantConfig
-from service.index.qdrant.sidecar import CollectionConfig
-from service.index.types import CollectionError, IndexSpec
+from contrastkit.service.errors import STATUS
+from contrastkit.service.index.qdrant.backend import QdrantBackend
+from contrastkit.service.index.qdrant.connection import QdrantConfig
+from contrastkit.service.index.qdrant.sidecar import CollectionConfig
+from contrastkit.service.index.types import CollectionError, IndexSpec
 
 URL = os.environ.get("CONTRASTIVE_QDRANT_URL")
 DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens there
