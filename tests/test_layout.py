@@ -8,15 +8,17 @@
 - `training` never imports `service`.
 - Inside `training`: methods and their building blocks (losses, heads, momentum, augment,
   dist) know nothing of the engine; the engine and export reach methods only through the
-  contract (`contrastkit.training.methods`, `contrastkit.training.methods.base`), never a method's own module.
+  contract (`contrastkit.training.methods`, `contrastkit.training.methods.base`), never a method's
+  own module.
 
-Inside the service, `contrastkit.service.index` (collections) is layered: the interface and what every
-engine shares at its top, an engine per sub-package (`embedded/`, `qdrant/`).
+Inside the service, `contrastkit.service.index` (collections) is layered: the interface and what
+every engine shares at its top, an engine per sub-package (`embedded/`, `qdrant/`).
 
 - `contrastkit.service.index` imports neither the web framework nor pydantic (pydantic-settings, so
-  contrastkit.service.settings, included): of the rest of the service only contrastkit.service.domain_errors,
-  whose error base class its CollectionError extends. The HTTP models of collections are
-  in contrastkit.service.schemas, and the service hands the index what its Settings say.
+  contrastkit.service.settings, included): of the rest of the service only
+  contrastkit.service.domain_errors, whose error base class its CollectionError extends. The HTTP
+  models of collections are in contrastkit.service.schemas, and the service hands the index what its
+  Settings say.
 - Only the backend factory (service/index/factory.py) reaches into an engine's package;
   the few other doors are listed in ENGINE_DOORS with their reasons. Tests do the same
   except those of the engines themselves (tests/service/index/).
@@ -137,9 +139,9 @@ def test_the_index_imports_no_web_framework_and_no_pydantic() -> None:
 
 
 def test_the_index_loads_no_web_framework_and_no_pydantic() -> None:
-    """What the rule above keeps out stays out at run time too (through contrastkit.service.domain_errors
-    or a library): the interface, the factory and the embedded store, imported, load none
-    of it, nor qdrant-client (a FAISS service never does)."""
+    """What the rule above keeps out stays out at run time too (through
+    contrastkit.service.domain_errors or a library): the interface, the factory and the embedded
+    store, imported, load none of it, nor qdrant-client (a FAISS service never does)."""
     modules = [
         "contrastkit.service.index.factory",
         "contrastkit.service.index.transfer",
@@ -208,7 +210,9 @@ def test_the_index_rules_can_fail(tmp_path: Path) -> None:
 def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
     f.write_text(
-        "def f():\n    from contrastkit.training.engine.trainer import Trainer\n    import contrastkit.service.app\n"
+        "def f():\n"
+        "    from contrastkit.training.engine.trainer import Trainer\n"
+        "    import contrastkit.service.app\n"
     )
     assert _imports(f) == ["contrastkit.training.engine.trainer", "contrastkit.service.app"]
 

@@ -5,8 +5,8 @@ A repository path is one under a top folder of the project (`service/`, `trainin
 README, CONTRIBUTING.md, SECURITY.md and docs/ (prose, tables and code blocks alike), in
 the comments and docstrings of the Python sources, and in the scripts, CI, Dockerfile,
 deployment files and pyproject.toml. The Python comments and docstrings also name modules
-(`contrastkit.training.engine.checkpoint`, `contrastkit.service.client.ServiceError`): each names a module of
-the project, or a name that module defines. Links and anchors: tests/test_docs.py.
+(`contrastkit.training.engine.checkpoint`, `contrastkit.service.client.ServiceError`): each names a
+module of the project, or a name that module defines. Links and anchors: tests/test_docs.py.
 
 A path that is named but not shipped is in NOT_OURS, with the reason.
 """

@@ -4,4 +4,5 @@ import sys
 
 from contrastkit.training.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing it (documentation tools do) runs nothing
+    sys.exit(main())

@@ -45,8 +45,8 @@ class TrainConfig:
     # encoder
     backbone: str = "resnet18"  # resnet18|resnet50|tiny|timm:NAME|torchvision:NAME|open_clip:ARCH
     cifar_stem: bool | None = None  # None: on when image_size <= 64
-    # backbone weights to start from (contrastkit.training.engine.pretrained): an export directory, a
-    # .safetensors file or a torch checkpoint; None: a fresh initialisation
+    # backbone weights to start from (contrastkit.training.engine.pretrained): an export directory,
+    # a .safetensors file or a torch checkpoint; None: a fresh initialisation
     init_from: str | None = None
     # side of the training views (px); None: follow the data (contrastkit.training.data.size: native
     # size for small-image sets, 32 for digits, 224 for photos), resolved before loading
@@ -78,7 +78,8 @@ class TrainConfig:
     compile: bool = False
     workers: int = 4  # decode workers for folder/pairs data
     # pairs data: this fraction of the rows (chosen by `seed`) is held out of training,
-    # for evaluation on pairs the model never saw (contrastkit.training.evaluate.data.holdout_eval_data)
+    # for evaluation on pairs the model never saw
+    # (contrastkit.training.evaluate.data.holdout_eval_data)
     holdout: float = 0.1
     # stop when more than this fraction of the samples (and more than 10) were skipped:
     # missing files, empty captions, unreadable images

@@ -4,7 +4,7 @@ a command says when one is missing.
 The base install is the service: it asks for none of these (README "Install"). Each is
 imported where it is used, never at a module's top, so that serving never loads them; a
 command that needs one checks for it first (`require`), before it loads data or a model,
-and stops with `needs scikit-learn: pip install 'contrastive[train]'`.
+and stops with `needs scikit-learn: pip install 'contrastkit[train]'`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def installed(module: str) -> bool:
 
 def install_hint(module: str, extra: str | None = None) -> str:
     """The hint for the import name `module`, as "needs scikit-learn: pip install
-    'contrastive[train]'" (`extra`: another extra that installs it too, e.g. demo)."""
+    'contrastkit[train]'" (`extra`: another extra that installs it too, e.g. demo)."""
     package, default = PACKAGES[module]
-    return f"needs {package}: pip install 'contrastive[{extra or default}]'"
+    return f"needs {package}: pip install 'contrastkit[{extra or default}]'"
 
 
 def require(*modules: str, what: str = "", extra: str | None = None) -> None:

@@ -1,7 +1,8 @@
 """The closest of some choices to a mistyped word, for error messages ("did you mean").
 
 Imports nothing heavy: the command line's flags (contrastkit.training.cli), setting keys
-(contrastkit.training.config) and method names (contrastkit.training.catalog) all use it before torch loads.
+(contrastkit.training.config) and method names (contrastkit.training.catalog) all use it before
+torch loads.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
@@ -283,6 +284,15 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "settings": settings_markdown,
     "http-api": http_api_markdown,
 }
+
+
+def on_config(config: MkDocsConfig) -> MkDocsConfig:
+    """Make build/docs-path/contrastkit/{service,training} -> the repository's folders: the
+    path mkdocstrings reads the Python client from (mkdocs.yml), under its import name."""
+    from contrastkit.training.bench.checkout_path import checkout_path
+
+    checkout_path(Path(config.config_file_path).parent / "build" / "docs-path")
+    return config
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:

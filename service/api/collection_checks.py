@@ -25,8 +25,8 @@ def check_k(k: int, s: Settings) -> int:
     return k
 
 
-# The item rules are contrastkit.service.index.items, shared with every other path into a collection;
-# here their refusals become request errors (422), with the same codes and messages.
+# The item rules are contrastkit.service.index.items, shared with every other path into a
+# collection; here their refusals become request errors (422), with the same codes and messages.
 def check_id(id_: Any, where: str) -> str:
     """A valid item id (1-256 characters, valid Unicode, no NUL); "invalid_id" otherwise."""
     with _as_request_error():

@@ -48,10 +48,9 @@ TEMPLATE_PATTERN = r"^[^\x00]*\{\}[^\x00]*$"
 # digits, '_', '.', '-', never two dots in a row; written without look-arounds.
 NAME_PATTERN = r"^[A-Za-z0-9](\.?[A-Za-z0-9_-])*\.?$"
 MAX_NAME_CHARS = 64
-# An image in JSON (contrastkit.service.runtime.images.decode_base64_image): standard base64 (RFC 4648,
-# padded; spaces and line breaks anywhere), after an optional data: URL head, and never a
-# URL, which the server would not fetch. Whether its bytes are a decodable image, no JSON
-# Schema can say.
+# An image in JSON (contrastkit.service.runtime.images.decode_base64_image): standard base64 (RFC
+# 4648, padded; spaces and line breaks anywhere), after an optional data: URL head, and never a URL,
+# which the server would not fetch. Whether its bytes are a decodable image, no JSON Schema can say.
 _B64 = r"\s*[A-Za-z0-9+/]"
 _QUAD = f"(?:{_B64}){{4}}"
 _LAST = rf"(?:{_B64}){{2}}\s*=\s*=|(?:{_B64}){{3}}\s*="
@@ -310,7 +309,7 @@ def _constrain_path_parameters(doc: dict[str, Any]) -> None:
                 param["schema"]["not"] = {"const": RESERVED_ITEM_PATH}
 
 
-# -- the metadata filter (contrastkit.service.index.filters) ------------------------------------------
+# -- the metadata filter (contrastkit.service.index.filters) ---------------------------------
 _SCALAR = {"type": ["string", "number", "boolean"]}
 
 

@@ -84,8 +84,8 @@ def token_encodings() -> list[str] | None:
 
 def add_token_rules(schemas: dict[str, Any], encodings: list[str] | None) -> None:
     """Token ids are text: `modality` must be "text" with them, and `token_encoding`, when
-    given, one of tiktoken's encodings (contrastkit.service.api.token_ids). Without tiktoken the server
-    reads no token ids at all (`tokens_not_supported`): the document then refuses them."""
+    given, one of tiktoken's encodings (contrastkit.service.api.token_ids). Without tiktoken the
+    server reads no token ids at all (`tokens_not_supported`): the document then refuses them."""
     openai = schemas.get("OpenAIEmbeddingRequest")
     if openai is None:
         return

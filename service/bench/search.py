@@ -6,7 +6,8 @@ In one run on one machine, over the same N vectors and the same queries:
    filled and again reopened from its snapshot (searched over the mapped file in place);
 3. HTTP: `python -m contrastkit.service serve` on loopback over the same collection, pre-built here
    and closed before the server opens it; POST /v1/collections/NAME/search with raw
-   vectors through contrastkit.service.bench.loadgen's client (one connection, requests back to back);
+   vectors through contrastkit.service.bench.loadgen's client (one connection, requests back to
+   back);
 4. the ratios in-process / raw and HTTP / raw at each batch size;
 5. recall@k and queries/s of IVF and HNSW collections at their default parameters, against
    exact search (IVF as trained while the vectors arrived, and again after a reopen, when

@@ -7,10 +7,10 @@ In one run on one machine:
    requests at each concurrency -> requests/s, p50 and p99 latency;
 3. the ratios HTTP / in-process, and p50 at concurrency 1 minus the single-item time.
 
-With `--peer URL` it measures against another embedding server instead (contrastkit.service.bench.peer:
-the same OpenAI /v1/embeddings requests to both, texts and images, 1 and 32 items a
-request, alternating over rounds -> answered requests/s, p50/p99 and 503s of each). The
-peer runs the same model and is started by the user (e.g. infinity-emb, docs/benchmarks.md).
+With `--peer URL` it measures against another embedding server instead
+(contrastkit.service.bench.peer: the same OpenAI /v1/embeddings requests to both, texts and images,
+1 and 32 items a request, alternating over rounds -> answered requests/s, p50/p99 and 503s of each).
+The peer runs the same model and is started by the user (e.g. infinity-emb, docs/benchmarks.md).
 """
 
 from __future__ import annotations

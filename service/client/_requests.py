@@ -89,7 +89,8 @@ def classify(
         _encode.reject_scalar(templates, "templates")
     files = _encode.image_files(images)
     if files:
-        # List fields travel as one JSON-array string each (contrastkit.service.api.payload.list_field).
+        # List fields travel as one JSON-array string each
+        # (contrastkit.service.api.payload.list_field).
         data = {"labels": json.dumps(list(labels))}
         if templates is not None:
             data["templates"] = json.dumps(list(templates))

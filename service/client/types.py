@@ -1,8 +1,10 @@
 """What the clients take and return: input aliases, result types and ServiceError.
 
-The result types are named apart from the server's own (`contrastkit.service.index.types.CollectionInfo`
-and `Hit`, `contrastkit.service.schemas.collections.SearchHit`, `contrastkit.service.schemas.embeddings.LabelScore`),
-so code that touches both sides never has to alias one of them on import.
+The result types are named apart from the server's own
+(`contrastkit.service.index.types.CollectionInfo` and `Hit`,
+`contrastkit.service.schemas.collections.SearchHit`,
+`contrastkit.service.schemas.embeddings.LabelScore`), so code that touches both sides never has to
+alias one of them on import.
 """
 
 from __future__ import annotations

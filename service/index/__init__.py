@@ -5,5 +5,6 @@ CollectionHandle), value types and errors (`types`), the filter language (`filte
 durable file writes (`fsutil`), export/import on any backend (`transfer`), and the one
 place that opens an engine (`factory`). The engines live below it: `embedded/` (FAISS and
 our own log, the default) and `qdrant/` (a Qdrant server). Nothing here imports the web
-framework or pydantic: the HTTP models of collections are in contrastkit.service.schemas.collections.
+framework or pydantic: the HTTP models of collections are in
+contrastkit.service.schemas.collections.
 """

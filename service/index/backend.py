@@ -1,18 +1,18 @@
 """The collection backend interface: the same operations for every engine behind collections.
 
-Two backends implement it: `contrastkit.service.index.embedded.backend.FaissBackend` (the embedded store
-in a folder, the default) and `contrastkit.service.index.qdrant.backend.QdrantBackend` (a Qdrant server,
-or qdrant-client's embedded local mode for tests); `contrastkit.service.index.factory.open_backend` opens
-either, and the rest of the service reaches them only through it (tests/test_layout.py
-holds the rule and its few exceptions). Both are checked by one contract suite,
-tests/service/index/test_backend_contract.py.
+Two backends implement it: `contrastkit.service.index.embedded.backend.FaissBackend` (the embedded
+store in a folder, the default) and `contrastkit.service.index.qdrant.backend.QdrantBackend` (a
+Qdrant server, or qdrant-client's embedded local mode for tests);
+`contrastkit.service.index.factory.open_backend` opens either, and the rest of the service reaches
+them only through it (tests/test_layout.py holds the rule and its few exceptions). Both are checked
+by one contract suite, tests/service/index/test_backend_contract.py.
 
 What a backend promises:
 
-- every upsert obeys the item rules (contrastkit.service.index.items, through `check_batch`): ids are
-  strings of 1-256 characters without NUL, metadata a JSON object of finite numbers that
-  reads back as written, vectors finite and not zero; each path into a collection (the
-  API, `index add`, `index import`, `create_filled`) meets the same rules;
+- every upsert obeys the item rules (contrastkit.service.index.items, through `check_batch`): ids
+  are strings of 1-256 characters without NUL, metadata a JSON object of finite numbers that reads
+  back as written, vectors finite and not zero; each path into a collection (the API, `index add`,
+  `index import`, `create_filled`) meets the same rules;
 - vectors are stored as float32 rows of unit norm (a row off unit length is scaled to
   it); a search score is their inner product (the cosine similarity), the same number on
   every backend for the same data;
@@ -21,16 +21,16 @@ What a backend promises:
   stored beside its metadata, never in it; an upsert without one clears it;
 - `create_filled` makes a collection from items all or nothing: it is listed only once
   every item is stored (how import and copy_collection make theirs);
-- `where` is a `contrastkit.service.index.filters.Filter` (or the JSON object it is parsed from), with
-  exactly the semantics of `Filter.matches`; a filtered search returns `k` hits whenever at
+- `where` is a `contrastkit.service.index.filters.Filter` (or the JSON object it is parsed from),
+  with exactly the semantics of `Filter.matches`; a filtered search returns `k` hits whenever at
   least `k` items match (exactly on the embedded store; Qdrant's HNSW can miss a few);
 - every write is durable when the call returns;
 - aliases: a name that stands for a collection, switched atomically (`set_alias`);
   `get` takes an alias wherever it takes a collection's name, resolving it once (a
-  handle keeps serving the collection it was opened on). The rules (contrastkit.service.index.aliases)
-  are the same on every backend: an alias is never a collection's name, nor a collection
-  an alias's; it points to a collection that serves; a collection an alias points to is
-  not dropped ("collection_aliased", naming the alias);
+  handle keeps serving the collection it was opened on). The rules
+  (contrastkit.service.index.aliases) are the same on every backend: an alias is never a
+  collection's name, nor a collection an alias's; it points to a collection that serves; a
+  collection an alias points to is not dropped ("collection_aliased", naming the alias);
 - errors are `CollectionError`s with a stable code (contrastkit.service.errors maps it to a status),
   never an engine's own exception: an unreachable server is "backend_unavailable" (503),
   naming where it was looked for.

@@ -1,7 +1,7 @@
 """Near-duplicate groups of a collection: the connected components of "cosine >= threshold".
 
-Written once, on the backend interface (contrastkit.service.index.backend): the items are scrolled with
-their vectors, then the similar pairs are found in one of two ways.
+Written once, on the backend interface (contrastkit.service.index.backend): the items are scrolled
+with their vectors, then the similar pairs are found in one of two ways.
 
 - exact, when a flat index serves the collection: every pair, scored in blocks of rows
   ([block, n] matrices of at most BLOCK_BYTES), so memory stays bounded beside the

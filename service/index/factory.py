@@ -1,7 +1,7 @@
 """Opening a collection backend: the one door from the rest of the service to the engines.
 
-The callers choose everything (the service from its Settings, in `contrastkit.service.state`); nothing
-here reads the environment. Each engine's package, and qdrant-client with it, is imported
+The callers choose everything (the service from its Settings, in `contrastkit.service.state`);
+nothing here reads the environment. Each engine's package, and qdrant-client with it, is imported
 only when that engine is opened, so a FAISS service never loads qdrant-client.
 
 FAISS is not a base dependency: the `cpu` extra installs faiss-cpu, the `gpu` extra
@@ -35,7 +35,7 @@ __all__ = [
 BackendKind = Literal["faiss", "qdrant"]
 
 FAISS_INSTALL = (
-    "pip install 'contrastive[cpu]' (or 'contrastive[gpu]' on CUDA), "
+    "pip install 'contrastkit[cpu]' (or 'contrastkit[gpu]' on CUDA), "
     "or use collections_backend=qdrant"
 )
 

@@ -1,5 +1,5 @@
-"""The batcher's spans (contrastkit.service.runtime.batcher): how long a request's items waited in the
-queue, each batch, and the model's forward call in it. Imported only when tracing is on.
+"""The batcher's spans (contrastkit.service.runtime.batcher): how long a request's items waited in
+the queue, each batch, and the model's forward call in it. Imported only when tracing is on.
 
 A batch mixes requests, and a big request's items go into several batches, so neither can
 be the other's parent. As OpenTelemetry advises for batch processing, a batch is a trace

@@ -1,6 +1,7 @@
 """How `contrastive serve` logs: readable lines (`text`) or one JSON object a line (`json`),
-each record with the id of the request it was emitted for (contrastkit.service.observability.request_id)
-and, when tracing is on, the ids of the trace and span it was emitted in.
+each record with the id of the request it was emitted for
+(contrastkit.service.observability.request_id) and, when tracing is on, the ids of the trace and
+span it was emitted in.
 
 The standard library's logging and orjson: no logging package to install.
 """
@@ -92,7 +93,8 @@ def handler(log_format: LogFormat, extra: list[logging.Filter] | None = None) ->
 def configure(level: str, log_format: LogFormat, tracing: bool = False) -> None:
     """The root logger writes `log_format` at `level` to stderr (what logging.basicConfig
     did, with our formatters). With `tracing`, records carry the current trace and span ids
-    (the otel extra must be installed: contrastkit.service.observability.tracing checks it first)."""
+    (the otel extra must be installed: contrastkit.service.observability.tracing checks it
+    first)."""
     extra: list[logging.Filter] = []
     if tracing:
         from contrastkit.service.observability.tracing import TraceIdsFilter

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from contrastkit.service.observability.batch_spans import BatchSpans
 
-INSTALL = "pip install 'contrastive[otel]'"
+INSTALL = "pip install 'contrastkit[otel]'"
 # What `require` imports: the packages of the otel extra.
 NEEDED = (
     "opentelemetry.sdk.trace",

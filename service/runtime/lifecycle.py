@@ -86,7 +86,8 @@ class Operation:
         return loading or f"waiting to load {self.reference}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The operation as the admin API answers it (contrastkit.service.schemas.admin.ModelOperation)."""
+        """The operation as the admin API answers it
+        (contrastkit.service.schemas.admin.ModelOperation)."""
         return {
             "id": self.id,
             "operation": self.kind,

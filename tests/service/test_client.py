@@ -1,4 +1,5 @@
-"""contrastkit.service.client against the real app over a tiny deterministic fake encoder (no real model).
+"""contrastkit.service.client against the real app over a tiny deterministic fake encoder (no real
+model).
 
 The sync client drives the app through FastAPI's TestClient (an httpx.Client); the async
 client through httpx.ASGITransport, with the app's lifespan run on the test's own event loop

@@ -1,6 +1,6 @@
-"""Device JPEG decoding (contrastkit.service.runtime.device_decode), run on the CPU: torchvision's CPU
-decode_jpeg has the same code shape as nvJPEG's batched call, so the pixels, the
-fall-backs and the errors are checked here; the speed only on a GPU (scripts/gpu_check.sh).
+"""Device JPEG decoding (contrastkit.service.runtime.device_decode), run on the CPU: torchvision's
+CPU decode_jpeg has the same code shape as nvJPEG's batched call, so the pixels, the fall-backs and
+the errors are checked here; the speed only on a GPU (scripts/gpu_check.sh).
 """
 
 from __future__ import annotations

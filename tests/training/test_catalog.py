@@ -1,5 +1,5 @@
-"""contrastkit.training.catalog, the torch-free copy of the method registry's names and setting keys,
-and the texts that list the methods: they take the list from it, or name no subset."""
+"""contrastkit.training.catalog, the torch-free copy of the method registry's names and setting
+keys, and the texts that list the methods: they take the list from it, or name no subset."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_catalog_equals_the_registry() -> None:
-    """A new method file needs its row in contrastkit.training.catalog.METHOD_SETTINGS: this is it."""
+    """A new method file needs its row in contrastkit.training.catalog.METHOD_SETTINGS: this is
+    it."""
     names = method_names()  # imports every method module: METHODS is complete
     registry = {
         name: tuple(f.name for f in dataclasses.fields(cls.Params))

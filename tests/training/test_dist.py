@@ -1,4 +1,5 @@
-"""contrastkit.training.dist: no-ops on one process; on 2 gloo CPU processes the losses equal one process.
+"""contrastkit.training.dist: no-ops on one process; on 2 gloo CPU processes the losses equal one
+process.
 
 The 2-process run spawns once per module (a fixture); each rank holds half of one
 float64 batch, computes every loss the DDP way and saves loss values and input

@@ -315,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m contrastkit.training.bench.finetune` (the same as `contrastive bench finetune`)."""
+    """`python -m contrastkit.training.bench.finetune` (the same as `contrastive bench
+    finetune`)."""
     parser = argparse.ArgumentParser(
         prog="python -m contrastkit.training.bench.finetune", description=__doc__
     )

@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        print("bench onnx: needs onnxruntime: pip install 'contrastive[onnx]'", file=sys.stderr)
+        print("bench onnx: needs onnxruntime: pip install 'contrastkit[onnx]'", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

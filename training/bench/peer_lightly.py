@@ -1,9 +1,10 @@
 """The peer of `contrastive bench quality --quick`: one method trained with lightly.
 
-Run in the peer's own environment (scripts/peer-lightly-env.sh makes it), with the repo
-on PYTHONPATH; the quality bench starts it as a subprocess:
+Run in the peer's own environment (scripts/peer-lightly-env.sh makes it), with this
+checkout importable (contrastkit.training.bench.checkout_path: a folder of two symlinks, DIR
+below); the quality bench starts it as a subprocess:
 
-    PYTHONPATH=$PWD /tmp/lightlyenv/bin/python -m contrastkit.training.bench.peer_lightly \\
+    PYTHONPATH=DIR /tmp/lightlyenv/bin/python -m contrastkit.training.bench.peer_lightly \\
         --method simclr --epochs 3 --out peer-simclr.json
 
 The recipe is OURS, read from our resolved config (contrastkit.training.config.build_config and the

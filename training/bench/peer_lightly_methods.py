@@ -265,7 +265,8 @@ class SwAV(PeerMethod):
         self.head = lmod.SwaVProjectionHead(feat, p.proj_hidden, p.proj_dim)
         self.prototypes = lmod.SwaVPrototypes(p.proj_dim, p.n_prototypes, frozen)
         self.criterion = lloss.SwaVLoss(p.temperature, p.sinkhorn_iterations, p.epsilon)
-        # our queue rule (contrastkit.training.methods.swav): automatic at small batches, one epoch max
+        # our queue rule (contrastkit.training.methods.swav): automatic at small batches, one epoch
+        # max
         length = p.queue_length
         if length is None:
             small = ctx.global_batch <= AUTO_QUEUE_MAX_BATCH

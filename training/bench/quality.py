@@ -4,7 +4,8 @@ Every registered method (or --methods) trains through the real Trainer on one da
 with one backbone, and for each the run records, in one process on one device:
 
 - kNN (k = 200, t = 0.1) of the untrained encoder: the reference each method must beat;
-- kNN after every epoch (contrastkit.training.bench.time_to_knn.knn_run, the figure PERFORMANCE.md quotes);
+- kNN after every epoch (contrastkit.training.bench.time_to_knn.knn_run, the figure PERFORMANCE.md
+  quotes);
 - a linear probe on the frozen backbone features after the last epoch (the evaluate
   package's probe: logistic regression, its L2 strength chosen on a validation split),
   and the same probe of the untrained encoder, its reference;

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from contrastkit.training.bench import criteria
+from contrastkit.training.bench.checkout_path import checkout_path
 from contrastkit.training.bench.pipelines import BenchSettings, build_trainer
 from contrastkit.training.bench.time_to_knn import KNN_K, KNN_T, knn_run, raw_pixel_knn
 from contrastkit.training.data import DataError, load_knn_data
@@ -48,8 +49,8 @@ QUICK_DATA, QUICK_BACKBONE, QUICK_IMAGE_SIZE, QUICK_BATCH, QUICK_EPOCHS = (
 )  # fmt: skip
 UNTRAINED_SEEDS = (0, 1, 2)
 PEER_PYTHON = "/tmp/lightlyenv/bin/python"  # what scripts/peer-lightly-env.sh makes
-# lightly's methods (contrastkit.training.bench.peer_lightly_methods.PEER_METHODS; not imported here:
-# that module needs lightly, which our own environment does not have)
+# lightly's methods (contrastkit.training.bench.peer_lightly_methods.PEER_METHODS; not imported
+# here: that module needs lightly, which our own environment does not have)
 PEER_METHODS = (
     "simclr", "moco", "moco-tuned", "byol", "simsiam", "barlow", "vicreg", "swav", "dino",
 )  # fmt: skip
@@ -134,12 +135,14 @@ def peer(s: BenchSettings, epochs: int, method: str, python: str, folder: Path) 
         return {"n/a": f"no peer environment at {python} (scripts/peer-lightly-env.sh)"}
     out, log = folder / f"peer-{method}.json", folder / f"peer-{method}.log"
     cmd = [
-        python, "-m", "contrastkit.training.bench.peer_lightly", "--method", method, "--epochs", str(epochs),
+        python, "-m", "contrastkit.training.bench.peer_lightly",
+        "--method", method, "--epochs", str(epochs),
         "--data", s.data, "--backbone", s.backbone, "--image-size", str(s.image_size),
         "--batch-size", str(s.batch_size), "--seed", str(s.seed),
         "--threads", str(torch.get_num_threads()), "--out", str(out),
     ]  # fmt: skip
-    env = os.environ | {"PYTHONPATH": str(REPO)}
+    # the peer's venv has not installed us: it imports this checkout through symlinks
+    env = os.environ | {"PYTHONPATH": str(checkout_path(folder / "import-path"))}
     say(f"{method}: peer (lightly) ... log {log}")
     with log.open("w") as f:
         done = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)

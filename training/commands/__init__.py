@@ -8,5 +8,6 @@
     plot     contrastive plot
 
 A command parses, reports and exits; the work it starts lives in the package it names
-(contrastkit.training.engine, contrastkit.training.export, contrastkit.training.evaluate, contrastkit.training.demo).
+(contrastkit.training.engine, contrastkit.training.export, contrastkit.training.evaluate,
+contrastkit.training.demo).
 """

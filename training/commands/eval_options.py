@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 TASKS = ("knn", "linear", "zeroshot", "fewshot", "retrieval")
 BANK_TASKS = ("knn", "linear", "fewshot")  # those that learn from the train images
 TEXT_TASKS = ("zeroshot", "retrieval")
-# --templates value -> the template sets (contrastkit.training.evaluate.zeroshot.TEMPLATE_SETS) it scores
+# --templates value -> the template sets (contrastkit.training.evaluate.zeroshot.TEMPLATE_SETS) it
+# scores
 TEMPLATE_CHOICES: dict[str, tuple[str, ...]] = {
     "default": ("ensemble",),
     "single": ("single",),

@@ -61,7 +61,7 @@ def check_command_line(args: argparse.Namespace) -> str | None:
             return "--onnx needs training/export/onnx.py, which this installation lacks"
         missing = [m for m in ONNX_PACKAGES if importlib.util.find_spec(m) is None]
         if missing:
-            return f"--onnx needs {', '.join(missing)}: pip install 'contrastive[onnx]'"
+            return f"--onnx needs {', '.join(missing)}: pip install 'contrastkit[onnx]'"
     return None
 
 

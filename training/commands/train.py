@@ -1,4 +1,5 @@
-"""`contrastive train` (also `python -m contrastkit.training train`): add_arguments(parser), run(args).
+"""`contrastive train` (also `python -m contrastkit.training train`): add_arguments(parser),
+run(args).
 
 Settings come from, last wins: defaults < `--config FILE.yaml` < flags < `--set k=v`.
 With `--resume`, the run folder's checkpoint supplies the settings and flags may only

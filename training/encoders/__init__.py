@@ -6,8 +6,8 @@ open_clip:ARCH              an open_clip architecture; `pretrained` is a tag, a 
 open_clip:hf-hub:ORG/NAME   an open_clip model on the Hugging Face Hub (config and
                             weights download on first use; `pretrained` must be None)
 open_clip:local-dir:DIR     a folder with open_clip_config.json and its weights (offline)
-PATH                        an export directory written by contrastkit.training.encoders.exported.format (with
-                            runtime="onnx"/"auto": its ONNX graphs, when it has them)
+PATH                        an export directory (contrastkit.training.encoders.exported.format;
+                            with runtime="onnx"/"auto": its ONNX graphs, when it has them)
 """
 
 from __future__ import annotations

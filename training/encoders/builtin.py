@@ -137,7 +137,8 @@ class BuiltinEncoder(Encoder):
         return emb - self.centre
 
     def onnx_text_source(self) -> TextSource:
-        """The text path split at the tokens, for an ONNX graph (contrastkit.training.export.graphs)."""
+        """The text path split at the tokens, for an ONNX graph
+        (contrastkit.training.export.graphs)."""
         from contrastkit.training.encoders.exported.onnx_runtime import (
             TextSource,  # onnxruntime-free
         )

@@ -36,7 +36,7 @@ class MetricsLogger:
             except ImportError:  # the `train` extra installs it
                 log.info(
                     "no tensorboard logs: tensorboard is not installed (pip install "
-                    "'contrastive[train]'); metrics go to %s",
+                    "'contrastkit[train]'); metrics go to %s",
                     self.path,
                 )
 

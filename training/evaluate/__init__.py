@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 # name -> its module; imported on first use, so that a light submodule (`defaults`, which
 # `contrastive eval --help` reads) does not bring in torch with the package. The
-# `retrieval` function is not among them: `contrastkit.training.evaluate.retrieval` is its module (an
-# import of the module binds that name here), so it is contrastkit.training.evaluate.retrieval.retrieval.
+# `retrieval` function is not among them: `contrastkit.training.evaluate.retrieval` is its module
+# (an import of the module binds that name here), so it is
+# contrastkit.training.evaluate.retrieval.retrieval.
 _EXPORTS = {
     "LinearModel": "logreg",
     "extract_features": "pixels",

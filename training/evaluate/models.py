@@ -1,8 +1,9 @@
 """`--model REF` -> Encoder, for every kind of model evaluation accepts.
 
-builtin, open_clip:ARCH, an export directory    contrastkit.training.encoders.load_encoder
-a training checkpoint file, or a run folder     contrastkit.training.export.build.encoder_from_checkpoint
-  (a folder holding last.pt but no encoder.json)
+builtin, open_clip:ARCH, an export directory
+    -> contrastkit.training.encoders.load_encoder
+a training checkpoint file, or a run folder (one holding last.pt but no encoder.json)
+    -> contrastkit.training.export.build.encoder_from_checkpoint
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def knn_task(
     bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,
     query_labels: torch.Tensor, num_classes: int, k: int = 200, t: float = 0.1,
 ) -> KnnResult:  # fmt: skip
-    """Weighted kNN (contrastkit.training.evaluate.knn): each of the k nearest votes exp(cos / t)."""
+    """Weighted kNN (contrastkit.training.evaluate.knn): each of the k nearest votes exp(cos /
+    t)."""
     acc = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, k=k, t=t)
     return KnnResult(acc, k, t)
 

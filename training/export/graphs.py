@@ -1,4 +1,5 @@
-"""The traceable forward of an Encoder's towers: what contrastkit.training.export.onnx hands the exporter.
+"""The traceable forward of an Encoder's towers: what contrastkit.training.export.onnx hands the
+exporter.
 
 Image: `Encoder._image_forward` itself, whatever the family, followed by the L2
 normalisation that `Encoder.encode_image_tensors` applies; so the graph is, by

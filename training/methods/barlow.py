@@ -63,12 +63,11 @@ class BarlowTwins(TwoViewMethod[BarlowTwinsParams]):
     """Barlow Twins with a `proj_layers`-layer MLP projector (Linear, norm, ReLU blocks).
 
     Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/barlow.yaml):
-    LARS (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.3
-    per 256 images, weight decay 1e-4. The paper uses LARS with lr 0.2 per 256 for the
-    weights (0.0048 for biases and norms), weight decay 1.5e-6, batch 2048 and 1000
-    ImageNet epochs. LARS
-    matters here: the loss is a sum over D^2 entries, so its raw gradient scale depends
-    on the projector's width, and the trust ratio takes that scale out of the step.
+    LARS (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr
+    0.3 per 256 images, weight decay 1e-4. The paper uses LARS with lr 0.2 per 256 for the weights
+    (0.0048 for biases and norms), weight decay 1.5e-6, batch 2048 and 1000 ImageNet epochs. LARS
+    matters here: the loss is a sum over D^2 entries, so its raw gradient scale depends on the
+    projector's width, and the trust ratio takes that scale out of the step.
     """
 
     name = "barlow"

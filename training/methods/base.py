@@ -145,7 +145,8 @@ class MethodContext:
     classes: list[str] | None = None  # class names, when the data set has labels
     channels: int = 3
     has_texts: bool = False  # the data set carries captions (pairs data)
-    # a whole pretrained image-text model to fine-tune (contrastkit.training.encoders.pretrained_clip)
+    # a whole pretrained image-text model to fine-tune
+    # (contrastkit.training.encoders.pretrained_clip)
     start: StartModel | None = None
 
 
@@ -209,7 +210,8 @@ class Method(nn.Module, ABC, Generic[P]):
 
     @abstractmethod
     def loss(self, views: Views) -> StepOutput:
-        """Views -> loss. Under DDP, negatives/assignments span all ranks (contrastkit.training.dist)."""
+        """Views -> loss. Under DDP, negatives/assignments span all ranks
+        (contrastkit.training.dist)."""
 
     def forward(self, views: Views) -> StepOutput:
         """DDP hooks gradient sync onto `forward`, so the engine calls the loss through it."""

@@ -16,14 +16,14 @@ it and a resumed run continues exactly. The teacher is an EMA of the student who
 momentum follows a cosine schedule from 0.996 to 1 (the engine applies it through
 `momentum_pairs` and `momentum_at`, as for BYOL).
 
-Views: DINO's own (contrastkit.training.augment.dino_views, after the official DataAugmentationDINO):
-2 global crops (scale 0.14-1) + `n_small_crops` local ones (scale 0.05-0.14), the scales
-the official README gives for ResNets (ViTs use 0.4-1 / 0.05-0.4). Every crop gets BYOL's
-jitter 0.4/0.4/0.2/0.1 (p 0.8) and grayscale 0.2 at every image size; blur p 1.0 on global
-crop 1, p 0.1 and solarize p 0.2 on global crop 2, p 0.5 on the local crops (blur only on
-crops of 64 px and more). `views=swav` gives SwAV's multi-crop instead (SimCLR's jitter by
-image size, blur 0.5 everywhere, no solarize): what this project used before `views`
-existed, so checkpoints from then resume with it.
+Views: DINO's own (contrastkit.training.augment.dino_views, after the official
+DataAugmentationDINO): 2 global crops (scale 0.14-1) + `n_small_crops` local ones (scale 0.05-0.14),
+the scales the official README gives for ResNets (ViTs use 0.4-1 / 0.05-0.4). Every crop gets BYOL's
+jitter 0.4/0.4/0.2/0.1 (p 0.8) and grayscale 0.2 at every image size; blur p 1.0 on global crop 1, p
+0.1 and solarize p 0.2 on global crop 2, p 0.5 on the local crops (blur only on crops of 64 px and
+more). `views=swav` gives SwAV's multi-crop instead (SimCLR's jitter by image size, blur 0.5
+everywhere, no solarize): what this project used before `views` existed, so checkpoints from then
+resume with it.
 """
 
 from __future__ import annotations

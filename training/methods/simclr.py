@@ -61,13 +61,12 @@ class SimCLR(Method[SimCLRParams]):
     """SimCLR with a `proj_layers`-layer projection head over the backbone features.
 
     Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/simclr.yaml):
-    LARS (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.4
-    per 256 images, weight decay 1e-4. The trust ratio normalises each layer's step by its
-    gradient norm, so the learning rate does not have to be retuned when the temperature
-    (which scales the gradient by 1/T) changes. The paper's own recipe is unclipped LARS
-    with eta 0.001, lr 0.3 per 256 and weight decay 1e-6 (`--set lars_eta=0.001
-    --set lars_clip=false --lr 0.3 --set weight_decay=1e-6`; `lr_scaling=sqrt` with lr
-    1.2 for its small-batch rule 0.075 * sqrt(batch)).
+    LARS (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr
+    0.4 per 256 images, weight decay 1e-4. The trust ratio normalises each layer's step by its
+    gradient norm, so the learning rate does not have to be retuned when the temperature (which
+    scales the gradient by 1/T) changes. The paper's own recipe is unclipped LARS with eta 0.001, lr
+    0.3 per 256 and weight decay 1e-6 (`--set lars_eta=0.001 --set lars_clip=false --lr 0.3 --set
+    weight_decay=1e-6`; `lr_scaling=sqrt` with lr 1.2 for its small-batch rule 0.075 * sqrt(batch)).
     With `optimizer=sgd`, use an lr near 0.1 per 256 and weight_decay 5e-4.
     """
 

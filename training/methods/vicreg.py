@@ -68,9 +68,9 @@ class VICReg(TwoViewMethod[VICRegParams]):
     """VICReg with a `proj_layers`-layer MLP expander (Linear, norm, ReLU blocks).
 
     Optimiser defaults: solo-learn's CIFAR recipe (scripts/pretrain/cifar/vicreg.yaml):
-    LARS (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr 0.3
-    per 256 images, weight decay 1e-4. The paper uses LARS with a base lr of 0.2 per 256,
-    weight decay 1e-6, batch 2048 and 1000 ImageNet epochs.
+    LARS (contrastkit.training.engine.optim: eta 0.02, LARC-clipped, biases and norms exempt), lr
+    0.3 per 256 images, weight decay 1e-4. The paper uses LARS with a base lr of 0.2 per 256, weight
+    decay 1e-6, batch 2048 and 1000 ImageNet epochs.
     """
 
     name = "vicreg"

@@ -4,9 +4,10 @@ Every `{name}` of an item or search route may be an alias (/v1/aliases): the col
 is resolved once, when the request starts (deps.named_collection), and the whole request
 is served by it, whatever an alias switch does meanwhile.
 
-Inputs become vectors in contrastkit.service.api.collection_inputs; the store (contrastkit.service.index) blocks on
-fsync, so every call into it runs in the index pool (IndexDep). Each route's signature
-says what it uses: the collection of the path, the store, the model only when asked.
+Inputs become vectors in contrastkit.service.api.collection_inputs; the store
+(contrastkit.service.index) blocks on fsync, so every call into it runs in the index pool
+(IndexDep). Each route's signature says what it uses: the collection of the path, the store, the
+model only when asked.
 """
 
 from __future__ import annotations

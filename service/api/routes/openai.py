@@ -3,8 +3,8 @@
 Texts as OpenAI sends them; images too, in the shapes other embedding servers accept:
 strings with `"modality": "image"` (each a `data:image/...;base64,...` URL or plain
 base64), or input objects `{"image": ...}` / `{"text": ...}`, mixed in one request. Texts
-may also come as token ids, as OpenAI takes them (contrastkit.service.api.token_ids says how they are
-read). The vectors come back in input order; texts and images of one model share its space.
+may also come as token ids, as OpenAI takes them (contrastkit.service.api.token_ids says how they
+are read). The vectors come back in input order; texts and images of one model share its space.
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ SHARD:KEY) and metadata (a JSON object: width, height, bytes, caption when given
 Resumable: a part counts once its file is renamed into place and listed in
 DIR/manifest.jsonl; run the same command again after a stop or a kill and it skips what
 is done. Images that cannot be read are skipped and counted, one line per reason with an
-example, also in DIR/embed-summary.json. Needs pyarrow: install contrastive[embed].
+example, also in DIR/embed-summary.json. Needs pyarrow: install contrastkit[embed].
 
-Many machines (--ray; install contrastive[ray]): the same job on Ray Data. This process
+Many machines (--ray; install contrastkit[ray]): the same job on Ray Data. This process
 lists INPUT and writes DIR as above; a pool of --actors actors (one GPU each when the
 cluster has GPUs) decodes and embeds, one model per actor. Every worker reads the input
 files at the paths this process lists, so INPUT must be on a filesystem that every node

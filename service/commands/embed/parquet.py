@@ -36,7 +36,7 @@ def pyarrow_parquet() -> Any:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise InputError(
-            "parquet needs pyarrow: install contrastive[embed] (pip install 'contrastive[embed]')"
+            "parquet needs pyarrow: install contrastkit[embed] (pip install 'contrastkit[embed]')"
         ) from e
     return pq
 

@@ -31,7 +31,7 @@ from contrastkit.service.commands.embed.sources import InputError, Item, Skip
 if TYPE_CHECKING:
     from contrastkit.training.encoders import Encoder
 
-NEEDS_RAY = "--ray needs Ray Data: pip install 'contrastive[ray]'"
+NEEDS_RAY = "--ray needs Ray Data: pip install 'contrastkit[ray]'"
 
 
 def import_ray() -> Any:

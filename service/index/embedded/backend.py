@@ -10,7 +10,8 @@ and a Collection does not offer yet is built here on its state:
 - delete by filter: the matching ids, deleted as one durable write;
 - scrolling: ids in sorted order, a cursor being the next id to return, so a scroll sees
   every id present throughout exactly once whatever is written meanwhile;
-- aliases: the folder's alias file (aliases.AliasFile), checked by contrastkit.service.index.aliases.
+- aliases: the folder's alias file (aliases.AliasFile), checked by
+  contrastkit.service.index.aliases.
 
 The Collection's in-memory state is read in one place, `_State`, under the collection's
 own lock: when the store gains queries of its own, only `_State` changes.

@@ -4,11 +4,11 @@ searchable.
 State lives in memory (dicts by id) and on disk as the latest snapshot plus the log of
 changes since it. Every change is appended to the log and fsynced before it is applied
 or acknowledged. The files, and how they are read back, are described in
-contrastkit.service.index.embedded.recovery; a collection whose files hold no complete state is refused
-(CollectionError "collection_corrupt"), never served short. So is one whose collection.json
-(what the data is: its dimension, model and index) is missing, fails its checksum, or
-disagrees with the snapshot or the log (contrastkit.service.index.embedded.meta): refused before
-recovery writes anything.
+contrastkit.service.index.embedded.recovery; a collection whose files hold no complete state is
+refused (CollectionError "collection_corrupt"), never served short. So is one whose collection.json
+(what the data is: its dimension, model and index) is missing, fails its checksum, or disagrees with
+the snapshot or the log (contrastkit.service.index.embedded.meta): refused before recovery writes
+anything.
 
 If the disk is full while recovery writes what it owes (cutting a torn log tail, writing
 a rebuilt snapshot), the collection opens read-only with status "disk_full": reads are

@@ -16,7 +16,8 @@ snapshot.bin, then snapshot.prev.bin, then an empty start, and refuses
 (`RecoveryRefusedError`) when none is complete. So a corrupt or stale snapshot.bin (one that
 the logs have outrun) is rebuilt from the previous snapshot and the logs, or refused;
 never served short. A corrupt log.wal (damage that valid records follow, see
-contrastkit.service.index.embedded.wal) is refused outright: nothing is cut, the files stay as they are.
+contrastkit.service.index.embedded.wal) is refused outright: nothing is cut, the files stay as they
+are.
 
 A snapshot whose checksum holds but whose dimension is not collection.json's refuses the
 collection at once (`MetaError`), rather than being passed over as damaged: the file is

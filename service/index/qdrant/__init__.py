@@ -1,4 +1,5 @@
-"""Collections in Qdrant, behind the CollectionBackend interface (contrastkit.service.index.backend).
+"""Collections in Qdrant, behind the CollectionBackend interface
+(contrastkit.service.index.backend).
 
 Only the backend factory (contrastkit.service.index.factory) imports this package: QdrantConfig
 (connection.py, which needs no qdrant-client) as it loads, the rest, and qdrant-client, only

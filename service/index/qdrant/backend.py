@@ -3,8 +3,8 @@
 
 Aliases are Qdrant's own (qname(alias) -> qname(collection)): one update_collection_aliases
 request deletes the old one and creates the new one, which Qdrant applies atomically.
-contrastkit.service.index.aliases checks each change first, as the embedded store does; a Qdrant alias
-outside this prefix is not ours and is neither listed nor touched."""
+contrastkit.service.index.aliases checks each change first, as the embedded store does; a Qdrant
+alias outside this prefix is not ours and is neither listed nor touched."""
 
 from __future__ import annotations
 

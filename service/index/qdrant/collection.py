@@ -1,4 +1,5 @@
-"""One Qdrant collection behind the CollectionHandle interface (contrastkit.service.index.backend)."""
+"""One Qdrant collection behind the CollectionHandle interface
+(contrastkit.service.index.backend)."""
 
 from __future__ import annotations
 

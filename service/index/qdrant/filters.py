@@ -1,5 +1,5 @@
-"""Our filter language (contrastkit.service.index.filters) as Qdrant filters, and the payload indexes
-they need. A Qdrant filter may pass more than ours (Qdrant matches an array by any element):
+"""Our filter language (contrastkit.service.index.filters) as Qdrant filters, and the payload
+indexes they need. A Qdrant filter may pass more than ours (Qdrant matches an array by any element):
 the collection checks what comes back with `Filter.matches`."""
 
 from __future__ import annotations

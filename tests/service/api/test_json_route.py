@@ -1,6 +1,6 @@
 """The embedding routes with a declared body read it with orjson (the image and collection
-routes read theirs with contrastkit.service.api.payload.read_json, orjson too), and answer what orjson refuses
-or would round exactly as the standard library's reading did."""
+routes read theirs with contrastkit.service.api.payload.read_json, orjson too), and answer what
+orjson refuses or would round exactly as the standard library's reading did."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_without_pyarrow_it_says_which_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if not installed
     assert _run(export, str(photos), "--out", str(tmp_path / "out")) == 2
-    assert "install contrastive[embed]" in capsys.readouterr().err
+    assert "install contrastkit[embed]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("device_decode", ["off", "on"])

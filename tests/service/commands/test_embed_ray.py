@@ -90,7 +90,7 @@ def test_without_ray_it_says_which_extra(
     monkeypatch.setitem(sys.modules, "ray.data", None)
     assert embed(photos, tmp_path / "out", "--ray") == 2
     err = capsys.readouterr().err.strip()
-    assert err == "contrastive embed: --ray needs Ray Data: pip install 'contrastive[ray]'"
+    assert err == "contrastive embed: --ray needs Ray Data: pip install 'contrastkit[ray]'"
 
 
 def test_actors_without_ray_is_refused(

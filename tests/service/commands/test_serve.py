@@ -19,7 +19,7 @@ def test_tracing_without_the_extra_fails_fast_naming_it(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("contrastive serve: tracing is on but OpenTelemetry is not installed")
-    assert "pip install 'contrastive[otel]'" in err
+    assert "pip install 'contrastkit[otel]'" in err
 
 
 def test_the_flags_and_the_environment_set_them(monkeypatch: pytest.MonkeyPatch) -> None:

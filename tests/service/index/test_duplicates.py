@@ -1,5 +1,5 @@
-"""contrastkit.service.index.duplicates on every backend: the same groups as a brute-force comparison,
-exactly (flat) and through each engine's own nearest-neighbour search (HNSW, Qdrant)."""
+"""contrastkit.service.index.duplicates on every backend: the same groups as a brute-force
+comparison, exactly (flat) and through each engine's own nearest-neighbour search (HNSW, Qdrant)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Item sources and collection aliases on every backend: the embedded store and Qdrant's
-local mode (the rules: contrastkit.service.index.items, contrastkit.service.index.aliases); and what the embedded
-store keeps of both across a restart and a crash."""
+local mode (the rules: contrastkit.service.index.items, contrastkit.service.index.aliases); and what
+the embedded store keeps of both across a restart and a crash."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Log formats (contrastkit.service.observability.logs): `json` writes one JSON object a line with the
-request id, also for uvicorn's own records in a real server; `text` keeps its lines."""
+"""Log formats (contrastkit.service.observability.logs): `json` writes one JSON object a line with
+the request id, also for uvicorn's own records in a real server; `text` keeps its lines."""
 
 from __future__ import annotations
 

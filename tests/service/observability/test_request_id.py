@@ -1,5 +1,5 @@
-"""The request id (contrastkit.service.observability.request_id): the client's `X-Request-ID` when it is
-usable, else a new one; answered on every response, errors included; on the log records
+"""The request id (contrastkit.service.observability.request_id): the client's `X-Request-ID` when
+it is usable, else a new one; answered on every response, errors included; on the log records
 emitted while the request is handled."""
 
 from __future__ import annotations

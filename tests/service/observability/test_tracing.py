@@ -187,7 +187,7 @@ def test_without_the_extra_tracing_fails_at_start_naming_it(
         create_app(Settings(tracing=True))
     message = str(e.value)
     assert "\n" not in message
-    assert "pip install 'contrastive[otel]'" in message
+    assert "pip install 'contrastkit[otel]'" in message
     assert "opentelemetry.instrumentation.fastapi" in message
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from contrastkit.training.bench import criteria, quality, quality_quick
+from contrastkit.training.bench.checkout_path import checkout_path
 
 N = 10_000
 
@@ -152,9 +153,10 @@ def test_a_signal_ends_the_whole_benchmark(monkeypatch: pytest.MonkeyPatch, tmp_
 )
 def test_peer_runner_takes_two_steps(tmp_path: Path) -> None:
     out = tmp_path / "peer.json"
-    cmd = [quality_quick.PEER_PYTHON, "-m", "contrastkit.training.bench.peer_lightly", "--method", "simclr",
-           "--steps", "2", "--workers", "0", "--threads", "1", "--out", str(out)]  # fmt: skip
-    env = os.environ | {"PYTHONPATH": str(quality_quick.REPO)}
+    cmd = [quality_quick.PEER_PYTHON, "-m", "contrastkit.training.bench.peer_lightly",
+           "--method", "simclr", "--steps", "2", "--workers", "0", "--threads", "1",
+           "--out", str(out)]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(checkout_path(tmp_path / "import-path"))}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())

@@ -1,4 +1,5 @@
-"""`--data shards:...`: webdataset-style tar shards read in place (contrastkit.training.data.shards)."""
+"""`--data shards:...`: webdataset-style tar shards read in place
+(contrastkit.training.data.shards)."""
 
 from __future__ import annotations
 

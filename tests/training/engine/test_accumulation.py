@@ -1,4 +1,5 @@
-"""Gradient accumulation and gradient checkpointing (contrastkit.training.engine.trainer, TrainConfig).
+"""Gradient accumulation and gradient checkpointing (contrastkit.training.engine.trainer,
+TrainConfig).
 
 Accumulation sums the gradients of micro-batches before one step: for per-sample losses
 (BYOL, SimSiam, DINO) that is the large batch's gradient exactly, given a backbone and heads

@@ -1,4 +1,5 @@
-"""Starting a run from pretrained backbone weights (`init_from`, contrastkit.training.engine.pretrained)."""
+"""Starting a run from pretrained backbone weights (`init_from`,
+contrastkit.training.engine.pretrained)."""
 
 from __future__ import annotations
 

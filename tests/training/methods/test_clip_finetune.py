@@ -364,7 +364,7 @@ _FRESH_PROCESS = """
 import json, sys, torch
 from contrastkit.training.encoders import load_encoder
 enc = load_encoder(sys.argv[1], device="cpu")
-assert "contrastkit.training.engine.trainer" not in sys.modules, "loading an export imported the trainer"
+assert "contrastkit.training.engine.trainer" not in sys.modules, "loading an export imported it"
 pixels = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(0),
                        dtype=torch.uint8)
 print(json.dumps({"image": enc.encode_image_tensors(pixels).tolist(),

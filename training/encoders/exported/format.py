@@ -1,4 +1,5 @@
-"""The export directory: the one format that carries an encoder from contrastkit.training to serving.
+"""The export directory: the one format that carries an encoder from contrastkit.training to
+serving.
 
     OUT_DIR/
       encoder.json          what to build and how to feed it (see `ExportMeta`)
@@ -50,9 +51,9 @@ class ExportMeta:
     preprocess: contrastkit.training.encoders.base.Preprocess as a dict (size, mean, std, ...).
     tokenizer: {"kind": "open_clip", "context_length": 77}, {"kind": "minilm", ...} (the
         packaged MiniLM's own tokenizer), or None for image-only.
-    method: for our runs, the training method's `--method` name (contrastkit.training.catalog lists them).
-    training: run metadata (step, epoch, data, config, checkpoint sha256...).
-    templates: default zero-shot prompt templates (CLIP: those it trained with), or None.
+    method: for our runs, the training method's `--method` name (contrastkit.training.catalog lists
+    them). training: run metadata (step, epoch, data, config, checkpoint sha256...). templates:
+    default zero-shot prompt templates (CLIP: those it trained with), or None.
     """
 
     family: str

@@ -14,7 +14,7 @@ torch encoders (one implementation, no second copy of mean/std to drift); the gr
 hold only the networks. A graph is hashed before onnxruntime parses it, from the very
 bytes it then parses, so a changed file is refused, as `exported.format` does for weights.
 
-onnxruntime is an optional dependency (`pip install 'contrastive[onnx]'`): nothing here
+onnxruntime is an optional dependency (`pip install 'contrastkit[onnx]'`): nothing here
 imports it until a graph is opened.
 """
 
@@ -279,7 +279,7 @@ def _import_ort() -> Any:
         import onnxruntime
     except ImportError as e:
         raise RuntimeError(
-            "the ONNX runtime needs onnxruntime: pip install 'contrastive[onnx]'"
+            "the ONNX runtime needs onnxruntime: pip install 'contrastkit[onnx]'"
         ) from e
     return onnxruntime
 

@@ -78,8 +78,8 @@ class TransformerTower(TextTower):
 
 
 class OpenCLIPTextTower(TextTower):
-    """The text side of a whole open_clip model (contrastkit.training.encoders.pretrained_clip), sharing its
-    parameters: training this tower trains the model's own text modules in place.
+    """The text side of a whole open_clip model (contrastkit.training.encoders.pretrained_clip),
+    sharing its parameters: training this tower trains the model's own text modules in place.
 
     open_clip.CLIP keeps its text modules at the top level (token_embedding, transformer,
     ln_final, positional_embedding, text_projection); CustomTextCLIP keeps them in

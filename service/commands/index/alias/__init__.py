@@ -1,5 +1,6 @@
-"""`contrastive index alias set|rm|ls`: the aliases of collections (contrastkit.service.index.aliases),
-one module per subcommand, registered in service/cli.py's nested table.
+"""`contrastive index alias set|rm|ls`: the aliases of collections
+(contrastkit.service.index.aliases), one module per subcommand, registered in service/cli.py's
+nested table.
 
 Each works where `add` and `search` do (targets.py): on a running server over HTTP (--url,
 or the local server when one answers), else in-process on the backend the settings select;

@@ -1,6 +1,6 @@
 """What an open reads: log.prev.wal only when snapshot.bin and log.wal do not stand alone
-(contrastkit.service.index.embedded.recovery.plan). After a bulk load the previous log can be as large as the
-collection, so the usual open must not read it; every other case still must."""
+(contrastkit.service.index.embedded.recovery.plan). After a bulk load the previous log can be as
+large as the collection, so the usual open must not read it; every other case still must."""
 
 from __future__ import annotations
 
