@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -125,3 +126,28 @@ def test_no_code_imports_the_folders_by_their_bare_names(tmp_path: Path) -> None
     sample = tmp_path / "m.py"
     sample.write_text("import training.cli\nfrom service.client import X\nimport contrastkit.cli\n")
     assert _top_level_imports(sample) == ["training.cli", "service.client"]  # it can fail
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_both_folders_under_contrastkit_and_nothing_else(tmp_path: Path) -> None:
+    """What `pip install .` (the container image) installs: every module of both folders,
+    under contrastkit/, and no top-level `service` or `training`."""
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("contrastkit-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = next(z.read(n) for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert {n.split("/")[0] for n in names} == {
+        "contrastkit",
+        wheel.name.split("-py3")[0] + ".dist-info",
+    }
+    modules = {
+        f"contrastkit/{p.relative_to(ROOT).as_posix()}"
+        for folder in ("service", "training")
+        for p in (ROOT / folder).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert modules - names == set()
+    assert "contrastkit/service/web/index.html" in names
+    assert b"contrastive = contrastkit.service.cli:main" in entry_points
