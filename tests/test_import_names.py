@@ -8,7 +8,6 @@ The repository's folders service/ and training/ install as `contrastkit.service`
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from tests.test_layout import _imports as imports_of  # every import, lazy ones too
 
 ROOT = Path(__file__).resolve().parents[1]
 DECOY = "raise ImportError('the decoy {name}/ package was imported instead of contrastkit.{name}')"
@@ -104,13 +105,7 @@ def test_the_distribution_installs_the_command_under_its_free_name() -> None:
 
 def _top_level_imports(path: Path) -> list[str]:
     """The absolute imports of `path` whose first name is `service` or `training`."""
-    names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
-    return [n for n in names if n.split(".")[0] in ("service", "training")]
+    return [n for n in imports_of(path) if n.split(".")[0] in ("service", "training")]
 
 
 def test_no_code_imports_the_folders_by_their_bare_names(tmp_path: Path) -> None:
