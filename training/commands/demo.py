@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder [demo]")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="time budget for the whole demo, training included [60]")  # fmt: skip
+    p.add_argument("--steps", type=int, default=None,
+                   help="train exactly this many steps instead of what fits the time budget "
+                        "(the same result on a fast or a busy machine)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed [0]")
 
 
@@ -27,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from contrastkit.training.demo import figures, pipeline, summary
     from contrastkit.training.extras import MissingExtraError, require
 
+    if args.steps is not None and args.steps < 1:
+        print(f"contrastive demo: --steps must be at least 1, not {args.steps}", file=sys.stderr)
+        return 2
     log_to_stderr()
     out: Path = args.out
     try:
@@ -38,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         out.mkdir(parents=True, exist_ok=True)
-        demo = pipeline.run(args.data, out, args.seconds, args.seed)
+        demo = pipeline.run(args.data, out, args.seconds, args.seed, steps=args.steps)
     except (DataError, ValueError, RuntimeError, OSError) as e:
         print(f"contrastive demo: {e}", file=sys.stderr)
         return 2

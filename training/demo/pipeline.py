@@ -166,17 +166,20 @@ def train(cfg: TrainConfig, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def run(data_spec: str, out: Path, seconds: float, seed: int = 0) -> DemoRun:
-    """Everything up to the figures; see the module docstring. Leaves torch's thread
-    count as it found it."""
+def run(
+    data_spec: str, out: Path, seconds: float, seed: int = 0, steps: int | None = None
+) -> DemoRun:
+    """Everything up to the figures; see the module docstring. `steps`, when given, replaces
+    the step count the time budget would choose. Leaves torch's thread count as it found
+    it."""
     threads = torch.get_num_threads()
     try:
-        return _run(data_spec, out, seconds, seed)
+        return _run(data_spec, out, seconds, seed, steps)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(data_spec: str, out: Path, seconds: float, seed: int) -> DemoRun:
+def _run(data_spec: str, out: Path, seconds: float, seed: int, fixed: int | None) -> DemoRun:
     started = time.perf_counter()
     run_dir = out / "run"
     clear_run_dir(run_dir)
@@ -191,7 +194,7 @@ def _run(data_spec: str, out: Path, seconds: float, seed: int) -> DemoRun:
     spent = time.perf_counter() - started
     budget = seconds - spent - analysis_seconds - FIGURE_SECONDS
     per_epoch = load_data(cfg.data, image_size=image_size_of(cfg)).steps_per_epoch(cfg.batch_size)
-    steps = choose_steps(budget, step, before.knn_seconds, per_epoch)
+    steps = choose_steps(budget, step, before.knn_seconds, per_epoch) if fixed is None else fixed
     log.info("%.1fs left for training: %.3fs a step on %d thread(s), kNN %.1fs -> %d steps",
              budget, step, threads, before.knn_seconds, steps)  # fmt: skip
     train_seconds = train(cfg, steps)
