@@ -105,9 +105,7 @@ preflight() {
         --target "$site" .whl/*.whl || return 1
     # the project's import names (contrastkit.service/.training, which an install maps onto the
     # folders): a folder of two symlinks, as this checkout is not installed here
-    mkdir -p "$site/contrastkit"
-    ln -sfn "$PWD/service" "$site/contrastkit/service"
-    ln -sfn "$PWD/training" "$site/contrastkit/training"
+    python3 training/bench/checkout_path.py "$site"
     export PYTHONPATH="$site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
     python3 - <<'EOF' || return 1
 import sys, torch, torchvision, fastapi, orjson, open_clip, faiss

@@ -6,7 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tree=build/mypy-path  # git-ignored; the paths in mypy's messages start with it
-mkdir -p "$tree/contrastkit"
-ln -sfn "$PWD/service" "$tree/contrastkit/service"
-ln -sfn "$PWD/training" "$tree/contrastkit/training"
+python training/bench/checkout_path.py "$tree"
 MYPYPATH="$tree" exec mypy "$@"

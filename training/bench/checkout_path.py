@@ -4,11 +4,13 @@ The repository's folders are service/ and training/; an install maps them onto
 `contrastkit.service` and `contrastkit.training` (setup.py). A subprocess of another
 interpreter (the lightly peer's venv of `bench quality --quick`) gets the same names from a
 folder of two symlinks on its PYTHONPATH: `contrastkit` is a namespace package, so the folder
-needs no file of its own.
+needs no file of its own. scripts/mypy.sh and scripts/gpu_check.sh run this file as a
+script for the same folder.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,3 +28,7 @@ def checkout_path(folder: Path) -> Path:
             link.unlink()
         link.symlink_to(REPO / name, target_is_directory=True)
     return folder
+
+
+if __name__ == "__main__":  # `python training/bench/checkout_path.py DIR`: no install needed
+    checkout_path(Path(sys.argv[1]))
