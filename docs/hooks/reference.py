@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
@@ -286,6 +287,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
 }
 
 
+@event_priority(100)  # before mkdocstrings' on_config, whose glob drops a path not yet made
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
     """Make build/docs-path/contrastkit/{service,training} -> the repository's folders: the
     path mkdocstrings reads the Python client from (mkdocs.yml), under its import name."""
