@@ -9,6 +9,7 @@ import io
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -150,6 +151,22 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def serve_argv(port: int, collections: Path, *flags: str, model: str = "builtin") -> list[str]:
+    """The command of a test's server: `contrastive serve` of `model` on the CPU at
+    127.0.0.1:`port`, its collections in `collections`, then `flags`."""
+    return [
+        sys.executable,
+        "-m",
+        "contrastkit.service",
+        "serve",
+        f"--model={model}",
+        "--device=cpu",
+        f"--port={port}",
+        f"--collections-dir={collections}",
+        *flags,
+    ]
 
 
 def wait_server_ready(

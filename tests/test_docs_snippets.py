@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, wait_server_ready
+from tests.helpers import free_port, serve_argv, wait_server_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -77,8 +77,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = folder / "server.log"
-    cmd = [sys.executable, "-m", "contrastkit.service", "serve", "--model=builtin", "--device=cpu"]
-    cmd += [f"--port={port}", f"--collections-dir={folder / 'collections'}"]
+    cmd = serve_argv(port, folder / "collections")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTRASTIVE_")}
     env |= {"CONTRASTIVE_AUTO_ONNX": "false", "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:

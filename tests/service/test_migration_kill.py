@@ -5,7 +5,6 @@ the migration started again resumes where it stopped and switches."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from tests.helpers import (
     free_port,
     old_and_new_exports,
+    serve_argv,
     wait_server_ready,
     wait_until,
 )
@@ -30,15 +30,8 @@ class Server:
     def __init__(self, tmp: Path, old: Path, new: Path) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = tmp / "server.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "contrastkit.service",
-            "serve",
-            f"--port={self.url.rsplit(':', 1)[1]}",
-        ]
-        cmd += [f"--model={old}", f"--models={new}", "--device=cpu", "--admin-key=boss"]
-        cmd += [f"--collections-dir={tmp / 'cols'}"]
+        port = int(self.url.rsplit(":", 1)[1])
+        cmd = serve_argv(port, tmp / "cols", f"--models={new}", "--admin-key=boss", model=str(old))
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_server_ready(self.url, self.proc, self.log.read_text)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from tests.helpers import free_port, image_bytes, wait_server_ready
+from tests.helpers import free_port, image_bytes, serve_argv, wait_server_ready
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="the browser tests need the playwright package"
@@ -51,15 +50,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / "server.log"
         self.model_id = ""
-        cmd = [
-            sys.executable,
-            "-m",
-            "contrastkit.service",
-            "serve",
-            "--model=builtin",
-            "--device=cpu",
-        ]
-        cmd += [f"--port={self.port}", f"--collections-dir={folder / 'collections'}"]
+        cmd = serve_argv(self.port, folder / "collections")
         env = {**os.environ, "CONTRASTIVE_API_KEYS": KEY}
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -6,7 +6,6 @@ import base64
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from contrastkit.service.cli import main
 from contrastkit.service.commands.index.images import NotAnImageError, read_image
 from contrastkit.service.index.factory import open_backend
 from contrastkit.training.encoders import load_encoder
-from tests.helpers import free_port, wait_server_ready, write_tiny_clip_export
+from tests.helpers import free_port, serve_argv, wait_server_ready, write_tiny_clip_export
 
 QUERY = "a photo of a red square"
 IMAGES = {  # id -> colour; ids are paths relative to the folder
@@ -184,17 +183,7 @@ def test_add_and_search_over_http(
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "contrastkit.service",
-        "serve",
-        "--model",
-        str(export),
-        "--device",
-        "cpu",
-    ]
-    cmd += ["--port", str(port), "--collections-dir", str(tmp_path / "server-cols")]
+    cmd = serve_argv(port, tmp_path / "server-cols", model=str(export))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_server_ready(url, proc, lambda: proc.stderr.read().decode() if proc.stderr else "")
