@@ -16,23 +16,35 @@ from contrastkit.training import cli as table
 DESCRIPTION = "Contrastive representation learning, and a service that serves what it learns."
 
 BENCH = {
-    "serve": table.Command("HTTP vs in-process throughput", "contrastkit.service.bench.serve"),
+    "serve": table.Command(
+        "HTTP vs in-process throughput",
+        "contrastkit.service.bench.serve",
+        flags="contrastkit.service.bench.flags:serve",
+    ),
     "overload": table.Command(
         "open loop at 4x capacity: 200/503 only, fast 503s, bounded 200s",
         "contrastkit.service.bench.overload",
+        flags="contrastkit.service.bench.flags:overload",
     ),
     "search": table.Command(
-        "search: raw FAISS vs our store vs HTTP; recall", "contrastkit.service.bench.search"
+        "search: raw FAISS vs our store vs HTTP; recall",
+        "contrastkit.service.bench.search",
+        flags="contrastkit.service.bench.flags:search",
     ),
     "train": table.Command(
         "training: step only vs end to end vs a DataLoader peer; kNN time",
         "contrastkit.training.bench.train",
+        flags="contrastkit.training.bench.flags:train",
     ),
     "onnx": table.Command(
-        "torch vs onnxruntime on the CPU: latency, parity", "contrastkit.training.bench.onnx"
+        "torch vs onnxruntime on the CPU: latency, parity",
+        "contrastkit.training.bench.onnx",
+        flags="contrastkit.training.bench.flags:onnx",
     ),
     "quality": table.Command(
-        "every method: kNN per epoch, linear probe, LARS", "contrastkit.training.bench.quality"
+        "every method: kNN per epoch, linear probe, LARS",
+        "contrastkit.training.bench.quality",
+        flags="contrastkit.training.bench.flags:quality",
     ),
     "embed": table.Command(
         "embed job end to end vs the encoder on pre-decoded tensors",
@@ -45,6 +57,7 @@ BENCH = {
     "finetune": table.Command(
         "fine-tuning open_clip: our Trainer vs open_clip's own loop, img/s",
         "contrastkit.training.bench.finetune",
+        flags="contrastkit.training.bench.flags:finetune",
     ),
 }
 

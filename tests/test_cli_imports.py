@@ -9,6 +9,8 @@ on how busy the machine is, unlike a stopwatch.
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -22,6 +24,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from contrastkit.service.cli import BENCH
 from contrastkit.training.catalog import method_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +85,7 @@ def contrastive(*argv: str, prelude: str = "") -> Ran:
         ["serve", "--help"],
         ["embed", "--help"],
         ["bench", "--help"],
-        ["bench", "embed", "--help"],
+        *[["bench", name, "--help"] for name in BENCH],
         ["index", "--help"],
         ["index", "add", "--help"],  # its module takes MAX_ID_CHARS from the index, lightly
         ["index", "search", "--help"],
@@ -219,6 +222,31 @@ def test_embed_without_pyarrow_says_so_before_torch(tmp_path: Path) -> None:
     assert ran.code == 2
     assert ran.heavy == []
     assert "install contrastkit[embed]" in ran.err
+
+
+def test_a_benchmarks_mistyped_flag_is_refused_before_torch() -> None:
+    ran = contrastive("bench", "quality", "--metods", "simclr")
+    assert ran.code == 2
+    assert ran.heavy == []
+    assert "unrecognized argument: --metods (did you mean --methods?)" in ran.err
+
+
+@pytest.mark.parametrize("name", [n for n, row in BENCH.items() if row.flags], ids=str)
+def test_a_benchmarks_light_flags_are_its_modules_flags(name: str) -> None:
+    """The parser the table builds from `flags` is the one the benchmark's own module
+    (its main(), the tests) builds: the same flags and defaults."""
+    from_table, from_module = argparse.ArgumentParser(), argparse.ArgumentParser()
+    BENCH[name].add_arguments(from_table)
+    importlib.import_module(str(BENCH[name].module)).add_arguments(from_module)
+    assert vars(from_table.parse_args([])) == vars(from_module.parse_args([]))
+    assert from_table.format_help() == from_module.format_help()
+
+
+def test_the_light_fashion_mnist_folder_is_the_data_modules() -> None:
+    from contrastkit.training.bench import flags
+    from contrastkit.training.data.idx import FASHION_MNIST_DIR
+
+    assert flags.FASHION_MNIST_DIR == FASHION_MNIST_DIR
 
 
 def test_eval_with_a_bad_command_line_imports_no_torch() -> None:

@@ -1,7 +1,8 @@
 """The command table behind `contrastive` and `python -m contrastkit.training`.
 
 Each command is a row: its name, its one-line help, and the module that implements it
-(`add_arguments(parser)` and `run(args) -> int`), or a nested table (`bench serve|...`).
+(`add_arguments(parser)` and `run(args) -> int`; `flags` may name a lighter home for the
+first), or a nested table (`bench serve|...`).
 Only the command being run is imported: `contrastive --help` lists the table without
 importing torch, and `contrastive serve --help` imports only the serve module.
 This module imports nothing heavy so the service's CLI can build on it.
@@ -21,11 +22,21 @@ from contrastkit.training.suggest import did_you_mean
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: `module` implements it, or `table` holds its own subcommands."""
+    """One subcommand: `module` implements it, or `table` holds its own subcommands.
+
+    `flags`, "module:function", adds the command's flags instead of `module`'s
+    add_arguments, for a command whose module imports torch at its top (the benchmarks):
+    its `--help` and a refused command line then import only that light module."""
 
     help: str
     module: str | None = None
     table: Mapping[str, Command] = field(default_factory=dict)
+    flags: str | None = None
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add this command's flags to `parser`, importing as little as the row allows."""
+        where, _, name = (self.flags or f"{self.module}:add_arguments").partition(":")
+        getattr(importlib.import_module(where), name)(parser)
 
 
 # `python -m contrastkit.training ...` and the training half of `contrastive ...`.
@@ -111,7 +122,7 @@ def add_table(
             nested = p.add_subparsers(dest=f"{dest}_{name}", required=True, metavar="COMMAND")
             add_table(nested, command.table, rest, f"{dest}_{name}")
         else:
-            importlib.import_module(str(command.module)).add_arguments(p)
+            command.add_arguments(p)
 
 
 def build_parser(

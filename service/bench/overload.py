@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from contrastkit.service.bench import flags
 from contrastkit.service.bench.loadgen import run_load
 from contrastkit.service.bench.openloop import Outcome, offer
 from contrastkit.service.bench.serve import (
@@ -45,39 +46,8 @@ HOST = "127.0.0.1"
 FAST_503_S = 0.1  # the goal for the 503s' p99
 LAGGING_S = 0.05  # a client whose sends are this late (p99) understates the offered load
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="builtin", help="model reference [builtin]")
-    p.add_argument("--pretrained", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch", type=int, default=64, help="the server's max batch size [64]")
-    p.add_argument(
-        "--max-queue-wait-ms",
-        type=float,
-        default=3000.0,
-        help="the server's limit (with --port: the running server's, for the goal) [3000]",
-    )
-    p.add_argument("--modalities", default="image,text", help="[image,text]")
-    p.add_argument("--factor", type=float, default=4.0, help="offered load / capacity [4]")
-    p.add_argument(
-        "--rate", type=float, default=None, help="offer this many requests/s instead of a factor"
-    )
-    p.add_argument("--seconds", type=float, default=10.0, help="open-loop time per modality [10]")
-    p.add_argument(
-        "--capacity-seconds", type=float, default=5.0, help="closed-loop time per modality [5]"
-    )
-    p.add_argument("--concurrency", type=int, default=32, help="closed-loop clients [32]")
-    p.add_argument("--seed", type=int, default=0, help="of the arrival times [0]")
-    p.add_argument(
-        "--quick", action="store_true", help="3 s of overload, 2 s of capacity: a smoke run"
-    )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help="measure the server already listening on this loopback port [start one]",
-    )
-    p.add_argument("--out", default="bench-results", help="folder for the JSON result")
+# its flags live in contrastkit.service.bench.flags, which `--help` imports without torch
+add_arguments = flags.overload
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -194,8 +164,8 @@ def run(args: argparse.Namespace) -> int:
     server = None
     if args.port is None:
         print(f"starting the server ({args.model}) ...", flush=True)
-        flags = ["--max-queue-wait-ms", str(args.max_queue_wait_ms), "--collections", "false"]
-        server = start_server(args, port, flags)
+        extra = ["--max-queue-wait-ms", str(args.max_queue_wait_ms), "--collections", "false"]
+        server = start_server(args, port, extra)
     rows = []
     try:
         reqs = single_item_requests(port, photo_jpeg())

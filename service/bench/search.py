@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from contrastkit.service.bench import flags
 from contrastkit.service.bench.loadgen import build_request, run_load
 from contrastkit.service.bench.serve import environment, free_port, wait_ready, write_result
 from contrastkit.service.index.embedded.store import CollectionStore
@@ -51,25 +52,8 @@ APPROX: tuple[IndexKind, ...] = ("ivf", "hnsw", "ivfpq", "hnsw_sq8")
 ADD_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw")
 MODEL_ID = "bench:random"  # vector queries check only the dimension, never the model
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=int, default=None, help="vectors [200000 on CPU, 1000000 on GPU]")
-    p.add_argument("--dim", type=int, default=None, help="dimension [384 on CPU, 512 on GPU]")
-    p.add_argument("--k", type=int, default=10, help="hits per query [10]")
-    p.add_argument("--queries", type=int, default=1000, help="query vectors (held out) [1000]")
-    p.add_argument("--data", choices=["clustered", "random"], default="clustered")
-    p.add_argument("--seconds", type=float, default=5.0, help="time per measurement [5]")
-    p.add_argument("--add-n", type=int, default=100_000, help="vectors for the add test [100000]")
-    p.add_argument("--model", default="builtin", help="the server's model [builtin]")
-    p.add_argument("--device", default="auto", help="the collections' device [auto]")
-    p.add_argument("--no-http", action="store_true", help="skip the server")
-    p.add_argument("--no-reopen", action="store_true", help="skip IVF after a reopen")
-    p.add_argument("--no-scale", action="store_true", help="skip restart/upsert/filter rows")
-    p.add_argument("--backend-n", type=int, default=20_000,
-                   help="vectors for Qdrant against FAISS [20000]; 0 skips it")  # fmt: skip
-    p.add_argument("--qdrant-url", default=None, help="a Qdrant server [local mode]")
-    p.add_argument("--quick", action="store_true", help="a smoke run: n=20000, 1 s each")
-    p.add_argument("--out", default="bench-results", help="folder for the JSON result")
+# its flags live in contrastkit.service.bench.flags, which `--help` imports without torch
+add_arguments = flags.search
 
 
 # -- data -------------------------------------------------------------------------------

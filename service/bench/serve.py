@@ -31,56 +31,11 @@ from typing import Any
 
 import torch
 
+from contrastkit.service.bench import flags
 from contrastkit.service.bench.loadgen import LoadResult, build_request, run_load
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="builtin", help="model reference [builtin]")
-    p.add_argument("--pretrained", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--concurrency", default="1,8,32", help="comma-separated [1,8,32]")
-    p.add_argument("--seconds", type=float, default=5.0, help="load time per level [5]")
-    p.add_argument("--batch", type=int, default=64, help="batch size, in-process and server [64]")
-    p.add_argument("--modalities", default="image,text", help="[image,text]")
-    p.add_argument("--out", default="bench-results", help="folder for the JSON result")
-    p.add_argument(
-        "--peer",
-        default=None,
-        metavar="URL",
-        help="compare /v1/embeddings with this server instead (its API base, "
-        "URL + '/embeddings', e.g. http://127.0.0.1:7997)",
-    )
-    p.add_argument(
-        "--peer-image-model",
-        default=None,
-        help="with --peer: the peer's image model name (image workloads run only with it)",
-    )
-    p.add_argument(
-        "--ours",
-        default=None,
-        metavar="URL",
-        help="with --peer: our server already running at this API base (e.g. "
-        "http://127.0.0.1:8000/v1), sent --model as the model name [start one]",
-    )
-    p.add_argument(
-        "--ours-image-model",
-        default=None,
-        help="with --ours: the model name our server is sent for images [--model]",
-    )
-    p.add_argument(
-        "--warmup", type=float, default=1.0, help="with --peer: seconds of load dropped first [1]"
-    )
-    p.add_argument("--rounds", type=int, default=3, help="with --peer: rounds per cell [3]")
-    p.add_argument("--items", default="1,32", help="with --peer: items a request [1,32]")
-    p.add_argument(
-        "--device-decode",
-        default=None,
-        choices=["auto", "on", "off"],
-        help="the server's JPEG decoding: auto (on the GPU when the model is), on, off [auto]",
-    )
-    p.add_argument(
-        "--peer-model", default=None, help="model name to send the peer [its GET /models first]"
-    )
+# its flags live in contrastkit.service.bench.flags, which `--help` imports without torch
+add_arguments = flags.serve
 
 
 def photo_jpeg() -> bytes:

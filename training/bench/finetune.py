@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from contrastkit.training.bench import flags
 from contrastkit.training.bench.finetune_setup import (
     TINY,
     FinetuneSettings,
@@ -42,7 +43,6 @@ from contrastkit.training.bench.finetune_setup import (
 from contrastkit.training.bench.report import pick_default
 from contrastkit.training.config import ConfigError, build_config
 from contrastkit.training.data import DataError
-from contrastkit.training.data.idx import FASHION_MNIST_DIR
 from contrastkit.training.encoders.environment import (
     environment,
     markdown_table,
@@ -67,60 +67,8 @@ DIFFERENCES = [
     "lr: both a cosine from the peak without warm-up; ours ends at 0, open_clip's just above",
 ]
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--arch",
-        default=None,
-        help=f"open_clip architecture, random weights [ViT-B-32 on CUDA; {TINY} (the "
-        "tutorial's 32 px ViT) on the CPU or with --quick]",
-    )
-    p.add_argument(
-        "--pairs",
-        default=None,
-        help="a pairs CSV/JSONL (path,caption) [Fashion-MNIST PNGs written to a temp folder]",
-    )
-    p.add_argument(
-        "--fashion-mnist",
-        default=FASHION_MNIST_DIR,
-        help=f"idx folder the PNGs come from [{FASHION_MNIST_DIR}]",
-    )
-    p.add_argument("--batch-size", type=int, default=None, help="[256 CUDA, 32 CPU, 8 --quick]")
-    p.add_argument(
-        "--steps", type=int, default=None, help="timed steps, each side [400 CUDA, 20 CPU, 2 quick]"
-    )
-    p.add_argument(
-        "--warmup", type=int, default=None, help="untimed steps first [20 CUDA, 3 CPU, 1 quick]"
-    )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
-    p.add_argument(
-        "--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32"
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="data-loading workers, each side [usable cores - 1, at most 15; 1 --quick]",
-    )
-    p.add_argument("--lr", type=float, default=5e-4, help="lr per 256 images, both [5e-4]")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="both sides [0.1]")
-    p.add_argument("--seed", type=int, default=0, help="model weights and data order [0]")
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=None,
-        help="runs of each side, ABBA order, figures pooled [1 CUDA, 2 CPU, 1 quick]",
-    )
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op CPU threads [torch's default]"
-    )
-    p.add_argument(
-        "--quick", action="store_true", help="a smoke run: tiny model, batch 8, 1+2 steps"
-    )
-    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
-    p.add_argument(
-        "--json", default=None, help="write the JSON here instead of OUT/finetune-<timestamp>.json"
-    )
+# its flags live in contrastkit.training.bench.flags, which `--help` imports without torch
+add_arguments = flags.finetune
 
 
 def settings_from_args(args: argparse.Namespace, device: torch.device) -> FinetuneSettings:

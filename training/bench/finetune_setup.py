@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
+from contrastkit.training.bench.flags import TINY
 from contrastkit.training.data.files import scan_pairs
 from contrastkit.training.data.idx import FASHION_CLASSES, load_idx_split
 
 # The tutorial's small ViT CLIP (docs/finetune-clip.md): 32 px, 4+4 layers of width 128.
-TINY = "tiny"
 TINY_CFG: dict[str, Any] = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 128, "layers": 4, "head_width": 32},

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from contrastkit.training.bench import flags
+from contrastkit.training.bench.flags import PRESETS
 from contrastkit.training.encoders import (
     IMAGE,
     TEXT,
@@ -52,8 +54,10 @@ from contrastkit.training.encoders.exported.onnx_runtime import (
 )
 from contrastkit.training.export.onnx import export_graphs
 
-PRESETS = ("resnet18-cifar", "vit-b-32", "minilm", "builtin")
 NOUNS = ["dog", "cat", "red car", "bowl of soup", "mountain lake at dawn", "tabby kitten"]
+
+# its flags live in contrastkit.training.bench.flags, which `--help` imports without torch
+add_arguments = flags.onnx
 
 
 class TowersEncoder(Encoder):
@@ -226,20 +230,6 @@ def table(result: dict[str, Any]) -> str:
         for r in result["rows"]
     ]  # fmt: skip
     return markdown_table(cols, rows)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    models = " | ".join(PRESETS)
-    p.add_argument("--model", action="append", default=None,
-                   help=f"{models} | an export dir (repeatable) [the first three]")  # fmt: skip
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="[1 32]")
-    p.add_argument("--rounds", type=int, default=15, help="interleaved timed rounds [15]")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per runtime [2]")
-    p.add_argument("--budget", type=float, default=30.0,
-                   help="seconds per (model, input, batch) before timing stops [30]")  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for both [torch's]")
-    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
-    p.add_argument("--json", default=None, help="write the JSON here [OUT/onnx-<time>.json]")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from contrastkit.training.bench import quality_quick
+from contrastkit.training.bench import flags, quality_quick
+from contrastkit.training.bench.flags import DEFAULT_LARS_METHODS
 from contrastkit.training.bench.pipelines import BenchSettings
-from contrastkit.training.bench.quality_quick import PEER_PYTHON
 from contrastkit.training.bench.time_to_knn import KNN_K, KNN_T, knn_run, raw_pixel_knn
 from contrastkit.training.config import ConfigError, TrainConfig
 from contrastkit.training.data import DataError, LabelledArrays, load_knn_data
@@ -54,7 +54,6 @@ from contrastkit.training.evaluate.knn import embed
 from contrastkit.training.evaluate.tasks import linear_probe
 from contrastkit.training.methods import METHODS, get_method
 
-DEFAULT_LARS_METHODS = "byol,simclr"
 # The two LARS forms side by side: the old one exactly as old checkpoints resume with it,
 # the clipped one exactly as a run gets it today (TrainConfig's defaults).
 LARS_VARIANTS: dict[str, dict[str, Any]] = {
@@ -67,76 +66,15 @@ LARS_VARIANTS: dict[str, dict[str, Any]] = {
 
 Data = tuple[LabelledArrays, LabelledArrays]
 
+# its flags live in contrastkit.training.bench.flags, which `--help` imports without torch
+add_arguments = flags.quality
+
 
 def registered_methods() -> list[str]:
     """Every method in the registry. Asking for one imports every module of
     contrastkit.training.methods, so methods added since this file was written are included."""
     get_method("simclr")
     return sorted(METHODS)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", default=None, help="comma list [every registered method]")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="a labelled data spec [fashion-mnist on CUDA when installed, else digits]",
-    )
-    p.add_argument("--backbone", default=None, help="[resnet18 on CUDA, tiny on the CPU]")
-    p.add_argument("--epochs", type=int, default=None, help="[20 on CUDA, 3 on the CPU]")
-    p.add_argument("--batch-size", type=int, default=None, help="[256 on CUDA, 64 on the CPU]")
-    p.add_argument("--image-size", type=int, default=None, help="view side [32; 16 with --quick]")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
-    p.add_argument("--precision", default="auto", help="auto | bf16 | fp16 | fp32 [auto]")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op CPU threads [torch's default]; 1 avoids OpenMP stalls on a "
-        "CPU shared with other processes",
-    )
-    p.add_argument(
-        "--lars-methods",
-        default=None,
-        help="methods trained again with the old and the clipped LARS; '' skips "
-        f"[{DEFAULT_LARS_METHODS}; none with --quick]",
-    )
-    p.add_argument(
-        "--lars-batch",
-        type=int,
-        default=None,
-        help="batch of the LARS comparison [1024 on CUDA, 256 on the CPU]",
-    )
-    p.add_argument(
-        "--time-limit",
-        type=float,
-        default=None,
-        help="per run: stop at the first epoch end past this many wall seconds; 0: no limit [none]",
-    )
-    p.add_argument(
-        "--clip-text-tower",
-        default="transformer",
-        choices=["transformer", "minilm"],
-        help="CLIP's text tower [transformer: from scratch, needs no weights]",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="the CPU benchmark with pass criteria: default recipes, fashion-mnist, tiny at "
-        "16 px, batch 256, --epochs [3], against raw pixels, the untrained encoder (seeds "
-        "0-2) and lightly; exits 1 when a method fails (training/bench/quality_quick.py)",
-    )
-    p.add_argument(
-        "--peer-python",
-        default=PEER_PYTHON,
-        help=f"--quick: the python of lightly's environment [{PEER_PYTHON}, made by "
-        "scripts/peer-lightly-env.sh]",
-    )
-    p.add_argument("--no-peer", action="store_true", help="--quick: no lightly runs")
-    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
-    p.add_argument(
-        "--json", default=None, help="write the JSON here instead of OUT/quality-<timestamp>.json"
-    )
 
 
 def say(message: str) -> None:

@@ -48,7 +48,6 @@ QUICK_DATA, QUICK_BACKBONE, QUICK_IMAGE_SIZE, QUICK_BATCH, QUICK_EPOCHS = (
     "fashion-mnist", "tiny", 16, 256, 3,
 )  # fmt: skip
 UNTRAINED_SEEDS = (0, 1, 2)
-PEER_PYTHON = "/tmp/lightlyenv/bin/python"  # what scripts/peer-lightly-env.sh makes
 # lightly's methods (contrastkit.training.bench.peer_lightly_methods.PEER_METHODS; not imported
 # here: that module needs lightly, which our own environment does not have)
 PEER_METHODS = (

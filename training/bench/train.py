@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from contrastkit.training.bench import flags
 from contrastkit.training.bench.peer import Peer
 from contrastkit.training.bench.pipelines import (
     BenchSettings,
@@ -44,76 +45,8 @@ from contrastkit.training.data.idx import FASHION_MNIST_DIR
 from contrastkit.training.encoders.environment import environment, timestamp, write_json
 from contrastkit.training.engine.runstate import train_device
 
-ALL_METHODS = ("moco", "byol", "swav", "clip")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data", default=None, help="data spec [fashion-mnist when installed, else digits]"
-    )
-    p.add_argument("--backbone", default=None, help="[resnet18; tiny with --quick]")
-    p.add_argument("--batch-size", type=int, default=None, help="[512 on CUDA, 32 on CPU]")
-    p.add_argument("--image-size", type=int, default=32, help="view side [32]")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
-    p.add_argument("--precision", default="auto", help="auto | bf16 | fp16 | fp32 [auto]")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op CPU threads [torch's default]; 1 avoids the stalls of "
-        "OpenMP teams on a CPU shared with other processes",
-    )
-    p.add_argument(
-        "--methods",
-        default=",".join(ALL_METHODS),
-        help="methods timed against SimCLR's step [moco,byol,swav,clip]",
-    )
-    p.add_argument(
-        "--clip-text-tower",
-        default="transformer",
-        choices=["transformer", "minilm"],
-        help="CLIP's text tower [transformer: from scratch, needs no weights]",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="the peer DataLoader's workers [usable cores - 1, at most 15]",
-    )
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds [3 CUDA, 4 CPU]")
-    p.add_argument("--warmup", type=int, default=None, help="untimed first steps [10 CUDA, 1 CPU]")
-    p.add_argument(
-        "--iters", type=int, default=None, help="timed step-only steps per round [20 CUDA, 4 CPU]"
-    )
-    p.add_argument(
-        "--e2e-iters",
-        type=int,
-        default=None,
-        help="timed end-to-end steps per round [60 CUDA, 6 CPU]",
-    )
-    p.add_argument(
-        "--knn-epochs",
-        type=int,
-        default=None,
-        help="SimCLR epochs with kNN after each; 0 skips [20 CUDA, 0 CPU]",
-    )
-    p.add_argument("--knn-target", type=float, default=0.847, help="kNN top-1 to reach [0.847]")
-    p.add_argument(
-        "--knn-time-limit",
-        type=float,
-        default=None,
-        help="stop the kNN run at the first epoch end past this many s [none]",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smoke run: tiny backbone, digits, batch 16, a few steps (seconds)",
-    )
-    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
-    p.add_argument(
-        "--json", default=None, help="write the JSON here instead of OUT/train-<timestamp>.json"
-    )
+# its flags live in contrastkit.training.bench.flags, which `--help` imports without torch
+add_arguments = flags.train
 
 
 def settings_from_args(args: argparse.Namespace, device: torch.device) -> BenchSettings:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from contrastkit.training.bench import criteria, quality, quality_quick
+from contrastkit.training.bench import criteria, flags, quality, quality_quick
 from contrastkit.training.bench.checkout_path import checkout_path
 
 N = 10_000
@@ -148,12 +148,12 @@ def test_a_signal_ends_the_whole_benchmark(monkeypatch: pytest.MonkeyPatch, tmp_
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not Path(quality_quick.PEER_PYTHON).exists(),
-    reason=f"no lightly environment at {quality_quick.PEER_PYTHON}: scripts/peer-lightly-env.sh",
+    not Path(flags.PEER_PYTHON).exists(),
+    reason=f"no lightly environment at {flags.PEER_PYTHON}: scripts/peer-lightly-env.sh",
 )
 def test_peer_runner_takes_two_steps(tmp_path: Path) -> None:
     out = tmp_path / "peer.json"
-    cmd = [quality_quick.PEER_PYTHON, "-m", "contrastkit.training.bench.peer_lightly",
+    cmd = [flags.PEER_PYTHON, "-m", "contrastkit.training.bench.peer_lightly",
            "--method", "simclr", "--steps", "2", "--workers", "0", "--threads", "1",
            "--out", str(out)]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(checkout_path(tmp_path / "import-path"))}
