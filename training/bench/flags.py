@@ -25,6 +25,39 @@ TINY = "tiny"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
+# -- flags several benchmarks share -------------------------------------------------------
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
+    p.add_argument(
+        "--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32"
+    )
+
+
+def _threads(
+    p: argparse.ArgumentParser,
+    help: str = "torch intra-op CPU threads [torch's default]; 1 avoids the stalls of "
+    "OpenMP teams on a CPU shared with other processes",
+) -> None:
+    p.add_argument("--threads", type=int, default=None, help=help)
+
+
+def _clip_text_tower(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--clip-text-tower",
+        default="transformer",
+        choices=["transformer", "minilm"],
+        help="CLIP's text tower [transformer: from scratch, needs no weights]",
+    )
+
+
+def _results(p: argparse.ArgumentParser, stem: str) -> None:
+    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
+    p.add_argument(
+        "--json", default=None, help=f"write the JSON here instead of OUT/{stem}-<timestamp>.json"
+    )
+
+
+# -- the benchmarks ------------------------------------------------------------------------
 def train(p: argparse.ArgumentParser) -> None:
     """`contrastive bench train`'s flags."""
     p.add_argument(
@@ -33,27 +66,15 @@ def train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="[resnet18; tiny with --quick]")
     p.add_argument("--batch-size", type=int, default=None, help="[512 on CUDA, 32 on CPU]")
     p.add_argument("--image-size", type=int, default=32, help="view side [32]")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
-    p.add_argument("--precision", default="auto", help="auto | bf16 | fp16 | fp32 [auto]")
+    _device(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op CPU threads [torch's default]; 1 avoids the stalls of "
-        "OpenMP teams on a CPU shared with other processes",
-    )
+    _threads(p)
     p.add_argument(
         "--methods",
         default=",".join(ALL_METHODS),
         help="methods timed against SimCLR's step [moco,byol,swav,clip]",
     )
-    p.add_argument(
-        "--clip-text-tower",
-        default="transformer",
-        choices=["transformer", "minilm"],
-        help="CLIP's text tower [transformer: from scratch, needs no weights]",
-    )
+    _clip_text_tower(p)
     p.add_argument(
         "--workers",
         type=int,
@@ -89,10 +110,7 @@ def train(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a smoke run: tiny backbone, digits, batch 16, a few steps (seconds)",
     )
-    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
-    p.add_argument(
-        "--json", default=None, help="write the JSON here instead of OUT/train-<timestamp>.json"
-    )
+    _results(p, "train")
 
 
 def onnx(p: argparse.ArgumentParser) -> None:
@@ -105,9 +123,8 @@ def onnx(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per runtime [2]")
     p.add_argument("--budget", type=float, default=30.0,
                    help="seconds per (model, input, batch) before timing stops [30]")  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for both [torch's]")
-    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
-    p.add_argument("--json", default=None, help="write the JSON here [OUT/onnx-<time>.json]")
+    _threads(p, "CPU threads, torch's and onnxruntime's [torch's default]")
+    _results(p, "onnx")
 
 
 def quality(p: argparse.ArgumentParser) -> None:
@@ -122,15 +139,8 @@ def quality(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="[20 on CUDA, 3 on the CPU]")
     p.add_argument("--batch-size", type=int, default=None, help="[256 on CUDA, 64 on the CPU]")
     p.add_argument("--image-size", type=int, default=None, help="view side [32; 16 with --quick]")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
-    p.add_argument("--precision", default="auto", help="auto | bf16 | fp16 | fp32 [auto]")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op CPU threads [torch's default]; 1 avoids OpenMP stalls on a "
-        "CPU shared with other processes",
-    )
+    _device(p)
+    _threads(p)
     p.add_argument(
         "--lars-methods",
         default=None,
@@ -149,12 +159,7 @@ def quality(p: argparse.ArgumentParser) -> None:
         default=None,
         help="per run: stop at the first epoch end past this many wall seconds; 0: no limit [none]",
     )
-    p.add_argument(
-        "--clip-text-tower",
-        default="transformer",
-        choices=["transformer", "minilm"],
-        help="CLIP's text tower [transformer: from scratch, needs no weights]",
-    )
+    _clip_text_tower(p)
     p.add_argument(
         "--quick",
         action="store_true",
@@ -169,10 +174,7 @@ def quality(p: argparse.ArgumentParser) -> None:
         "scripts/peer-lightly-env.sh]",
     )
     p.add_argument("--no-peer", action="store_true", help="--quick: no lightly runs")
-    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
-    p.add_argument(
-        "--json", default=None, help="write the JSON here instead of OUT/quality-<timestamp>.json"
-    )
+    _results(p, "quality")
 
 
 def finetune(p: argparse.ArgumentParser) -> None:
@@ -200,10 +202,7 @@ def finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--warmup", type=int, default=None, help="untimed steps first [20 CUDA, 3 CPU, 1 quick]"
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
-    p.add_argument(
-        "--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32"
-    )
+    _device(p)
     p.add_argument(
         "--workers",
         type=int,
@@ -219,13 +218,8 @@ def finetune(p: argparse.ArgumentParser) -> None:
         default=None,
         help="runs of each side, ABBA order, figures pooled [1 CUDA, 2 CPU, 1 quick]",
     )
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op CPU threads [torch's default]"
-    )
+    _threads(p, "torch intra-op CPU threads [torch's default]")
     p.add_argument(
         "--quick", action="store_true", help="a smoke run: tiny model, batch 8, 1+2 steps"
     )
-    p.add_argument("--out", default="bench-results", help="folder for the JSON [bench-results]")
-    p.add_argument(
-        "--json", default=None, help="write the JSON here instead of OUT/finetune-<timestamp>.json"
-    )
+    _results(p, "finetune")
