@@ -114,8 +114,14 @@ def test_a_bad_address_is_one_line(
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    """A local Ray instance for this module: two CPUs, so two one-CPU encoder actors."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """A local Ray instance for this module: two CPUs, so two one-CPU encoder actors.
+
+    Its workers run at the tests' priority: Ray starts them at nice 15 by default
+    (RAY_worker_niceness), and beside other busy processes on a 2-core machine the two
+    actors then got a few percent of a core and the job ran past pytest's timeout."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_worker_niceness", "0")  # read by the raylet that ray.init starts
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
