@@ -59,7 +59,6 @@ class Ran:
 def contrastive(*argv: str, prelude: str = "") -> Ran:
     """`contrastive ARGV...` in a fresh interpreter, run from the repository root."""
     env = {k: v for k, v in os.environ.items() if k not in ("CONTRASTIVE_URL", "PYTHONPATH")}
-    env["PYTHONPATH"] = str(ROOT)
     script = SCRIPT.format(prelude=prelude, heavy=HEAVY)
     done = subprocess.run(
         [sys.executable, "-c", script, *argv],
@@ -240,13 +239,6 @@ def test_a_benchmarks_light_flags_are_its_modules_flags(name: str) -> None:
     importlib.import_module(str(BENCH[name].module)).add_arguments(from_module)
     assert vars(from_table.parse_args([])) == vars(from_module.parse_args([]))
     assert from_table.format_help() == from_module.format_help()
-
-
-def test_the_light_fashion_mnist_folder_is_the_data_modules() -> None:
-    from contrastkit.training.bench import flags
-    from contrastkit.training.data.idx import FASHION_MNIST_DIR
-
-    assert flags.FASHION_MNIST_DIR == FASHION_MNIST_DIR
 
 
 def test_eval_with_a_bad_command_line_imports_no_torch() -> None:

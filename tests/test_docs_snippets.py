@@ -84,7 +84,7 @@ def blocks(page: str, text: str | None = None) -> list[Block]:
 def _env(**extra: str) -> dict[str, str]:
     """The machine's environment without its CONTRASTIVE_* settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTRASTIVE_")}
-    return env | {"CONTRASTIVE_AUTO_ONNX": "false", "PYTHONPATH": str(ROOT), **extra}
+    return env | {"CONTRASTIVE_AUTO_ONNX": "false", **extra}
 
 
 @contextlib.contextmanager

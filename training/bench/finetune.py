@@ -43,6 +43,7 @@ from contrastkit.training.bench.finetune_setup import (
 from contrastkit.training.bench.report import pick_default
 from contrastkit.training.config import ConfigError, build_config
 from contrastkit.training.data import DataError
+from contrastkit.training.data.idx import FASHION_MNIST_DIR
 from contrastkit.training.encoders.environment import (
     environment,
     markdown_table,
@@ -169,9 +170,10 @@ def prepare_inputs(
     else:
         rows = s.total_steps * s.batch_size  # one pass: neither loop crosses an epoch end
         say(f"writing {rows} Fashion-MNIST pairs")
-        pairs = write_pairs(tmp / "pairs", rows, args.fashion_mnist)
+        pairs = write_pairs(tmp / "pairs", rows, args.fashion_mnist or FASHION_MNIST_DIR)
     peer_csv, rows = absolute_pairs(pairs, tmp / "peer.csv")
-    described = args.pairs or f"Fashion-MNIST PNGs ({args.fashion_mnist}), a temp folder"
+    source = args.fashion_mnist or FASHION_MNIST_DIR
+    described = args.pairs or f"Fashion-MNIST PNGs ({source}), a temp folder"
     return tmp / "model", pairs, peer_csv, {"model": model, "pairs": described, "rows": rows}
 
 

@@ -20,9 +20,6 @@ DEFAULT_LARS_METHODS = "byol,simclr"
 PEER_PYTHON = "/tmp/lightlyenv/bin/python"
 # bench finetune: the tutorial's 32 px ViT (contrastkit.training.bench.finetune_setup)
 TINY = "tiny"
-# where the Debian package dataset-fashion-mnist puts the idx files; the same as
-# contrastkit.training.data.idx.FASHION_MNIST_DIR (which imports torch; a test checks)
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 # -- flags several benchmarks share -------------------------------------------------------
@@ -192,8 +189,9 @@ def finetune(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--fashion-mnist",
-        default=FASHION_MNIST_DIR,
-        help=f"idx folder the PNGs come from [{FASHION_MNIST_DIR}]",
+        default=None,
+        help="idx folder the PNGs come from [where the Debian package dataset-fashion-mnist "
+        "puts them]",
     )
     p.add_argument("--batch-size", type=int, default=None, help="[256 CUDA, 32 CPU, 8 --quick]")
     p.add_argument(

@@ -193,8 +193,12 @@ def _run(data_spec: str, out: Path, seconds: float, seed: int, fixed: int | None
     analysis_seconds = time.perf_counter() - t0
     spent = time.perf_counter() - started
     budget = seconds - spent - analysis_seconds - FIGURE_SECONDS
-    per_epoch = load_data(cfg.data, image_size=image_size_of(cfg)).steps_per_epoch(cfg.batch_size)
-    steps = choose_steps(budget, step, before.knn_seconds, per_epoch) if fixed is None else fixed
+    steps = fixed
+    if steps is None:  # what fits the time budget (the data loaded again to count its steps)
+        train_data = load_data(cfg.data, image_size=image_size_of(cfg))
+        steps = choose_steps(
+            budget, step, before.knn_seconds, train_data.steps_per_epoch(cfg.batch_size)
+        )
     log.info("%.1fs left for training: %.3fs a step on %d thread(s), kNN %.1fs -> %d steps",
              budget, step, threads, before.knn_seconds, steps)  # fmt: skip
     train_seconds = train(cfg, steps)
